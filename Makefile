@@ -1,0 +1,43 @@
+# Feature Atlas. `make help` lists the targets.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+ATLAS ?= atlas.duckdb
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+.DEFAULT_GOAL := help
+.PHONY: help install install-gpu demo serve test bench clean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+$(BIN)/atlas: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	@touch $@
+
+install: $(BIN)/atlas ## Create .venv and install the atlas with test tools (CPU torch and faiss-cpu)
+
+install-gpu: $(BIN)/atlas ## Swap faiss-cpu for faiss-gpu (CUDA 12) in .venv; never both in one env
+	$(BIN)/pip uninstall -y faiss-cpu
+	$(BIN)/pip install -q faiss-gpu-cu12
+
+demo: install ## Build the default atlas (bundled synthetic family, matched) and serve it
+	$(BIN)/atlas --atlas $(ATLAS) synth --out demo-data/synth
+	$(BIN)/atlas --atlas $(ATLAS) match --pairs distance --distance 2
+	$(BIN)/atlas --atlas $(ATLAS) match --pairs siblings
+	$(BIN)/atlas --atlas $(ATLAS) serve --host $(HOST) --port $(PORT)
+
+serve: install ## Serve an existing atlas over HTTP
+	$(BIN)/atlas --atlas $(ATLAS) serve --host $(HOST) --port $(PORT)
+
+test: install ## Install and run the test suite
+	$(BIN)/python -m pytest -q
+
+bench: install ## Benchmarks at real sizes (prints ratios, writes bench/results/*.json)
+	$(BIN)/python -m bench
+
+clean: ## Remove the venv, demo data and the default atlas
+	rm -rf $(VENV) demo-data $(ATLAS) $(basename $(ATLAS)).files

@@ -1,0 +1,224 @@
+"""The `atlas` command line: init, synth, ingest, saes, info, match, serve.
+
+Jobs and the server are imported inside each command, so `atlas --help` stays fast and atlas/ keeps
+to its layer (DESIGN.md: the CLI is the one place that wires ingest/ and api/ together).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from .sae import SAEError
+from .store import Atlas, AtlasBusy, default_path
+
+
+def _atlas(ctx) -> Atlas:
+    return Atlas(ctx.obj["atlas"])
+
+
+def _bar(total: int, desc: str):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="sae" if "ingest" in desc or "synth" in desc else "pair",
+                disable=None, dynamic_ncols=True)
+
+
+class AtlasGroup(click.Group):
+    """Turns expected failures into one clear line and exit code 2 instead of a traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except (SAEError, AtlasBusy, KeyError, FileNotFoundError, ValueError) as e:
+            msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+            click.secho(f"error: {msg}", fg="red", err=True)
+            sys.exit(2)
+
+
+@click.group(cls=AtlasGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--atlas", "atlas_path", type=click.Path(path_type=Path), default=None,
+              help="Atlas DuckDB file [default: $ATLAS_PATH or ./atlas.duckdb].")
+@click.pass_context
+def main(ctx, atlas_path):
+    """Feature Atlas: how SAE features survive, change, split, die and are born across layers and seeds."""
+    ctx.ensure_object(dict)
+    ctx.obj["atlas"] = atlas_path or default_path()
+
+
+@main.command()
+@click.pass_context
+def init(ctx):
+    """Create an empty atlas (tables, views, schema version)."""
+    atlas = _atlas(ctx)
+    with atlas.write():
+        pass
+    click.echo(f"atlas ready at {atlas.path}")
+
+
+@main.command()
+@click.option("--out", type=click.Path(path_type=Path), default=Path("synth"), show_default=True,
+              help="Folder for the SAE folders and ground_truth.parquet.")
+@click.option("--d-in", type=int, default=256, show_default=True, help="Model width (2304 = Gemma Scope 2b).")
+@click.option("--d-sae", type=int, default=512, show_default=True, help="Features per SAE.")
+@click.option("--layers", "n_layers", type=int, default=6, show_default=True)
+@click.option("--seeds", "n_seeds", type=int, default=2, show_default=True, help="Seed siblings of the base stack.")
+@click.option("--no-second-dataset", is_flag=True, help="Skip the dataset-B sibling stack.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Random seed of the family.")
+@click.option("--ingest/--no-ingest", "do_ingest", default=True, show_default=True,
+              help="Ingest the family into the atlas.")
+@click.pass_context
+def synth(ctx, out, d_in, d_sae, n_layers, n_seeds, no_second_dataset, seed, do_ingest):
+    """Write a planted-truth SAE family (sae_lens layout + ground truth) and ingest it."""
+    from .synth import SynthConfig, generate, n_saes
+
+    cfg = SynthConfig(d_in=d_in, d_sae=d_sae, n_layers=n_layers, n_seeds=n_seeds,
+                      second_dataset=not no_second_dataset, seed=seed)
+    with _bar(n_saes(cfg), "synth") as bar:
+        folders = generate(cfg, out, progress=lambda: bar.update())
+    click.echo(f"wrote {len(folders)} SAEs and {out / 'ground_truth.parquet'}")
+    if do_ingest:
+        _ingest_paths(ctx, folders, {}, replace=False, factory=None)
+
+
+def _ingest_paths(ctx, paths, overrides, replace, factory, fmt=None):
+    from ingest.jobs.ingest import ingest
+    from ingest.sources import read_sae
+
+    atlas = _atlas(ctx)
+    with _bar(len(paths), "ingest") as bar:
+        summary = ingest(atlas, [lambda p=p: read_sae(p, fmt=fmt, **overrides) for p in paths], replace=replace,
+                         factory=factory, progress=lambda *_: bar.update(),
+                         params={"paths": [str(p) for p in paths], "overrides": overrides, "replace": replace})
+    rate = summary.features / summary.seconds if summary.seconds else 0
+    click.echo(f"ingested into {atlas.path}: {len(summary.added)} added, {len(summary.replaced)} replaced, "
+               f"{len(summary.unchanged)} unchanged ({summary.features} features, {rate:,.0f} features/s)")
+
+
+def find_sae_folders(root: Path) -> list[Path]:
+    """SAE folders under root (any supported layout), sorted by path."""
+    names = ("sae_weights.safetensors", "params.npz", "params.safetensors", "sae.safetensors")
+    return sorted({p.parent for n in names for p in root.rglob(n)})
+
+
+@main.command("ingest")
+@click.argument("sources", nargs=-1, required=True)
+@click.option("--format", "fmt", type=click.Choice(["saelens", "gemmascope", "sparsify"]), default=None,
+              help="Layout of the files [default: detected].")
+@click.option("--recursive", "-r", is_flag=True, help="Ingest every SAE folder found under each SOURCE.")
+@click.option("--release", is_flag=True, help="SOURCES are sae_lens release:sae_id names (downloads; needs a network).")
+@click.option("--id", "sae_id", default=None, help="SAE id to store under [default: model-site+layer-width-seed-dataset].")
+@click.option("--model", default=None, help="Model name, where the file does not say.")
+@click.option("--hook", default=None, help="Hook name, e.g. blocks.12.hook_resid_post.")
+@click.option("--site", type=click.Choice(["resid", "mlp", "attn"]), default=None)
+@click.option("--layer", type=int, default=None)
+@click.option("--seed", type=int, default=None, help="Training seed of the SAE.")
+@click.option("--dataset", default=None, help="Training dataset of the SAE.")
+@click.option("--neuronpedia-id", default=None, help="modelId/sourceId, e.g. gemma-2-2b/20-gemmascope-res-16k.")
+@click.option("--replace", is_flag=True, help="Replace an SAE stored under the same id with other weights.")
+@click.option("--index-factory", default=None, help='FAISS factory string [default: "Flat"; "HNSW32" from 256k features].')
+@click.pass_context
+def ingest_cmd(ctx, sources, fmt, recursive, release, sae_id, replace, index_factory, **meta):
+    """Read SAEs (sae_lens folder, Gemma Scope params.npz, sparsify folder) into the atlas.
+
+    One job is one transaction: if any SAE is bad, nothing is stored and the atlas stays as it was.
+    """
+    overrides = dict(meta, sae_id=sae_id)
+    if release:
+        from ingest.jobs.ingest import ingest
+        from ingest.sources import read_pretrained
+
+        readers = [lambda s=s: read_pretrained(*s.split(":", 1), **overrides) for s in sources]
+        summary = ingest(_atlas(ctx), readers, replace=replace, factory=index_factory)
+        click.echo(f"ingested {len(summary.added) + len(summary.replaced)} SAEs")
+        return
+    paths = [Path(s) for s in sources]
+    if recursive:
+        paths = [f for p in paths for f in find_sae_folders(p)]
+        if not paths:
+            raise SAEError(f"no SAE folders under {', '.join(sources)}")
+    if sae_id and len(paths) > 1:
+        raise ValueError("--id names one SAE; give one SOURCE with it")
+    _ingest_paths(ctx, paths, overrides, replace, index_factory, fmt)
+
+
+@main.command()
+@click.option("--stack", default=None, help="Only this stack.")
+@click.pass_context
+def saes(ctx, stack):
+    """List the SAEs in the atlas."""
+    from rich.console import Console
+    from rich.table import Table
+
+    with _atlas(ctx).read() as con:
+        rows = con.execute("SELECT sae_id, model, site, layer, d_in, d_sae, arch, seed, dataset, stack FROM saes "
+                           "WHERE ? IS NULL OR stack = ? ORDER BY stack, layer", [stack, stack]).fetchall()
+    table = Table("sae_id", "model", "site", "layer", "d_in", "d_sae", "arch", "seed", "dataset", "stack")
+    for r in rows:
+        table.add_row(*("" if v is None else str(v) for v in r))
+    Console().print(table)
+
+
+@main.command()
+@click.argument("sae")
+@click.pass_context
+def info(ctx, sae):
+    """Show one SAE's metadata, feature summary and stored pairs."""
+    with _atlas(ctx).read() as con:
+        cur = con.execute("SELECT * FROM saes WHERE sae_id = ?", [sae])
+        row = cur.fetchone()
+        if row is None:
+            raise KeyError(f"unknown SAE {sae!r}: see `atlas saes`")
+        for name, value in zip([d[0] for d in cur.description], row):
+            click.echo(f"{name:>15}: {value}")
+        n, thr, dens, lab = con.execute("SELECT count(*), avg(threshold), avg(density), count(label) "
+                                        "FROM features WHERE sae_id = ?", [sae]).fetchone()
+        click.echo(f"{'features':>15}: {n} (mean threshold {thr}, mean density {dens}, {lab} labelled)")
+        pairs = con.execute("SELECT method, count(*) FROM pair_stats WHERE sae_a = ? OR sae_b = ? GROUP BY 1",
+                            [sae, sae]).fetchall()
+        click.echo(f"{'pairs':>15}: {dict(pairs) or 'none yet (atlas match)'}")
+
+
+@main.command()
+@click.option("--pairs", "selection", type=click.Choice(["adjacent", "distance", "siblings", "list"]),
+              default="adjacent", show_default=True, help="Which SAE pairs to match.")
+@click.option("--distance", type=int, default=2, show_default=True, help="Largest layer distance for --pairs distance.")
+@click.option("--stack", default=None, help="Only pairs in (or, for siblings, touching) this stack.")
+@click.option("--pair", "explicit", multiple=True, help="SAE_A:SAE_B, repeatable (implies --pairs list).")
+@click.option("--method", "methods", multiple=True, type=click.Choice(["decoder_cos", "decoder_mse", "encoder_cos"]),
+              help="Repeatable [default: decoder_cos; siblings also encoder_cos].")
+@click.option("-k", "k", type=int, default=16, show_default=True, help="Candidates kept per feature and direction.")
+@click.option("--floor", type=float, default=0.3, show_default=True, help="Below this cosine a feature stays unassigned.")
+@click.option("--tau", type=float, default=0.7, show_default=True, help="Score at which an assigned pair counts as matched.")
+@click.option("--solver", type=click.Choice(["auto", "dense", "sparse"]), default="auto", show_default=True)
+@click.option("--publish-every", type=float, default=60.0, show_default=True,
+              help="Seconds between publishing finished pairs to readers (a kill loses at most this much).")
+@click.pass_context
+def match(ctx, selection, distance, stack, explicit, methods, k, floor, tau, solver, publish_every):
+    """Match SAE pairs by weight similarity (candidates -> one-to-one assignment -> pair stats)."""
+    from ingest.jobs.match import run_match, select_pairs
+
+    from .match.pair import MatchParams
+
+    atlas = _atlas(ctx)
+    if explicit:
+        selection = "list"
+    pairs_given = [tuple(p.split(":", 1)) for p in explicit]
+    if any(len(p) != 2 for p in pairs_given):
+        raise ValueError("--pair takes SAE_A:SAE_B")
+    with atlas.read() as con:
+        pairs = select_pairs(con, selection, distance, stack, pairs_given)
+    methods = list(methods) or (["decoder_cos", "encoder_cos"] if selection == "siblings" else ["decoder_cos"])
+    if not pairs:
+        raise ValueError(f"no pairs selected ({selection}); see `atlas saes`")
+    params = MatchParams(k=k, floor=floor, tau=tau, solver=solver)
+    with _bar(len(pairs) * len(methods), "match") as bar:
+        summary = run_match(atlas, pairs, methods, params, publish_every, progress=lambda *_: bar.update())
+    click.echo(f"matched {len(summary.computed)} pair-methods, skipped {len(summary.skipped)} already done "
+               f"({summary.seconds:.1f} s)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,78 @@
+"""FAISS index per SAE over its unit-normalised decoder rows (inner product = cosine).
+
+Exact `Flat` by default; an approximate factory string ("HNSW32", "IVF4096,Flat") for very wide SAEs.
+The GPU is used when faiss sees one; indexes always go back to the CPU before they are written.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+APPROX_FROM = 262_144  # features; at and above this width the default index is approximate
+APPROX_FACTORY = "HNSW32"
+
+
+@functools.cache
+def faiss():
+    import faiss as _faiss
+
+    return _faiss
+
+
+@functools.cache
+def gpu_count() -> int:
+    """Asked once: faiss-gpu imports and runs on CPU when there is no GPU."""
+    get = getattr(faiss(), "get_num_gpus", None)
+    return int(get()) if get else 0
+
+
+def default_factory(n: int) -> str:
+    return "Flat" if n < APPROX_FROM else APPROX_FACTORY
+
+
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.maximum(norms, 1e-12)
+
+
+def build(vectors: np.ndarray, factory: str | None = None):
+    """An inner-product index over unit rows of `vectors` [n, d]."""
+    f = faiss()
+    x = unit_rows(vectors)
+    factory = factory or default_factory(len(x))
+    index = f.index_factory(x.shape[1], factory, f.METRIC_INNER_PRODUCT)
+    if not index.is_trained:
+        index.train(x)
+    index.add(x)
+    return index
+
+
+def save(index, path: Path, factory: str) -> None:
+    """Write to a temporary name and rename, so a killed job never leaves a half-written index."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    faiss().write_index(index, str(tmp))
+    os.replace(tmp, path)
+    path.with_suffix(".json").write_text(json.dumps({"factory": factory, "ntotal": index.ntotal, "d": index.d}))
+
+
+def load(path: Path):
+    if not path.exists():
+        raise FileNotFoundError(f"FAISS index {path} is missing: re-ingest the SAE to rebuild it")
+    return faiss().read_index(str(path))
+
+
+def search(index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k (scores, ids) of unit `queries` [m, d]; on the GPU when there is one."""
+    f = faiss()
+    if gpu_count() > 0 and hasattr(f, "index_cpu_to_all_gpus"):
+        index = f.index_cpu_to_all_gpus(index)
+    if "HNSW" in type(index).__name__:
+        index.hnsw.efSearch = max(index.hnsw.efSearch, 2 * k)
+    return index.search(unit_rows(queries), min(k, index.ntotal))

@@ -1,0 +1,144 @@
+"""Match one pair of SAEs by one method: candidates → one-to-one assignment → matches rows and stats.
+
+A pure function of the weights and parameters: it reads and writes nothing, so it runs the same in a
+job, a test, a benchmark or a remote worker.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from ..sae import SAEWeights
+from .assign import DENSE_MAX, assign_dense, assign_sparse
+from .candidates import Candidates, topk_both
+from .fold import folded_decoder, is_distance, method_vectors
+from .stats import pair_stats
+
+
+@dataclass(frozen=True)
+class MatchParams:
+    method: str = "decoder_cos"
+    k: int = 16
+    """Candidates kept per feature and direction."""
+    floor: float = 0.3
+    """Below this cosine (or its MSE equivalent) a feature stays unassigned rather than forced."""
+    tau: float = 0.7
+    """A pair counts as matched when its score is at least tau (MSE: at most the tau-equivalent)."""
+    solver: str = "auto"
+    """dense | sparse | auto (dense up to 4096 x 4096)."""
+
+    def hash(self, sha_a: str, sha_b: str) -> str:
+        text = json.dumps([asdict(self), sha_a, sha_b], sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@dataclass
+class PairResult:
+    matches: pa.Table  # sae_a, feature_a, sae_b, feature_b, method, score, rank, assigned
+    stats: dict
+
+
+def _gain(method: str, score: np.ndarray, sq_a: np.ndarray, sq_b: np.ndarray, floor: float, d: int):
+    """Worth of matching over leaving alone. MSE: match when mse < (1−floor)(‖a‖²+‖b‖²)/d, which for
+    equal-norm rows is exactly cosine > floor."""
+    if is_distance(method):
+        return (1 - floor) * (sq_a + sq_b) / d - score
+    return score - floor
+
+
+def _edges(c: Candidates) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Union of a→b and b→a candidate edges, each once: (feature_a, feature_b, score)."""
+    n_a, k = c.a2b_index.shape
+    n_b, kb = c.b2a_index.shape
+    fa = np.concatenate([np.repeat(np.arange(n_a), k), c.b2a_index.ravel()])
+    fb = np.concatenate([c.a2b_index.ravel(), np.repeat(np.arange(n_b), kb)])
+    sc = np.concatenate([c.a2b_score.ravel(), c.b2a_score.ravel()])
+    ok = (fa >= 0) & (fb >= 0)  # FAISS pads with -1
+    fa, fb, sc = fa[ok], fb[ok], sc[ok]
+    _, first = np.unique(fa.astype(np.int64) * n_b + fb, return_index=True)
+    return fa[first], fb[first], sc[first]
+
+
+def _ranks(fa: np.ndarray, score: np.ndarray, distance: bool) -> np.ndarray:
+    """Rank of each edge among feature_a's edges, 1 = best."""
+    order = np.lexsort((score if distance else -score, fa))
+    sorted_fa = fa[order]
+    starts = np.r_[0, np.flatnonzero(np.diff(sorted_fa)) + 1]
+    pos = np.arange(len(fa)) - np.repeat(starts, np.diff(np.r_[starts, len(fa)]))
+    rank = np.empty(len(fa), dtype=np.int16)
+    rank[order] = (pos + 1).clip(max=np.iinfo(np.int16).max)
+    return rank
+
+
+def match_pair(a: SAEWeights, b: SAEWeights, sae_a: str, sae_b: str, params: MatchParams) -> PairResult:
+    method = params.method
+    va, vb = method_vectors(a, method), method_vectors(b, method)
+    if va.shape[1] != vb.shape[1]:
+        raise ValueError(f"{sae_a} (d_in {va.shape[1]}) and {sae_b} (d_in {vb.shape[1]}) live in spaces of "
+                         f"different width: {method} cannot compare them")
+    distance = is_distance(method)
+    n_a, n_b, d = len(va), len(vb), va.shape[1]
+    sq_a = (va.astype(np.float64) ** 2).sum(1) if distance else None
+    sq_b = (vb.astype(np.float64) ** 2).sum(1) if distance else None
+    cand = topk_both(va, vb, params.k, kind="mse" if distance else "cos")
+    fa, fb, score = _edges(cand)
+    gain = _gain(method, score, sq_a[fa] if distance else 0, sq_b[fb] if distance else 0, params.floor, d)
+
+    solver = params.solver if params.solver != "auto" else ("dense" if n_a * n_b <= DENSE_MAX else "sparse")
+    if solver == "dense":
+        full = _dense_scores(va, vb, distance)
+        dense_gain = _gain(method, full, sq_a[:, None] if distance else 0, sq_b[None, :] if distance else 0,
+                           params.floor, d)
+        ra, rb = assign_dense(dense_gain)
+        # A dense assignment may pick a pair outside the candidate lists: keep it as an edge too.
+        fa, fb, score = _add_edges(fa, fb, score, ra, rb, full[ra, rb], n_b)
+    else:
+        ra, rb = assign_sparse(fa, fb, gain, n_a, n_b)
+    assigned = np.zeros(len(fa), dtype=bool)
+    keys = fa.astype(np.int64) * n_b + fb
+    order = np.argsort(keys)
+    assigned[order[np.searchsorted(keys[order], ra.astype(np.int64) * n_b + rb)]] = True
+
+    a_score = score[assigned]
+    a_fa, a_fb = fa[assigned], fb[assigned]
+    dec_a, dec_b = folded_decoder(a), folded_decoder(b)
+    pair_mse = ((dec_a[a_fa] - dec_b[a_fb]) ** 2).mean(1)
+    if distance:
+        matched = _gain(method, a_score, sq_a[a_fa], sq_b[a_fb], params.tau, d) >= 0
+    else:
+        matched = a_score >= params.tau
+    stats = pair_stats(a_score, matched, a_fa, a_fb, pair_mse, n_a, n_b, params.tau, distance)
+    table = pa.table({
+        "sae_a": pa.array([sae_a] * len(fa), pa.string()).dictionary_encode(),
+        "feature_a": pa.array(fa, pa.int32()),
+        "sae_b": pa.array([sae_b] * len(fa), pa.string()).dictionary_encode(),
+        "feature_b": pa.array(fb, pa.int32()),
+        "method": pa.array([method] * len(fa), pa.string()).dictionary_encode(),
+        "score": pa.array(score, pa.float32()),
+        "rank": pa.array(_ranks(fa, score, distance), pa.int16()),
+        "assigned": pa.array(assigned),
+    })
+    return PairResult(table.sort_by([("feature_a", "ascending"), ("rank", "ascending")]), stats)
+
+
+def _dense_scores(va: np.ndarray, vb: np.ndarray, distance: bool) -> np.ndarray:
+    if distance:
+        d = va.shape[1]
+        sq = (va ** 2).sum(1)[:, None] + (vb ** 2).sum(1)[None, :] - 2 * va @ vb.T
+        return np.maximum(sq, 0) / d
+    ua = va / np.maximum(np.linalg.norm(va, axis=1, keepdims=True), 1e-12)
+    ub = vb / np.maximum(np.linalg.norm(vb, axis=1, keepdims=True), 1e-12)
+    return ua @ ub.T
+
+
+def _add_edges(fa, fb, score, ra, rb, rscore, n_b):
+    new = ~np.isin(ra.astype(np.int64) * n_b + rb, fa.astype(np.int64) * n_b + fb)
+    if not new.any():
+        return fa, fb, score
+    return (np.concatenate([fa, ra[new]]), np.concatenate([fb, rb[new]]),
+            np.concatenate([score, rscore[new].astype(score.dtype)]))

@@ -1,0 +1,205 @@
+"""Planted-truth SAE family: stacks whose true matches, deaths, births, splits, merges and orphans are known.
+
+Layer l+1 of a stack is layer l's features, permuted, each drifted a little; a fraction die, some split
+(one parent, two children), some pairs merge, and births fill the freed slots with new directions.
+Sibling stacks (other seeds) share `seed_shared` of each layer's features and hold orphans elsewhere;
+a second dataset shares fewer. Output: sae_lens folders plus ground_truth.parquet. Deterministic.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .sae import SAEMeta, default_sae_id
+
+MODEL = "synth"
+GROUND_TRUTH = "ground_truth.parquet"
+
+
+@dataclass
+class SynthConfig:
+    d_in: int = 256
+    """Model width (2304 for the Gemma Scope 2b shape)."""
+    d_sae: int = 512
+    """Features per SAE."""
+    n_layers: int = 6
+    """Layers per stack."""
+    n_seeds: int = 2
+    """Seed siblings of the base stack (dataset A); 1 means no siblings."""
+    second_dataset: bool = True
+    """Also write a stack trained on dataset B (seed 0), which shares fewer features."""
+    drift: float = 0.15
+    """Per-layer noise; a carried feature keeps cosine about 1/sqrt(1+drift^2) with its parent."""
+    death_frac: float = 0.04
+    split_frac: float = 0.02
+    merge_frac: float = 0.01
+    split_noise: float = 0.5
+    """Children of a split have cosine about 1/sqrt(1+split_noise^2) with their parent."""
+    seed_shared: float = 0.7
+    """Fraction of a layer's features a seed sibling shares (the rest of its slots are orphans)."""
+    dataset_shared: float = 0.4
+    seed_noise: float = 0.2
+    enc_disagree_frac: float = 0.05
+    """Of the shared features, fraction whose encoder differs in the sibling (decoder agrees only)."""
+    seed: int = 0
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
+
+
+def _noisy(rng, x: np.ndarray, eps: float) -> np.ndarray:
+    d = x.shape[-1]
+    return _unit(x + eps * rng.standard_normal(x.shape, dtype=np.float32) / np.sqrt(d))
+
+
+def evolve(cfg: SynthConfig, rng) -> tuple[list[np.ndarray], list[np.ndarray], list[dict]]:
+    """Base stack: per-layer unit decoders [d_sae, d_in], concept ids per slot, and the truth edges."""
+    n, d = cfg.d_sae, cfg.d_in
+    dirs = _unit(rng.standard_normal((n, d), dtype=np.float32))
+    concepts = np.arange(n)
+    next_concept = n
+    decs, ids, truth = [dirs], [concepts], []
+    # Children of a split or merge stay near their co-children; an event on one of them later would
+    # make the truth ambiguous (a "dead" twin still matches), so events only touch plain features.
+    plain = np.ones(n, dtype=bool)
+    for layer in range(cfg.n_layers - 1):
+        order = rng.permutation(n)
+        order = np.concatenate([order[plain[order]], order[~plain[order]]])
+        n_death, n_split, n_merge = (round(f * n) for f in (cfg.death_frac, cfg.split_frac, cfg.merge_frac))
+        dead = order[:n_death]
+        split = order[n_death:n_death + n_split]
+        merge = order[n_death + n_split:n_death + n_split + 2 * n_merge].reshape(-1, 2)
+        carry = order[n_death + n_split + 2 * n_merge:]
+        children: list[tuple[np.ndarray, list[int], str]] = []  # (direction, parents, kind)
+        new = _noisy(rng, dirs[carry], cfg.drift)
+        children += [(new[j], [int(i)], "carry") for j, i in enumerate(carry)]
+        for i in split:
+            for c in _noisy(rng, np.repeat(dirs[i][None], 2, 0), cfg.split_noise):
+                children.append((c, [int(i)], "split"))
+        for i, j in merge:
+            children.append((_unit(dirs[i] + dirs[j]), [int(i), int(j)], "merge"))
+        n_birth = n - len(children)
+        if n_birth < 0:
+            raise ValueError("split_frac too large for death_frac + merge_frac: no room for children")
+        births = _unit(rng.standard_normal((n_birth, d), dtype=np.float32))
+        children += [(b, [], "birth") for b in births]
+        slot = rng.permutation(n)  # child c lands in slot slot[c]: layer l+1 is a relabelling
+        new_dirs = np.empty_like(dirs)
+        new_ids = np.empty(n, dtype=np.int64)
+        new_plain = np.ones(n, dtype=bool)
+        for c, (vec, parents, kind) in enumerate(children):
+            new_dirs[slot[c]] = vec
+            new_plain[slot[c]] = kind == "birth" or (kind == "carry" and plain[parents[0]])
+            if kind == "carry":
+                new_ids[slot[c]] = ids[-1][parents[0]]
+            else:
+                new_ids[slot[c]] = next_concept
+                next_concept += 1
+            for p in parents:
+                truth.append(dict(layer_a=layer, feature_a=p, layer_b=layer + 1, feature_b=int(slot[c]), kind=kind))
+            if kind == "birth":
+                truth.append(dict(layer_a=None, feature_a=None, layer_b=layer + 1, feature_b=int(slot[c]), kind=kind))
+        for p in dead:
+            truth.append(dict(layer_a=layer, feature_a=int(p), layer_b=None, feature_b=None, kind="death"))
+        dirs, plain = new_dirs, new_plain
+        decs.append(dirs)
+        ids.append(new_ids)
+    return decs, ids, truth
+
+
+def sibling(cfg: SynthConfig, rng, base: np.ndarray, shared: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """A sibling layer: (decoder, encoder directions, slot -> base feature or -1, encoder-agrees flag)."""
+    n, d = base.shape
+    keep = rng.permutation(n)[: round(shared * n)]
+    dec = _unit(rng.standard_normal((n, d), dtype=np.float32))  # orphans everywhere first
+    slots = rng.permutation(n)[: len(keep)]
+    dec[slots] = _noisy(rng, base[keep], cfg.seed_noise)
+    enc = dec.copy()
+    agree = np.ones(len(keep), dtype=bool)
+    agree[: round(cfg.enc_disagree_frac * len(keep))] = False
+    enc[slots[~agree]] = _noisy(rng, dec[slots[~agree]], 2.0)  # cosine about 0.45 with the decoder
+    origin = np.full(n, -1, dtype=np.int64)
+    origin[slots] = keep
+    enc_ok = np.zeros(n, dtype=bool)
+    enc_ok[slots] = agree
+    return dec, enc, origin, enc_ok
+
+
+def thresholds(scale: np.ndarray, concepts: np.ndarray, layer: int) -> np.ndarray:
+    """JumpReLU thresholds: a per-concept scale that a carried feature keeps, grown with depth as
+    hidden-state norms grow. Concept -1 (an orphan) gets a fresh scale."""
+    own = scale[np.where(concepts >= 0, concepts, len(scale) - 1 - np.arange(len(concepts)))]
+    return (0.5 * (1 + 0.1 * layer) * own).astype(np.float32)
+
+
+def write_sae(folder: Path, dec: np.ndarray, enc: np.ndarray, theta: np.ndarray, layer: int,
+              seed: int, dataset: str) -> str:
+    """Write one JumpReLU SAE in the sae_lens layout (cfg.json + sae_weights.safetensors)."""
+    from safetensors.numpy import save_file
+
+    n, d = dec.shape
+    folder.mkdir(parents=True, exist_ok=True)
+    hook = f"blocks.{layer}.hook_resid_post"
+    save_file({"W_enc": np.ascontiguousarray(enc.T), "W_dec": dec, "b_enc": np.zeros(n, np.float32),
+               "b_dec": np.zeros(d, np.float32), "threshold": theta}, str(folder / "sae_weights.safetensors"))
+    cfg = {"d_in": d, "d_sae": n, "dtype": "float32", "architecture": "jumprelu", "apply_b_dec_to_input": True,
+           "normalize_activations": "none",
+           "metadata": {"model_name": MODEL, "hook_name": hook, "dataset_path": dataset, "seed": seed}}
+    (folder / "cfg.json").write_text(json.dumps(cfg, indent=1))
+    meta = SAEMeta(model=MODEL, hook=hook, d_in=d, d_sae=n, arch="jumprelu", site="resid", layer=layer,
+                   seed=seed, dataset=dataset)
+    return default_sae_id(meta)
+
+
+def generate(cfg: SynthConfig, out: Path, progress=None) -> list[Path]:
+    """Write the family under `out`; return the SAE folders in ingest order."""
+    rng = np.random.default_rng(cfg.seed)
+    decs, concepts, truth = evolve(cfg, rng)
+    scale = rng.lognormal(0.0, 0.3, cfg.d_sae * (cfg.n_layers + 2) * 2)
+    rows: list[dict] = []
+    folders: list[Path] = []
+    base_ids = []
+    for layer, dec in enumerate(decs):
+        folder = out / f"A-s0/layer_{layer}"
+        theta = thresholds(scale, concepts[layer], layer)
+        base_ids.append(write_sae(folder, dec, dec, theta, layer, 0, "A"))
+        folders.append(folder)
+        if progress:
+            progress()
+    for t in truth:
+        rows.append(dict(t, sae_a=None if t["layer_a"] is None else base_ids[t["layer_a"]],
+                         sae_b=None if t["layer_b"] is None else base_ids[t["layer_b"]]))
+    siblings = [(s, "A", cfg.seed_shared) for s in range(1, cfg.n_seeds)]
+    if cfg.second_dataset:
+        siblings.append((0, "B", cfg.dataset_shared))
+    for seed, dataset, shared in siblings:
+        for layer, base in enumerate(decs):
+            dec, enc, origin, enc_ok = sibling(cfg, rng, base, shared)
+            folder = out / f"{dataset}-s{seed}/layer_{layer}"
+            own = np.where(origin >= 0, concepts[layer][np.maximum(origin, 0)], -1)
+            sid = write_sae(folder, dec, enc, thresholds(scale, own, layer), layer, seed, dataset)
+            folders.append(folder)
+            for slot in range(cfg.d_sae):
+                kind = "orphan" if origin[slot] < 0 else ("shared" if enc_ok[slot] else "decoder_only")
+                rows.append(dict(layer_a=layer, feature_a=None if origin[slot] < 0 else int(origin[slot]),
+                                 layer_b=layer, feature_b=slot, kind=kind, sae_a=base_ids[layer], sae_b=sid))
+            if progress:
+                progress()
+    table = pa.Table.from_pylist(rows, schema=pa.schema([
+        ("kind", pa.string()), ("sae_a", pa.string()), ("feature_a", pa.int32()), ("layer_a", pa.int32()),
+        ("sae_b", pa.string()), ("feature_b", pa.int32()), ("layer_b", pa.int32())]))
+    out.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, out / GROUND_TRUTH)
+    (out / "synth_config.json").write_text(json.dumps(asdict(cfg), indent=1))
+    return folders
+
+
+def n_saes(cfg: SynthConfig) -> int:
+    return cfg.n_layers * (cfg.n_seeds + int(cfg.second_dataset))

@@ -1,0 +1,90 @@
+"""Ingest job: validated SAEs into the atlas (saes + features rows) with a FAISS index each."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+
+from atlas import index as fx
+from atlas.sae import SAEError, SAERecord
+from atlas.store import Atlas, Writer, record_run
+
+DEPENDENT_TABLES = (("matches", "sae_a", "sae_b"), ("pair_stats", "sae_a", "sae_b"),
+                    ("correlations", "sae_a", "sae_b"), ("compositions", "sae_a", "sae_b"))
+
+
+@dataclass
+class IngestSummary:
+    added: list[str] = field(default_factory=list)
+    replaced: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    features: int = 0
+    seconds: float = 0.0
+
+
+def ingest(atlas: Atlas, sources: Iterable[Callable[[], SAERecord]], replace: bool = False,
+           factory: str | None = None, progress=None, params: dict | None = None) -> IngestSummary:
+    """Read each source and store it; the whole job publishes at once or not at all."""
+    summary = IngestSummary()
+    t0 = time.perf_counter()
+    with atlas.write() as w, record_run(w, "ingest", params or {"replace": replace, "factory": factory}):
+        for read in sources:
+            rec = read()
+            status = store_sae(w, rec, replace, factory)
+            getattr(summary, status).append(rec.meta.sae_id)
+            if status != "unchanged":
+                summary.features += rec.meta.d_sae
+            if progress:
+                progress(rec.meta.sae_id, status)
+    summary.seconds = time.perf_counter() - t0
+    return summary
+
+
+def store_sae(w: Writer, rec: SAERecord, replace: bool, factory: str | None) -> str:
+    """One SAE in one transaction. Returns 'added', 'replaced' or 'unchanged'."""
+    m = rec.meta
+    old = w.con.execute("SELECT sha256 FROM saes WHERE sae_id = ?", [m.sae_id]).fetchone()
+    if old and old[0] == m.sha256:
+        return "unchanged"
+    if old and not replace:
+        raise SAEError(f"{m.source}: SAE id {m.sae_id!r} is already in the atlas with other weights "
+                       f"(sha256 {old[0][:12]}… vs {m.sha256[:12]}…); pass --replace or choose another --id")
+    other = w.con.execute("SELECT sae_id, d_in FROM saes WHERE stack = ? AND d_in <> ? AND sae_id <> ? LIMIT 1",
+                          [m.stack, m.d_in, m.sae_id]).fetchone()
+    if other:
+        raise SAEError(f"{m.source}: d_in {m.d_in} differs from {other[0]} (d_in {other[1]}) in stack {m.stack}")
+    factory = factory or fx.default_factory(m.d_sae)
+    index_file = f"{m.sae_id}-{m.sha256[:12]}.faiss"
+    # Written before the commit under a name no published snapshot uses, so a kill leaves nothing stale.
+    fx.save(fx.build(rec.weights.W_dec, factory), w.atlas.index_dir / index_file, factory)
+    with w.transaction() as con:
+        if old:
+            for table, col_a, col_b in DEPENDENT_TABLES:
+                con.execute(f"DELETE FROM {table} WHERE {col_a} = ? OR {col_b} = ?", [m.sae_id, m.sae_id])
+            con.execute("DELETE FROM features WHERE sae_id = ?", [m.sae_id])
+            con.execute("DELETE FROM saes WHERE sae_id = ?", [m.sae_id])
+        con.execute(
+            "INSERT INTO saes (sae_id, model, hook, site, layer, d_in, d_sae, arch, k, seed, dataset, stack, source, "
+            "format, sha256, neuronpedia_id, index_file, index_factory) VALUES "
+            "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [m.sae_id, m.model, m.hook, m.site, m.layer, m.d_in, m.d_sae, m.arch, m.k, m.seed, m.dataset, m.stack,
+             m.source, m.fmt, m.sha256, m.neuronpedia_id, index_file, factory])
+        w.insert_arrow("features", feature_rows(rec))
+    return "replaced" if old else "added"
+
+
+def feature_rows(rec: SAERecord) -> pa.Table:
+    w, n = rec.weights, rec.meta.d_sae
+    log_density = rec.meta.extra.get("log_density")
+    return pa.table({
+        "sae_id": pa.array([rec.meta.sae_id] * n, pa.string()),
+        "feature": pa.array(np.arange(n), pa.int32()),
+        "dec_norm": pa.array(np.linalg.norm(w.W_dec, axis=1), pa.float32()),
+        "threshold": pa.array(w.threshold, pa.float32()) if w.threshold is not None else pa.nulls(n, pa.float32()),
+        "density": (pa.array(np.power(10.0, log_density), pa.float32()) if log_density is not None
+                    else pa.nulls(n, pa.float32())),
+    })

@@ -1,0 +1,142 @@
+"""Ingest into the atlas: idempotence, refusals, one transaction per job, crash safety, read-while-write."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+import textwrap
+
+import duckdb
+import numpy as np
+import pytest
+from safetensors.numpy import save_file
+
+from atlas.sae import SAEError
+from atlas.store import SCHEMA_VERSION, Atlas, AtlasBusy
+from ingest.jobs.ingest import ingest
+from ingest.sources import read_sae
+
+
+def _ingest(atlas, folders, overrides=None, **kw):
+    return ingest(atlas, [lambda f=f: read_sae(f, **(overrides or {})) for f in folders], **kw)
+
+
+def _digest(atlas: Atlas) -> str:
+    """Content of every table (not the file bytes, which DuckDB may lay out differently)."""
+    with atlas.read() as con:
+        tables = [r[0] for r in con.execute("SELECT table_name FROM duckdb_tables() ORDER BY 1").fetchall()]
+        h = hashlib.sha256()
+        for t in tables:
+            h.update(repr(con.execute(f"SELECT * FROM {t} ORDER BY ALL").fetchall()).encode())
+    return h.hexdigest()
+
+
+def test_ingest_then_sql_and_reingest_is_a_noop(tmp_path, family):
+    atlas = Atlas(tmp_path / "a.duckdb")
+    first = _ingest(atlas, family[1][:4])
+    assert len(first.added) == 4 and first.features == 4 * 256
+    con = duckdb.connect(str(atlas.path), read_only=True)
+    rows = con.execute("SELECT sae_id, layer, d_sae, arch, seed, dataset FROM saes ORDER BY layer").fetchall()
+    assert rows == [(f"synth-resid{i}-w256-s0-A", i, 256, "jumprelu", 0, "A") for i in range(4)]
+    assert con.execute("SELECT count(*), count(threshold) FROM features").fetchone() == (1024, 1024)
+    assert con.execute("SELECT version FROM schema_version").fetchone()[0] == SCHEMA_VERSION
+    con.close()
+    before = _digest(atlas)
+    again = _ingest(atlas, family[1][:4])
+    assert again.unchanged == first.added and not again.added
+    with atlas.read() as con:
+        assert con.execute("SELECT count(*) FROM saes").fetchone()[0] == 4
+        assert con.execute("SELECT list(status ORDER BY started_at) FROM runs").fetchone()[0] == ["ok", "ok"]
+    assert sorted(p.name for p in atlas.index_dir.glob("*.faiss")) == sorted(
+        f"{sid}-{sha[:12]}.faiss" for sid, sha in duckdb.connect(str(atlas.path), read_only=True).execute(
+            "SELECT sae_id, sha256 FROM saes").fetchall())
+    assert before != _digest(atlas)  # only the new run row differs
+    with atlas.read() as con:
+        con.execute("SELECT 1").fetchall()
+
+
+def test_other_weights_under_same_id_need_replace(tmp_path, family):
+    atlas = Atlas(tmp_path / "a.duckdb")
+    _ingest(atlas, family[1][:1])
+    before = _digest(atlas)
+    other = family[1][1]  # layer 1's weights, stored under layer 0's id
+    with pytest.raises(SAEError, match="already in the atlas with other weights.*--replace"):
+        _ingest(atlas, [other], overrides={"sae_id": "synth-resid0-w256-s0-A", "layer": 0})
+    assert _digest(atlas) == before
+    out = ingest(atlas, [lambda: read_sae(other, sae_id="synth-resid0-w256-s0-A", layer=0)], replace=True)
+    assert out.replaced == ["synth-resid0-w256-s0-A"]
+    assert len(list(atlas.index_dir.glob("*.faiss"))) == 2  # the old index goes at the next job
+    _ingest(atlas, family[1][2:3])
+    assert len(list(atlas.index_dir.glob("*.faiss"))) == 2
+
+
+def test_a_failing_job_stores_nothing(tmp_path, family):
+    atlas = Atlas(tmp_path / "a.duckdb")
+    _ingest(atlas, family[1][:1])
+    before = _digest(atlas)
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    rng = np.random.default_rng(0)
+    save_file({"W_enc": rng.standard_normal((128, 256), dtype=np.float32),
+               "W_dec": rng.standard_normal((256, 128), dtype=np.float32),
+               "b_enc": np.zeros(256, np.float32), "b_dec": np.zeros(128, np.float32),
+               "threshold": np.ones(256, np.float32)}, str(bad / "sae_weights.safetensors"))
+    (bad / "cfg.json").write_text('{"d_in": 128, "d_sae": 256, "architecture": "jumprelu", "metadata": '
+                                  '{"model_name": "synth", "hook_name": "blocks.9.hook_resid_post", '
+                                  '"seed": 0, "dataset_path": "A"}}')
+    with pytest.raises(SAEError, match="d_in 128 differs from synth-resid0-w256-s0-A"):
+        _ingest(atlas, [family[1][1], bad])  # the first, good SAE must not land either
+    assert _digest(atlas) == before
+    assert not list(atlas.dir.glob("working-*"))
+
+
+def test_second_writer_is_refused_while_one_writes(tmp_path):
+    atlas = Atlas(tmp_path / "a.duckdb")
+    with atlas.write():
+        with pytest.raises(AtlasBusy, match="another job is writing"):
+            with atlas.write():
+                pass
+
+
+def test_reader_keeps_its_snapshot_while_a_job_publishes(tmp_path, family):
+    atlas = Atlas(tmp_path / "a.duckdb")
+    _ingest(atlas, family[1][:1])
+    reader = atlas.read()
+    _ingest(atlas, family[1][1:3])  # a job runs and publishes while the reader is open
+    assert reader.execute("SELECT count(*) FROM saes").fetchone()[0] == 1
+    reader.close()
+    with atlas.read() as fresh:
+        assert fresh.execute("SELECT count(*) FROM saes").fetchone()[0] == 3
+
+
+KILL_INGEST = """
+import os, signal, sys
+from atlas.store import Atlas
+from ingest.jobs.ingest import ingest
+from ingest.sources import read_sae
+folders = sys.argv[2:]
+def source(i, f):
+    def read():
+        if i == 2:  # two SAEs are already written to the working copy: die here
+            os.kill(os.getpid(), signal.SIGKILL)
+        return read_sae(f)
+    return read
+ingest(Atlas(sys.argv[1]), [source(i, f) for i, f in enumerate(folders)])
+"""
+
+
+def test_killed_ingest_leaves_the_atlas_as_it_was(tmp_path, family):
+    atlas = Atlas(tmp_path / "a.duckdb")
+    _ingest(atlas, family[1][:1])
+    before = _digest(atlas)
+    indexes = sorted(atlas.index_dir.iterdir())
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(KILL_INGEST), str(atlas.path),
+                           *map(str, family[1][1:5])], capture_output=True)
+    assert proc.returncode == -9
+    assert _digest(atlas) == before
+    # The killed job's index files carry names no snapshot uses; the next job sweeps them and its lock is free.
+    out = _ingest(atlas, family[1][1:2])
+    assert out.added == ["synth-resid1-w256-s0-A"]
+    assert len(sorted(atlas.index_dir.glob("*.faiss"))) == 2
+    assert not list(atlas.dir.glob("working-*")) and indexes
