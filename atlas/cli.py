@@ -220,5 +220,34 @@ def match(ctx, selection, distance, stack, explicit, methods, k, floor, tau, sol
                f"({summary.seconds:.1f} s)")
 
 
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=8000, show_default=True)
+@click.option("--workers", type=int, default=1, show_default=True, help="Server processes (each reads the atlas).")
+@click.option("--cors", "cors", multiple=True, help="Allow browser calls from this origin (repeatable; '*' for any).")
+@click.option("--sql-time-limit", type=float, default=None, help="Seconds before user SQL is interrupted [default: 5].")
+@click.option("--sql-max-rows", type=int, default=None, help="Most rows /api/sql returns [default: 1000].")
+@click.pass_context
+def serve(ctx, host, port, workers, cors, sql_time_limit, sql_max_rows):
+    """Serve the atlas over HTTP: JSON API under /api, OpenAPI docs at /schema.
+
+    Jobs may run meanwhile: the server keeps its snapshot and switches to a new one when a job publishes.
+    """
+    import json
+    import os
+
+    import uvicorn
+
+    atlas = _atlas(ctx)
+    if not atlas.exists():
+        raise FileNotFoundError(f"no atlas at {atlas.path}: run `make demo` or `atlas synth` first")
+    settings = {k: v for k, v in {"cors_origins": list(cors), "sql_time_limit_s": sql_time_limit,
+                                  "sql_max_rows": sql_max_rows}.items() if v}
+    os.environ["ATLAS_PATH"] = str(atlas.path.resolve())
+    os.environ["ATLAS_SETTINGS"] = json.dumps(settings)
+    click.echo(f"serving {atlas.path} at http://{host}:{port}/api/saes (docs: http://{host}:{port}/schema)")
+    uvicorn.run("api.app:app_from_env", factory=True, host=host, port=port, workers=workers, log_level="warning")
+
+
 if __name__ == "__main__":
     main()

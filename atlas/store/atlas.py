@@ -25,6 +25,22 @@ ENV_VAR = "ATLAS_PATH"
 DEFAULT_PATH = "atlas.duckdb"
 
 
+# Every reader (API, user SQL, CLI, tests) opens the file the same locked-down way: read-only, no file
+# system or network access, no extension installs, no Python replacement scans, configuration locked
+# last. One configuration also lets readers in one process share DuckDB's instance of the file.
+SERVING_CONFIG = {
+    "enable_external_access": False,
+    "autoinstall_known_extensions": False,
+    "autoload_known_extensions": False,
+    "python_enable_replacements": False,
+}
+
+
+def connect_serving(path: str, memory_limit: str = "2GB", threads: int = 2) -> duckdb.DuckDBPyConnection:
+    config = dict(SERVING_CONFIG, memory_limit=memory_limit, threads=threads, lock_configuration=True)
+    return duckdb.connect(str(path), read_only=True, config=config)
+
+
 class AtlasBusy(RuntimeError):
     """Another job holds the atlas's write lock."""
 
@@ -53,10 +69,10 @@ class Atlas:
         return self.path.exists()
 
     def read(self) -> duckdb.DuckDBPyConnection:
-        """A read-only connection on the current snapshot."""
+        """A read-only, locked-down connection on the current snapshot."""
         if not self.path.exists():
             raise FileNotFoundError(f"no atlas at {self.path}: run `atlas init` or `atlas ingest` first")
-        return duckdb.connect(str(self.path), read_only=True)
+        return connect_serving(self.path)
 
     @contextlib.contextmanager
     def write(self, wait: bool = False):

@@ -108,6 +108,75 @@ FROM pair_stats p JOIN saes a ON a.sae_id = p.sae_a JOIN saes b ON b.sae_id = p.
 WHERE a.stack = b.stack;
 """
 
+# Table macros: the query functions in atlas.queries call these, so SQL users get the same answers.
+MACROS = """
+CREATE OR REPLACE MACRO feature_sharing(sae_, tau_ := 0.7, by_ := 'any') AS TABLE
+WITH me AS (SELECT * FROM saes WHERE sae_id = sae_),
+siblings AS (
+    SELECT s.sae_id FROM saes s, me
+    WHERE s.model = me.model AND s.hook = me.hook AND s.d_sae = me.d_sae AND s.sae_id <> me.sae_id
+      AND (by_ = 'any' OR (by_ = 'seed' AND s.dataset IS NOT DISTINCT FROM me.dataset)
+                       OR (by_ = 'dataset' AND s.dataset IS DISTINCT FROM me.dataset))),
+matched AS (  -- siblings matched to this SAE by both methods
+    SELECT CASE WHEN sae_a = sae_ THEN sae_b ELSE sae_a END AS sibling FROM pair_stats
+    WHERE (sae_a = sae_ OR sae_b = sae_) AND method IN ('decoder_cos', 'encoder_cos')
+    GROUP BY 1 HAVING count(DISTINCT method) = 2),
+edges AS (
+    SELECT CASE WHEN sae_a = sae_ THEN feature_a ELSE feature_b END AS feature,
+           CASE WHEN sae_a = sae_ THEN sae_b ELSE sae_a END AS sibling,
+           CASE WHEN sae_a = sae_ THEN feature_b ELSE feature_a END AS partner, method
+    FROM matches
+    WHERE assigned AND score >= tau_ AND method IN ('decoder_cos', 'encoder_cos') AND (sae_a = sae_ OR sae_b = sae_)),
+shared AS (
+    SELECT feature, sibling FROM edges
+    WHERE sibling IN (SELECT sae_id FROM siblings) AND sibling IN (SELECT sibling FROM matched)
+    GROUP BY feature, sibling, partner HAVING count(DISTINCT method) = 2)
+SELECT f.feature, count(s.sibling)::INTEGER AS n_shared,
+       (SELECT count(*) FROM matched WHERE sibling IN (SELECT sae_id FROM siblings))::INTEGER AS n_siblings,
+       f.label
+FROM features f LEFT JOIN shared s ON s.feature = f.feature
+WHERE f.sae_id = sae_
+GROUP BY f.feature, f.label ORDER BY f.feature;
+
+CREATE OR REPLACE MACRO layer_pair_stats(method_ := 'decoder_cos', min_frac_ := 0.9, min_score_ := 0.9,
+                                         stack_ := NULL) AS TABLE
+SELECT p.sae_a, p.sae_b, p.layer_a, p.layer_b, p.method, p.n_a, p.n_b, p.n_matched, p.matched_frac,
+       coalesce(h.n_at, 0) / p.n_a AS frac_at_min_score, p.mean_score, p.median_score, p.mse_after_perm,
+       p.identity_frac, coalesce(h.n_at, 0) / p.n_a >= min_frac_ AS permutation_only
+FROM layer_pairs p
+LEFT JOIN (SELECT sae_a, sae_b, method, count(*) AS n_at FROM matches
+           WHERE assigned AND score >= min_score_ AND method = method_ GROUP BY ALL) h
+  USING (sae_a, sae_b, method)
+WHERE p.method = method_ AND (stack_ IS NULL OR p.stack = stack_)
+ORDER BY p.stack, p.layer_a, p.layer_b;
+
+CREATE OR REPLACE MACRO permutation_pairs(method_ := 'decoder_cos', min_frac_ := 0.9, min_score_ := 0.9,
+                                          stack_ := NULL) AS TABLE
+SELECT * FROM layer_pair_stats(method_ := method_, min_frac_ := min_frac_, min_score_ := min_score_, stack_ := stack_)
+WHERE permutation_only;
+
+-- Lineage without gaps, for SQL users: every feature reachable from (sae_, feature_) through matches
+-- of adjacent stack layers with score >= tau_, forward and backward. lineage() in Python adds gaps.
+CREATE OR REPLACE MACRO lineage_nodes(sae_, feature_, tau_ := 0.7, method_ := 'decoder_cos') AS TABLE
+WITH RECURSIVE
+st AS (SELECT sae_id, layer, lead(sae_id) OVER w AS next_sae, lag(sae_id) OVER w AS prev_sae
+       FROM saes WINDOW w AS (PARTITION BY stack ORDER BY layer)),
+fwd(sae_id, feature) AS (
+    SELECT sae_, feature_
+    UNION
+    SELECT m.sae_b, m.feature_b FROM fwd JOIN st ON st.sae_id = fwd.sae_id
+    JOIN matches m ON m.sae_a = fwd.sae_id AND m.feature_a = fwd.feature AND m.sae_b = st.next_sae
+    WHERE m.method = method_ AND m.score >= tau_),
+bwd(sae_id, feature) AS (
+    SELECT sae_, feature_
+    UNION
+    SELECT m.sae_a, m.feature_a FROM bwd JOIN st ON st.sae_id = bwd.sae_id
+    JOIN matches m ON m.sae_b = bwd.sae_id AND m.feature_b = bwd.feature AND m.sae_a = st.prev_sae
+    WHERE m.method = method_ AND m.score >= tau_)
+SELECT n.sae_id, n.feature, s.layer FROM (SELECT * FROM fwd UNION SELECT * FROM bwd) n JOIN saes s USING (sae_id)
+ORDER BY s.layer, n.feature;
+"""
+
 
 def create(con) -> None:
     con.execute(TABLES)
@@ -117,3 +186,4 @@ def create(con) -> None:
     if version != SCHEMA_VERSION:
         raise RuntimeError(f"atlas schema version {version}, this code reads {SCHEMA_VERSION}: rebuild the atlas")
     con.execute(VIEWS)
+    con.execute(MACROS)

@@ -1,0 +1,134 @@
+"""Response records of the API (msgspec Structs), named for the thing they hold."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from atlas.queries import FeatureSharing, LayerPair
+
+
+class Error(msgspec.Struct):
+    ok: bool
+    error: str
+    status: int
+
+
+class Health(msgspec.Struct):
+    ok: bool
+    atlas: str
+    saes: int
+    schema_version: int
+    snapshot: str
+
+
+class SAE(msgspec.Struct):
+    sae_id: str
+    model: str
+    hook: str
+    site: str | None
+    layer: int
+    d_in: int
+    d_sae: int
+    arch: str
+    k: int | None
+    seed: int | None
+    dataset: str | None
+    stack: str
+    neuronpedia_id: str | None
+    source: str
+    sha256: str
+
+
+class SAEPage(msgspec.Struct):
+    items: list[SAE]
+    next: str | None
+
+
+class Stack(msgspec.Struct):
+    stack: str
+    model: str
+    site: str | None
+    d_sae: int
+    arch: str
+    seed: int | None
+    dataset: str | None
+    n_saes: int
+    first_layer: int
+    last_layer: int
+
+
+class SAEDetail(msgspec.Struct):
+    sae: SAE
+    n_labelled: int
+    mean_density: float | None
+    pairs: dict[str, int]
+
+
+class MatchRef(msgspec.Struct):
+    sae_id: str
+    feature: int
+    layer: int
+    score: float
+    rank: int
+    assigned: bool
+    direction: str
+    """'out': this feature is sae_a; 'in': this feature is sae_b."""
+
+
+class FeatureCard(msgspec.Struct):
+    sae_id: str
+    feature: int
+    layer: int
+    label: str | None
+    dec_norm: float
+    threshold: float | None
+    density: float | None
+    max_act: float | None
+    neuronpedia_url: str | None
+    neuronpedia_embed: str | None
+    lineage_url: str
+    matches: dict[str, list[MatchRef]]
+    examples: list[dict[str, Any]]
+
+
+class OrphanPage(msgspec.Struct):
+    sae_id: str
+    siblings: list[str]
+    n_features: int
+    n_orphans: int
+    orphan_frac: float
+    orphans: list[FeatureSharing]
+    next: str | None
+
+
+class LayerPairList(msgspec.Struct):
+    items: list[LayerPair]
+    min_frac: float
+    min_score: float
+    method: str
+
+
+class Matrix(msgspec.Struct):
+    stack: str
+    method: str
+    stat: str
+    layers: list[int]
+    values: list[list[float | None]]
+
+
+class SearchRequest(msgspec.Struct):
+    vector: list[float] | None = None
+    sae_id: str | None = None
+    feature: int | None = None
+    k: int = 10
+    saes: list[str] | None = None
+
+
+class SQLResult(msgspec.Struct):
+    columns: list[str]
+    rows: list[list[Any]]
+    truncated: bool
+    limit: int
+    elapsed_ms: float

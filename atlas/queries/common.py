@@ -1,0 +1,38 @@
+"""Lookups every query needs: an SAE's row, a feature's existence, a stack's SAEs in layer order."""
+
+from __future__ import annotations
+
+from .records import NotFound, QueryError
+
+SAE_COLUMNS = ("sae_id", "model", "hook", "site", "layer", "d_in", "d_sae", "arch", "k", "seed", "dataset",
+               "stack", "source", "format", "sha256", "neuronpedia_id", "index_file", "index_factory", "created_at")
+
+
+def sae_row(con, sae_id: str) -> dict:
+    row = con.execute(f"SELECT {', '.join(SAE_COLUMNS)} FROM saes WHERE sae_id = ?", [sae_id]).fetchone()
+    if row is None:
+        raise NotFound(f"unknown SAE {sae_id!r}: GET /api/saes lists the SAEs in this atlas")
+    return dict(zip(SAE_COLUMNS, row))
+
+
+def check_feature(sae: dict, feature: int) -> None:
+    if not 0 <= feature < sae["d_sae"]:
+        raise NotFound(f"SAE {sae['sae_id']!r} has features 0..{sae['d_sae'] - 1}; there is no feature {feature}")
+
+
+def stack_saes(con, stack: str) -> list[tuple[str, int]]:
+    rows = con.execute("SELECT sae_id, layer FROM saes WHERE stack = ? ORDER BY layer", [stack]).fetchall()
+    if not rows:
+        raise NotFound(f"unknown stack {stack!r}: GET /api/stacks lists them")
+    return rows
+
+
+def check_method(method: str) -> None:
+    known = ("decoder_cos", "decoder_mse", "encoder_cos", "activation_corr")
+    if method not in known:
+        raise QueryError(f"unknown method {method!r}; known: {', '.join(known)}")
+
+
+def check_fraction(name: str, value: float, lo: float = 0.0, hi: float = 1.0) -> None:
+    if not lo <= value <= hi:
+        raise QueryError(f"{name} must be between {lo} and {hi}, got {value}")

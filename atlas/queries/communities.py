@@ -1,0 +1,34 @@
+"""Feature communities of a stack: connected components of its match graph above tau (networkx)."""
+
+from __future__ import annotations
+
+import msgspec
+import networkx as nx
+
+from .common import check_method, stack_saes
+
+
+class Community(msgspec.Struct):
+    size: int
+    first_layer: int
+    last_layer: int
+    members: list[tuple[str, int]]
+
+
+def communities(con, stack: str, method: str = "decoder_cos", tau: float = 0.7, min_size: int = 2,
+                assigned_only: bool = True) -> list[Community]:
+    check_method(method)
+    layer_of = dict(stack_saes(con, stack))
+    rows = con.execute(
+        "SELECT m.sae_a, m.feature_a, m.sae_b, m.feature_b FROM matches m "
+        "JOIN saes a ON a.sae_id = m.sae_a JOIN saes b ON b.sae_id = m.sae_b "
+        "WHERE a.stack = ? AND b.stack = ? AND m.method = ? AND m.score >= ? AND (m.assigned OR NOT ?)",
+        [stack, stack, method, tau, assigned_only]).fetchall()
+    g = nx.Graph()
+    g.add_edges_from(((a, fa), (b, fb)) for a, fa, b, fb in rows)
+    out = []
+    for comp in nx.connected_components(g):
+        if len(comp) >= min_size:
+            layers = [layer_of[s] for s, _ in comp]
+            out.append(Community(len(comp), min(layers), max(layers), sorted(comp, key=lambda n: (layer_of[n[0]], n[1]))))
+    return sorted(out, key=lambda c: (-c.size, c.first_layer, c.members[0]))

@@ -1,0 +1,160 @@
+"""Lineage of one feature within its stack: ancestors and descendants as a DAG (DESIGN.md, Questions).
+
+From (sae, i), follow matches whose score passes the bar backward to the first layer and forward to
+the last. A node with no passing match at the adjacent layer tries up to `max_skip` further layers (a
+gap). Every passing candidate is followed, so splits and merges show as branches. The bar is either a
+fixed `tau` (cosine) or a per-pair `quantile`: keep the best q fraction of that pair's assigned scores
+(SAE Match: MSE scales differ per layer pair). One SQL query per layer and direction.
+"""
+
+from __future__ import annotations
+
+from .common import check_feature, check_fraction, check_method, sae_row, stack_saes
+from .neuronpedia import feature_url
+from .records import Edge, Lineage, Node, QueryError
+
+MAX_NODES = 2000
+_EDGE_COLS = "sae_a, feature_a, sae_b, feature_b, method, score, rank, assigned"
+
+
+def pair_bars(con, saes: list[str], method: str, tau: float | None, quantile: float | None) -> dict | float:
+    """The score bar: one number (tau), or per (sae_a, sae_b) the quantile of assigned scores."""
+    if quantile is None:
+        return tau
+    q = quantile if method.endswith("_mse") else 1 - quantile
+    rows = con.execute(
+        "SELECT sae_a, sae_b, quantile_cont(score, ?) FROM matches WHERE assigned AND method = ? "
+        "AND sae_a IN (SELECT unnest(?)) GROUP BY ALL", [q, method, saes]).fetchall()
+    return {(a, b): v for a, b, v in rows}
+
+
+def _passes(bar, a: str, b: str, score: float, distance: bool) -> bool:
+    v = bar if not isinstance(bar, dict) else bar.get((a, b))
+    if v is None:
+        return False
+    return score <= v if distance else score >= v
+
+
+def lineage(con, sae_id: str, feature: int, direction: str = "both", tau: float | None = 0.7,
+            quantile: float | None = None, max_skip: int = 1, method: str = "decoder_cos",
+            include_sites: bool = True) -> Lineage:
+    check_method(method)
+    if direction not in ("both", "forward", "backward"):
+        raise QueryError(f"direction must be both, forward or backward, got {direction!r}")
+    if not 0 <= max_skip <= 8:
+        raise QueryError(f"max_skip must be between 0 and 8, got {max_skip}")
+    distance = method.endswith("_mse")
+    if quantile is None and (tau is None or distance):
+        quantile = 0.5 if distance else None
+        if quantile is None:
+            raise QueryError("give tau or quantile")
+    if quantile is not None:
+        check_fraction("quantile", quantile)
+    sae = sae_row(con, sae_id)
+    check_feature(sae, feature)
+    stack = stack_saes(con, sae["stack"])
+    ids = [s for s, _ in stack]
+    layer_of = dict(stack)
+    pos0 = ids.index(sae_id)
+    bar = pair_bars(con, ids, method, tau, quantile)
+
+    edges: dict[tuple, Edge] = {}
+    seen = {(sae_id, feature)}
+    for forward in ([True, False] if direction == "both" else [direction == "forward"]):
+        frontier = {pos0: {feature}}
+        order = range(pos0, len(ids)) if forward else range(pos0, -1, -1)
+        for pos in order:
+            nodes = frontier.pop(pos, set())
+            if not nodes:
+                continue
+            for e, step in _step(con, ids, pos, nodes, forward, max_skip, method):
+                if not _passes(bar, e.sae_a, e.sae_b, e.score, distance):
+                    continue
+                src = (e.sae_a, e.feature_a) if forward else (e.sae_b, e.feature_b)
+                dst_pos = pos + step if forward else pos - step
+                dst = (ids[dst_pos], e.feature_b if forward else e.feature_a)
+                e.gap = step - 1
+                if step > 1 and _has_nearer(edges, src, forward, step, ids, pos):
+                    continue
+                edges[(e.sae_a, e.feature_a, e.sae_b, e.feature_b)] = e
+                if dst not in seen and len(seen) < MAX_NODES:
+                    seen.add(dst)
+                    frontier.setdefault(dst_pos, set()).add(dst[1])
+
+    nodes = _nodes(con, seen, layer_of, sae["site"], include_sites, method, bar, distance)
+    root = next(n for n in nodes if n.sae_id == sae_id and n.feature == feature)
+    birth = min(n.layer for n in nodes)
+    death = max(n.layer for n in nodes)
+    threshold = f"quantile={quantile} per pair" if quantile is not None else f"tau={tau}"
+    return Lineage(root=root, nodes=nodes, edges=sorted(edges.values(), key=lambda e: (layer_of[e.sae_a], e.feature_a,
+                   layer_of[e.sae_b], e.feature_b)), birth_layer=birth, death_layer=death,
+                   lifespan=death - birth + 1, method=method, threshold=threshold)
+
+
+def _step(con, ids, pos, nodes, forward, max_skip, method):
+    """Candidate edges from `nodes` at stack position pos to the next 1 + max_skip positions."""
+    if forward:
+        targets = ids[pos + 1: pos + 2 + max_skip]
+        sql = (f"SELECT {_EDGE_COLS} FROM matches WHERE sae_a = ? AND feature_a IN (SELECT unnest(?)) "
+               f"AND sae_b IN (SELECT unnest(?)) AND method = ?")
+    else:
+        targets = ids[max(0, pos - 1 - max_skip): pos][::-1]
+        sql = (f"SELECT {_EDGE_COLS} FROM matches WHERE sae_b = ? AND feature_b IN (SELECT unnest(?)) "
+               f"AND sae_a IN (SELECT unnest(?)) AND method = ?")
+    if not targets:
+        return []
+    rows = con.execute(sql, [ids[pos], sorted(nodes), targets, method]).fetchall()
+    step_of = {s: i + 1 for i, s in enumerate(targets)}
+    out = [(Edge(*r, gap=0), step_of[r[2] if forward else r[0]]) for r in rows]
+    return sorted(out, key=lambda x: (x[1], -x[0].score))  # nearest layers first
+
+
+def _has_nearer(edges, src, forward, step, ids, pos) -> bool:
+    """True when src already has a passing edge to a nearer layer (a gap is only for missing matches)."""
+    for e in edges.values():
+        if forward and (e.sae_a, e.feature_a) == src and ids.index(e.sae_b) - pos < step:
+            return True
+        if not forward and (e.sae_b, e.feature_b) == src and pos - ids.index(e.sae_a) < step:
+            return True
+    return False
+
+
+def _nodes(con, seen, layer_of, site, include_sites, method, bar, distance) -> list[Node]:
+    by_sae: dict[str, list[int]] = {}
+    for s, f in seen:
+        by_sae.setdefault(s, []).append(f)
+    nodes = []
+    for s, feats in by_sae.items():
+        rows = con.execute(
+            "SELECT f.feature, f.label, s.neuronpedia_id FROM features f JOIN saes s USING (sae_id) "
+            "WHERE f.sae_id = ? AND f.feature IN (SELECT unnest(?))", [s, feats]).fetchall()
+        origins = flow_origins(con, s, feats, method) if include_sites and site == "resid" else {}
+        for f, label, npid in rows:
+            nodes.append(Node(sae_id=s, feature=f, layer=layer_of[s], site=site, label=label,
+                              neuronpedia_url=feature_url(npid, f), origin=origins.get(f)))
+    return sorted(nodes, key=lambda n: (n.layer, n.feature))
+
+
+def flow_origins(con, sae_id: str, features: list[int], method: str, tau: float = 0.5) -> dict[int, str]:
+    """SAE feature flow classes for residual features at layer L (Laptev et al. 2025): best scores
+    vs residual L−1 (RES), MLP-out L (MLP) and attention-out L (ATT) of the same model; each above
+    `tau` joins the class name ('RES&MLP', …), none gives 'from nowhere'. Empty where no MLP or
+    attention SAE of that layer was matched to this one."""
+    rows = con.execute("""
+        WITH me AS (SELECT * FROM saes WHERE sae_id = ?),
+        src AS (SELECT s.sae_id, CASE WHEN s.site = 'resid' THEN 'RES' WHEN s.site = 'mlp' THEN 'MLP' ELSE 'ATT' END AS kind
+                FROM saes s, me WHERE s.model = me.model AND s.d_in = me.d_in AND (
+                    (s.site IN ('mlp', 'attn') AND s.layer = me.layer) OR
+                    (s.stack = me.stack AND s.layer = (SELECT max(layer) FROM saes x WHERE x.stack = me.stack AND x.layer < me.layer))))
+        SELECT m.feature_b, src.kind, max(m.score) FROM matches m JOIN src ON m.sae_a = src.sae_id
+        WHERE m.sae_b = ? AND m.method = ? AND m.feature_b IN (SELECT unnest(?)) GROUP BY ALL""",
+                       [sae_id, sae_id, method, features]).fetchall()
+    kinds = {k for _, k, _ in rows}
+    if not kinds & {"MLP", "ATT"}:
+        return {}
+    best: dict[int, set[str]] = {f: set() for f in features}
+    for f, kind, score in rows:
+        if score >= tau:
+            best[f].add(kind)
+    order = ("RES", "MLP", "ATT")
+    return {f: "&".join(k for k in order if k in ks) or "from nowhere" for f, ks in best.items()}
