@@ -220,6 +220,23 @@ def match(ctx, selection, distance, stack, explicit, methods, k, floor, tau, sol
                f"({summary.seconds:.1f} s)")
 
 
+@main.group()
+def labels():
+    """Feature labels and stats from Neuronpedia exports."""
+
+
+@labels.command("import")
+@click.argument("path", type=click.Path(exists=True, path_type=Path))
+@click.option("--sae", "sae_id", default=None, help="Store into this SAE instead of the one with the export's neuronpedia_id.")
+@click.pass_context
+def labels_import(ctx, path, sae_id):
+    """Import v1/<model>/<source>/{explanations,features}/*.jsonl[.gz] (plain or gzipped)."""
+    from ingest.jobs.labels import import_labels
+
+    s = import_labels(_atlas(ctx), path, sae_id)
+    click.echo(f"imported {s.files} files: labels {s.labels or 'none'}, stats {s.stats or 'none'}")
+
+
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=int, default=8000, show_default=True)

@@ -1,0 +1,195 @@
+"""`python -m bench [section ...]`: candidates, assignment, stack, api. Prints a table, writes JSON.
+
+Each section measures the thing and its baseline in the same run, so the ratio holds on a noisy machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def timed(fn, repeat: int = 1):
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - t0)
+    return best, out
+
+
+def unit(x):
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def bench_candidates(n: int, d: int) -> dict:
+    import faiss
+    import torch
+
+    from atlas.match.candidates import topk_both
+
+    rng = np.random.default_rng(0)
+    a = unit(rng.standard_normal((n, d), dtype=np.float32))
+    b = unit(a[rng.permutation(n)] + 0.3 * rng.standard_normal((n, d), dtype=np.float32) / np.sqrt(d))
+    ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+    t_mm, _ = timed(lambda: ta @ tb.T, repeat=2)
+    t_ours, _ = timed(lambda: topk_both(a, b, 16), repeat=2)
+    index = faiss.IndexFlatIP(d)
+    index.add(b)
+    t_faiss, _ = timed(lambda: index.search(a, 16), repeat=2)
+    return {"n": n, "d": d, "matmul_s": t_mm, "topk_both_dirs_s": t_ours, "faiss_flat_one_dir_s": t_faiss,
+            "ratio_vs_matmul": t_ours / t_mm, "target": "<= 1.5"}
+
+
+def bench_assignment(n: int) -> dict:
+    from scipy.optimize import linear_sum_assignment
+
+    from atlas.match.assign import assign_sparse
+    from atlas.match.candidates import topk_both
+    from atlas.match.pair import _edges
+
+    rng = np.random.default_rng(1)
+    d = 256
+    a = unit(rng.standard_normal((n, d), dtype=np.float32))
+    perm = rng.permutation(n)
+    b = unit(a[perm] + 0.4 * rng.standard_normal((n, d), dtype=np.float32) / np.sqrt(d))
+    b[: n // 10] = unit(rng.standard_normal((n // 10, d), dtype=np.float32))  # births
+    s = (a @ b.T).astype(np.float64)
+    t_dense, (dr, dc) = timed(lambda: linear_sum_assignment(s, maximize=True))
+    cand = topk_both(a, b, 16)
+
+    def sparse():
+        fa, fb, sc = _edges(cand)
+        return assign_sparse(fa, fb, sc - 0.3, n, n)
+
+    t_sparse, (sr, sc_) = timed(sparse)
+    dense_pairs = {(i, j) for i, j in zip(dr.tolist(), dc.tolist()) if s[i, j] >= 0.5}
+    sparse_pairs = {(i, j) for i, j in zip(sr.tolist(), sc_.tolist()) if s[i, j] >= 0.5}
+    same = len(dense_pairs & sparse_pairs) / max(len(dense_pairs), 1)
+    return {"n": n, "dense_lsa_s": t_dense, "sparse_s": t_sparse, "speedup": t_dense / t_sparse,
+            "identical_at_score_0.5": same, "target": ">= 20x at 16k, >= 0.999 identical"}
+
+
+def bench_stack(layers: int, d_sae: int, d_in: int, workdir: Path) -> dict:
+    from atlas.match.pair import MatchParams
+    from atlas.store import Atlas
+    from atlas.synth import SynthConfig, generate
+    from ingest.jobs.ingest import ingest
+    from ingest.jobs.match import run_match, select_pairs
+    from ingest.sources import read_sae
+
+    cfg = SynthConfig(d_in=d_in, d_sae=d_sae, n_layers=layers, n_seeds=1, second_dataset=False)
+    t_gen, folders = timed(lambda: generate(cfg, workdir / "family"))
+    atlas = Atlas(workdir / "bench.duckdb")
+    t_ingest, summary = timed(lambda: ingest(atlas, [lambda f=f: read_sae(f) for f in folders]))
+    with atlas.read() as con:
+        pairs = select_pairs(con, "distance", distance=2)
+    t_match, _ = timed(lambda: run_match(atlas, pairs, ["decoder_cos"], MatchParams(), publish_every=600))
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"layers": layers, "d_sae": d_sae, "d_in": d_in, "pairs": len(pairs), "generate_s": t_gen,
+            "ingest_s": t_ingest, "ingest_features_per_s": summary.features / t_ingest,
+            "match_s": t_match, "end_to_end_min": (t_ingest + t_match) / 60, "peak_rss_mb": peak,
+            "atlas_mb": atlas.path.stat().st_size / 2**20, "target": "< 15 min on 2 cores"}
+
+
+def bench_api(atlas_path: Path, requests: int, port: int = 8765) -> dict:
+    """Bounded loopback load: `requests` lineage and feature-card calls, 8 client threads, 2 workers."""
+    import httpx
+
+    from atlas.store import Atlas
+
+    with Atlas(atlas_path).read() as con:
+        first, d_sae = con.execute("SELECT sae_id, d_sae FROM saes ORDER BY stack, layer LIMIT 1").fetchone()
+        mid = con.execute("SELECT sae_id FROM saes ORDER BY stack, layer LIMIT 1 OFFSET 5").fetchone()[0]
+    server = subprocess.Popen([sys.executable, "-m", "atlas.cli", "--atlas", str(atlas_path), "serve",
+                               "--port", str(port), "--workers", "2"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(100):
+            try:
+                if httpx.get(f"{base}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        rng = np.random.default_rng(0)
+        out = {}
+        for name, make in (("feature_card", lambda f: f"{base}/api/saes/{mid}/features/{f}"),
+                           ("lineage", lambda f: f"{base}/api/saes/{mid}/features/{f}/lineage")):
+            urls = [make(int(f)) for f in rng.integers(0, d_sae, requests)]
+            lat: list[float] = []
+            lock = threading.Lock()
+
+            def worker(chunk):
+                with httpx.Client(timeout=30) as c:
+                    for u in chunk:
+                        t0 = time.perf_counter()
+                        r = c.get(u)
+                        assert r.status_code == 200, r.text
+                        with lock:
+                            lat.append(time.perf_counter() - t0)
+
+            threads = [threading.Thread(target=worker, args=(urls[i::8],)) for i in range(8)]
+            t0 = time.perf_counter()
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            wall = time.perf_counter() - t0
+            lat.sort()
+            out[name] = {"p50_ms": 1000 * statistics.median(lat), "p99_ms": 1000 * lat[int(0.99 * (len(lat) - 1))],
+                         "req_per_s": len(lat) / wall, "requests": len(lat)}
+        out["target"] = "p50 < 10 ms, p99 < 50 ms, >= 500 req/s"
+        return out
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    p.add_argument("sections", nargs="*", default=["candidates", "assignment", "stack", "api"])
+    p.add_argument("--layers", type=int, default=26)
+    p.add_argument("--d-sae", type=int, default=16384)
+    p.add_argument("--d-in", type=int, default=2304)
+    p.add_argument("--requests", type=int, default=2000)
+    p.add_argument("--workdir", type=Path, default=None, help="Keep the synthetic stack and atlas here.")
+    args = p.parse_args(argv)
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="atlas-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    results = {}
+    if "candidates" in args.sections:
+        results["candidates"] = bench_candidates(args.d_sae, args.d_in)
+    if "assignment" in args.sections:
+        results["assignment"] = [bench_assignment(n) for n in (4096, args.d_sae)]
+    if "stack" in args.sections:
+        results["stack"] = bench_stack(args.layers, args.d_sae, args.d_in, work)
+    if "api" in args.sections:
+        atlas = work / "bench.duckdb"
+        if not atlas.exists():
+            raise SystemExit(f"section api needs the stack atlas at {atlas}: run the stack section first")
+        results["api"] = bench_api(atlas, args.requests)
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / f"bench-{time.strftime('%Y%m%dT%H%M%S')}.json"
+    out.write_text(json.dumps(results, indent=1))
+    for section, value in results.items():
+        print(f"\n== {section}")
+        for row in value if isinstance(value, list) else [value]:
+            for k, v in row.items():
+                print(f"  {k:>24}: {v:.4g}" if isinstance(v, float) else f"  {k:>24}: {v}")
+    print(f"\nwrote {out}")
+
+
+if __name__ == "__main__":
+    main()
