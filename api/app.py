@@ -61,6 +61,7 @@ def create_app(atlas_path: str | Path, settings: Settings | None = None) -> Lite
     state = AtlasState(Path(atlas_path), settings)
     if not state.atlas.exists():
         raise FileNotFoundError(f"no atlas at {atlas_path}: build one first (make demo, or atlas synth)")
+    state.cursor()  # fail at start, with a clear message, on an atlas of another schema version
 
     @get("/health", operation_id="health", sync_to_thread=True)
     def health() -> Health:
@@ -97,28 +98,32 @@ def create_app(atlas_path: str | Path, settings: Settings | None = None) -> Lite
         if not 1 <= top <= 50:
             raise QueryError(f"top must be between 1 and 50, got {top}")
         con = state.cursor()
+        layers = state.layers(con)
         sae = sae_row(con, sae_id)
         check_feature(sae, feature)
         dec_norm, threshold, density, max_act, label = con.execute(
             "SELECT dec_norm, threshold, density, max_act, label FROM features WHERE sae_id = ? AND feature = ?",
             [sae_id, feature]).fetchone()
         rows = con.execute("""
-            SELECT m.method, m.sae_b, m.feature_b, s.layer, m.score, m.rank, m.assigned, 'out' FROM matches m
-            JOIN saes s ON s.sae_id = m.sae_b WHERE m.sae_a = ? AND m.feature_a = ? AND m.rank <= ?
+            SELECT method, sae_b, feature_b, score, rank, assigned, 'out' FROM matches
+            WHERE sae_a = ? AND feature_a = ? AND rank <= ?
             UNION ALL
-            SELECT * FROM (SELECT m.method, m.sae_a, m.feature_a, s.layer, m.score, m.rank, m.assigned, 'in' FROM matches m
-              JOIN saes s ON s.sae_id = m.sae_a WHERE m.sae_b = ? AND m.feature_b = ?
-              QUALIFY row_number() OVER (PARTITION BY m.method, m.sae_a ORDER BY m.score DESC) <= ?)
-            ORDER BY 1, 4, 5 DESC""", [sae_id, feature, top, sae_id, feature, top]).fetchall()
+            SELECT method, sae_a, feature_a, score, rank, assigned, 'in' FROM matches WHERE sae_b = ? AND feature_b = ?""",
+                           [sae_id, feature, top, sae_id, feature]).fetchall()
         matches: dict[str, list[MatchRef]] = {}
-        for method, *rest in rows:
-            matches.setdefault(method, []).append(MatchRef(*rest))
-        examples = []
-        if con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'examples'").fetchone()[0]:
-            cur = con.execute("SELECT * FROM examples WHERE sae_id = ? AND feature = ? ORDER BY activation DESC LIMIT 20",
-                              [sae_id, feature])
-            names = [d[0] for d in cur.description]
-            examples = [dict(zip(names, r)) for r in cur.fetchall()]
+        kept: dict[tuple, int] = {}
+        for method, other, f, score, rank, assigned, direction in sorted(rows, key=lambda r: -r[3] if not r[0].endswith(
+                "_mse") else r[3]):
+            group = (method, other, direction)
+            if kept.get(group, 0) < top:  # the best `top` of each other SAE, both directions
+                kept[group] = kept.get(group, 0) + 1
+                matches.setdefault(method, []).append(MatchRef(other, f, layers[other], score, rank, assigned, direction))
+        for refs in matches.values():
+            refs.sort(key=lambda m: (m.layer, m.sae_id, m.direction, m.rank))
+        cur = con.execute("SELECT kind, activation, tokens, highlight, dataset FROM examples WHERE sae_id = ? "
+                          "AND feature = ? ORDER BY kind, activation DESC LIMIT 20", [sae_id, feature])
+        names = [d[0] for d in cur.description]
+        examples = [dict(zip(names, r)) for r in cur.fetchall()]
         return FeatureCard(sae_id=sae_id, feature=feature, layer=sae["layer"], label=label, dec_norm=dec_norm,
                            threshold=threshold, density=density, max_act=max_act,
                            neuronpedia_url=feature_url(sae["neuronpedia_id"], feature),
@@ -130,7 +135,9 @@ def create_app(atlas_path: str | Path, settings: Settings | None = None) -> Lite
     def get_lineage(sae_id: str, feature: int, direction: str = "both", tau: float | None = 0.7,
                     quantile: float | None = None, max_skip: int = 1, method: str = "decoder_cos",
                     include_sites: bool = True) -> q.Lineage:
-        return q.lineage(state.cursor(), sae_id, feature, direction, tau, quantile, max_skip, method, include_sites)
+        con = state.cursor()
+        return q.lineage(con, sae_id, feature, direction, tau, quantile, max_skip, method, include_sites,
+                         index=state.edge_index(method, con))
 
     @get("/api/neuronpedia/{model_id:str}/{source_id:str}/{index:int}", operation_id="neuronpediaLineage",
          sync_to_thread=True)

@@ -8,8 +8,10 @@ import threading
 from pathlib import Path
 
 from atlas.queries import IndexCache
+from atlas.queries.lineage import EdgeIndex
 from atlas.queries.sqlguard import connect_serving
 from atlas.store import Atlas
+from atlas.store.schema import check_version
 
 from .settings import Settings
 
@@ -22,6 +24,8 @@ class AtlasState:
         self._lock = threading.Lock()
         self._con = None
         self._stamp = None
+        self._edge_indexes: dict[str, EdgeIndex] = {}
+        self._layers: dict[str, int] | None = None
 
     def _snapshot_stamp(self):
         st = os.stat(self.atlas.path)
@@ -33,9 +37,28 @@ class AtlasState:
         with self._lock:
             if stamp != self._stamp:
                 # The old connection stays alive while cursors opened on it finish (they hold it).
-                self._con = connect_serving(str(self.atlas.path), self.settings.memory_limit, self.settings.threads)
+                con = connect_serving(str(self.atlas.path), self.settings.memory_limit, self.settings.threads)
+                check_version(con, str(self.atlas.path))
+                self._con = con
+                self._edge_indexes = {}
+                self._layers = None
                 self._stamp = stamp
             return self._con.cursor()
+
+    def layers(self, con) -> dict[str, int]:
+        """sae_id -> layer of this snapshot."""
+        if self._layers is None:
+            self._layers = dict(con.execute("SELECT sae_id, layer FROM saes").fetchall())
+        return self._layers
+
+    def edge_index(self, method: str, con) -> EdgeIndex | None:
+        """Lineage's in-memory edge index for this snapshot (similarity methods), built on first use."""
+        if method.endswith("_mse"):
+            return None
+        with self._lock:
+            if method not in self._edge_indexes:
+                self._edge_indexes[method] = EdgeIndex(con, method)
+            return self._edge_indexes[method]
 
     @property
     def snapshot(self) -> str:

@@ -220,6 +220,28 @@ def match(ctx, selection, distance, stack, explicit, methods, k, floor, tau, sol
                f"({summary.seconds:.1f} s)")
 
 
+@main.command()
+@click.option("--full", is_flag=True, help="3 seeds and a code sibling on every layer (about 3x longer).")
+@click.option("--cache", type=click.Path(path_type=Path), default=Path(".cache/minilm"), show_default=True,
+              help="Activations and trained SAEs are kept here, keyed by their configuration.")
+@click.option("--samples", type=int, default=None, help="Training samples per SAE [default: 4.2M].")
+@click.option("--max-tokens", type=int, default=300_000, show_default=True, help="Tokens per corpus.")
+@click.option("--d-sae", type=int, default=768, show_default=True, help="Features per SAE.")
+@click.pass_context
+def minilm(ctx, full, cache, samples, max_tokens, d_sae):
+    """Build the real family: MiniLM activations on prose and Python source, SAEs per layer x seed x
+    dataset (sae_lens trainer), matched by weights and activations. Offline; cached for reruns."""
+    from dataclasses import replace
+
+    from ingest.jobs.family import FamilyPlan, build_family
+
+    plan = FamilyPlan.full() if full else FamilyPlan()
+    train = replace(plan.train, d_sae=d_sae, **({"samples": samples} if samples else {}))
+    plan = replace(plan, max_tokens=max_tokens, train=train)
+    build_family(_atlas(ctx), plan, cache, log=click.echo)
+    click.echo(f"MiniLM family ready in {_atlas(ctx).path}")
+
+
 @main.group()
 def labels():
     """Feature labels and stats from Neuronpedia exports."""

@@ -133,3 +133,15 @@ def test_communities_follow_lineages(synth_atlas):
         comms = communities(con, STACK)
     assert comms[0].size >= TINY.n_layers and comms[0].first_layer == 0
     assert sum(c.size for c in comms) <= TINY.d_sae * TINY.n_layers
+
+
+def test_in_memory_edge_index_gives_the_sql_answer(synth_atlas):
+    from atlas.queries.lineage import EdgeIndex
+
+    with synth_atlas.read() as con:
+        index = EdgeIndex(con, "decoder_cos", floor=0.5)
+        for f in range(0, TINY.d_sae, 17):
+            for sae in (_ids(0), _ids(2)):
+                assert lineage(con, sae, f, index=index) == lineage(con, sae, f)
+        # below the index's floor, lineage falls back to SQL and still answers
+        assert lineage(con, _ids(1), 3, tau=0.3, index=index) == lineage(con, _ids(1), 3, tau=0.3)

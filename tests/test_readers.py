@@ -62,7 +62,7 @@ def test_gemmascope_npz_path_parsing(tmp_path):
     rec = read_sae(folder / "params.npz")
     m = rec.meta
     assert (m.model, m.site, m.layer, m.hook, m.arch) == ("gemma-2-2b", "resid", 20, "blocks.20.hook_resid_post", "jumprelu")
-    assert m.extra == {"width": "16k", "average_l0": 71}
+    assert m.extra == {"width": "16k", "average_l0": 71, "apply_b_dec_to_input": False}
     assert parse_path(folder)["average_l0"] == 71
     # model, layer and hook can come from the command line when the path says nothing
     flat = tmp_path / "flat"

@@ -83,42 +83,58 @@ def match_pair(a: SAEWeights, b: SAEWeights, sae_a: str, sae_b: str, params: Mat
                          f"different width: {method} cannot compare them")
     distance = is_distance(method)
     n_a, n_b, d = len(va), len(vb), va.shape[1]
-    sq_a = (va.astype(np.float64) ** 2).sum(1) if distance else None
-    sq_b = (vb.astype(np.float64) ** 2).sum(1) if distance else None
+    sq_a = (va.astype(np.float64) ** 2).sum(1) if distance else np.zeros(n_a)
+    sq_b = (vb.astype(np.float64) ** 2).sum(1) if distance else np.zeros(n_b)
     cand = topk_both(va, vb, params.k, kind="mse" if distance else "cos")
     fa, fb, score = _edges(cand)
-    gain = _gain(method, score, sq_a[fa] if distance else 0, sq_b[fb] if distance else 0, params.floor, d)
+    gain = _gain(method, score, sq_a[fa], sq_b[fb], params.floor, d)
 
     solver = params.solver if params.solver != "auto" else ("dense" if n_a * n_b <= DENSE_MAX else "sparse")
     if solver == "dense":
         full = _dense_scores(va, vb, distance)
-        dense_gain = _gain(method, full, sq_a[:, None] if distance else 0, sq_b[None, :] if distance else 0,
-                           params.floor, d)
+        dense_gain = _gain(method, full, sq_a[:, None], sq_b[None, :], params.floor, d)
         ra, rb = assign_dense(dense_gain)
         # A dense assignment may pick a pair outside the candidate lists: keep it as an edge too.
         fa, fb, score = _add_edges(fa, fb, score, ra, rb, full[ra, rb], n_b)
     else:
         ra, rb = assign_sparse(fa, fb, gain, n_a, n_b)
+    matched = (_gain(method, score, sq_a[fa], sq_b[fb], params.tau, d) >= 0) if distance else score >= params.tau
+    return _result(a, b, sae_a, sae_b, params, fa, fb, score, ra, rb, matched)
+
+
+def match_scores(scores: np.ndarray, a: SAEWeights, b: SAEWeights, sae_a: str, sae_b: str,
+                 params: MatchParams) -> PairResult:
+    """Same output for a method whose [n_a, n_b] similarity matrix is given (activation_corr)."""
+    n_a, n_b = scores.shape
+    k_a, k_b = min(params.k, n_b), min(params.k, n_a)
+    top_b = np.argsort(-scores, axis=1)[:, :k_a]
+    top_a = np.argsort(-scores, axis=0)[:k_b].T
+    cand = Candidates(np.take_along_axis(scores, top_b, 1), top_b, np.take_along_axis(scores.T, top_a, 1), top_a)
+    fa, fb, score = _edges(cand)
+    ra, rb = assign_dense(scores - params.floor)
+    fa, fb, score = _add_edges(fa, fb, score, ra, rb, scores[ra, rb], n_b)
+    return _result(a, b, sae_a, sae_b, params, fa, fb, score, ra, rb, score >= params.tau)
+
+
+def _result(a, b, sae_a, sae_b, params, fa, fb, score, ra, rb, matched_edge) -> PairResult:
+    """Flag the assigned edges, compute the pair statistics, build the matches table."""
+    method, distance = params.method, is_distance(params.method)
+    n_a, n_b = len(a.W_dec), len(b.W_dec)
     assigned = np.zeros(len(fa), dtype=bool)
     keys = fa.astype(np.int64) * n_b + fb
     order = np.argsort(keys)
     assigned[order[np.searchsorted(keys[order], ra.astype(np.int64) * n_b + rb)]] = True
-
-    a_score = score[assigned]
-    a_fa, a_fb = fa[assigned], fb[assigned]
+    a_score, a_fa, a_fb = score[assigned], fa[assigned], fb[assigned]
     dec_a, dec_b = folded_decoder(a), folded_decoder(b)
     pair_mse = ((dec_a[a_fa] - dec_b[a_fb]) ** 2).mean(1)
-    if distance:
-        matched = _gain(method, a_score, sq_a[a_fa], sq_b[a_fb], params.tau, d) >= 0
-    else:
-        matched = a_score >= params.tau
-    stats = pair_stats(a_score, matched, a_fa, a_fb, pair_mse, n_a, n_b, params.tau, distance)
+    stats = pair_stats(a_score, matched_edge[assigned], a_fa, a_fb, pair_mse, n_a, n_b, params.tau, distance)
+    n = len(fa)
     table = pa.table({
-        "sae_a": pa.array([sae_a] * len(fa), pa.string()).dictionary_encode(),
+        "sae_a": pa.repeat(sae_a, n).dictionary_encode(),
         "feature_a": pa.array(fa, pa.int32()),
-        "sae_b": pa.array([sae_b] * len(fa), pa.string()).dictionary_encode(),
+        "sae_b": pa.repeat(sae_b, n).dictionary_encode(),
         "feature_b": pa.array(fb, pa.int32()),
-        "method": pa.array([method] * len(fa), pa.string()).dictionary_encode(),
+        "method": pa.repeat(method, n).dictionary_encode(),
         "score": pa.array(score, pa.float32()),
         "rank": pa.array(_ranks(fa, score, distance), pa.int16()),
         "assigned": pa.array(assigned),

@@ -9,12 +9,56 @@ fixed `tau` (cosine) or a per-pair `quantile`: keep the best q fraction of that 
 
 from __future__ import annotations
 
+import numpy as np
+import pyarrow.compute as pc
+
 from .common import check_feature, check_fraction, check_method, sae_row, stack_saes
 from .neuronpedia import feature_url
 from .records import Edge, Lineage, Node, QueryError
 
 MAX_NODES = 2000
 _EDGE_COLS = "sae_a, feature_a, sae_b, feature_b, method, score, rank, assigned"
+
+
+class EdgeIndex:
+    """Every match of one method with score ≥ floor, held in sorted numpy arrays for O(log n) lookups
+    from either end. A server builds one per snapshot; lineage() uses it when its bar is ≥ floor and
+    falls back to SQL otherwise, with the same answers."""
+
+    def __init__(self, con, method: str, floor: float = 0.5):
+        self.method, self.floor = method, floor
+        t = con.sql(f"SELECT {_EDGE_COLS} FROM matches WHERE method = ? AND score >= ?", params=[method, floor]).to_arrow_table()
+        ea, eb = (pc.dictionary_encode(t[c]).combine_chunks() for c in ("sae_a", "sae_b"))
+        self.names = sorted(set(ea.dictionary.to_pylist()) | set(eb.dictionary.to_pylist()))
+        self.code = {n: i for i, n in enumerate(self.names)}
+        remap_a = np.array([self.code[n] for n in ea.dictionary.to_pylist()], dtype=np.int64)
+        remap_b = np.array([self.code[n] for n in eb.dictionary.to_pylist()], dtype=np.int64)
+        self.ca = remap_a[ea.indices.to_numpy()] if len(remap_a) else np.zeros(0, np.int64)
+        self.cb = remap_b[eb.indices.to_numpy()] if len(remap_b) else np.zeros(0, np.int64)
+        self.fa = t["feature_a"].to_numpy().astype(np.int64)
+        self.fb = t["feature_b"].to_numpy().astype(np.int64)
+        self.score = t["score"].to_numpy()
+        self.rank = t["rank"].to_numpy()
+        self.assigned = t["assigned"].to_numpy(zero_copy_only=False)
+        ka, kb = (self.ca << 32) | self.fa, (self.cb << 32) | self.fb
+        self.by_a, self.by_b = np.argsort(ka, kind="stable"), np.argsort(kb, kind="stable")
+        self.ka, self.kb = ka[self.by_a], kb[self.by_b]
+
+    def edges(self, sae: str, features, targets: list[str], forward: bool) -> list[tuple]:
+        if sae not in self.code:
+            return []
+        keys, order = (self.ka, self.by_a) if forward else (self.kb, self.by_b)
+        want = {self.code[t] for t in targets if t in self.code}
+        out = []
+        for f in features:
+            k = (self.code[sae] << 32) | int(f)
+            lo, hi = np.searchsorted(keys, k), np.searchsorted(keys, k, side="right")
+            for i in order[lo:hi]:
+                other = self.cb[i] if forward else self.ca[i]
+                if other in want:
+                    out.append((self.names[self.ca[i]], int(self.fa[i]), self.names[self.cb[i]], int(self.fb[i]),
+                                self.method, float(self.score[i]), int(self.rank[i]), bool(self.assigned[i])))
+        return out
 
 
 def pair_bars(con, saes: list[str], method: str, tau: float | None, quantile: float | None) -> dict | float:
@@ -37,7 +81,7 @@ def _passes(bar, a: str, b: str, score: float, distance: bool) -> bool:
 
 def lineage(con, sae_id: str, feature: int, direction: str = "both", tau: float | None = 0.7,
             quantile: float | None = None, max_skip: int = 1, method: str = "decoder_cos",
-            include_sites: bool = True) -> Lineage:
+            include_sites: bool = True, index: EdgeIndex | None = None) -> Lineage:
     check_method(method)
     if direction not in ("both", "forward", "backward"):
         raise QueryError(f"direction must be both, forward or backward, got {direction!r}")
@@ -57,6 +101,8 @@ def lineage(con, sae_id: str, feature: int, direction: str = "both", tau: float 
     layer_of = dict(stack)
     pos0 = ids.index(sae_id)
     bar = pair_bars(con, ids, method, tau, quantile)
+    usable = index is not None and index.method == method and not distance and (
+        min(bar.values(), default=1.0) if isinstance(bar, dict) else bar) >= index.floor
 
     edges: dict[tuple, Edge] = {}
     seen = {(sae_id, feature)}
@@ -67,7 +113,7 @@ def lineage(con, sae_id: str, feature: int, direction: str = "both", tau: float 
             nodes = frontier.pop(pos, set())
             if not nodes:
                 continue
-            for e, step in _step(con, ids, pos, nodes, forward, max_skip, method):
+            for e, step in _step(con, ids, pos, nodes, forward, max_skip, method, index if usable else None):
                 if not _passes(bar, e.sae_a, e.sae_b, e.score, distance):
                     continue
                 src = (e.sae_a, e.feature_a) if forward else (e.sae_b, e.feature_b)
@@ -91,9 +137,12 @@ def lineage(con, sae_id: str, feature: int, direction: str = "both", tau: float 
                    lifespan=death - birth + 1, method=method, threshold=threshold)
 
 
-def _step(con, ids, pos, nodes, forward, max_skip, method):
+def _step(con, ids, pos, nodes, forward, max_skip, method, index=None):
     """Candidate edges from `nodes` at stack position pos to the next 1 + max_skip positions."""
-    if forward:
+    if index is not None:
+        targets = ids[pos + 1: pos + 2 + max_skip] if forward else ids[max(0, pos - 1 - max_skip): pos][::-1]
+        rows = index.edges(ids[pos], sorted(nodes), targets, forward)
+    elif forward:
         targets = ids[pos + 1: pos + 2 + max_skip]
         sql = (f"SELECT {_EDGE_COLS} FROM matches WHERE sae_a = ? AND feature_a IN (SELECT unnest(?)) "
                f"AND sae_b IN (SELECT unnest(?)) AND method = ?")
@@ -103,7 +152,8 @@ def _step(con, ids, pos, nodes, forward, max_skip, method):
                f"AND sae_a IN (SELECT unnest(?)) AND method = ?")
     if not targets:
         return []
-    rows = con.execute(sql, [ids[pos], sorted(nodes), targets, method]).fetchall()
+    if index is None:
+        rows = con.execute(sql, [ids[pos], sorted(nodes), targets, method]).fetchall()
     step_of = {s: i + 1 for i, s in enumerate(targets)}
     out = [(Edge(*r, gap=0), step_of[r[2] if forward else r[0]]) for r in rows]
     return sorted(out, key=lambda x: (x[1], -x[0].score))  # nearest layers first
@@ -120,18 +170,19 @@ def _has_nearer(edges, src, forward, step, ids, pos) -> bool:
 
 
 def _nodes(con, seen, layer_of, site, include_sites, method, bar, distance) -> list[Node]:
-    by_sae: dict[str, list[int]] = {}
-    for s, f in seen:
-        by_sae.setdefault(s, []).append(f)
-    nodes = []
-    for s, feats in by_sae.items():
-        rows = con.execute(
-            "SELECT f.feature, f.label, s.neuronpedia_id FROM features f JOIN saes s USING (sae_id) "
-            "WHERE f.sae_id = ? AND f.feature IN (SELECT unnest(?))", [s, feats]).fetchall()
-        origins = flow_origins(con, s, feats, method) if include_sites and site == "resid" else {}
-        for f, label, npid in rows:
-            nodes.append(Node(sae_id=s, feature=f, layer=layer_of[s], site=site, label=label,
-                              neuronpedia_url=feature_url(npid, f), origin=origins.get(f)))
+    saes, feats = zip(*sorted(seen))
+    rows = con.execute(
+        "SELECT f.sae_id, f.feature, f.label, s.neuronpedia_id FROM features f JOIN saes s USING (sae_id) "
+        "WHERE f.sae_id IN (SELECT unnest(?)) AND (f.sae_id, f.feature) IN (SELECT (unnest(?), unnest(?)))",
+        [sorted(set(saes)), list(saes), list(feats)]).fetchall()
+    origins: dict[tuple[str, int], str] = {}
+    if include_sites and site == "resid" and con.execute(
+            "SELECT count(*) FROM saes WHERE site IN ('mlp', 'attn')").fetchone()[0]:
+        for s in set(saes):
+            mine = [f for x, f in seen if x == s]
+            origins.update({(s, f): o for f, o in flow_origins(con, s, mine, method).items()})
+    nodes = [Node(sae_id=s, feature=f, layer=layer_of[s], site=site, label=label, neuronpedia_url=feature_url(npid, f),
+                  origin=origins.get((s, f))) for s, f, label, npid in rows]
     return sorted(nodes, key=lambda n: (n.layer, n.feature))
 
 

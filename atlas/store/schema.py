@@ -1,6 +1,12 @@
 """The atlas's DuckDB schema (tables of DESIGN.md), its version, and the SQL views users query."""
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+
+# Each step upgrades an atlas from the version before it (the tables it adds come from TABLES).
+MIGRATIONS = {
+    2: "ALTER TABLE pair_stats ADD COLUMN IF NOT EXISTS matching_score DOUBLE;"
+       "ALTER TABLE pair_stats ADD COLUMN IF NOT EXISTS explained_variance DOUBLE;",
+}
 
 TABLES = """
 CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
@@ -66,6 +72,8 @@ CREATE TABLE IF NOT EXISTS pair_stats (
     score_hist DOUBLE[],          -- counts of assigned scores in 20 equal bins over [hist_lo, hist_hi]
     hist_lo DOUBLE,
     hist_hi DOUBLE,
+    matching_score DOUBLE,        -- with activations: mean P(b fires | a fires) over assigned pairs
+    explained_variance DOUBLE,    -- with activations: encode(a) -> permute -> decode(b) against b's layer
     params_hash VARCHAR NOT NULL,
     run_id VARCHAR NOT NULL
 );
@@ -82,6 +90,21 @@ CREATE TABLE IF NOT EXISTS compositions (
     kind VARCHAR NOT NULL,        -- AND | OR | PASS
     parents INTEGER[] NOT NULL, sae_a VARCHAR NOT NULL, score FLOAT NOT NULL,
     run_id VARCHAR NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS examples (
+    sae_id VARCHAR NOT NULL, feature INTEGER NOT NULL,
+    kind VARCHAR NOT NULL,        -- top | random
+    activation FLOAT NOT NULL,
+    token INTEGER NOT NULL,       -- index of the token in the activation store
+    tokens VARCHAR[] NOT NULL,    -- the context, as model tokens
+    highlight INTEGER NOT NULL,   -- position of the firing token within tokens
+    dataset VARCHAR,
+    run_id VARCHAR NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS training (
+    sae_id VARCHAR PRIMARY KEY, fvu DOUBLE, l0 DOUBLE, dead_frac DOUBLE, samples BIGINT, tokens BIGINT
 );
 
 CREATE TABLE IF NOT EXISTS runs (
@@ -179,11 +202,23 @@ ORDER BY s.layer, n.feature;
 
 
 def create(con) -> None:
+    """Create or upgrade the schema of a writable connection."""
     con.execute(TABLES)
     if con.execute("SELECT count(*) FROM schema_version").fetchone()[0] == 0:
         con.execute("INSERT INTO schema_version VALUES (?)", [SCHEMA_VERSION])
     version = con.execute("SELECT max(version) FROM schema_version").fetchone()[0]
-    if version != SCHEMA_VERSION:
-        raise RuntimeError(f"atlas schema version {version}, this code reads {SCHEMA_VERSION}: rebuild the atlas")
+    if version > SCHEMA_VERSION:
+        raise RuntimeError(f"atlas schema version {version} is newer than this code's {SCHEMA_VERSION}: upgrade feature-atlas")
+    for v in range(version + 1, SCHEMA_VERSION + 1):
+        con.execute(MIGRATIONS[v])
+        con.execute("UPDATE schema_version SET version = ?", [v])
     con.execute(VIEWS)
     con.execute(MACROS)
+
+
+def check_version(con, where: str) -> None:
+    """Readers cannot upgrade (read-only): say what to do instead of failing on a missing table."""
+    version = con.execute("SELECT max(version) FROM schema_version").fetchone()[0]
+    if version != SCHEMA_VERSION:
+        raise RuntimeError(f"{where}: atlas schema version {version}, this code serves version {SCHEMA_VERSION}; "
+                           f"run any job on it (e.g. `atlas init`) to upgrade it in place")

@@ -60,6 +60,6 @@ def read_gemmascope(path: Path) -> SAERecord:
         hook=cfg.get("hook_name") or hook_for(site, layer),
         d_in=0, d_sae=0, arch="jumprelu", site=site, layer=layer,
         source=str(wfile), fmt="gemmascope",
-        extra={k: v for k, v in info.items() if k in ("width", "average_l0")},
+        extra={**{k: v for k, v in info.items() if k in ("width", "average_l0")}, "apply_b_dec_to_input": False},
     )
     return SAERecord(meta, weights)

@@ -52,6 +52,7 @@ def meta_from_cfg(cfg: dict, path: Path) -> SAEMeta:
         source=str(path),
         fmt="saelens",
         neuronpedia_id=md.get("neuronpedia_id"),
+        extra={"apply_b_dec_to_input": cfg.get("apply_b_dec_to_input", True)},
     )
 
 

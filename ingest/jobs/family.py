@@ -1,0 +1,92 @@
+"""The real SAE family: MiniLM activations on two Python-shipped corpora, SAEs per layer × seed ×
+dataset trained with sae_lens, ingested, matched by weights and by activations. Cached throughout."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from atlas.match.pair import MatchParams
+from atlas.store import Atlas
+from ingest.activations import MANIFEST, ActivationConfig, collect, load_layer
+from ingest.training import TrainConfig, train_sae
+
+
+@dataclass
+class FamilyPlan:
+    layers: list[int] = field(default_factory=lambda: list(range(6)))
+    """Layers of the base stack (prose, seed 0) and its seed siblings."""
+    seeds: list[int] = field(default_factory=lambda: [0, 1])
+    code_layers: list[int] = field(default_factory=lambda: [1, 3, 5])
+    """Layers that also get a dataset sibling trained on Python source (seed 0)."""
+    max_tokens: int = 300_000
+    train: TrainConfig = field(default_factory=TrainConfig)
+    model: str = "all-MiniLM-L6-v2"
+
+    @classmethod
+    def full(cls) -> FamilyPlan:
+        return cls(seeds=[0, 1, 2], code_layers=list(range(6)))
+
+    def saes(self) -> list[tuple[str, int, int]]:
+        """(dataset, seed, layer) of every SAE to train."""
+        out = [("prose", s, layer) for s in self.seeds for layer in self.layers]
+        return out + [("code", 0, layer) for layer in self.code_layers]
+
+
+def activations_for(plan: FamilyPlan, dataset: str, cache: Path, progress=None) -> Path:
+    cfg = ActivationConfig(model=plan.model, corpus=dataset, layers=sorted(set(plan.layers) | set(plan.code_layers)),
+                           max_tokens=plan.max_tokens)
+    folder = cache / "activations" / f"{dataset}-{plan.max_tokens}"
+    if (folder / MANIFEST).exists() and json.loads((folder / MANIFEST).read_text())["config"]["layers"] == cfg.layers:
+        return folder
+    collect(cfg, folder, progress)
+    return folder
+
+
+def build_family(atlas: Atlas, plan: FamilyPlan, cache: Path, log=print, bar=None) -> dict:
+    """Everything in order; each step skips what its cache or the atlas already holds."""
+    from ingest.jobs.correlate import correlate
+    from ingest.jobs.ingest import ingest
+    from ingest.jobs.match import run_match, select_pairs
+    from ingest.sources import read_sae
+
+    acts = {d: activations_for(plan, d, cache) for d in ("prose", "code") if any(p[0] == d for p in plan.saes())}
+    for d, f in acts.items():
+        log(f"activations {d}: {json.loads((f / MANIFEST).read_text())['n_tokens']} tokens")
+    folders, quality = [], {}
+    layer_cache: dict[tuple[str, int], object] = {}
+    for dataset, seed, layer in plan.saes():
+        if (dataset, layer) not in layer_cache:
+            layer_cache = {(dataset, layer): load_layer(acts[dataset], layer)}  # one layer in memory at a time
+        folder, q = train_sae(layer_cache[(dataset, layer)], layer, seed, dataset, cache / "saes", plan.train, plan.model)
+        folders.append(folder)
+        quality[f"{dataset}-s{seed}-L{layer}"] = q
+        log(f"SAE {dataset} seed {seed} layer {layer}: FVU {q['fvu']:.3f}, L0 {q['l0']:.1f}, dead {q['dead_frac']:.1%}")
+        if bar:
+            bar()
+    done = ingest(atlas, [lambda f=f: read_sae(f, site="resid") for f in folders])
+    family = set(done.added + done.replaced + done.unchanged)
+    with atlas.write() as w:
+        for folder, (dataset, seed, layer) in zip(folders, plan.saes()):
+            q = quality[f"{dataset}-s{seed}-L{layer}"]
+            sid = w.con.execute("SELECT sae_id FROM saes WHERE source = ?", [str(folder)]).fetchone()[0]
+            w.con.execute("INSERT OR REPLACE INTO training VALUES (?, ?, ?, ?, ?, ?)",
+                          [sid, q["fvu"], q["l0"], q["dead_frac"], q["samples"], q["tokens"]])
+    with atlas.read() as con:
+        def ours(pairs):
+            return [p for p in pairs if p[0] in family and p[1] in family]
+
+        layer_pairs = ours(select_pairs(con, "distance", distance=len(plan.layers)))
+        siblings = ours(select_pairs(con, "siblings"))
+        adjacent = ours(select_pairs(con, "adjacent"))
+    run_match(atlas, layer_pairs, ["decoder_cos", "decoder_mse"], MatchParams())
+    run_match(atlas, siblings, ["decoder_cos", "encoder_cos"], MatchParams())
+    with atlas.read() as con:
+        dataset_of = dict(con.execute("SELECT sae_id, dataset FROM saes").fetchall())
+    by_dataset: dict[str, list] = {}
+    for a, b in adjacent + siblings:
+        by_dataset.setdefault(dataset_of[a], []).append((a, b))
+    for dataset, pairs in by_dataset.items():
+        correlate(atlas, pairs, acts[dataset])
+    return quality
