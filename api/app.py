@@ -18,6 +18,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.params import Parameter
 from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.response import Redirect
+from litestar.static_files import create_static_files_router
 
 from atlas import queries as q
 from atlas.queries.common import SAE_COLUMNS, check_feature, sae_row
@@ -28,9 +29,11 @@ from atlas.store.schema import SCHEMA_VERSION
 
 from .settings import Settings
 from .state import AtlasState
-from .structs import (SAE, Error, FeatureCard, Health, LayerPairList, MatchRef, Matrix, OrphanPage, SAEDetail,
-                      SAEPage, SearchRequest, SQLResult, Stack)
+from .structs import (SAE, Error, FeatureCard, FoundFeature, Health, LayerFlow, LayerPairList, MatchRef, Matrix,
+                      OrphanPage, PairMatch, SAEDetail, SAEPage, SearchRequest, SiblingGroup, SQLResult, Stack)
 
+STATIC = Path(__file__).parent / "static"
+VENDOR = "/static/vendor"
 EXPORTABLE = ("saes", "features", "matches", "pair_stats", "correlations", "compositions", "runs")
 _SAE_FIELDS = [f for f in SAE.__struct_fields__]
 
@@ -172,6 +175,32 @@ def create_app(atlas_path: str | Path, settings: Settings | None = None) -> Lite
                         limit: int = 100) -> list[q.Community]:
         return q.communities(state.cursor(), stack, method, tau, min_size)[:limit]
 
+    @get("/api/stacks/{stack:str}/flow", operation_id="getStackFlow", sync_to_thread=True)
+    def get_flow(stack: str, method: str = "decoder_cos", tau: float = 0.7) -> list[LayerFlow]:
+        return [LayerFlow(**r) for r in q.birth_death(state.cursor(), stack, method, tau)]
+
+    @get("/api/pairs/{sae_a:str}/{sae_b:str}", operation_id="getPairMatches", sync_to_thread=True)
+    def get_pair(sae_a: str, sae_b: str, method: str = "decoder_cos", limit: int = 100) -> list[PairMatch]:
+        con = state.cursor()
+        sae_row(con, sae_a), sae_row(con, sae_b)
+        order = "ASC" if method.endswith("_mse") else "DESC"
+        rows = con.execute(f"SELECT feature_a, feature_b, score, rank FROM matches WHERE sae_a = ? AND sae_b = ? "
+                           f"AND method = ? AND assigned ORDER BY score {order}, feature_a LIMIT ?",
+                           [sae_a, sae_b, method, limit]).fetchall()
+        return [PairMatch(*r) for r in rows]
+
+    @get("/api/sibling-groups", operation_id="listSiblingGroups", sync_to_thread=True)
+    def get_groups() -> list[SiblingGroup]:
+        return [SiblingGroup(**g) for g in q.sibling_groups(state.cursor())]
+
+    @get("/api/features", operation_id="findFeatures", sync_to_thread=True)
+    def find(label: str, limit: int = 50) -> list[FoundFeature]:
+        return [FoundFeature(**f) for f in q.find_features(state.cursor(), label, min(limit, 500))]
+
+    @get("/", operation_id="explorer", include_in_schema=False)
+    async def explorer() -> Response:
+        return Response((STATIC / "index.html").read_bytes(), media_type=MediaType.HTML)
+
     @post("/api/search", operation_id="searchFeatures", sync_to_thread=True, status_code=200)
     def search(data: SearchRequest) -> list[q.Hit]:
         return q.nearest(state.indexes, state.cursor(), data.vector, data.sae_id, data.feature, data.k, data.saes)
@@ -248,11 +277,16 @@ def create_app(atlas_path: str | Path, settings: Settings | None = None) -> Lite
 
     return Litestar(
         route_handlers=[health, list_saes, list_stacks, get_sae, get_feature, get_lineage, from_neuronpedia,
-                        get_orphans, get_layer_pairs, get_matrix, get_communities, search, search_get, sql_get,
-                        sql_post, export],
+                        get_orphans, get_layer_pairs, get_matrix, get_communities, get_flow, get_pair, get_groups, find,
+                        search, search_get, sql_get, sql_post, export, explorer,
+                        create_static_files_router(path="/static", directories=[STATIC], include_in_schema=False)],
         exception_handlers={QueryError: on_query_error, HTTPException: on_http_error, Exception: on_crash},
         openapi_config=OpenAPIConfig(title="Feature Atlas", version="0.1.0", path="/schema",
-                                     render_plugins=[SwaggerRenderPlugin()]),
+                                     render_plugins=[SwaggerRenderPlugin(  # vendored: the docs work offline
+                                         js_url=f"{VENDOR}/swagger-ui-5.35.0-swagger-ui-bundle.js",
+                                         css_url=f"{VENDOR}/swagger-ui-5.35.0-swagger-ui.css",
+                                         standalone_preset_js_url=f"{VENDOR}/swagger-ui-5.35.0-swagger-ui-standalone-preset.js",
+                                         favicon='<link rel="icon" href="data:,">')]),
         cors_config=CORSConfig(allow_origins=list(settings.cors_origins), allow_methods=["GET", "POST"],
                                allow_headers=["Content-Type"]) if settings.cors_origins else None,
         debug=False,

@@ -132,3 +132,33 @@ class SQLResult(msgspec.Struct):
     truncated: bool
     limit: int
     elapsed_ms: float
+
+
+class LayerFlow(msgspec.Struct):
+    layer: int
+    sae_id: str
+    d_sae: int
+    births: int | None
+    deaths: int | None
+
+
+class SiblingGroup(msgspec.Struct):
+    model: str
+    hook: str
+    d_sae: int
+    layer: int
+    saes: list[str]
+
+
+class FoundFeature(msgspec.Struct):
+    sae_id: str
+    feature: int
+    layer: int
+    label: str | None
+
+
+class PairMatch(msgspec.Struct):
+    feature_a: int
+    feature_b: int
+    score: float
+    rank: int

@@ -12,7 +12,8 @@ from .sae import SAEWeights
 def encode(w: SAEWeights, x: torch.Tensor, arch: str, k: int | None = None,
            apply_b_dec_to_input: bool = True) -> torch.Tensor:
     """[T, d_sae] activations: ReLU (standard), JumpReLU (threshold), top-k / batch-top-k (k)."""
-    W_enc, b_enc, b_dec = (torch.from_numpy(np.asarray(t)) for t in (w.W_enc, w.b_enc, w.b_dec))
+    W_enc, b_enc, b_dec = (torch.from_numpy(np.asarray(t, dtype=np.float32)) for t in (w.W_enc, w.b_enc, w.b_dec))
+    x = x.float()
     pre = (x - b_dec if apply_b_dec_to_input else x) @ W_enc + b_enc
     if arch == "jumprelu":
         return pre * (pre > torch.from_numpy(w.threshold))

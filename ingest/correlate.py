@@ -1,9 +1,9 @@
 """Activation statistics of SAE pairs over the same tokens, streamed and sparse.
 
-For a pair (a, b) the features' activations are mostly zero, so per token batch both are kept as
-scipy CSR matrices and only these sums are accumulated: n, Σa, Σa², Σb, Σb², ΣaᵀB (one sparse
-product) and the co-firing counts 1[a>0]ᵀ1[b>0]. Pearson r, P(b fires | a fires) and the Jaccard
-similarity of firing sets follow exactly; nothing of size tokens × features is ever dense.
+For a pair (a, b) the features' activations are mostly zero, so per token batch only these sums are
+accumulated: n, Σa, Σa², Σb, Σb², AᵀB and the co-firing counts 1[A>0]ᵀ1[B>0], both as sparse × dense
+products that touch only a's non-zeros. Pearson r, P(b fires | a fires) and the Jaccard similarity of
+firing sets follow exactly; no tokens × features matrix is ever dense beyond one batch.
 """
 
 from __future__ import annotations
@@ -18,10 +18,11 @@ from atlas.encode import decode, encode
 from atlas.sae import SAERecord
 
 
-def sparse_acts(rec: SAERecord, x: torch.Tensor) -> sp.csr_matrix:
+def activation_batches(rec: SAERecord, x: torch.Tensor, batch: int = 8192):
+    """Feature activations [t, d_sae] of `rec`, one token batch at a time."""
     m = rec.meta
-    acts = encode(rec.weights, x, m.arch, m.k, m.extra.get("apply_b_dec_to_input", True))
-    return sp.csr_matrix(acts.numpy())
+    for s in range(0, len(x), batch):
+        yield encode(rec.weights, x[s:s + batch], m.arch, m.k, m.extra.get("apply_b_dec_to_input", True))
 
 
 @dataclass
@@ -31,8 +32,8 @@ class PairActivations:
     cofire: np.ndarray  # [d_a, d_b] tokens where both fire
     fire_a: np.ndarray  # [d_a]
     fire_b: np.ndarray  # [d_b]
-    acts_a: sp.csc_matrix  # [T, d_a] every activation, for compositions and examples
-    acts_b: sp.csc_matrix
+    acts_a: sp.csc_matrix | None  # [T, d_a] every activation, for compositions and examples
+    acts_b: sp.csc_matrix | None
 
     def p_b_given_a(self) -> np.ndarray:
         return self.cofire / np.maximum(self.fire_a[:, None], 1)
@@ -41,39 +42,52 @@ class PairActivations:
         return self.cofire / np.maximum(self.fire_a[:, None] + self.fire_b[None, :] - self.cofire, 1)
 
 
-def pair_activations(a: SAERecord, b: SAERecord, xa: torch.Tensor, xb: torch.Tensor, batch: int = 8192,
-                     progress=None) -> PairActivations:
-    """Streaming sums over token batches (xa[t] and xb[t] are the same token at a's and b's layers)."""
+def _csc(t: torch.Tensor) -> tuple[torch.Tensor, sp.csc_matrix]:
+    """[T, d] dense activations as torch CSR of the transpose ([d, T], rows = features) and the same
+    memory as a scipy CSC matrix [T, d]."""
+    csr = t.T.contiguous().to_sparse_csr()
+    crow, col, val = csr.crow_indices(), csr.col_indices(), csr.values()
+    return csr, sp.csc_matrix((val.numpy(), col.numpy(), crow.numpy()), shape=tuple(t.shape))
+
+
+@torch.no_grad()
+def accumulate(batches_a, batches_b, keep: bool = True) -> PairActivations:
+    """Streaming sums over paired activation batches (row t of both is the same token). `keep` also
+    keeps every activation, sparse, for compositions and examples."""
+    s_ab = cof = s_a = s_b = q_a = q_b = None
+    parts_a, parts_b, n = [], [], 0
+    for A, B in zip(batches_a, batches_b, strict=True):
+        if s_ab is None:
+            da, db = A.shape[1], B.shape[1]
+            s_ab, cof = torch.zeros(da, db, dtype=torch.float64), torch.zeros(da, db, dtype=torch.float64)
+            s_a, q_a, f_a, s_b, q_b, f_b = (torch.zeros(d, dtype=torch.float64) for d in (da, da, da, db, db, db))
+        At, a_csc = _csc(A)
+        ones = torch.sparse_csr_tensor(At.crow_indices(), At.col_indices(), torch.ones_like(At.values()), At.shape)
+        s_ab += torch.sparse.mm(At, B)  # only a's non-zeros are touched
+        cof += torch.sparse.mm(ones, (B > 0).float())
+        s_a += A.sum(0)
+        q_a += (A * A).sum(0)
+        s_b += B.sum(0)
+        q_b += (B * B).sum(0)
+        f_a += (A > 0).sum(0)
+        f_b += (B > 0).sum(0)
+        if keep:
+            parts_a.append(a_csc)
+            parts_b.append(_csc(B)[1])
+        n += len(A)
+    cov = s_ab - torch.outer(s_a, s_b) / n
+    var_a, var_b = q_a - s_a ** 2 / n, q_b - s_b ** 2 / n
+    r = (cov / torch.sqrt(torch.outer(var_a, var_b))).nan_to_num(0.0)
+    acts_a, acts_b = (sp.vstack(parts, format="csc") if keep else None for parts in (parts_a, parts_b))
+    return PairActivations(n=n, pearson=r.float().numpy(), cofire=cof.numpy(), fire_a=f_a.numpy(), fire_b=f_b.numpy(),
+                           acts_a=acts_a, acts_b=acts_b)
+
+
+def pair_activations(a: SAERecord, b: SAERecord, xa: torch.Tensor, xb: torch.Tensor, batch: int = 8192) -> PairActivations:
+    """Activation statistics of a pair; xa[t] and xb[t] are the same token at a's and b's layers."""
     if len(xa) != len(xb):
         raise ValueError(f"{a.meta.sae_id} and {b.meta.sae_id}: activations cover {len(xa)} vs {len(xb)} tokens")
-    da, db = a.meta.d_sae, b.meta.d_sae
-    s_a, s_b, q_a, q_b = np.zeros(da), np.zeros(db), np.zeros(da), np.zeros(db)
-    s_ab, cof = np.zeros((da, db)), np.zeros((da, db))
-    parts_a, parts_b = [], []
-    for s in range(0, len(xa), batch):
-        A, B = sparse_acts(a, xa[s:s + batch]), sparse_acts(b, xb[s:s + batch])
-        s_a += np.asarray(A.sum(0)).ravel()
-        s_b += np.asarray(B.sum(0)).ravel()
-        q_a += np.asarray(A.multiply(A).sum(0)).ravel()
-        q_b += np.asarray(B.multiply(B).sum(0)).ravel()
-        s_ab += (A.T @ B).toarray()
-        Ab, Bb = A.copy(), B.copy()
-        Ab.data[:] = 1
-        Bb.data[:] = 1
-        cof += (Ab.T @ Bb).toarray()
-        parts_a.append(A)
-        parts_b.append(B)
-        if progress:
-            progress(min(batch, len(xa) - s))
-    n = len(xa)
-    cov = s_ab - np.outer(s_a, s_b) / n
-    var_a, var_b = q_a - s_a ** 2 / n, q_b - s_b ** 2 / n
-    with np.errstate(divide="ignore", invalid="ignore"):
-        r = cov / np.sqrt(np.outer(var_a, var_b))
-    acts_a, acts_b = sp.vstack(parts_a).tocsc(), sp.vstack(parts_b).tocsc()
-    return PairActivations(n=n, pearson=np.nan_to_num(r, nan=0.0).astype(np.float32), cofire=cof,
-                           fire_a=np.diff(acts_a.indptr).astype(float), fire_b=np.diff(acts_b.indptr).astype(float),
-                           acts_a=acts_a, acts_b=acts_b)
+    return accumulate(activation_batches(a, xa, batch), activation_batches(b, xb, batch))
 
 
 def top_correlations(p: PairActivations, k: int) -> tuple[np.ndarray, np.ndarray]:

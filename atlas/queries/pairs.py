@@ -54,3 +54,30 @@ def pair_matrix(con, stack: str, method: str = "decoder_cos", stat: str = "match
         values[pos[p.layer_a]][pos[p.layer_b]] = v
         values[pos[p.layer_b]][pos[p.layer_a]] = v
     return {"stack": stack, "method": method, "stat": stat, "layers": layers, "values": values}
+
+
+def birth_death(con, stack: str, method: str = "decoder_cos", tau: float = 0.7) -> list[dict]:
+    """Per layer: features born (no assigned match ≥ tau from the layer before) and dying (none to the
+    layer after); None where that pair was not matched. SQL: the macro `birth_death(stack_, ...)`."""
+    check_method(method)
+    stack_saes(con, stack)
+    cur = con.execute("SELECT * FROM birth_death(?, method_ := ?, tau_ := ?)", [stack, method, tau])
+    names = [d[0] for d in cur.description]
+    return [dict(zip(names, r)) for r in cur.fetchall()]
+
+
+def sibling_groups(con) -> list[dict]:
+    """SAEs of one model, hook and width (seeds and datasets side by side): where orphans are counted."""
+    rows = con.execute("SELECT model, hook, d_sae, layer, list(sae_id ORDER BY dataset, seed) FROM saes "
+                       "GROUP BY ALL HAVING count(*) > 1 ORDER BY model, layer, hook, d_sae").fetchall()
+    return [{"model": m, "hook": h, "d_sae": d, "layer": layer, "saes": s} for m, h, d, layer, s in rows]
+
+
+def find_features(con, text: str, limit: int = 50) -> list[dict]:
+    """Features whose label contains `text` (case-insensitive)."""
+    if not text.strip():
+        raise QueryError("give some label text to look for")
+    rows = con.execute("SELECT f.sae_id, f.feature, s.layer, f.label FROM features f JOIN saes s USING (sae_id) "
+                       "WHERE f.label ILIKE '%' || ? || '%' ORDER BY s.stack, s.layer, f.feature LIMIT ?",
+                       [text, limit]).fetchall()
+    return [{"sae_id": s, "feature": f, "layer": layer, "label": lab} for s, f, layer, lab in rows]

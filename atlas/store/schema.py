@@ -178,6 +178,21 @@ CREATE OR REPLACE MACRO permutation_pairs(method_ := 'decoder_cos', min_frac_ :=
 SELECT * FROM layer_pair_stats(method_ := method_, min_frac_ := min_frac_, min_score_ := min_score_, stack_ := stack_)
 WHERE permutation_only;
 
+-- Births and deaths per layer of a stack: features of layer L with no assigned match >= tau_ from the
+-- previous layer (births) or to the next layer (deaths). NULL where that layer pair was not matched.
+CREATE OR REPLACE MACRO birth_death(stack_, method_ := 'decoder_cos', tau_ := 0.7) AS TABLE
+WITH st AS (SELECT sae_id, layer, d_sae, lead(sae_id) OVER w AS next_sae, lag(sae_id) OVER w AS prev_sae
+            FROM saes WHERE stack = stack_ WINDOW w AS (ORDER BY layer)),
+kept AS (SELECT sae_a, sae_b, count(DISTINCT feature_a) AS n_a, count(DISTINCT feature_b) AS n_b FROM matches
+         WHERE method = method_ AND assigned AND score >= tau_ AND sae_a IN (SELECT sae_id FROM st) GROUP BY ALL),
+done AS (SELECT sae_a, sae_b FROM pair_stats WHERE method = method_)
+SELECT st.layer, st.sae_id, st.d_sae,
+       CASE WHEN (st.prev_sae, st.sae_id) IN (SELECT (sae_a, sae_b) FROM done)
+            THEN st.d_sae - coalesce((SELECT n_b FROM kept WHERE sae_a = st.prev_sae AND sae_b = st.sae_id), 0) END AS births,
+       CASE WHEN (st.sae_id, st.next_sae) IN (SELECT (sae_a, sae_b) FROM done)
+            THEN st.d_sae - coalesce((SELECT n_a FROM kept WHERE sae_a = st.sae_id AND sae_b = st.next_sae), 0) END AS deaths
+FROM st ORDER BY st.layer;
+
 -- Lineage without gaps, for SQL users: every feature reachable from (sae_, feature_) through matches
 -- of adjacent stack layers with score >= tau_, forward and backward. lineage() in Python adds gaps.
 CREATE OR REPLACE MACRO lineage_nodes(sae_, feature_, tau_ := 0.7, method_ := 'decoder_cos') AS TABLE
