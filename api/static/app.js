@@ -24,7 +24,8 @@ function h(tag, attrs = {}, ...children) {
 
 const link = (href, text, attrs = {}) => h("a", { href, ...attrs }, text);
 const featureHref = (sae, i) => `#/feature/${enc(sae)}/${i}`;
-const fmt = (x, d = 3) => (x === null || x === undefined ? "–" : typeof x === "number" ? x.toFixed(d) : x);
+const fmt = (x, d = 3) => (x === null || x === undefined ? "–"
+  : typeof x === "number" ? (Number.isInteger(x) ? String(x) : x.toFixed(d)) : x);
 
 function sortableTable(columns, rows) {
   // columns: [{key, label, render?}]; click a header to sort by it
@@ -87,7 +88,8 @@ function heatmap(m, perm, onCell) {
   svg.setAttribute("width", pad + n * cell + 10); svg.setAttribute("height", pad + n * cell + 10);
   const vals = m.values.flat().filter(v => v !== null);
   const lo = Math.min(...vals, 1), hi = Math.max(...vals, 0);
-  const colour = v => { const t = hi > lo ? (v - lo) / (hi - lo) : 1; return `hsl(${220 - 180 * t}, 70%, ${88 - 45 * t}%)`; };
+  // light (low) to dark blue (high) over the values present
+  const colour = v => { const t = hi > lo ? (v - lo) / (hi - lo) : 1; return `hsl(212, 75%, ${92 - 55 * t}%)`; };
   m.layers.forEach((layer, i) => {
     for (const [x, y, anchor] of [[pad + i * cell + cell / 2, pad - 8, "middle"], [pad - 6, pad + i * cell + cell / 2 + 4, "end"]]) {
       const t = document.createElementNS(ns, "text"); t.setAttribute("x", x); t.setAttribute("y", y);
@@ -103,7 +105,12 @@ function heatmap(m, perm, onCell) {
     r.setAttribute("data-pair", `${a}-${b}`);
     if (perm.has(`${a}-${b}`)) r.setAttribute("class", "perm");
     const title = document.createElementNS(ns, "title"); title.textContent = `layers ${a} → ${b}: ${v.toFixed(3)}`;
-    r.append(title); r.addEventListener("click", () => onCell(a, b)); svg.append(r);
+    const label = document.createElementNS(ns, "text");
+    label.setAttribute("x", pad + j * cell + cell / 2); label.setAttribute("y", pad + i * cell + cell / 2 + 4);
+    label.setAttribute("text-anchor", "middle"); label.setAttribute("pointer-events", "none");
+    label.setAttribute("fill", (hi > lo ? (v - lo) / (hi - lo) : 1) > 0.5 ? "#fff" : "#111");
+    label.textContent = cell >= 34 ? v.toFixed(2) : "";
+    r.append(title); r.addEventListener("click", () => onCell(a, b)); svg.append(r, label);
   }));
   return svg;
 }
@@ -120,7 +127,10 @@ function barChart(flow) {
       r.setAttribute("x", 20 + i * (2 * w + gap) + j * w); r.setAttribute("y", height - bh + 10);
       r.setAttribute("width", w - 2); r.setAttribute("height", bh); r.setAttribute("fill", colour);
       const t = document.createElementNS(ns, "title"); t.textContent = `layer ${f.layer}: ${k} ${f[k] ?? "n/a"}`; r.append(t);
-      svg.append(r);
+      const n = document.createElementNS(ns, "text");
+      n.setAttribute("x", 20 + i * (2 * w + gap) + j * w + w / 2 - 1); n.setAttribute("y", height - bh + 6);
+      n.setAttribute("text-anchor", "middle"); n.setAttribute("font-size", "10"); n.textContent = f[k] ?? "";
+      svg.append(r, n);
     });
     const label = document.createElementNS(ns, "text");
     label.setAttribute("x", 20 + i * (2 * w + gap) + w); label.setAttribute("y", height + 28);

@@ -7,6 +7,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tqdm import tqdm
+
 from atlas.match.pair import MatchParams
 from atlas.store import Atlas
 from ingest.activations import MANIFEST, ActivationConfig, collect, load_layer
@@ -16,8 +18,10 @@ from ingest.training import TrainConfig, train_sae
 @dataclass
 class FamilyPlan:
     layers: list[int] = field(default_factory=lambda: list(range(6)))
-    """Layers of the base stack (prose, seed 0) and its seed siblings."""
-    seeds: list[int] = field(default_factory=lambda: [0, 1])
+    """Layers of the base stack (prose, seed 0)."""
+    seeds: list[int] = field(default_factory=lambda: [1])
+    """Extra seeds (prose) trained on `sibling_layers`: seed siblings."""
+    sibling_layers: list[int] = field(default_factory=lambda: [1, 3, 5])
     code_layers: list[int] = field(default_factory=lambda: [1, 3, 5])
     """Layers that also get a dataset sibling trained on Python source (seed 0)."""
     max_tokens: int = 300_000
@@ -26,21 +30,25 @@ class FamilyPlan:
 
     @classmethod
     def full(cls) -> FamilyPlan:
-        return cls(seeds=[0, 1, 2], code_layers=list(range(6)))
+        return cls(seeds=[1, 2], sibling_layers=list(range(6)), code_layers=list(range(6)))
 
     def saes(self) -> list[tuple[str, int, int]]:
-        """(dataset, seed, layer) of every SAE to train."""
-        out = [("prose", s, layer) for s in self.seeds for layer in self.layers]
-        return out + [("code", 0, layer) for layer in self.code_layers]
+        """(dataset, seed, layer) of every SAE to train, layer by layer (one layer's activations in memory)."""
+        out = [("prose", 0, layer) for layer in self.layers]
+        out += [("prose", s, layer) for s in self.seeds for layer in self.sibling_layers]
+        out += [("code", 0, layer) for layer in self.code_layers]
+        return sorted(out, key=lambda x: (x[0], x[2], x[1]))
 
 
 def activations_for(plan: FamilyPlan, dataset: str, cache: Path, progress=None) -> Path:
-    cfg = ActivationConfig(model=plan.model, corpus=dataset, layers=sorted(set(plan.layers) | set(plan.code_layers)),
+    cfg = ActivationConfig(model=plan.model, corpus=dataset,
+                           layers=sorted(set(plan.layers) | set(plan.sibling_layers) | set(plan.code_layers)),
                            max_tokens=plan.max_tokens)
     folder = cache / "activations" / f"{dataset}-{plan.max_tokens}"
     if (folder / MANIFEST).exists() and json.loads((folder / MANIFEST).read_text())["config"]["layers"] == cfg.layers:
         return folder
-    collect(cfg, folder, progress)
+    with tqdm(total=plan.max_tokens or None, desc=f"activations {dataset}", unit="tok", disable=None) as bar:
+        collect(cfg, folder, progress=bar.update)
     return folder
 
 
@@ -80,13 +88,15 @@ def build_family(atlas: Atlas, plan: FamilyPlan, cache: Path, log=print, bar=Non
         layer_pairs = ours(select_pairs(con, "distance", distance=len(plan.layers)))
         siblings = ours(select_pairs(con, "siblings"))
         adjacent = ours(select_pairs(con, "adjacent"))
-    run_match(atlas, layer_pairs, ["decoder_cos", "decoder_mse"], MatchParams())
-    run_match(atlas, siblings, ["decoder_cos", "encoder_cos"], MatchParams())
+    for pairs, methods in ((layer_pairs, ["decoder_cos", "decoder_mse"]), (siblings, ["decoder_cos", "encoder_cos"])):
+        with tqdm(total=len(pairs) * len(methods), desc="match", unit="pair", disable=None) as bar:
+            run_match(atlas, pairs, methods, MatchParams(), progress=lambda *_: bar.update())
     with atlas.read() as con:
         dataset_of = dict(con.execute("SELECT sae_id, dataset FROM saes").fetchall())
     by_dataset: dict[str, list] = {}
     for a, b in adjacent + siblings:
         by_dataset.setdefault(dataset_of[a], []).append((a, b))
     for dataset, pairs in by_dataset.items():
-        correlate(atlas, pairs, acts[dataset])
+        with tqdm(total=len(pairs), desc=f"correlate {dataset}", unit="pair", disable=None) as bar:
+            correlate(atlas, pairs, acts[dataset], progress=lambda *_: bar.update())
     return quality
