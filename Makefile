@@ -15,10 +15,10 @@ help: ## List the targets
 $(BIN)/atlas: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -e '.[test,distributed]'
 	@touch $@
 
-install: $(BIN)/atlas ## Create .venv and install the atlas with test tools (CPU torch and faiss-cpu)
+install: $(BIN)/atlas ## Create .venv and install the atlas, test tools and Ray (CPU torch, faiss-cpu)
 
 install-gpu: $(BIN)/atlas ## Swap faiss-cpu for faiss-gpu (CUDA 12) in .venv; never both in one env
 	$(BIN)/pip uninstall -y faiss-cpu

@@ -61,7 +61,7 @@ def init(ctx):
 @main.command()
 @click.option("--out", type=click.Path(path_type=Path), default=Path("synth"), show_default=True,
               help="Folder for the SAE folders and ground_truth.parquet.")
-@click.option("--d-in", type=int, default=256, show_default=True, help="Model width (2304 = Gemma Scope 2b).")
+@click.option("--d-in", type=int, default=512, show_default=True, help="Model width (2304 = Gemma Scope 2b).")
 @click.option("--d-sae", type=int, default=512, show_default=True, help="Features per SAE.")
 @click.option("--layers", "n_layers", type=int, default=6, show_default=True)
 @click.option("--seeds", "n_seeds", type=int, default=2, show_default=True, help="Seed siblings of the base stack.")
@@ -195,8 +195,11 @@ def info(ctx, sae):
 @click.option("--solver", type=click.Choice(["auto", "dense", "sparse"]), default="auto", show_default=True)
 @click.option("--publish-every", type=float, default=60.0, show_default=True,
               help="Seconds between publishing finished pairs to readers (a kill loses at most this much).")
+@click.option("--executor", type=click.Choice(["in-process", "ray"]), default="in-process", show_default=True,
+              help="Where pair tasks run; ray needs `pip install .[distributed]`.")
+@click.option("--address", default=None, help="Ray cluster: auto, ray://host:10001 [default: start a local one].")
 @click.pass_context
-def match(ctx, selection, distance, stack, explicit, methods, k, floor, tau, solver, publish_every):
+def match(ctx, selection, distance, stack, explicit, methods, k, floor, tau, solver, publish_every, executor, address):
     """Match SAE pairs by weight similarity (candidates -> one-to-one assignment -> pair stats)."""
     from ingest.jobs.match import run_match, select_pairs
 
@@ -213,11 +216,20 @@ def match(ctx, selection, distance, stack, explicit, methods, k, floor, tau, sol
     methods = list(methods) or (["decoder_cos", "encoder_cos"] if selection == "siblings" else ["decoder_cos"])
     if not pairs:
         raise ValueError(f"no pairs selected ({selection}); see `atlas saes`")
+    from ingest.executors import make_executor
+
     params = MatchParams(k=k, floor=floor, tau=tau, solver=solver)
-    with _bar(len(pairs) * len(methods), "match") as bar:
-        summary = run_match(atlas, pairs, methods, params, publish_every, progress=lambda *_: bar.update())
+    ex = make_executor(executor, address)
+    try:
+        with _bar(len(pairs) * len(methods), "match") as bar:
+            summary = run_match(atlas, pairs, methods, params, publish_every, progress=lambda *_: bar.update(),
+                                executor=ex)
+    finally:
+        ex.close()
     click.echo(f"matched {len(summary.computed)} pair-methods, skipped {len(summary.skipped)} already done "
                f"({summary.seconds:.1f} s)")
+    if summary.results:
+        click.echo(summary.report())
 
 
 @main.command()

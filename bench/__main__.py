@@ -137,15 +137,96 @@ def bench_stack(layers: int, d_sae: int, d_in: int, workdir: Path) -> dict:
             "atlas_mb": atlas.path.stat().st_size / 2**20, "target": "< 15 min on 2 cores"}
 
 
-def bench_api(atlas_path: Path, requests: int, port: int = 8765) -> dict:
-    """Bounded loopback load: `requests` lineage and feature-card calls, 8 client threads, 2 workers."""
+def bench_ray(layers: int, d_sae: int, d_in: int, workdir: Path) -> dict:
+    """The same 26-layer stack matched in-process and on a local 2-worker Ray cluster."""
+    from atlas.match.pair import MatchParams
+    from atlas.store import Atlas
+    from atlas.synth import SynthConfig, generate
+    from ingest.executors import RayExecutor
+    from ingest.jobs.ingest import ingest
+    from ingest.jobs.match import run_match, select_pairs
+    from ingest.sources import read_sae
+
+    cfg = SynthConfig(d_in=d_in, d_sae=d_sae, n_layers=layers, n_seeds=1, second_dataset=False)
+    folders = generate(cfg, workdir / "ray-family")
+    atlases = {}
+    for name in ("in-process", "ray"):
+        atlases[name] = Atlas(workdir / f"ray-{name}.duckdb")
+        ingest(atlases[name], [lambda f=f: read_sae(f) for f in folders])
+    with atlases["ray"].read() as con:
+        pairs = select_pairs(con, "distance", distance=2)
+    t_local, _ = timed(lambda: run_match(atlases["in-process"], pairs, ["decoder_cos"], MatchParams()))
+    ex = RayExecutor(num_cpus=2)
+    try:
+        t_ray, summary = timed(lambda: run_match(atlases["ray"], pairs, ["decoder_cos"], MatchParams(), executor=ex))
+    finally:
+        ex.close()
+    q = "SELECT sae_a, feature_a, sae_b, feature_b, score, assigned FROM matches ORDER BY ALL"
+    with atlases["in-process"].read() as a, atlases["ray"].read() as b:
+        same = a.execute(q).fetchall() == b.execute(q).fetchall()
+    per_pair = t_local / len(pairs)
+    return {"layers": layers, "d_sae": d_sae, "d_in": d_in, "pairs": len(pairs), "in_process_s": t_local,
+            "ray_2_workers_s": t_ray, "ray_overhead_ratio": t_ray / t_local, "identical": same,
+            "in_process_s_per_pair": per_pair, "ray_report": summary.report(), "target": "ray <= 1.3x in-process"}
+
+
+def _wrk(url_paths: list[str], base: str, seconds: int, connections: int) -> dict:
+    """Bounded loopback load with wrk (a C load generator, so the client takes little of the 2 cores)."""
+    import re
+    import shutil
+
+    script = Path(tempfile.mkdtemp()) / "paths.lua"
+    script.write_text("paths = {" + ",".join(f'"{p}"' for p in url_paths) + "}\n"
+                      "request = function() return wrk.format('GET', paths[math.random(#paths)]) end\n")
+    out = subprocess.run([shutil.which("wrk"), "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script),
+                          base], capture_output=True, text=True, timeout=seconds + 30).stdout
+
+    def ms(label):
+        m = re.search(rf"^\s+{label}%\s+([\d.]+)(us|ms|s)", out, re.M)
+        v = float(m.group(1))
+        return v / 1000 if m.group(2) == "us" else v * 1000 if m.group(2) == "s" else v
+
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {"p50_ms": ms(50), "p99_ms": ms(99), "req_per_s": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+            "non_2xx": int(errors.group(1)) if errors else 0, "connections": connections, "client": "wrk"}
+
+
+def _threads(urls: list[str], requests: int) -> dict:
+    import httpx
+
+    lat: list[float] = []
+    lock = threading.Lock()
+
+    def worker(chunk):
+        with httpx.Client(timeout=30) as c:
+            for u in chunk:
+                t0 = time.perf_counter()
+                assert c.get(u).status_code == 200
+                with lock:
+                    lat.append(time.perf_counter() - t0)
+
+    threads = [threading.Thread(target=worker, args=(urls[i::4],)) for i in range(4)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    lat.sort()
+    return {"p50_ms": 1000 * statistics.median(lat), "p99_ms": 1000 * lat[int(0.99 * (len(lat) - 1))],
+            "req_per_s": len(lat) / wall, "connections": 4, "client": "httpx threads"}
+
+
+def bench_api(atlas_path: Path, requests: int, port: int = 8765, seconds: int = 10) -> dict:
+    """Feature card and lineage under load on loopback: `atlas serve --workers 2`, bounded in time."""
+    import shutil
+
     import httpx
 
     from atlas.store import Atlas
 
     with Atlas(atlas_path).read() as con:
-        first, d_sae = con.execute("SELECT sae_id, d_sae FROM saes ORDER BY stack, layer LIMIT 1").fetchone()
-        mid = con.execute("SELECT sae_id FROM saes ORDER BY stack, layer LIMIT 1 OFFSET 5").fetchone()[0]
+        saes = con.execute("SELECT sae_id, d_sae FROM saes ORDER BY stack, layer").fetchall()
     server = subprocess.Popen([sys.executable, "-m", "atlas.cli", "--atlas", str(atlas_path), "serve",
                                "--port", str(port), "--workers", "2"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     base = f"http://127.0.0.1:{port}"
@@ -157,32 +238,16 @@ def bench_api(atlas_path: Path, requests: int, port: int = 8765) -> dict:
             except httpx.HTTPError:
                 time.sleep(0.2)
         rng = np.random.default_rng(0)
+        picks = [(saes[i][0], int(f)) for i, f in zip(rng.integers(0, len(saes), 500), rng.integers(0, saes[0][1], 500))]
         out = {}
-        for name, make in (("feature_card", lambda f: f"{base}/api/saes/{mid}/features/{f}"),
-                           ("lineage", lambda f: f"{base}/api/saes/{mid}/features/{f}/lineage")):
-            urls = [make(int(f)) for f in rng.integers(0, d_sae, requests)]
-            lat: list[float] = []
-            lock = threading.Lock()
-
-            def worker(chunk):
-                with httpx.Client(timeout=30) as c:
-                    for u in chunk:
-                        t0 = time.perf_counter()
-                        r = c.get(u)
-                        assert r.status_code == 200, r.text
-                        with lock:
-                            lat.append(time.perf_counter() - t0)
-
-            threads = [threading.Thread(target=worker, args=(urls[i::8],)) for i in range(8)]
-            t0 = time.perf_counter()
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
-            wall = time.perf_counter() - t0
-            lat.sort()
-            out[name] = {"p50_ms": 1000 * statistics.median(lat), "p99_ms": 1000 * lat[int(0.99 * (len(lat) - 1))],
-                         "req_per_s": len(lat) / wall, "requests": len(lat)}
+        for name, fmt_ in (("feature_card", "/api/saes/{}/features/{}"), ("lineage", "/api/saes/{}/features/{}/lineage")):
+            paths = [fmt_.format(s, f) for s, f in picks]
+            for p in paths[:20]:  # warm both workers (lineage builds its edge index once per snapshot)
+                httpx.get(base + p, timeout=60)
+            if shutil.which("wrk"):
+                out[name] = {c: _wrk(paths, base, seconds, c) for c in (2, 8)}
+            else:
+                out[name] = _threads([base + p for p in paths][:requests], requests)
         out["target"] = "p50 < 10 ms, p99 < 50 ms, >= 500 req/s"
         return out
     finally:
@@ -192,7 +257,7 @@ def bench_api(atlas_path: Path, requests: int, port: int = 8765) -> dict:
 
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    p.add_argument("sections", nargs="*", default=["candidates", "assignment", "correlation", "stack", "api"])
+    p.add_argument("sections", nargs="*", default=["candidates", "assignment", "correlation", "stack", "api", "ray"])
     p.add_argument("--layers", type=int, default=26)
     p.add_argument("--d-sae", type=int, default=16384)
     p.add_argument("--d-in", type=int, default=2304)
@@ -216,6 +281,8 @@ def main(argv=None):
         save("correlation", bench_correlation(300_000, 768))
     if "stack" in args.sections:
         save("stack", bench_stack(args.layers, args.d_sae, args.d_in, work))
+    if "ray" in args.sections:
+        save("ray", bench_ray(args.layers, 4096, args.d_in, work))
     if "api" in args.sections:
         atlas = work / "bench.duckdb"
         if not atlas.exists():

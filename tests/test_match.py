@@ -154,23 +154,23 @@ def test_jobs_are_incremental_and_record_pair_stats(tmp_path, family):
 
 KILL_MATCH = """
 import os, signal, sys
-import atlas.match.pair as pair_mod
+import ingest.tasks as tasks
 import ingest.jobs.match as job
 from atlas.match.pair import MatchParams
 from atlas.store import Atlas
 calls = 0
-real = pair_mod.match_pair
+real = tasks.match_pair
 def dying(*a, **k):
     global calls
     calls += 1
     if calls == 3:
         os.kill(os.getpid(), signal.SIGKILL)
     return real(*a, **k)
-job.match_pair = dying
+tasks.match_pair = dying
 atlas = Atlas(sys.argv[1])
 with atlas.read() as con:
     pairs = job.select_pairs(con, "distance", distance=2)
-job.run_match(atlas, pairs, ["decoder_cos"], MatchParams(), publish_every=0)
+job.run_match(atlas, pairs, ["decoder_cos"], MatchParams(), publish_every=0, batch=1)
 """
 
 

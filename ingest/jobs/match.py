@@ -2,19 +2,22 @@
 
 Incremental and resumable: a pair already stored with the same parameters and weights (params_hash)
 is skipped; work is published every `publish_every` seconds, so a killed job loses at most that much.
+Pairs run as pure tasks (ingest.tasks) on an executor (in-process or Ray); only this driver writes.
 """
 
 from __future__ import annotations
 
+import shutil
 import time
-from collections import OrderedDict
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import pyarrow as pa
 
-from atlas.match.pair import MatchParams, match_pair
+from atlas.match.pair import MatchParams
 from atlas.store import Atlas, record_run
-from ingest.sources import load_stored
+from ingest.executors import InProcess
+from ingest.tasks import PairTask, SAERef, TaskResult, read_shard, run_pair
 
 SELECTIONS = ("adjacent", "distance", "siblings", "list")
 
@@ -23,7 +26,18 @@ SELECTIONS = ("adjacent", "distance", "siblings", "list")
 class MatchSummary:
     computed: list[tuple[str, str, str]] = field(default_factory=list)
     skipped: list[tuple[str, str, str]] = field(default_factory=list)
+    results: list[TaskResult] = field(default_factory=list)
     seconds: float = 0.0
+
+    def report(self) -> str:
+        """Pairs, features/s, CPU seconds and peak memory per worker."""
+        cpu = sum(r.cpu_seconds for r in self.results)
+        feats = sum(r.features for r in self.results)
+        peak = max((r.peak_rss_mb for r in self.results), default=0)
+        hosts = len({r.host for r in self.results})
+        return (f"{len(self.computed)} pair-methods computed, {len(self.skipped)} skipped in {self.seconds:.1f} s; "
+                f"{feats / self.seconds if self.seconds else 0:,.0f} features/s; {cpu:.1f} CPU s in tasks; "
+                f"peak memory per worker {peak:.0f} MB on {hosts} host(s)")
 
 
 def select_pairs(con, selection: str = "adjacent", distance: int = 1, stack: str | None = None,
@@ -58,52 +72,67 @@ def select_pairs(con, selection: str = "adjacent", distance: int = 1, stack: str
     raise ValueError(f"unknown pair selection {selection!r}; known: {', '.join(SELECTIONS)}")
 
 
-class WeightCache:
-    """The last few SAEs' weights, so a stack walked in layer order reads each file about once."""
-
-    def __init__(self, con, size: int = 4):
-        self.con, self.size, self.items = con, size, OrderedDict()
-
-    def get(self, sae_id: str):
-        if sae_id in self.items:
-            self.items.move_to_end(sae_id)
-            return self.items[sae_id]
-        row = self.con.execute("SELECT source, format, sha256 FROM saes WHERE sae_id = ?", [sae_id]).fetchone()
-        if row is None:
-            raise KeyError(f"unknown SAE {sae_id!r}")
-        self.items[sae_id] = load_stored(row[0], row[1], row[2], sae_id)
-        if len(self.items) > self.size:
-            self.items.popitem(last=False)
-        return self.items[sae_id]
-
-
 def run_match(atlas: Atlas, pairs: list[tuple[str, str]], methods: list[str], params: MatchParams,
-              publish_every: float = 60.0, progress=None) -> MatchSummary:
+              publish_every: float = 60.0, progress=None, executor=None, batch: int = 8) -> MatchSummary:
+    """Match every (pair, method) not already stored with these parameters and weights.
+
+    Tasks run on `executor` (in-process by default, or Ray) and write Parquet shards under
+    atlas.files/results/<run>; the driver commits them `batch` pairs per transaction."""
+    executor = executor or InProcess()
     summary = MatchSummary()
     t0 = time.perf_counter()
-    job_params = {"pairs": len(pairs), "methods": methods, **params.__dict__}
+    job_params = {"pairs": len(pairs), "methods": methods, "executor": executor.name, **params.__dict__}
     with atlas.write() as w, record_run(w, "match", job_params) as run_id:
-        cache = WeightCache(w.con)
-        sha = dict(w.con.execute("SELECT sae_id, sha256 FROM saes").fetchall())
+        results_root = atlas.dir / "results"
+        if results_root.exists():  # shards of a killed run: we hold the write lock, nobody else owns them
+            shutil.rmtree(results_root)
+        out_dir = results_root / run_id
+        refs = {r[0]: SAERef(*r) for r in w.con.execute("SELECT sae_id, source, format, sha256 FROM saes").fetchall()}
+        for a, b in pairs:
+            for s in (a, b):
+                if s not in refs:
+                    raise KeyError(f"unknown SAE {s!r}: see `atlas saes`")
         done = {tuple(r) for r in w.con.execute("SELECT sae_a, sae_b, method, params_hash FROM pair_stats").fetchall()}
+        tasks = []
         for a, b in pairs:
             for method in methods:
-                p = replace(params, method=method)
-                h = p.hash(sha[a], sha[b])
-                if (a, b, method, h) in done:
+                task = PairTask(refs[a], refs[b], replace(params, method=method))
+                if (a, b, method, task.params_hash) in done:
                     summary.skipped.append((a, b, method))
+                    if progress:
+                        progress(a, b, method)
                 else:
-                    result = match_pair(cache.get(a), cache.get(b), a, b, p)
-                    with w.transaction() as con:
-                        con.execute("DELETE FROM matches WHERE sae_a = ? AND sae_b = ? AND method = ?", [a, b, method])
-                        con.execute("DELETE FROM pair_stats WHERE sae_a = ? AND sae_b = ? AND method = ?", [a, b, method])
-                        n = result.matches.num_rows
-                        w.insert_arrow("matches", result.matches.append_column("run_id", pa.repeat(run_id, n)))
-                        stats = dict(result.stats, sae_a=a, sae_b=b, method=method, params_hash=h, run_id=run_id)
-                        w.insert_arrow("pair_stats", pa.Table.from_pylist([stats]))
-                    summary.computed.append((a, b, method))
-                    w.publish_every(publish_every)
-                if progress:
-                    progress(a, b, method)
+                    tasks.append(task)
+        by_key = {t.key: t for t in tasks}
+        waiting: list[TaskResult] = []
+        for result in executor.map(run_pair, tasks, str(out_dir)):
+            waiting.append(result)
+            summary.results.append(result)
+            if len(waiting) >= batch:
+                _commit(w, [by_key[r.key] for r in waiting], waiting, run_id, summary)
+                waiting = []
+                w.publish_every(publish_every)
+            if progress:
+                t = by_key[result.key]
+                progress(t.a.sae_id, t.b.sae_id, t.params.method)
+        if waiting:
+            _commit(w, [by_key[r.key] for r in waiting], waiting, run_id, summary)
+        shutil.rmtree(out_dir, ignore_errors=True)
     summary.seconds = time.perf_counter() - t0
     return summary
+
+
+def _commit(w, tasks: list[PairTask], results: list[TaskResult], run_id: str, summary: MatchSummary) -> None:
+    """One transaction for a batch of finished pairs: readers see all of it or none."""
+    with w.transaction() as con:
+        for task, result in zip(tasks, results):
+            a, b, method = task.a.sae_id, task.b.sae_id, task.params.method
+            matches, stats = read_shard(result.shard)
+            con.execute("DELETE FROM matches WHERE sae_a = ? AND sae_b = ? AND method = ?", [a, b, method])
+            con.execute("DELETE FROM pair_stats WHERE sae_a = ? AND sae_b = ? AND method = ?", [a, b, method])
+            w.insert_arrow("matches", matches.append_column("run_id", pa.repeat(run_id, matches.num_rows)))
+            w.insert_arrow("pair_stats", pa.Table.from_pylist([dict(stats, sae_a=a, sae_b=b, method=method,
+                                                                    run_id=run_id)]))
+            summary.computed.append((a, b, method))
+    for result in results:
+        Path(result.shard).unlink(missing_ok=True)

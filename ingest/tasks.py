@@ -1,0 +1,91 @@
+"""Jobs as pure tasks: inputs by reference (SAE id + weights location), outputs as Parquet shards.
+
+The same functions run in-process or as Ray tasks on other machines: a task reads weights from shared
+storage (a local path here; any path the workers can read), computes, writes its result shard under
+the atlas's results folder and returns the shard's path with timings. Only the driver writes DuckDB.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from atlas.match.pair import MatchParams, match_pair
+
+
+@dataclass(frozen=True)
+class SAERef:
+    sae_id: str
+    source: str
+    fmt: str
+    sha256: str
+
+
+@dataclass(frozen=True)
+class PairTask:
+    a: SAERef
+    b: SAERef
+    params: MatchParams
+
+    @property
+    def key(self) -> str:
+        return f"{self.a.sae_id}__{self.b.sae_id}__{self.params.method}"
+
+    @property
+    def params_hash(self) -> str:
+        return self.params.hash(self.a.sha256, self.b.sha256)
+
+
+@dataclass
+class TaskResult:
+    key: str
+    shard: str  # Parquet file of the matches rows; its metadata holds the pair stats
+    seconds: float
+    cpu_seconds: float
+    peak_rss_mb: float
+    features: int
+    host: str
+
+
+_CACHE: dict[str, object] = {}  # per worker process: the last SAEs read, a stack walks them in order
+
+
+def _weights(ref: SAERef):
+    from ingest.sources import load_stored
+
+    if ref.sae_id not in _CACHE:
+        if len(_CACHE) >= 4:
+            _CACHE.pop(next(iter(_CACHE)))
+        _CACHE[ref.sae_id] = load_stored(ref.source, ref.fmt, ref.sha256, ref.sae_id)
+    return _CACHE[ref.sae_id]
+
+
+def run_pair(task: PairTask, out_dir: str) -> TaskResult:
+    """Match one pair and write its shard (temporary name, then rename: no half shard is ever seen)."""
+    t0, c0 = time.perf_counter(), time.process_time()
+    result = match_pair(_weights(task.a), _weights(task.b), task.a.sae_id, task.b.sae_id, task.params)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    shard = out / f"{task.key}.parquet"
+    tmp = shard.with_name(shard.name + f".{os.getpid()}.tmp")
+    meta = {"stats": json.dumps(dict(result.stats, params_hash=task.params_hash)), "task": json.dumps(asdict(task))}
+    table = result.matches.replace_schema_metadata(meta)
+    pq.write_table(table, tmp)
+    os.replace(tmp, shard)
+    return TaskResult(key=task.key, shard=str(shard), seconds=time.perf_counter() - t0,
+                      cpu_seconds=time.process_time() - c0,
+                      peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                      features=int(result.stats["n_a"]), host=os.uname().nodename)
+
+
+def read_shard(path: str) -> tuple[pa.Table, dict]:
+    table = pq.read_table(path)
+    stats = json.loads(table.schema.metadata[b"stats"])
+    return table.replace_schema_metadata(None), stats
