@@ -27,7 +27,8 @@ class EdgeIndex:
 
     def __init__(self, con, method: str, floor: float = 0.5):
         self.method, self.floor = method, floor
-        t = con.sql(f"SELECT {_EDGE_COLS} FROM matches WHERE method = ? AND score >= ?", params=[method, floor]).to_arrow_table()
+        t = con.cursor().sql(f"SELECT {_EDGE_COLS} FROM matches WHERE method = ? AND score >= ?",
+                             params=[method, floor]).to_arrow_table()
         ea, eb = (pc.dictionary_encode(t[c]).combine_chunks() for c in ("sae_a", "sae_b"))
         self.names = sorted(set(ea.dictionary.to_pylist()) | set(eb.dictionary.to_pylist()))
         self.code = {n: i for i, n in enumerate(self.names)}
@@ -40,6 +41,11 @@ class EdgeIndex:
         self.score = t["score"].to_numpy()
         self.rank = t["rank"].to_numpy()
         self.assigned = t["assigned"].to_numpy(zero_copy_only=False)
+        cur = con.cursor()
+        self.labels = {(s, f): lab for s, f, lab in cur.execute(
+            "SELECT sae_id, feature, label FROM features WHERE label IS NOT NULL").fetchall()}
+        self.neuronpedia = dict(cur.execute("SELECT sae_id, neuronpedia_id FROM saes").fetchall())
+        self.flow_sites = cur.execute("SELECT count(*) FROM saes WHERE site IN ('mlp', 'attn')").fetchone()[0] > 0
         ka, kb = (self.ca << 32) | self.fa, (self.cb << 32) | self.fb
         self.by_a, self.by_b = np.argsort(ka, kind="stable"), np.argsort(kb, kind="stable")
         self.ka, self.kb = ka[self.by_a], kb[self.by_b]
@@ -127,7 +133,7 @@ def lineage(con, sae_id: str, feature: int, direction: str = "both", tau: float 
                     seen.add(dst)
                     frontier.setdefault(dst_pos, set()).add(dst[1])
 
-    nodes = _nodes(con, seen, layer_of, sae["site"], include_sites, method, bar, distance)
+    nodes = _nodes(con, seen, layer_of, sae["site"], include_sites, method, index if usable else None)
     root = next(n for n in nodes if n.sae_id == sae_id and n.feature == feature)
     birth = min(n.layer for n in nodes)
     death = max(n.layer for n in nodes)
@@ -169,15 +175,18 @@ def _has_nearer(edges, src, forward, step, ids, pos) -> bool:
     return False
 
 
-def _nodes(con, seen, layer_of, site, include_sites, method, bar, distance) -> list[Node]:
+def _nodes(con, seen, layer_of, site, include_sites, method, index: EdgeIndex | None) -> list[Node]:
     saes, feats = zip(*sorted(seen))
-    rows = con.execute(
-        "SELECT f.sae_id, f.feature, f.label, s.neuronpedia_id FROM features f JOIN saes s USING (sae_id) "
-        "WHERE f.sae_id IN (SELECT unnest(?)) AND (f.sae_id, f.feature) IN (SELECT (unnest(?), unnest(?)))",
-        [sorted(set(saes)), list(saes), list(feats)]).fetchall()
+    if index is not None:  # labels and links from the index's snapshot caches
+        rows = [(s, f, index.labels.get((s, f)), index.neuronpedia.get(s)) for s, f in zip(saes, feats)]
+    else:
+        rows = con.execute(
+            "SELECT f.sae_id, f.feature, f.label, s.neuronpedia_id FROM (SELECT unnest(?) AS sae_id, unnest(?) AS feature) n "
+            "JOIN features f USING (sae_id, feature) JOIN saes s USING (sae_id)", [list(saes), list(feats)]).fetchall()
     origins: dict[tuple[str, int], str] = {}
-    if include_sites and site == "resid" and con.execute(
-            "SELECT count(*) FROM saes WHERE site IN ('mlp', 'attn')").fetchone()[0]:
+    has_sites = index.flow_sites if index is not None else con.execute(
+        "SELECT count(*) FROM saes WHERE site IN ('mlp', 'attn')").fetchone()[0] > 0
+    if include_sites and site == "resid" and has_sites:
         for s in set(saes):
             mine = [f for x, f in seen if x == s]
             origins.update({(s, f): o for f, o in flow_origins(con, s, mine, method).items()})
