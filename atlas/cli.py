@@ -254,6 +254,45 @@ def minilm(ctx, full, cache, samples, max_tokens, d_sae):
     click.echo(f"MiniLM family ready in {_atlas(ctx).path}")
 
 
+@main.command("findings")
+@click.option("--model", default="%", help="SQL LIKE pattern of the model(s) to report on.")
+@click.option("--stack", default="%", help="SQL LIKE pattern of the stack(s) for the distance table.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
+@click.pass_context
+def findings_cmd(ctx, model, stack, as_json):
+    """The field's findings measured on this atlas: distance, seeds vs datasets, method agreement, AND/OR."""
+    import json
+
+    from .queries.findings import findings
+
+    with _atlas(ctx).read() as con:
+        f = findings(con, model, stack)
+    if as_json:
+        click.echo(json.dumps(f, indent=1, default=str))
+        return
+    click.echo("matched fraction (decoder_cos, tau 0.7) by layer distance:")
+    for r in f["distance"]:
+        ev = "" if r["explained_variance"] is None else f", explained variance {r['explained_variance']:.3f}"
+        click.echo(f"  distance {r['distance']}: {r['matched_frac']:.3f} over {r['pairs']} pairs, "
+                   f"MSE after permutation {r['mse_after_perm']:.2e}{ev}")
+    click.echo("siblings (same layer):")
+    for r in f["siblings"]:
+        click.echo(f"  {r['relation']:>7}: decoder matched {r['decoder_matched_frac']:.3f}, shared (dec+enc) "
+                   f"{r['shared_frac']:.3f} over {r['pairs']} pairs")
+    if f["agreement"]:
+        same = sum(r["same_partner"] * r["both_assigned"] for r in f["agreement"]) / sum(r["both_assigned"] for r in f["agreement"])
+        click.echo(f"decoder_cos vs activation_corr: same partner for {same:.3f} of features assigned by both "
+                   f"({len(f['agreement'])} pairs)")
+    click.echo(f"compositions: {f['composition_counts']}")
+    for c in f["compositions"]:
+        click.echo(f"  {c['kind']} {c['sae_a']}{c['parents']} -> {c['sae_b']}/{c['feature_b']} (Jaccard {c['score']:.2f})")
+        for line in c["child_context"]:
+            click.echo(f"      child:  {line}")
+        for p, lines in c["parent_contexts"].items():
+            for line in lines:
+                click.echo(f"      parent {p}: {line}")
+
+
 @main.group()
 def labels():
     """Feature labels and stats from Neuronpedia exports."""

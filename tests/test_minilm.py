@@ -55,3 +55,16 @@ def test_second_build_reuses_the_cache(small_family):
     atlas, plan, quality, root = small_family
     again = build_family(atlas, plan, root / "cache", log=lambda *_: None)
     assert again == quality
+
+
+def test_findings_report_on_the_real_family(small_family):
+    from atlas.queries.findings import findings
+
+    atlas, *_ = small_family
+    with atlas.read() as con:
+        f = findings(con)
+    assert [r["distance"] for r in f["distance"]] == [1, 2]
+    assert all(0 <= r["matched_frac"] <= 1 for r in f["distance"])
+    assert {r["relation"] for r in f["siblings"]} == {"seed", "dataset"}
+    assert f["agreement"] and all(0 <= r["same_partner"] <= 1 for r in f["agreement"])
+    assert set(f["composition_counts"]) <= {"AND", "OR", "PASS"}

@@ -1,0 +1,74 @@
+"""The field's headline findings, measured on whatever family the atlas holds (SQL over its tables).
+
+- distance: matched fraction by layer distance (nearby layers share more features);
+- siblings: seed siblings vs dataset siblings (the dataset changes features more than the seed);
+- agreement: how often decoder-cosine and activation-correlation assignments pick the same partner;
+- compositions: AND / OR / PASS features with their parents and example contexts.
+"""
+
+from __future__ import annotations
+
+DISTANCE_SQL = """
+SELECT distance, count(*) AS pairs, avg(matched_frac) AS matched_frac, avg(mean_score) AS mean_score,
+       avg(mse_after_perm) AS mse_after_perm, avg(explained_variance) AS explained_variance
+FROM layer_pairs WHERE method = ? AND stack LIKE ? GROUP BY distance ORDER BY distance
+"""
+
+SIBLINGS_SQL = """
+WITH sib AS (
+    SELECT p.sae_a, p.sae_b, a.layer,
+           CASE WHEN a.dataset IS NOT DISTINCT FROM b.dataset THEN 'seed' ELSE 'dataset' END AS relation
+    FROM pair_stats p JOIN saes a ON a.sae_id = p.sae_a JOIN saes b ON b.sae_id = p.sae_b
+    WHERE p.method = 'decoder_cos' AND a.layer = b.layer AND a.stack <> b.stack AND a.model LIKE ?),
+shared AS (  -- Paulo & Belrose: same partner under decoder and encoder assignments, both cosines >= 0.7
+    SELECT m.sae_a, m.sae_b, count(*) AS n FROM (
+        SELECT sae_a, sae_b, feature_a, feature_b FROM matches
+        WHERE assigned AND score >= 0.7 AND method IN ('decoder_cos', 'encoder_cos')
+        GROUP BY ALL HAVING count(DISTINCT method) = 2) m GROUP BY ALL)
+SELECT relation, count(*) AS pairs, avg(ps.matched_frac) AS decoder_matched_frac,
+       avg(coalesce(sh.n, 0) / ps.n_a) AS shared_frac
+FROM sib JOIN pair_stats ps ON ps.sae_a = sib.sae_a AND ps.sae_b = sib.sae_b AND ps.method = 'decoder_cos'
+LEFT JOIN shared sh ON sh.sae_a = sib.sae_a AND sh.sae_b = sib.sae_b
+GROUP BY relation ORDER BY relation
+"""
+
+AGREEMENT_SQL = """
+WITH d AS (SELECT sae_a, sae_b, feature_a, feature_b FROM matches WHERE method = 'decoder_cos' AND assigned),
+     c AS (SELECT sae_a, sae_b, feature_a, feature_b FROM matches WHERE method = 'activation_corr' AND assigned)
+SELECT d.sae_a, d.sae_b, count(*) AS both_assigned, avg((d.feature_b = c.feature_b)::INT) AS same_partner
+FROM d JOIN c USING (sae_a, sae_b, feature_a)
+GROUP BY ALL ORDER BY d.sae_a, d.sae_b
+"""
+
+COMPOSITIONS_SQL = """
+SELECT c.kind, c.sae_a, c.parents, c.sae_b, c.feature_b, c.score
+FROM compositions c WHERE c.kind IN ('AND', 'OR') ORDER BY c.score DESC LIMIT ?
+"""
+
+
+def _rows(con, sql, params):
+    cur = con.execute(sql, params)
+    names = [d[0] for d in cur.description]
+    return [dict(zip(names, r)) for r in cur.fetchall()]
+
+
+def context(con, sae_id: str, feature: int, n: int = 2) -> list[str]:
+    """The feature's top example contexts, the firing token in [brackets]."""
+    rows = con.execute("SELECT tokens, highlight FROM examples WHERE sae_id = ? AND feature = ? AND kind = 'top' "
+                       "ORDER BY activation DESC LIMIT ?", [sae_id, feature, n]).fetchall()
+    return [" ".join(f"[{t}]" if i == h else t for i, t in enumerate(toks)).replace(" ##", "") for toks, h in rows]
+
+
+def findings(con, model: str = "%", stack: str = "%", examples: int = 3) -> dict:
+    comps = _rows(con, COMPOSITIONS_SQL, [examples])
+    for c in comps:
+        c["child_context"] = context(con, c["sae_b"], c["feature_b"])
+        c["parent_contexts"] = {p: context(con, c["sae_a"], p, 1) for p in c["parents"]}
+    kinds = dict(con.execute("SELECT kind, count(*) FROM compositions GROUP BY 1").fetchall())
+    return {
+        "distance": _rows(con, DISTANCE_SQL, ["decoder_cos", stack]),
+        "siblings": _rows(con, SIBLINGS_SQL, [model]),
+        "agreement": _rows(con, AGREEMENT_SQL, []),
+        "composition_counts": kinds,
+        "compositions": comps,
+    }
