@@ -6,7 +6,7 @@ from typing import Any
 
 import msgspec
 
-from atlas.queries import FeatureSharing, LayerPair
+from atlas.queries import LayerPair, Orphans
 
 
 class Error(msgspec.Struct):
@@ -93,14 +93,10 @@ class FeatureCard(msgspec.Struct):
     examples: list[dict[str, Any]]
 
 
-class OrphanPage(msgspec.Struct):
-    sae_id: str
-    siblings: list[str]
-    n_features: int
-    n_orphans: int
-    orphan_frac: float
-    orphans: list[FeatureSharing]
-    next: str | None
+class OrphanPage(Orphans):
+    """One page of the orphan list; `next` fetches the following one."""
+
+    next: str | None = None
 
 
 class LayerPairList(msgspec.Struct):

@@ -155,3 +155,24 @@ def test_unknown_architecture_config_mismatch_and_missing_path(tmp_path):
     (tmp_path / "cfg.json").write_text("{not json")
     with pytest.raises(SAEError, match="cfg.json: not valid JSON"):
         read_sae(tmp_path)
+
+
+def test_release_path_converts_a_loaded_sae_lens_object(tmp_path):
+    """`atlas ingest --release` loads through sae_lens (network) and converts the SAE object; the
+    conversion is tested on an object sae_lens loaded from disk, and the registry lookup on its yaml."""
+    from sae_lens import SAE, TopKSAE, TopKSAEConfig
+    from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
+
+    from ingest.sources import finish
+    from ingest.sources.saelens import record_from_sae
+
+    sae = TopKSAE(TopKSAEConfig(d_in=16, d_sae=32, k=4, dtype="float32", device="cpu"))
+    sae.cfg.metadata.model_name, sae.cfg.metadata.hook_name = "gemma-2-2b", "blocks.20.hook_resid_post"
+    sae.save_model(str(tmp_path))
+    loaded = SAE.load_from_disk(str(tmp_path), device="cpu")
+    rec = finish(record_from_sae(loaded, source="gemma-scope-2b-pt-res-canonical:layer_20/width_16k/canonical"),
+                 "release", {})
+    assert (rec.meta.arch, rec.meta.k, rec.meta.layer, rec.meta.site) == ("topk", 4, 20, "resid")
+    assert rec.meta.sha256 == read_sae(tmp_path).meta.sha256
+    release = get_pretrained_saes_directory()["gemma-scope-2b-pt-res-canonical"]
+    assert release.neuronpedia_id["layer_20/width_16k/canonical"] == "gemma-2-2b/20-gemmascope-res-16k"
