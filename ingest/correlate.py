@@ -174,9 +174,12 @@ def examples(acts: sp.csc_matrix, tokens: np.ndarray, tokenizer, n_top: int = 8,
         idx, val = acts.indices[acts.indptr[j]:acts.indptr[j + 1]], acts.data[acts.indptr[j]:acts.indptr[j + 1]]
         if len(idx) == 0:
             continue
-        picks = [("top", t) for t in np.argsort(-val)[:n_top]]
-        rest = np.setdiff1d(np.arange(len(idx)), [t for _, t in picks])
-        picks += [("random", t) for t in rng.choice(rest, min(n_random, len(rest)), replace=False)]
+        top = np.argpartition(-val, n_top - 1)[:n_top] if len(val) > n_top else np.arange(len(val))
+        top = top[np.argsort(-val[top])]
+        picks = [("top", t) for t in top]
+        if len(val) > n_top:  # a few random firing tokens beside the top ones
+            draw = rng.choice(len(val), min(n_random + n_top, len(val)), replace=False)
+            picks += [("random", t) for t in draw[~np.isin(draw, top)][:n_random]]
         for kind, t in picks:
             tok = int(idx[t])
             lo, hi = max(0, tok - context), min(len(ids), tok + context + 1)
