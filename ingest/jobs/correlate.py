@@ -29,14 +29,16 @@ def _unit(x):
 
 
 def correlate(atlas: Atlas, pairs: list[tuple[str, str]], activations: Path, k: int = 16,
-              params: MatchParams | None = None, with_examples: bool = True, progress=None) -> CorrelateSummary:
-    """Activation statistics for each (sae_a, sae_b) over the tokens stored in `activations`."""
+              params: MatchParams | None = None, with_examples: bool = True, progress=None,
+              max_tokens: int | None = None) -> CorrelateSummary:
+    """Activation statistics for each (sae_a, sae_b) over the tokens stored in `activations` (the first
+    `max_tokens` of them, when given)."""
     from transformers import AutoTokenizer
 
     params = params or MatchParams(method="activation_corr", floor=0.1)
     manifest = json.loads((activations / MANIFEST).read_text())
     dataset = manifest["config"]["corpus"]
-    tokens = load_tokens(activations)
+    tokens = {k_: v[:max_tokens] for k_, v in load_tokens(activations).items()}
     tokenizer = AutoTokenizer.from_pretrained(model_path(manifest["config"]["model"]))
     layer_cache: dict[int, object] = {}
     summary = CorrelateSummary()
@@ -45,7 +47,7 @@ def correlate(atlas: Atlas, pairs: list[tuple[str, str]], activations: Path, k: 
         if i not in layer_cache:
             if i not in manifest["config"]["layers"]:
                 raise ValueError(f"{activations}: no activations stored for layer {i}")
-            layer_cache[i] = load_layer(activations, i)
+            layer_cache[i] = load_layer(activations, i)[:max_tokens]
         return layer_cache[i]
 
     with atlas.write() as w, record_run(w, "correlate", {"pairs": pairs, "activations": str(activations), "k": k}) as run_id:

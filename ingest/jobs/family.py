@@ -25,12 +25,14 @@ class FamilyPlan:
     code_layers: list[int] = field(default_factory=lambda: [1, 3, 5])
     """Layers that also get a dataset sibling trained on Python source (seed 0)."""
     max_tokens: int = 300_000
+    corr_tokens: int | None = 100_000
+    """Tokens the activation statistics run over (None: all of them)."""
     train: TrainConfig = field(default_factory=TrainConfig)
     model: str = "all-MiniLM-L6-v2"
 
     @classmethod
     def full(cls) -> FamilyPlan:
-        return cls(seeds=[1, 2], sibling_layers=list(range(6)), code_layers=list(range(6)))
+        return cls(seeds=[1, 2], sibling_layers=list(range(6)), code_layers=list(range(6)), corr_tokens=None)
 
     def saes(self) -> list[tuple[str, int, int]]:
         """(dataset, seed, layer) of every SAE to train, layer by layer (one layer's activations in memory)."""
@@ -98,5 +100,5 @@ def build_family(atlas: Atlas, plan: FamilyPlan, cache: Path, log=print, bar=Non
         by_dataset.setdefault(dataset_of[a], []).append((a, b))
     for dataset, pairs in by_dataset.items():
         with tqdm(total=len(pairs), desc=f"correlate {dataset}", unit="pair", disable=None) as bar:
-            correlate(atlas, pairs, acts[dataset], progress=lambda *_: bar.update())
+            correlate(atlas, pairs, acts[dataset], progress=lambda *_: bar.update(), max_tokens=plan.corr_tokens)
     return quality
