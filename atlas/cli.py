@@ -236,7 +236,7 @@ def match(ctx, selection, distance, stack, explicit, methods, k, floor, tau, sol
 @click.option("--full", is_flag=True, help="3 seeds and a code sibling on every layer, 4.2M samples each (about 1 h).")
 @click.option("--cache", type=click.Path(path_type=Path), default=Path(".cache/minilm"), show_default=True,
               help="Activations and trained SAEs are kept here, keyed by their configuration.")
-@click.option("--samples", type=int, default=None, help="Training samples per SAE [default: 4.2M, or 2.5M without --full].")
+@click.option("--samples", type=int, default=None, help="Training samples per SAE [default: 4.2M, or 2M without --full].")
 @click.option("--max-tokens", type=int, default=300_000, show_default=True, help="Tokens per corpus.")
 @click.option("--d-sae", type=int, default=768, show_default=True, help="Features per SAE.")
 @click.pass_context
@@ -248,10 +248,43 @@ def minilm(ctx, full, cache, samples, max_tokens, d_sae):
     from ingest.jobs.family import FamilyPlan, build_family
 
     plan = FamilyPlan.full() if full else FamilyPlan()
-    train = replace(plan.train, d_sae=d_sae, samples=samples or (plan.train.samples if full else 2_500_000))
+    train = replace(plan.train, d_sae=d_sae, samples=samples or (plan.train.samples if full else 2_000_000))
     plan = replace(plan, max_tokens=max_tokens, train=train)
     build_family(_atlas(ctx), plan, cache, log=click.echo)
     click.echo(f"MiniLM family ready in {_atlas(ctx).path}")
+
+
+@main.command()
+@click.option("--activations", type=click.Path(exists=True, path_type=Path), required=True,
+              help="Folder of activation shards (written by the minilm job or ingest.activations.collect).")
+@click.option("--pairs", "selection", type=click.Choice(["adjacent", "siblings", "list"]), default="adjacent",
+              show_default=True)
+@click.option("--stack", default=None, help="Only pairs in (or, for siblings, touching) this stack.")
+@click.option("--pair", "explicit", multiple=True, help="SAE_A:SAE_B, repeatable.")
+@click.option("--max-tokens", type=int, default=None, help="Use only the first N stored tokens.")
+@click.option("--executor", type=click.Choice(["in-process", "ray"]), default="in-process", show_default=True)
+@click.option("--address", default=None, help="Ray cluster address [default: start a local one].")
+@click.pass_context
+def correlate(ctx, activations, selection, stack, explicit, max_tokens, executor, address):
+    """Activation correlation of SAE pairs over stored activations: correlations, activation_corr
+    matches, compositions (AND/OR/PASS), examples, and SAE Match's checks of the weight matches."""
+    from ingest.executors import make_executor
+    from ingest.jobs.correlate import correlate as run
+    from ingest.jobs.match import select_pairs
+
+    atlas = _atlas(ctx)
+    pairs_given = [tuple(p.split(":", 1)) for p in explicit]
+    with atlas.read() as con:
+        pairs = select_pairs(con, "list" if explicit else selection, 1, stack, pairs_given)
+    if not pairs:
+        raise ValueError(f"no pairs selected ({selection}); see `atlas saes`")
+    ex = make_executor(executor, address)
+    try:
+        with _bar(len(pairs), "correlate") as bar:
+            s = run(atlas, pairs, activations, progress=lambda *_: bar.update(), max_tokens=max_tokens, executor=ex)
+    finally:
+        ex.close()
+    click.echo(f"correlated {len(s.pairs)} pairs in {s.seconds:.1f} s; compositions {sum(s.compositions.values())}")
 
 
 @main.command("findings")

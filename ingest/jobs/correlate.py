@@ -1,20 +1,61 @@
 """Correlate job: activation statistics of SAE pairs → correlations, activation_corr matches, pair_stats,
-compositions, feature examples, and activation checks of the weight matches (SAE Match)."""
+compositions, feature examples, and activation checks of the weight matches (SAE Match).
+
+Each pair is a pure task (`run_corr`): it reads the two SAEs and the stored activations by reference,
+writes its tables as Parquet shards and returns their paths; it runs in-process or on Ray, and only
+this driver writes DuckDB, one transaction per pair.
+"""
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from atlas.match.pair import MatchParams, match_scores
 from atlas.store import Atlas, record_run
 from ingest.activations import MANIFEST, load_layer, load_tokens, model_path
 from ingest.correlate import compositions, examples, pair_activations, top_correlations, weight_match_quality
+from ingest.executors import InProcess
 from ingest.sources import read_sae
+from ingest.tasks import SAERef
+
+
+@dataclass(frozen=True)
+class CorrTask:
+    a: SAERef
+    b: SAERef
+    layer_a: int
+    layer_b: int
+    activations: str
+    max_tokens: int | None
+    k: int
+    params: MatchParams
+    assignments: tuple[tuple[str, tuple[int, ...], tuple[int, ...]], ...]
+    """(method, feature_a, feature_b) of each stored weight-based assignment of the pair, to check."""
+    examples_for: tuple[str, ...]
+    """SAE ids (a's and/or b's) whose examples this task writes."""
+
+    @property
+    def key(self) -> str:
+        return f"{self.a.sae_id}__{self.b.sae_id}"
+
+
+@dataclass
+class CorrResult:
+    key: str
+    shards: dict[str, str]
+    stats: dict
+    quality: dict[str, dict]
+    n_compositions: int
+    seconds: float
 
 
 @dataclass
@@ -22,102 +63,142 @@ class CorrelateSummary:
     pairs: list[tuple[str, str]] = field(default_factory=list)
     compositions: dict[str, int] = field(default_factory=dict)
     examples: int = 0
+    seconds: float = 0.0
+
+
+_LAYERS: dict[tuple[str, int, int | None], object] = {}  # per worker process: activations already read
+
+
+def _layer(folder: str, layer: int, max_tokens: int | None):
+    manifest = json.loads((Path(folder) / MANIFEST).read_text())
+    if layer not in manifest["config"]["layers"]:
+        raise ValueError(f"{folder}: no activations stored for layer {layer}")
+    key = (folder, layer, max_tokens)
+    if key not in _LAYERS:
+        if len(_LAYERS) >= 3:
+            _LAYERS.pop(next(iter(_LAYERS)))
+        _LAYERS[key] = load_layer(Path(folder), layer)[:max_tokens]
+    return _LAYERS[key]
 
 
 def _unit(x):
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
-def correlate(atlas: Atlas, pairs: list[tuple[str, str]], activations: Path, k: int = 16,
-              params: MatchParams | None = None, with_examples: bool = True, progress=None,
-              max_tokens: int | None = None) -> CorrelateSummary:
-    """Activation statistics for each (sae_a, sae_b) over the tokens stored in `activations` (the first
-    `max_tokens` of them, when given)."""
+def run_corr(task: CorrTask, out_dir: str) -> CorrResult:
+    """Everything about one pair's activations, written as shards under out_dir."""
     from transformers import AutoTokenizer
 
+    t0 = time.perf_counter()
+    a, b = task.a.sae_id, task.b.sae_id
+    ra = read_sae(task.a.source, fmt=task.a.fmt, sae_id=a, layer=task.layer_a)
+    rb = read_sae(task.b.source, fmt=task.b.fmt, sae_id=b, layer=task.layer_b)
+    xa, xb = _layer(task.activations, task.layer_a, task.max_tokens), _layer(task.activations, task.layer_b, task.max_tokens)
+    p = pair_activations(ra, rb, xa, xb)
+    fa, fb = top_correlations(p, task.k)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    shards = {}
+
+    def write(name, table):
+        path = out / f"{task.key}.{name}.parquet"
+        tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+        shards[name] = str(path)
+
+    write("correlations", pa.table({
+        "sae_a": pa.repeat(a, len(fa)), "feature_a": pa.array(fa, pa.int32()), "sae_b": pa.repeat(b, len(fa)),
+        "feature_b": pa.array(fb, pa.int32()), "pearson": pa.array(p.pearson[fa, fb], pa.float32()),
+        "p_b_given_a": pa.array(p.p_b_given_a()[fa, fb], pa.float32()),
+        "jaccard": pa.array(p.jaccard()[fa, fb], pa.float32()), "n_tokens": pa.repeat(p.n, len(fa)).cast(pa.int64())}))
+    result = match_scores(p.pearson.astype(np.float64), ra.weights, rb.weights, a, b, task.params)
+    write("matches", result.matches)
+    comps = compositions(p, _unit(ra.weights.W_dec) @ _unit(rb.weights.W_dec).T) if task.layer_a < task.layer_b else []
+    write("compositions", pa.table({
+        "sae_b": pa.repeat(b, len(comps)), "feature_b": pa.array([c[0] for c in comps], pa.int32()),
+        "kind": pa.array([c[1] for c in comps], pa.string()), "parents": pa.array([c[2] for c in comps], pa.list_(pa.int32())),
+        "sae_a": pa.repeat(a, len(comps)), "score": pa.array([c[3] for c in comps], pa.float32())}))
+    quality = {method: weight_match_quality(ra, rb, p, np.array(f_a, np.int64), np.array(f_b, np.int64), xa, xb)
+               for method, f_a, f_b in task.assignments}
+    if task.examples_for:
+        manifest = json.loads((Path(task.activations) / MANIFEST).read_text())
+        tokenizer = AutoTokenizer.from_pretrained(model_path(manifest["config"]["model"]))
+        tokens = {k: v[:task.max_tokens] for k, v in load_tokens(Path(task.activations)).items()}
+        rows = []
+        for sid, acts in ((a, p.acts_a), (b, p.acts_b)):
+            if sid in task.examples_for:
+                rows += [(sid, *r) for r in examples(acts, tokens, tokenizer)]
+        write("examples", pa.table({
+            "sae_id": pa.array([r[0] for r in rows], pa.string()), "feature": pa.array([r[1] for r in rows], pa.int32()),
+            "kind": pa.array([r[2] for r in rows], pa.string()), "activation": pa.array([r[3] for r in rows], pa.float32()),
+            "token": pa.array([r[4] for r in rows], pa.int32()), "tokens": pa.array([r[5] for r in rows], pa.list_(pa.string())),
+            "highlight": pa.array([r[6] for r in rows], pa.int32()),
+            "dataset": pa.repeat(manifest["config"]["corpus"], len(rows)).cast(pa.string())}))
+    stats = dict(result.stats, params_hash=task.params.hash(task.a.sha256, task.b.sha256))
+    return CorrResult(task.key, shards, stats, quality, len(comps), time.perf_counter() - t0)
+
+
+def correlate(atlas: Atlas, pairs: list[tuple[str, str]], activations: Path, k: int = 16,
+              params: MatchParams | None = None, with_examples: bool = True, progress=None,
+              max_tokens: int | None = None, executor=None) -> CorrelateSummary:
+    """Activation statistics for each (sae_a, sae_b) over the tokens stored in `activations` (the first
+    `max_tokens` of them, when given), on `executor` (in-process by default, or Ray)."""
+    executor = executor or InProcess()
     params = params or MatchParams(method="activation_corr", floor=0.1)
-    manifest = json.loads((activations / MANIFEST).read_text())
-    dataset = manifest["config"]["corpus"]
-    tokens = {k_: v[:max_tokens] for k_, v in load_tokens(activations).items()}
-    tokenizer = AutoTokenizer.from_pretrained(model_path(manifest["config"]["model"]))
-    layer_cache: dict[int, object] = {}
+    dataset = json.loads((Path(activations) / MANIFEST).read_text())["config"]["corpus"]
     summary = CorrelateSummary()
-
-    def layer(i):
-        if i not in layer_cache:
-            if i not in manifest["config"]["layers"]:
-                raise ValueError(f"{activations}: no activations stored for layer {i}")
-            layer_cache[i] = load_layer(activations, i)[:max_tokens]
-        return layer_cache[i]
-
-    with atlas.write() as w, record_run(w, "correlate", {"pairs": pairs, "activations": str(activations), "k": k}) as run_id:
-        rows = dict(((r[0]), r[1:]) for r in w.con.execute("SELECT sae_id, source, format, layer FROM saes").fetchall())
-        recs = {}
+    t0 = time.perf_counter()
+    with atlas.write() as w, record_run(w, "correlate", {"pairs": pairs, "activations": str(activations), "k": k,
+                                                          "max_tokens": max_tokens}) as run_id:
+        rows = {r[0]: r for r in w.con.execute("SELECT sae_id, source, format, sha256, layer FROM saes").fetchall()}
+        have_examples = {r[0] for r in w.con.execute("SELECT DISTINCT sae_id FROM examples WHERE dataset = ?",
+                                                     [dataset]).fetchall()}
+        tasks, claimed = [], set(have_examples)
         for a, b in pairs:
             for s in (a, b):
                 if s not in rows:
-                    raise KeyError(f"unknown SAE {s!r}")
-                if s not in recs:
-                    recs[s] = read_sae(rows[s][0], fmt=rows[s][1], sae_id=s, layer=rows[s][2])
-            ra, rb = recs[a], recs[b]
-            xa, xb = layer(ra.meta.layer), layer(rb.meta.layer)
-            p = pair_activations(ra, rb, xa, xb)
-            fa, fb = top_correlations(p, k)
-            corr = pa.table({"sae_a": pa.repeat(a, len(fa)), "feature_a": pa.array(fa, pa.int32()),
-                             "sae_b": pa.repeat(b, len(fa)), "feature_b": pa.array(fb, pa.int32()),
-                             "pearson": pa.array(p.pearson[fa, fb], pa.float32()),
-                             "p_b_given_a": pa.array(p.p_b_given_a()[fa, fb], pa.float32()),
-                             "jaccard": pa.array(p.jaccard()[fa, fb], pa.float32()),
-                             "n_tokens": pa.repeat(p.n, len(fa)).cast(pa.int64()), "run_id": pa.repeat(run_id, len(fa))})
-            result = match_scores(p.pearson.astype(np.float64), ra.weights, rb.weights, a, b, params)
-            dec_cos = _unit(ra.weights.W_dec) @ _unit(rb.weights.W_dec).T
-            comps = compositions(p, dec_cos) if ra.meta.layer < rb.meta.layer else []
-            with w.transaction() as con:
-                for table in ("correlations", "compositions"):
-                    con.execute(f"DELETE FROM {table} WHERE sae_a = ? AND sae_b = ?", [a, b])
-                con.execute("DELETE FROM matches WHERE sae_a = ? AND sae_b = ? AND method = 'activation_corr'", [a, b])
-                con.execute("DELETE FROM pair_stats WHERE sae_a = ? AND sae_b = ? AND method = 'activation_corr'", [a, b])
-                w.insert_arrow("correlations", corr)
-                w.insert_arrow("matches", result.matches.append_column("run_id", pa.repeat(run_id, result.matches.num_rows)))
-                stats = dict(result.stats, sae_a=a, sae_b=b, method="activation_corr",
-                             params_hash=params.hash(ra.meta.sha256, rb.meta.sha256), run_id=run_id)
-                w.insert_arrow("pair_stats", pa.Table.from_pylist([stats]))
-                if comps:
-                    w.insert_arrow("compositions", pa.table({
-                        "sae_b": pa.repeat(b, len(comps)), "feature_b": pa.array([c[0] for c in comps], pa.int32()),
-                        "kind": pa.array([c[1] for c in comps]), "parents": pa.array([c[2] for c in comps], pa.list_(pa.int32())),
-                        "sae_a": pa.repeat(a, len(comps)), "score": pa.array([c[3] for c in comps], pa.float32()),
-                        "run_id": pa.repeat(run_id, len(comps))}))
-                # SAE Match's activation checks of every weight-based assignment of this pair
-                for method, in con.execute("SELECT method FROM pair_stats WHERE sae_a = ? AND sae_b = ? AND method <> "
-                                           "'activation_corr'", [a, b]).fetchall():
-                    pairs_ab = np.array(con.execute(
-                        "SELECT feature_a, feature_b FROM matches WHERE sae_a = ? AND sae_b = ? AND method = ? AND assigned",
-                        [a, b, method]).fetchall(), dtype=np.int64).reshape(-1, 2)
-                    q = weight_match_quality(ra, rb, p, pairs_ab[:, 0], pairs_ab[:, 1], xa, xb)
-                    con.execute("UPDATE pair_stats SET matching_score = ?, explained_variance = ? WHERE sae_a = ? "
-                                "AND sae_b = ? AND method = ?", [q["matching_score"], q["explained_variance"], a, b, method])
-            summary.pairs.append((a, b))
-            summary.compositions[f"{a}->{b}"] = len(comps)
-            if with_examples:
-                for sid, acts in ((a, p.acts_a), (b, p.acts_b)):
-                    summary.examples += _store_examples(w, sid, acts, tokens, tokenizer, dataset, run_id)
+                    raise KeyError(f"unknown SAE {s!r}: see `atlas saes`")
+            assignments = []
+            for method, in w.con.execute("SELECT method FROM pair_stats WHERE sae_a = ? AND sae_b = ? AND method <> "
+                                         "'activation_corr' ORDER BY method", [a, b]).fetchall():
+                ab = w.con.execute("SELECT feature_a, feature_b FROM matches WHERE sae_a = ? AND sae_b = ? AND method = ? "
+                                   "AND assigned ORDER BY feature_a", [a, b, method]).fetchall()
+                assignments.append((method, tuple(x for x, _ in ab), tuple(y for _, y in ab)))
+            wanted = tuple(s for s in (a, b) if with_examples and s not in claimed)
+            claimed.update(wanted)
+            tasks.append(CorrTask(SAERef(*rows[a][:4]), SAERef(*rows[b][:4]), rows[a][4], rows[b][4], str(activations),
+                                  max_tokens, k, params, tuple(assignments), wanted))
+        out_dir = atlas.dir / "results" / run_id
+        by_key = {t.key: t for t in tasks}
+        for result in executor.map(run_corr, tasks, str(out_dir)):
+            task = by_key[result.key]
+            _commit(w, task, result, run_id, summary)
             if progress:
-                progress(a, b)
+                progress(task.a.sae_id, task.b.sae_id)
+        shutil.rmtree(out_dir, ignore_errors=True)
+    summary.seconds = time.perf_counter() - t0
     return summary
 
 
-def _store_examples(w, sae_id, acts, tokens, tokenizer, dataset, run_id) -> int:
-    if w.con.execute("SELECT count(*) FROM examples WHERE sae_id = ? AND dataset = ?", [sae_id, dataset]).fetchone()[0]:
-        return 0
-    rows = examples(acts, tokens, tokenizer)
-    if not rows:
-        return 0
-    with w.transaction():
-        w.insert_arrow("examples", pa.table({
-            "sae_id": pa.repeat(sae_id, len(rows)), "feature": pa.array([r[0] for r in rows], pa.int32()),
-            "kind": pa.array([r[1] for r in rows]), "activation": pa.array([r[2] for r in rows], pa.float32()),
-            "token": pa.array([r[3] for r in rows], pa.int32()), "tokens": pa.array([r[4] for r in rows], pa.list_(pa.string())),
-            "highlight": pa.array([r[5] for r in rows], pa.int32()), "dataset": pa.repeat(dataset, len(rows)),
-            "run_id": pa.repeat(run_id, len(rows))}))
-    return len(rows)
+def _commit(w, task: CorrTask, result: CorrResult, run_id: str, summary: CorrelateSummary) -> None:
+    a, b = task.a.sae_id, task.b.sae_id
+    with w.transaction() as con:
+        for table in ("correlations", "compositions"):
+            con.execute(f"DELETE FROM {table} WHERE sae_a = ? AND sae_b = ?", [a, b])
+        con.execute("DELETE FROM matches WHERE sae_a = ? AND sae_b = ? AND method = 'activation_corr'", [a, b])
+        con.execute("DELETE FROM pair_stats WHERE sae_a = ? AND sae_b = ? AND method = 'activation_corr'", [a, b])
+        for name, path in result.shards.items():
+            table = pq.read_table(path)
+            if table.num_rows:
+                w.insert_arrow(name, table.append_column("run_id", pa.repeat(run_id, table.num_rows)))
+        w.insert_arrow("pair_stats", pa.Table.from_pylist([dict(result.stats, sae_a=a, sae_b=b, method="activation_corr",
+                                                                run_id=run_id)]))
+        for method, q in result.quality.items():
+            con.execute("UPDATE pair_stats SET matching_score = ?, explained_variance = ? WHERE sae_a = ? AND sae_b = ? "
+                        "AND method = ?", [q["matching_score"], q["explained_variance"], a, b, method])
+    for path in result.shards.values():
+        Path(path).unlink(missing_ok=True)
+    summary.pairs.append((a, b))
+    summary.compositions[f"{a}->{b}"] = result.n_compositions
+    summary.examples += len(task.examples_for)
