@@ -11,7 +11,7 @@ class Settings:
     sql_max_rows: int = field(default=1000, metadata={"help": "Most rows /api/sql returns; a request may lower it."})
     page_size: int = field(default=100, metadata={"help": "Items per page of list endpoints (next token for more)."})
     memory_limit: str = field(default="2GB", metadata={"help": "DuckDB memory limit of the serving connection."})
-    threads: int = field(default=2, metadata={"help": "DuckDB threads of the serving connection."})
+    threads: int = field(default=2, metadata={"help": "DuckDB threads per server worker (--threads)."})
     cors_origins: tuple[str, ...] = field(default=(), metadata={
         "help": "Origins allowed to call the API from a browser (CORS off when empty; '*' for any)."})
 

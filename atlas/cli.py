@@ -350,8 +350,9 @@ def labels_import(ctx, path, sae_id):
 @click.option("--cors", "cors", multiple=True, help="Allow browser calls from this origin (repeatable; '*' for any).")
 @click.option("--sql-time-limit", type=float, default=None, help="Seconds before user SQL is interrupted [default: 5].")
 @click.option("--sql-max-rows", type=int, default=None, help="Most rows /api/sql returns [default: 1000].")
+@click.option("--threads", type=int, default=None, help="DuckDB threads per worker [default: 2].")
 @click.pass_context
-def serve(ctx, host, port, workers, cors, sql_time_limit, sql_max_rows):
+def serve(ctx, host, port, workers, cors, sql_time_limit, sql_max_rows, threads):
     """Serve the atlas over HTTP: JSON API under /api, OpenAPI docs at /schema.
 
     Jobs may run meanwhile: the server keeps its snapshot and switches to a new one when a job publishes.
@@ -365,11 +366,25 @@ def serve(ctx, host, port, workers, cors, sql_time_limit, sql_max_rows):
     if not atlas.exists():
         raise FileNotFoundError(f"no atlas at {atlas.path}: run `make demo` or `atlas synth` first")
     settings = {k: v for k, v in {"cors_origins": list(cors), "sql_time_limit_s": sql_time_limit,
-                                  "sql_max_rows": sql_max_rows}.items() if v}
+                                  "sql_max_rows": sql_max_rows, "threads": threads}.items() if v}
     os.environ["ATLAS_PATH"] = str(atlas.path.resolve())
     os.environ["ATLAS_SETTINGS"] = json.dumps(settings)
-    click.echo(f"serving {atlas.path} at http://{host}:{port}/api/saes (docs: http://{host}:{port}/schema)")
-    uvicorn.run("api.app:app_from_env", factory=True, host=host, port=port, workers=workers, log_level="warning")
+    click.echo(f"serving {atlas.path} at http://{host}:{port}/ (API under /api, docs at /schema)")
+    if workers == 1:
+        uvicorn.run("api.app:app_from_env", factory=True, host=host, port=port, log_level="warning")
+        return
+    import socket
+
+    from uvicorn.supervisors import Multiprocess
+
+    # uvicorn binds its worker socket with protocol 0, so asyncio never sets TCP_NODELAY on accepted
+    # connections and every keep-alive response waits ~40 ms (Nagle + delayed ACK). Bind it ourselves.
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    config = uvicorn.Config("api.app:app_from_env", factory=True, host=host, port=port, workers=workers,
+                            log_level="warning")
+    Multiprocess(config, sockets=[sock]).run()
 
 
 if __name__ == "__main__":

@@ -60,6 +60,16 @@ def topk_both(a: np.ndarray, b: np.ndarray, k: int, kind: str = "cos", block: in
     return Candidates(rv.cpu().numpy(), torch.cat(row_i).cpu().numpy(), cv.cpu().numpy(), col_i.T.cpu().numpy())
 
 
+@torch.no_grad()
+def full_scores(a: np.ndarray, b: np.ndarray, kind: str = "cos") -> np.ndarray:
+    """[n_a, n_b] cosines (or MSEs) by the same products as topk_both, for small pairs."""
+    A, B = _prepare(a, kind, torch.device("cpu")), _prepare(b, kind, torch.device("cpu"))
+    S = A @ B.T
+    if kind == "mse":
+        S = (-(S.mul_(2).sub_((A * A).sum(1)[:, None]).sub_((B * B).sum(1)[None, :]))).clamp_min(0) / A.shape[1]
+    return S.numpy()
+
+
 def topk_faiss(a: np.ndarray, b: np.ndarray, k: int, index_a=None, index_b=None) -> Candidates:
     """Cosine candidates through FAISS indexes (used for approximate indexes on very wide SAEs)."""
     from .. import index as fx

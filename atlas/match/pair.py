@@ -15,7 +15,7 @@ import pyarrow as pa
 
 from ..sae import SAEWeights
 from .assign import DENSE_MAX, assign_dense, assign_sparse
-from .candidates import Candidates, topk_both
+from .candidates import Candidates, full_scores, topk_both
 from .fold import folded_decoder, is_distance, method_vectors
 from .stats import pair_stats
 
@@ -143,13 +143,9 @@ def _result(a, b, sae_a, sae_b, params, fa, fb, score, ra, rb, matched_edge) -> 
 
 
 def _dense_scores(va: np.ndarray, vb: np.ndarray, distance: bool) -> np.ndarray:
-    if distance:
-        d = va.shape[1]
-        sq = (va ** 2).sum(1)[:, None] + (vb ** 2).sum(1)[None, :] - 2 * va @ vb.T
-        return np.maximum(sq, 0) / d
-    ua = va / np.maximum(np.linalg.norm(va, axis=1, keepdims=True), 1e-12)
-    ub = vb / np.maximum(np.linalg.norm(vb, axis=1, keepdims=True), 1e-12)
-    return ua @ ub.T
+    """The full score matrix, computed exactly as topk_both computes candidate scores (same torch
+    products), so both solvers see bit-identical scores and break ties alike on any machine."""
+    return full_scores(va, vb, "mse" if distance else "cos").astype(np.float64)
 
 
 def _add_edges(fa, fb, score, ra, rb, rscore, n_b):
