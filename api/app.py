@@ -107,12 +107,19 @@ def create_app(atlas_path: str | Path, settings: Settings | None = None) -> Lite
         dec_norm, threshold, density, max_act, label = con.execute(
             "SELECT dec_norm, threshold, density, max_act, label FROM features WHERE sae_id = ? AND feature = ?",
             [sae_id, feature]).fetchone()
-        rows = con.execute("""
-            SELECT method, sae_b, feature_b, score, rank, assigned, 'out' FROM matches
-            WHERE sae_a = ? AND feature_a = ? AND rank <= ?
-            UNION ALL
-            SELECT method, sae_a, feature_a, score, rank, assigned, 'in' FROM matches WHERE sae_b = ? AND feature_b = ?""",
-                           [sae_id, feature, top, sae_id, feature]).fetchall()
+        # Outgoing candidates: `matches` is ordered by (sae_a, feature_a), so this reads little. Incoming
+        # ones come from the snapshot's in-memory edge index (scores >= its floor, 0.5) for similarity
+        # methods, and from SQL for MSE methods.
+        rows = con.execute("SELECT method, sae_b, feature_b, score, rank, assigned, 'out' FROM matches "
+                           "WHERE sae_a = ? AND feature_a = ? AND rank <= ?", [sae_id, feature, top]).fetchall()
+        for method in state.methods(con):
+            index = state.edge_index(method, con)
+            if index is None:
+                rows += con.execute("SELECT method, sae_a, feature_a, score, rank, assigned, 'in' FROM matches "
+                                    "WHERE sae_b = ? AND feature_b = ? AND method = ?", [sae_id, feature, method]).fetchall()
+            else:
+                rows += [(method, e[0], e[1], e[5], e[6], e[7], "in")
+                         for e in index.edges(sae_id, [feature], index.names, forward=False)]
         matches: dict[str, list[MatchRef]] = {}
         kept: dict[tuple, int] = {}
         for method, other, f, score, rank, assigned, direction in sorted(rows, key=lambda r: -r[3] if not r[0].endswith(
@@ -124,7 +131,7 @@ def create_app(atlas_path: str | Path, settings: Settings | None = None) -> Lite
         for refs in matches.values():
             refs.sort(key=lambda m: (m.layer, m.sae_id, m.direction, m.rank))
         cur = con.execute("SELECT kind, activation, tokens, highlight, dataset FROM examples WHERE sae_id = ? "
-                          "AND feature = ? ORDER BY kind, activation DESC LIMIT 20", [sae_id, feature])
+                          "AND feature = ? ORDER BY kind = 'top' DESC, activation DESC LIMIT 20", [sae_id, feature])
         names = [d[0] for d in cur.description]
         examples = [dict(zip(names, r)) for r in cur.fetchall()]
         return FeatureCard(sae_id=sae_id, feature=feature, layer=sae["layer"], label=label, dec_norm=dec_norm,

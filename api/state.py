@@ -26,6 +26,7 @@ class AtlasState:
         self._stamp = None
         self._edge_indexes: dict[str, EdgeIndex] = {}
         self._layers: dict[str, int] | None = None
+        self._methods: list[str] | None = None
 
     def _snapshot_stamp(self):
         st = os.stat(self.atlas.path)
@@ -42,6 +43,7 @@ class AtlasState:
                 self._con = con
                 self._edge_indexes = {}
                 self._layers = None
+                self._methods = None
                 self._stamp = stamp
             return self._con.cursor()
 
@@ -50,6 +52,12 @@ class AtlasState:
         if self._layers is None:
             self._layers = dict(con.execute("SELECT sae_id, layer FROM saes").fetchall())
         return self._layers
+
+    def methods(self, con) -> list[str]:
+        """Matching methods present in this snapshot."""
+        if self._methods is None:
+            self._methods = [r[0] for r in con.execute("SELECT DISTINCT method FROM pair_stats ORDER BY 1").fetchall()]
+        return self._methods
 
     def edge_index(self, method: str, con) -> EdgeIndex | None:
         """Lineage's in-memory edge index for this snapshot (similarity methods), built on first use."""

@@ -74,7 +74,8 @@ class MatchRef(msgspec.Struct):
     rank: int
     assigned: bool
     direction: str
-    """'out': this feature is sae_a; 'in': this feature is sae_b."""
+    """'out': this feature is sae_a (its top candidates); 'in': this feature is sae_b (candidates
+    pointing to it, from score 0.5 up for similarity methods)."""
 
 
 class FeatureCard(msgspec.Struct):

@@ -25,7 +25,7 @@ function h(tag, attrs = {}, ...children) {
 const link = (href, text, attrs = {}) => h("a", { href, ...attrs }, text);
 const featureHref = (sae, i) => `#/feature/${enc(sae)}/${i}`;
 const fmt = (x, d = 3) => (x === null || x === undefined ? "–"
-  : typeof x === "number" ? (Number.isInteger(x) ? String(x) : x.toFixed(d)) : x);
+  : typeof x === "number" ? (Number.isInteger(x) ? String(x) : Math.abs(x) < 0.01 && x !== 0 ? x.toExponential(2) : x.toFixed(d)) : x);
 
 function sortableTable(columns, rows) {
   // columns: [{key, label, render?}]; click a header to sort by it
