@@ -191,3 +191,21 @@ def test_killed_match_resumes_to_the_same_atlas(tmp_path, family):
         assert k.execute(q).fetchall() == c.execute(q).fetchall()
         assert k.execute("SELECT list(status ORDER BY started_at) FROM runs WHERE kind = 'match'").fetchone()[0] == [
             "interrupted", "ok"]
+
+
+@pytest.mark.parametrize("factory", ["Flat", "HNSW32"])
+def test_faiss_candidates_agree_with_the_blocked_product(factory):
+    """The FAISS path (HNSW for >= 256k features) finds the same best candidates as the exact product."""
+    from atlas import index as fx
+    from atlas.match.candidates import topk_faiss
+
+    rng = np.random.default_rng(5)
+    a = rng.standard_normal((400, 32)).astype(np.float32)
+    b = np.concatenate([a[rng.permutation(400)] + 0.05 * rng.standard_normal((400, 32)).astype(np.float32),
+                        rng.standard_normal((100, 32)).astype(np.float32)])
+    exact = topk_both(a, b, k=4)
+    approx = topk_faiss(a, b, k=4, index_a=fx.build(a, factory), index_b=fx.build(b, factory))
+    top1 = (approx.a2b_index[:, 0] == exact.a2b_index[:, 0]).mean()
+    assert top1 >= (1.0 if factory == "Flat" else 0.98)
+    if factory == "Flat":
+        np.testing.assert_allclose(approx.a2b_score[:, 0], exact.a2b_score[:, 0], atol=1e-5)

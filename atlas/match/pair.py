@@ -15,7 +15,8 @@ import pyarrow as pa
 
 from ..sae import SAEWeights
 from .assign import DENSE_MAX, assign_dense, assign_sparse
-from .candidates import Candidates, full_scores, topk_both
+from ..index import APPROX_FROM
+from .candidates import Candidates, full_scores, topk_both, topk_faiss
 from .fold import folded_decoder, is_distance, method_vectors
 from .stats import pair_stats
 
@@ -85,7 +86,10 @@ def match_pair(a: SAEWeights, b: SAEWeights, sae_a: str, sae_b: str, params: Mat
     n_a, n_b, d = len(va), len(vb), va.shape[1]
     sq_a = (va.astype(np.float64) ** 2).sum(1) if distance else np.zeros(n_a)
     sq_b = (vb.astype(np.float64) ** 2).sum(1) if distance else np.zeros(n_b)
-    cand = topk_both(va, vb, params.k, kind="mse" if distance else "cos")
+    if not distance and min(n_a, n_b) >= APPROX_FROM:  # very wide SAEs: approximate (HNSW) search
+        cand = topk_faiss(va, vb, params.k)
+    else:
+        cand = topk_both(va, vb, params.k, kind="mse" if distance else "cos")
     fa, fb, score = _edges(cand)
     gain = _gain(method, score, sq_a[fa], sq_b[fb], params.floor, d)
 
