@@ -83,15 +83,18 @@ def synth(ctx, out, d_in, d_sae, n_layers, n_seeds, no_second_dataset, seed, do_
         _ingest_paths(ctx, folders, {}, replace=False, factory=None)
 
 
-def _ingest_paths(ctx, paths, overrides, replace, factory, fmt=None):
-    from ingest.jobs.ingest import ingest
-    from ingest.sources import read_sae
+def _ingest_paths(ctx, paths, overrides, replace, factory, fmt=None, executor="in-process", address=None):
+    from ingest.executors import make_executor
+    from ingest.jobs.ingest import ingest_paths
 
     atlas = _atlas(ctx)
-    with _bar(len(paths), "ingest") as bar:
-        summary = ingest(atlas, [lambda p=p: read_sae(p, fmt=fmt, **overrides) for p in paths], replace=replace,
-                         factory=factory, progress=lambda *_: bar.update(),
-                         params={"paths": [str(p) for p in paths], "overrides": overrides, "replace": replace})
+    ex = make_executor(executor, address)
+    try:
+        with _bar(len(paths), "ingest") as bar:
+            summary = ingest_paths(atlas, paths, overrides, fmt, replace, factory, executor=ex,
+                                   progress=lambda *_: bar.update())
+    finally:
+        ex.close()
     rate = summary.features / summary.seconds if summary.seconds else 0
     click.echo(f"ingested into {atlas.path}: {len(summary.added)} added, {len(summary.replaced)} replaced, "
                f"{len(summary.unchanged)} unchanged ({summary.features} features, {rate:,.0f} features/s)")
@@ -119,8 +122,11 @@ def find_sae_folders(root: Path) -> list[Path]:
 @click.option("--neuronpedia-id", default=None, help="modelId/sourceId, e.g. gemma-2-2b/20-gemmascope-res-16k.")
 @click.option("--replace", is_flag=True, help="Replace an SAE stored under the same id with other weights.")
 @click.option("--index-factory", default=None, help='FAISS factory string [default: "Flat"; "HNSW32" from 256k features].')
+@click.option("--executor", type=click.Choice(["in-process", "ray"]), default="in-process", show_default=True,
+              help="Where SAEs are read and indexed (the atlas is written here either way).")
+@click.option("--address", default=None, help="Ray cluster address [default: start a local one].")
 @click.pass_context
-def ingest_cmd(ctx, sources, fmt, recursive, release, sae_id, replace, index_factory, **meta):
+def ingest_cmd(ctx, sources, fmt, recursive, release, sae_id, replace, index_factory, executor, address, **meta):
     """Read SAEs (sae_lens folder, Gemma Scope params.npz, sparsify folder) into the atlas.
 
     One job is one transaction: if any SAE is bad, nothing is stored and the atlas stays as it was.
@@ -141,7 +147,7 @@ def ingest_cmd(ctx, sources, fmt, recursive, release, sae_id, replace, index_fac
             raise SAEError(f"no SAE folders under {', '.join(sources)}")
     if sae_id and len(paths) > 1:
         raise ValueError("--id names one SAE; give one SOURCE with it")
-    _ingest_paths(ctx, paths, overrides, replace, index_factory, fmt)
+    _ingest_paths(ctx, paths, overrides, replace, index_factory, fmt, executor, address)
 
 
 @main.command()

@@ -128,3 +128,21 @@ def test_ray_correlation_equals_in_process(cluster, tmp_path):
         for q in queries:
             assert a.execute(q).fetchall() == b.execute(q).fetchall(), q
         assert a.execute("SELECT count(*) FROM correlations").fetchone()[0] > 0
+
+
+def test_ray_ingest_equals_in_process(cluster, family, tmp_path):
+    from atlas.store import Atlas
+    from ingest.jobs.ingest import ingest_paths
+
+    local, remote = Atlas(tmp_path / "l.duckdb"), Atlas(tmp_path / "r.duckdb")
+    ingest_paths(local, family[1][:4], {"dataset": None})
+    summary = ingest_paths(remote, family[1][:4], executor=cluster)
+    assert len(summary.added) == 4
+    q = ("SELECT * EXCLUDE (source, created_at) FROM saes ORDER BY sae_id",
+         "SELECT * FROM features ORDER BY sae_id, feature")
+    with local.read() as a, remote.read() as b:
+        for sql in q:
+            assert a.execute(sql).fetchall() == b.execute(sql).fetchall()
+    assert sorted(p.name for p in local.index_dir.glob("*.faiss")) == sorted(p.name for p in remote.index_dir.glob("*.faiss"))
+    again = ingest_paths(remote, family[1][:4], executor=cluster)
+    assert sorted(again.unchanged) == sorted(summary.added)
