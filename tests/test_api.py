@@ -6,11 +6,13 @@ import io
 
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from litestar.testing import TestClient
 
 from api.app import create_app
 from api.settings import Settings, settings_table
-from atlas.queries import lineage, orphans
+from atlas.queries import QueryError, lineage, orphans
 from atlas.queries.sqlguard import connect_serving, serving_settings
 
 STACK = "synth-resid-w256-jumprelu-s0-A"
@@ -189,3 +191,24 @@ def test_neuronpedia_link_redirects_to_lineage(tmp_path, family):
         assert card["neuronpedia_embed"].endswith("/7?embed=true")
         r = c.get("/api/neuronpedia/synth/0-res-256/7", follow_redirects=False)
         assert r.status_code in (301, 302, 307) and r.headers["location"] == f"/api/saes/{SAE0}/features/7/lineage"
+
+
+_KEYWORDS = ["SELECT 1", "COPY saes TO 'x'", "ATTACH 'x'", "INSTALL x", "PRAGMA version", "SET threads=1",
+             "CREATE TABLE t(a INT)", "DROP TABLE saes", "WITH a AS (SELECT 1) SELECT * FROM a", "EXPLAIN SELECT 1"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(st.sampled_from(_KEYWORDS), st.text(max_size=20)), min_size=1, max_size=3).map(";".join))
+def test_sql_guard_lets_through_only_one_read_statement(sql):
+    """Property: whatever the text, the guard either refuses it or it is exactly one SELECT/EXPLAIN."""
+    import duckdb
+
+    from atlas.queries.sqlguard import check_statement
+
+    con = duckdb.connect()
+    try:
+        check_statement(con, sql)
+    except QueryError:
+        return
+    statements = con.extract_statements(sql)
+    assert len(statements) == 1 and statements[0].type.name in ("SELECT", "EXPLAIN")
