@@ -35,7 +35,6 @@ from .structs import (SAE, Error, FeatureCard, FoundFeature, Health, LayerFlow, 
 STATIC = Path(__file__).parent / "static"
 VENDOR = "/static/vendor"
 EXPORTABLE = ("saes", "features", "matches", "pair_stats", "correlations", "compositions", "runs")
-_SAE_FIELDS = [f for f in SAE.__struct_fields__]
 
 
 def _page_token(offset: int | None) -> str | None:
@@ -52,7 +51,7 @@ def _offset(token: str | None) -> int:
 
 
 def _sae(row: dict) -> SAE:
-    return SAE(**{k: row[k] for k in _SAE_FIELDS})
+    return SAE(**{k: row[k] for k in SAE.__struct_fields__})
 
 
 def _error(status: int, message: str) -> Response:

@@ -95,7 +95,9 @@ def match_pair(a: SAEWeights, b: SAEWeights, sae_a: str, sae_b: str, params: Mat
 
     solver = params.solver if params.solver != "auto" else ("dense" if n_a * n_b <= DENSE_MAX else "sparse")
     if solver == "dense":
-        full = _dense_scores(va, vb, distance)
+        # the same torch products as the candidates, so both solvers see bit-identical scores and break
+        # ties alike on any machine
+        full = full_scores(va, vb, "mse" if distance else "cos").astype(np.float64)
         dense_gain = _gain(method, full, sq_a[:, None], sq_b[None, :], params.floor, d)
         ra, rb = assign_dense(dense_gain)
         # A dense assignment may pick a pair outside the candidate lists: keep it as an edge too.
@@ -144,12 +146,6 @@ def _result(a, b, sae_a, sae_b, params, fa, fb, score, ra, rb, matched_edge) -> 
         "assigned": pa.array(assigned),
     })
     return PairResult(table.sort_by([("feature_a", "ascending"), ("rank", "ascending")]), stats)
-
-
-def _dense_scores(va: np.ndarray, vb: np.ndarray, distance: bool) -> np.ndarray:
-    """The full score matrix, computed exactly as topk_both computes candidate scores (same torch
-    products), so both solvers see bit-identical scores and break ties alike on any machine."""
-    return full_scores(va, vb, "mse" if distance else "cos").astype(np.float64)
 
 
 def _add_edges(fa, fb, score, ra, rb, rscore, n_b):

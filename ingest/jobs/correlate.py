@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from atlas.match.candidates import full_scores
 from atlas.match.pair import MatchParams, match_scores
 from atlas.store import Atlas, record_run
 from ingest.activations import MANIFEST, load_layer, load_tokens, model_path
@@ -70,19 +71,14 @@ _LAYERS: dict[tuple[str, int, int | None], object] = {}  # per worker process: a
 
 
 def _layer(folder: str, layer: int, max_tokens: int | None):
-    manifest = json.loads((Path(folder) / MANIFEST).read_text())
-    if layer not in manifest["config"]["layers"]:
-        raise ValueError(f"{folder}: no activations stored for layer {layer}")
     key = (folder, layer, max_tokens)
     if key not in _LAYERS:
+        if layer not in json.loads((Path(folder) / MANIFEST).read_text())["config"]["layers"]:
+            raise ValueError(f"{folder}: no activations stored for layer {layer}")
         if len(_LAYERS) >= 3:
             _LAYERS.pop(next(iter(_LAYERS)))
         _LAYERS[key] = load_layer(Path(folder), layer)[:max_tokens]
     return _LAYERS[key]
-
-
-def _unit(x):
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
 def run_corr(task: CorrTask, out_dir: str) -> CorrResult:
@@ -114,7 +110,7 @@ def run_corr(task: CorrTask, out_dir: str) -> CorrResult:
         "jaccard": pa.array(p.jaccard()[fa, fb], pa.float32()), "n_tokens": pa.repeat(p.n, len(fa)).cast(pa.int64())}))
     result = match_scores(p.pearson.astype(np.float64), ra.weights, rb.weights, a, b, task.params)
     write("matches", result.matches)
-    comps = compositions(p, _unit(ra.weights.W_dec) @ _unit(rb.weights.W_dec).T) if task.layer_a < task.layer_b else []
+    comps = compositions(p, full_scores(ra.weights.W_dec, rb.weights.W_dec)) if task.layer_a < task.layer_b else []
     write("compositions", pa.table({
         "sae_b": pa.repeat(b, len(comps)), "feature_b": pa.array([c[0] for c in comps], pa.int32()),
         "kind": pa.array([c[1] for c in comps], pa.string()), "parents": pa.array([c[2] for c in comps], pa.list_(pa.int32())),
