@@ -216,6 +216,10 @@ ORDER BY s.layer, n.feature;
 """
 
 
+class SchemaVersionError(ValueError):
+    """The atlas file has a schema version this code does not serve (the CLI prints it as one line)."""
+
+
 def create(con) -> None:
     """Create or upgrade the schema of a writable connection."""
     con.execute(TABLES)
@@ -223,7 +227,7 @@ def create(con) -> None:
         con.execute("INSERT INTO schema_version VALUES (?)", [SCHEMA_VERSION])
     version = con.execute("SELECT max(version) FROM schema_version").fetchone()[0]
     if version > SCHEMA_VERSION:
-        raise RuntimeError(f"atlas schema version {version} is newer than this code's {SCHEMA_VERSION}: upgrade feature-atlas")
+        raise SchemaVersionError(f"atlas schema version {version} is newer than this code's {SCHEMA_VERSION}: upgrade feature-atlas")
     for v in range(version + 1, SCHEMA_VERSION + 1):
         con.execute(MIGRATIONS[v])
         con.execute("UPDATE schema_version SET version = ?", [v])
@@ -235,5 +239,5 @@ def check_version(con, where: str) -> None:
     """Readers cannot upgrade (read-only): say what to do instead of failing on a missing table."""
     version = con.execute("SELECT max(version) FROM schema_version").fetchone()[0]
     if version != SCHEMA_VERSION:
-        raise RuntimeError(f"{where}: atlas schema version {version}, this code serves version {SCHEMA_VERSION}; "
+        raise SchemaVersionError(f"{where}: atlas schema version {version}, this code serves version {SCHEMA_VERSION}; "
                            f"run any job on it (e.g. `atlas init`) to upgrade it in place")
