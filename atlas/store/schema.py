@@ -1,11 +1,17 @@
 """The atlas's DuckDB schema (tables of DESIGN.md), its version, and the SQL views users query."""
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # Each step upgrades an atlas from the version before it (the tables it adds come from TABLES).
 MIGRATIONS = {
     2: "ALTER TABLE pair_stats ADD COLUMN IF NOT EXISTS matching_score DOUBLE;"
        "ALTER TABLE pair_stats ADD COLUMN IF NOT EXISTS explained_variance DOUBLE;",
+    3: "ALTER TABLE saes ADD COLUMN IF NOT EXISTS release VARCHAR;"
+       "ALTER TABLE saes ADD COLUMN IF NOT EXISTS variant VARCHAR;"
+       "ALTER TABLE saes ADD COLUMN IF NOT EXISTS kind VARCHAR DEFAULT 'sae';"
+       "ALTER TABLE saes ADD COLUMN IF NOT EXISTS hook_out VARCHAR;"
+       "ALTER TABLE saes ADD COLUMN IF NOT EXISTS d_out INTEGER;"
+       "ALTER TABLE saes ADD COLUMN IF NOT EXISTS l0 DOUBLE;",
 }
 
 TABLES = """
@@ -30,7 +36,13 @@ CREATE TABLE IF NOT EXISTS saes (
     neuronpedia_id VARCHAR,
     index_file VARCHAR,
     index_factory VARCHAR,
-    created_at TIMESTAMP NOT NULL DEFAULT current_timestamp
+    created_at TIMESTAMP NOT NULL DEFAULT current_timestamp,
+    release VARCHAR,              -- sae_lens release, Hugging Face repo or training run it comes from
+    variant VARCHAR,              -- its name among siblings there: average_l0_71, canonical, trainer_3, seed1, best
+    kind VARCHAR DEFAULT 'sae',   -- sae | transcoder | skip_transcoder
+    hook_out VARCHAR,             -- transcoders: the hook the decoder writes to (site and layer are its)
+    d_out INTEGER,                -- transcoders: width of the output space (decoder rows); NULL = d_in
+    l0 DOUBLE                     -- average L0 where the source states it
 );
 
 CREATE TABLE IF NOT EXISTS features (
