@@ -103,23 +103,20 @@ def _ingest_paths(ctx, paths, overrides, replace, factory, fmt=None, executor="i
     finally:
         ex.close()
     rate = summary.features / summary.seconds if summary.seconds else 0
+    merged = f", {len(summary.merged)} already stored under another id (metadata merged)" if summary.merged else ""
     click.echo(f"ingested into {atlas.path}: {len(summary.added)} added, {len(summary.replaced)} replaced, "
-               f"{len(summary.unchanged)} unchanged ({summary.features} features, {rate:,.0f} features/s)")
-
-
-def find_sae_folders(root: Path) -> list[Path]:
-    """SAE folders under root (any supported layout), sorted by path."""
-    names = ("sae_weights.safetensors", "params.npz", "params.safetensors", "sae.safetensors")
-    return sorted({p.parent for n in names for p in root.rglob(n)})
+               f"{len(summary.unchanged)} unchanged{merged} ({summary.features} features, {rate:,.0f} features/s)")
 
 
 @main.command("ingest")
 @click.argument("sources", nargs=-1, required=True)
-@click.option("--format", "fmt", type=click.Choice(["saelens", "gemmascope", "sparsify"]), default=None,
-              help="Layout of the files [default: detected].")
+@click.option("--format", "fmt", type=click.Choice(["saelens", "gemmascope", "sparsify", "dictionary_learning"]),
+              default=None, help="Layout of the files [default: detected].")
 @click.option("--recursive", "-r", is_flag=True, help="Ingest every SAE folder found under each SOURCE.")
-@click.option("--release", is_flag=True, help="SOURCES are sae_lens release:sae_id names (downloads; needs a network).")
-@click.option("--id", "sae_id", default=None, help="SAE id to store under [default: model-site+layer-width-seed-dataset].")
+@click.option("--release", is_flag=True,
+              help="SOURCES are sae_lens releases: RELEASE:SAE_ID for one SAE, RELEASE for all it lists "
+                   "(from the Hugging Face Hub, or its local cache with HF_HUB_OFFLINE=1).")
+@click.option("--id", "sae_id", default=None, help="SAE id to store under [default: model-site+layer-kind-width-variant-seed-dataset].")
 @click.option("--model", default=None, help="Model name, where the file does not say.")
 @click.option("--hook", default=None, help="Hook name, e.g. blocks.12.hook_resid_post.")
 @click.option("--site", type=click.Choice(["resid", "mlp", "attn"]), default=None)
@@ -134,18 +131,20 @@ def find_sae_folders(root: Path) -> list[Path]:
 @click.option("--address", default=None, help="Ray cluster address [default: start a local one].")
 @click.pass_context
 def ingest_cmd(ctx, sources, fmt, recursive, release, sae_id, replace, index_factory, executor, address, **meta):
-    """Read SAEs (sae_lens folder, Gemma Scope params.npz, sparsify folder) into the atlas.
+    """Read SAEs into the atlas: sae_lens folders, Gemma Scope trees, sparsify runs, dictionary_learning
+    sweeps (see README: supported layouts), or sae_lens releases by name with --release.
 
     One job is one transaction: if any SAE is bad, nothing is stored and the atlas stays as it was.
+    The same weights by two routes are stored once (by hash); the second route fills missing metadata.
     """
+    from ingest.sources import find_sae_folders, release_names
+
     overrides = dict(meta, sae_id=sae_id)
     if release:
-        from ingest.jobs.ingest import ingest
-        from ingest.sources import read_pretrained
-
-        readers = [lambda s=s: read_pretrained(*s.split(":", 1), **overrides) for s in sources]
-        summary = ingest(_atlas(ctx), readers, replace=replace, factory=index_factory)
-        click.echo(f"ingested {len(summary.added) + len(summary.replaced)} SAEs")
+        names = release_names(sources)
+        if sae_id and len(names) > 1:
+            raise ValueError("--id names one SAE; give one RELEASE:SAE_ID with it")
+        _ingest_paths(ctx, names, overrides, replace, index_factory, "release", executor, address)
         return
     paths = [Path(s) for s in sources]
     if recursive:
@@ -157,21 +156,48 @@ def ingest_cmd(ctx, sources, fmt, recursive, release, sae_id, replace, index_fac
     _ingest_paths(ctx, paths, overrides, replace, index_factory, fmt, executor, address)
 
 
-@main.command()
+@main.group(invoke_without_command=True)
 @click.option("--stack", default=None, help="Only this stack.")
 @click.pass_context
 def saes(ctx, stack):
-    """List the SAEs in the atlas."""
+    """List the SAEs in the atlas (subcommands: set, reroot)."""
+    if ctx.invoked_subcommand is not None:
+        return
     from rich.console import Console
     from rich.table import Table
 
+    cols = ("sae_id", "model", "site", "layer", "kind", "d_in", "d_sae", "arch", "variant", "seed", "dataset", "stack")
     with _atlas(ctx).read() as con:
-        rows = con.execute("SELECT sae_id, model, site, layer, d_in, d_sae, arch, seed, dataset, stack FROM saes "
-                           "WHERE ? IS NULL OR stack = ? ORDER BY stack, layer", [stack, stack]).fetchall()
-    table = Table("sae_id", "model", "site", "layer", "d_in", "d_sae", "arch", "seed", "dataset", "stack")
+        rows = con.execute(f"SELECT {', '.join(cols)} FROM saes WHERE ? IS NULL OR stack = ? ORDER BY stack, layer",
+                           [stack, stack]).fetchall()
+    table = Table(*cols)
     for r in rows:
         table.add_row(*("" if v is None else str(v) for v in r))
     Console().print(table)
+
+
+@saes.command("set")
+@click.argument("sae")
+@click.option("--neuronpedia-id", required=True, help="modelId/sourceId, e.g. gemma-2-2b/20-gemmascope-res-16k ('' clears it).")
+@click.pass_context
+def saes_set(ctx, sae, neuronpedia_id):
+    """Set an SAE's Neuronpedia id after ingest (links, label import and lists use it)."""
+    from ingest.jobs.ingest import set_neuronpedia_id
+
+    set_neuronpedia_id(_atlas(ctx), sae, neuronpedia_id or None)
+    click.echo(f"{sae}: neuronpedia_id = {neuronpedia_id or 'none'}")
+
+
+@saes.command("reroot")
+@click.argument("old", type=click.Path(path_type=Path))
+@click.argument("new", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.pass_context
+def saes_reroot(ctx, old, new):
+    """Point SAE sources under folder OLD to folder NEW, after moving the weights (checked before storing)."""
+    from ingest.jobs.ingest import reroot
+
+    n = reroot(_atlas(ctx), old, new)
+    click.echo(f"re-rooted {n} SAE sources from {old} to {new.resolve()}")
 
 
 @main.command()

@@ -1,13 +1,19 @@
 """The atlas's DuckDB schema (tables of DESIGN.md), its version, and the SQL views users query."""
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 # Each step upgrades an atlas from the version before it (the tables it adds come from TABLES).
 MIGRATIONS = {
     2: "ALTER TABLE pair_stats ADD COLUMN IF NOT EXISTS matching_score DOUBLE;"
        "ALTER TABLE pair_stats ADD COLUMN IF NOT EXISTS explained_variance DOUBLE;",
+    3: "ALTER TABLE saes ADD COLUMN IF NOT EXISTS release VARCHAR;"
+       "ALTER TABLE saes ADD COLUMN IF NOT EXISTS variant VARCHAR;"
+       "ALTER TABLE saes ADD COLUMN IF NOT EXISTS kind VARCHAR DEFAULT 'sae';"
+       "ALTER TABLE saes ADD COLUMN IF NOT EXISTS hook_out VARCHAR;"
+       "ALTER TABLE saes ADD COLUMN IF NOT EXISTS d_out INTEGER;"
+       "ALTER TABLE saes ADD COLUMN IF NOT EXISTS l0 DOUBLE;",
     # rank_b (feature_b's rank of the edge) types lineage edges; PW-MCC per pair; widths table (TABLES)
-    3: "ALTER TABLE matches ADD COLUMN IF NOT EXISTS rank_b SMALLINT;"
+    4: "ALTER TABLE matches ADD COLUMN IF NOT EXISTS rank_b SMALLINT;"
        "UPDATE matches SET rank_b = r.rank_b FROM (SELECT rowid AS rid, row_number() OVER (PARTITION BY sae_a, sae_b, "
        "method, feature_b ORDER BY CASE WHEN ends_with(method, '_mse') THEN score ELSE -score END) AS rank_b "
        "FROM matches) r WHERE matches.rowid = r.rid;"
@@ -37,7 +43,13 @@ CREATE TABLE IF NOT EXISTS saes (
     neuronpedia_id VARCHAR,
     index_file VARCHAR,
     index_factory VARCHAR,
-    created_at TIMESTAMP NOT NULL DEFAULT current_timestamp
+    created_at TIMESTAMP NOT NULL DEFAULT current_timestamp,
+    release VARCHAR,              -- sae_lens release, Hugging Face repo or training run it comes from
+    variant VARCHAR,              -- its name among siblings there: average_l0_71, canonical, trainer_3, seed1, best
+    kind VARCHAR DEFAULT 'sae',   -- sae | transcoder | skip_transcoder
+    hook_out VARCHAR,             -- transcoders: the hook the decoder writes to (site and layer are its)
+    d_out INTEGER,                -- transcoders: width of the output space (decoder rows); NULL = d_in
+    l0 DOUBLE                     -- average L0 where the source states it
 );
 
 CREATE TABLE IF NOT EXISTS features (
@@ -290,6 +302,10 @@ ORDER BY n.depth, n.sae_id, n.feature;
 """
 
 
+class SchemaVersionError(ValueError):
+    """The atlas file has a schema version this code does not serve (the CLI prints it as one line)."""
+
+
 def create(con) -> None:
     """Create or upgrade the schema of a writable connection."""
     con.execute(TABLES)
@@ -297,7 +313,7 @@ def create(con) -> None:
         con.execute("INSERT INTO schema_version VALUES (?)", [SCHEMA_VERSION])
     version = con.execute("SELECT max(version) FROM schema_version").fetchone()[0]
     if version > SCHEMA_VERSION:
-        raise RuntimeError(f"atlas schema version {version} is newer than this code's {SCHEMA_VERSION}: upgrade feature-atlas")
+        raise SchemaVersionError(f"atlas schema version {version} is newer than this code's {SCHEMA_VERSION}: upgrade feature-atlas")
     for v in range(version + 1, SCHEMA_VERSION + 1):
         con.execute(MIGRATIONS[v])
         con.execute("UPDATE schema_version SET version = ?", [v])
@@ -309,5 +325,5 @@ def check_version(con, where: str) -> None:
     """Readers cannot upgrade (read-only): say what to do instead of failing on a missing table."""
     version = con.execute("SELECT max(version) FROM schema_version").fetchone()[0]
     if version != SCHEMA_VERSION:
-        raise RuntimeError(f"{where}: atlas schema version {version}, this code serves version {SCHEMA_VERSION}; "
+        raise SchemaVersionError(f"{where}: atlas schema version {version}, this code serves version {SCHEMA_VERSION}; "
                            f"run any job on it (e.g. `atlas init`) to upgrade it in place")
