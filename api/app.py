@@ -24,7 +24,9 @@ from atlas import queries as q
 from atlas.queries.common import SAE_COLUMNS, check_feature, sae_row
 from atlas.queries.neuronpedia import feature_url
 from atlas.queries.records import NotFound, QueryError
+from atlas.queries.records import Consistency, WidthPair, WidthTree
 from atlas.queries.sqlguard import run_sql
+from atlas.queries.widths import consistency, width_pairs, width_tree
 from atlas.store.schema import SCHEMA_VERSION
 
 from .settings import Settings
@@ -143,10 +145,26 @@ def create_app(atlas_path: str | Path, settings: Settings | None = None) -> Lite
     @get("/api/saes/{sae_id:str}/features/{feature:int}/lineage", operation_id="getLineage", sync_to_thread=True)
     def get_lineage(sae_id: str, feature: int, direction: str = "both", tau: float | None = 0.7,
                     quantile: float | None = None, max_skip: int = 1, method: str = "decoder_cos",
-                    include_sites: bool = True) -> q.Lineage:
+                    include_sites: bool = True, edges: str = "default") -> q.Lineage:
+        """edges=default: carry, split, merge and gap edges; edges=all: every candidate above the bar."""
         con = state.cursor()
         return q.lineage(con, sae_id, feature, direction, tau, quantile, max_skip, method, include_sites,
-                         index=state.edge_index(method, con))
+                         index=state.edge_index(method, con), edges=edges)
+
+    @get("/api/saes/{sae_id:str}/features/{feature:int}/width-tree", operation_id="getWidthTree", sync_to_thread=True)
+    def get_width_tree(sae_id: str, feature: int) -> WidthTree:
+        """The feature in narrower and wider SAEs of its model and hook (atlas match --pairs widths)."""
+        return width_tree(state.cursor(), sae_id, feature)
+
+    @get("/api/width-pairs", operation_id="listWidthPairs", sync_to_thread=True)
+    def get_width_pairs(model: str = "%") -> list[WidthPair]:
+        """Per narrow/wide pair: narrow features kept, split and absent (model: SQL LIKE pattern)."""
+        return width_pairs(state.cursor(), model)
+
+    @get("/api/consistency", operation_id="listConsistency", sync_to_thread=True)
+    def get_consistency(model: str = "%") -> list[Consistency]:
+        """PW-MCC of each sibling pair against its random baseline (model: SQL LIKE pattern)."""
+        return consistency(state.cursor(), model)
 
     @get("/api/neuronpedia/{model_id:str}/{source_id:str}/{index:int}", operation_id="neuronpediaLineage",
          sync_to_thread=True)
@@ -282,7 +300,8 @@ def create_app(atlas_path: str | Path, settings: Settings | None = None) -> Lite
         return _error(500, f"internal error: {type(exc).__name__}: {exc}")
 
     return Litestar(
-        route_handlers=[health, list_saes, list_stacks, get_sae, get_feature, get_lineage, from_neuronpedia,
+        route_handlers=[health, list_saes, list_stacks, get_sae, get_feature, get_lineage, get_width_tree,
+                        get_width_pairs, get_consistency, from_neuronpedia,
                         get_orphans, get_layer_pairs, get_matrix, get_communities, get_flow, get_pair, get_groups, find,
                         search, search_get, sql_get, sql_post, export, explorer,
                         create_static_files_router(path="/static", directories=[STATIC], include_in_schema=False)],
