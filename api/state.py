@@ -9,10 +9,8 @@ lock (one builder per cache, others wait for it).
 
 from __future__ import annotations
 
-import fcntl
 import os
 import threading
-import uuid
 from pathlib import Path
 
 from atlas.match.methods import method as method_info
@@ -20,6 +18,7 @@ from atlas.queries import IndexCache
 from atlas.queries.lineage import EdgeIndex
 from atlas.store import Atlas
 from atlas.store.atlas import open_snapshot
+from atlas.store.leases import Lease
 from atlas.store.schema import check_version
 
 from .settings import Settings
@@ -69,38 +68,6 @@ class Snapshot:
         return self._cached(f"edges:{method}", lambda: EdgeIndex(self.cursor(), method, floor))
 
 
-class Lease:
-    """Tells jobs which index files this server's snapshot names, so they keep them (Writer reads leases).
-
-    The file is held under an exclusive flock for the process's life: a lease whose lock can be taken
-    belongs to a dead server and is ignored (and removed) by the next job.
-    """
-
-    def __init__(self, atlas: Atlas):
-        self.dir = atlas.dir / "leases"
-        self.path = self.dir / f"server-{os.getpid()}-{uuid.uuid4().hex[:8]}.txt"
-        self._file = None
-
-    def hold(self, names: set[str]) -> None:
-        try:
-            self.dir.mkdir(parents=True, exist_ok=True)
-            if self._file is None:
-                self._file = open(self.path, "w")
-                fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            self._file.seek(0)
-            self._file.truncate()
-            self._file.write("\n".join(sorted(names)) + "\n")
-            self._file.flush()
-        except OSError:  # a read-only atlas folder: no job can write there either
-            pass
-
-    def release(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-            self.path.unlink(missing_ok=True)
-
-
 class AtlasState:
     def __init__(self, path: Path, settings: Settings):
         self.atlas = Atlas(path)
@@ -108,7 +75,7 @@ class AtlasState:
         self.indexes = IndexCache(self.atlas.index_dir)
         self._lock = threading.Lock()
         self._current: Snapshot | None = None
-        self._lease = Lease(self.atlas)
+        self._lease = Lease(self.atlas.dir)
 
     def _stamp(self) -> tuple[int, int]:
         st = os.stat(self.atlas.path)

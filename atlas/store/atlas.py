@@ -21,6 +21,7 @@ from pathlib import Path
 import duckdb
 
 from . import schema
+from .leases import leased_files
 
 ENV_VAR = "ATLAS_PATH"
 DEFAULT_PATH = "atlas.duckdb"
@@ -152,8 +153,9 @@ class Writer:
         self.published_at = time.monotonic()
 
     def _drop_stale_indexes(self) -> None:
-        """Index files no published SAE names: left by a killed job or by --replace."""
-        keep = {r[0] for r in self.con.execute("SELECT index_file FROM saes").fetchall()}
+        """Index files no published SAE names (left by a killed job or by --replace), unless a running
+        server's snapshot still names them (leases.py)."""
+        keep = {r[0] for r in self.con.execute("SELECT index_file FROM saes").fetchall()} | leased_files(self.atlas.dir)
         for p in self.atlas.index_dir.glob("*.faiss"):
             if p.name not in keep:
                 p.unlink(missing_ok=True)
