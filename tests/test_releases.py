@@ -54,7 +54,8 @@ def test_readme_release_example_offline(tmp_path, monkeypatch):
     assert _rows(atlas, "SELECT count(*) FROM saes") == [(n,)]
 
     # a Gemma Scope transcoder by name: kind, input and output hooks from sae_lens's transcoder loader
-    write_gemma_scope(snapshot(hf, "google/gemma-scope-2b-pt-transcoders"), "layer_20/width_16k/average_l0_11")
+    write_gemma_scope(snapshot(hf, "google/gemma-scope-2b-pt-transcoders"), "layer_20/width_16k/average_l0_11",
+                      seed=1000)
     r = _atlas_cli(["ingest", "--release", "gemma-scope-2b-pt-transcoders:layer_20/width_16k/average_l0_11"])
     assert r.exit_code == 0 and "1 added" in r.output, r.output
     assert _rows(atlas, "SELECT kind, hook, hook_out, site, layer, d_out, neuronpedia_id FROM saes WHERE kind <> 'sae'") == [
