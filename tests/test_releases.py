@@ -73,7 +73,7 @@ def test_readme_release_example_offline(tmp_path, monkeypatch):
     assert r.exit_code == 2 and "not in sae_lens's pretrained registry" in r.output
     r = _atlas_cli(["ingest", "--release", "gemma-scope-2b-pt-res-canonical:layer_99/width_16k/canonical"])
     assert r.exit_code == 2 and "no SAE 'layer_99/width_16k/canonical'" in r.output
-    assert _rows(atlas, "SELECT count(*) FROM saes") == [(n,)]
+    assert _rows(atlas, "SELECT count(*) FROM saes") == [(n + 1,)]
 
 
 def test_gemma_scope_tree_res_mlp_att_transcoder_it_and_embedding(tmp_path, monkeypatch):
