@@ -18,7 +18,7 @@ from .assign import DENSE_MAX, assign_dense, assign_sparse
 from ..index import APPROX_FROM
 from .candidates import Candidates, full_scores, topk_both, topk_faiss
 from .fold import folded_decoder, is_distance, method_vectors
-from .stats import pair_stats
+from .stats import pair_stats, pw_mcc_random
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,7 @@ class MatchParams:
 
 @dataclass
 class PairResult:
-    matches: pa.Table  # sae_a, feature_a, sae_b, feature_b, method, score, rank, assigned
+    matches: pa.Table  # sae_a, feature_a, sae_b, feature_b, method, score, rank, assigned, rank_b
     stats: dict
 
 
@@ -66,7 +66,7 @@ def _edges(c: Candidates) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def _ranks(fa: np.ndarray, score: np.ndarray, distance: bool) -> np.ndarray:
-    """Rank of each edge among feature_a's edges, 1 = best."""
+    """Rank of each edge among its feature's edges (fa: feature_a or feature_b ids), 1 = best."""
     order = np.lexsort((score if distance else -score, fa))
     sorted_fa = fa[order]
     starts = np.r_[0, np.flatnonzero(np.diff(sorted_fa)) + 1]
@@ -89,7 +89,7 @@ def match_pair(a: SAEWeights, b: SAEWeights, sae_a: str, sae_b: str, params: Mat
     if not distance and min(n_a, n_b) >= APPROX_FROM:  # very wide SAEs: approximate (HNSW) search
         cand = topk_faiss(va, vb, params.k)
     else:
-        cand = topk_both(va, vb, params.k, kind="mse" if distance else "cos")
+        cand = topk_both(va, vb, params.k, kind="mse" if distance else "cos", absmax=method == "decoder_cos")
     fa, fb, score = _edges(cand)
     gain = _gain(method, score, sq_a[fa], sq_b[fb], params.floor, d)
 
@@ -105,7 +105,11 @@ def match_pair(a: SAEWeights, b: SAEWeights, sae_a: str, sae_b: str, params: Mat
     else:
         ra, rb = assign_sparse(fa, fb, gain, n_a, n_b)
     matched = (_gain(method, score, sq_a[fa], sq_b[fb], params.tau, d) >= 0) if distance else score >= params.tau
-    return _result(a, b, sae_a, sae_b, params, fa, fb, score, ra, rb, matched)
+    result = _result(a, b, sae_a, sae_b, params, fa, fb, score, ra, rb, matched)
+    if cand.a_absmax is not None:  # PW-MCC (Song et al. 2025): mean best |cosine|, both directions
+        result.stats.update(pw_mcc=float((cand.a_absmax.mean() + cand.b_absmax.mean()) / 2),
+                            pw_mcc_random=pw_mcc_random(n_a, n_b, d))
+    return result
 
 
 def match_candidates(cand: Candidates, a: SAEWeights, b: SAEWeights, sae_a: str, sae_b: str, params: MatchParams,
@@ -161,6 +165,7 @@ def _result(a, b, sae_a, sae_b, params, fa, fb, score, ra, rb, matched_edge) -> 
         "score": pa.array(score, pa.float32()),
         "rank": pa.array(_ranks(fa, score, distance), pa.int16()),
         "assigned": pa.array(assigned),
+        "rank_b": pa.array(_ranks(fb, score, distance), pa.int16()),
     })
     return PairResult(table.sort_by([("feature_a", "ascending"), ("rank", "ascending")]), stats)
 
