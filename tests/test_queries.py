@@ -9,7 +9,7 @@ from atlas.queries import (NotFound, QueryError, birth_death, communities, featu
                            orphans, pair_matrix, permutation_pairs)
 from atlas.synth import SynthConfig
 
-from .conftest import TINY, build_atlas
+from .conftest import TINY, build_atlas, planted_flow
 
 STACK = "synth-resid-w256-jumprelu-s0-A"
 
@@ -242,20 +242,12 @@ def test_communities_are_the_planted_chains(synth_atlas, truth):
 
 
 def test_births_and_deaths_per_layer_are_the_planted_ones(synth_atlas, truth):
-    """At tau 0.8 a carried feature (cosine ~0.99) and one child of a split (~0.89) continue; a death and
-    both parents of a merge (~0.71) end; the unassigned split child and the merged feature are born."""
     with synth_atlas.read() as con:
         flow = birth_death(con, STACK, tau=0.8)
         sql = con.execute("SELECT layer, births, deaths FROM birth_death(?, tau_ := 0.8)", [STACK]).fetchall()
-    expected = []
-    for layer in range(TINY.n_layers):
-        going = {t["feature_a"] for t in truth if t["sae_a"] == _ids(layer) and t["kind"] in ("carry", "split")}
-        coming = {t["feature_a"] for t in truth if layer and t["sae_a"] == _ids(layer - 1) and t["kind"] in ("carry", "split")}
-        births = None if layer == 0 else TINY.d_sae - len(coming)
-        deaths = None if layer == TINY.n_layers - 1 else TINY.d_sae - len(going)
-        expected.append((layer, births, deaths))
+    expected = planted_flow(truth, [_ids(layer) for layer in range(TINY.n_layers)], TINY.d_sae)
     assert [(r["layer"], r["births"], r["deaths"]) for r in flow] == expected == sql
-    assert all(b is None or b > 0 for _, b, _ in expected)
+    assert all(n > 0 for _, b, d in expected for n in (b, d) if n is not None)
 
 
 def test_in_memory_edge_index_gives_the_sql_answer(synth_atlas):
