@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from atlas.sae import SAEError, SAEMeta, SAERecord, SAEWeights
 
 from .files import load_json, load_safetensors, need
@@ -27,10 +29,21 @@ def read_saelens(path: Path) -> SAERecord:
         b_dec=need(t, "b_dec", path / WEIGHTS_FILENAME),
         threshold=t.get("threshold"),
     )
+    if cfg.get("rescale_acts_by_decoder_norm"):
+        weights = fold_decoder_norm(weights)
     meta = meta_from_cfg(cfg, path)
     if (path / SPARSITY_FILENAME).exists():  # log10 feature density, as sae_lens's trainer writes it
         meta.extra["log_density"] = load_safetensors(path / SPARSITY_FILENAME).get("sparsity")
     return SAERecord(meta, weights)
+
+
+def fold_decoder_norm(w: SAEWeights) -> SAEWeights:
+    """sae_lens's `rescale_acts_by_decoder_norm` (top-k SAEs) multiplies pre-activations by ‖W_dec[i]‖ and
+    divides them back before decoding. Folded as sae_lens's own fold_W_dec_norm does: unit decoder rows,
+    encoder (and threshold) scaled up, the same activations for plain encode/decode."""
+    n = np.linalg.norm(w.W_dec, axis=1).astype(np.float32)
+    return SAEWeights(W_enc=w.W_enc * n, W_dec=w.W_dec / n[:, None], b_enc=w.b_enc * n, b_dec=w.b_dec,
+                      threshold=None if w.threshold is None else w.threshold * n)
 
 
 def meta_from_cfg(cfg: dict, path: Path) -> SAEMeta:
@@ -82,4 +95,6 @@ def record_from_sae(sae, source: str) -> SAERecord:
     meta.source, meta.fmt = source, "saelens"
     weights = SAEWeights(W_enc=sd["W_enc"], W_dec=sd["W_dec"], b_enc=sd["b_enc"], b_dec=sd["b_dec"],
                          threshold=sd.get("threshold"))
+    if cfg.get("rescale_acts_by_decoder_norm"):
+        weights = fold_decoder_norm(weights)
     return SAERecord(meta, weights)
