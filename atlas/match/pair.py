@@ -112,18 +112,35 @@ def match_pair(a: SAEWeights, b: SAEWeights, sae_a: str, sae_b: str, params: Mat
     return result
 
 
+def match_candidates(cand: Candidates, a: SAEWeights, b: SAEWeights, sae_a: str, sae_b: str, params: MatchParams,
+                     full=None) -> PairResult:
+    """A method whose top-k candidates (both directions) come from elsewhere, e.g. activation_corr from the
+    co-firing state: the same assignment as the weight methods. `full()` gives the [n_a, n_b] scores and
+    is called only where the dense solver runs (both widths small)."""
+    n_a, n_b = len(cand.a2b_index), len(cand.b2a_index)
+    fa, fb, score = _edges(cand)
+    solver = params.solver if params.solver != "auto" else (
+        "dense" if n_a * n_b <= DENSE_MAX and full is not None else "sparse")
+    if solver == "dense":
+        if full is None:
+            raise ValueError(f"{params.method}: the dense solver needs the full score matrix")
+        scores = full()
+        ra, rb = assign_dense(scores - params.floor)
+        fa, fb, score = _add_edges(fa, fb, score, ra, rb, scores[ra, rb], n_b)
+    else:
+        ra, rb = assign_sparse(fa, fb, score - params.floor, n_a, n_b)
+    return _result(a, b, sae_a, sae_b, params, fa, fb, score, ra, rb, score >= params.tau)
+
+
 def match_scores(scores: np.ndarray, a: SAEWeights, b: SAEWeights, sae_a: str, sae_b: str,
                  params: MatchParams) -> PairResult:
-    """Same output for a method whose [n_a, n_b] similarity matrix is given (activation_corr)."""
+    """Same output from a given [n_a, n_b] similarity matrix (small pairs, tests)."""
     n_a, n_b = scores.shape
     k_a, k_b = min(params.k, n_b), min(params.k, n_a)
-    top_b = np.argsort(-scores, axis=1)[:, :k_a]
-    top_a = np.argsort(-scores, axis=0)[:k_b].T
+    top_b = np.argsort(-scores, axis=1, kind="stable")[:, :k_a]
+    top_a = np.argsort(-scores, axis=0, kind="stable")[:k_b].T
     cand = Candidates(np.take_along_axis(scores, top_b, 1), top_b, np.take_along_axis(scores.T, top_a, 1), top_a)
-    fa, fb, score = _edges(cand)
-    ra, rb = assign_dense(scores - params.floor)
-    fa, fb, score = _add_edges(fa, fb, score, ra, rb, scores[ra, rb], n_b)
-    return _result(a, b, sae_a, sae_b, params, fa, fb, score, ra, rb, score >= params.tau)
+    return match_candidates(cand, a, b, sae_a, sae_b, params, full=lambda: scores)
 
 
 def _result(a, b, sae_a, sae_b, params, fa, fb, score, ra, rb, matched_edge) -> PairResult:
