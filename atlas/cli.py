@@ -356,15 +356,22 @@ def correlate(ctx, activations, selection, stack, explicit, max_tokens, executor
 @click.option("--model", default="%", help="SQL LIKE pattern of the model(s) to report on.")
 @click.option("--stack", default="%", help="SQL LIKE pattern of the stack(s) for the distance table.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
+@click.option("--lineage-of", "lineage_of", default=None,
+              help="Also measure lineage size over this SAE's first --features features, every candidate vs carry/split/merge.")
+@click.option("--features", "n_features", type=int, default=256, show_default=True)
 @click.pass_context
-def findings_cmd(ctx, model, stack, as_json):
-    """The field's findings measured on this atlas: distance, seeds vs datasets, method agreement, AND/OR."""
+def findings_cmd(ctx, model, stack, as_json, lineage_of, n_features):
+    """The field's findings measured on this atlas: distance, seeds vs datasets, method agreement, AND/OR,
+    seed consistency (PW-MCC), feature splitting across widths."""
     import json
 
     from .queries.findings import findings
+    from .queries.lineage import lineage_shape
 
     with _atlas(ctx).read() as con:
         f = findings(con, model, stack)
+        if lineage_of:
+            f["lineage_shape"] = lineage_shape(con, lineage_of, n_features)
     if as_json:
         click.echo(json.dumps(f, indent=1, default=str))
         return
@@ -393,6 +400,10 @@ def findings_cmd(ctx, model, stack, as_json):
                 f", splits into {r['mean_split_children']:.1f} on average (combination cosine {r['mean_split_combo_cos']:.2f})")
             click.echo(f"  layer {r['layer']} {r['d_a']} -> {r['d_b']}: {r['kept']} kept, {r['split']} split, "
                        f"{r['absent']} absent{combo}")
+    for mode, r in f.get("lineage_shape", {}).items():
+        click.echo(f"lineages of {lineage_of} (first {r['features']} features), edges={mode}: "
+                   f"{r['over_big']:.1%} exceed 20 nodes (mean {r['mean_nodes']:.1f}, max {r['max_nodes']}); "
+                   f"{r['unassigned_edges']:.1%} of {r['edges']} edges are not in the assignment")
     click.echo(f"compositions: {f['composition_counts']}")
     for c in f["compositions"]:
         click.echo(f"  {c['kind']} {c['sae_a']}{c['parents']} -> {c['sae_b']}/{c['feature_b']} (Jaccard {c['score']:.2f})")
