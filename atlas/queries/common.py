@@ -7,7 +7,8 @@ from ..match.methods import Method
 from .records import NotFound, QueryError
 
 SAE_COLUMNS = ("sae_id", "model", "hook", "site", "layer", "d_in", "d_sae", "arch", "k", "seed", "dataset",
-               "stack", "source", "format", "sha256", "neuronpedia_id", "index_file", "index_factory", "created_at")
+               "stack", "source", "format", "sha256", "neuronpedia_id", "index_file", "index_factory", "created_at",
+               "release", "variant", "kind", "hook_out", "d_out", "l0")
 
 
 def sae_row(con, sae_id: str) -> dict:

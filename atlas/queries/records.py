@@ -49,6 +49,8 @@ class Node(msgspec.Struct):
     neuronpedia_url: str | None = None
     origin: str | None = None
     """Feature-flow class of this residual node where MLP/attention SAEs of its layer exist."""
+    top_tokens: list[str] | None = None
+    """Firing tokens of its top examples, best first (a label where features.label is empty)."""
 
 
 class Edge(msgspec.Struct):
@@ -62,6 +64,8 @@ class Edge(msgspec.Struct):
     assigned: bool
     gap: int
     """Layers skipped (0 = adjacent layers of the stack)."""
+    kind: str = "candidate"
+    """carry | split | merge | gap | candidate (lineage.py; the edge_kind SQL macro)."""
 
 
 class Lineage(msgspec.Struct):
@@ -75,6 +79,12 @@ class Lineage(msgspec.Struct):
     method: str
     threshold: str
     """The score bar used: 'tau=0.7' or 'quantile=0.5 per pair'."""
+    edges_mode: str = "default"
+    """default (carry, split, merge, gap) or all (every passing candidate)."""
+    ending: str = ""
+    """How the root's line ends: survives to the last layer | dies | splits into k | merges into SAE/feature."""
+    summary: str = ""
+    """One line: born, splits, last seen, ending."""
 
 
 class LayerPair(msgspec.Struct):

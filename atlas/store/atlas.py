@@ -210,3 +210,9 @@ class Writer:
             self.con.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM _incoming")
         finally:
             self.con.unregister("_incoming")
+
+    def replace_widths(self, sae_a: str, sae_b: str, rows) -> None:
+        """Store one width pair's rows (an Arrow table of the widths columns), replacing earlier ones."""
+        with self.transaction() as con:
+            con.execute("DELETE FROM widths WHERE sae_a = ? AND sae_b = ?", [sae_a, sae_b])
+            self.insert_arrow("widths", rows)
