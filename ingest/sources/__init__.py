@@ -101,6 +101,8 @@ def finish(rec: SAERecord, where: str, overrides: dict) -> SAERecord:
 
 def find_sae_folders(root: Path) -> list[Path]:
     """SAE folders under root (any supported layout), sorted; a folder name that is not valid UTF-8 is refused."""
+    if not root.exists():
+        raise SAEError(f"{root}: no such file or folder")
     found = set()
     for marker in MARKERS:
         for p in root.rglob(marker):
@@ -109,7 +111,8 @@ def find_sae_folders(root: Path) -> list[Path]:
             except UnicodeEncodeError:
                 raise SAEError(f"{ascii(str(p.parent))[1:-1]}: folder name is not valid UTF-8; rename it") from None
             found.add(p.parent)
-    return sorted(found)
+    # sparsify's best/ copies come after the run's own folders, so shared weights keep their run's name
+    return sorted(found, key=lambda p: ("best" in p.relative_to(root).parts, p))
 
 
 __all__ = ["FORMATS", "READERS", "SAEError", "detect_format", "find_sae_folders", "load_stored",
