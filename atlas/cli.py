@@ -365,14 +365,25 @@ def labels():
 
 @labels.command("import")
 @click.argument("path", type=click.Path(exists=True, path_type=Path))
-@click.option("--sae", "sae_id", default=None, help="Store into this SAE instead of the one with the export's neuronpedia_id.")
+@click.option("--sae", "sae_id", default=None, help="Store into this SAE instead of the one with the rows' neuronpedia id.")
+@click.option("--explainer", default=None,
+              help="Take labels by this explainer (explanationModelName, or the <explainer> of explanations-<explainer>/) "
+                   "[default: per SAE, the one labelling most features].")
 @click.pass_context
-def labels_import(ctx, path, sae_id):
-    """Import v1/<model>/<source>/{explanations,features}/*.jsonl[.gz] (plain or gzipped)."""
+def labels_import(ctx, path, sae_id, explainer):
+    """Import a Neuronpedia export: v1/<model>/<source>/{explanations,features,activations}/*.jsonl[.gz],
+    one of those folders alone, explanations-<explainer>/ folders, or the explanation export API's JSON array.
+    Rows go to the SAE whose neuronpedia id is their modelId/layer."""
     from ingest.jobs.labels import import_labels
 
-    s = import_labels(_atlas(ctx), path, sae_id)
-    click.echo(f"imported {s.files} files: labels {s.labels or 'none'}, stats {s.stats or 'none'}")
+    s = import_labels(_atlas(ctx), path, sae_id, explainer)
+    for sid, n in s.labels.items():
+        click.echo(f"{sid}: {n} features labelled (explainer {s.explainers[sid]})")
+    for sid, n in s.stats.items():
+        click.echo(f"{sid}: stats for {n} features")
+    for sid, n in s.examples.items():
+        click.echo(f"{sid}: {n} top-activation examples")
+    click.echo(f"imported {s.files} files: {sum(s.labels.values())} features labelled")
 
 
 @main.command()
