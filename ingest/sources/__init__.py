@@ -67,6 +67,9 @@ def load_stored(source: str, fmt: str, sha256: str, sae_id: str):
     """Weights of an SAE already in the atlas, re-read from its source and checked against its hash."""
     if fmt == "saelens" and ":" in source and not Path(source).exists():  # atlases before the release format
         fmt = "release"
+    if fmt != "release" and not Path(source).exists():
+        raise SAEError(f"{sae_id}: its weights at {source} are missing; if they moved, run "
+                       f"`atlas saes reroot OLD_FOLDER NEW_FOLDER`")
     rec = READERS[fmt].read(source if fmt == "release" else Path(source))
     w = rec.weights
     if w.sha256() != sha256:
