@@ -67,15 +67,22 @@ def init(ctx):
 @click.option("--seeds", "n_seeds", type=int, default=2, show_default=True, help="Seed siblings of the base stack.")
 @click.option("--no-second-dataset", is_flag=True, help="Skip the dataset-B sibling stack.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed of the family.")
+@click.option("--widths", "widths", default="2x,4x", show_default=True,
+              help="Wider SAEs of layer 1 (width family): sizes, or Nx for N times --d-sae; '' for none.")
 @click.option("--ingest/--no-ingest", "do_ingest", default=True, show_default=True,
               help="Ingest the family into the atlas.")
 @click.pass_context
-def synth(ctx, out, d_in, d_sae, n_layers, n_seeds, no_second_dataset, seed, do_ingest):
+def synth(ctx, out, d_in, d_sae, n_layers, n_seeds, no_second_dataset, seed, widths, do_ingest):
     """Write a planted-truth SAE family (sae_lens layout + ground truth) and ingest it."""
     from .synth import SynthConfig, generate, n_saes
 
+    try:
+        sizes = tuple(int(w[:-1]) * d_sae if w.endswith("x") else int(w) for w in widths.split(",") if w.strip())
+    except ValueError:
+        raise ValueError(f"--widths takes sizes or Nx separated by commas, got {widths!r}") from None
     cfg = SynthConfig(d_in=d_in, d_sae=d_sae, n_layers=n_layers, n_seeds=n_seeds,
-                      second_dataset=not no_second_dataset, seed=seed)
+                      second_dataset=not no_second_dataset, seed=seed, widths=sizes,
+                      width_layer=min(1, n_layers - 1))
     with _bar(n_saes(cfg), "synth") as bar:
         folders = generate(cfg, out, progress=lambda: bar.update())
     click.echo(f"wrote {len(folders)} SAEs and {out / 'ground_truth.parquet'}")
@@ -214,8 +221,9 @@ def info(ctx, sae):
 
 
 @main.command()
-@click.option("--pairs", "selection", type=click.Choice(["adjacent", "distance", "siblings", "list"]),
-              default="adjacent", show_default=True, help="Which SAE pairs to match.")
+@click.option("--pairs", "selection", type=click.Choice(["adjacent", "distance", "siblings", "widths", "list"]),
+              default="adjacent", show_default=True,
+              help="Which SAE pairs to match; widths: each SAE with its next wider sibling (feature splitting).")
 @click.option("--distance", type=int, default=2, show_default=True, help="Largest layer distance for --pairs distance.")
 @click.option("--stack", default=None, help="Only pairs in (or, for siblings, touching) this stack.")
 @click.option("--pair", "explicit", multiple=True, help="SAE_A:SAE_B, repeatable (implies --pairs list).")
@@ -223,7 +231,9 @@ def info(ctx, sae):
               help="Repeatable [default: decoder_cos; siblings also encoder_cos].")
 @click.option("-k", "k", type=int, default=16, show_default=True, help="Candidates kept per feature and direction.")
 @click.option("--floor", type=float, default=0.3, show_default=True, help="Below this cosine a feature stays unassigned.")
-@click.option("--tau", type=float, default=0.7, show_default=True, help="Score at which an assigned pair counts as matched.")
+@click.option("--tau", type=float, default=None,
+              help="Score at which an assigned pair counts as matched [default: 0.7]; with --pairs widths the "
+                   "least cosine of a child to its parent [default: 0.5].")
 @click.option("--solver", type=click.Choice(["auto", "dense", "sparse"]), default="auto", show_default=True)
 @click.option("--publish-every", type=float, default=60.0, show_default=True,
               help="Seconds between publishing finished pairs to readers (a kill loses at most this much).")
@@ -238,6 +248,7 @@ def match(ctx, selection, distance, stack, explicit, methods, k, floor, tau, sol
     from .match.pair import MatchParams
 
     atlas = _atlas(ctx)
+    widths = selection == "widths"
     if explicit:
         selection = "list"
     pairs_given = [tuple(p.split(":", 1)) for p in explicit]
@@ -248,9 +259,12 @@ def match(ctx, selection, distance, stack, explicit, methods, k, floor, tau, sol
     methods = list(methods) or (["decoder_cos", "encoder_cos"] if selection == "siblings" else ["decoder_cos"])
     if not pairs:
         raise ValueError(f"no pairs selected ({selection}); see `atlas saes`")
+    if widths:
+        _match_widths(atlas, pairs, tau)
+        return
     from ingest.executors import make_executor
 
-    params = MatchParams(k=k, floor=floor, tau=tau, solver=solver)
+    params = MatchParams(k=k, floor=floor, tau=0.7 if tau is None else tau, solver=solver)
     ex = make_executor(executor, address)
     try:
         with _bar(len(pairs) * len(methods), "match") as bar:
@@ -262,6 +276,18 @@ def match(ctx, selection, distance, stack, explicit, methods, k, floor, tau, sol
                f"({summary.seconds:.1f} s)")
     if summary.results:
         click.echo(summary.report())
+
+
+def _match_widths(atlas, pairs, tau):
+    from ingest.jobs.widths import run_widths
+
+    from .match.widths import WidthParams
+
+    params = WidthParams() if tau is None else WidthParams(tau=tau)
+    with _bar(len(pairs), "widths") as bar:
+        s = run_widths(atlas, pairs, params, progress=lambda *_: bar.update())
+    click.echo(f"matched {len(s.computed)} width pairs, skipped {len(s.skipped)} already done ({s.seconds:.1f} s); "
+               f"narrow features: " + ", ".join(f"{n} {c}" for c, n in sorted(s.classes.items())))
 
 
 @main.command()

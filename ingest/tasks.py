@@ -54,17 +54,20 @@ class TaskResult:
     host: str
 
 
-_CACHE: dict[str, object] = {}  # per worker process: the last SAEs read, a stack walks them in order
+# Per worker process: the last SAEs read (a stack walks them in order). Keyed by id *and* weight hash:
+# after `ingest --replace` the same id names other weights, and a long-lived process must not reuse the old.
+_CACHE: dict[tuple[str, str], object] = {}
 
 
 def _weights(ref: SAERef):
     from ingest.sources import load_stored
 
-    if ref.sae_id not in _CACHE:
+    key = (ref.sae_id, ref.sha256)
+    if key not in _CACHE:
         if len(_CACHE) >= 4:
             _CACHE.pop(next(iter(_CACHE)))
-        _CACHE[ref.sae_id] = load_stored(ref.source, ref.fmt, ref.sha256, ref.sae_id)
-    return _CACHE[ref.sae_id]
+        _CACHE[key] = load_stored(ref.source, ref.fmt, ref.sha256, ref.sae_id)
+    return _CACHE[key]
 
 
 def run_pair(task: PairTask, out_dir: str) -> TaskResult:
