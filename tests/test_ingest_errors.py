@@ -69,3 +69,10 @@ def test_non_utf8_folder_name_refused_in_one_line(tmp_path):
     r = CliRunner().invoke(main, ["--atlas", str(tmp_path / "a.duckdb"), "ingest", "-r", str(root)])
     assert r.exit_code == 2 and r.output.count("\n") == 1, r.output
     assert "folder name is not valid UTF-8" in r.output and "layer\\udcff" in r.output
+
+
+def test_cli_format_choices_are_the_reader_registry():
+    from ingest.sources import FORMATS
+
+    fmt = next(p for p in main.commands["ingest"].params if p.name == "fmt")
+    assert set(fmt.type.choices) == set(FORMATS) - {"release"}  # releases go by --release
