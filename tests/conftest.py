@@ -46,3 +46,17 @@ def build_atlas(path: Path, folders: list[Path], match: bool = True) -> Atlas:
 @pytest.fixture(scope="session")
 def synth_atlas(family, tmp_path_factory) -> Atlas:
     return build_atlas(tmp_path_factory.mktemp("atlas") / "atlas.duckdb", family[1])
+
+
+def planted_flow(truth: list[dict], stack_ids: list[str], d_sae: int) -> list[tuple[int, int | None, int | None]]:
+    """(layer, births, deaths) of the base stack from ground truth, as `birth_death` counts them at tau 0.8:
+    a carried feature (cosine ~0.99) and one child of a split (~0.89) continue; a death and both parents of
+    a merge (~0.71) end; the unassigned split child and the merged feature are born."""
+    out = []
+    for layer, sae in enumerate(stack_ids):
+        going = {t["feature_a"] for t in truth if t["sae_a"] == sae and t["kind"] in ("carry", "split")}
+        coming = {t["feature_a"] for t in truth if layer and t["sae_a"] == stack_ids[layer - 1]
+                  and t["kind"] in ("carry", "split")}
+        out.append((layer, None if layer == 0 else d_sae - len(coming),
+                    None if layer == len(stack_ids) - 1 else d_sae - len(going)))
+    return out

@@ -50,7 +50,18 @@ def record_from_state(cfg: dict, t: dict[str, np.ndarray], wfile: Path | str, so
     weights = SAEWeights(W_enc=need(t, "W_enc", wfile), W_dec=need(t, "W_dec", wfile),
                          b_enc=need(t, "b_gate" if gated else "b_enc", wfile), b_dec=need(t, "b_dec", wfile),
                          threshold=t.get("threshold"), extra=extra)
+    if cfg.get("rescale_acts_by_decoder_norm"):
+        weights = fold_decoder_norm(weights)
     return SAERecord(meta, weights)
+
+
+def fold_decoder_norm(w: SAEWeights) -> SAEWeights:
+    """sae_lens's `rescale_acts_by_decoder_norm` (top-k SAEs) multiplies pre-activations by ‖W_dec[i]‖ and
+    divides them back before decoding. Folded as sae_lens's own fold_W_dec_norm does: unit decoder rows,
+    encoder (and threshold) scaled up, the same activations for plain encode/decode."""
+    n = np.linalg.norm(w.W_dec, axis=1).astype(np.float32)
+    return SAEWeights(W_enc=w.W_enc * n, W_dec=w.W_dec / n[:, None], b_enc=w.b_enc * n, b_dec=w.b_dec,
+                      threshold=None if w.threshold is None else w.threshold * n, extra=w.extra)
 
 
 def meta_from_cfg(cfg: dict, path: Path) -> SAEMeta:
