@@ -206,3 +206,21 @@ def test_gpu_check_reports_no_cuda_and_exits_0():
     report = json.loads(out.stdout.strip().splitlines()[-1])
     assert report["cuda"] is False and "no CUDA" in report["skipped"]
     assert "faiss_num_gpus" in report
+
+
+def test_make_gpu_check_runs_this_module():
+    from pathlib import Path
+
+    make = (Path(__file__).parents[1] / "Makefile").read_text()
+    assert "gpu-check:" in make and "-m bench.gpu_check" in make
+
+
+def test_cofiring_bench_measures_recall_and_the_bound_on_a_tiny_pair():
+    """The bench section's own pieces at a tiny size: planted pairs found, recall against its dense sample."""
+    from bench.correlation import _bound, _ours
+
+    ours = _ours(256, 256, 6000, 0, 10**6, 16)
+    assert ours["tokens"] == 6000 and ours["error_bound"] == 0.0
+    assert ours["recall_top16"] == 1.0 and ours["planted_top1"] > 0.95 and ours["max_abs_r_diff_top16"] < 1e-9
+    bound = _bound(256, 256, 6000, 0)
+    assert bound["bound_pairs"] == ours["pairs_kept"] and bound["bound_s"] > 0
