@@ -1,5 +1,11 @@
-"""The served atlas: a locked-down read-only connection on the current snapshot, reopened when a job
-publishes a new one, and a cursor per request (DuckDB cursors are per thread)."""
+"""The served atlas: the newest published snapshot, each on its own DuckDB instance, with its caches.
+
+A request takes the current Snapshot once and asks it for everything (cursor, layers, edge index), so one
+answer never mixes two snapshots. When a job publishes, the next request opens the new file on a fresh
+DuckDB instance; requests still running on the old one finish there, and it closes when the last of them
+drops it. Caches live on the Snapshot, are filled from its own cursor, and are built outside the state
+lock (one builder per cache, others wait for it).
+"""
 
 from __future__ import annotations
 
@@ -7,13 +13,59 @@ import os
 import threading
 from pathlib import Path
 
+from atlas.match.methods import method as method_info
 from atlas.queries import IndexCache
 from atlas.queries.lineage import EdgeIndex
-from atlas.queries.sqlguard import connect_serving
 from atlas.store import Atlas
+from atlas.store.atlas import open_snapshot
+from atlas.store.leases import Lease
 from atlas.store.schema import check_version
 
 from .settings import Settings
+
+
+class Snapshot:
+    """One published atlas file, open read-only on its own DuckDB instance."""
+
+    def __init__(self, path: Path, settings: Settings):
+        self.con, self.stamp = open_snapshot(path, settings.memory_limit, settings.threads)
+        self.id = f"{self.stamp[0]}-{self.stamp[1]}"
+        check_version(self.con, str(path))
+        self._locks: dict[str, threading.Lock] = {}
+        self._guard = threading.Lock()
+        self._cache: dict[str, object] = {}
+        self.index_files = {r[0] for r in self.con.cursor().execute(
+            "SELECT index_file FROM saes WHERE index_file IS NOT NULL").fetchall()}
+
+    def cursor(self):
+        """A cursor for one request (DuckDB cursors are per thread)."""
+        return self.con.cursor()
+
+    def _cached(self, key: str, build):
+        if key in self._cache:
+            return self._cache[key]
+        with self._guard:
+            lock = self._locks.setdefault(key, threading.Lock())
+        with lock:  # one builder per key; the state lock is never held meanwhile
+            if key not in self._cache:
+                self._cache[key] = build()
+            return self._cache[key]
+
+    def layers(self) -> dict[str, int]:
+        """sae_id -> layer."""
+        return self._cached("layers", lambda: dict(self.cursor().execute("SELECT sae_id, layer FROM saes").fetchall()))
+
+    def methods(self) -> list[str]:
+        """Matching methods present in this snapshot."""
+        return self._cached("methods", lambda: [r[0] for r in self.cursor().execute(
+            "SELECT DISTINCT method FROM pair_stats ORDER BY 1").fetchall()])
+
+    def edge_index(self, method: str) -> EdgeIndex | None:
+        """Lineage's in-memory edge index of `method` (similarity methods only), built on first use."""
+        floor = method_info(method).index_floor
+        if floor is None:
+            return None
+        return self._cached(f"edges:{method}", lambda: EdgeIndex(self.cursor(), method, floor))
 
 
 class AtlasState:
@@ -22,53 +74,31 @@ class AtlasState:
         self.settings = settings
         self.indexes = IndexCache(self.atlas.index_dir)
         self._lock = threading.Lock()
-        self._con = None
-        self._stamp = None
-        self._edge_indexes: dict[str, EdgeIndex] = {}
-        self._layers: dict[str, int] | None = None
-        self._methods: list[str] | None = None
+        self._current: Snapshot | None = None
+        self._lease = Lease(self.atlas.dir)
 
-    def _snapshot_stamp(self):
+    def _stamp(self) -> tuple[int, int]:
         st = os.stat(self.atlas.path)
         return st.st_ino, st.st_mtime_ns
 
+    def snapshot(self) -> Snapshot:
+        """The newest published snapshot (opened on first use after a job publishes it)."""
+        stamp = self._stamp()
+        current = self._current
+        if current is not None and current.stamp == stamp:
+            return current
+        with self._lock:
+            if self._current is None or self._current.stamp != stamp:
+                snap = Snapshot(self.atlas.path, self.settings)  # the file there now (maybe newer than stamp)
+                self._lease.hold(snap.index_files | (self._current.index_files if self._current else set()))
+                self._current = snap
+            return self._current
+
     def cursor(self):
-        """A cursor on the newest published snapshot."""
-        stamp = self._snapshot_stamp()
-        with self._lock:
-            if stamp != self._stamp:
-                # The old connection stays alive while cursors opened on it finish (they hold it).
-                con = connect_serving(str(self.atlas.path), self.settings.memory_limit, self.settings.threads)
-                check_version(con, str(self.atlas.path))
-                self._con = con
-                self._edge_indexes = {}
-                self._layers = None
-                self._methods = None
-                self._stamp = stamp
-            return self._con.cursor()
+        """A cursor on the newest snapshot (for callers that need nothing else from it)."""
+        return self.snapshot().cursor()
 
-    def layers(self, con) -> dict[str, int]:
-        """sae_id -> layer of this snapshot."""
-        if self._layers is None:
-            self._layers = dict(con.execute("SELECT sae_id, layer FROM saes").fetchall())
-        return self._layers
-
-    def methods(self, con) -> list[str]:
-        """Matching methods present in this snapshot."""
-        if self._methods is None:
-            self._methods = [r[0] for r in con.execute("SELECT DISTINCT method FROM pair_stats ORDER BY 1").fetchall()]
-        return self._methods
-
-    def edge_index(self, method: str, con) -> EdgeIndex | None:
-        """Lineage's in-memory edge index for this snapshot (similarity methods), built on first use."""
-        if method.endswith("_mse"):
-            return None
-        with self._lock:
-            if method not in self._edge_indexes:
-                self._edge_indexes[method] = EdgeIndex(con, method)
-            return self._edge_indexes[method]
-
-    @property
-    def snapshot(self) -> str:
-        ino, mtime = self._stamp or self._snapshot_stamp()
-        return f"{ino}-{mtime}"
+    def close(self) -> None:
+        """At shutdown: drop the snapshot and the lease."""
+        self._current = None
+        self._lease.release()

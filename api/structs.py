@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 
 from atlas.queries import LayerPair, Orphans
-
-
-class Error(msgspec.Struct):
-    ok: bool
-    error: str
-    status: int
 
 
 class Health(msgspec.Struct):
@@ -115,12 +109,26 @@ class Matrix(msgspec.Struct):
     values: list[list[float | None]]
 
 
-class SearchRequest(msgspec.Struct):
-    vector: list[float] | None = None
-    sae_id: str | None = None
-    feature: int | None = None
-    k: int = 10
-    saes: list[str] | None = None
+class SearchRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """A vector (d_in numbers), or an SAE id and feature; k hits among `saes` (default: all of that width)."""
+
+    vector: Annotated[list[Annotated[float, msgspec.Meta(ge=-1e30, le=1e30)]], msgspec.Meta(
+        min_length=1, max_length=65536)] | None = None
+    sae_id: Annotated[str, msgspec.Meta(min_length=1, max_length=512)] | None = None
+    feature: Annotated[int, msgspec.Meta(ge=0, le=2**31 - 1)] | None = None
+    k: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 10
+    saes: Annotated[list[Annotated[str, msgspec.Meta(max_length=512)]], msgspec.Meta(max_length=1000)] | None = None
+
+
+SQLFormat = Literal["json", "csv", "arrow", "parquet"]
+
+
+class SQLRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """POST /api/sql body."""
+
+    sql: Annotated[str, msgspec.Meta(min_length=1, max_length=100_000)]
+    format: SQLFormat = msgspec.field(default="json", name="_format")
+    limit: Annotated[int, msgspec.Meta(ge=0)] | None = msgspec.field(default=None, name="_limit")
 
 
 class SQLResult(msgspec.Struct):

@@ -67,15 +67,22 @@ def init(ctx):
 @click.option("--seeds", "n_seeds", type=int, default=2, show_default=True, help="Seed siblings of the base stack.")
 @click.option("--no-second-dataset", is_flag=True, help="Skip the dataset-B sibling stack.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed of the family.")
+@click.option("--widths", "widths", default="2x,4x", show_default=True,
+              help="Wider SAEs of layer 1 (width family): sizes, or Nx for N times --d-sae; '' for none.")
 @click.option("--ingest/--no-ingest", "do_ingest", default=True, show_default=True,
               help="Ingest the family into the atlas.")
 @click.pass_context
-def synth(ctx, out, d_in, d_sae, n_layers, n_seeds, no_second_dataset, seed, do_ingest):
+def synth(ctx, out, d_in, d_sae, n_layers, n_seeds, no_second_dataset, seed, widths, do_ingest):
     """Write a planted-truth SAE family (sae_lens layout + ground truth) and ingest it."""
     from .synth import SynthConfig, generate, n_saes
 
+    try:
+        sizes = tuple(int(w[:-1]) * d_sae if w.endswith("x") else int(w) for w in widths.split(",") if w.strip())
+    except ValueError:
+        raise ValueError(f"--widths takes sizes or Nx separated by commas, got {widths!r}") from None
     cfg = SynthConfig(d_in=d_in, d_sae=d_sae, n_layers=n_layers, n_seeds=n_seeds,
-                      second_dataset=not no_second_dataset, seed=seed)
+                      second_dataset=not no_second_dataset, seed=seed, widths=sizes,
+                      width_layer=min(1, n_layers - 1))
     with _bar(n_saes(cfg), "synth") as bar:
         folders = generate(cfg, out, progress=lambda: bar.update())
     click.echo(f"wrote {len(folders)} SAEs and {out / 'ground_truth.parquet'}")
@@ -96,23 +103,20 @@ def _ingest_paths(ctx, paths, overrides, replace, factory, fmt=None, executor="i
     finally:
         ex.close()
     rate = summary.features / summary.seconds if summary.seconds else 0
+    merged = f", {len(summary.merged)} already stored under another id (metadata merged)" if summary.merged else ""
     click.echo(f"ingested into {atlas.path}: {len(summary.added)} added, {len(summary.replaced)} replaced, "
-               f"{len(summary.unchanged)} unchanged ({summary.features} features, {rate:,.0f} features/s)")
-
-
-def find_sae_folders(root: Path) -> list[Path]:
-    """SAE folders under root (any supported layout), sorted by path."""
-    names = ("sae_weights.safetensors", "params.npz", "params.safetensors", "sae.safetensors")
-    return sorted({p.parent for n in names for p in root.rglob(n)})
+               f"{len(summary.unchanged)} unchanged{merged} ({summary.features} features, {rate:,.0f} features/s)")
 
 
 @main.command("ingest")
 @click.argument("sources", nargs=-1, required=True)
-@click.option("--format", "fmt", type=click.Choice(["saelens", "gemmascope", "sparsify"]), default=None,
-              help="Layout of the files [default: detected].")
+@click.option("--format", "fmt", type=click.Choice(["saelens", "gemmascope", "sparsify", "dictionary_learning"]),
+              default=None, help="Layout of the files [default: detected].")
 @click.option("--recursive", "-r", is_flag=True, help="Ingest every SAE folder found under each SOURCE.")
-@click.option("--release", is_flag=True, help="SOURCES are sae_lens release:sae_id names (downloads; needs a network).")
-@click.option("--id", "sae_id", default=None, help="SAE id to store under [default: model-site+layer-width-seed-dataset].")
+@click.option("--release", is_flag=True,
+              help="SOURCES are sae_lens releases: RELEASE:SAE_ID for one SAE, RELEASE for all it lists "
+                   "(from the Hugging Face Hub, or its local cache with HF_HUB_OFFLINE=1).")
+@click.option("--id", "sae_id", default=None, help="SAE id to store under [default: model-site+layer-kind-width-variant-seed-dataset].")
 @click.option("--model", default=None, help="Model name, where the file does not say.")
 @click.option("--hook", default=None, help="Hook name, e.g. blocks.12.hook_resid_post.")
 @click.option("--site", type=click.Choice(["resid", "mlp", "attn"]), default=None)
@@ -127,18 +131,20 @@ def find_sae_folders(root: Path) -> list[Path]:
 @click.option("--address", default=None, help="Ray cluster address [default: start a local one].")
 @click.pass_context
 def ingest_cmd(ctx, sources, fmt, recursive, release, sae_id, replace, index_factory, executor, address, **meta):
-    """Read SAEs (sae_lens folder, Gemma Scope params.npz, sparsify folder) into the atlas.
+    """Read SAEs into the atlas: sae_lens folders, Gemma Scope trees, sparsify runs, dictionary_learning
+    sweeps (see README: supported layouts), or sae_lens releases by name with --release.
 
     One job is one transaction: if any SAE is bad, nothing is stored and the atlas stays as it was.
+    The same weights by two routes are stored once (by hash); the second route fills missing metadata.
     """
+    from ingest.sources import find_sae_folders, release_names
+
     overrides = dict(meta, sae_id=sae_id)
     if release:
-        from ingest.jobs.ingest import ingest
-        from ingest.sources import read_pretrained
-
-        readers = [lambda s=s: read_pretrained(*s.split(":", 1), **overrides) for s in sources]
-        summary = ingest(_atlas(ctx), readers, replace=replace, factory=index_factory)
-        click.echo(f"ingested {len(summary.added) + len(summary.replaced)} SAEs")
+        names = release_names(sources)
+        if sae_id and len(names) > 1:
+            raise ValueError("--id names one SAE; give one RELEASE:SAE_ID with it")
+        _ingest_paths(ctx, names, overrides, replace, index_factory, "release", executor, address)
         return
     paths = [Path(s) for s in sources]
     if recursive:
@@ -150,21 +156,48 @@ def ingest_cmd(ctx, sources, fmt, recursive, release, sae_id, replace, index_fac
     _ingest_paths(ctx, paths, overrides, replace, index_factory, fmt, executor, address)
 
 
-@main.command()
+@main.group(invoke_without_command=True)
 @click.option("--stack", default=None, help="Only this stack.")
 @click.pass_context
 def saes(ctx, stack):
-    """List the SAEs in the atlas."""
+    """List the SAEs in the atlas (subcommands: set, reroot)."""
+    if ctx.invoked_subcommand is not None:
+        return
     from rich.console import Console
     from rich.table import Table
 
+    cols = ("sae_id", "model", "site", "layer", "kind", "d_in", "d_sae", "arch", "variant", "seed", "dataset", "stack")
     with _atlas(ctx).read() as con:
-        rows = con.execute("SELECT sae_id, model, site, layer, d_in, d_sae, arch, seed, dataset, stack FROM saes "
-                           "WHERE ? IS NULL OR stack = ? ORDER BY stack, layer", [stack, stack]).fetchall()
-    table = Table("sae_id", "model", "site", "layer", "d_in", "d_sae", "arch", "seed", "dataset", "stack")
+        rows = con.execute(f"SELECT {', '.join(cols)} FROM saes WHERE ? IS NULL OR stack = ? ORDER BY stack, layer",
+                           [stack, stack]).fetchall()
+    table = Table(*cols)
     for r in rows:
         table.add_row(*("" if v is None else str(v) for v in r))
     Console().print(table)
+
+
+@saes.command("set")
+@click.argument("sae")
+@click.option("--neuronpedia-id", required=True, help="modelId/sourceId, e.g. gemma-2-2b/20-gemmascope-res-16k ('' clears it).")
+@click.pass_context
+def saes_set(ctx, sae, neuronpedia_id):
+    """Set an SAE's Neuronpedia id after ingest (links, label import and lists use it)."""
+    from ingest.jobs.ingest import set_neuronpedia_id
+
+    set_neuronpedia_id(_atlas(ctx), sae, neuronpedia_id or None)
+    click.echo(f"{sae}: neuronpedia_id = {neuronpedia_id or 'none'}")
+
+
+@saes.command("reroot")
+@click.argument("old", type=click.Path(path_type=Path))
+@click.argument("new", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.pass_context
+def saes_reroot(ctx, old, new):
+    """Point SAE sources under folder OLD to folder NEW, after moving the weights (checked before storing)."""
+    from ingest.jobs.ingest import reroot
+
+    n = reroot(_atlas(ctx), old, new)
+    click.echo(f"re-rooted {n} SAE sources from {old} to {new.resolve()}")
 
 
 @main.command()
@@ -188,8 +221,9 @@ def info(ctx, sae):
 
 
 @main.command()
-@click.option("--pairs", "selection", type=click.Choice(["adjacent", "distance", "siblings", "list"]),
-              default="adjacent", show_default=True, help="Which SAE pairs to match.")
+@click.option("--pairs", "selection", type=click.Choice(["adjacent", "distance", "siblings", "widths", "list"]),
+              default="adjacent", show_default=True,
+              help="Which SAE pairs to match; widths: each SAE with its next wider sibling (feature splitting).")
 @click.option("--distance", type=int, default=2, show_default=True, help="Largest layer distance for --pairs distance.")
 @click.option("--stack", default=None, help="Only pairs in (or, for siblings, touching) this stack.")
 @click.option("--pair", "explicit", multiple=True, help="SAE_A:SAE_B, repeatable (implies --pairs list).")
@@ -197,7 +231,9 @@ def info(ctx, sae):
               help="Repeatable [default: decoder_cos; siblings also encoder_cos].")
 @click.option("-k", "k", type=int, default=16, show_default=True, help="Candidates kept per feature and direction.")
 @click.option("--floor", type=float, default=0.3, show_default=True, help="Below this cosine a feature stays unassigned.")
-@click.option("--tau", type=float, default=0.7, show_default=True, help="Score at which an assigned pair counts as matched.")
+@click.option("--tau", type=float, default=None,
+              help="Score at which an assigned pair counts as matched [default: 0.7]; with --pairs widths the "
+                   "least cosine of a child to its parent [default: 0.5].")
 @click.option("--solver", type=click.Choice(["auto", "dense", "sparse"]), default="auto", show_default=True)
 @click.option("--publish-every", type=float, default=60.0, show_default=True,
               help="Seconds between publishing finished pairs to readers (a kill loses at most this much).")
@@ -212,6 +248,7 @@ def match(ctx, selection, distance, stack, explicit, methods, k, floor, tau, sol
     from .match.pair import MatchParams
 
     atlas = _atlas(ctx)
+    widths = selection == "widths"
     if explicit:
         selection = "list"
     pairs_given = [tuple(p.split(":", 1)) for p in explicit]
@@ -222,9 +259,12 @@ def match(ctx, selection, distance, stack, explicit, methods, k, floor, tau, sol
     methods = list(methods) or (["decoder_cos", "encoder_cos"] if selection == "siblings" else ["decoder_cos"])
     if not pairs:
         raise ValueError(f"no pairs selected ({selection}); see `atlas saes`")
+    if widths:
+        _match_widths(atlas, pairs, tau)
+        return
     from ingest.executors import make_executor
 
-    params = MatchParams(k=k, floor=floor, tau=tau, solver=solver)
+    params = MatchParams(k=k, floor=floor, tau=0.7 if tau is None else tau, solver=solver)
     ex = make_executor(executor, address)
     try:
         with _bar(len(pairs) * len(methods), "match") as bar:
@@ -236,6 +276,18 @@ def match(ctx, selection, distance, stack, explicit, methods, k, floor, tau, sol
                f"({summary.seconds:.1f} s)")
     if summary.results:
         click.echo(summary.report())
+
+
+def _match_widths(atlas, pairs, tau):
+    from ingest.jobs.widths import run_widths
+
+    from .match.widths import WidthParams
+
+    params = WidthParams() if tau is None else WidthParams(tau=tau)
+    with _bar(len(pairs), "widths") as bar:
+        s = run_widths(atlas, pairs, params, progress=lambda *_: bar.update())
+    click.echo(f"matched {len(s.computed)} width pairs, skipped {len(s.skipped)} already done ({s.seconds:.1f} s); "
+               f"narrow features: " + ", ".join(f"{n} {c}" for c, n in sorted(s.classes.items())))
 
 
 @main.command()

@@ -8,8 +8,31 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-ARCHITECTURES = ("standard", "jumprelu", "topk", "batchtopk", "gated")
 SITES = ("resid", "mlp", "attn")
+KINDS = ("sae", "transcoder", "skip_transcoder")
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """What an architecture needs beyond W_enc, W_dec, b_enc, b_dec; its encoder lives in atlas.encode."""
+
+    name: str
+    tensors: tuple[str, ...] = ()  # required extra tensors, [d_sae] each
+    needs_k: bool = False
+    aliases: tuple[str, ...] = ()
+
+
+# One registry, as SAELens keeps one: readers, validation and atlas.encode all look architectures up here.
+ARCHS = {a.name: a for a in (
+    Architecture("standard", aliases=("relu", "autoencoder", "p_anneal")),
+    Architecture("jumprelu", tensors=("threshold",), aliases=("jumpreluautoencoder",)),
+    Architecture("topk", needs_k=True, aliases=("autoencodertopk",)),
+    Architecture("batchtopk", needs_k=True, aliases=("batchtopksae", "matryoshkabatchtopksae")),
+    Architecture("gated", tensors=("b_mag", "r_mag"), aliases=("gatedautoencoder",)),
+    Architecture("groupmax", needs_k=True),
+)}
+ARCHITECTURES = tuple(ARCHS)
+_ALIASES = {alias: a.name for a in ARCHS.values() for alias in (a.name, *a.aliases)}
 _ID_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -20,16 +43,17 @@ class SAEError(ValueError):
 @dataclass
 class SAEWeights:
     W_enc: np.ndarray  # [d_in, d_sae]
-    W_dec: np.ndarray  # [d_sae, d_in]; row i is feature i's direction
-    b_enc: np.ndarray  # [d_sae]
-    b_dec: np.ndarray  # [d_in]
-    threshold: np.ndarray | None = None  # [d_sae], JumpReLU only
+    W_dec: np.ndarray  # [d_sae, d_out]; row i is feature i's direction (d_out = d_in except for transcoders)
+    b_enc: np.ndarray  # [d_sae]; the gate's bias for gated SAEs (it decides which features fire)
+    b_dec: np.ndarray  # [d_out]
+    threshold: np.ndarray | None = None  # [d_sae], JumpReLU (and thresholded batch-top-k) only
+    extra: dict[str, np.ndarray] = field(default_factory=dict)  # b_mag, r_mag (gated); W_skip [d_out, d_in]
 
     def tensors(self) -> dict[str, np.ndarray]:
         out = {"W_enc": self.W_enc, "W_dec": self.W_dec, "b_enc": self.b_enc, "b_dec": self.b_dec}
         if self.threshold is not None:
             out["threshold"] = self.threshold
-        return out
+        return out | self.extra
 
     def sha256(self) -> str:
         """Hash of the tensors themselves, so the same weights hash alike in any file format."""
@@ -58,12 +82,28 @@ class SAEMeta:
     sha256: str = ""
     neuronpedia_id: str | None = None
     sae_id: str = ""
+    release: str | None = None  # sae_lens release, Hugging Face repo or training run the SAE comes from
+    variant: str | None = None  # the source's own name among siblings: average_l0_71, canonical, trainer_3, seed1, best
+    kind: str = "sae"  # sae | transcoder | skip_transcoder
+    hook_out: str | None = None  # transcoders: where the decoder writes (site and layer come from it)
+    d_out: int | None = None  # transcoders: width of the output space, the decoder rows' space
+    l0: float | None = None  # average L0 where the source states it
     extra: dict = field(default_factory=dict)
 
     @property
+    def family(self) -> str | None:
+        """The variant family that spans layers: Gemma Scope's average_l0_N differs per layer, so those
+        SAEs stack only through a canonical release; seeds, trainers and `best` keep their name."""
+        if self.variant is None or self.variant.startswith("average_l0_"):
+            return None
+        return self.variant
+
+    @property
     def stack(self) -> str:
-        """SAEs of one model, site, width, architecture, seed and dataset, ordered by layer."""
-        return slug(f"{self.model}-{self.site}-w{self.d_sae}-{self.arch}-s{self.seed}-{self.dataset}")
+        """SAEs of one model, site, kind, width, architecture, seed, dataset and variant family, by layer."""
+        kind = "" if self.kind == "sae" else f"-{self.kind}"
+        family = f"-{self.family}" if self.family else ""
+        return slug(f"{self.model}-{self.site}{kind}-w{self.d_sae}-{self.arch}-s{self.seed}-{self.dataset}{family}")
 
 
 @dataclass
@@ -77,14 +117,21 @@ def slug(text: str) -> str:
 
 
 def default_sae_id(meta: SAEMeta) -> str:
-    return slug(f"{meta.model}-{meta.site}{meta.layer}-w{meta.d_sae}-s{meta.seed}-{meta.dataset}")
+    """Readable and unique for distinct weights: model, site+layer, kind, width, variant, seed, dataset."""
+    dataset = meta.dataset.rstrip("/").rsplit("/", 1)[-1] if meta.dataset else None
+    parts = [meta.model, f"{meta.site}{meta.layer}", None if meta.kind == "sae" else meta.kind, f"w{meta.d_sae}",
+             meta.variant, None if meta.seed is None else f"s{meta.seed}", dataset]
+    return slug("-".join(p for p in parts if p))
 
 
 def parse_hook(hook: str) -> tuple[str | None, int | None]:
-    """(site, layer) from a TransformerLens or HF hook name: blocks.12.hook_resid_post, layers.6.mlp."""
+    """(site, layer) from a TransformerLens or HF hook name: blocks.12.hook_resid_post, layers.6.mlp.
+    The embedding (hook_embed, embed_tokens) is the residual stream before layer 0: layer -1."""
     m = re.search(r"(?:blocks|layers|layer|h)[._](\d+)", hook)
     layer = int(m.group(1)) if m else None
     low = hook.lower()
+    if layer is None and re.search(r"(?:^|[._])(?:hook_embed|embed_tokens|embed|wte)$", low):
+        return "resid", -1
     if "attn" in low or "hook_z" in low or "attention" in low:
         site = "attn"
     elif "mlp" in low:
@@ -97,41 +144,60 @@ def parse_hook(hook: str) -> tuple[str | None, int | None]:
 
 
 def normalise_arch(arch: str, where: str) -> str:
-    a = arch.lower().replace("-", "").replace("_", "")
-    table = {"standard": "standard", "relu": "standard", "jumprelu": "jumprelu", "topk": "topk",
-             "batchtopk": "batchtopk", "gated": "gated"}
-    if a not in table:
+    a = str(arch).lower().replace("-", "").replace("_", "")
+    if a not in _ALIASES:
         raise SAEError(f"{where}: unknown architecture {arch!r}; known: {', '.join(ARCHITECTURES)}")
-    return table[a]
+    return _ALIASES[a]
+
+
+# More dead (all-zero) decoder rows than this fraction is a broken or untrained file, not an SAE.
+MAX_DEAD_ROWS = 0.5
 
 
 def validate(rec: SAERecord, where: str) -> SAERecord:
-    """Check shapes and finiteness; fill d_in/d_sae/site/layer/sha256/sae_id. Raises SAEError."""
+    """Check shapes, finiteness and sanity; fill d_in/d_sae/site/layer/sha256/sae_id. Raises SAEError."""
     w, m = rec.weights, rec.meta
-    if w.W_dec.ndim != 2:
-        raise SAEError(f"{where}: tensor W_dec must be 2-D [d_sae, d_in], got shape {w.W_dec.shape}")
-    d_sae, d_in = w.W_dec.shape
-    expect = {"W_enc": (d_in, d_sae), "b_enc": (d_sae,), "b_dec": (d_in,)}
+    if w.W_dec.ndim != 2 or w.W_enc.ndim != 2:
+        raise SAEError(f"{where}: tensors W_enc and W_dec must be 2-D, got shapes {w.W_enc.shape} and {w.W_dec.shape}")
+    d_sae, d_out = w.W_dec.shape
+    d_in = w.W_enc.shape[0]
+    m.arch = normalise_arch(m.arch, where)
+    arch = ARCHS[m.arch]
+    if m.kind not in KINDS:
+        raise SAEError(f"{where}: kind {m.kind!r} is not one of {', '.join(KINDS)}")
+    if m.kind == "sae" and d_in != d_out:
+        raise SAEError(f"{where}: tensor W_enc has shape {w.W_enc.shape}, expected ({d_out}, {d_sae}) "
+                       f"(W_dec is [d_sae={d_sae}, d_in={d_out}])")
+    expect = {"W_enc": (d_in, d_sae), "b_enc": (d_sae,), "b_dec": (d_out,)}
     if w.threshold is not None:
         expect["threshold"] = (d_sae,)
+    expect |= {name: (d_sae,) for name in arch.tensors if name != "threshold"}
+    if "W_skip" in w.extra:
+        expect["W_skip"] = (d_out, d_in)
+    tensors = w.tensors()
     for name, shape in expect.items():
-        got = tuple(getattr(w, name).shape)
+        if name not in tensors:
+            raise SAEError(f"{where}: architecture {m.arch} needs tensor {name!r} {list(shape)}, none found")
+        got = tuple(tensors[name].shape)
         if got != shape:
             raise SAEError(f"{where}: tensor {name} has shape {got}, expected {shape} "
-                           f"(W_dec is [d_sae={d_sae}, d_in={d_in}])")
-    for name, t in w.tensors().items():
+                           f"(W_dec is [d_sae={d_sae}, d_out={d_out}])")
+    for name, t in tensors.items():
         if not np.isfinite(t).all():
             bad = int((~np.isfinite(t)).sum())
             raise SAEError(f"{where}: tensor {name} holds {bad} NaN/Inf values")
     if m.d_in and m.d_in != d_in or m.d_sae and m.d_sae != d_sae:
-        raise SAEError(f"{where}: config says d_in={m.d_in}, d_sae={m.d_sae} but W_dec is {w.W_dec.shape}")
-    m.arch = normalise_arch(m.arch, where)
-    if m.arch == "jumprelu" and w.threshold is None:
+        raise SAEError(f"{where}: config says d_in={m.d_in}, d_sae={m.d_sae} but W_enc is {w.W_enc.shape}")
+    if "threshold" in arch.tensors and w.threshold is None:
         raise SAEError(f"{where}: architecture jumprelu needs tensor 'threshold' [d_sae], none found")
-    if m.arch in ("topk", "batchtopk") and not m.k:
+    _check_sane(w, m.arch, where)
+    if arch.needs_k and not m.k:
         raise SAEError(f"{where}: architecture {m.arch} needs k (top-k) in its config")
-    site, layer = parse_hook(m.hook)
-    m = replace(m, d_in=d_in, d_sae=d_sae, site=m.site or site, layer=m.layer if m.layer is not None else layer)
+    if m.arch == "groupmax" and d_sae % m.k:
+        raise SAEError(f"{where}: groupmax needs d_sae ({d_sae}) divisible by k ({m.k})")
+    site, layer = parse_hook(m.hook_out or m.hook)
+    m = replace(m, d_in=d_in, d_sae=d_sae, d_out=d_out if m.kind != "sae" else None,
+                site=m.site or site, layer=m.layer if m.layer is not None else layer)
     if m.site is not None and m.site not in SITES:
         raise SAEError(f"{where}: site {m.site!r} is not one of {', '.join(SITES)}")
     if m.layer is None:
@@ -141,9 +207,21 @@ def validate(rec: SAERecord, where: str) -> SAERecord:
     return SAERecord(m, w)
 
 
+def _check_sane(w: SAEWeights, arch: str, where: str) -> None:
+    """Refuse weights no trained SAE has: a dead decoder, negative JumpReLU thresholds."""
+    dead = int((~w.W_dec.any(axis=1)).sum())
+    if dead == len(w.W_dec):
+        raise SAEError(f"{where}: tensor W_dec is all zeros (an untrained or broken file)")
+    if dead > MAX_DEAD_ROWS * len(w.W_dec):
+        raise SAEError(f"{where}: tensor W_dec has {dead} of {len(w.W_dec)} decoder rows all zero "
+                       f"(more than {MAX_DEAD_ROWS:.0%}: an untrained or broken file)")
+    if arch == "jumprelu" and w.threshold is not None and (w.threshold < 0).any():
+        bad = int((w.threshold < 0).sum())
+        raise SAEError(f"{where}: tensor threshold has {bad} negative values (JumpReLU thresholds are >= 0)")
+
+
 def as_f32(t, where: str, name: str) -> np.ndarray:
     a = np.asarray(t)
     if a.dtype.kind not in "fiu":
         raise SAEError(f"{where}: tensor {name} has non-numeric dtype {a.dtype}")
     return np.ascontiguousarray(a, dtype=np.float32)
-

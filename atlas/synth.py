@@ -3,7 +3,10 @@
 Layer l+1 of a stack is layer l's features, permuted, each drifted a little; a fraction die, some split
 (one parent, two children), some pairs merge, and births fill the freed slots with new directions.
 Sibling stacks (other seeds) share `seed_shared` of each layer's features and hold orphans elsewhere;
-a second dataset shares fewer. Output: sae_lens folders plus ground_truth.parquet. Deterministic.
+a second dataset shares fewer. A width family (`widths`) adds one layer of the base stack at larger
+dictionary sizes: each narrow feature is kept, split into a known group of wide ones (it is their sum), or
+absorbed, and the wide SAE holds novel features besides. Output: sae_lens folders plus
+ground_truth.parquet. Deterministic.
 """
 
 from __future__ import annotations
@@ -48,6 +51,17 @@ class SynthConfig:
     seed_noise: float = 0.2
     enc_disagree_frac: float = 0.05
     """Of the shared features, fraction whose encoder differs in the sibling (decoder agrees only)."""
+    widths: tuple[int, ...] = ()
+    """Larger dictionary sizes of layer `width_layer` of the base stack, each built from the one before."""
+    width_layer: int = 1
+    width_split_frac: float = 0.1
+    """Of a narrow SAE's features, fraction split into 2 or 3 wide features (the narrow one is their sum)."""
+    width_absorbed_frac: float = 0.03
+    """Fraction absorbed: the wider SAE holds them only as a small part of another feature (cosine ~0.3)."""
+    width_spread: float = 1.0
+    """Split children are unit(parent + spread * r) with the r's summing to zero: cosine 1/sqrt(1+spread^2)."""
+    width_drift: float = 0.2
+    """Noise of a kept feature between widths."""
     seed: int = 0
 
 
@@ -133,6 +147,45 @@ def sibling(cfg: SynthConfig, rng, base: np.ndarray, shared: float) -> tuple[np.
     return dec, enc, origin, enc_ok
 
 
+def widen(cfg: SynthConfig, rng, narrow: np.ndarray, width: int) -> tuple[np.ndarray, list[dict]]:
+    """A wider dictionary [width, d] grown from `narrow` [n, d], and its truth rows (kind kept | split |
+    absorbed | novel; feature_a narrow, feature_b wide). A split parent is the normalised sum of its children."""
+    n, d = narrow.shape
+    order = rng.permutation(n)
+    n_split, n_abs = round(cfg.width_split_frac * n), round(cfg.width_absorbed_frac * n)
+    split, absorbed, kept = order[:n_split], order[n_split:n_split + n_abs], order[n_split + n_abs:]
+    groups = rng.integers(2, 4, n_split)
+    n_novel = width - len(kept) - int(groups.sum())
+    if n_novel < n_abs:
+        raise ValueError(f"width {width} is too small to grow {n} features (needs {width - n_novel + n_abs})")
+    children: list[tuple[np.ndarray, int | None, str]] = []  # (direction, narrow parent, kind)
+    children += [(v, int(i), "kept") for v, i in zip(_noisy(rng, narrow[kept], cfg.width_drift), kept)]
+    for i, g in zip(split, groups):
+        # r_k = cos(2πk/g) u + sin(2πk/g) v with u, v orthonormal and ⟂ parent: equal norms, Σ r_k = 0,
+        # so Σ children ∝ parent exactly
+        basis = rng.standard_normal((2, d))
+        basis -= np.outer(basis @ narrow[i], narrow[i])
+        u = basis[0] / np.linalg.norm(basis[0])
+        v = basis[1] - (basis[1] @ u) * u
+        v /= np.linalg.norm(v)
+        for k in range(g):
+            r = np.cos(2 * np.pi * k / g) * u + np.sin(2 * np.pi * k / g) * v
+            children.append((_unit(narrow[i] + cfg.width_spread * r), int(i), "split"))
+    novel = _unit(rng.standard_normal((n_novel, d), dtype=np.float32))
+    for j, i in enumerate(absorbed):  # a novel feature carries a little of the absorbed narrow one
+        novel[j] = _unit(novel[j] + 0.3 * narrow[i])
+    children += [(v, None, "novel") for v in novel]
+    slot = rng.permutation(width)
+    wide = np.empty((width, d), dtype=np.float32)
+    truth = []
+    for c, (vec, parent, kind) in enumerate(children):
+        wide[slot[c]] = vec
+        truth.append(dict(kind=kind, feature_a=parent, feature_b=int(slot[c])))
+    truth += [dict(kind="absorbed", feature_a=int(i), feature_b=int(slot[len(children) - n_novel + j]))
+              for j, i in enumerate(absorbed)]
+    return wide, truth
+
+
 def thresholds(scale: np.ndarray, concepts: np.ndarray, layer: int) -> np.ndarray:
     """JumpReLU thresholds: a per-concept scale that a carried feature keeps, grown with depth as
     hidden-state norms grow. Concept -1 (an orphan) gets a fresh scale."""
@@ -193,6 +246,8 @@ def generate(cfg: SynthConfig, out: Path, progress=None) -> list[Path]:
                                  layer_b=layer, feature_b=slot, kind=kind, sae_a=base_ids[layer], sae_b=sid))
             if progress:
                 progress()
+    if cfg.widths:
+        rows += _width_family(cfg, decs[cfg.width_layer], base_ids[cfg.width_layer], out, folders, progress)
     table = pa.Table.from_pylist(rows, schema=pa.schema([
         ("kind", pa.string()), ("sae_a", pa.string()), ("feature_a", pa.int32()), ("layer_a", pa.int32()),
         ("sae_b", pa.string()), ("feature_b", pa.int32()), ("layer_b", pa.int32())]))
@@ -202,5 +257,28 @@ def generate(cfg: SynthConfig, out: Path, progress=None) -> list[Path]:
     return folders
 
 
+def _width_family(cfg: SynthConfig, base: np.ndarray, base_id: str, out: Path, folders: list[Path],
+                  progress=None) -> list[dict]:
+    """Write layer `width_layer` at each of cfg.widths, each grown from the one before; truth rows."""
+    if not 0 <= cfg.width_layer < cfg.n_layers:
+        raise ValueError(f"width_layer {cfg.width_layer} is not a layer of the stack (0..{cfg.n_layers - 1})")
+    rng = np.random.default_rng([cfg.seed, 1])  # its own stream: adding widths leaves the family as it was
+    narrow, narrow_id, rows = base, base_id, []
+    for width in cfg.widths:
+        if width <= len(narrow):
+            raise ValueError(f"widths must grow: {width} after {len(narrow)}")
+        wide, truth = widen(cfg, rng, narrow, width)
+        folder = out / f"A-s0-w{width}/layer_{cfg.width_layer}"
+        theta = (0.5 * (1 + 0.1 * cfg.width_layer) * rng.lognormal(0.0, 0.3, width)).astype(np.float32)
+        wide_id = write_sae(folder, wide, wide, theta, cfg.width_layer, 0, "A")
+        folders.append(folder)
+        for t in truth:
+            rows.append(dict(t, sae_a=narrow_id, layer_a=cfg.width_layer, sae_b=wide_id, layer_b=cfg.width_layer))
+        narrow, narrow_id = wide, wide_id
+        if progress:
+            progress()
+    return rows
+
+
 def n_saes(cfg: SynthConfig) -> int:
-    return cfg.n_layers * (cfg.n_seeds + int(cfg.second_dataset))
+    return cfg.n_layers * (cfg.n_seeds + int(cfg.second_dataset)) + len(cfg.widths)

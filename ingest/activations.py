@@ -128,13 +128,35 @@ def collect(cfg: ActivationConfig, out: Path, progress=None) -> dict:
     return manifest
 
 
-def load_layer(folder: Path, layer: int) -> torch.Tensor:
-    """All tokens' activations of one layer [T, d] as float32 (the corpora here fit in memory)."""
-    from safetensors.numpy import load_file
+def iter_layer(folder: Path, layer: int, batch: int = 4096, max_tokens: int | None = None) -> Iterator[torch.Tensor]:
+    """One layer's activations [≤ batch, d] float32, in storage order, reading one shard's tensor at a time
+    (never the whole corpus); stops after max_tokens."""
+    from safetensors import safe_open
 
     manifest = json.loads((folder / MANIFEST).read_text())
-    parts = [load_file(str(folder / s))[f"layer_{layer}"] for s in manifest["shards"]]
-    return torch.from_numpy(np.concatenate(parts).astype(np.float32))
+    if layer not in manifest["config"]["layers"]:
+        raise ValueError(f"{folder}: no activations stored for layer {layer}")
+    left = max_tokens if max_tokens is not None else manifest["n_tokens"]
+    carry: list[np.ndarray] = []
+    for s in manifest["shards"]:
+        if left <= 0:
+            break
+        with safe_open(str(folder / s), "np") as f:
+            x = f.get_tensor(f"layer_{layer}")[:left]
+        left -= len(x)
+        carry.append(x)
+        while sum(len(c) for c in carry) >= batch:
+            x = np.concatenate(carry)
+            yield torch.from_numpy(x[:batch].astype(np.float32))
+            carry = [x[batch:]]
+    rest = np.concatenate(carry) if carry else np.empty((0, 0), np.float16)
+    if len(rest):
+        yield torch.from_numpy(rest.astype(np.float32))
+
+
+def load_layer(folder: Path, layer: int) -> torch.Tensor:
+    """All tokens' activations of one layer [T, d] as float32 (small corpora; jobs stream with iter_layer)."""
+    return torch.cat(list(iter_layer(folder, layer, batch=1 << 30)))
 
 
 def load_tokens(folder: Path) -> dict[str, np.ndarray]:

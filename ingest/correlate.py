@@ -1,189 +1,483 @@
-"""Activation statistics of SAE pairs over the same tokens, streamed and sparse.
+"""Co-firing statistics of SAE pairs over the same tokens: streamed, sparse × sparse, exact up to a cap.
 
-For a pair (a, b) the features' activations are mostly zero, so per token batch only these sums are
-accumulated: n, Σa, Σa², Σb, Σb², AᵀB and the co-firing counts 1[A>0]ᵀ1[B>0], both as sparse × dense
-products that touch only a's non-zeros. Pearson r, P(b fires | a fires) and the Jaccard similarity of
-firing sets follow exactly; no tokens × features matrix is ever dense beyond one batch.
+SAE activations are non-negative and sparse (L0 ≈ 70 of 16k features), so per token batch only the
+co-firing pairs (a, b) are touched: the state is
+
+- per feature (O(d)): n, Σa, Σa², firing count, and the same for b;
+- per co-firing pair: Σab and the number of tokens where both fire, one sparse [d_a, d_b] CSR matrix
+  holding Σab + i·count as complex128 (one sort order, one merge for both; counts are exact integers).
+
+Each chunk of tokens adds `Aᵀ·B` and `1[A>0]ᵀ·1[B>0]` (two sparse × sparse products whose cost is
+tokens × L0_a × L0_b) into that matrix. Pearson r is exact for every pair, including pairs that never
+co-fire (Σab = 0, so r follows from the means alone); P(b|a) and Jaccard come from the counts.
+
+Cap policy (very long corpora): when the matrix holds more than `max_pairs` pairs, the pairs whose
+value cosine Σab/√(Σa²Σb²) AND firing cosine count/√(fires_a·fires_b) are both below θ are dropped,
+with θ the smallest value that halves the matrix. A dropped pair that co-fires again restarts from 0,
+so its Σab and count may miss at most θ·√(Σa²Σb²) and θ·√(fires_a·fires_b) per prune: with Θ = Σθ over
+all prunes, |Δr| ≤ Θ·√(Σa²Σb²/(Var_a·Var_b)) (≈ Θ for sparse features), and P(b|a), Jaccard are low by
+at most Θ·√(fires_b/fires_a). `CoFiring.error_bound` is Θ (0.0 = exact); the bench measures the real cost.
 """
 
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 
 from atlas.encode import decode, encode
+from atlas.match.candidates import Candidates
 from atlas.sae import SAERecord
 
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
+warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly disabled")
+
+MAX_PAIRS = 24_000_000
+"""Default cap on co-firing pairs held (20 bytes each: about 0.5 GB, 1 GB while merging)."""
+DENSE_LIMIT = 4096 * 4096
+"""Widest d_a × d_b for which `CoFiring.dense` builds full matrices (tests, small pairs)."""
 
 
-def activation_batches(rec: SAERecord, x: torch.Tensor, batch: int = 8192):
-    """Feature activations [t, d_sae] of `rec`, one token batch at a time."""
-    m = rec.meta
-    for s in range(0, len(x), batch):
-        yield encode(rec.weights, x[s:s + batch], m.arch, m.k, m.extra.get("apply_b_dec_to_input", True))
+def device() -> torch.device | None:
+    """Where the sparse products run, chosen once: torch on CUDA when it sees a GPU, else None (scipy)."""
+    return torch.device("cuda") if torch.cuda.is_available() else None
 
 
-@dataclass
-class PairActivations:
-    n: int
-    pearson: np.ndarray  # [d_a, d_b]
-    cofire: np.ndarray  # [d_a, d_b] tokens where both fire
-    fire_a: np.ndarray  # [d_a]
-    fire_b: np.ndarray  # [d_b]
-    acts_a: sp.csc_matrix | None  # [T, d_a] every activation, for compositions and examples
-    acts_b: sp.csc_matrix | None
-
-    def p_b_given_a(self) -> np.ndarray:
-        return self.cofire / np.maximum(self.fire_a[:, None], 1)
-
-    def jaccard(self) -> np.ndarray:
-        return self.cofire / np.maximum(self.fire_a[:, None] + self.fire_b[None, :] - self.cofire, 1)
-
-
-def _csc(t: torch.Tensor) -> tuple[torch.Tensor, sp.csc_matrix]:
-    """[T, d] dense activations as torch CSR of the transpose ([d, T], rows = features) and the same
-    memory as a scipy CSC matrix [T, d]."""
-    csr = t.T.contiguous().to_sparse_csr()
-    crow, col, val = csr.crow_indices(), csr.col_indices(), csr.values()
-    return csr, sp.csc_matrix((val.numpy(), col.numpy(), crow.numpy()), shape=tuple(t.shape))
+def to_csr(x) -> sp.csr_matrix:
+    """[t, d] activations (torch dense or sparse, numpy, scipy) as scipy CSR with int32 indices."""
+    if sp.issparse(x):
+        m = x.tocsr()
+    elif isinstance(x, torch.Tensor):
+        c = x.detach().to_sparse_csr()
+        m = sp.csr_matrix((c.values().cpu().numpy(), c.col_indices().cpu().numpy().astype(np.int32),
+                           c.crow_indices().cpu().numpy().astype(np.int64)), shape=tuple(x.shape))
+    else:
+        m = sp.csr_matrix(np.asarray(x))
+    m.eliminate_zeros()
+    if m.indptr[-1] < 2**31:
+        m.indptr = m.indptr.astype(np.int32)
+        m.indices = m.indices.astype(np.int32)
+    return m
 
 
-@torch.no_grad()
-def accumulate(batches_a, batches_b, keep: bool = True) -> PairActivations:
-    """Streaming sums over paired activation batches (row t of both is the same token). `keep` also
-    keeps every activation, sparse, for compositions and examples."""
-    s_ab = cof = s_a = s_b = q_a = q_b = None
-    parts_a, parts_b, n = [], [], 0
-    for A, B in zip(batches_a, batches_b, strict=True):
-        if s_ab is None:
-            da, db = A.shape[1], B.shape[1]
-            s_ab, cof = torch.zeros(da, db, dtype=torch.float64), torch.zeros(da, db, dtype=torch.float64)
-            s_a, q_a, f_a, s_b, q_b, f_b = (torch.zeros(d, dtype=torch.float64) for d in (da, da, da, db, db, db))
-        At, a_csc = _csc(A)
-        ones = torch.sparse_csr_tensor(At.crow_indices(), At.col_indices(), torch.ones_like(At.values()), At.shape,
-                                       check_invariants=False)
-        s_ab += torch.sparse.mm(At, B)  # only a's non-zeros are touched
-        cof += torch.sparse.mm(ones, (B > 0).float())
-        s_a += A.sum(0)
-        q_a += (A * A).sum(0)
-        s_b += B.sum(0)
-        q_b += (B * B).sum(0)
-        f_a += (A > 0).sum(0)
-        f_b += (B > 0).sum(0)
-        if keep:
-            parts_a.append(a_csc)
-            parts_b.append(_csc(B)[1])
-        n += len(A)
-    cov = s_ab - torch.outer(s_a, s_b) / n
-    var_a, var_b = q_a - s_a ** 2 / n, q_b - s_b ** 2 / n
-    r = (cov / torch.sqrt(torch.outer(var_a, var_b))).nan_to_num(0.0)
-    acts_a, acts_b = (sp.vstack(parts, format="csc") if keep else None for parts in (parts_a, parts_b))
-    return PairActivations(n=n, pearson=r.float().numpy(), cofire=cof.numpy(), fire_a=f_a.numpy(), fire_b=f_b.numpy(),
-                           acts_a=acts_a, acts_b=acts_b)
+def _spgemm(x: sp.csr_matrix, y: sp.csr_matrix, dev: torch.device | None) -> sp.csr_matrix:
+    """x @ y, both sparse: scipy when dev is None, else torch on dev (cuSPARSE on CUDA)."""
+    if dev is None:
+        out = (x @ y).tocsr()
+        out.sort_indices()  # scipy's product leaves each row's columns unsorted
+        return out
 
+    def t(m):
+        return torch.sparse_csr_tensor(torch.from_numpy(m.indptr.astype(np.int64)), torch.from_numpy(m.indices.astype(np.int64)),
+                                       torch.from_numpy(m.data), m.shape, device=dev)
 
-def pair_activations(a: SAERecord, b: SAERecord, xa: torch.Tensor, xb: torch.Tensor, batch: int = 8192) -> PairActivations:
-    """Activation statistics of a pair; xa[t] and xb[t] are the same token at a's and b's layers."""
-    if len(xa) != len(xb):
-        raise ValueError(f"{a.meta.sae_id} and {b.meta.sae_id}: activations cover {len(xa)} vs {len(xb)} tokens")
-    return accumulate(activation_batches(a, xa, batch), activation_batches(b, xb, batch))
-
-
-def top_correlations(p: PairActivations, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """(feature_a, feature_b) of each a-feature's top-k by Pearson r."""
-    k = min(k, p.pearson.shape[1])
-    top = np.argsort(-p.pearson, axis=1)[:, :k]
-    return np.repeat(np.arange(p.pearson.shape[0]), k), top.ravel()
-
-
-@torch.no_grad()
-def weight_match_quality(a: SAERecord, b: SAERecord, p: PairActivations, fa: np.ndarray, fb: np.ndarray,
-                         xa: torch.Tensor, xb: torch.Tensor) -> dict:
-    """SAE Match's checks of an assignment (fa[i] -> fb[i]) with real activations:
-    matching score = mean P(b_j fires | a_i fires) over assigned pairs whose a fires at all, and the
-    explained variance of encode_a(x_a) -> permute -> decode_b against x_b."""
-    fired = p.fire_a[fa] > 0
-    matching = float((p.cofire[fa, fb][fired] / p.fire_a[fa][fired]).mean()) if fired.any() else None
-    m = a.meta
-    acts = encode(a.weights, xa, m.arch, m.k, m.extra.get("apply_b_dec_to_input", True))
-    moved = torch.zeros((len(xa), b.meta.d_sae))
-    moved[:, torch.from_numpy(fb)] = acts[:, torch.from_numpy(fa)]
-    recon = decode(b.weights, moved)
-    ev = 1 - float(((xb - recon) ** 2).sum() / ((xb - xb.mean(0)) ** 2).sum())
-    return {"matching_score": matching, "explained_variance": ev}
-
-
-def _firing(col: sp.csc_matrix, j: int) -> np.ndarray:
-    return col.indices[col.indptr[j]:col.indptr[j + 1]]
-
-
-def _jac(x: np.ndarray, y: np.ndarray) -> float:
-    inter = len(np.intersect1d(x, y, assume_unique=True))
-    return inter / max(len(x) + len(y) - inter, 1)
-
-
-def compositions(p: PairActivations, dec_cos: np.ndarray, parents: int = 5, min_jaccard: float = 0.5,
-                 margin: float = 0.15, pass_r: float = 0.9, pass_cos: float = 0.9) -> list[tuple]:
-    """(feature_b, kind, [parents], score) for layer-b features that act as a quasi-boolean combination
-    of layer-a features (Balcells et al.). Criteria, on firing sets over the same tokens:
-    - PASS: one parent with Pearson r ≥ 0.9 and decoder cosine ≥ 0.9 (the feature is carried through);
-    - AND:  two parents whose joint firing (both fire) has Jaccard ≥ 0.5 with b's firing and beats the
-            best single parent's Jaccard by ≥ 0.15;
-    - OR:   the same for the union of the two parents' firing (either fires).
-    Parents are b's `parents` most correlated a-features (r > 0.05); score is the Jaccard."""
-    out = []
-    order = np.argsort(-p.pearson, axis=0)[:parents].T  # [d_b, parents]
-    for j in range(p.pearson.shape[1]):
-        sb = _firing(p.acts_b, j)
-        if len(sb) == 0:
-            continue
-        cand = [i for i in order[j] if p.pearson[i, j] > 0.05]
-        best = cand[0] if cand else None
-        if best is not None and p.pearson[best, j] >= pass_r and dec_cos[best, j] >= pass_cos:
-            out.append((j, "PASS", [int(best)], float(p.pearson[best, j])))
-            continue
-        sets = {i: _firing(p.acts_a, i) for i in cand}
-        single = max((_jac(sb, s) for s in sets.values()), default=0.0)
-        found = None
-        for x in range(len(cand)):
-            for y in range(x + 1, len(cand)):
-                s1, s2 = sets[cand[x]], sets[cand[y]]
-                for kind, combo in (("AND", np.intersect1d(s1, s2, assume_unique=True)),
-                                    ("OR", np.union1d(s1, s2))):
-                    jac = _jac(sb, combo)
-                    if jac >= min_jaccard and jac >= single + margin and (found is None or jac > found[3]):
-                        found = (j, kind, sorted([int(cand[x]), int(cand[y])]), jac)
-        if found:
-            out.append(found)
+    z = (t(x) @ t(y)).to_sparse_csr()
+    out = sp.csr_matrix((z.values().cpu().numpy(), z.col_indices().cpu().numpy(), z.crow_indices().cpu().numpy()),
+                        shape=(x.shape[0], y.shape[1]))
+    out.sort_indices()
     return out
 
 
-def examples(acts: sp.csc_matrix, tokens: np.ndarray, tokenizer, n_top: int = 8, n_random: int = 3,
-             context: int = 6, seed: int = 0) -> list[tuple]:
-    """(feature, kind, activation, token index, context tokens, highlight position) per feature: its top
-    activations and a few random firing tokens, each with the tokens around it (same document)."""
-    rng = np.random.default_rng(seed)
-    docs, ids = tokens["doc"], tokens["token_ids"]
-    rows = []
-    for j in range(acts.shape[1]):
-        idx, val = acts.indices[acts.indptr[j]:acts.indptr[j + 1]], acts.data[acts.indptr[j]:acts.indptr[j + 1]]
-        if len(idx) == 0:
-            continue
-        top = np.argpartition(-val, n_top - 1)[:n_top] if len(val) > n_top else np.arange(len(val))
-        top = top[np.argsort(-val[top])]
-        picks = [("top", t) for t in top]
-        if len(val) > n_top:  # a few random firing tokens beside the top ones
-            draw = rng.choice(len(val), min(n_random + n_top, len(val)), replace=False)
-            picks += [("random", t) for t in draw[~np.isin(draw, top)][:n_random]]
-        for kind, t in picks:
-            tok = int(idx[t])
-            lo, hi = max(0, tok - context), min(len(ids), tok + context + 1)
-            span = [i for i in range(lo, hi) if docs[i] == docs[tok]]
-            words = tokenizer.convert_ids_to_tokens([int(ids[i]) for i in span])
-            rows.append((j, kind, float(val[t]), tok, words, span.index(tok)))
-    return rows
+@dataclass
+class CoFiring:
+    """Streaming co-firing state of one SAE pair (see the module docstring)."""
+
+    d_a: int
+    d_b: int
+    max_pairs: int = MAX_PAIRS
+    chunk_pairs: int = 0
+    """Flush pending batches once they may add this many pair-events (default max_pairs // 2)."""
+    dev: torch.device | None = field(default_factory=device)
+    n: int = 0
+    thetas: list[float] = field(default_factory=list)
+
+    def __post_init__(self):
+        self.s_a, self.q_a = np.zeros(self.d_a), np.zeros(self.d_a)
+        self.s_b, self.q_b = np.zeros(self.d_b), np.zeros(self.d_b)
+        self.f_a, self.f_b = np.zeros(self.d_a, np.int64), np.zeros(self.d_b, np.int64)
+        self.pairs = sp.csr_matrix((self.d_a, self.d_b), dtype=np.complex128)
+        self.peak_pairs = 0
+        self._pending: list[tuple[sp.csr_matrix, sp.csr_matrix]] = []
+        self._events = 0
+        self.chunk_pairs = self.chunk_pairs or max(self.max_pairs // 2, 1)
+
+    # -- accumulation --------------------------------------------------------------------------
+    def add(self, a, b) -> None:
+        """One batch: row t of `a` [t, d_a] and of `b` [t, d_b] is the same token."""
+        A, B = to_csr(a), to_csr(b)
+        if A.shape[0] != B.shape[0] or A.shape[1] != self.d_a or B.shape[1] != self.d_b:
+            raise ValueError(f"batch shapes {A.shape} and {B.shape} do not fit a pair of widths ({self.d_a}, {self.d_b})")
+        for m in (A, B):
+            if len(m.data) and m.data.min() < 0:
+                raise ValueError("activations must be non-negative (SAE feature activations)")
+        self.n += A.shape[0]
+        for m, s, q, f in ((A, self.s_a, self.q_a, self.f_a), (B, self.s_b, self.q_b, self.f_b)):
+            d = len(s)
+            v = m.data.astype(np.float64)
+            s += np.bincount(m.indices, v, d)
+            q += np.bincount(m.indices, v * v, d)
+            f += np.bincount(m.indices, minlength=d)
+        self._pending.append((A, B))
+        self._events += int(np.dot(np.diff(A.indptr).astype(np.int64), np.diff(B.indptr)))
+        if self._events >= self.chunk_pairs:
+            self.flush()
+
+    def flush(self) -> None:
+        """Multiply the pending batches out and merge them into the pair matrix."""
+        if not self._pending:
+            return
+        A = sp.vstack([p[0] for p in self._pending], format="csr")
+        B = sp.vstack([p[1] for p in self._pending], format="csr")
+        self._pending, self._events = [], 0
+        At = A.T.tocsr().astype(np.float64)
+        B = B.astype(np.float64)
+        s = _spgemm(At, B, self.dev)
+        At.data[:], B.data[:] = 1.0, 1.0
+        c = _spgemm(At.astype(np.float32), B.astype(np.float32), self.dev)  # counts: exact below 2^24 tokens
+        if s.nnz != c.nnz:  # both are sums of positive terms over the same co-firing tokens
+            raise ValueError("activation products underflowed to zero; rescale the activations")
+        chunk = sp.csr_matrix((s.data + 1j * c.data.astype(np.float64), s.indices, s.indptr), shape=s.shape)
+        del s, c, At, A, B
+        self.pairs = self.pairs + chunk if self.pairs.nnz else chunk
+        self.peak_pairs = max(self.peak_pairs, self.pairs.nnz)
+        if self.pairs.nnz > self.max_pairs:
+            self._prune()
+
+    def _prune(self) -> None:
+        """Drop the weakest pairs until at most half the cap is held (see the cap policy above)."""
+        p = self.pairs
+        rows = np.repeat(np.arange(self.d_a, dtype=np.int32), np.diff(p.indptr))
+        cols = p.indices
+        score = np.maximum(p.data.real / np.sqrt(self.q_a[rows] * self.q_b[cols]),
+                           p.data.imag / np.sqrt(self.f_a[rows] * self.f_b[cols].astype(np.float64)))
+        del rows
+        keep_n = self.max_pairs // 2
+        theta = float(np.partition(score, len(score) - keep_n - 1)[len(score) - keep_n - 1])
+        p.data[score <= theta] = 0
+        p.eliminate_zeros()
+        self.thetas.append(theta)
+
+    def finish(self) -> CoFiring:
+        self.flush()
+        return self
+
+    @property
+    def error_bound(self) -> float:
+        """Θ, the sum of the prune thresholds: 0.0 when every co-firing pair was kept (exact)."""
+        return float(sum(self.thetas))
+
+    # -- statistics ------------------------------------------------------------------------------
+    def _moments(self):
+        """Per feature: var·n (0 for dead features) and u = mean/sd, so a never co-firing pair has r = −u_a·u_b."""
+        n = max(self.n, 1)
+        out = []
+        for s, q in ((self.s_a, self.q_a), (self.s_b, self.q_b)):
+            v = np.maximum(q - s * s / n, 0.0)
+            live = v > 0
+            inv = np.where(live, 1.0 / np.sqrt(np.where(live, v, 1.0)), 0.0)
+            out.append((inv, s * inv / np.sqrt(n)))
+        return out
+
+    def _r(self, rows, cols, sab) -> np.ndarray:
+        (inv_a, _), (inv_b, _) = self._moments()
+        return (sab - self.s_a[rows] * self.s_b[cols] / max(self.n, 1)) * inv_a[rows] * inv_b[cols]
+
+    def lookup(self, rows, cols) -> tuple[np.ndarray, np.ndarray]:
+        """(Σab, count) of each pair (rows[e], cols[e]); 0 for pairs that never co-fire."""
+        self.flush()
+        rows, cols = np.asarray(rows, np.int64), np.asarray(cols, np.int64)
+        vals = np.zeros(len(rows), np.complex128)
+        if len(rows) and self.pairs.nnz:
+            p = self.pairs
+            # keys of stored pairs are sorted (CSR, sorted indices): one searchsorted finds them all
+            keys = np.repeat(np.arange(self.d_a, dtype=np.int64), np.diff(p.indptr)) * self.d_b + p.indices
+            q = rows * self.d_b + cols
+            pos = np.minimum(np.searchsorted(keys, q), len(keys) - 1)
+            hit = keys[pos] == q
+            vals[hit] = p.data[pos[hit]]
+        return vals.real, vals.imag
+
+    def stats(self, rows, cols) -> dict[str, np.ndarray]:
+        """Pearson r, co-firing count, P(b fires | a fires) and Jaccard of firing sets for given pairs."""
+        rows, cols = np.asarray(rows, np.int64), np.asarray(cols, np.int64)
+        sab, cnt = self.lookup(rows, cols)
+        fa, fb = self.f_a[rows].astype(np.float64), self.f_b[cols].astype(np.float64)
+        return {"pearson": self._r(rows, cols, sab), "cofire": cnt, "p_b_given_a": cnt / np.maximum(fa, 1),
+                "jaccard": cnt / np.maximum(fa + fb - cnt, 1)}
+
+    def dense(self) -> dict[str, np.ndarray]:
+        """The same statistics for every pair as [d_a, d_b] matrices; only for small widths."""
+        if self.d_a * self.d_b > DENSE_LIMIT:
+            raise ValueError(f"{self.d_a} x {self.d_b} is too wide for dense statistics; use stats() or topk()")
+        rows, cols = np.divmod(np.arange(self.d_a * self.d_b), self.d_b)
+        return {k: v.reshape(self.d_a, self.d_b) for k, v in self.stats(rows, cols).items()}
+
+    def topk(self, k: int) -> Candidates:
+        """Each feature's k highest-r partners in both directions, exact over all pairs: stored pairs by
+        their r; pairs that never co-fire (r = −u_a·u_b ≤ 0) enter only where a row has too few better ones."""
+        self.flush()
+        (_, u_a), (_, u_b) = self._moments()
+        p = self.pairs
+        rows = np.repeat(np.arange(self.d_a, dtype=np.int64), np.diff(p.indptr))
+        r = sp.csr_matrix((self._r(rows, p.indices, p.data.real), p.indices, p.indptr), shape=p.shape)
+        del rows
+        a2b = _row_topk(r, u_a, u_b, min(k, self.d_b))
+        b2a = _row_topk(r.T.tocsr(), u_b, u_a, min(k, self.d_a))
+        return Candidates(a2b[0], a2b[1], b2a[0], b2a[1])
+
+
+def _row_topk(r: sp.csr_matrix, u_row: np.ndarray, u_col: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k (score, column) per row of r, where absent entries are worth −u_row[i]·u_col[j]."""
+    n_rows, n_cols = r.shape
+    score, index = np.full((n_rows, k), -np.inf), np.zeros((n_rows, k), np.int64)
+    order = np.argsort(u_col, kind="stable")  # best absent partners first (smallest u)
+    best_absent = -u_row * u_col[order[0]] if n_cols else np.zeros(n_rows)
+    ptr, idx, val = r.indptr, r.indices, r.data
+    for i in range(n_rows):
+        lo, hi = ptr[i], ptr[i + 1]
+        v, c = val[lo:hi], idx[lo:hi]
+        if len(v) > k:
+            top = np.argpartition(-v, k - 1)[:k]
+            v, c = v[top], c[top]
+        if len(v) < k or v.min() < best_absent[i]:  # absent pairs may rank: add the best k of them
+            absent = order[:k + hi - lo]
+            absent = absent[~np.isin(absent, idx[lo:hi])][:k]
+            v = np.concatenate([v, -u_row[i] * u_col[absent]])
+            c = np.concatenate([c, absent])
+        top = np.lexsort((c, -v))[:k]  # ties by column, as a stable sort of a dense row would break them
+        score[i], index[i] = v[top], c[top]
+    return score, index
+
+
+# -- streams -------------------------------------------------------------------------------------
+
+def activation_batches(rec: SAERecord, xs: Iterable[torch.Tensor]) -> Iterator[torch.Tensor]:
+    """Feature activations [t, d_sae] of `rec`, one batch of model activations at a time."""
+    m = rec.meta
+    for x in xs:
+        yield encode(rec.weights, x, m.arch, m.k, m.extra.get("apply_b_dec_to_input", True))
+
+
+def accumulate(batches_a, batches_b, max_pairs: int = MAX_PAIRS, dev: torch.device | None = None,
+               progress=None) -> CoFiring:
+    """Co-firing state over paired activation batches (row t of both is the same token)."""
+    state = None
+    for A, B in zip(batches_a, batches_b, strict=True):
+        if state is None:
+            state = CoFiring(A.shape[1], B.shape[1], max_pairs=max_pairs, dev=dev if dev is not None else device())
+        state.add(A, B)
+        if progress:
+            progress(A.shape[0])
+    if state is None:
+        raise ValueError("no activations to correlate")
+    return state.finish()
+
+
+# -- compositions and examples: a second streamed pass over the same batches ---------------------
+
+@dataclass
+class Compositions:
+    """Counts behind AND / OR / PASS for each b-feature and its `parents` most correlated a-features."""
+
+    parents: np.ndarray  # [d_b, P] a-features, −1 where fewer
+    pairs: np.ndarray  # [Q, 2] slot pairs (p1, p2) with p1 < p2
+    f_b: np.ndarray
+    f_a: np.ndarray
+    single: np.ndarray  # [d_b, P] tokens where b and parent p fire
+    both: np.ndarray  # [d_b, Q] tokens where parents p1 and p2 fire
+    triple: np.ndarray  # [d_b, Q] tokens where b, p1 and p2 fire
+
+    @classmethod
+    def plan(cls, cand: Candidates, state: CoFiring, parents: int = 5, min_r: float = 0.05) -> Compositions:
+        par = cand.b2a_index[:, :parents].astype(np.int64).copy()
+        par[cand.b2a_score[:, :parents] <= min_r] = -1
+        P = par.shape[1]
+        pairs = np.array([(x, y) for x in range(P) for y in range(x + 1, P)], np.int64).reshape(-1, 2)
+        d_b = len(par)
+        return cls(par, pairs, state.f_b, state.f_a, np.zeros((d_b, P)), np.zeros((d_b, len(pairs))),
+                   np.zeros((d_b, len(pairs))))
+
+    def add(self, a, b) -> None:
+        """Count on one batch (the same tokens as the first pass, any batching)."""
+        A, B = to_csr(a), to_csr(b)
+        d_a = A.shape[1]
+        keys_a = np.repeat(np.arange(A.shape[0], dtype=np.int64), np.diff(A.indptr)) * d_a + A.indices
+        tok_b = np.repeat(np.arange(B.shape[0], dtype=np.int64), np.diff(B.indptr))
+        par = self.parents[B.indices]  # [nnz_b, P]: for each firing (token, b), its parents
+        q = tok_b[:, None] * d_a + par
+        pos = np.minimum(np.searchsorted(keys_a, q), max(len(keys_a) - 1, 0))
+        fires = (par >= 0) & (keys_a[pos] == q) if len(keys_a) else np.zeros_like(par, bool)
+        j = B.indices
+        for p in range(par.shape[1]):
+            self.single[:, p] += np.bincount(j, fires[:, p], len(self.parents))
+        for s, (p1, p2) in enumerate(self.pairs):
+            self.triple[:, s] += np.bincount(j, fires[:, p1] & fires[:, p2], len(self.parents))
+        # parents firing together regardless of b: walk the rarer parent's tokens, look up the other
+        for s, (p1, p2) in enumerate(self.pairs):
+            x, y = self.parents[:, p1], self.parents[:, p2]
+            ok = (x >= 0) & (y >= 0)
+            swap = ok & (self.f_a[np.maximum(x, 0)] > self.f_a[np.maximum(y, 0)])
+            lo, hi = np.where(swap, y, x), np.where(swap, x, y)
+            self.both[:, s] += _co_count(A, keys_a, lo, hi, ok)
+
+    def find(self, pearson_top: np.ndarray, dec_cos_top: np.ndarray, min_jaccard: float = 0.5,
+             margin: float = 0.15, pass_r: float = 0.9, pass_cos: float = 0.9) -> list[tuple]:
+        """(feature_b, kind, [parents], score) for layer-b features that act as a quasi-boolean combination
+        of layer-a features (Balcells et al.). On firing sets over the same tokens:
+        - PASS: the best parent has Pearson r ≥ 0.9 and decoder cosine ≥ 0.9 (the feature is carried through);
+        - AND:  two parents whose joint firing (both fire) has Jaccard ≥ 0.5 with b's firing and beats the
+                best single parent's Jaccard by ≥ 0.15;
+        - OR:   the same for the union of the two parents' firing (either fires).
+        Parents are b's most correlated a-features (r > 0.05); score is the Jaccard (r for PASS).
+        `pearson_top` and `dec_cos_top` are [d_b, P] for the planned parents."""
+        fb = self.f_b[:, None].astype(np.float64)
+        fpar = np.where(self.parents >= 0, self.f_a[np.maximum(self.parents, 0)], 0).astype(np.float64)
+        single = self.single / np.maximum(fb + fpar - self.single, 1)
+        single = np.where(self.parents >= 0, single, 0.0)
+        p1, p2 = self.pairs[:, 0], self.pairs[:, 1]
+        valid = (self.parents[:, p1] >= 0) & (self.parents[:, p2] >= 0)
+        and_j = self.triple / np.maximum(fb + self.both - self.triple, 1)
+        inter_or = self.single[:, p1] + self.single[:, p2] - self.triple
+        union = fpar[:, p1] + fpar[:, p2] - self.both
+        or_j = inter_or / np.maximum(fb + union - inter_or, 1)
+        out = []
+        for j in np.flatnonzero(self.f_b > 0):
+            if self.parents[j, 0] >= 0 and pearson_top[j, 0] >= pass_r and dec_cos_top[j, 0] >= pass_cos:
+                out.append((int(j), "PASS", [int(self.parents[j, 0])], float(pearson_top[j, 0])))
+                continue
+            best_single = single[j].max(initial=0.0)
+            found = None
+            for s in np.flatnonzero(valid[j]):
+                for kind, jac in (("AND", and_j[j, s]), ("OR", or_j[j, s])):
+                    if jac >= min_jaccard and jac >= best_single + margin and (found is None or jac > found[3]):
+                        found = (int(j), kind, sorted([int(self.parents[j, p1[s]]), int(self.parents[j, p2[s]])]),
+                                 float(jac))
+            if found:
+                out.append(found)
+        return out
+
+
+def _co_count(A: sp.csr_matrix, keys_a: np.ndarray, lo: np.ndarray, hi: np.ndarray, ok: np.ndarray) -> np.ndarray:
+    """For each slot j (where ok): tokens of this batch where features lo[j] and hi[j] both fire."""
+    out = np.zeros(len(lo))
+    if not ok.any() or not len(keys_a):
+        return out
+    csc = A.tocsc()
+    slots = np.flatnonzero(ok)
+    starts, ends = csc.indptr[lo[slots]], csc.indptr[lo[slots] + 1]
+    n = ends - starts
+    if n.sum() == 0:
+        return out
+    owner = np.repeat(np.arange(len(slots)), n)
+    offs = np.arange(n.sum()) - np.repeat(np.cumsum(n) - n, n)
+    toks = csc.indices[np.repeat(starts, n) + offs].astype(np.int64)
+    q = toks * A.shape[1] + hi[slots][owner]
+    pos = np.minimum(np.searchsorted(keys_a, q), len(keys_a) - 1)
+    out[slots] = np.bincount(owner, keys_a[pos] == q, len(slots))
+    return out
+
+
+@dataclass
+class TopTokens:
+    """The n highest-keyed firing tokens per feature over a stream: a bounded heap per feature, kept
+    as [d, n] arrays and merged batch by batch (only entries that beat a feature's current n-th pass)."""
+
+    d: int
+    n: int
+    key: np.ndarray = field(init=False)
+    value: np.ndarray = field(init=False)
+    token: np.ndarray = field(init=False)
+
+    def __post_init__(self):
+        self.key = np.full((self.d, self.n), -np.inf)
+        self.value = np.zeros((self.d, self.n), np.float32)
+        self.token = np.full((self.d, self.n), -1, np.int64)
+
+    def push(self, feature: np.ndarray, key: np.ndarray, value: np.ndarray, token: np.ndarray) -> None:
+        beat = key > self.key[feature, -1]
+        if not beat.any():
+            return
+        feature, key, value, token = feature[beat], key[beat], value[beat], token[beat]
+        touched = np.unique(feature)
+        f = np.concatenate([np.repeat(touched, self.n), feature])
+        k = np.concatenate([self.key[touched].ravel(), key])
+        v = np.concatenate([self.value[touched].ravel(), value])
+        t = np.concatenate([self.token[touched].ravel(), token])
+        order = np.lexsort((t, -k, f))
+        f, k, v, t = f[order], k[order], v[order], t[order]
+        start = np.searchsorted(f, touched)
+        rank = np.arange(len(f)) - np.repeat(start, np.diff(np.r_[start, len(f)]))
+        keep = rank < self.n
+        self.key[f[keep], rank[keep]] = k[keep]
+        self.value[f[keep], rank[keep]] = v[keep]
+        self.token[f[keep], rank[keep]] = t[keep]
+
+
+class Examples:
+    """Top activations and a uniform random sample of firing tokens per feature, from streamed batches.
+    The random sample is the n_random firing tokens with the smallest hash of (feature, token): a
+    bottom-k sketch, so it needs no second pass and is the same however the stream is batched."""
+
+    def __init__(self, d: int, n_top: int = 8, n_random: int = 3, seed: int = 0):
+        self.top, self.rand = TopTokens(d, n_top), TopTokens(d, n_random + n_top)
+        self.n_random, self.seed, self.offset = n_random, seed, 0
+
+    def add(self, acts) -> None:
+        m = to_csr(acts)
+        tok = np.repeat(np.arange(m.shape[0], dtype=np.int64), np.diff(m.indptr)) + self.offset
+        f = m.indices.astype(np.int64)
+        self.top.push(f, m.data.astype(np.float64), m.data.astype(np.float32), tok)
+        h = (tok * 0x9E3779B1 + f * 0x85EBCA77 + self.seed) * 0xC2B2AE3D % (2**31 - 1)
+        self.rand.push(f, -h.astype(np.float64), m.data.astype(np.float32), tok)
+        self.offset += m.shape[0]
+
+    def rows(self, tokens: dict[str, np.ndarray], tokenizer, context: int = 6) -> list[tuple]:
+        """(feature, kind, activation, token index, context tokens, highlight position) per example."""
+        docs, ids = tokens["doc"], tokens["token_ids"]
+        out = []
+        for j in range(self.top.d):
+            top = [("top", v, t) for v, t in zip(self.top.value[j], self.top.token[j]) if t >= 0]
+            chosen = {t for _, _, t in top}
+            rand = [("random", v, t) for v, t in zip(self.rand.value[j], self.rand.token[j]) if t >= 0 and t not in chosen]
+            for kind, v, t in top + rand[:self.n_random]:
+                t = int(t)
+                lo, hi = max(0, t - context), min(len(ids), t + context + 1)
+                span = [i for i in range(lo, hi) if docs[i] == docs[t]]
+                words = tokenizer.convert_ids_to_tokens([int(ids[i]) for i in span])
+                out.append((j, kind, float(v), t, words, span.index(t)))
+        return out
+
+
+class Quality:
+    """SAE Match's checks of a weight-based assignment fa[i] → fb[i] on real activations, streamed:
+    matching score = mean P(b_j fires | a_i fires) over assigned pairs whose a fires at all, and the
+    explained variance of encode_a(x_a) → permute → decode_b against x_b."""
+
+    def __init__(self, b: SAERecord, fa: np.ndarray, fb: np.ndarray):
+        self.b, self.fa, self.fb = b, torch.from_numpy(fa), torch.from_numpy(fb)
+        self.sse = self.sx = self.sxx = 0.0
+        self.sum_x = None
+        self.n = 0
+
+    @torch.no_grad()
+    def add(self, acts_a: torch.Tensor, xb: torch.Tensor) -> None:
+        moved = torch.zeros((len(xb), self.b.meta.d_sae))
+        moved[:, self.fb] = acts_a[:, self.fa]
+        recon = decode(self.b.weights, moved)
+        xb = xb.double()
+        self.sse += float(((xb - recon.double()) ** 2).sum())
+        self.sxx += float((xb * xb).sum())
+        self.sum_x = xb.sum(0) if self.sum_x is None else self.sum_x + xb.sum(0)
+        self.n += len(xb)
+
+    def result(self, state: CoFiring) -> dict:
+        fa, fb = self.fa.numpy(), self.fb.numpy()
+        fired = state.f_a[fa] > 0
+        _, cnt = state.lookup(fa, fb)
+        matching = float((cnt[fired] / state.f_a[fa][fired]).mean()) if fired.any() else None
+        sst = self.sxx - float((self.sum_x ** 2).sum()) / max(self.n, 1) if self.sum_x is not None else 0.0
+        return {"matching_score": matching, "explained_variance": 1 - self.sse / sst if sst > 0 else None}

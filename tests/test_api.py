@@ -81,9 +81,9 @@ def test_search_by_feature_and_vector(client):
 @pytest.mark.parametrize("url, status, error", [
     ("/api/saes/nope", 404, "unknown SAE 'nope': GET /api/saes lists the SAEs in this atlas"),
     (f"/api/saes/{SAE0}/features/256", 404, f"SAE '{SAE0}' has features 0..255; there is no feature 256"),
-    (f"/api/saes/{SAE0}/features/1/lineage?direction=up", 400, "direction must be both, forward or backward, got 'up'"),
+    (f"/api/saes/{SAE0}/features/1/lineage?direction=up", 400, "direction: Invalid enum value 'up' (one of both, forward, backward)"),
     ("/api/orphans?sae=x", 404, "unknown SAE 'x': GET /api/saes lists the SAEs in this atlas"),
-    ("/api/layer-pairs?min_frac=2", 400, "min_frac must be between 0.0 and 1.0, got 2.0"),
+    ("/api/layer-pairs?min_frac=2", 400, "min_frac: Expected `float` <= 1.0"),
     ("/api/stacks/none/matrix", 404, "unknown stack 'none': GET /api/stacks lists them"),
     ("/api/saes?cursor=%25%25", 400, "bad page token '%%': pass the 'next' value of the previous page"),
     ("/api/export/secrets.parquet", 404, "export 'secrets.parquet': ask for one of saes.parquet, features.parquet, "

@@ -13,7 +13,7 @@ def test_cli_builds_and_queries_an_atlas(tmp_path):
     r = runner.invoke(main, ["--atlas", atlas, "synth", "--out", str(tmp_path / "s"), "--layers", "3",
                              "--d-in", "128", "--d-sae", "64", "--seeds", "2"])
     assert r.exit_code == 0, r.output
-    assert "ingested" in r.output and "9 added" in r.output
+    assert "ingested" in r.output and "11 added" in r.output  # 3 layers x 3 stacks + 2 wider SAEs of layer 1
     r = runner.invoke(main, ["--atlas", atlas, "match", "--pairs", "adjacent"])
     assert r.exit_code == 0 and "matched 6 pair-methods" in r.output, r.output
     again = runner.invoke(main, ["--atlas", atlas, "match", "--pairs", "adjacent"])

@@ -28,8 +28,8 @@ def test_saelens_written_by_sae_lens_roundtrips(tmp_path):
 
     sae = JumpReLUSAE(JumpReLUSAEConfig(d_in=16, d_sae=32, dtype="float32", device="cpu"))
     with torch.no_grad():
-        for p in sae.parameters():
-            p.copy_(torch.randn_like(p))
+        for name, p in sae.named_parameters():
+            p.copy_(torch.randn_like(p).abs() if name == "threshold" else torch.randn_like(p))
     sae.cfg.metadata.model_name = "gpt2"
     sae.cfg.metadata.hook_name = "blocks.5.hook_resid_post"
     sae.cfg.metadata.neuronpedia_id = "gpt2-small/5-res-jb"
@@ -62,7 +62,10 @@ def test_gemmascope_npz_path_parsing(tmp_path):
     rec = read_sae(folder / "params.npz")
     m = rec.meta
     assert (m.model, m.site, m.layer, m.hook, m.arch) == ("gemma-2-2b", "resid", 20, "blocks.20.hook_resid_post", "jumprelu")
-    assert m.extra == {"width": "16k", "average_l0": 71, "apply_b_dec_to_input": False}
+    assert m.extra == {"width": "16k", "apply_b_dec_to_input": False}
+    # average_l0_71 is what sae_lens's canonical release loads for layer 20: same variant, same Neuronpedia id
+    assert (m.variant, m.l0, m.release, m.dataset, m.neuronpedia_id) == (
+        "canonical", 71, "google/gemma-scope-2b-pt-res", "monology/pile-uncopyrighted", "gemma-2-2b/20-gemmascope-res-16k")
     assert parse_path(folder)["average_l0"] == 71
     # model, layer and hook can come from the command line when the path says nothing
     flat = tmp_path / "flat"
@@ -164,14 +167,14 @@ def test_release_path_converts_a_loaded_sae_lens_object(tmp_path):
     from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
 
     from ingest.sources import finish
-    from ingest.sources.saelens import record_from_sae
+    from ingest.sources.saelens import record_from_state
 
     sae = TopKSAE(TopKSAEConfig(d_in=16, d_sae=32, k=4, dtype="float32", device="cpu"))
     sae.cfg.metadata.model_name, sae.cfg.metadata.hook_name = "gemma-2-2b", "blocks.20.hook_resid_post"
     sae.save_model(str(tmp_path))
     loaded = SAE.load_from_disk(str(tmp_path), device="cpu")
-    rec = finish(record_from_sae(loaded, source="gemma-scope-2b-pt-res-canonical:layer_20/width_16k/canonical"),
-                 "release", {})
+    state = {k: v.detach().numpy() for k, v in loaded.state_dict().items()}
+    rec = finish(record_from_state(loaded.cfg.to_dict(), state, "x", "x"), "release", {})
     assert (rec.meta.arch, rec.meta.k, rec.meta.layer, rec.meta.site) == ("topk", 4, 20, "resid")
     assert rec.meta.sha256 == read_sae(tmp_path).meta.sha256
     release = get_pretrained_saes_directory()["gemma-scope-2b-pt-res-canonical"]

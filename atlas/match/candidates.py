@@ -19,6 +19,8 @@ class Candidates:
     a2b_index: np.ndarray  # [n_a, k]
     b2a_score: np.ndarray  # [n_b, k]
     b2a_index: np.ndarray  # [n_b, k]
+    a_absmax: np.ndarray | None = None  # [n_a] best |cosine| of each a row in b (cos only, when asked)
+    b_absmax: np.ndarray | None = None  # [n_b]
 
 
 def device() -> torch.device:
@@ -33,8 +35,10 @@ def _prepare(x: np.ndarray, kind: str, dev) -> torch.Tensor:
 
 
 @torch.no_grad()
-def topk_both(a: np.ndarray, b: np.ndarray, k: int, kind: str = "cos", block: int = 4096) -> Candidates:
-    """kind 'cos': highest cosine first; kind 'mse': lowest ‖a−b‖²/d first (scores are the MSEs)."""
+def topk_both(a: np.ndarray, b: np.ndarray, k: int, kind: str = "cos", block: int = 4096,
+              absmax: bool = False) -> Candidates:
+    """kind 'cos': highest cosine first; kind 'mse': lowest ‖a−b‖²/d first (scores are the MSEs).
+    absmax (cos only): also each row's best |cosine| in the other SAE, from the same products (PW-MCC)."""
     dev = device()
     A, B = _prepare(a, kind, dev), _prepare(b, kind, dev)
     n_a, n_b, d = A.shape[0], B.shape[0], A.shape[1]
@@ -44,8 +48,15 @@ def topk_both(a: np.ndarray, b: np.ndarray, k: int, kind: str = "cos", block: in
     row_v, row_i = [], []
     col_v = torch.full((kb, n_b), -torch.inf, device=dev)
     col_i = torch.zeros((kb, n_b), dtype=torch.long, device=dev)
+    absmax = absmax and kind == "cos"
+    row_abs, col_abs = [], torch.zeros(n_b, device=dev)
     for s in range(0, n_a, block):
         S = A[s:s + block] @ B.T
+        if absmax:
+            S_abs = S.abs()
+            row_abs.append(S_abs.amax(1))
+            col_abs = torch.maximum(col_abs, S_abs.amax(0))
+            del S_abs
         if kind == "mse":  # negative squared distance, so that larger is better throughout
             S.mul_(2).sub_(na2[s:s + block, None]).sub_(nb2[None, :])
         v, i = S.topk(ka, dim=1)
@@ -57,7 +68,8 @@ def topk_both(a: np.ndarray, b: np.ndarray, k: int, kind: str = "cos", block: in
     rv, cv = torch.cat(row_v), col_v.T
     if kind == "mse":
         rv, cv = (-rv).clamp_min(0) / d, (-cv).clamp_min(0) / d
-    return Candidates(rv.cpu().numpy(), torch.cat(row_i).cpu().numpy(), cv.cpu().numpy(), col_i.T.cpu().numpy())
+    extra = (torch.cat(row_abs).cpu().numpy(), col_abs.cpu().numpy()) if absmax else (None, None)
+    return Candidates(rv.cpu().numpy(), torch.cat(row_i).cpu().numpy(), cv.cpu().numpy(), col_i.T.cpu().numpy(), *extra)
 
 
 @torch.no_grad()

@@ -18,7 +18,7 @@ from .assign import DENSE_MAX, assign_dense, assign_sparse
 from ..index import APPROX_FROM
 from .candidates import Candidates, full_scores, topk_both, topk_faiss
 from .fold import folded_decoder, is_distance, method_vectors
-from .stats import pair_stats
+from .stats import pair_stats, pw_mcc_random
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,7 @@ class MatchParams:
 
 @dataclass
 class PairResult:
-    matches: pa.Table  # sae_a, feature_a, sae_b, feature_b, method, score, rank, assigned
+    matches: pa.Table  # sae_a, feature_a, sae_b, feature_b, method, score, rank, assigned, rank_b
     stats: dict
 
 
@@ -66,7 +66,7 @@ def _edges(c: Candidates) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def _ranks(fa: np.ndarray, score: np.ndarray, distance: bool) -> np.ndarray:
-    """Rank of each edge among feature_a's edges, 1 = best."""
+    """Rank of each edge among its feature's edges (fa: feature_a or feature_b ids), 1 = best."""
     order = np.lexsort((score if distance else -score, fa))
     sorted_fa = fa[order]
     starts = np.r_[0, np.flatnonzero(np.diff(sorted_fa)) + 1]
@@ -89,7 +89,7 @@ def match_pair(a: SAEWeights, b: SAEWeights, sae_a: str, sae_b: str, params: Mat
     if not distance and min(n_a, n_b) >= APPROX_FROM:  # very wide SAEs: approximate (HNSW) search
         cand = topk_faiss(va, vb, params.k)
     else:
-        cand = topk_both(va, vb, params.k, kind="mse" if distance else "cos")
+        cand = topk_both(va, vb, params.k, kind="mse" if distance else "cos", absmax=method == "decoder_cos")
     fa, fb, score = _edges(cand)
     gain = _gain(method, score, sq_a[fa], sq_b[fb], params.floor, d)
 
@@ -105,21 +105,42 @@ def match_pair(a: SAEWeights, b: SAEWeights, sae_a: str, sae_b: str, params: Mat
     else:
         ra, rb = assign_sparse(fa, fb, gain, n_a, n_b)
     matched = (_gain(method, score, sq_a[fa], sq_b[fb], params.tau, d) >= 0) if distance else score >= params.tau
-    return _result(a, b, sae_a, sae_b, params, fa, fb, score, ra, rb, matched)
+    result = _result(a, b, sae_a, sae_b, params, fa, fb, score, ra, rb, matched)
+    if cand.a_absmax is not None:  # PW-MCC (Song et al. 2025): mean best |cosine|, both directions
+        result.stats.update(pw_mcc=float((cand.a_absmax.mean() + cand.b_absmax.mean()) / 2),
+                            pw_mcc_random=pw_mcc_random(n_a, n_b, d))
+    return result
+
+
+def match_candidates(cand: Candidates, a: SAEWeights, b: SAEWeights, sae_a: str, sae_b: str, params: MatchParams,
+                     full=None) -> PairResult:
+    """A method whose top-k candidates (both directions) come from elsewhere, e.g. activation_corr from the
+    co-firing state: the same assignment as the weight methods. `full()` gives the [n_a, n_b] scores and
+    is called only where the dense solver runs (both widths small)."""
+    n_a, n_b = len(cand.a2b_index), len(cand.b2a_index)
+    fa, fb, score = _edges(cand)
+    solver = params.solver if params.solver != "auto" else (
+        "dense" if n_a * n_b <= DENSE_MAX and full is not None else "sparse")
+    if solver == "dense":
+        if full is None:
+            raise ValueError(f"{params.method}: the dense solver needs the full score matrix")
+        scores = full()
+        ra, rb = assign_dense(scores - params.floor)
+        fa, fb, score = _add_edges(fa, fb, score, ra, rb, scores[ra, rb], n_b)
+    else:
+        ra, rb = assign_sparse(fa, fb, score - params.floor, n_a, n_b)
+    return _result(a, b, sae_a, sae_b, params, fa, fb, score, ra, rb, score >= params.tau)
 
 
 def match_scores(scores: np.ndarray, a: SAEWeights, b: SAEWeights, sae_a: str, sae_b: str,
                  params: MatchParams) -> PairResult:
-    """Same output for a method whose [n_a, n_b] similarity matrix is given (activation_corr)."""
+    """Same output from a given [n_a, n_b] similarity matrix (small pairs, tests)."""
     n_a, n_b = scores.shape
     k_a, k_b = min(params.k, n_b), min(params.k, n_a)
-    top_b = np.argsort(-scores, axis=1)[:, :k_a]
-    top_a = np.argsort(-scores, axis=0)[:k_b].T
+    top_b = np.argsort(-scores, axis=1, kind="stable")[:, :k_a]
+    top_a = np.argsort(-scores, axis=0, kind="stable")[:k_b].T
     cand = Candidates(np.take_along_axis(scores, top_b, 1), top_b, np.take_along_axis(scores.T, top_a, 1), top_a)
-    fa, fb, score = _edges(cand)
-    ra, rb = assign_dense(scores - params.floor)
-    fa, fb, score = _add_edges(fa, fb, score, ra, rb, scores[ra, rb], n_b)
-    return _result(a, b, sae_a, sae_b, params, fa, fb, score, ra, rb, score >= params.tau)
+    return match_candidates(cand, a, b, sae_a, sae_b, params, full=lambda: scores)
 
 
 def _result(a, b, sae_a, sae_b, params, fa, fb, score, ra, rb, matched_edge) -> PairResult:
@@ -144,6 +165,7 @@ def _result(a, b, sae_a, sae_b, params, fa, fb, score, ra, rb, matched_edge) -> 
         "score": pa.array(score, pa.float32()),
         "rank": pa.array(_ranks(fa, score, distance), pa.int16()),
         "assigned": pa.array(assigned),
+        "rank_b": pa.array(_ranks(fb, score, distance), pa.int16()),
     })
     return PairResult(table.sort_by([("feature_a", "ascending"), ("rank", "ascending")]), stats)
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from ..match import methods
+from ..match.methods import Method
 from .records import NotFound, QueryError
 
 SAE_COLUMNS = ("sae_id", "model", "hook", "site", "layer", "d_in", "d_sae", "arch", "k", "seed", "dataset",
-               "stack", "source", "format", "sha256", "neuronpedia_id", "index_file", "index_factory", "created_at")
+               "stack", "source", "format", "sha256", "neuronpedia_id", "index_file", "index_factory", "created_at",
+               "release", "variant", "kind", "hook_out", "d_out", "l0")
 
 
 def sae_row(con, sae_id: str) -> dict:
@@ -27,10 +30,18 @@ def stack_saes(con, stack: str) -> list[tuple[str, int]]:
     return rows
 
 
-def check_method(method: str) -> None:
-    known = ("decoder_cos", "decoder_mse", "encoder_cos", "activation_corr")
-    if method not in known:
-        raise QueryError(f"unknown method {method!r}; known: {', '.join(known)}")
+def check_method(method: str) -> Method:
+    """The registry entry of `method` (a QueryError naming the known ones otherwise)."""
+    try:
+        return methods.method(method)
+    except methods.UnknownMethod as e:
+        raise QueryError(str(e)) from None
+
+
+def check_tau(method: Method, tau: float, name: str = "tau") -> None:
+    """A threshold must be a finite score the method can give (cosines in [-1, 1], MSE >= 0)."""
+    if not (method.lo <= tau <= method.hi) or tau != tau or abs(tau) == float("inf"):
+        raise QueryError(f"{name} for {method.name} must be a number between {method.lo:g} and {method.hi:g}, got {tau}")
 
 
 def check_fraction(name: str, value: float, lo: float = 0.0, hi: float = 1.0) -> None:

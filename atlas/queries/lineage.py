@@ -1,10 +1,15 @@
 """Lineage of one feature within its stack: ancestors and descendants as a DAG (DESIGN.md, Questions).
 
 From (sae, i), follow matches whose score passes the bar backward to the first layer and forward to
-the last. A node with no passing match at the adjacent layer tries up to `max_skip` further layers (a
-gap). Every passing candidate is followed, so splits and merges show as branches. The bar is either a
-fixed `tau` (cosine) or a per-pair `quantile`: keep the best q fraction of that pair's assigned scores
-(SAE Match: MSE scales differ per layer pair). One SQL query per layer and direction.
+the last. Each edge has a kind (edge_kind; the SQL macros edge_kind / lineage_edges say the same):
+  carry  the one-to-one assignment (SAE Match; Laptev et al. follow a feature's best match);
+  split  feature_a is feature_b's best parent but not its assigned one: a parent with several children;
+  merge  feature_b is feature_a's best child but assigned elsewhere: a child with several parents;
+  gap    a carry that skips layers, tried (up to `max_skip`) only where a node has no edge to the next layer.
+The default lineage follows these; edges='all' follows every passing candidate (ranks up to k), which
+on real families grows hairballs of near-parallel features. The bar is either a fixed `tau` (cosine) or
+a per-pair `quantile`: keep the best q fraction of that pair's assigned scores (SAE Match: MSE scales
+differ per layer pair). One SQL query per layer and direction, or the in-memory EdgeIndex.
 """
 
 from __future__ import annotations
@@ -17,7 +22,23 @@ from .neuronpedia import feature_url
 from .records import Edge, Lineage, Node, QueryError
 
 MAX_NODES = 2000
-_EDGE_COLS = "sae_a, feature_a, sae_b, feature_b, method, score, rank, assigned"
+_EDGE_COLS = "sae_a, feature_a, sae_b, feature_b, method, score, rank, assigned, coalesce(rank_b, 0) AS rank_b"
+EDGE_MODES = ("default", "all")
+_KINDS = np.array(["carry", "split", "merge", "candidate"])
+
+
+def edge_kinds(assigned: np.ndarray, rank: np.ndarray, rank_b: np.ndarray) -> np.ndarray:
+    """Kind of each edge (schema.py's edge_kind macro, vectorised): carry | split | merge | candidate."""
+    return _KINDS[np.select([assigned, rank_b == 1, rank == 1], [0, 1, 2], 3)]
+
+
+def edge_kind(assigned: bool, rank: int, rank_b: int) -> str:
+    return str(edge_kinds(np.array([assigned]), np.array([rank]), np.array([rank_b]))[0])
+
+
+def _follows(kind: str, step: int, edges: str) -> bool:
+    """Whether a lineage follows an edge of this kind across `step` stack positions."""
+    return edges == "all" or (kind != "candidate" if step == 1 else kind == "carry")
 
 
 class EdgeIndex:
@@ -41,6 +62,7 @@ class EdgeIndex:
         self.score = t["score"].to_numpy()
         self.rank = t["rank"].to_numpy()
         self.assigned = t["assigned"].to_numpy(zero_copy_only=False)
+        self.kind = edge_kinds(self.assigned, self.rank, t["rank_b"].to_numpy())
         cur = con.cursor()
         self.labels = {(s, f): lab for s, f, lab in cur.execute(
             "SELECT sae_id, feature, label FROM features WHERE label IS NOT NULL").fetchall()}
@@ -63,7 +85,8 @@ class EdgeIndex:
                 other = self.cb[i] if forward else self.ca[i]
                 if other in want:
                     out.append((self.names[self.ca[i]], int(self.fa[i]), self.names[self.cb[i]], int(self.fb[i]),
-                                self.method, float(self.score[i]), int(self.rank[i]), bool(self.assigned[i])))
+                                self.method, float(self.score[i]), int(self.rank[i]), bool(self.assigned[i]),
+                                str(self.kind[i])))
         return out
 
 
@@ -87,8 +110,10 @@ def _passes(bar, a: str, b: str, score: float, distance: bool) -> bool:
 
 def lineage(con, sae_id: str, feature: int, direction: str = "both", tau: float | None = 0.7,
             quantile: float | None = None, max_skip: int = 1, method: str = "decoder_cos",
-            include_sites: bool = True, index: EdgeIndex | None = None) -> Lineage:
+            include_sites: bool = True, index: EdgeIndex | None = None, edges: str = "default") -> Lineage:
     check_method(method)
+    if edges not in EDGE_MODES:
+        raise QueryError(f"edges must be default or all, got {edges!r}")
     if direction not in ("both", "forward", "backward"):
         raise QueryError(f"direction must be both, forward or backward, got {direction!r}")
     if not 0 <= max_skip <= 8:
@@ -110,7 +135,7 @@ def lineage(con, sae_id: str, feature: int, direction: str = "both", tau: float 
     usable = index is not None and index.method == method and not distance and (
         min(bar.values(), default=1.0) if isinstance(bar, dict) else bar) >= index.floor
 
-    edges: dict[tuple, Edge] = {}
+    mode, edges = edges, {}
     seen = {(sae_id, feature)}
     for forward in ([True, False] if direction == "both" else [direction == "forward"]):
         frontier = {pos0: {feature}}
@@ -120,12 +145,14 @@ def lineage(con, sae_id: str, feature: int, direction: str = "both", tau: float 
             if not nodes:
                 continue
             for e, step in _step(con, ids, pos, nodes, forward, max_skip, method, index if usable else None):
-                if not _passes(bar, e.sae_a, e.sae_b, e.score, distance):
+                if not _follows(e.kind, step, mode) or not _passes(bar, e.sae_a, e.sae_b, e.score, distance):
                     continue
                 src = (e.sae_a, e.feature_a) if forward else (e.sae_b, e.feature_b)
                 dst_pos = pos + step if forward else pos - step
                 dst = (ids[dst_pos], e.feature_b if forward else e.feature_a)
                 e.gap = step - 1
+                if step > 1 and e.kind == "carry":
+                    e.kind = "gap"
                 if step > 1 and _has_nearer(edges, src, forward, step, ids, pos):
                     continue
                 edges[(e.sae_a, e.feature_a, e.sae_b, e.feature_b)] = e
@@ -138,9 +165,53 @@ def lineage(con, sae_id: str, feature: int, direction: str = "both", tau: float 
     birth = min(n.layer for n in nodes)
     death = max(n.layer for n in nodes)
     threshold = f"quantile={quantile} per pair" if quantile is not None else f"tau={tau}"
-    return Lineage(root=root, nodes=nodes, edges=sorted(edges.values(), key=lambda e: (layer_of[e.sae_a], e.feature_a,
-                   layer_of[e.sae_b], e.feature_b)), birth_layer=birth, death_layer=death,
-                   lifespan=death - birth + 1, method=method, threshold=threshold)
+    out = sorted(edges.values(), key=lambda e: (layer_of[e.sae_a], e.feature_a, layer_of[e.sae_b], e.feature_b))
+    ending, summary = _summary(out, (sae_id, feature), layer_of, ids, direction)
+    return Lineage(root=root, nodes=nodes, edges=out, birth_layer=birth, death_layer=death,
+                   lifespan=death - birth + 1, method=method, threshold=threshold, edges_mode=mode,
+                   ending=ending, summary=summary)
+
+
+def _summary(edges: list[Edge], root: tuple, layer_of: dict, ids: list[str], direction: str) -> tuple[str, str]:
+    """How the root's line goes: born (first node on its carry chain backward), splits along the way,
+    last seen, and how it ends (survives / dies / splits into k / merges into another feature)."""
+    out: dict[tuple, list[Edge]] = {}
+    into: dict[tuple, list[Edge]] = {}
+    for e in edges:
+        out.setdefault((e.sae_a, e.feature_a), []).append(e)
+        into.setdefault((e.sae_b, e.feature_b), []).append(e)
+    carried = ("carry", "gap")
+    first = root
+    while direction != "forward" and (c := [e for e in into.get(first, []) if e.kind in carried]):
+        first = (c[0].sae_a, c[0].feature_a)
+    born = layer_of[first[0]]
+    parts = [f"followed from layer {born}" if direction == "forward" else
+             f"present from layer {born}" if first[0] == ids[0] else f"born at layer {born}"]
+    node, ending = root, "unknown"
+    while True:
+        nxt = out.get(node, [])
+        splits = [e for e in nxt if e.kind == "split"]
+        carry = [e for e in nxt if e.kind in carried]
+        if splits:
+            parts.append(f"splits into {len(splits) + len(carry)} at layer {layer_of[splits[0].sae_b]}")
+        if not carry:
+            break
+        node = (carry[0].sae_b, carry[0].feature_b)
+    last = layer_of[node[0]]
+    merge = [e for e in out.get(node, []) if e.kind == "merge"]
+    split_end = [e for e in out.get(node, []) if e.kind == "split"]
+    if direction == "backward":
+        ending = "not followed forward"
+    elif merge:
+        ending = f"merges into {merge[0].sae_b}/{merge[0].feature_b}"
+    elif split_end:
+        ending = f"splits into {len(split_end)}"
+    elif node[0] == ids[-1]:
+        ending = "survives to the last layer"
+    else:
+        ending = "dies"
+    parts += [f"last seen at layer {last}", ending]
+    return ending, " · ".join(parts)
 
 
 def _step(con, ids, pos, nodes, forward, max_skip, method, index=None):
@@ -161,7 +232,9 @@ def _step(con, ids, pos, nodes, forward, max_skip, method, index=None):
     if index is None:
         rows = con.execute(sql, [ids[pos], sorted(nodes), targets, method]).fetchall()
     step_of = {s: i + 1 for i, s in enumerate(targets)}
-    out = [(Edge(*r, gap=0), step_of[r[2] if forward else r[0]]) for r in rows]
+    if index is None:
+        rows = [(*r[:8], edge_kind(r[7], r[6], r[8])) for r in rows]
+    out = [(Edge(*r[:8], gap=0, kind=r[8]), step_of[r[2] if forward else r[0]]) for r in rows]
     return sorted(out, key=lambda x: (x[1], -x[0].score))  # nearest layers first
 
 
@@ -190,9 +263,24 @@ def _nodes(con, seen, layer_of, site, include_sites, method, index: EdgeIndex | 
         for s in set(saes):
             mine = [f for x, f in seen if x == s]
             origins.update({(s, f): o for f, o in flow_origins(con, s, mine, method).items()})
+    tokens = _top_tokens(con, saes, feats)
     nodes = [Node(sae_id=s, feature=f, layer=layer_of[s], site=site, label=label, neuronpedia_url=feature_url(npid, f),
-                  origin=origins.get((s, f))) for s, f, label, npid in rows]
+                  origin=origins.get((s, f)), top_tokens=tokens.get((s, f))) for s, f, label, npid in rows]
     return sorted(nodes, key=lambda n: (n.layer, n.feature))
+
+
+def _top_tokens(con, saes, feats, n: int = 3) -> dict[tuple[str, int], list[str]]:
+    """The firing tokens of each node's top examples, distinct, best first (WordPiece '##' dropped)."""
+    rows = con.execute(
+        "SELECT e.sae_id, e.feature, list(e.tokens[e.highlight + 1] ORDER BY e.activation DESC) FROM examples e "
+        "JOIN (SELECT unnest(?) AS sae_id, unnest(?) AS feature) n USING (sae_id, feature) WHERE e.kind = 'top' "
+        "GROUP BY ALL", [list(saes), list(feats)]).fetchall()
+    out = {}
+    for s, f, toks in rows:
+        clean = list(dict.fromkeys(t.removeprefix("##").strip() for t in toks if t and t.strip()))
+        if clean:
+            out[(s, f)] = clean[:n]
+    return out
 
 
 def flow_origins(con, sae_id: str, features: list[int], method: str, tau: float = 0.5) -> dict[int, str]:

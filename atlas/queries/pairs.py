@@ -7,7 +7,7 @@ A pair (a, b) is permutation-only when its assignment matches ≥ min_frac of a'
 
 from __future__ import annotations
 
-from .common import check_fraction, check_method, stack_saes
+from .common import check_fraction, check_method, check_tau, stack_saes
 from .records import LayerPair, QueryError
 
 STATS = ("matched_frac", "mean_score", "median_score", "mse_after_perm", "identity_frac", "frac_at_min_score")
@@ -15,13 +15,22 @@ STATS = ("matched_frac", "mean_score", "median_score", "mse_after_perm", "identi
 
 def layer_pairs(con, stack: str | None = None, method: str = "decoder_cos", min_frac: float = 0.9,
                 min_score: float = 0.9, permutation_only: bool = False) -> list[LayerPair]:
-    check_method(method)
-    if method.endswith("_mse"):
-        raise QueryError("permutation-only pairs are defined on similarity scores; use decoder_cos or encoder_cos")
+    """Matched layer pairs of a stack (or all stacks) with their stats. For a distance method (MSE) there is
+    no score bar, so frac_at_min_score is None and no pair is permutation-only."""
+    m = check_method(method)
     check_fraction("min_frac", min_frac)
-    check_fraction("min_score", min_score, -1, 1)
+    check_tau(m, min_score, "min_score")
     if stack is not None:
         stack_saes(con, stack)
+    if m.is_distance:
+        if permutation_only:
+            raise QueryError(f"permutation-only pairs are defined on similarity scores, not {method}; "
+                             f"use decoder_cos or encoder_cos")
+        rows = con.execute(
+            "SELECT sae_a, sae_b, layer_a, layer_b, method, n_a, n_b, n_matched, matched_frac, NULL, mean_score, "
+            "median_score, mse_after_perm, identity_frac, false FROM layer_pairs WHERE (? IS NULL OR stack = ?) "
+            "AND method = ? ORDER BY stack, layer_a, layer_b", [stack, stack, method]).fetchall()
+        return [LayerPair(*r) for r in rows]
     rows = con.execute("SELECT * FROM layer_pair_stats(method_ := ?, min_frac_ := ?, min_score_ := ?, stack_ := ?)",
                        [method, min_frac, min_score, stack]).fetchall()
     pairs = [LayerPair(*r) for r in rows]
@@ -38,17 +47,13 @@ def pair_matrix(con, stack: str, method: str = "decoder_cos", stat: str = "match
     """{layers, values[i][j]} with values[i][j] the stat of pair (layer i, layer j), None where unmatched."""
     if stat not in STATS:
         raise QueryError(f"stat must be one of {', '.join(STATS)}, got {stat!r}")
-    check_method(method)
+    m = check_method(method)
     layers = [layer for _, layer in stack_saes(con, stack)]
     pos = {layer: i for i, layer in enumerate(layers)}
     values: list[list[float | None]] = [[None] * len(layers) for _ in layers]
-    if method.endswith("_mse") and stat == "frac_at_min_score":
+    if m.is_distance and stat == "frac_at_min_score":
         raise QueryError("frac_at_min_score needs a similarity method")
-    pairs = (layer_pairs(con, stack, method, 0.0, min_score) if not method.endswith("_mse") else
-             [LayerPair(*r, False) for r in con.execute(
-                 "SELECT sae_a, sae_b, layer_a, layer_b, method, n_a, n_b, n_matched, matched_frac, NULL, mean_score, "
-                 "median_score, mse_after_perm, identity_frac FROM layer_pairs WHERE stack = ? AND method = ?",
-                 [stack, method]).fetchall()])
+    pairs = layer_pairs(con, stack, method, 0.0, min_score if not m.is_distance else 0.0)
     for p in pairs:
         v = getattr(p, stat)
         values[pos[p.layer_a]][pos[p.layer_b]] = v
@@ -59,7 +64,11 @@ def pair_matrix(con, stack: str, method: str = "decoder_cos", stat: str = "match
 def birth_death(con, stack: str, method: str = "decoder_cos", tau: float = 0.7) -> list[dict]:
     """Per layer: features born (no assigned match ≥ tau from the layer before) and dying (none to the
     layer after); None where that pair was not matched. SQL: the macro `birth_death(stack_, ...)`."""
-    check_method(method)
+    m = check_method(method)
+    if m.is_distance:
+        raise QueryError(f"births and deaths are counted on similarity scores, not {method}; "
+                         f"use decoder_cos, encoder_cos or activation_corr")
+    check_tau(m, tau)
     stack_saes(con, stack)
     cur = con.execute("SELECT * FROM birth_death(?, method_ := ?, tau_ := ?)", [stack, method, tau])
     names = [d[0] for d in cur.description]

@@ -6,16 +6,38 @@ import msgspec
 
 
 class QueryError(ValueError):
-    """A query that cannot be answered as asked: the message says why (unknown SAE, bad parameter)."""
+    """A query that cannot be answered as asked: the message says why (bad parameter, malformed SQL).
 
-    def __init__(self, message: str, status: int = 400):
-        super().__init__(message)
-        self.status = status
+    Query errors carry no HTTP status: api/errors.py maps each kind to one."""
 
 
 class NotFound(QueryError):
-    def __init__(self, message: str):
-        super().__init__(message, 404)
+    """The SAE, feature, stack or table asked for does not exist."""
+
+
+class NotAllowed(QueryError):
+    """The request asks for something readers may not do (write SQL, read files)."""
+
+
+class OverBudget(QueryError):
+    """The answer would cost more than a bound allows; `bound` names it (e.g. 'max_nodes=2000')."""
+
+    def __init__(self, message: str, bound: str):
+        super().__init__(message)
+        self.bound = bound
+
+
+class QueryTimeout(OverBudget):
+    """The query ran past its time limit and was stopped."""
+
+    def __init__(self, seconds: float, what: str = "query"):
+        super().__init__(f"{what} stopped after the time limit of {seconds:g} s; add filters or a LIMIT",
+                         f"time_limit={seconds:g}s")
+        self.seconds = seconds
+
+
+class Cancelled(QueryError):
+    """The client went away; the work was stopped."""
 
 
 class Node(msgspec.Struct):
@@ -27,6 +49,8 @@ class Node(msgspec.Struct):
     neuronpedia_url: str | None = None
     origin: str | None = None
     """Feature-flow class of this residual node where MLP/attention SAEs of its layer exist."""
+    top_tokens: list[str] | None = None
+    """Firing tokens of its top examples, best first (a label where features.label is empty)."""
 
 
 class Edge(msgspec.Struct):
@@ -40,6 +64,8 @@ class Edge(msgspec.Struct):
     assigned: bool
     gap: int
     """Layers skipped (0 = adjacent layers of the stack)."""
+    kind: str = "candidate"
+    """carry | split | merge | gap | candidate (lineage.py; the edge_kind SQL macro)."""
 
 
 class Lineage(msgspec.Struct):
@@ -53,6 +79,12 @@ class Lineage(msgspec.Struct):
     method: str
     threshold: str
     """The score bar used: 'tau=0.7' or 'quantile=0.5 per pair'."""
+    edges_mode: str = "default"
+    """default (carry, split, merge, gap) or all (every passing candidate)."""
+    ending: str = ""
+    """How the root's line ends: survives to the last layer | dies | splits into k | merges into SAE/feature."""
+    summary: str = ""
+    """One line: born, splits, last seen, ending."""
 
 
 class LayerPair(msgspec.Struct):
@@ -65,7 +97,8 @@ class LayerPair(msgspec.Struct):
     n_b: int
     n_matched: int
     matched_frac: float
-    frac_at_min_score: float
+    frac_at_min_score: float | None
+    """None for distance methods (no score bar)."""
     mean_score: float | None
     median_score: float | None
     mse_after_perm: float | None

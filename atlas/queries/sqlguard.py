@@ -14,14 +14,9 @@ import time
 import duckdb
 
 from ..store.atlas import SERVING_CONFIG, connect_serving  # noqa: F401  (re-exported)
-from .records import QueryError
+from .records import NotAllowed, QueryError, QueryTimeout
 
 ALLOWED = {"SELECT", "EXPLAIN"}  # DESCRIBE, SHOW, SUMMARIZE, FROM-first and VALUES parse as SELECT
-
-class SQLTimeout(QueryError):
-    def __init__(self, seconds: float):
-        super().__init__(f"query stopped after the time limit of {seconds:g} s; add filters or a LIMIT", 408)
-
 
 def serving_settings(con) -> dict:
     names = list(SERVING_CONFIG) + ["memory_limit", "threads", "lock_configuration"]
@@ -40,7 +35,7 @@ def check_statement(con, sql: str) -> None:
         raise QueryError(f"one statement per request, got {len(statements)}")
     kind = statements[0].type.name
     if kind not in ALLOWED:
-        raise QueryError(f"only SELECT, WITH, EXPLAIN, DESCRIBE, SHOW and SUMMARIZE are allowed, not {kind}", 403)
+        raise NotAllowed(f"only SELECT, WITH, EXPLAIN, DESCRIBE, SHOW and SUMMARIZE are allowed, not {kind}")
 
 
 def run_sql(con, sql: str, limit: int, timeout_s: float):
@@ -54,9 +49,9 @@ def run_sql(con, sql: str, limit: int, timeout_s: float):
         rows = cur.fetchmany(limit + 1)
         names = [d[0] for d in cur.description or []]
     except duckdb.InterruptException:
-        raise SQLTimeout(timeout_s) from None
+        raise QueryTimeout(timeout_s) from None
     except duckdb.PermissionException as e:
-        raise QueryError(f"not allowed here: {e}", 403) from None
+        raise NotAllowed(f"not allowed here: {e}") from None
     except duckdb.Error as e:
         raise QueryError(f"SQL error: {e}") from None
     finally:

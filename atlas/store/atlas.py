@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import itertools
 import os
 import shutil
 import time
@@ -20,14 +21,15 @@ from pathlib import Path
 import duckdb
 
 from . import schema
+from .leases import leased_files
 
 ENV_VAR = "ATLAS_PATH"
 DEFAULT_PATH = "atlas.duckdb"
 
 
 # Every reader (API, user SQL, CLI, tests) opens the file the same locked-down way: read-only, no file
-# system or network access, no extension installs, no Python replacement scans, configuration locked
-# last. One configuration also lets readers in one process share DuckDB's instance of the file.
+# system or network access, no extension installs, no Python replacement scans, no spilling to disk,
+# configuration locked last.
 SERVING_CONFIG = {
     "enable_external_access": False,
     "autoinstall_known_extensions": False,
@@ -37,8 +39,43 @@ SERVING_CONFIG = {
 
 
 def connect_serving(path: str, memory_limit: str = "2GB", threads: int = 2) -> duckdb.DuckDBPyConnection:
-    config = dict(SERVING_CONFIG, memory_limit=memory_limit, threads=threads, lock_configuration=True)
-    return duckdb.connect(str(path), read_only=True, config=config)
+    """A read-only, locked-down connection on the file now at `path`, on a DuckDB instance of its own."""
+    return open_snapshot(path, memory_limit, threads)[0]
+
+
+def open_snapshot(path: str | Path, memory_limit: str = "2GB",
+                  threads: int = 2) -> tuple[duckdb.DuckDBPyConnection, tuple[int, int]]:
+    """(connection, (inode, mtime_ns) of the file it opened) for the snapshot now at `path`.
+
+    DuckDB keeps one instance per path and hands it back while any connection to it lives, so reopening a
+    path whose file a job has since replaced would return the old, replaced database. Opening through a
+    hard link of a name used once (atlas.files/open/<unique>/<name>) gives a fresh instance on exactly the
+    file that was there when linked, under the usual catalog name; the link goes as soon as it is open.
+    """
+    path = Path(path).resolve()
+    config = dict(SERVING_CONFIG, memory_limit=memory_limit, threads=threads, temp_directory="",
+                  lock_configuration=True)
+    folder = path.with_name(path.stem + ".files") / "open" / f"{os.getpid()}-{next(_opened)}"
+    target = folder / path.name
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        os.link(path, target)
+    except FileNotFoundError:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise FileNotFoundError(f"no atlas at {path}: run `atlas init` or `atlas ingest` first") from None
+    except OSError:  # a read-only folder or a file system without links: no job can replace the file there
+        shutil.rmtree(folder, ignore_errors=True)
+        target = path
+    try:
+        st = os.stat(target)
+        return duckdb.connect(str(target), read_only=True, config=config), (st.st_ino, st.st_mtime_ns)
+    finally:
+        if target != path:
+            target.unlink(missing_ok=True)
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+_opened = itertools.count()
 
 
 class AtlasBusy(RuntimeError):
@@ -116,8 +153,9 @@ class Writer:
         self.published_at = time.monotonic()
 
     def _drop_stale_indexes(self) -> None:
-        """Index files no published SAE names: left by a killed job or by --replace."""
-        keep = {r[0] for r in self.con.execute("SELECT index_file FROM saes").fetchall()}
+        """Index files no published SAE names (left by a killed job or by --replace), unless a running
+        server's snapshot still names them (leases.py)."""
+        keep = {r[0] for r in self.con.execute("SELECT index_file FROM saes").fetchall()} | leased_files(self.atlas.dir)
         for p in self.atlas.index_dir.glob("*.faiss"):
             if p.name not in keep:
                 p.unlink(missing_ok=True)
@@ -172,3 +210,9 @@ class Writer:
             self.con.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM _incoming")
         finally:
             self.con.unregister("_incoming")
+
+    def replace_widths(self, sae_a: str, sae_b: str, rows) -> None:
+        """Store one width pair's rows (an Arrow table of the widths columns), replacing earlier ones."""
+        with self.transaction() as con:
+            con.execute("DELETE FROM widths WHERE sae_a = ? AND sae_b = ?", [sae_a, sae_b])
+            self.insert_arrow("widths", rows)

@@ -1,11 +1,24 @@
 """The atlas's DuckDB schema (tables of DESIGN.md), its version, and the SQL views users query."""
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 4
 
 # Each step upgrades an atlas from the version before it (the tables it adds come from TABLES).
 MIGRATIONS = {
     2: "ALTER TABLE pair_stats ADD COLUMN IF NOT EXISTS matching_score DOUBLE;"
        "ALTER TABLE pair_stats ADD COLUMN IF NOT EXISTS explained_variance DOUBLE;",
+    3: "ALTER TABLE saes ADD COLUMN IF NOT EXISTS release VARCHAR;"
+       "ALTER TABLE saes ADD COLUMN IF NOT EXISTS variant VARCHAR;"
+       "ALTER TABLE saes ADD COLUMN IF NOT EXISTS kind VARCHAR DEFAULT 'sae';"
+       "ALTER TABLE saes ADD COLUMN IF NOT EXISTS hook_out VARCHAR;"
+       "ALTER TABLE saes ADD COLUMN IF NOT EXISTS d_out INTEGER;"
+       "ALTER TABLE saes ADD COLUMN IF NOT EXISTS l0 DOUBLE;",
+    # rank_b (feature_b's rank of the edge) types lineage edges; PW-MCC per pair; widths table (TABLES)
+    4: "ALTER TABLE matches ADD COLUMN IF NOT EXISTS rank_b SMALLINT;"
+       "UPDATE matches SET rank_b = r.rank_b FROM (SELECT rowid AS rid, row_number() OVER (PARTITION BY sae_a, sae_b, "
+       "method, feature_b ORDER BY CASE WHEN ends_with(method, '_mse') THEN score ELSE -score END) AS rank_b "
+       "FROM matches) r WHERE matches.rowid = r.rid;"
+       "ALTER TABLE pair_stats ADD COLUMN IF NOT EXISTS pw_mcc DOUBLE;"
+       "ALTER TABLE pair_stats ADD COLUMN IF NOT EXISTS pw_mcc_random DOUBLE;",
 }
 
 TABLES = """
@@ -30,7 +43,13 @@ CREATE TABLE IF NOT EXISTS saes (
     neuronpedia_id VARCHAR,
     index_file VARCHAR,
     index_factory VARCHAR,
-    created_at TIMESTAMP NOT NULL DEFAULT current_timestamp
+    created_at TIMESTAMP NOT NULL DEFAULT current_timestamp,
+    release VARCHAR,              -- sae_lens release, Hugging Face repo or training run it comes from
+    variant VARCHAR,              -- its name among siblings there: average_l0_71, canonical, trainer_3, seed1, best
+    kind VARCHAR DEFAULT 'sae',   -- sae | transcoder | skip_transcoder
+    hook_out VARCHAR,             -- transcoders: the hook the decoder writes to (site and layer are its)
+    d_out INTEGER,                -- transcoders: width of the output space (decoder rows); NULL = d_in
+    l0 DOUBLE                     -- average L0 where the source states it
 );
 
 CREATE TABLE IF NOT EXISTS features (
@@ -52,7 +71,8 @@ CREATE TABLE IF NOT EXISTS matches (
     score FLOAT NOT NULL,      -- cosine / correlation (higher is better); for decoder_mse the MSE (lower is better)
     rank SMALLINT NOT NULL,    -- 1 = feature_a's best candidate in sae_b
     assigned BOOLEAN NOT NULL, -- in the one-to-one assignment of the pair
-    run_id VARCHAR NOT NULL
+    run_id VARCHAR NOT NULL,
+    rank_b SMALLINT            -- 1 = feature_b's best candidate in sae_a (see edge_kind)
 );
 
 CREATE TABLE IF NOT EXISTS pair_stats (
@@ -75,7 +95,21 @@ CREATE TABLE IF NOT EXISTS pair_stats (
     matching_score DOUBLE,        -- with activations: mean P(b fires | a fires) over assigned pairs
     explained_variance DOUBLE,    -- with activations: encode(a) -> permute -> decode(b) against b's layer
     params_hash VARCHAR NOT NULL,
-    run_id VARCHAR NOT NULL
+    run_id VARCHAR NOT NULL,
+    pw_mcc DOUBLE,                -- decoder_cos: mean best |cosine| in the other SAE, both directions (Song et al. 2025)
+    pw_mcc_random DOUBLE          -- the same for random unit decoders of these widths and d_in
+);
+
+-- Width siblings (same model and hook, sae_b wider): one row per feature of the narrow SAE sae_a.
+CREATE TABLE IF NOT EXISTS widths (
+    sae_a VARCHAR NOT NULL, feature_a INTEGER NOT NULL, sae_b VARCHAR NOT NULL,
+    class VARCHAR NOT NULL,       -- kept (1 child) | split (>= 2) | absent (none)
+    n_children INTEGER NOT NULL,
+    children INTEGER[] NOT NULL,  -- wide features whose best narrow feature (cosine >= tau) is this one
+    scores FLOAT[] NOT NULL,      -- their decoder cosines with it, best first
+    combo_cos FLOAT,              -- cosine with the best non-negative combination of its children
+    best_feature INTEGER NOT NULL, best_score FLOAT NOT NULL,  -- nearest wide feature, whatever the class
+    tau DOUBLE NOT NULL, params_hash VARCHAR NOT NULL, run_id VARCHAR NOT NULL
 );
 
 CREATE TABLE IF NOT EXISTS correlations (
@@ -193,26 +227,78 @@ SELECT st.layer, st.sae_id, st.d_sae,
             THEN st.d_sae - coalesce((SELECT n_a FROM kept WHERE sae_a = st.sae_id AND sae_b = st.next_sae), 0) END AS deaths
 FROM st ORDER BY st.layer;
 
--- Lineage without gaps, for SQL users: every feature reachable from (sae_, feature_) through matches
--- of adjacent stack layers with score >= tau_, forward and backward. lineage() in Python adds gaps.
-CREATE OR REPLACE MACRO lineage_nodes(sae_, feature_, tau_ := 0.7, method_ := 'decoder_cos') AS TABLE
+-- The kind of a lineage edge, one definition (atlas.queries.lineage.edge_kind and EdgeIndex agree):
+-- carry = in the one-to-one assignment; split = feature_a is feature_b's best parent (a parent with
+-- several children); merge = feature_b is feature_a's best child (a child with several parents);
+-- candidate = anything else (followed only with edges = 'all'). A gap is a carry across skipped layers.
+CREATE OR REPLACE MACRO edge_kind(assigned, rank_a, rank_b) AS
+    CASE WHEN assigned THEN 'carry' WHEN rank_b = 1 THEN 'split' WHEN rank_a = 1 THEN 'merge' ELSE 'candidate' END;
+
+-- Lineage edges of (sae_, feature_) within its stack, as lineage() in Python computes them: from each
+-- node, the passing (score >= tau_) carry/split/merge edges to the adjacent layer; where a node has none,
+-- carry edges that skip up to max_skip_ layers (gaps). edges_ := 'all' follows every passing candidate.
+CREATE OR REPLACE MACRO lineage_edges(sae_, feature_, tau_ := 0.7, method_ := 'decoder_cos', max_skip_ := 1,
+                                      edges_ := 'default') AS TABLE
 WITH RECURSIVE
-st AS (SELECT sae_id, layer, lead(sae_id) OVER w AS next_sae, lag(sae_id) OVER w AS prev_sae
-       FROM saes WINDOW w AS (PARTITION BY stack ORDER BY layer)),
+st AS (SELECT sae_id, layer, dense_rank() OVER (ORDER BY layer) AS pos FROM saes
+       WHERE stack = (SELECT stack FROM saes WHERE sae_id = sae_)),
+e AS (SELECT m.sae_a, m.feature_a, m.sae_b, m.feature_b, m.score, m.assigned,
+             edge_kind(m.assigned, m.rank, m.rank_b) AS kind, b.pos - a.pos AS step
+      FROM matches m JOIN st a ON a.sae_id = m.sae_a JOIN st b ON b.sae_id = m.sae_b
+      WHERE m.method = method_ AND m.score >= tau_ AND b.pos > a.pos AND b.pos - a.pos <= 1 + max_skip_),
+ok AS (SELECT * FROM e WHERE edges_ = 'all' OR (step = 1 AND kind <> 'candidate') OR kind = 'carry'),
+fwd_e AS (SELECT * FROM ok WHERE NOT EXISTS (SELECT 1 FROM ok x WHERE x.sae_a = ok.sae_a AND x.feature_a = ok.feature_a
+                                            AND x.step < ok.step)),
+bwd_e AS (SELECT * FROM ok WHERE NOT EXISTS (SELECT 1 FROM ok x WHERE x.sae_b = ok.sae_b AND x.feature_b = ok.feature_b
+                                            AND x.step < ok.step)),
 fwd(sae_id, feature) AS (
     SELECT sae_, feature_
     UNION
-    SELECT m.sae_b, m.feature_b FROM fwd JOIN st ON st.sae_id = fwd.sae_id
-    JOIN matches m ON m.sae_a = fwd.sae_id AND m.feature_a = fwd.feature AND m.sae_b = st.next_sae
-    WHERE m.method = method_ AND m.score >= tau_),
+    SELECT e.sae_b, e.feature_b FROM fwd JOIN fwd_e e ON e.sae_a = fwd.sae_id AND e.feature_a = fwd.feature),
 bwd(sae_id, feature) AS (
     SELECT sae_, feature_
     UNION
-    SELECT m.sae_a, m.feature_a FROM bwd JOIN st ON st.sae_id = bwd.sae_id
-    JOIN matches m ON m.sae_b = bwd.sae_id AND m.feature_b = bwd.feature AND m.sae_a = st.prev_sae
-    WHERE m.method = method_ AND m.score >= tau_)
-SELECT n.sae_id, n.feature, s.layer FROM (SELECT * FROM fwd UNION SELECT * FROM bwd) n JOIN saes s USING (sae_id)
-ORDER BY s.layer, n.feature;
+    SELECT e.sae_a, e.feature_a FROM bwd JOIN bwd_e e ON e.sae_b = bwd.sae_id AND e.feature_b = bwd.feature),
+out AS (SELECT e.* FROM fwd_e e JOIN fwd ON e.sae_a = fwd.sae_id AND e.feature_a = fwd.feature
+        UNION
+        SELECT e.* FROM bwd_e e JOIN bwd ON e.sae_b = bwd.sae_id AND e.feature_b = bwd.feature)
+SELECT o.sae_a, o.feature_a, a.layer AS layer_a, o.sae_b, o.feature_b, b.layer AS layer_b, o.score,
+       CASE WHEN o.step > 1 AND o.kind = 'carry' THEN 'gap' ELSE o.kind END AS kind, o.step - 1 AS gap
+FROM out o JOIN st a ON a.sae_id = o.sae_a JOIN st b ON b.sae_id = o.sae_b
+ORDER BY layer_a, o.feature_a, layer_b, o.feature_b;
+
+-- The nodes of that lineage: the feature itself and every end of its edges.
+CREATE OR REPLACE MACRO lineage_nodes(sae_, feature_, tau_ := 0.7, method_ := 'decoder_cos', max_skip_ := 1,
+                                      edges_ := 'default') AS TABLE
+SELECT n.sae_id, n.feature, s.layer FROM (
+    SELECT sae_ AS sae_id, feature_ AS feature
+    UNION SELECT sae_a, feature_a FROM lineage_edges(sae_, feature_, tau_ := tau_, method_ := method_,
+                                                     max_skip_ := max_skip_, edges_ := edges_)
+    UNION SELECT sae_b, feature_b FROM lineage_edges(sae_, feature_, tau_ := tau_, method_ := method_,
+                                                     max_skip_ := max_skip_, edges_ := edges_)) n
+JOIN saes s USING (sae_id) ORDER BY s.layer, n.feature;
+
+-- The width tree of (sae_, feature_): its narrower ancestors (depth < 0) and wider descendants (depth > 0)
+-- through the widths table, each with its parent, cosine to it, and its own class as a narrow feature.
+CREATE OR REPLACE MACRO width_tree(sae_, feature_) AS TABLE
+WITH RECURSIVE
+edges AS (SELECT sae_a, feature_a, sae_b, unnest(children) AS feature_b, unnest(scores) AS score FROM widths),
+down(depth, sae_id, feature) AS (
+    SELECT 0, sae_, feature_
+    UNION
+    SELECT d.depth + 1, e.sae_b, e.feature_b FROM down d JOIN edges e ON e.sae_a = d.sae_id AND e.feature_a = d.feature),
+up(depth, sae_id, feature) AS (
+    SELECT 0, sae_, feature_
+    UNION
+    SELECT u.depth - 1, e.sae_a, e.feature_a FROM up u JOIN edges e ON e.sae_b = u.sae_id AND e.feature_b = u.feature)
+SELECT n.depth, n.sae_id, s.d_sae, n.feature, p.sae_a AS parent_sae, p.feature_a AS parent_feature, p.score,
+       w.class, w.n_children, w.combo_cos, f.label
+FROM (SELECT * FROM down UNION SELECT * FROM up) n
+JOIN saes s USING (sae_id)
+LEFT JOIN edges p ON p.sae_b = n.sae_id AND p.feature_b = n.feature
+LEFT JOIN widths w ON w.sae_a = n.sae_id AND w.feature_a = n.feature
+LEFT JOIN features f ON f.sae_id = n.sae_id AND f.feature = n.feature
+ORDER BY n.depth, n.sae_id, n.feature;
 """
 
 

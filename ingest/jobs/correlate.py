@@ -19,11 +19,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from atlas.match.candidates import full_scores
-from atlas.match.pair import MatchParams, match_scores
+from atlas.match.pair import MatchParams, match_candidates
 from atlas.store import Atlas, record_run
-from ingest.activations import MANIFEST, load_layer, load_tokens, model_path
-from ingest.correlate import compositions, examples, pair_activations, top_correlations, weight_match_quality
+from ingest.activations import MANIFEST, iter_layer, load_tokens, model_path
+from ingest.correlate import CoFiring, Compositions, Examples, Quality, activation_batches
 from ingest.executors import InProcess
 from ingest.sources import read_sae
 from ingest.tasks import SAERef
@@ -57,6 +56,8 @@ class CorrResult:
     quality: dict[str, dict]
     n_compositions: int
     seconds: float
+    error_bound: float = 0.0
+    """Θ of the co-firing cap policy (ingest.correlate): 0.0 = every statistic exact."""
 
 
 @dataclass
@@ -65,33 +66,55 @@ class CorrelateSummary:
     compositions: dict[str, int] = field(default_factory=dict)
     examples: int = 0
     seconds: float = 0.0
+    error_bound: float = 0.0
+    """Largest Θ over the pairs: 0.0 when no pair hit the co-firing cap."""
 
 
-_LAYERS: dict[tuple[str, int, int | None], object] = {}  # per worker process: activations already read
+def _batch(d_sae: int) -> int:
+    """Tokens per streamed batch: the dense encoder output stays near 128 MB at any width."""
+    return max(256, min(8192, 2**25 // max(d_sae, 1)))
 
 
-def _layer(folder: str, layer: int, max_tokens: int | None):
-    key = (folder, layer, max_tokens)
-    if key not in _LAYERS:
-        if layer not in json.loads((Path(folder) / MANIFEST).read_text())["config"]["layers"]:
-            raise ValueError(f"{folder}: no activations stored for layer {layer}")
-        if len(_LAYERS) >= 3:
-            _LAYERS.pop(next(iter(_LAYERS)))
-        _LAYERS[key] = load_layer(Path(folder), layer)[:max_tokens]
-    return _LAYERS[key]
+def _stream(task: CorrTask, ra, rb):
+    """(acts_a, acts_b, x_b) per token batch over the pair's tokens; nothing is kept between batches."""
+    batch = _batch(max(ra.meta.d_sae, rb.meta.d_sae))
+    folder = Path(task.activations)
+    xs_a = iter_layer(folder, task.layer_a, batch, task.max_tokens)
+    xs_b = iter_layer(folder, task.layer_b, batch, task.max_tokens)
+    for xa, xb in zip(xs_a, xs_b, strict=True):
+        (A,), (B,) = activation_batches(ra, [xa]), activation_batches(rb, [xb])
+        yield A, B, xb
+
+
+def _unit_rows(w: np.ndarray) -> np.ndarray:
+    return w / np.maximum(np.linalg.norm(w, axis=1, keepdims=True), 1e-12)
 
 
 def run_corr(task: CorrTask, out_dir: str) -> CorrResult:
-    """Everything about one pair's activations, written as shards under out_dir."""
+    """Everything about one pair's activations, written as shards under out_dir. One streamed pass
+    builds the co-firing state, the examples and the weight matches' checks; a second one counts the
+    AND/OR candidates' joint firing (only for pairs across layers)."""
     from transformers import AutoTokenizer
 
     t0 = time.perf_counter()
     a, b = task.a.sae_id, task.b.sae_id
     ra = read_sae(task.a.source, fmt=task.a.fmt, sae_id=a, layer=task.layer_a)
     rb = read_sae(task.b.source, fmt=task.b.fmt, sae_id=b, layer=task.layer_b)
-    xa, xb = _layer(task.activations, task.layer_a, task.max_tokens), _layer(task.activations, task.layer_b, task.max_tokens)
-    p = pair_activations(ra, rb, xa, xb)
-    fa, fb = top_correlations(p, task.k)
+    state = CoFiring(ra.meta.d_sae, rb.meta.d_sae)
+    ex = {sid: Examples(rec.meta.d_sae) for sid, rec in ((a, ra), (b, rb)) if sid in task.examples_for}
+    quality = {method: Quality(rb, np.array(f_a, np.int64), np.array(f_b, np.int64))
+               for method, f_a, f_b in task.assignments}
+    for A, B, xb in _stream(task, ra, rb):
+        state.add(A, B)
+        for sid, acts in ((a, A), (b, B)):
+            if sid in ex:
+                ex[sid].add(acts)
+        for q in quality.values():
+            q.add(A, xb)
+    state.finish()
+    if state.n == 0:
+        raise ValueError(f"{task.activations}: no tokens to correlate {a} and {b} over")
+    cand = state.topk(task.k)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     shards = {}
@@ -103,28 +126,33 @@ def run_corr(task: CorrTask, out_dir: str) -> CorrResult:
         os.replace(tmp, path)
         shards[name] = str(path)
 
+    k = cand.a2b_index.shape[1]
+    fa, fb = np.repeat(np.arange(state.d_a), k), cand.a2b_index.ravel()
+    st = state.stats(fa, fb)
     write("correlations", pa.table({
         "sae_a": pa.repeat(a, len(fa)), "feature_a": pa.array(fa, pa.int32()), "sae_b": pa.repeat(b, len(fa)),
-        "feature_b": pa.array(fb, pa.int32()), "pearson": pa.array(p.pearson[fa, fb], pa.float32()),
-        "p_b_given_a": pa.array(p.p_b_given_a()[fa, fb], pa.float32()),
-        "jaccard": pa.array(p.jaccard()[fa, fb], pa.float32()), "n_tokens": pa.repeat(p.n, len(fa)).cast(pa.int64())}))
-    result = match_scores(p.pearson.astype(np.float64), ra.weights, rb.weights, a, b, task.params)
+        "feature_b": pa.array(fb, pa.int32()), "pearson": pa.array(st["pearson"], pa.float32()),
+        "p_b_given_a": pa.array(st["p_b_given_a"], pa.float32()),
+        "jaccard": pa.array(st["jaccard"], pa.float32()), "n_tokens": pa.repeat(state.n, len(fa)).cast(pa.int64())}))
+    result = match_candidates(cand, ra.weights, rb.weights, a, b, task.params, full=lambda: state.dense()["pearson"])
     write("matches", result.matches)
-    comps = compositions(p, full_scores(ra.weights.W_dec, rb.weights.W_dec)) if task.layer_a < task.layer_b else []
+    comps = []
+    if task.layer_a < task.layer_b:
+        plan = Compositions.plan(cand, state)
+        for A, B, _ in _stream(task, ra, rb):
+            plan.add(A, B)
+        par = np.maximum(plan.parents, 0)
+        dec_cos = np.einsum("jpd,jd->jp", _unit_rows(ra.weights.W_dec)[par], _unit_rows(rb.weights.W_dec))
+        comps = plan.find(cand.b2a_score[:, :par.shape[1]], dec_cos)
     write("compositions", pa.table({
         "sae_b": pa.repeat(b, len(comps)), "feature_b": pa.array([c[0] for c in comps], pa.int32()),
         "kind": pa.array([c[1] for c in comps], pa.string()), "parents": pa.array([c[2] for c in comps], pa.list_(pa.int32())),
         "sae_a": pa.repeat(a, len(comps)), "score": pa.array([c[3] for c in comps], pa.float32())}))
-    quality = {method: weight_match_quality(ra, rb, p, np.array(f_a, np.int64), np.array(f_b, np.int64), xa, xb)
-               for method, f_a, f_b in task.assignments}
-    if task.examples_for:
+    if ex:
         manifest = json.loads((Path(task.activations) / MANIFEST).read_text())
         tokenizer = AutoTokenizer.from_pretrained(model_path(manifest["config"]["model"]))
-        tokens = {k: v[:task.max_tokens] for k, v in load_tokens(Path(task.activations)).items()}
-        rows = []
-        for sid, acts in ((a, p.acts_a), (b, p.acts_b)):
-            if sid in task.examples_for:
-                rows += [(sid, *r) for r in examples(acts, tokens, tokenizer)]
+        tokens = {key: v[:task.max_tokens] for key, v in load_tokens(Path(task.activations)).items()}
+        rows = [(sid, *r) for sid, e in ex.items() for r in e.rows(tokens, tokenizer)]
         write("examples", pa.table({
             "sae_id": pa.array([r[0] for r in rows], pa.string()), "feature": pa.array([r[1] for r in rows], pa.int32()),
             "kind": pa.array([r[2] for r in rows], pa.string()), "activation": pa.array([r[3] for r in rows], pa.float32()),
@@ -132,7 +160,8 @@ def run_corr(task: CorrTask, out_dir: str) -> CorrResult:
             "highlight": pa.array([r[6] for r in rows], pa.int32()),
             "dataset": pa.repeat(manifest["config"]["corpus"], len(rows)).cast(pa.string())}))
     stats = dict(result.stats, params_hash=task.params.hash(task.a.sha256, task.b.sha256))
-    return CorrResult(task.key, shards, stats, quality, len(comps), time.perf_counter() - t0)
+    return CorrResult(task.key, shards, stats, {m: q.result(state) for m, q in quality.items()}, len(comps),
+                      time.perf_counter() - t0, state.error_bound)
 
 
 def correlate(atlas: Atlas, pairs: list[tuple[str, str]], activations: Path, k: int = 16,
@@ -198,3 +227,4 @@ def _commit(w, task: CorrTask, result: CorrResult, run_id: str, summary: Correla
     summary.pairs.append((a, b))
     summary.compositions[f"{a}->{b}"] = result.n_compositions
     summary.examples += len(task.examples_for)
+    summary.error_bound = max(summary.error_bound, result.error_bound)

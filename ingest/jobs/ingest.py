@@ -24,6 +24,7 @@ class IngestSummary:
     added: list[str] = field(default_factory=list)
     replaced: list[str] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)
+    merged: list[str] = field(default_factory=list)  # weights already stored under another id: metadata merged
     features: int = 0
     seconds: float = 0.0
 
@@ -36,8 +37,7 @@ def ingest(atlas: Atlas, sources: Iterable[Callable[[], SAERecord]], replace: bo
     with atlas.write() as w, record_run(w, "ingest", params or {"replace": replace, "factory": factory}):
         for read in sources:
             rec = read()
-            status = "unchanged" if _unchanged(w, rec.meta) else commit_sae(w, prepare(rec, w.atlas.index_dir, factory),
-                                                                             replace)
+            status = _known(w, rec.meta) or commit_sae(w, prepare(rec, w.atlas.index_dir, factory), replace)
             _count(summary, rec.meta, status, progress)
     summary.seconds = time.perf_counter() - t0
     return summary
@@ -90,11 +90,18 @@ def ingest_paths(atlas: Atlas, paths: list[Path], overrides: dict | None = None,
     summary = IngestSummary()
     t0 = time.perf_counter()
     items = tuple(sorted((k, v) for k, v in (overrides or {}).items() if v is not None))
-    tasks = [IngestTask(str(p), fmt, items, factory) for p in paths]
     params = {"paths": [str(p) for p in paths], "overrides": dict(items), "replace": replace, "executor": executor.name}
     with atlas.write() as w, record_run(w, "ingest", params):
+        if fmt == "release" and not replace:  # a release's SAE never changes under its name: skip, don't download
+            stored = dict(w.con.execute("SELECT source, sae_id FROM saes WHERE format = 'release'").fetchall())
+            for name in [p for p in map(str, paths) if p in stored]:
+                summary.unchanged.append(stored[name])
+                if progress:
+                    progress(stored[name], "unchanged")
+            paths = [p for p in paths if str(p) not in stored]
+        tasks = [IngestTask(str(p), fmt, items, factory) for p in paths]
         for prepared in executor.map(run_ingest, tasks, str(w.atlas.index_dir)):
-            status = "unchanged" if _unchanged(w, prepared.meta) else commit_sae(w, prepared, replace)
+            status = _known(w, prepared.meta) or commit_sae(w, prepared, replace)
             _count(summary, prepared.meta, status, progress)
     summary.seconds = time.perf_counter() - t0
     return summary
@@ -102,15 +109,30 @@ def ingest_paths(atlas: Atlas, paths: list[Path], overrides: dict | None = None,
 
 def _count(summary: IngestSummary, meta: SAEMeta, status: str, progress) -> None:
     getattr(summary, status).append(meta.sae_id)
-    if status != "unchanged":
+    if status in ("added", "replaced"):
         summary.features += meta.d_sae
     if progress:
         progress(meta.sae_id, status)
 
 
-def _unchanged(w: Writer, m: SAEMeta) -> bool:
-    old = w.con.execute("SELECT sha256 FROM saes WHERE sae_id = ?", [m.sae_id]).fetchone()
-    return bool(old) and old[0] == m.sha256
+# Metadata a second route may know when the first did not (a release knows its Neuronpedia id, a
+# folder its run); filled where the stored row has NULL, never overwritten.
+MERGED_COLUMNS = ("neuronpedia_id", "release", "variant", "l0", "hook_out", "d_out")
+
+
+def _known(w: Writer, m: SAEMeta) -> str | None:
+    """'unchanged' / 'merged' when these weights are already stored (by id, or by hash under another id),
+    after filling that row's missing metadata from `m`; None when they are new."""
+    row = w.con.execute("SELECT sae_id FROM saes WHERE sha256 = ? ORDER BY sae_id = ? DESC, created_at LIMIT 1",
+                        [m.sha256, m.sae_id]).fetchone()
+    if row is None:
+        return None
+    sets = ", ".join(f"{c} = coalesce({c}, ?)" for c in MERGED_COLUMNS)
+    w.con.execute(f"UPDATE saes SET {sets} WHERE sae_id = ?", [getattr(m, c) for c in MERGED_COLUMNS] + [row[0]])
+    if row[0] == m.sae_id:
+        return "unchanged"
+    m.sae_id = row[0]  # reported under the id it is stored as
+    return "merged"
 
 
 def commit_sae(w: Writer, p: Prepared, replace: bool) -> str:
@@ -120,22 +142,23 @@ def commit_sae(w: Writer, p: Prepared, replace: bool) -> str:
     if old and not replace:
         raise SAEError(f"{m.source}: SAE id {m.sae_id!r} is already in the atlas with other weights "
                        f"(sha256 {old[0][:12]}… vs {m.sha256[:12]}…); pass --replace or choose another --id")
-    other = w.con.execute("SELECT sae_id, d_in FROM saes WHERE stack = ? AND d_in <> ? AND sae_id <> ? LIMIT 1",
-                          [m.stack, m.d_in, m.sae_id]).fetchone()
+    other = w.con.execute("SELECT sae_id, coalesce(d_out, d_in) FROM saes WHERE stack = ? AND coalesce(d_out, d_in) <> ? "
+                          "AND sae_id <> ? LIMIT 1", [m.stack, m.d_out or m.d_in, m.sae_id]).fetchone()
     if other:
-        raise SAEError(f"{m.source}: d_in {m.d_in} differs from {other[0]} (d_in {other[1]}) in stack {m.stack}")
+        raise SAEError(f"{m.source}: decoder width {m.d_out or m.d_in} differs from {other[0]} ({other[1]}) "
+                       f"in stack {m.stack}")
     with w.transaction() as con:
         if old:
             for table, col_a, col_b in DEPENDENT_TABLES:
                 con.execute(f"DELETE FROM {table} WHERE {col_a} = ? OR {col_b} = ?", [m.sae_id, m.sae_id])
             con.execute("DELETE FROM features WHERE sae_id = ?", [m.sae_id])
             con.execute("DELETE FROM saes WHERE sae_id = ?", [m.sae_id])
-        con.execute(
-            "INSERT INTO saes (sae_id, model, hook, site, layer, d_in, d_sae, arch, k, seed, dataset, stack, source, "
-            "format, sha256, neuronpedia_id, index_file, index_factory) VALUES "
-            "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [m.sae_id, m.model, m.hook, m.site, m.layer, m.d_in, m.d_sae, m.arch, m.k, m.seed, m.dataset, m.stack,
-             m.source, m.fmt, m.sha256, m.neuronpedia_id, p.index_file, p.factory])
+        row = {"sae_id": m.sae_id, "model": m.model, "hook": m.hook, "site": m.site, "layer": m.layer, "d_in": m.d_in,
+               "d_sae": m.d_sae, "arch": m.arch, "k": m.k, "seed": m.seed, "dataset": m.dataset, "stack": m.stack,
+               "source": m.source, "format": m.fmt, "sha256": m.sha256, "neuronpedia_id": m.neuronpedia_id,
+               "index_file": p.index_file, "index_factory": p.factory, "release": m.release, "variant": m.variant,
+               "kind": m.kind, "hook_out": m.hook_out, "d_out": m.d_out, "l0": m.l0}
+        con.execute(f"INSERT INTO saes ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})", list(row.values()))
         w.insert_arrow("features", p.features)
     return "replaced" if old else "added"
 
@@ -151,3 +174,33 @@ def feature_rows(rec: SAERecord) -> pa.Table:
         "density": (pa.array(np.power(10.0, log_density), pa.float32()) if log_density is not None
                     else pa.nulls(n, pa.float32())),
     })
+
+
+def set_neuronpedia_id(atlas: Atlas, sae_id: str, neuronpedia_id: str | None) -> None:
+    """Set (or clear) an SAE's Neuronpedia id: `modelId/sourceId`."""
+    if neuronpedia_id is not None and (neuronpedia_id.count("/") != 1 or not all(neuronpedia_id.split("/"))):
+        raise SAEError(f"neuronpedia id {neuronpedia_id!r}: expected modelId/sourceId, "
+                       f"e.g. gemma-2-2b/20-gemmascope-res-16k")
+    with atlas.write() as w, record_run(w, "saes-set", {"sae_id": sae_id, "neuronpedia_id": neuronpedia_id}):
+        if w.con.execute("SELECT 1 FROM saes WHERE sae_id = ?", [sae_id]).fetchone() is None:
+            raise KeyError(f"unknown SAE {sae_id!r}: see `atlas saes`")
+        w.con.execute("UPDATE saes SET neuronpedia_id = ? WHERE sae_id = ?", [neuronpedia_id, sae_id])
+
+
+def reroot(atlas: Atlas, old: Path, new: Path) -> int:
+    """Point every file source under `old` to the same relative path under `new`; all or nothing, and
+    only where the new path exists (weights are re-checked against their hash when next read)."""
+    old_s, new = str(Path(old).absolute()).rstrip("/"), Path(new).resolve()
+    with atlas.write() as w, record_run(w, "reroot", {"old": old_s, "new": str(new)}):
+        rows = w.con.execute("SELECT sae_id, source FROM saes WHERE format <> 'release' AND "
+                             "(source = ? OR starts_with(source, ?))", [old_s, old_s + "/"]).fetchall()
+        if not rows:
+            raise SAEError(f"{old_s}: no SAE source lies under this folder; see `atlas info SAE` for sources")
+        moved = [(str(new / Path(src).relative_to(old_s)), sid) for sid, src in rows]
+        missing = [src for src, _ in moved if not Path(src).exists()]
+        if missing:
+            raise SAEError(f"{missing[0]}: not found after re-rooting ({len(missing)} of {len(moved)} missing); "
+                           f"nothing changed")
+        with w.transaction() as con:
+            con.executemany("UPDATE saes SET source = ? WHERE sae_id = ?", moved)
+    return len(rows)

@@ -19,7 +19,7 @@ from atlas.store import Atlas, record_run
 from ingest.executors import InProcess
 from ingest.tasks import PairTask, SAERef, TaskResult, read_shard, run_pair
 
-SELECTIONS = ("adjacent", "distance", "siblings", "list")
+SELECTIONS = ("adjacent", "distance", "siblings", "widths", "list")
 
 
 @dataclass
@@ -43,7 +43,8 @@ class MatchSummary:
 def select_pairs(con, selection: str = "adjacent", distance: int = 1, stack: str | None = None,
                  pairs: list[tuple[str, str]] | None = None) -> list[tuple[str, str]]:
     """(sae_a, sae_b) pairs, earlier layer first: adjacent layers, all pairs within `distance` layers of
-    a stack, siblings (same model, hook and width; other seed or dataset), or an explicit list."""
+    a stack, siblings (same model, hook and width; other seed or dataset), widths (same model, hook,
+    seed and dataset; each width with the next larger one, narrow first), or an explicit list."""
     if selection == "list":
         known = {r[0] for r in con.execute("SELECT sae_id FROM saes").fetchall()}
         for a, b in pairs or []:
@@ -68,6 +69,15 @@ def select_pairs(con, selection: str = "adjacent", distance: int = 1, stack: str
              AND (a.seed IS DISTINCT FROM b.seed OR a.dataset IS DISTINCT FROM b.dataset)
             WHERE ? IS NULL OR a.stack = ? OR b.stack = ?
             ORDER BY a.layer, a.sae_id, b.sae_id"""
+        return [tuple(r) for r in con.execute(sql, [stack, stack, stack]).fetchall()]
+    if selection == "widths":
+        sql = """
+            WITH w AS (SELECT sae_id, stack, layer, d_sae, lead(sae_id) OVER g AS wider, lead(d_sae) OVER g AS next_d
+                       FROM saes WINDOW g AS (PARTITION BY model, hook, seed, dataset ORDER BY d_sae, sae_id))
+            SELECT sae_id, wider FROM w
+            WHERE wider IS NOT NULL AND next_d > d_sae
+              AND (? IS NULL OR stack = ? OR wider IN (SELECT sae_id FROM saes WHERE stack = ?))
+            ORDER BY layer, d_sae"""
         return [tuple(r) for r in con.execute(sql, [stack, stack, stack]).fetchall()]
     raise ValueError(f"unknown pair selection {selection!r}; known: {', '.join(SELECTIONS)}")
 

@@ -1,50 +1,73 @@
-"""SAE readers: sae_lens, Gemma Scope and sparsify layouts, each returning a validated SAERecord."""
+"""SAE readers, one registry entry per layout: how to recognise it and how to read it into a SAERecord.
+
+read_sae validates what a reader returns (shapes, finiteness, sanity) and applies the caller's
+overrides; every error is an SAEError naming the file and the tensor or field at fault.
+"""
 
 from __future__ import annotations
 
-from dataclasses import replace
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from atlas.sae import SAEError, SAERecord, validate
 
-from .gemmascope import is_gemmascope, read_gemmascope
-from .saelens import is_saelens_dir, read_release, read_saelens
-from .sparsify import is_sparsify_dir, read_sparsify
+from . import dictionary_learning, gemmascope, release, saelens, sparsify
 
-FORMATS = ("saelens", "gemmascope", "sparsify")
+
+@dataclass(frozen=True)
+class Reader:
+    name: str
+    detect: Callable[[Path], bool] | None  # None: not a file layout (named sources)
+    read: Callable  # Path (or, for releases, "RELEASE:SAE_ID") -> SAERecord
+    markers: tuple[str, ...]  # files that mark a folder of this layout, for `ingest -r`
+    describe: str
+
+
+# Detection order matters where layouts share files: Gemma Scope's params.* first, then sparsify's
+# sae.safetensors, dictionary_learning's ae.pt, and sae_lens's cfg.json last.
+READERS = {r.name: r for r in (
+    Reader("gemmascope", gemmascope.detect, gemmascope.read, ("params.npz", "params.safetensors"),
+           "params.npz, or config.json + params.safetensors"),
+    Reader("sparsify", sparsify.detect, sparsify.read, ("sae.safetensors",), "cfg.json + sae.safetensors"),
+    Reader("dictionary_learning", dictionary_learning.detect, dictionary_learning.read, ("ae.pt",), "ae.pt + config.json"),
+    Reader("saelens", saelens.detect, saelens.read, ("sae_weights.safetensors",), "cfg.json + sae_weights.safetensors"),
+    Reader("release", None, release.read, (), "sae_lens RELEASE:SAE_ID"),
+)}
+FORMATS = tuple(READERS)
+MARKERS = tuple(m for r in READERS.values() for m in r.markers)
 
 
 def detect_format(path: Path) -> str:
     if not path.exists():
         raise SAEError(f"{path}: no such file or folder")
-    if is_gemmascope(path):
-        return "gemmascope"
-    if path.is_dir() and is_sparsify_dir(path):
-        return "sparsify"
-    if path.is_dir() and is_saelens_dir(path):
-        return "saelens"
-    raise SAEError(f"{path}: not an SAE folder (expected cfg.json + sae_weights.safetensors, "
-                   f"params.npz, or cfg.json + sae.safetensors)")
+    for r in READERS.values():
+        if r.detect is not None and r.detect(path):
+            return r.name
+    expected = ", ".join(r.describe for r in READERS.values() if r.detect is not None)
+    raise SAEError(f"{path}: not an SAE folder (expected {expected})")
 
 
 def read_sae(path: str | Path, fmt: str | None = None, **overrides) -> SAERecord:
     """Read and validate one SAE; `overrides` (model, hook, layer, seed, dataset, sae_id, …) win over the file."""
+    if fmt == "release":
+        return finish(release.read(str(path)), str(path), overrides)
     path = Path(path)
     fmt = fmt or detect_format(path)
-    reader = {"saelens": read_saelens, "gemmascope": read_gemmascope, "sparsify": read_sparsify}.get(fmt)
+    reader = READERS.get(fmt)
     if reader is None:
         raise SAEError(f"unknown format {fmt!r}; known: {', '.join(FORMATS)}")
-    rec = reader(path)
+    rec = reader.read(path)
+    # Stored resolved, so the atlas finds its weights from any working directory.
+    rec.meta.source = str(Path(rec.meta.source).resolve())
     return finish(rec, str(path), overrides)
 
 
 def load_stored(source: str, fmt: str, sha256: str, sae_id: str):
     """Weights of an SAE already in the atlas, re-read from its source and checked against its hash."""
-    if fmt == "saelens" and ":" in source and not Path(source).exists():
-        release, _, name = source.partition(":")
-        rec = read_release(release, name)
-    else:
-        rec = {"saelens": read_saelens, "gemmascope": read_gemmascope, "sparsify": read_sparsify}[fmt](Path(source))
+    if fmt == "saelens" and ":" in source and not Path(source).exists():  # atlases before the release format
+        fmt = "release"
+    rec = READERS[fmt].read(source if fmt == "release" else Path(source))
     w = rec.weights
     if w.sha256() != sha256:
         raise SAEError(f"{sae_id}: weights at {source} changed since ingest (sha256 differs); "
@@ -52,8 +75,20 @@ def load_stored(source: str, fmt: str, sha256: str, sae_id: str):
     return w
 
 
-def read_pretrained(release: str, sae_id: str, **overrides) -> SAERecord:
-    return finish(read_release(release, sae_id), f"{release}:{sae_id}", overrides)
+def release_names(sources) -> list[str]:
+    """RELEASE:SAE_ID names, a bare RELEASE expanded to every SAE sae_lens's registry lists for it."""
+    names = []
+    for s in sources:
+        if release.SEP in s:
+            release.lookup(s.partition(release.SEP)[0])
+            names.append(s)
+        else:
+            names += [f"{s}{release.SEP}{i}" for i in release.release_ids(s)]
+    return names
+
+
+def read_pretrained(release_name: str, sae_id: str, **overrides) -> SAERecord:
+    return read_sae(f"{release_name}{release.SEP}{sae_id}", fmt="release", **overrides)
 
 
 def finish(rec: SAERecord, where: str, overrides: dict) -> SAERecord:
@@ -64,4 +99,18 @@ def finish(rec: SAERecord, where: str, overrides: dict) -> SAERecord:
     return validate(SAERecord(replace(rec.meta, **given), rec.weights), where)
 
 
-__all__ = ["FORMATS", "SAEError", "detect_format", "load_stored", "read_pretrained", "read_sae"]
+def find_sae_folders(root: Path) -> list[Path]:
+    """SAE folders under root (any supported layout), sorted; a folder name that is not valid UTF-8 is refused."""
+    found = set()
+    for marker in MARKERS:
+        for p in root.rglob(marker):
+            try:
+                str(p).encode("utf-8")
+            except UnicodeEncodeError:
+                raise SAEError(f"{ascii(str(p.parent))[1:-1]}: folder name is not valid UTF-8; rename it") from None
+            found.add(p.parent)
+    return sorted(found)
+
+
+__all__ = ["FORMATS", "READERS", "SAEError", "detect_format", "find_sae_folders", "load_stored",
+           "read_pretrained", "read_sae", "release_names"]

@@ -12,12 +12,36 @@ from atlas.sae import SAEError, as_f32
 
 
 def load_json(path: Path) -> dict:
+    """A JSON config file that must hold an object."""
     try:
-        return json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except FileNotFoundError:
         raise SAEError(f"{path}: config file missing") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise SAEError(f"{path}: not valid JSON ({e})") from None
+    except OSError as e:
+        raise SAEError(f"{path}: cannot read ({e.strerror})") from None
+    if not isinstance(data, dict):
+        raise SAEError(f"{path}: expected a JSON object, found {type(data).__name__}")
+    return data
+
+
+def load_torch(path: Path) -> dict[str, np.ndarray]:
+    """A torch state dict (.pt) as float32 numpy, loaded with weights_only (no pickled code runs)."""
+    import pickle
+
+    import torch
+
+    if not path.is_file():
+        raise SAEError(f"{path}: weights file missing")
+    try:
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise SAEError(f"{path}: not a readable torch state dict (truncated or corrupt?): {first}") from None
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise SAEError(f"{path}: expected a state dict of tensors")
+    return {k: as_f32(v.float().numpy(), str(path), k) for k, v in sd.items()}
 
 
 def load_safetensors(path: Path) -> dict[str, np.ndarray]:

@@ -1,4 +1,5 @@
-"""sae_lens layout: cfg.json + sae_weights.safetensors (as written by SAE.save_model), and releases."""
+"""sae_lens layout: cfg.json + sae_weights.safetensors (as written by SAE.save_model); the shared
+conversion of a sae_lens config + state dict, which the release reader uses too."""
 
 from __future__ import annotations
 
@@ -14,26 +15,43 @@ CFG_FILENAME = "cfg.json"
 WEIGHTS_FILENAME = "sae_weights.safetensors"
 SPARSITY_FILENAME = "sparsity.safetensors"
 
+# sae_lens architecture name -> (our architecture, kind); sae_lens's own registry names.
+ARCH_NAMES = {
+    "standard": ("standard", "sae"), "jumprelu": ("jumprelu", "sae"), "topk": ("topk", "sae"),
+    "batchtopk": ("batchtopk", "sae"), "gated": ("gated", "sae"),
+    "transcoder": ("standard", "transcoder"), "skip_transcoder": ("standard", "skip_transcoder"),
+    "jumprelu_transcoder": ("jumprelu", "transcoder"), "jumprelu_skip_transcoder": ("jumprelu", "skip_transcoder"),
+}
 
-def is_saelens_dir(path: Path) -> bool:
-    return (path / WEIGHTS_FILENAME).exists() or ((path / CFG_FILENAME).exists() and not (path / "sae.safetensors").exists())
+
+def detect(path: Path) -> bool:
+    return path.is_dir() and ((path / WEIGHTS_FILENAME).exists() or
+                              ((path / CFG_FILENAME).exists() and not (path / "sae.safetensors").exists()))
 
 
-def read_saelens(path: Path) -> SAERecord:
+def read(path: Path) -> SAERecord:
     cfg = load_json(path / CFG_FILENAME)
-    t = load_safetensors(path / WEIGHTS_FILENAME)
-    weights = SAEWeights(
-        W_enc=need(t, "W_enc", path / WEIGHTS_FILENAME),
-        W_dec=need(t, "W_dec", path / WEIGHTS_FILENAME),
-        b_enc=need(t, "b_enc", path / WEIGHTS_FILENAME),
-        b_dec=need(t, "b_dec", path / WEIGHTS_FILENAME),
-        threshold=t.get("threshold"),
-    )
+    wfile = path / WEIGHTS_FILENAME
+    rec = record_from_state(cfg, load_safetensors(wfile), wfile, path)
+    if (path / SPARSITY_FILENAME).exists():  # log10 feature density, as sae_lens's trainer writes it
+        rec.meta.extra["log_density"] = load_safetensors(path / SPARSITY_FILENAME).get("sparsity")
+    return rec
+
+
+def record_from_state(cfg: dict, t: dict[str, np.ndarray], wfile: Path | str, source: Path | str) -> SAERecord:
+    """Our record from a sae_lens config and state dict (sae_lens tensor names)."""
+    meta = meta_from_cfg(cfg, Path(wfile))
+    meta.source = str(source)
+    wfile = Path(wfile)
+    gated = meta.arch == "gated"
+    extra = {"b_mag": need(t, "b_mag", wfile), "r_mag": need(t, "r_mag", wfile)} if gated else {}
+    if meta.kind == "skip_transcoder":
+        extra["W_skip"] = need(t, "W_skip", wfile)
+    weights = SAEWeights(W_enc=need(t, "W_enc", wfile), W_dec=need(t, "W_dec", wfile),
+                         b_enc=need(t, "b_gate" if gated else "b_enc", wfile), b_dec=need(t, "b_dec", wfile),
+                         threshold=t.get("threshold"), extra=extra)
     if cfg.get("rescale_acts_by_decoder_norm"):
         weights = fold_decoder_norm(weights)
-    meta = meta_from_cfg(cfg, path)
-    if (path / SPARSITY_FILENAME).exists():  # log10 feature density, as sae_lens's trainer writes it
-        meta.extra["log_density"] = load_safetensors(path / SPARSITY_FILENAME).get("sparsity")
     return SAERecord(meta, weights)
 
 
@@ -43,58 +61,29 @@ def fold_decoder_norm(w: SAEWeights) -> SAEWeights:
     encoder (and threshold) scaled up, the same activations for plain encode/decode."""
     n = np.linalg.norm(w.W_dec, axis=1).astype(np.float32)
     return SAEWeights(W_enc=w.W_enc * n, W_dec=w.W_dec / n[:, None], b_enc=w.b_enc * n, b_dec=w.b_dec,
-                      threshold=None if w.threshold is None else w.threshold * n)
+                      threshold=None if w.threshold is None else w.threshold * n, extra=w.extra)
 
 
 def meta_from_cfg(cfg: dict, path: Path) -> SAEMeta:
     """sae_lens ≥ 6 nests model/hook/dataset under `metadata`; older configs keep them at top level."""
     md = {**cfg, **(cfg.get("metadata") or {})}
     if "architecture" not in cfg and "activation_fn_str" not in cfg:
-        raise SAEError(f"{path / CFG_FILENAME}: no 'architecture' field")
-    arch = cfg.get("architecture") or {"relu": "standard", "topk": "topk"}.get(cfg.get("activation_fn_str"), "standard")
+        raise SAEError(f"{path.parent / CFG_FILENAME if path.suffix else path}: no 'architecture' field")
+    name = cfg.get("architecture") or {"relu": "standard", "topk": "topk"}.get(cfg.get("activation_fn_str"), "standard")
+    arch, kind = ARCH_NAMES.get(str(name), (name, "sae"))
     k = cfg.get("k") or (cfg.get("activation_fn_kwargs") or {}).get("k")
     return SAEMeta(
         model=md.get("model_name") or "unknown",
         hook=md.get("hook_name") or "",
+        hook_out=md.get("hook_name_out") if kind != "sae" else None,
         d_in=int(cfg.get("d_in") or 0),
         d_sae=int(cfg.get("d_sae") or 0),
         arch=arch,
+        kind=kind,
         k=int(k) if k else None,
         seed=md.get("seed"),
-        dataset=md.get("dataset_path"),
-        source=str(path),
+        dataset=md.get("dataset_path") or None,
         fmt="saelens",
         neuronpedia_id=md.get("neuronpedia_id"),
-        extra={"apply_b_dec_to_input": cfg.get("apply_b_dec_to_input", True)},
+        extra={"apply_b_dec_to_input": bool(cfg.get("apply_b_dec_to_input", True)) and kind == "sae"},
     )
-
-
-def read_release(release: str, sae_id: str) -> SAERecord:
-    """A pretrained sae_lens release by name (downloads from the Hugging Face Hub: needs a network)."""
-    from sae_lens import SAE
-    from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
-
-    directory = get_pretrained_saes_directory()
-    if release not in directory:
-        raise SAEError(f"release {release!r}: not in sae_lens's pretrained registry")
-    info = directory[release]
-    if sae_id not in info.saes_map:
-        raise SAEError(f"release {release!r}: no SAE {sae_id!r} (have e.g. {list(info.saes_map)[:3]})")
-    sae = SAE.from_pretrained(release, sae_id, device="cpu")
-    rec = record_from_sae(sae, source=f"{release}:{sae_id}")
-    rec.meta.neuronpedia_id = rec.meta.neuronpedia_id or (info.neuronpedia_id or {}).get(sae_id)
-    rec.meta.model = rec.meta.model if rec.meta.model != "unknown" else info.model
-    return rec
-
-
-def record_from_sae(sae, source: str) -> SAERecord:
-    """Convert a loaded sae_lens SAE object (any architecture it knows) to our record."""
-    sd = {k: v.detach().float().cpu().numpy() for k, v in sae.state_dict().items()}
-    cfg = sae.cfg.to_dict()
-    meta = meta_from_cfg(cfg, Path(source))
-    meta.source, meta.fmt = source, "saelens"
-    weights = SAEWeights(W_enc=sd["W_enc"], W_dec=sd["W_dec"], b_enc=sd["b_enc"], b_dec=sd["b_dec"],
-                         threshold=sd.get("threshold"))
-    if cfg.get("rescale_acts_by_decoder_norm"):
-        weights = fold_decoder_norm(weights)
-    return SAERecord(meta, weights)

@@ -1,0 +1,73 @@
+"""Stacks and SAE pairs: layer-pair stats, layer x layer matrices, communities, births and deaths, matches."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from litestar import Controller, get
+from litestar.di import NamedDependency
+from litestar.params import FromQuery, QueryParameter
+
+from atlas import queries as q
+from atlas.queries.common import check_method, sae_row
+
+from ..errors import errors
+from ..params import Fraction, Limit, Method, Name, SaeId, Score, Stat, StackName, Tau
+from ..state import AtlasState
+from ..structs import LayerFlow, LayerPairList, Matrix, PairMatch, SiblingGroup, Stack
+
+
+class PairsController(Controller):
+    path = "/api"
+    tags = ["stacks and pairs"]
+
+    @get("/stacks", operation_id="listStacks", sync_to_thread=True, responses=errors())
+    def list_stacks(self, atlas: NamedDependency[AtlasState]) -> list[Stack]:
+        """Stacks: SAEs of one model, site, width, seed and dataset across layers."""
+        rows = atlas.cursor().execute("SELECT * FROM stacks ORDER BY stack").fetchall()
+        return [Stack(*r) for r in rows]
+
+    @get("/layer-pairs", operation_id="listLayerPairs", sync_to_thread=True, responses=errors(404))
+    def get_layer_pairs(self, atlas: NamedDependency[AtlasState], stack: Name = None, method: Method = "decoder_cos",
+                        min_frac: Fraction = 0.9, min_score: Score = 0.9,
+                        permutation_only: FromQuery[bool] = False) -> LayerPairList:
+        """Matched layer pairs with their stats; permutation-only ones match >= min_frac of features at >= min_score."""
+        items = q.layer_pairs(atlas.cursor(), stack, method, min_frac, min_score, permutation_only)
+        return LayerPairList(items=items, min_frac=min_frac, min_score=min_score, method=method)
+
+    @get("/stacks/{stack:str}/matrix", operation_id="getStackMatrix", sync_to_thread=True, responses=errors(404))
+    def get_matrix(self, atlas: NamedDependency[AtlasState], stack: StackName, method: Method = "decoder_cos",
+                   stat: Stat = "matched_frac", min_score: Score = 0.9) -> Matrix:
+        """Layer x layer matrix of one pair statistic (for heatmaps)."""
+        return Matrix(**q.pair_matrix(atlas.cursor(), stack, method, stat, min_score))
+
+    @get("/stacks/{stack:str}/communities", operation_id="getStackCommunities", sync_to_thread=True,
+         responses=errors(404, 408, 422))
+    def get_communities(self, atlas: NamedDependency[AtlasState], stack: StackName, method: Method = "decoder_cos",
+                        tau: Tau = 0.7, min_size: Annotated[int, QueryParameter(ge=2, le=1_000_000)] = 2,
+                        limit: Limit = 100) -> list[q.Community]:
+        """Feature communities: connected components of the stack's assigned matches above tau."""
+        return q.communities(atlas.cursor(), stack, method, tau, min_size)[:limit]
+
+    @get("/stacks/{stack:str}/flow", operation_id="getStackFlow", sync_to_thread=True, responses=errors(404, 408))
+    def get_flow(self, atlas: NamedDependency[AtlasState], stack: StackName, method: Method = "decoder_cos",
+                 tau: Tau = 0.7) -> list[LayerFlow]:
+        """Births and deaths per layer: features with no assigned match >= tau from the layer before / to the next."""
+        return [LayerFlow(**r) for r in q.birth_death(atlas.cursor(), stack, method, tau)]
+
+    @get("/pairs/{sae_a:str}/{sae_b:str}", operation_id="getPairMatches", sync_to_thread=True, responses=errors(404))
+    def get_pair(self, atlas: NamedDependency[AtlasState], sae_a: SaeId, sae_b: SaeId, method: Method = "decoder_cos",
+                 limit: Limit = 100) -> list[PairMatch]:
+        """Assigned matches of one SAE pair, best first."""
+        con = atlas.cursor()
+        sae_row(con, sae_a), sae_row(con, sae_b)
+        order = check_method(method).sql_order
+        rows = con.execute(f"SELECT feature_a, feature_b, score, rank FROM matches WHERE sae_a = ? AND sae_b = ? "
+                           f"AND method = ? AND assigned ORDER BY score {order}, feature_a LIMIT ?",
+                           [sae_a, sae_b, method, limit]).fetchall()
+        return [PairMatch(*r) for r in rows]
+
+    @get("/sibling-groups", operation_id="listSiblingGroups", sync_to_thread=True, responses=errors())
+    def get_groups(self, atlas: NamedDependency[AtlasState]) -> list[SiblingGroup]:
+        """SAEs of one model, hook and width side by side (seeds and datasets): where orphans are counted."""
+        return [SiblingGroup(**g) for g in q.sibling_groups(atlas.cursor())]

@@ -1,0 +1,89 @@
+"""Read-only SQL over the atlas (JSON, CSV, Arrow, Parquet) and whole-table Parquet export."""
+
+from __future__ import annotations
+
+import csv
+import io
+from typing import Annotated
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from litestar import Controller, Response, get, post
+from litestar.di import NamedDependency
+from litestar.params import JSONBody, PathParameter, QueryParameter
+
+from atlas.queries.records import NotFound, QueryError
+from atlas.queries.sqlguard import run_sql
+
+from ..errors import errors
+from ..settings import Settings
+from ..state import AtlasState
+from ..structs import SQLFormat, SQLRequest, SQLResult
+
+EXPORTABLE = ("saes", "features", "matches", "pair_stats", "correlations", "compositions", "runs")
+MEDIA = {"json": "application/json", "csv": "text/csv", "arrow": "application/vnd.apache.arrow.stream",
+         "parquet": "application/vnd.apache.parquet"}
+
+SqlText = Annotated[str, QueryParameter(min_length=1, max_length=100_000, description="One SELECT statement.")]
+Format = Annotated[SQLFormat, QueryParameter(name="_format", description="Response format.")]
+RowLimit = Annotated[int | None, QueryParameter(name="_limit", ge=0, description="Most rows [default: server cap].")]
+
+
+def _sql(atlas: AtlasState, settings: Settings, sql: str, fmt: str, limit: int | None) -> Response:
+    max_rows = settings.sql_max_rows
+    limit = max_rows if limit is None else limit
+    if not 0 <= limit <= max_rows:
+        raise QueryError(f"_limit must be between 0 and {max_rows} (the server's cap), got {limit}")
+    names, rows, truncated, elapsed = run_sql(atlas.cursor(), sql, limit, settings.sql_time_limit_s)
+    headers = {"X-Truncated": str(truncated).lower()}
+    if fmt == "json":
+        return Response(SQLResult(columns=names, rows=[list(r) for r in rows], truncated=truncated, limit=limit,
+                                  elapsed_ms=elapsed * 1000), headers=headers)
+    if fmt == "csv":
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        w.writerow(names)
+        w.writerows(rows)
+        return Response(buf.getvalue(), media_type=MEDIA[fmt], headers=headers)
+    table = pa.Table.from_pydict({n: [r[i] for r in rows] for i, n in enumerate(names)})
+    buf = io.BytesIO()
+    if fmt == "arrow":
+        with pa.ipc.new_stream(buf, table.schema) as w:
+            w.write_table(table)
+    else:
+        pq.write_table(table, buf)
+    return Response(buf.getvalue(), media_type=MEDIA[fmt], headers=headers)
+
+
+class SqlController(Controller):
+    path = "/api"
+    tags = ["sql"]
+
+    @get("/sql", operation_id="runSql", sync_to_thread=True, responses=errors(403, 408, 422))
+    def sql_get(self, atlas: NamedDependency[AtlasState], settings: NamedDependency[Settings], sql: SqlText,
+                fmt: Format = "json", limit: RowLimit = None) -> Response[SQLResult]:
+        """Run one read-only SELECT; `truncated` says whether rows were left out by the row or byte cap."""
+        return _sql(atlas, settings, sql, fmt, limit)
+
+    @post("/sql", operation_id="runSqlPost", sync_to_thread=True, status_code=200,
+          responses=errors(403, 408, 413, 415, 422))
+    def sql_post(self, atlas: NamedDependency[AtlasState], settings: NamedDependency[Settings],
+                 data: JSONBody[SQLRequest]) -> Response[SQLResult]:
+        """The same as GET /api/sql, for long statements: {"sql": "...", "_format": "json", "_limit": 100}."""
+        return _sql(atlas, settings, data.sql, data.format, data.limit)
+
+    @get("/export/{name:str}", operation_id="exportTable", sync_to_thread=True, responses=errors(404),
+         media_type=MEDIA["parquet"])
+    def export(self, atlas: NamedDependency[AtlasState],
+               name: Annotated[str, PathParameter(max_length=64, description="TABLE.parquet")]) -> Response[bytes]:
+        """A whole table as Parquet (saes, features, matches, pair_stats, correlations, compositions, runs)."""
+        table, _, ext = name.partition(".")
+        if ext != "parquet" or table not in EXPORTABLE:
+            raise NotFound(f"export {name!r}: ask for one of {', '.join(t + '.parquet' for t in EXPORTABLE)}")
+        reader = atlas.cursor().sql(f"SELECT * FROM {table}").to_arrow_reader()
+        buf = io.BytesIO()
+        with pq.ParquetWriter(buf, reader.schema) as w:
+            for batch in reader:
+                w.write_batch(batch)
+        return Response(buf.getvalue(), media_type=MEDIA["parquet"],
+                        headers={"Content-Disposition": f'attachment; filename="{table}.parquet"'})

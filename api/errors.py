@@ -1,0 +1,97 @@
+"""One error envelope, {ok: false, error, status}, sent for every failure and documented on every route.
+
+atlas/ raises query errors by kind (records.py); this module is the one place that gives them HTTP codes.
+"""
+
+from __future__ import annotations
+
+import logging
+from http import HTTPStatus
+from typing import Literal, get_args, get_origin
+
+import msgspec
+from litestar import Request, Response
+from litestar.exceptions import HTTPException, ValidationException
+from litestar.openapi.datastructures import ResponseSpec
+
+from atlas.queries.records import Cancelled, NotAllowed, NotFound, OverBudget, QueryError, QueryTimeout
+
+
+class Error(msgspec.Struct):
+    """Every error answer: `error` says what went wrong and what to do."""
+
+    ok: bool
+    error: str
+    status: int
+
+
+# Most specific first: the first class the exception is an instance of gives the status.
+STATUS: list[tuple[type[QueryError], int]] = [
+    (NotFound, 404),
+    (NotAllowed, 403),
+    (QueryTimeout, 408),
+    (OverBudget, 422),
+    (Cancelled, 499),
+    (QueryError, 400),
+]
+
+_WHEN = {
+    400: "Bad parameter or request body (the message names it)",
+    403: "Not allowed for readers (writing SQL, reading files)",
+    404: "Unknown SAE, feature, stack, table or path",
+    405: "Method not allowed on this path",
+    408: "Stopped at the time limit (the message names it)",
+    413: "Request body too large",
+    415: "Request body is not application/json",
+    422: "The answer would exceed a bound (nodes, edges, bytes; the message names it)",
+}
+
+
+def errors(*codes: int) -> dict[int, ResponseSpec]:
+    """OpenAPI responses of a route: the error envelope under each status it can answer (400 always)."""
+    return {c: ResponseSpec(Error, description=_WHEN.get(c, HTTPStatus(c).phrase), generate_examples=False)
+            for c in sorted({400, *codes})}
+
+
+def status_of(exc: QueryError) -> int:
+    return next(code for cls, code in STATUS if isinstance(exc, cls))
+
+
+def error_response(status: int, message: str) -> Response:
+    return Response(Error(ok=False, error=message, status=status), status_code=status)
+
+
+def on_query_error(_: Request, exc: QueryError) -> Response:
+    return error_response(status_of(exc), str(exc))
+
+
+def _choices(request: Request, key: str | None) -> str:
+    """' (one of a, b, c)' where parameter `key` of the route is a Literal; '' otherwise."""
+    try:
+        field = request.route_handler.parsed_fn_signature.parameters[key]
+    except (AttributeError, KeyError, TypeError):
+        return ""
+    for t in (field.annotation, *get_args(field.annotation)):
+        if get_origin(t) is Literal:
+            return f" (one of {', '.join(map(str, get_args(t)))})"
+    return ""
+
+
+def on_http_error(request: Request, exc: HTTPException) -> Response:
+    detail = exc.detail
+    if isinstance(exc, ValidationException):
+        problems = [f"{e.get('key')}: {e.get('message')}"
+                    + (_choices(request, e.get("key")) if "enum" in str(e.get("message")) else "")
+                    for e in exc.extra or [] if isinstance(e, dict)]
+        detail = "; ".join(problems) if problems else detail
+        return error_response(400, detail)
+    return error_response(exc.status_code, detail)
+
+
+def on_crash(request: Request, exc: Exception) -> Response:
+    # No internals to the client: the type is enough to report it; the server log has the traceback.
+    logging.getLogger("atlas.api").error("%s %s failed", request.method, request.url.path, exc_info=exc)
+    return error_response(500, f"internal error ({type(exc).__name__}); please report it")
+
+
+HANDLERS = {QueryError: on_query_error, HTTPException: on_http_error, Exception: on_crash}

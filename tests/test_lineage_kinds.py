@@ -1,0 +1,119 @@
+"""Lineage edge kinds (carry / split / merge / gap) against planted truth; one definition in SQL, Python
+and the in-memory index."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+import pytest
+
+from atlas.queries import lineage
+from atlas.queries.lineage import EdgeIndex, edge_kind, edge_kinds
+
+from .conftest import TINY
+
+
+def _id(layer):
+    return f"synth-resid{layer}-w256-s0-A"
+
+
+def test_edge_kind_has_one_definition(synth_atlas):
+    """The SQL macro, the scalar and vectorised Python functions and the index give every row one kind."""
+    with synth_atlas.read() as con:
+        rows = con.execute("SELECT sae_a, feature_a, sae_b, feature_b, assigned, rank, rank_b, "
+                           "edge_kind(assigned, rank, rank_b) FROM matches WHERE method = 'decoder_cos'").fetchall()
+        index = EdgeIndex(con, "decoder_cos", floor=-1.0)
+    assert {r[7] for r in rows} == {"carry", "split", "merge", "candidate"}
+    vec = edge_kinds(np.array([r[4] for r in rows]), np.array([r[5] for r in rows]), np.array([r[6] for r in rows]))
+    assert list(vec) == [r[7] for r in rows]
+    assert all(edge_kind(r[4], r[5], r[6]) == r[7] for r in rows[:500])
+    by_key = {(index.names[a], int(fa), index.names[b], int(fb)): str(k) for a, fa, b, fb, k in
+              zip(index.ca, index.fa, index.cb, index.fb, index.kind)}
+    assert by_key == {r[:4]: r[7] for r in rows}
+
+
+@pytest.mark.parametrize("layer", range(TINY.n_layers - 1))
+def test_planted_carry_split_merge_come_back_with_their_kinds_and_nothing_else(synth_atlas, truth, layer):
+    a, b = _id(layer), _id(layer + 1)
+    planted = defaultdict(set)
+    for t in truth:
+        if t["sae_a"] == a and t["sae_b"] == b and t["kind"] in ("carry", "split", "merge"):
+            planted[t["kind"]].add((t["feature_a"], t["feature_b"]))
+    with synth_atlas.read() as con:  # tau 0.6: a planted merge child sits at cosine ~0.71 from each parent
+        found = dict(((fa, fb), k) for fa, fb, k in con.execute(
+            "SELECT feature_a, feature_b, edge_kind(assigned, rank, rank_b) FROM matches WHERE sae_a = ? AND sae_b = ? "
+            "AND method = 'decoder_cos' AND score >= 0.6 AND edge_kind(assigned, rank, rank_b) <> 'candidate'",
+            [a, b]).fetchall())
+    assert planted["split"] and planted["merge"]
+    assert set(found) == planted["carry"] | planted["split"] | planted["merge"]
+    assert all(found[e] == "carry" for e in planted["carry"])
+    for parent in {fa for fa, _ in planted["split"]}:  # one child carries the parent on, the other splits off
+        assert sorted(found[e] for e in planted["split"] if e[0] == parent) == ["carry", "split"]
+    for child in {fb for _, fb in planted["merge"]}:  # one parent carries on into the child, the other merges
+        assert sorted(found[e] for e in planted["merge"] if e[1] == child) == ["carry", "merge"]
+
+
+def _edges(lin):
+    return sorted((e.sae_a, e.feature_a, e.sae_b, e.feature_b, e.kind, e.gap) for e in lin.edges)
+
+
+@pytest.mark.parametrize("mode", ["default", "all"])
+def test_sql_macro_python_and_index_lineages_agree(synth_atlas, truth, mode):
+    events = [(t["sae_a"], t["feature_a"]) for t in truth if t["kind"] in ("split", "merge", "death")
+              and t["sae_a"] and t["sae_a"].endswith("s0-A")]
+    starts = sorted(set(events[:12] + [(_id(layer), f) for layer in range(TINY.n_layers) for f in range(0, 256, 37)]))
+    with synth_atlas.read() as con:
+        index = EdgeIndex(con, "decoder_cos")
+        for sae, f in starts:
+            sql_path = lineage(con, sae, f, edges=mode, include_sites=False)
+            indexed = lineage(con, sae, f, edges=mode, include_sites=False, index=index)
+            macro = con.execute("SELECT sae_a, feature_a, sae_b, feature_b, kind, gap FROM lineage_edges(?, ?, "
+                                "tau_ := 0.7, max_skip_ := 1, edges_ := ?)", [sae, f, mode]).fetchall()
+            assert _edges(sql_path) == _edges(indexed) == sorted(macro), (sae, f)
+            nodes = con.execute("SELECT sae_id, feature FROM lineage_nodes(?, ?, edges_ := ?)", [sae, f, mode]).fetchall()
+            assert sorted((n.sae_id, n.feature) for n in sql_path.nodes) == sorted(nodes)
+
+
+def test_gap_edges_bridge_a_missing_layer(tmp_path):
+    """Feature 5 is missing at layer 1 and back at layer 2: its lineage is one gap edge, in SQL too."""
+    from atlas.synth import _noisy, _unit, write_sae
+
+    from .conftest import build_atlas
+
+    rng = np.random.default_rng(2)
+    base = _unit(rng.standard_normal((64, 128), dtype=np.float32))
+    mid = _noisy(rng, base, 0.1)
+    mid[5] = _unit(rng.standard_normal(128, dtype=np.float32))
+    folders = []
+    for layer, dec in enumerate([base, mid, _noisy(rng, base, 0.1)]):
+        folders.append(tmp_path / f"l{layer}")
+        write_sae(folders[-1], dec, dec, np.ones(64, np.float32), layer, 0, "A")
+    atlas = build_atlas(tmp_path / "gap.duckdb", folders)
+    ids = [f"synth-resid{i}-w64-s0-A" for i in range(3)]
+    with atlas.read() as con:
+        lin = lineage(con, ids[0], 5, direction="forward")
+        assert _edges(lin) == [(ids[0], 5, ids[2], 5, "gap", 1)]
+        assert "last seen at layer 2" in lin.summary
+        macro = con.execute("SELECT sae_a, feature_a, sae_b, feature_b, kind, gap FROM lineage_edges(?, 5)",
+                            [ids[2]]).fetchall()
+        assert macro == [(ids[0], 5, ids[2], 5, "gap", 1)]
+        assert lineage(con, ids[0], 5, direction="forward", max_skip=0).death_layer == 0
+
+
+def test_summary_line_says_how_a_feature_ends(synth_atlas, truth):
+    split = next(t for t in truth if t["kind"] == "split" and t["sae_a"] == _id(1))
+    died = next(t for t in truth if t["kind"] == "death" and t["sae_a"] == _id(1))
+    merge = next(t for t in truth if t["kind"] == "merge" and t["sae_a"] == _id(0))
+    with synth_atlas.read() as con:
+        s = lineage(con, _id(1), split["feature_a"], tau=0.6, max_skip=0)
+        assert "splits into 2 at layer 2" in s.summary
+        d = lineage(con, _id(1), died["feature_a"], tau=0.6, max_skip=0)
+        assert d.ending == "dies" and "last seen at layer 1" in d.summary
+        m = lineage(con, _id(0), merge["feature_a"], tau=0.6, max_skip=0, direction="forward")
+        kinds = {e.kind for e in m.edges if e.sae_a == _id(0)}
+        assert kinds in ({"carry"}, {"merge"})
+        if kinds == {"merge"}:
+            assert m.ending == f"merges into {_id(1)}/{merge['feature_b']}"
+        with pytest.raises(Exception, match="edges must be default or all"):
+            lineage(con, _id(0), 0, edges="some")

@@ -1,0 +1,119 @@
+"""`atlas ingest --release` end to end, offline, on a Hugging Face cache built here; and Gemma Scope
+download trees through `ingest -r` giving the same SAEs (one per weights, whatever the route)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+import numpy as np
+from click.testing import CliRunner
+
+from atlas.cli import main
+
+from .hub import cache_release, offline_hub, snapshot, write_gemma_scope
+
+
+def _atlas_cli(args):
+    """The CLI as a user types it (`atlas ARGS`), in this process: sae_lens imports once per test session."""
+    return CliRunner().invoke(main, args)
+
+
+def _rows(atlas: Path, sql: str, params=()):
+    with duckdb.connect(str(atlas), read_only=True) as con:
+        return con.execute(sql, list(params)).fetchall()
+
+
+def test_readme_release_example_offline(tmp_path, monkeypatch):
+    """The README's `atlas ingest --release gemma-scope-2b-pt-res-canonical`, as written, from the cache."""
+    hf = tmp_path / "hf"
+    n = cache_release(hf, "gemma-scope-2b-pt-res-canonical")
+    offline_hub(monkeypatch, hf)
+    monkeypatch.chdir(tmp_path)
+    r = _atlas_cli(["ingest", "--release", "gemma-scope-2b-pt-res-canonical"])
+    assert r.exit_code == 0, r.output
+    assert f"{n} added" in r.output
+    atlas = tmp_path / "atlas.duckdb"
+    row = _rows(atlas, "SELECT sae_id, model, site, layer, hook, variant, l0, neuronpedia_id, format, source, dataset "
+                       "FROM saes WHERE neuronpedia_id = 'gemma-2-2b/20-gemmascope-res-16k'")
+    assert row == [("gemma-2-2b-resid20-w16-canonical-pile-uncopyrighted", "gemma-2-2b", "resid", 20,
+                    "blocks.20.hook_resid_post", "canonical", 71.0, "gemma-2-2b/20-gemmascope-res-16k", "release",
+                    "gemma-scope-2b-pt-res-canonical:layer_20/width_16k/canonical", "monology/pile-uncopyrighted")]
+    stacks = dict(_rows(atlas, "SELECT stack, count(*) FROM saes GROUP BY 1"))
+    assert stacks["gemma-2-2b-resid-w16-jumprelu-sNone-monology_pile-uncopyrighted-canonical"] == 26
+    # one SAE per registry entry, ids unique and readable
+    assert _rows(atlas, "SELECT count(DISTINCT sae_id), count(DISTINCT sha256) FROM saes") == [(n, n)]
+
+    # the same weights as a folder tree (the cache snapshot is the repo's download tree): merged, not doubled
+    snap = hf / "hub" / "models--google--gemma-scope-2b-pt-res" / "snapshots"
+    tree = tmp_path / "gemma-scope-2b-pt-res"
+    next(snap.iterdir()).rename(tree)
+    r = CliRunner().invoke(main, ["--atlas", str(atlas), "ingest", "-r", str(tree / "layer_20")])
+    assert r.exit_code == 0, r.output
+    assert "0 added, 0 replaced, 2 unchanged" in r.output  # same metadata by both routes: the same ids
+    assert _rows(atlas, "SELECT count(*) FROM saes") == [(n,)]
+
+    # a Gemma Scope transcoder by name: kind, input and output hooks from sae_lens's transcoder loader
+    write_gemma_scope(snapshot(hf, "google/gemma-scope-2b-pt-transcoders"), "layer_20/width_16k/average_l0_11",
+                      seed=1000)
+    r = _atlas_cli(["ingest", "--release", "gemma-scope-2b-pt-transcoders:layer_20/width_16k/average_l0_11"])
+    assert r.exit_code == 0 and "1 added" in r.output, r.output
+    assert _rows(atlas, "SELECT kind, hook, hook_out, site, layer, d_out, neuronpedia_id FROM saes WHERE kind <> 'sae'") == [
+        ("transcoder", "blocks.20.ln2.hook_normalized", "blocks.20.hook_mlp_out", "mlp", 20, 8,
+         "gemma-2-2b/20-gemmascope-transcoder-16k")]
+
+    # a second run skips what is stored without touching the (now absent) cache files
+    r = _atlas_cli(["ingest", "--release", "gemma-scope-2b-pt-res-canonical:layer_20/width_16k/canonical"])
+    assert r.exit_code == 0 and "0 added, 0 replaced, 1 unchanged" in r.output, r.output
+    # and one clear line where the cache lacks a file the Hub would have to send; nothing stored
+    r = _atlas_cli(["ingest", "--release", "gemma-scope-2b-pt-mlp-canonical:layer_3/width_16k/canonical"])
+    assert r.exit_code == 2 and r.output.startswith("error: ") and r.output.count("\n") == 1, r.output
+    assert "not in the Hugging Face cache" in r.output and "google/gemma-scope-2b-pt-mlp" in r.output
+    r = _atlas_cli(["ingest", "--release", "no-such-release"])
+    assert r.exit_code == 2 and "not in sae_lens's pretrained registry" in r.output
+    r = _atlas_cli(["ingest", "--release", "gemma-scope-2b-pt-res-canonical:layer_99/width_16k/canonical"])
+    assert r.exit_code == 2 and "no SAE 'layer_99/width_16k/canonical'" in r.output
+    assert _rows(atlas, "SELECT count(*) FROM saes") == [(n + 1,)]
+
+
+def test_gemma_scope_tree_res_mlp_att_transcoder_it_and_embedding(tmp_path, monkeypatch):
+    """`ingest -r` over a Gemma Scope download tree: one SAE per file with the right model, site, kind and
+    variant; sources stored resolved so `atlas match` works from any directory."""
+    root = tmp_path / "downloads"
+    files = {
+        "gemma-scope-2b-pt-res/layer_20/width_16k/average_l0_22": ("gemma-2-2b", "resid", 20, "sae", "average_l0_22"),
+        "gemma-scope-2b-pt-res/layer_20/width_16k/average_l0_71": ("gemma-2-2b", "resid", 20, "sae", "canonical"),
+        "gemma-scope-2b-pt-res/layer_21/width_16k/average_l0_70": ("gemma-2-2b", "resid", 21, "sae", "canonical"),
+        "gemma-scope-2b-pt-res/embedding/width_4k/average_l0_6": ("gemma-2-2b", "resid", -1, "sae", "average_l0_6"),
+        "gemma-scope-2b-pt-mlp/layer_20/width_16k/average_l0_50": ("gemma-2-2b", "mlp", 20, "sae", "average_l0_50"),
+        "gemma-scope-2b-pt-att/layer_20/width_16k/average_l0_80": ("gemma-2-2b", "attn", 20, "sae", "average_l0_80"),
+        "gemma-scope-2b-pt-transcoders/layer_20/width_16k/average_l0_11": ("gemma-2-2b", "mlp", 20, "transcoder", "average_l0_11"),
+        "gemma-scope-9b-it-res/layer_20/width_16k/average_l0_91": ("gemma-2-9b-it", "resid", 20, "sae", "canonical"),
+    }
+    for i, folder in enumerate(files):
+        write_gemma_scope(root, folder, d_in=6 if "-att" in folder else 8, seed=i)
+    monkeypatch.chdir(tmp_path)
+    atlas = tmp_path / "a.duckdb"
+    r = CliRunner().invoke(main, ["--atlas", str(atlas), "ingest", "-r", "downloads"])
+    assert r.exit_code == 0, r.output
+    assert f"{len(files)} added" in r.output
+    got = {Path(src).parent.relative_to(root.resolve()).as_posix(): rest for src, *rest in _rows(
+        atlas, "SELECT source, model, site, layer, kind, variant FROM saes")}
+    assert got == {k: list(v) for k, v in files.items()}
+    tc = _rows(atlas, "SELECT hook, hook_out, neuronpedia_id FROM saes WHERE kind = 'transcoder'")
+    assert tc == [("blocks.20.ln2.hook_normalized", "blocks.20.hook_mlp_out", "gemma-2-2b/20-gemmascope-transcoder-16k")]
+    emb = _rows(atlas, "SELECT hook FROM saes WHERE layer = -1")
+    assert emb == [("hook_embed",)]
+    # sae_lens rescales embedding SAEs by sqrt(d_model); the tree route does the same
+    w = np.load(root / "gemma-scope-2b-pt-res/embedding/width_4k/average_l0_6/params.npz")
+    from ingest.sources import read_sae
+    rec = read_sae(root / "gemma-scope-2b-pt-res/embedding/width_4k/average_l0_6")
+    np.testing.assert_allclose(rec.weights.W_dec, w["W_dec"] * np.sqrt(2304), rtol=1e-6)
+
+    # from another directory, the stored (resolved) sources still lead to the weights
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    r = CliRunner().invoke(main, ["--atlas", str(atlas), "match", "--pairs", "adjacent"])
+    assert r.exit_code == 0, r.output
+    assert "matched 1 pair-methods" in r.output  # canonical layer 20 -> 21: the one stack with two layers

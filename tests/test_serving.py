@@ -1,0 +1,68 @@
+"""Serving while jobs run: the next request sees what a job published, and index files outlive --replace."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+from litestar.testing import TestClient
+
+from api.app import create_app
+from atlas.store import Atlas
+
+SAE0 = "synth-resid0-w256-s0-A"
+
+
+@pytest.fixture()
+def served(synth_atlas, tmp_path):
+    """A private copy of the planted-truth atlas (jobs here must not change the shared one)."""
+    atlas = Atlas(tmp_path / "atlas.duckdb")
+    shutil.copyfile(synth_atlas.path, atlas.path)
+    shutil.copytree(synth_atlas.index_dir, atlas.index_dir)
+    return atlas
+
+
+def test_a_job_publishes_while_the_server_runs_and_the_next_request_sees_it(served, family):
+    from ingest.jobs.ingest import ingest
+    from ingest.sources import read_sae
+
+    with TestClient(create_app(served.path)) as c:
+        before = c.get(f"/api/saes/{SAE0}").json()
+        card = c.get(f"/api/saes/{SAE0}/features/5").json()
+        assert card["matches"]["decoder_cos"] and before["pairs"]
+        snap = c.get("/health").json()["snapshot"]
+        # Another SAE's weights under SAE0's id: --replace drops its matches and writes a new index file.
+        ingest(served, [lambda: read_sae(family[1][1], sae_id=SAE0, layer=0)], replace=True)
+        after = c.get(f"/api/saes/{SAE0}").json()
+        assert after["sae"]["sha256"] != before["sae"]["sha256"] and after["pairs"] == {}
+        assert c.get(f"/api/saes/{SAE0}/features/5").json()["matches"] == {}
+        assert c.get("/health").json()["snapshot"] != snap
+        lineage = c.get(f"/api/saes/{SAE0}/features/5/lineage").json()
+        assert [n["sae_id"] for n in lineage["nodes"]] == [SAE0]
+
+
+def test_replace_then_any_job_keeps_search_working(served, family):
+    from ingest.jobs.ingest import ingest
+    from ingest.sources import read_sae
+
+    with TestClient(create_app(served.path)) as c:
+        assert c.get("/api/search", params={"sae_id": SAE0, "feature": 5, "k": 3}).status_code == 200
+        old_files = set(p.name for p in served.index_dir.glob("*.faiss"))
+        ingest(served, [lambda: read_sae(family[1][1], sae_id=SAE0, layer=0)], replace=True)
+        with served.write():  # any job: it drops index files no snapshot names
+            pass
+        # the server has not switched yet: its snapshot's files are leased, so the job kept them
+        assert old_files <= set(p.name for p in served.index_dir.glob("*.faiss"))
+        hits = c.get("/api/search", params={"sae_id": SAE0, "feature": 5, "k": 3})
+        assert hits.status_code == 200, hits.text
+        with served.write():
+            pass
+        for sae in (SAE0, "synth-resid1-w256-s0-A"):
+            r = c.get("/api/search", params={"sae_id": sae, "feature": 5, "k": 3})
+            assert r.status_code == 200 and len(r.json()) == 3, r.text
+    # the server has stopped: its lease is gone, and the next job drops the replaced weights' index
+    with served.write():
+        pass
+    with served.read() as con:
+        named = {r[0] for r in con.execute("SELECT index_file FROM saes").fetchall()}
+    assert {p.name for p in served.index_dir.glob("*.faiss")} == named

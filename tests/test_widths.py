@@ -1,0 +1,127 @@
+"""Feature splitting across widths against the planted width family; PW-MCC against plain numpy."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+
+from atlas.cli import main
+from atlas.match.pair import MatchParams, match_pair
+from atlas.match.stats import pw_mcc_random
+from atlas.match.widths import match_widths
+from atlas.sae import SAEWeights
+from atlas.store import Atlas
+from atlas.synth import GROUND_TRUTH
+
+NARROW, MID, WIDE = "synth-resid1-w256-s0-A", "synth-resid1-w512-s0-A", "synth-resid1-w1024-s0-A"
+
+
+@pytest.fixture(scope="module")
+def widths_atlas(tmp_path_factory):
+    """The README's commands: a width family (256 → 512 → 1024 at layer 1), then --pairs widths."""
+    root = tmp_path_factory.mktemp("widths")
+    atlas = root / "w.duckdb"
+    run = CliRunner().invoke
+    r = run(main, ["--atlas", str(atlas), "synth", "--out", str(root / "synth"), "--d-sae", "256", "--layers", "2",
+                   "--seeds", "1", "--no-second-dataset", "--widths", "2x,4x", "--seed", "3"])
+    assert r.exit_code == 0, r.output
+    r = run(main, ["--atlas", str(atlas), "match", "--pairs", "widths"])
+    assert r.exit_code == 0, r.output
+    assert "matched 2 width pairs" in r.output
+    truth = [t for t in pq.read_table(root / "synth" / GROUND_TRUTH).to_pylist()
+             if t["kind"] in ("kept", "split", "absorbed", "novel")]
+    return Atlas(atlas), truth
+
+
+def _rows(con, sae_a):
+    return {r[0]: r[1:] for r in con.execute(
+        "SELECT feature_a, class, children, combo_cos, best_score FROM widths WHERE sae_a = ?", [sae_a]).fetchall()}
+
+
+@pytest.mark.parametrize("narrow,wide", [(NARROW, MID), (MID, WIDE)])
+def test_planted_width_splits_are_recovered(widths_atlas, narrow, wide):
+    atlas, truth = widths_atlas
+    mine = [t for t in truth if t["sae_a"] == narrow and t["sae_b"] == wide]
+    splits = defaultdict(set)
+    for t in mine:
+        if t["kind"] == "split":
+            splits[t["feature_a"]].add(t["feature_b"])
+    kept = {t["feature_a"]: t["feature_b"] for t in mine if t["kind"] == "kept"}
+    absorbed = {t["feature_a"] for t in mine if t["kind"] == "absorbed"}
+    novel = {t["feature_b"] for t in mine if t["kind"] == "novel"}
+    assert len(splits) >= 20 and kept and absorbed and novel
+    with atlas.read() as con:
+        rows = _rows(con, narrow)
+    found = {f for f, ch in splits.items() if rows[f][0] == "split" and set(rows[f][1]) == ch}
+    assert len(found) >= 0.99 * len(splits)
+    assert {f for f, r in rows.items() if r[0] == "split"} <= set(splits)  # no false splits
+    assert all(rows[f][2] > 0.99 for f in found)  # the parent is the sum of its children
+    assert all(rows[f][0] == "kept" and rows[f][1] == [c] for f, c in kept.items())
+    assert all(rows[f][0] == "absent" for f in absorbed)
+    children = {c for r in rows.values() for c in r[1]}
+    assert not novel & children and children | novel == set(range(int(wide.split("-w")[1].split("-")[0])))
+
+
+def test_width_tree_macro_follows_splits_down_and_up(widths_atlas):
+    atlas, truth = widths_atlas
+    kids = defaultdict(set)
+    for t in truth:
+        if t["kind"] in ("split", "kept"):
+            kids[(t["sae_a"], t["feature_a"])].add((t["sae_b"], t["feature_b"]))
+    # a 256-wide feature that splits at 512 where at least one child splits again at 1024
+    root = next(f for (s, f), ch in list(kids.items()) if s == NARROW and len(ch) > 1 and any(len(kids.get(c, ())) > 1 for c in ch))
+    want = {(NARROW, root)} | kids[(NARROW, root)] | {g for c in kids[(NARROW, root)] for g in kids.get(c, ())}
+    with atlas.read() as con:
+        tree = con.execute("SELECT depth, sae_id, feature, parent_sae, parent_feature, class FROM width_tree(?, ?)",
+                           [NARROW, root]).fetchall()
+        assert {(s, f) for _, s, f, *_ in tree} == want
+        assert {d for d, *_ in tree} == {0, 1, 2}
+        assert all((ps, pf) in want and (s, f) in kids.get((ps, pf), ()) for _, s, f, ps, pf, _ in tree if ps)
+        assert next(r for r in tree if r[0] == 0)[5] == "split"
+        # from a leaf, the tree walks up to the root
+        leaf = next((s, f) for d, s, f, *_ in tree if d == 2)
+        up = con.execute("SELECT depth, sae_id, feature FROM width_tree(?, ?) WHERE depth < 0 ORDER BY depth",
+                         list(leaf)).fetchall()
+        assert up[0][1:] == (NARROW, root) and [d for d, *_ in up] == [-2, -1]
+
+
+def test_width_matching_rejects_other_spaces_and_reruns_incrementally(widths_atlas):
+    atlas, _ = widths_atlas
+    with pytest.raises(ValueError, match="different d_in"):
+        match_widths(np.ones((4, 8), np.float32), np.ones((8, 6), np.float32))
+    r = CliRunner().invoke(main, ["--atlas", str(atlas.path), "match", "--pairs", "widths"])
+    assert r.exit_code == 0 and "matched 0 width pairs, skipped 2" in r.output
+    r = CliRunner().invoke(main, ["--atlas", str(atlas.path), "match", "--pairs", "widths", "--pair", f"{WIDE}:{NARROW}"])
+    assert r.exit_code == 2 and "error:" in r.output and "not width siblings" in r.output
+
+
+def _weights(x):
+    return SAEWeights(W_enc=x.T.copy(), W_dec=x, b_enc=np.zeros(len(x), np.float32),
+                      b_dec=np.zeros(x.shape[1], np.float32))
+
+
+def test_pw_mcc_equals_a_plain_numpy_reference():
+    rng = np.random.default_rng(11)
+    a = rng.standard_normal((300, 48)).astype(np.float32)
+    b = np.concatenate([-a[:200] + 0.3 * rng.standard_normal((200, 48)).astype(np.float32),  # sign-flipped twins
+                        rng.standard_normal((150, 48)).astype(np.float32)])
+    ua, ub = a / np.linalg.norm(a, axis=1, keepdims=True), b / np.linalg.norm(b, axis=1, keepdims=True)
+    c = np.abs(ua.astype(np.float64) @ ub.T.astype(np.float64))
+    ref = (c.max(1).mean() + c.max(0).mean()) / 2
+    stats = match_pair(_weights(a), _weights(b), "a", "b", MatchParams()).stats
+    assert stats["pw_mcc"] == pytest.approx(ref, abs=1e-6)
+    assert stats["pw_mcc"] > stats["pw_mcc_random"] + 0.2
+
+
+@pytest.mark.parametrize("n_a,n_b,d", [(400, 800, 64), (1000, 1000, 384)])
+def test_pw_mcc_random_baseline_matches_random_decoders(n_a, n_b, d):
+    rng = np.random.default_rng(n_a)
+    sims = [match_pair(_weights(rng.standard_normal((n_a, d)).astype(np.float32)),
+                       _weights(rng.standard_normal((n_b, d)).astype(np.float32)), "a", "b", MatchParams()).stats["pw_mcc"]
+            for _ in range(3)]
+    assert np.mean(sims) == pytest.approx(pw_mcc_random(n_a, n_b, d), rel=0.01)
+
