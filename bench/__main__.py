@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from bench import record
+
 RESULTS = Path(__file__).parent / "results"
 
 
@@ -271,7 +273,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     work = args.workdir or Path(tempfile.mkdtemp(prefix="atlas-bench-"))
     work.mkdir(parents=True, exist_ok=True)
-    results = {}
+    results = {"meta": record.metadata(vars(args))}  # commit, host, versions, parameters (bench/record.py)
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"bench-{time.strftime('%Y%m%dT%H%M%S')}.json"
 
@@ -294,6 +296,8 @@ def main(argv=None):
             raise SystemExit(f"section api needs the stack atlas at {atlas}: run the stack section first")
         save("api", bench_api(atlas, args.requests))
     for section, value in results.items():
+        if section == "meta":
+            continue
         print(f"\n== {section}")
         for row in value if isinstance(value, list) else [value]:
             for k, v in row.items():
