@@ -117,3 +117,24 @@ def test_summary_line_says_how_a_feature_ends(synth_atlas, truth):
             assert m.ending == f"merges into {_id(1)}/{merge['feature_b']}"
         with pytest.raises(Exception, match="edges must be default or all"):
             lineage(con, _id(0), 0, edges="some")
+
+
+def test_findings_measure_lineage_size_before_and_after_typed_edges(synth_atlas):
+    from click.testing import CliRunner
+
+    from atlas.cli import main
+    from atlas.queries.lineage import lineage_shape
+
+    r = CliRunner().invoke(main, ["--atlas", str(synth_atlas.path), "findings", "--lineage-of", _id(1), "--features", "48"])
+    assert r.exit_code == 0, r.output
+    assert f"lineages of {_id(1)} (first 48 features), edges=all:" in r.output
+    assert f"lineages of {_id(1)} (first 48 features), edges=default:" in r.output
+    with synth_atlas.read() as con:
+        shape = lineage_shape(con, _id(1), 48)
+        sizes = {m: [len(lineage(con, _id(1), f, edges=m, include_sites=False).nodes) for f in range(48)]
+                 for m in ("all", "default")}
+    for mode, s in shape.items():
+        assert s["mean_nodes"] == pytest.approx(sum(sizes[mode]) / 48) and s["max_nodes"] == max(sizes[mode])
+        assert s["over_big"] == sum(n > 20 for n in sizes[mode]) / 48
+    assert shape["default"]["edges"] <= shape["all"]["edges"]
+    assert shape["default"]["unassigned_edges"] <= shape["all"]["unassigned_edges"]
