@@ -26,7 +26,9 @@ LIMITS = Settings(sql_time_limit_s=1.0, sql_max_rows=1000, sql_max_bytes=200_000
 @pytest.fixture(scope="module")
 def client(synth_atlas):
     with TestClient(create_app(synth_atlas.path, LIMITS)) as c:
-        _alive(c)  # the SQL worker is up: the bounds below are the queries' own
+        for _ in range(30):  # the SQL worker is up (its first start imports DuckDB): the bounds below are the queries'
+            if c.get("/api/sql", params={"sql": "SELECT 1"}).status_code == 200:
+                break
         yield c
 
 
@@ -66,14 +68,14 @@ def test_every_sql_format_has_a_byte_cap(client, fmt):
 
 
 def test_lineage_explosion_is_bounded(client, monkeypatch):
-    """tau=-1 passes every candidate: the lineage grows past max_nodes (lowered here to fit the tiny atlas)."""
+    """tau=-1 with edges=all follows every candidate: the lineage grows past max_nodes (lowered here to fit the tiny atlas)."""
     import importlib
 
     lineage_module = importlib.import_module("atlas.queries.lineage")
 
     monkeypatch.setattr(lineage_module, "MAX_NODES", 100)
     r, seconds = _timed(lambda: client.get(f"/api/saes/{SAE0}/features/5/lineage",
-                                           params={"tau": -1, "max_skip": 3}))
+                                           params={"tau": -1, "max_skip": 3, "edges": "all"}))
     assert r.status_code == 422, r.text
     assert r.json()["error"].startswith("lineage has more than max_nodes=100 nodes")
     assert seconds < 2.0 + 1.5
@@ -90,7 +92,7 @@ def test_query_loops_stop_at_the_deadline(synth_atlas, call):
     try:
         with synth_atlas.read() as con, pytest.raises(QueryTimeout, match="stopped after the time limit of 0 s"):
             if call == "lineage":
-                q.lineage(con, SAE0, 5, tau=-1, max_skip=3)
+                q.lineage(con, SAE0, 5, tau=-1, max_skip=3, edges="all")
             elif call == "communities":
                 q.communities(con, STACK, tau=0.0)
             else:
