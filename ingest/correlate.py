@@ -62,6 +62,7 @@ def to_csr(x) -> sp.csr_matrix:
     else:
         m = sp.csr_matrix(np.asarray(x))
     m.eliminate_zeros()
+    m.sort_indices()
     if m.indptr[-1] < 2**31:
         m.indptr = m.indptr.astype(np.int32)
         m.indices = m.indices.astype(np.int32)
@@ -348,12 +349,13 @@ class Compositions:
         for s, (p1, p2) in enumerate(self.pairs):
             self.triple[:, s] += np.bincount(j, fires[:, p1] & fires[:, p2], len(self.parents))
         # parents firing together regardless of b: walk the rarer parent's tokens, look up the other
+        csc = A.tocsc()
         for s, (p1, p2) in enumerate(self.pairs):
             x, y = self.parents[:, p1], self.parents[:, p2]
             ok = (x >= 0) & (y >= 0)
             swap = ok & (self.f_a[np.maximum(x, 0)] > self.f_a[np.maximum(y, 0)])
             lo, hi = np.where(swap, y, x), np.where(swap, x, y)
-            self.both[:, s] += _co_count(A, keys_a, lo, hi, ok)
+            self.both[:, s] += _co_count(csc, keys_a, lo, hi, ok)
 
     def find(self, pearson_top: np.ndarray, dec_cos_top: np.ndarray, min_jaccard: float = 0.5,
              margin: float = 0.15, pass_r: float = 0.9, pass_cos: float = 0.9) -> list[tuple]:
@@ -392,12 +394,12 @@ class Compositions:
         return out
 
 
-def _co_count(A: sp.csr_matrix, keys_a: np.ndarray, lo: np.ndarray, hi: np.ndarray, ok: np.ndarray) -> np.ndarray:
-    """For each slot j (where ok): tokens of this batch where features lo[j] and hi[j] both fire."""
+def _co_count(csc: sp.csc_matrix, keys_a: np.ndarray, lo: np.ndarray, hi: np.ndarray, ok: np.ndarray) -> np.ndarray:
+    """For each slot j (where ok): tokens of this batch where features lo[j] and hi[j] both fire
+    (csc: the batch [t, d_a]; keys_a: its sorted token * d_a + feature keys)."""
     out = np.zeros(len(lo))
     if not ok.any() or not len(keys_a):
         return out
-    csc = A.tocsc()
     slots = np.flatnonzero(ok)
     starts, ends = csc.indptr[lo[slots]], csc.indptr[lo[slots] + 1]
     n = ends - starts
@@ -406,7 +408,7 @@ def _co_count(A: sp.csr_matrix, keys_a: np.ndarray, lo: np.ndarray, hi: np.ndarr
     owner = np.repeat(np.arange(len(slots)), n)
     offs = np.arange(n.sum()) - np.repeat(np.cumsum(n) - n, n)
     toks = csc.indices[np.repeat(starts, n) + offs].astype(np.int64)
-    q = toks * A.shape[1] + hi[slots][owner]
+    q = toks * csc.shape[1] + hi[slots][owner]
     pos = np.minimum(np.searchsorted(keys_a, q), len(keys_a) - 1)
     out[slots] = np.bincount(owner, keys_a[pos] == q, len(slots))
     return out
