@@ -1,7 +1,7 @@
 """The `atlas` command line: init, synth, ingest, saes, info, match, serve.
 
 Jobs and the server are imported inside each command, so `atlas --help` stays fast and atlas/ keeps
-to its layer (DESIGN.md: the CLI is the one place that wires ingest/ and api/ together).
+to its layer (docs/design.md, Layers: the CLI is the one place that wires ingest/ and api/ together).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Lineage of one feature within its stack: ancestors and descendants as a DAG (DESIGN.md, Questions).
+"""Lineage of one feature within its stack: ancestors and descendants as a DAG (docs/design.md, Lineage).
 
 From (sae, i), follow matches whose score passes the bar backward to the first layer and forward to
 the last. Each edge has a kind (edge_kind; the SQL macros edge_kind / lineage_edges say the same):
