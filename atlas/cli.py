@@ -69,10 +69,12 @@ def init(ctx):
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed of the family.")
 @click.option("--widths", "widths", default="2x,4x", show_default=True,
               help="Wider SAEs of layer 1 (width family): sizes, or Nx for N times --d-sae; '' for none.")
+@click.option("--flow", is_flag=True, help="Also MLP-out and attention-out SAEs of the base stack (feature-flow "
+              "origins); match them with `atlas match --pairs flow`.")
 @click.option("--ingest/--no-ingest", "do_ingest", default=True, show_default=True,
               help="Ingest the family into the atlas.")
 @click.pass_context
-def synth(ctx, out, d_in, d_sae, n_layers, n_seeds, no_second_dataset, seed, widths, do_ingest):
+def synth(ctx, out, d_in, d_sae, n_layers, n_seeds, no_second_dataset, seed, widths, flow, do_ingest):
     """Write a planted-truth SAE family (sae_lens layout + ground truth) and ingest it."""
     from .synth import SynthConfig, generate, n_saes
 
@@ -81,7 +83,7 @@ def synth(ctx, out, d_in, d_sae, n_layers, n_seeds, no_second_dataset, seed, wid
     except ValueError:
         raise ValueError(f"--widths takes sizes or Nx separated by commas, got {widths!r}") from None
     cfg = SynthConfig(d_in=d_in, d_sae=d_sae, n_layers=n_layers, n_seeds=n_seeds,
-                      second_dataset=not no_second_dataset, seed=seed, widths=sizes,
+                      second_dataset=not no_second_dataset, seed=seed, widths=sizes, flow=flow,
                       width_layer=min(1, n_layers - 1))
     with _bar(n_saes(cfg), "synth") as bar:
         folders = generate(cfg, out, progress=lambda: bar.update())
@@ -221,9 +223,10 @@ def info(ctx, sae):
 
 
 @main.command()
-@click.option("--pairs", "selection", type=click.Choice(["adjacent", "distance", "siblings", "widths", "list"]),
+@click.option("--pairs", "selection", type=click.Choice(["adjacent", "distance", "siblings", "widths", "flow", "list"]),
               default="adjacent", show_default=True,
-              help="Which SAE pairs to match; widths: each SAE with its next wider sibling (feature splitting).")
+              help="Which SAE pairs to match; widths: each SAE with its next wider sibling (feature splitting); "
+                   "flow: MLP/attention-out SAEs with the residual SAE of their layer.")
 @click.option("--distance", type=int, default=2, show_default=True, help="Largest layer distance for --pairs distance.")
 @click.option("--stack", default=None, help="Only pairs in (or, for siblings, touching) this stack.")
 @click.option("--pair", "explicit", multiple=True, help="SAE_A:SAE_B, repeatable (implies --pairs list).")
