@@ -19,7 +19,8 @@ FROM layer_pairs WHERE method = ? AND stack LIKE ? GROUP BY distance ORDER BY di
 SIBLINGS_SQL = """
 WITH sib AS (
     SELECT p.sae_a, p.sae_b, a.layer,
-           CASE WHEN a.dataset IS NOT DISTINCT FROM b.dataset THEN 'seed' ELSE 'dataset' END AS relation
+           CASE WHEN a.dataset IS DISTINCT FROM b.dataset THEN 'dataset'
+                WHEN a.seed IS DISTINCT FROM b.seed THEN 'seed' ELSE 'variant' END AS relation
     FROM pair_stats p JOIN saes a ON a.sae_id = p.sae_a JOIN saes b ON b.sae_id = p.sae_b
     WHERE p.method = 'decoder_cos' AND a.layer = b.layer AND a.stack <> b.stack AND a.model LIKE ?),
 shared AS (  -- Paulo & Belrose: same partner under decoder and encoder assignments, both cosines >= 0.7

@@ -43,8 +43,8 @@ class MatchSummary:
 def select_pairs(con, selection: str = "adjacent", distance: int = 1, stack: str | None = None,
                  pairs: list[tuple[str, str]] | None = None) -> list[tuple[str, str]]:
     """(sae_a, sae_b) pairs, earlier layer first: adjacent layers, all pairs within `distance` layers of
-    a stack, siblings (same model, hook and width; other seed or dataset), widths (same model, hook,
-    seed and dataset; each width with the next larger one, narrow first), flow (MLP/attention-out SAEs
+    a stack, siblings (same model, hook and width; other seed, dataset or variant such as L0), widths (same model,
+    hook, seed and dataset; each width with the next larger one, narrow first), flow (MLP/attention-out SAEs
     with the residual SAE of their layer, for feature-flow origins), or an explicit list."""
     if selection == "list":
         known = {r[0] for r in con.execute("SELECT sae_id FROM saes").fetchall()}
@@ -67,7 +67,8 @@ def select_pairs(con, selection: str = "adjacent", distance: int = 1, stack: str
         sql = """
             SELECT a.sae_id, b.sae_id FROM saes a JOIN saes b
               ON a.model = b.model AND a.hook = b.hook AND a.d_sae = b.d_sae AND a.sae_id < b.sae_id
-             AND (a.seed IS DISTINCT FROM b.seed OR a.dataset IS DISTINCT FROM b.dataset)
+             AND (a.seed IS DISTINCT FROM b.seed OR a.dataset IS DISTINCT FROM b.dataset
+                  OR a.variant IS DISTINCT FROM b.variant)  -- other sparsity (Gemma Scope L0s), trainer
             WHERE ? IS NULL OR a.stack = ? OR b.stack = ?
             ORDER BY a.layer, a.sae_id, b.sae_id"""
         return [tuple(r) for r in con.execute(sql, [stack, stack, stack]).fetchall()]
