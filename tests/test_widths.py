@@ -193,3 +193,22 @@ def test_readme_width_and_lineage_commands_run_as_written(tmp_path, monkeypatch)
         assert sorted((e[0], e[1], e[3], e[4], e[7]) for e in edges) == sorted(
             (e["sae_a"], e["feature_a"], e["sae_b"], e["feature_b"], e["kind"]) for e in lin["edges"])
         assert con.execute(lineage_sql[1]).fetchall()
+
+
+def test_width_pairs_take_the_next_width_and_the_nearest_l0(tmp_path):
+    """Two L0 variants at each width (as Gemma Scope ships): each SAE pairs with the next width's variant
+    of nearest L0, never with its own width."""
+    import duckdb
+
+    from atlas.store.schema import create
+    from ingest.jobs.match import select_pairs
+
+    con = duckdb.connect()
+    create(con)
+    for sid, d, l0 in [("a16-l20", 16, 20), ("a16-l80", 16, 80), ("a32-l25", 32, 25), ("a32-l90", 32, 90),
+                       ("a64-l30", 64, 30)]:
+        con.execute("INSERT INTO saes (sae_id, model, hook, layer, d_in, d_sae, arch, seed, stack, source, format, "
+                    "sha256, l0) VALUES (?, 'm', 'blocks.3.hook_resid_post', 3, 8, ?, 'jumprelu', 0, ?, '', '', '', ?)",
+                    [sid, d, f"s{d}-{l0}", l0])
+    assert select_pairs(con, "widths") == [("a16-l20", "a32-l25"), ("a16-l80", "a32-l90"),
+                                           ("a32-l25", "a64-l30"), ("a32-l90", "a64-l30")]
