@@ -212,3 +212,26 @@ def test_width_pairs_take_the_next_width_and_the_nearest_l0(tmp_path):
                     [sid, d, f"s{d}-{l0}", l0])
     assert select_pairs(con, "widths") == [("a16-l20", "a32-l25"), ("a16-l80", "a32-l90"),
                                            ("a32-l25", "a64-l30"), ("a32-l90", "a64-l30")]
+
+
+def test_width_routes_answer_and_refuse_clearly(widths_atlas):
+    from litestar.testing import TestClient
+
+    from api.app import create_app
+
+    atlas, truth = widths_atlas
+    with TestClient(create_app(atlas.path)) as c:
+        pairs = c.get("/api/width-pairs").json()
+        assert [(p["d_a"], p["d_b"]) for p in pairs] == [(256, 512), (512, 1024)]
+        with atlas.read() as con:
+            assert [(p["kept"], p["split"], p["absent"]) for p in pairs] == con.execute(
+                "SELECT count(*) FILTER (class = 'kept'), count(*) FILTER (class = 'split'), "
+                "count(*) FILTER (class = 'absent') FROM widths GROUP BY sae_a ORDER BY sae_a").fetchall()
+        assert c.get("/api/width-pairs", params={"model": "gemma%"}).json() == []
+        lone = c.get("/api/saes/synth-resid0-w256-s0-A/features/1/width-tree").json()
+        assert len(lone["nodes"]) == 1 and "atlas match --pairs widths" in lone["summary"]
+        r = c.get(f"/api/saes/{NARROW}/features/9999/width-tree")
+        assert r.status_code == 404 and "no feature 9999" in r.json()["error"]
+        assert c.get("/api/saes/nope/features/1/width-tree").status_code == 404
+        r = c.get(f"/api/saes/{NARROW}/features/1/lineage", params={"edges": "some"})
+        assert r.status_code == 400 and "edges" in r.json()["error"]
