@@ -235,3 +235,14 @@ def test_width_routes_answer_and_refuse_clearly(widths_atlas):
         assert c.get("/api/saes/nope/features/1/width-tree").status_code == 404
         r = c.get(f"/api/saes/{NARROW}/features/1/lineage", params={"edges": "some"})
         assert r.status_code == 400 and "edges" in r.json()["error"]
+
+
+def test_bad_widths_are_one_clear_line(tmp_path):
+    run = CliRunner().invoke
+    r = run(main, ["--atlas", str(tmp_path / "a.duckdb"), "synth", "--out", str(tmp_path / "s"), "--widths", "2x,big"])
+    assert r.exit_code == 2 and r.output.startswith("error: --widths takes sizes or Nx") and r.output.count("\n") == 1
+    r = run(main, ["--atlas", str(tmp_path / "a.duckdb"), "synth", "--out", str(tmp_path / "s"), "--d-sae", "64",
+                   "--widths", "32", "--no-ingest"])
+    assert r.exit_code == 2 and "widths must grow: 32 after 64" in r.output and not (tmp_path / "s").exists()
+    r = run(main, ["--atlas", str(tmp_path / "a.duckdb"), "minilm", "--widths", "x"])
+    assert r.exit_code == 2 and "error: --widths takes sizes" in r.output
