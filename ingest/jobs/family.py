@@ -30,13 +30,15 @@ class FamilyPlan:
     """Tokens the activation statistics run over (None: all of them)."""
     train: TrainConfig = field(default_factory=TrainConfig)
     model: str = "all-MiniLM-L6-v2"
-    widths: list[int] = field(default_factory=lambda: [384, 1536])
-    """Other dictionary sizes of `width_layer` (prose, seed 0): width siblings of the base stack's SAE."""
+    widths: list[int] = field(default_factory=list)
+    """Other dictionary sizes of `width_layer` (prose, seed 0): width siblings of the base stack's SAE
+    (`atlas minilm` asks for 384 and 1536)."""
     width_layer: int = 3
 
     @classmethod
     def full(cls) -> FamilyPlan:
-        return cls(seeds=[1, 2], sibling_layers=list(range(6)), code_layers=list(range(6)), corr_tokens=None)
+        return cls(seeds=[1, 2], sibling_layers=list(range(6)), code_layers=list(range(6)), corr_tokens=None,
+                   widths=[384, 1536])
 
     def width_saes(self) -> list[tuple[str, int, int, int]]:
         """(dataset, seed, layer, d_sae) of the extra-width SAEs."""
