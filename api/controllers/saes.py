@@ -102,10 +102,11 @@ class SaesController(Controller):
     def get_lineage(self, atlas: NamedDependency[AtlasState], sae_id: SaeId, feature: FeatureIndex,
                     direction: Annotated[Literal["both", "forward", "backward"], QueryParameter()] = "both",
                     tau: Annotated[float | None, QueryParameter(
-                        ge=-1.0, le=1e9, description="Score bar: a cosine for similarity methods, an MSE for "
-                        "distance methods (those default to quantile=0.5).")] = 0.7,
+                        ge=-1.0, le=1.0, description="Score bar of similarity methods; distance methods (MSE) use "
+                        "quantile (default 0.5).")] = 0.7,
                     quantile: Annotated[float | None, QueryParameter(
-                        ge=0.0, le=1.0, description="Per-pair bar: keep the best q of each pair's scores.")] = None,
+                        ge=0.0, le=1.0, schema_extra={"minimum": 0.0},  # Litestar drops a falsy bound of an Optional
+                        description="Per-pair bar: keep the best q of each pair's scores.")] = None,
                     max_skip: Annotated[int, QueryParameter(ge=0, le=8, description="Layers a link may skip.")] = 1,
                     method: Method = "decoder_cos", include_sites: FromQuery[bool] = True,
                     edges: Annotated[Literal["default", "all"], QueryParameter(
