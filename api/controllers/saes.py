@@ -110,9 +110,10 @@ class SaesController(Controller):
                     max_skip: Annotated[int, QueryParameter(ge=0, le=8, description="Layers a link may skip.")] = 1,
                     method: Method = "decoder_cos", include_sites: FromQuery[bool] = True,
                     edges: Annotated[Literal["default", "all"], QueryParameter(
-                        description="default: carry, split, merge and gap edges; all: every passing candidate.")
-                    ] = "default") -> q.Lineage:
-        """Ancestors and descendants of a feature in its stack, as a DAG (splits and merges are branches)."""
+                        description="default: carry, split, merge and gap edges; all: every candidate above "
+                        "the bar (today's hairball on real families).")] = "default") -> q.Lineage:
+        """Ancestors and descendants of a feature in its stack, as a DAG of typed edges (carry / split / merge /
+        gap) with a one-line summary: born, splits, last seen, how it ends."""
         m = check_method(method)
         if tau is not None and quantile is None and not m.is_distance:
             check_tau(m, tau)

@@ -1,4 +1,4 @@
-"""Lineage of one feature within its stack: ancestors and descendants as a DAG (DESIGN.md, Questions).
+"""Lineage of one feature within its stack: ancestors and descendants as a DAG (docs/design.md, Lineage).
 
 From (sae, i), follow matches whose score passes the bar backward to the first layer and forward to
 the last. Each edge has a kind (edge_kind; the SQL macros edge_kind / lineage_edges say the same):
@@ -311,3 +311,23 @@ def flow_origins(con, sae_id: str, features: list[int], method: str, tau: float 
             best[f].add(kind)
     order = ("RES", "MLP", "ATT")
     return {f: "&".join(k for k in order if k in ks) or "from nowhere" for f, ks in best.items()}
+
+
+def lineage_shape(con, sae_id: str, n_features: int = 256, tau: float = 0.7, method: str = "decoder_cos",
+                  big: int = 20) -> dict[str, dict]:
+    """How big lineages get, per edge mode, over the first `n_features` features of an SAE: the share
+    with more than `big` nodes, mean and largest node count, and the share of edges outside the assignment."""
+    check_method(method)
+    n = min(n_features, sae_row(con, sae_id)["d_sae"])
+    index = EdgeIndex(con, method, min(tau, 0.5)) if not method.endswith("_mse") else None
+    out = {}
+    for mode in ("all", "default"):  # before and after typed edges
+        sizes, n_edges, unassigned = [], 0, 0
+        for f in range(n):
+            lin = lineage(con, sae_id, f, tau=tau, method=method, include_sites=False, index=index, edges=mode)
+            sizes.append(len(lin.nodes))
+            n_edges += len(lin.edges)
+            unassigned += sum(not e.assigned for e in lin.edges)
+        out[mode] = dict(features=n, over_big=sum(s > big for s in sizes) / n, mean_nodes=sum(sizes) / n,
+                         max_nodes=max(sizes), edges=n_edges, unassigned_edges=unassigned / n_edges if n_edges else 0.0)
+    return out
