@@ -11,6 +11,7 @@ from pathlib import Path
 
 import click
 
+from .match.methods import WEIGHT_METHODS
 from .sae import SAEError
 from .store import Atlas, AtlasBusy, default_path
 
@@ -230,7 +231,7 @@ def info(ctx, sae):
 @click.option("--distance", type=int, default=2, show_default=True, help="Largest layer distance for --pairs distance.")
 @click.option("--stack", default=None, help="Only pairs in (or, for siblings, touching) this stack.")
 @click.option("--pair", "explicit", multiple=True, help="SAE_A:SAE_B, repeatable (implies --pairs list).")
-@click.option("--method", "methods", multiple=True, type=click.Choice(["decoder_cos", "decoder_mse", "encoder_cos"]),
+@click.option("--method", "methods", multiple=True, type=click.Choice(WEIGHT_METHODS),
               help="Repeatable [default: decoder_cos; siblings also encoder_cos].")
 @click.option("-k", "k", type=int, default=16, show_default=True, help="Candidates kept per feature and direction.")
 @click.option("--floor", type=float, default=0.3, show_default=True, help="Below this cosine a feature stays unassigned.")
