@@ -127,14 +127,38 @@ class Atlas:
                 raise AtlasBusy(f"another job is writing {self.path} ({lock.read().strip()}); "
                                 f"wait for it or stop it") from None
             lock.seek(0), lock.truncate(), lock.write(f"pid {os.getpid()}"), lock.flush()
-            writer = Writer(self)
+            writer = None
             try:
+                writer = Writer(self)
                 yield writer
                 writer.publish(final=True)
+            except BaseException:
+                if writer is not None:
+                    writer.discard()
+                self._clean_after_failure()
+                raise
             finally:
-                writer.discard()
+                if writer is not None:
+                    writer.discard()
         finally:
             lock.close()
+
+    def _clean_after_failure(self) -> None:
+        """A failed job (disk full, bad input, kill) leaves nothing behind: its working copy, a half-copied
+        publish, result shards, and index files no published snapshot or running server names."""
+        for p in [*self.dir.glob("working-*"), self.path.with_name(self.path.name + ".publishing")]:
+            p.unlink(missing_ok=True)
+        shutil.rmtree(self.dir / "results", ignore_errors=True)
+        try:
+            with connect_serving(str(self.path)) as con:
+                keep = {r[0] for r in con.execute("SELECT index_file FROM saes").fetchall()}
+        except (duckdb.Error, OSError):  # no published atlas yet: nothing names any index file
+            keep = set()
+        keep |= leased_files(self.dir)
+        for p in self.index_dir.glob("*.faiss"):
+            if p.name not in keep:
+                p.unlink(missing_ok=True)
+                p.with_suffix(".json").unlink(missing_ok=True)
 
 
 class Writer:
