@@ -257,9 +257,7 @@ class Writer:
         """Insert rows given as dicts (keys must be columns of `table`)."""
         if not rows:
             return
-        names = self._checked(table, rows[0])
-        self.con.executemany(f"INSERT INTO {table} ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
-                             [[r[n] for n in names] for r in rows])
+        self.insert_arrow(table, pa.Table.from_pylist(rows))
 
     def per_sae_tables(self) -> list[tuple[str, str, str]]:
         """(table, column, column) of every table other than saes that refers to SAEs: sae_id, or sae_a/sae_b."""
@@ -301,6 +299,29 @@ class Writer:
                 con.execute(f"DELETE FROM {table} WHERE sae_a = ? AND sae_b = ? AND method = ?", [sae_a, sae_b, method])
             self.insert_arrow("matches", matches.append_column("run_id", pa.repeat(run_id, matches.num_rows)))
             self.insert_rows("pair_stats", [dict(stats, sae_a=sae_a, sae_b=sae_b, method=method, run_id=run_id)])
+
+    def update_pair_stats(self, sae_a: str, sae_b: str, method: str, values: dict) -> None:
+        """Set columns of one pair-method's stats row (e.g. activation checks of a weight method)."""
+        names = self._checked("pair_stats", values)
+        self.con.execute(f"UPDATE pair_stats SET {', '.join(f'{n} = ?' for n in names)} WHERE sae_a = ? AND sae_b = ? "
+                         f"AND method = ?", [values[n] for n in names] + [sae_a, sae_b, method])
+
+    def replace_activation_pair(self, sae_a: str, sae_b: str, method: str, tables, stats: dict,
+                                quality: dict[str, dict], run_id: str) -> None:
+        """A pair's activation results, replacing earlier ones: (name, Arrow table) pairs, read one at a time
+        (correlations, compositions, matches of `method`, ...), `method`'s stats row, and the checks of its
+        weight methods (`quality`: method -> pair_stats columns)."""
+        with self.transaction() as con:
+            for table in ("correlations", "compositions"):
+                con.execute(f"DELETE FROM {table} WHERE sae_a = ? AND sae_b = ?", [sae_a, sae_b])
+            for table in ("matches", "pair_stats"):
+                con.execute(f"DELETE FROM {table} WHERE sae_a = ? AND sae_b = ? AND method = ?", [sae_a, sae_b, method])
+            for name, table in tables:
+                if table.num_rows:
+                    self.insert_arrow(name, table.append_column("run_id", pa.repeat(run_id, table.num_rows)))
+            self.insert_rows("pair_stats", [dict(stats, sae_a=sae_a, sae_b=sae_b, method=method, run_id=run_id)])
+            for weight_method, values in quality.items():
+                self.update_pair_stats(sae_a, sae_b, weight_method, values)
 
     def insert_arrow(self, table: str, data) -> None:
         """Bulk insert an Arrow table (columns by name) into `table`."""
