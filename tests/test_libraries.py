@@ -61,7 +61,8 @@ def test_sparsify_run_folders_keep_model_dataset_seed(tmp_path):
     # save_best writes best/<hook>/ with its own config.json
     from sparsify.__main__ import RunConfig
     best = tmp_path / "pythia-run" / "best"
-    RunConfig.load_json(tmp_path / "pythia-run" / "config.json").save_json(best / "config.json") if best.mkdir() is None else None
+    best.mkdir()
+    RunConfig.load_json(tmp_path / "pythia-run" / "config.json").save_json(best / "config.json")
     saes["layers.1/seed0"].save_to_disk(best / "layers.1" / "seed0")
     atlas = tmp_path / "a.duckdb"
     r = CliRunner().invoke(main, ["--atlas", str(atlas), "ingest", "-r", str(tmp_path / "pythia-run")])
