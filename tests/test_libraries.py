@@ -152,7 +152,7 @@ def test_dictionary_learning_sweep_all_architectures(tmp_path):
     assert [(v, a, k, s) for v, a, k, s, *_ in rows] == [
         ("trainer_0", "standard", None, 0), ("trainer_1", "topk", 4, 1), ("trainer_2", "batchtopk", 4, 2),
         ("trainer_3", "jumprelu", None, 3), ("trainer_4", "gated", None, 4)]
-    assert {tuple(r[4:]) for r in rows} == {("EleutherAI/pythia-70m", "resid", 3, "pythia70m_sweep")}
+    assert {tuple(r[4:]) for r in rows} == {("pythia-70m", "resid", 3, "pythia70m_sweep")}
     x = _x()
     for i in range(5):
         folder = sweep / f"trainer_{i}"
