@@ -1,4 +1,4 @@
-"""The atlas's DuckDB schema (tables of DESIGN.md), its version, and the SQL views users query."""
+"""The atlas's DuckDB schema (docs/design.md, Tables): tables, version and migrations, views and macros."""
 
 SCHEMA_VERSION = 4
 
