@@ -5,9 +5,10 @@ BIN := $(VENV)/bin
 ATLAS ?= atlas.duckdb
 HOST ?= 127.0.0.1
 PORT ?= 8000
+FAISS_GPU ?= faiss-gpu-cu12
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-gpu browser demo serve test bench readme-bench findings clean
+.PHONY: help install install-gpu gpu-check browser demo serve test bench readme-bench findings clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -20,9 +21,13 @@ $(BIN)/atlas: pyproject.toml
 
 install: $(BIN)/atlas ## Create .venv and install the atlas, test tools and Ray (CPU torch, faiss-cpu)
 
-install-gpu: $(BIN)/atlas ## Swap faiss-cpu for faiss-gpu (CUDA 12) in .venv; never both in one env
-	$(BIN)/pip uninstall -y faiss-cpu
-	$(BIN)/pip install -q faiss-gpu-cu12
+install-gpu: $(BIN)/atlas ## Swap faiss-cpu for faiss-gpu in .venv (FAISS_GPU=faiss-gpu-cu12; never both), then `make gpu-check`
+	$(BIN)/pip uninstall -y -q faiss-cpu
+	$(BIN)/pip install -q $(FAISS_GPU)
+	$(BIN)/python -c "import faiss; print('faiss', faiss.__version__, 'GPUs seen:', faiss.get_num_gpus())"
+
+gpu-check: $(BIN)/atlas ## One JSON line on the GPU path (faiss-gpu, candidates, correlation; <= 5 min); exits 0 without CUDA
+	$(BIN)/python -m bench.gpu_check
 
 demo: install ## Build the default atlas (real MiniLM family + planted-truth family; cached) and serve it
 	$(BIN)/atlas --atlas $(ATLAS) synth --out demo-data/synth

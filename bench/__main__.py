@@ -1,4 +1,5 @@
-"""`python -m bench [section ...]`: candidates, assignment, stack, api. Prints a table, writes JSON.
+"""`python -m bench [section ...]`: candidates, assignment, correlation, cofiring, stack, api, ray. Prints a
+table, writes JSON.
 
 Each section measures the thing and its baseline in the same run, so the ratio holds on a noisy machine.
 """
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench import record
+from bench import correlation, record
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -82,39 +83,6 @@ def bench_assignment(n: int) -> dict:
     same = len(dense_pairs & sparse_pairs) / max(len(dense_pairs), 1)
     return {"n": n, "dense_lsa_s": t_dense, "sparse_s": t_sparse, "speedup": t_dense / t_sparse,
             "identical_at_score_0.5": same, "target": ">= 20x at 16k, >= 0.999 identical"}
-
-
-def bench_correlation(tokens: int, d_sae: int, d_in: int = 384) -> dict:
-    """Streaming sparse Pearson (ingest.correlate) vs dense torch.corrcoef on the same activations."""
-    import torch
-
-    from atlas.sae import SAEMeta, SAERecord, SAEWeights
-    from atlas.encode import encode
-    from ingest.correlate import accumulate
-
-    rng = np.random.default_rng(2)
-
-    def sae(name):  # ReLU SAE whose biases make about 3% of features fire per token, as trained SAEs do
-        w = unit(rng.standard_normal((d_sae, d_in), dtype=np.float32))
-        weights = SAEWeights(W_enc=w.T.copy(), W_dec=w, b_enc=np.full(d_sae, -0.14, np.float32),
-                             b_dec=np.zeros(d_in, np.float32))
-        return SAERecord(SAEMeta(model="m", hook="blocks.0.hook_resid_post", d_in=d_in, d_sae=d_sae, arch="standard",
-                                 sae_id=name), weights)
-
-    a, b = sae("a"), sae("b")
-    x = torch.from_numpy((rng.standard_normal((tokens, d_in)) * 1.5 / np.sqrt(d_in)).astype(np.float32))
-    y = x + 0.3 * torch.randn_like(x) / float(np.sqrt(d_in))
-    # the same activations for both: encoding is not part of what is compared
-    acts_a, acts_b = encode(a.weights, x, "standard"), encode(b.weights, y, "standard")
-    t_sparse, p = timed(lambda: accumulate(acts_a.split(8192), acts_b.split(8192), keep=False))
-    t_dense, r = timed(lambda: torch.corrcoef(torch.cat([acts_a, acts_b], 1).T)[:d_sae, d_sae:])
-    r = torch.nan_to_num(r).numpy()
-    top_s, top_d = np.argsort(-p.pearson, 1)[:, :16], np.argsort(-r, 1)[:, :16]
-    fired = p.fire_a > 0
-    same = float((np.sort(top_s, 1) == np.sort(top_d, 1)).all(1)[fired].mean())
-    return {"tokens": tokens, "d_sae": d_sae, "density": float(p.fire_a.sum() / tokens / d_sae),
-            "sparse_s": t_sparse, "dense_corrcoef_s": t_dense, "speedup": t_dense / t_sparse,
-            "identical_top16": same, "max_abs_diff": float(np.abs(p.pearson - r).max()), "target": ">= 10x, identical top-k"}
 
 
 def bench_stack(layers: int, d_sae: int, d_in: int, workdir: Path) -> dict:
@@ -264,7 +232,8 @@ def bench_api(atlas_path: Path, requests: int, port: int = 8765, seconds: int = 
 
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    p.add_argument("sections", nargs="*", default=["candidates", "assignment", "correlation", "stack", "api", "ray"])
+    p.add_argument("sections", nargs="*", default=["candidates", "assignment", *correlation.SECTIONS, "stack", "api", "ray"])
+    p.add_argument("--corr-tokens", type=int, default=1_000_000, help="Tokens of the cofiring section's pairs.")
     p.add_argument("--layers", type=int, default=26)
     p.add_argument("--d-sae", type=int, default=16384)
     p.add_argument("--d-in", type=int, default=2304)
@@ -284,8 +253,7 @@ def main(argv=None):
         save("candidates", bench_candidates(args.d_sae, args.d_in))
     if "assignment" in args.sections:
         save("assignment", [bench_assignment(n) for n in (4096, args.d_sae)])
-    if "correlation" in args.sections:
-        save("correlation", bench_correlation(300_000, 768))
+    correlation.run(args.sections, save, tokens=args.corr_tokens)
     if "stack" in args.sections:
         save("stack", bench_stack(args.layers, args.d_sae, args.d_in, work))
     if "ray" in args.sections:

@@ -36,8 +36,12 @@ from atlas.sae import SAERecord
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
 warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly disabled")
 
-MAX_PAIRS = 24_000_000
-"""Default cap on co-firing pairs held (20 bytes each: about 0.5 GB, 1 GB while merging)."""
+MAX_PAIRS = 32_000_000
+"""Default cap on co-firing pairs held (20 bytes each: 0.64 GB at most)."""
+CHUNK_NNZ = 8_000_000
+"""Pending non-zeros multiplied out at once (about 0.3 GB with their copies; 57k tokens at L0 70 × 2)."""
+BLOCK_CELLS = 8_000_000
+"""a-feature rows per product block: this many cells over d_b (bounds one product's output)."""
 DENSE_LIMIT = 4096 * 4096
 """Widest d_a × d_b for which `CoFiring.dense` builds full matrices (tests, small pairs)."""
 
@@ -58,6 +62,7 @@ def to_csr(x) -> sp.csr_matrix:
     else:
         m = sp.csr_matrix(np.asarray(x))
     m.eliminate_zeros()
+    m.sort_indices()
     if m.indptr[-1] < 2**31:
         m.indptr = m.indptr.astype(np.int32)
         m.indices = m.indices.astype(np.int32)
@@ -66,10 +71,8 @@ def to_csr(x) -> sp.csr_matrix:
 
 def _spgemm(x: sp.csr_matrix, y: sp.csr_matrix, dev: torch.device | None) -> sp.csr_matrix:
     """x @ y, both sparse: scipy when dev is None, else torch on dev (cuSPARSE on CUDA)."""
-    if dev is None:
-        out = (x @ y).tocsr()
-        out.sort_indices()  # scipy's product leaves each row's columns unsorted
-        return out
+    if dev is None:  # columns come unsorted within rows, in an order set by the structure alone
+        return (x @ y).tocsr()
 
     def t(m):
         return torch.sparse_csr_tensor(torch.from_numpy(m.indptr.astype(np.int64)), torch.from_numpy(m.indices.astype(np.int64)),
@@ -89,21 +92,22 @@ class CoFiring:
     d_a: int
     d_b: int
     max_pairs: int = MAX_PAIRS
-    chunk_pairs: int = 0
-    """Flush pending batches once they may add this many pair-events (default max_pairs // 2)."""
+    chunk_nnz: int = CHUNK_NNZ
+    """Multiply pending batches out once they hold this many non-zeros (a and b together)."""
     dev: torch.device | None = field(default_factory=device)
     n: int = 0
-    thetas: list[float] = field(default_factory=list)
 
     def __post_init__(self):
         self.s_a, self.q_a = np.zeros(self.d_a), np.zeros(self.d_a)
         self.s_b, self.q_b = np.zeros(self.d_b), np.zeros(self.d_b)
         self.f_a, self.f_b = np.zeros(self.d_a, np.int64), np.zeros(self.d_b, np.int64)
-        self.pairs = sp.csr_matrix((self.d_a, self.d_b), dtype=np.complex128)
+        rows = max(1, min(self.d_a, BLOCK_CELLS // max(self.d_b, 1)))
+        self.starts = list(range(0, self.d_a, rows))
+        self.blocks = [sp.csr_matrix((min(rows, self.d_a - r), self.d_b), dtype=np.complex128) for r in self.starts]
+        self.thetas: list[list[float]] = [[] for _ in self.starts]
         self.peak_pairs = 0
         self._pending: list[tuple[sp.csr_matrix, sp.csr_matrix]] = []
-        self._events = 0
-        self.chunk_pairs = self.chunk_pairs or max(self.max_pairs // 2, 1)
+        self._nnz = 0
 
     # -- accumulation --------------------------------------------------------------------------
     def add(self, a, b) -> None:
@@ -122,53 +126,79 @@ class CoFiring:
             q += np.bincount(m.indices, v * v, d)
             f += np.bincount(m.indices, minlength=d)
         self._pending.append((A, B))
-        self._events += int(np.dot(np.diff(A.indptr).astype(np.int64), np.diff(B.indptr)))
-        if self._events >= self.chunk_pairs:
+        self._nnz += A.nnz + B.nnz
+        if self._nnz >= self.chunk_nnz:
             self.flush()
 
     def flush(self) -> None:
-        """Multiply the pending batches out and merge them into the pair matrix."""
+        """Multiply the pending tokens out, one block of a-features at a time (so that each product
+        sums over many tokens, yet its output stays within BLOCK_CELLS), and merge into the pair blocks."""
         if not self._pending:
             return
         A = sp.vstack([p[0] for p in self._pending], format="csr")
-        B = sp.vstack([p[1] for p in self._pending], format="csr")
-        self._pending, self._events = [], 0
-        At = A.T.tocsr().astype(np.float64)
-        B = B.astype(np.float64)
-        s = _spgemm(At, B, self.dev)
-        At.data[:], B.data[:] = 1.0, 1.0
-        c = _spgemm(At.astype(np.float32), B.astype(np.float32), self.dev)  # counts: exact below 2^24 tokens
-        if s.nnz != c.nnz:  # both are sums of positive terms over the same co-firing tokens
-            raise ValueError("activation products underflowed to zero; rescale the activations")
-        chunk = sp.csr_matrix((s.data + 1j * c.data.astype(np.float64), s.indices, s.indptr), shape=s.shape)
-        del s, c, At, A, B
-        self.pairs = self.pairs + chunk if self.pairs.nnz else chunk
-        self.peak_pairs = max(self.peak_pairs, self.pairs.nnz)
-        if self.pairs.nnz > self.max_pairs:
-            self._prune()
+        B = sp.vstack([p[1] for p in self._pending], format="csr").astype(np.float64, copy=False)
+        self._pending, self._nnz = [], 0
+        At = A.T.tocsr().astype(np.float64, copy=False)
+        del A
+        ones_b = sp.csr_matrix((np.ones(B.nnz), B.indices, B.indptr), shape=B.shape)  # shares the structure
+        for k, r0 in enumerate(self.starts):
+            blk = At[r0:r0 + self.blocks[k].shape[0]]
+            if not blk.nnz:
+                continue
+            s = _spgemm(blk, B, self.dev)
+            blk.data[:] = 1.0
+            c = _spgemm(blk, ones_b, self.dev)  # same structure, so the same pairs in the same order
+            if s.nnz != c.nnz:  # both are sums of positive terms over the same co-firing tokens
+                raise ValueError("activation products underflowed to zero; rescale the activations")
+            data = np.empty(s.nnz, np.complex128)
+            data.real, data.imag = s.data, c.data
+            chunk = sp.csr_matrix((data, s.indices, s.indptr), shape=s.shape)
+            del s, c, data
+            self.blocks[k] = self.blocks[k] + chunk if self.blocks[k].nnz else chunk
+            if self.blocks[k].nnz > self._cap(k):
+                self._prune(k)
+        self.peak_pairs = max(self.peak_pairs, sum(b.nnz for b in self.blocks))
 
-    def _prune(self) -> None:
-        """Drop the weakest pairs until at most half the cap is held (see the cap policy above)."""
-        p = self.pairs
-        rows = np.repeat(np.arange(self.d_a, dtype=np.int32), np.diff(p.indptr))
+    def _cap(self, k: int) -> int:
+        return max(1, self.max_pairs * self.blocks[k].shape[0] // self.d_a)
+
+    def _prune(self, k: int) -> None:
+        """Drop block k's weakest pairs until it holds at most half its cap (see the cap policy above)."""
+        p, r0 = self.blocks[k], self.starts[k]
+        rows = r0 + np.repeat(np.arange(p.shape[0], dtype=np.int64), np.diff(p.indptr))
         cols = p.indices
         score = np.maximum(p.data.real / np.sqrt(self.q_a[rows] * self.q_b[cols]),
                            p.data.imag / np.sqrt(self.f_a[rows] * self.f_b[cols].astype(np.float64)))
         del rows
-        keep_n = self.max_pairs // 2
+        keep_n = self._cap(k) // 2
         theta = float(np.partition(score, len(score) - keep_n - 1)[len(score) - keep_n - 1])
         p.data[score <= theta] = 0
         p.eliminate_zeros()
-        self.thetas.append(theta)
+        self.thetas[k].append(theta)
 
     def finish(self) -> CoFiring:
+        """Multiply out what is pending."""
         self.flush()
         return self
 
     @property
+    def pairs(self) -> sp.csr_matrix:
+        """All pairs as one [d_a, d_b] CSR of Σab + i·count, rows' columns sorted. The blocks become this one
+        matrix (more batches may still be added; they then multiply out as a single block)."""
+        self.flush()
+        if len(self.blocks) > 1:
+            for b in self.blocks:
+                b.sort_indices()
+            stacked = sp.vstack(self.blocks, format="csr")
+            self.blocks, self.starts, self.thetas = [stacked], [0], [[self.error_bound]] if self.error_bound else [[]]
+        self.blocks[0].sort_indices()
+        return self.blocks[0]
+
+    @property
     def error_bound(self) -> float:
-        """Θ, the sum of the prune thresholds: 0.0 when every co-firing pair was kept (exact)."""
-        return float(sum(self.thetas))
+        """Θ: the largest sum of prune thresholds over the pair blocks; 0.0 when every co-firing pair
+        was kept (exact)."""
+        return float(max((sum(t) for t in self.thetas), default=0.0))
 
     # -- statistics ------------------------------------------------------------------------------
     def _moments(self):
@@ -188,7 +218,6 @@ class CoFiring:
 
     def lookup(self, rows, cols) -> tuple[np.ndarray, np.ndarray]:
         """(Σab, count) of each pair (rows[e], cols[e]); 0 for pairs that never co-fire."""
-        self.flush()
         rows, cols = np.asarray(rows, np.int64), np.asarray(cols, np.int64)
         vals = np.zeros(len(rows), np.complex128)
         if len(rows) and self.pairs.nnz:
@@ -219,12 +248,15 @@ class CoFiring:
     def topk(self, k: int) -> Candidates:
         """Each feature's k highest-r partners in both directions, exact over all pairs: stored pairs by
         their r; pairs that never co-fire (r = −u_a·u_b ≤ 0) enter only where a row has too few better ones."""
-        self.flush()
         (_, u_a), (_, u_b) = self._moments()
         p = self.pairs
-        rows = np.repeat(np.arange(self.d_a, dtype=np.int64), np.diff(p.indptr))
-        r = sp.csr_matrix((self._r(rows, p.indices, p.data.real), p.indices, p.indptr), shape=p.shape)
-        del rows
+        r = np.empty(p.nnz)
+        step = max(1, BLOCK_CELLS // max(self.d_b, 1))
+        for r0 in range(0, self.d_a, step):  # by row blocks, so the temporaries stay small
+            lo, hi = p.indptr[r0], p.indptr[min(r0 + step, self.d_a)]
+            rows = np.repeat(np.arange(r0, min(r0 + step, self.d_a)), np.diff(p.indptr[r0:r0 + step + 1]))
+            r[lo:hi] = self._r(rows, p.indices[lo:hi], p.data[lo:hi].real)
+        r = sp.csr_matrix((r, p.indices, p.indptr), shape=p.shape)
         a2b = _row_topk(r, u_a, u_b, min(k, self.d_b))
         b2a = _row_topk(r.T.tocsr(), u_b, u_a, min(k, self.d_a))
         return Candidates(a2b[0], a2b[1], b2a[0], b2a[1])
@@ -317,12 +349,13 @@ class Compositions:
         for s, (p1, p2) in enumerate(self.pairs):
             self.triple[:, s] += np.bincount(j, fires[:, p1] & fires[:, p2], len(self.parents))
         # parents firing together regardless of b: walk the rarer parent's tokens, look up the other
+        csc = A.tocsc()
         for s, (p1, p2) in enumerate(self.pairs):
             x, y = self.parents[:, p1], self.parents[:, p2]
             ok = (x >= 0) & (y >= 0)
             swap = ok & (self.f_a[np.maximum(x, 0)] > self.f_a[np.maximum(y, 0)])
             lo, hi = np.where(swap, y, x), np.where(swap, x, y)
-            self.both[:, s] += _co_count(A, keys_a, lo, hi, ok)
+            self.both[:, s] += _co_count(csc, keys_a, lo, hi, ok)
 
     def find(self, pearson_top: np.ndarray, dec_cos_top: np.ndarray, min_jaccard: float = 0.5,
              margin: float = 0.15, pass_r: float = 0.9, pass_cos: float = 0.9) -> list[tuple]:
@@ -361,12 +394,12 @@ class Compositions:
         return out
 
 
-def _co_count(A: sp.csr_matrix, keys_a: np.ndarray, lo: np.ndarray, hi: np.ndarray, ok: np.ndarray) -> np.ndarray:
-    """For each slot j (where ok): tokens of this batch where features lo[j] and hi[j] both fire."""
+def _co_count(csc: sp.csc_matrix, keys_a: np.ndarray, lo: np.ndarray, hi: np.ndarray, ok: np.ndarray) -> np.ndarray:
+    """For each slot j (where ok): tokens of this batch where features lo[j] and hi[j] both fire
+    (csc: the batch [t, d_a]; keys_a: its sorted token * d_a + feature keys)."""
     out = np.zeros(len(lo))
     if not ok.any() or not len(keys_a):
         return out
-    csc = A.tocsc()
     slots = np.flatnonzero(ok)
     starts, ends = csc.indptr[lo[slots]], csc.indptr[lo[slots] + 1]
     n = ends - starts
@@ -375,7 +408,7 @@ def _co_count(A: sp.csr_matrix, keys_a: np.ndarray, lo: np.ndarray, hi: np.ndarr
     owner = np.repeat(np.arange(len(slots)), n)
     offs = np.arange(n.sum()) - np.repeat(np.cumsum(n) - n, n)
     toks = csc.indices[np.repeat(starts, n) + offs].astype(np.int64)
-    q = toks * A.shape[1] + hi[slots][owner]
+    q = toks * csc.shape[1] + hi[slots][owner]
     pos = np.minimum(np.searchsorted(keys_a, q), len(keys_a) - 1)
     out[slots] = np.bincount(owner, keys_a[pos] == q, len(slots))
     return out

