@@ -6,7 +6,6 @@ import json
 import re
 from pathlib import Path
 
-
 from bench import readme
 
 README = Path(readme.README)
