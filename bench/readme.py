@@ -100,7 +100,7 @@ ROWS = [
     Row("correlation", lambda v: f"activation statistics, {v['tokens'] // 1000}k tokens × {v['d_sae']} features "
         f"({100 * v['density']:.1f}% density), vs dense `torch.corrcoef`",
         lambda v: f"**{v['speedup']:.1f}×** faster, {'identical' if v['identical_top16'] == 1 else _pct(v['identical_top16'])} "
-                  f"top-16, max \\|Δr\\| {v['max_abs_diff']:.1e}", "≥ 10×",
+                  f"top-16, max \\|Δr\\| {v.get('max_abs_r_diff_top16', v.get('max_abs_diff')):.1e}", "≥ 10×",
         lambda v: v if isinstance(v, dict) and "speedup" in v else None, lambda v: v["speedup"] >= 10),
     Row("api", lambda v: "API, 26 × 16k atlas, `atlas serve --workers 2`, loopback, lineage",
         _api("lineage", "8", "2"), "p50 < 10, p99 < 50 ms, ≥ 500 req/s",
@@ -163,7 +163,8 @@ def plan_sentence(results: Path = RESULTS) -> str:
 def findings_table(results: Path = RESULTS) -> str:
     files = sorted(results.glob("findings-*.json"), reverse=True)
     if not files:
-        return "No findings artifact yet: `python -m bench.findings --atlas atlas.duckdb` writes one."
+        return ("No findings artifact in `bench/results/` yet: build the default family (`make demo`), then "
+                "`make findings` (it keeps `atlas findings --json` with the SAEs it measured) and `make readme-bench`.")
     path = files[0]
     art = json.loads(path.read_text())
     f, p = art["findings"], art["atlas"]
@@ -191,11 +192,38 @@ def findings_table(results: Path = RESULTS) -> str:
     if agree:
         rows.append(("weight and activation matching agree", "decoder-cosine and activation-correlation assignments "
                      f"pick the same partner for {_pct(same)} of features"))
+    for r in f.get("widths", []):
+        split = "" if r["mean_split_children"] is None else (
+            f" (into {r['mean_split_children']:.1f} on average; best non-negative combination of the children: "
+            f"cosine {r['mean_split_combo_cos']:.2f})")
+        rows.append((f"features split as the dictionary grows (layer {r['layer']}, {r['d_a']} → {r['d_b']})",
+                     f"{r['kept']} kept, **{r['split']} split**{split}, {r['absent']} absent"))
+    cons = {}
+    for r in f.get("consistency", []):
+        cons.setdefault(r["relation"], []).append(r)
+    if cons:
+        rows.append(("seed consistency: PW-MCC (mean best \\|decoder cosine\\| in the other SAE, both ways; random decoders)",
+                     " · ".join(f"{rel} siblings {sum(x['pw_mcc'] for x in v) / len(v):.3f} "
+                                f"(random {sum(x['pw_mcc_random'] for x in v) / len(v):.3f})" for rel, v in sorted(cons.items()))))
+    shape = f.get("lineage_shape")
+    if shape:
+        a, d = shape["all"], shape["default"]
+        rows.append((f"lineages over {a['features']} features of `{art['args'].get('lineage_of')}` with more than 20 nodes: "
+                     "every candidate → carry/split/merge", f"{_pct(a['over_big'])} → **{_pct(d['over_big'])}**"))
+        rows.append(("… and the share of their edges outside the assignment",
+                     f"{_pct(a['unassigned_edges'])} → **{_pct(d['unassigned_edges'])}**"))
     rows.append(("compositions (layer l → l+1)", ", ".join(f"{comps.get(k, 0)} {name}" for k, name in
                                                           (("PASS", "pass-through"), ("OR", "OR"), ("AND", "AND")))))
     head = (f"From `{path.name}` (`{art['command']}` on an atlas of {p['n_saes']} SAEs: {p['summary']}; "
             f"commit {(art.get('commit') or '?')[:9]}):\n\n")
-    return head + "| finding | measured |\n|---|---|\n" + "\n".join(f"| {a} | {b} |" for a, b in rows)
+    table = head + "| finding | measured |\n|---|---|\n" + "\n".join(f"| {a} | {b} |" for a, b in rows)
+    example = next((c for c in f.get("compositions", []) if c["child_context"]), None)
+    if example:
+        parents = "; ".join(f"*{lines[0]}*" for lines in example["parent_contexts"].values() if lines)
+        table += (f"\n\nAn {example['kind']} example (`{example['sae_a']}` → `{example['sae_b']}` feature "
+                  f"{example['feature_b']}, Jaccard {example['score']:.2f}): the child fires on "
+                  f"*{example['child_context'][0]}*; its parents on {parents}.")
+    return table
 
 
 BLOCKS = {"bench-table": bench_table, "bench-plan": plan_sentence, "findings": findings_table}

@@ -37,7 +37,8 @@ def ingest(atlas: Atlas, sources: Iterable[Callable[[], SAERecord]], replace: bo
     with atlas.write() as w, record_run(w, "ingest", params or {"replace": replace, "factory": factory}):
         for read in sources:
             rec = read()
-            status = _known(w, rec.meta) or commit_sae(w, prepare(rec, w.atlas.index_dir, factory), replace)
+            status = (_known(w, rec.meta, by_hash=not replace)
+                      or commit_sae(w, prepare(rec, w.atlas.index_dir, factory), replace))
             _count(summary, rec.meta, status, progress)
     summary.seconds = time.perf_counter() - t0
     return summary
@@ -101,7 +102,7 @@ def ingest_paths(atlas: Atlas, paths: list[Path], overrides: dict | None = None,
             paths = [p for p in paths if str(p) not in stored]
         tasks = [IngestTask(str(p), fmt, items, factory) for p in paths]
         for prepared in executor.map(run_ingest, tasks, str(w.atlas.index_dir)):
-            status = _known(w, prepared.meta) or commit_sae(w, prepared, replace)
+            status = _known(w, prepared.meta, by_hash=not replace) or commit_sae(w, prepared, replace)
             _count(summary, prepared.meta, status, progress)
     summary.seconds = time.perf_counter() - t0
     return summary
@@ -120,11 +121,11 @@ def _count(summary: IngestSummary, meta: SAEMeta, status: str, progress) -> None
 MERGED_COLUMNS = ("neuronpedia_id", "release", "variant", "l0", "hook_out", "d_out")
 
 
-def _known(w: Writer, m: SAEMeta) -> str | None:
-    """'unchanged' / 'merged' when these weights are already stored (by id, or by hash under another id),
-    after filling that row's missing metadata from `m`; None when they are new."""
-    row = w.con.execute("SELECT sae_id FROM saes WHERE sha256 = ? ORDER BY sae_id = ? DESC, created_at LIMIT 1",
-                        [m.sha256, m.sae_id]).fetchone()
+def _known(w: Writer, m: SAEMeta, by_hash: bool = True) -> str | None:
+    """'unchanged' / 'merged' when these weights are already stored (by id, or by hash under another id
+    unless --replace asks for this id), after filling that row's missing metadata from `m`; None when new."""
+    row = w.con.execute("SELECT sae_id FROM saes WHERE sha256 = ? AND (? OR sae_id = ?) "
+                        "ORDER BY sae_id = ? DESC, created_at LIMIT 1", [m.sha256, by_hash, m.sae_id, m.sae_id]).fetchone()
     if row is None:
         return None
     w.update_sae(row[0], {c: getattr(m, c) for c in MERGED_COLUMNS}, only_missing=True)
