@@ -8,7 +8,7 @@ PORT ?= 8000
 FAISS_GPU ?= faiss-gpu-cu12
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-gpu gpu-check browser demo serve test bench clean
+.PHONY: help install install-gpu gpu-check browser demo serve test bench readme-bench findings clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -49,6 +49,12 @@ test: install browser ## Install and run the test suite
 
 bench: install ## Benchmarks at real sizes (prints ratios, writes bench/results/*.json)
 	$(BIN)/python -m bench
+
+readme-bench: install ## Write the README's benchmark, scale-plan and findings numbers from bench/results/*.json
+	$(BIN)/python -m bench.readme
+
+findings: install ## Keep `atlas findings --json` of $(ATLAS) as bench/results/findings-<time>.json
+	$(BIN)/python -m bench.findings --atlas $(ATLAS)
 
 clean: ## Remove the venv, demo data and the default atlas
 	rm -rf $(VENV) demo-data $(ATLAS) $(basename $(ATLAS)).files

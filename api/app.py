@@ -15,6 +15,7 @@ from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.static_files import create_static_files_router
 
 from . import errors
+from .budget import BudgetMiddleware
 from .controllers import CONTROLLERS
 from .settings import Settings
 from .state import AtlasState
@@ -35,7 +36,9 @@ def create_app(atlas_path: str | Path, settings: Settings | None = None) -> Lite
                         create_static_files_router(path="/static", directories=[STATIC], include_in_schema=False)],
         dependencies={"atlas": Provide(lambda: state, sync_to_thread=False),
                       "settings": Provide(lambda: settings, sync_to_thread=False)},
+        middleware=[BudgetMiddleware(settings.query_time_limit_s)],
         exception_handlers=errors.HANDLERS,
+        on_startup=[state.sql.warm],
         on_shutdown=[state.close],
         openapi_config=OpenAPIConfig(title="Feature Atlas", version="0.1.0", path="/schema",
                                      render_plugins=[SwaggerRenderPlugin(  # vendored: the docs work offline

@@ -9,6 +9,7 @@ import logging
 from http import HTTPStatus
 from typing import Literal, get_args, get_origin
 
+import duckdb
 import msgspec
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
@@ -88,10 +89,28 @@ def on_http_error(request: Request, exc: HTTPException) -> Response:
     return error_response(exc.status_code, detail)
 
 
+def on_interrupt(request: Request, exc: duckdb.InterruptException) -> Response:
+    """A DuckDB query stopped by the request's budget: the deadline passed or the client left."""
+    budget = request.scope.get("state", {}).get("budget")
+    err = budget.error() if budget is not None else QueryTimeout(0)
+    return on_query_error(request, err)
+
+
+def on_out_of_memory(request: Request, exc: duckdb.OutOfMemoryException) -> Response:
+    return on_query_error(request, OverBudget("the query needs more memory than the server's memory_limit; "
+                                              "ask for less (filters, a LIMIT)", "memory_limit"))
+
+
+def on_too_deep(request: Request, exc: RecursionError) -> Response:
+    """msgspec gives up on JSON nested deeper than Python's recursion limit: a client mistake, not a crash."""
+    return error_response(400, "the request body is nested too deeply")
+
+
 def on_crash(request: Request, exc: Exception) -> Response:
     # No internals to the client: the type is enough to report it; the server log has the traceback.
     logging.getLogger("atlas.api").error("%s %s failed", request.method, request.url.path, exc_info=exc)
     return error_response(500, f"internal error ({type(exc).__name__}); please report it")
 
 
-HANDLERS = {QueryError: on_query_error, HTTPException: on_http_error, Exception: on_crash}
+HANDLERS = {QueryError: on_query_error, HTTPException: on_http_error, duckdb.InterruptException: on_interrupt,
+            duckdb.OutOfMemoryException: on_out_of_memory, RecursionError: on_too_deep, Exception: on_crash}

@@ -9,8 +9,14 @@ from dataclasses import dataclass, field, fields
 class Settings:
     sql_time_limit_s: float = field(default=5.0, metadata={"help": "User SQL is interrupted after this many seconds."})
     sql_max_rows: int = field(default=1000, metadata={"help": "Most rows /api/sql returns; a request may lower it."})
+    sql_max_bytes: int = field(default=16 * 2**20, metadata={
+        "help": "Largest /api/sql response body in bytes; rows past it are left out and `truncated` is true."})
+    sql_workers: int = field(default=2, metadata={
+        "help": "Processes that run user SQL (each under memory_limit; killed and restarted past a limit)."})
+    query_time_limit_s: float = field(default=10.0, metadata={
+        "help": "Any other request is stopped after this many seconds (408), or when its client disconnects."})
     page_size: int = field(default=100, metadata={"help": "Items per page of list endpoints (next token for more)."})
-    memory_limit: str = field(default="2GB", metadata={"help": "DuckDB memory limit of the serving connection."})
+    memory_limit: str = field(default="2GB", metadata={"help": "DuckDB memory limit of the serving connection and of each SQL process."})
     threads: int = field(default=2, metadata={"help": "DuckDB threads per server worker (--threads)."})
     cors_origins: tuple[str, ...] = field(default=(), metadata={
         "help": "Origins allowed to call the API from a browser (CORS off when empty; '*' for any)."})

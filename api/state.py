@@ -14,7 +14,7 @@ import threading
 from pathlib import Path
 
 from atlas.match.methods import method as method_info
-from atlas.queries import IndexCache
+from atlas.queries import IndexCache, budget
 from atlas.queries.lineage import EdgeIndex
 from atlas.store import Atlas
 from atlas.store.atlas import open_snapshot
@@ -22,6 +22,7 @@ from atlas.store.leases import Lease
 from atlas.store.schema import check_version
 
 from .settings import Settings
+from .sqlpool import SQLPool
 
 
 class Snapshot:
@@ -38,8 +39,8 @@ class Snapshot:
             "SELECT index_file FROM saes WHERE index_file IS NOT NULL").fetchall()}
 
     def cursor(self):
-        """A cursor for one request (DuckDB cursors are per thread)."""
-        return self.con.cursor()
+        """A cursor for one request (DuckDB cursors are per thread), stopped with the request's budget."""
+        return budget.watch(self.con.cursor())
 
     def _cached(self, key: str, build):
         if key in self._cache:
@@ -76,6 +77,7 @@ class AtlasState:
         self._lock = threading.Lock()
         self._current: Snapshot | None = None
         self._lease = Lease(self.atlas.dir)
+        self.sql = SQLPool(str(self.atlas.path), settings.sql_workers, settings.memory_limit, settings.threads)
 
     def _stamp(self) -> tuple[int, int]:
         st = os.stat(self.atlas.path)
@@ -102,3 +104,4 @@ class AtlasState:
         """At shutdown: drop the snapshot and the lease."""
         self._current = None
         self._lease.release()
+        self.sql.close()

@@ -33,6 +33,13 @@ class SAE(msgspec.Struct):
     neuronpedia_id: str | None
     source: str
     sha256: str
+    kind: str | None = "sae"
+    """sae | transcoder | skip_transcoder (transcoders: site and layer are the output hook's)."""
+    release: str | None = None
+    variant: str | None = None
+    hook_out: str | None = None
+    d_out: int | None = None
+    l0: float | None = None
 
 
 class SAEPage(msgspec.Struct):

@@ -1,7 +1,7 @@
 """The `atlas` command line: init, synth, ingest, saes, info, match, serve.
 
 Jobs and the server are imported inside each command, so `atlas --help` stays fast and atlas/ keeps
-to its layer (DESIGN.md: the CLI is the one place that wires ingest/ and api/ together).
+to its layer (docs/design.md, Layers: the CLI is the one place that wires ingest/ and api/ together).
 """
 
 from __future__ import annotations
@@ -69,10 +69,12 @@ def init(ctx):
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed of the family.")
 @click.option("--widths", "widths", default="2x,4x", show_default=True,
               help="Wider SAEs of layer 1 (width family): sizes, or Nx for N times --d-sae; '' for none.")
+@click.option("--flow", is_flag=True, help="Also MLP-out and attention-out SAEs of the base stack (feature-flow "
+              "origins); match them with `atlas match --pairs flow`.")
 @click.option("--ingest/--no-ingest", "do_ingest", default=True, show_default=True,
               help="Ingest the family into the atlas.")
 @click.pass_context
-def synth(ctx, out, d_in, d_sae, n_layers, n_seeds, no_second_dataset, seed, widths, do_ingest):
+def synth(ctx, out, d_in, d_sae, n_layers, n_seeds, no_second_dataset, seed, widths, flow, do_ingest):
     """Write a planted-truth SAE family (sae_lens layout + ground truth) and ingest it."""
     from .synth import SynthConfig, generate, n_saes
 
@@ -81,7 +83,7 @@ def synth(ctx, out, d_in, d_sae, n_layers, n_seeds, no_second_dataset, seed, wid
     except ValueError:
         raise ValueError(f"--widths takes sizes or Nx separated by commas, got {widths!r}") from None
     cfg = SynthConfig(d_in=d_in, d_sae=d_sae, n_layers=n_layers, n_seeds=n_seeds,
-                      second_dataset=not no_second_dataset, seed=seed, widths=sizes,
+                      second_dataset=not no_second_dataset, seed=seed, widths=sizes, flow=flow,
                       width_layer=min(1, n_layers - 1))
     with _bar(n_saes(cfg), "synth") as bar:
         folders = generate(cfg, out, progress=lambda: bar.update())
@@ -221,9 +223,10 @@ def info(ctx, sae):
 
 
 @main.command()
-@click.option("--pairs", "selection", type=click.Choice(["adjacent", "distance", "siblings", "widths", "list"]),
+@click.option("--pairs", "selection", type=click.Choice(["adjacent", "distance", "siblings", "widths", "flow", "list"]),
               default="adjacent", show_default=True,
-              help="Which SAE pairs to match; widths: each SAE with its next wider sibling (feature splitting).")
+              help="Which SAE pairs to match; widths: each SAE with its next wider sibling (feature splitting); "
+                   "flow: MLP/attention-out SAEs with the residual SAE of their layer.")
 @click.option("--distance", type=int, default=2, show_default=True, help="Largest layer distance for --pairs distance.")
 @click.option("--stack", default=None, help="Only pairs in (or, for siblings, touching) this stack.")
 @click.option("--pair", "explicit", multiple=True, help="SAE_A:SAE_B, repeatable (implies --pairs list).")
@@ -297,8 +300,11 @@ def _match_widths(atlas, pairs, tau):
 @click.option("--samples", type=int, default=None, help="Training samples per SAE [default: 4.2M, or 2M without --full].")
 @click.option("--max-tokens", type=int, default=300_000, show_default=True, help="Tokens per corpus.")
 @click.option("--d-sae", type=int, default=768, show_default=True, help="Features per SAE.")
+@click.option("--widths", default="384,1536", show_default=True,
+              help="Other dictionary sizes of --width-layer (feature splitting across widths); '' for none.")
+@click.option("--width-layer", type=int, default=3, show_default=True, help="The layer trained at --widths.")
 @click.pass_context
-def minilm(ctx, full, cache, samples, max_tokens, d_sae):
+def minilm(ctx, full, cache, samples, max_tokens, d_sae, widths, width_layer):
     """Build the real family: MiniLM activations on prose and Python source, SAEs per layer x seed x
     dataset (sae_lens trainer), matched by weights and activations. Offline; cached for reruns."""
     from dataclasses import replace
@@ -307,7 +313,11 @@ def minilm(ctx, full, cache, samples, max_tokens, d_sae):
 
     plan = FamilyPlan.full() if full else FamilyPlan()
     train = replace(plan.train, d_sae=d_sae, samples=samples or (plan.train.samples if full else 2_000_000))
-    plan = replace(plan, max_tokens=max_tokens, train=train)
+    try:
+        sizes = [int(w) for w in widths.split(",") if w.strip()]
+    except ValueError:
+        raise ValueError(f"--widths takes sizes separated by commas, got {widths!r}") from None
+    plan = replace(plan, max_tokens=max_tokens, train=train, widths=sizes, width_layer=width_layer)
     build_family(_atlas(ctx), plan, cache, log=click.echo)
     click.echo(f"MiniLM family ready in {_atlas(ctx).path}")
 
@@ -349,15 +359,22 @@ def correlate(ctx, activations, selection, stack, explicit, max_tokens, executor
 @click.option("--model", default="%", help="SQL LIKE pattern of the model(s) to report on.")
 @click.option("--stack", default="%", help="SQL LIKE pattern of the stack(s) for the distance table.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
+@click.option("--lineage-of", "lineage_of", default=None,
+              help="Also measure lineage size over this SAE's first --features features, every candidate vs carry/split/merge.")
+@click.option("--features", "n_features", type=int, default=256, show_default=True)
 @click.pass_context
-def findings_cmd(ctx, model, stack, as_json):
-    """The field's findings measured on this atlas: distance, seeds vs datasets, method agreement, AND/OR."""
+def findings_cmd(ctx, model, stack, as_json, lineage_of, n_features):
+    """The field's findings measured on this atlas: distance, seeds vs datasets, method agreement, AND/OR,
+    seed consistency (PW-MCC), feature splitting across widths."""
     import json
 
     from .queries.findings import findings
+    from .queries.lineage import lineage_shape
 
     with _atlas(ctx).read() as con:
         f = findings(con, model, stack)
+        if lineage_of:
+            f["lineage_shape"] = lineage_shape(con, lineage_of, n_features)
     if as_json:
         click.echo(json.dumps(f, indent=1, default=str))
         return
@@ -374,6 +391,22 @@ def findings_cmd(ctx, model, stack, as_json):
         same = sum(r["same_partner"] * r["both_assigned"] for r in f["agreement"]) / sum(r["both_assigned"] for r in f["agreement"])
         click.echo(f"decoder_cos vs activation_corr: same partner for {same:.3f} of features assigned by both "
                    f"({len(f['agreement'])} pairs)")
+    if f["consistency"]:
+        click.echo("consistency (PW-MCC: mean best |cosine| in the other SAE, both ways; random baseline):")
+        for r in f["consistency"]:
+            click.echo(f"  layer {r['layer']} {r['relation']:>7}: {r['pw_mcc']:.3f} (random {r['pw_mcc_random']:.3f})"
+                       f"  {r['sae_a']} ~ {r['sae_b']}")
+    if f["widths"]:
+        click.echo("across widths (narrow features kept / split / absent in the next wider SAE):")
+        for r in f["widths"]:
+            combo = "" if r["mean_split_combo_cos"] is None else (
+                f", splits into {r['mean_split_children']:.1f} on average (combination cosine {r['mean_split_combo_cos']:.2f})")
+            click.echo(f"  layer {r['layer']} {r['d_a']} -> {r['d_b']}: {r['kept']} kept, {r['split']} split, "
+                       f"{r['absent']} absent{combo}")
+    for mode, r in f.get("lineage_shape", {}).items():
+        click.echo(f"lineages of {lineage_of} (first {r['features']} features), edges={mode}: "
+                   f"{r['over_big']:.1%} exceed 20 nodes (mean {r['mean_nodes']:.1f}, max {r['max_nodes']}); "
+                   f"{r['unassigned_edges']:.1%} of {r['edges']} edges are not in the assignment")
     click.echo(f"compositions: {f['composition_counts']}")
     for c in f["compositions"]:
         click.echo(f"  {c['kind']} {c['sae_a']}{c['parents']} -> {c['sae_b']}/{c['feature_b']} (Jaccard {c['score']:.2f})")
@@ -391,14 +424,88 @@ def labels():
 
 @labels.command("import")
 @click.argument("path", type=click.Path(exists=True, path_type=Path))
-@click.option("--sae", "sae_id", default=None, help="Store into this SAE instead of the one with the export's neuronpedia_id.")
+@click.option("--sae", "sae_id", default=None, help="Store into this SAE instead of the one with the rows' neuronpedia id.")
+@click.option("--explainer", default=None,
+              help="Take labels by this explainer (explanationModelName, or the <explainer> of explanations-<explainer>/) "
+                   "[default: per SAE, the one labelling most features].")
 @click.pass_context
-def labels_import(ctx, path, sae_id):
-    """Import v1/<model>/<source>/{explanations,features}/*.jsonl[.gz] (plain or gzipped)."""
+def labels_import(ctx, path, sae_id, explainer):
+    """Import a Neuronpedia export: v1/<model>/<source>/{explanations,features,activations}/*.jsonl[.gz],
+    one of those folders alone, explanations-<explainer>/ folders, or the explanation export API's JSON array.
+    Rows go to the SAE whose neuronpedia id is their modelId/layer."""
     from ingest.jobs.labels import import_labels
 
-    s = import_labels(_atlas(ctx), path, sae_id)
-    click.echo(f"imported {s.files} files: labels {s.labels or 'none'}, stats {s.stats or 'none'}")
+    s = import_labels(_atlas(ctx), path, sae_id, explainer)
+    for sid, n in s.labels.items():
+        click.echo(f"{sid}: {n} features labelled (explainer {s.explainers[sid]})")
+    for sid, n in s.stats.items():
+        click.echo(f"{sid}: stats for {n} features")
+    for sid, n in s.examples.items():
+        click.echo(f"{sid}: {n} top-activation examples")
+    click.echo(f"imported {s.files} files: {sum(s.labels.values())} features labelled")
+
+
+@main.group()
+def neuronpedia():
+    """Atlas features as Neuronpedia lists: items {modelId, layer, index, description} and a quick-list URL."""
+
+
+def _print_list(lst, as_json: bool) -> None:
+    import msgspec
+
+    if as_json:
+        click.echo(msgspec.json.encode(lst).decode())
+        return
+    if lst.missing:
+        click.echo(f"left out (no neuronpedia id; `atlas saes set SAE --neuronpedia-id ...`): {', '.join(lst.missing)}", err=True)
+    if not lst.items:
+        raise ValueError(f"{lst.name}: no features with a Neuronpedia id to list")
+    click.echo(f"{lst.name}: {len(lst.items)} features{' (truncated)' if lst.truncated else ''}")
+    click.echo(lst.url)
+
+
+@neuronpedia.command("lineage")
+@click.argument("sae")
+@click.argument("feature", type=click.IntRange(min=0))
+@click.option("--tau", type=click.FloatRange(-1, 1), default=0.7, show_default=True)
+@click.option("--method", default="decoder_cos", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the list as JSON instead of its URL.")
+@click.pass_context
+def neuronpedia_lineage(ctx, sae, feature, tau, method, as_json):
+    """The lineage of FEATURE of SAE across layers."""
+    from .queries.neuronpedia import lineage_list
+
+    with _atlas(ctx).read() as con:
+        _print_list(lineage_list(con, sae, feature, tau, method), as_json)
+
+
+@neuronpedia.command("orphans")
+@click.argument("sae")
+@click.option("--tau", type=click.FloatRange(-1, 1), default=0.7, show_default=True)
+@click.option("--by", type=click.Choice(["any", "seed", "dataset"]), default="any", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the list as JSON instead of its URL.")
+@click.pass_context
+def neuronpedia_orphans(ctx, sae, tau, by, as_json):
+    """The orphan features of SAE (shared with none of its matched siblings)."""
+    from .queries.neuronpedia import orphans_list
+
+    with _atlas(ctx).read() as con:
+        _print_list(orphans_list(con, sae, tau, by), as_json)
+
+
+@neuronpedia.command("pair")
+@click.argument("sae_a")
+@click.argument("sae_b")
+@click.option("--tau", type=float, default=0.7, show_default=True)
+@click.option("--method", default="decoder_cos", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the list as JSON instead of its URL.")
+@click.pass_context
+def neuronpedia_pair(ctx, sae_a, sae_b, tau, method, as_json):
+    """The matches of a layer (or sibling) pair, both sides, best first."""
+    from .queries.neuronpedia import pair_list
+
+    with _atlas(ctx).read() as con:
+        _print_list(pair_list(con, sae_a, sae_b, method, tau), as_json)
 
 
 @main.command()

@@ -51,6 +51,9 @@ class SynthConfig:
     seed_noise: float = 0.2
     enc_disagree_frac: float = 0.05
     """Of the shared features, fraction whose encoder differs in the sibling (decoder agrees only)."""
+    flow: bool = False
+    """Also write MLP-out and attention-out SAEs at layers 1.. of the base stack, holding known residual
+    features, so feature-flow origin classes (RES, RES&MLP, MLP, ATT, from nowhere) have a truth."""
     widths: tuple[int, ...] = ()
     """Larger dictionary sizes of layer `width_layer` of the base stack, each built from the one before."""
     width_layer: int = 1
@@ -193,21 +196,24 @@ def thresholds(scale: np.ndarray, concepts: np.ndarray, layer: int) -> np.ndarra
     return (0.5 * (1 + 0.1 * layer) * own).astype(np.float32)
 
 
+HOOKS = {"resid": "hook_resid_post", "mlp": "hook_mlp_out", "attn": "hook_attn_out"}
+
+
 def write_sae(folder: Path, dec: np.ndarray, enc: np.ndarray, theta: np.ndarray, layer: int,
-              seed: int, dataset: str) -> str:
+              seed: int, dataset: str, site: str = "resid") -> str:
     """Write one JumpReLU SAE in the sae_lens layout (cfg.json + sae_weights.safetensors)."""
     from safetensors.numpy import save_file
 
     n, d = dec.shape
     folder.mkdir(parents=True, exist_ok=True)
-    hook = f"blocks.{layer}.hook_resid_post"
+    hook = f"blocks.{layer}.{HOOKS[site]}"
     save_file({"W_enc": np.ascontiguousarray(enc.T), "W_dec": dec, "b_enc": np.zeros(n, np.float32),
                "b_dec": np.zeros(d, np.float32), "threshold": theta}, str(folder / "sae_weights.safetensors"))
     cfg = {"d_in": d, "d_sae": n, "dtype": "float32", "architecture": "jumprelu", "apply_b_dec_to_input": True,
            "normalize_activations": "none",
            "metadata": {"model_name": MODEL, "hook_name": hook, "dataset_path": dataset, "seed": seed}}
     (folder / "cfg.json").write_text(json.dumps(cfg, indent=1))
-    meta = SAEMeta(model=MODEL, hook=hook, d_in=d, d_sae=n, arch="jumprelu", site="resid", layer=layer,
+    meta = SAEMeta(model=MODEL, hook=hook, d_in=d, d_sae=n, arch="jumprelu", site=site, layer=layer,
                    seed=seed, dataset=dataset)
     return default_sae_id(meta)
 
@@ -246,6 +252,8 @@ def generate(cfg: SynthConfig, out: Path, progress=None) -> list[Path]:
                                  layer_b=layer, feature_b=slot, kind=kind, sae_a=base_ids[layer], sae_b=sid))
             if progress:
                 progress()
+    if cfg.flow:
+        rows += _flow_saes(cfg, decs, truth, base_ids, out, folders, progress)
     if cfg.widths:
         rows += _width_family(cfg, decs[cfg.width_layer], base_ids[cfg.width_layer], out, folders, progress)
     table = pa.Table.from_pylist(rows, schema=pa.schema([
@@ -255,6 +263,43 @@ def generate(cfg: SynthConfig, out: Path, progress=None) -> list[Path]:
     pq.write_table(table, out / GROUND_TRUTH)
     (out / "synth_config.json").write_text(json.dumps(asdict(cfg), indent=1))
     return folders
+
+
+def _flow_saes(cfg: SynthConfig, decs: list[np.ndarray], truth: list[dict], base_ids: list[str], out: Path,
+               folders: list[Path], progress=None) -> list[dict]:
+    """MLP-out and attention-out SAEs for layers 1.. of the base stack. Of the features born at layer L,
+    half are written by the MLP, a quarter by attention, the rest come from nowhere; 15% of the carried
+    ones are also in the MLP's output (processed: RES&MLP). Truth rows: kind 'origin:<class>'."""
+    rng = np.random.default_rng([cfg.seed, 2])
+    rows = []
+    for layer in range(1, cfg.n_layers):
+        kinds = {t["feature_b"]: t["kind"] for t in truth if t["layer_b"] == layer}
+        gram = decs[layer] @ decs[layer].T
+        np.fill_diagonal(gram, 0)
+        twin = gram.max(1) >= 0.5  # a split's co-children: an MLP copy of one would also reach the other
+        born = rng.permutation(sorted(f for f, k in kinds.items() if k == "birth"))
+        carried = rng.permutation(sorted(f for f, k in kinds.items() if k == "carry" and not twin[f]))
+        by_mlp, by_attn = born[: len(born) // 2], born[len(born) // 2: len(born) // 2 + len(born) // 4]
+        processed = carried[: round(0.15 * len(carried))]
+        origin = {int(f): ("RES" if k != "birth" else "from nowhere") for f, k in kinds.items()}
+        origin.update({int(f): "MLP" for f in by_mlp} | {int(f): "ATT" for f in by_attn}
+                      | {int(f): "RES&MLP" for f in processed})
+        for site, held in (("mlp", np.concatenate([by_mlp, processed])), ("attn", by_attn)):
+            dec = _unit(rng.standard_normal((cfg.d_sae, cfg.d_in), dtype=np.float32))
+            slots = rng.permutation(cfg.d_sae)[: len(held)]
+            dec[slots] = _noisy(rng, decs[layer][held.astype(int)], cfg.drift)
+            folder = out / f"A-s0-{site}/layer_{layer}"
+            theta = (0.5 * rng.lognormal(0.0, 0.3, cfg.d_sae)).astype(np.float32)
+            sid = write_sae(folder, dec, dec, theta, layer, 0, "A", site)
+            folders.append(folder)
+            for slot, f in zip(slots, held):
+                rows.append(dict(kind=f"{site}_copy", sae_a=sid, feature_a=int(slot), layer_a=layer,
+                                 sae_b=base_ids[layer], feature_b=int(f), layer_b=layer))
+            if progress:
+                progress()
+        rows += [dict(kind=f"origin:{o}", sae_a=None, feature_a=None, layer_a=None, sae_b=base_ids[layer],
+                      feature_b=f, layer_b=layer) for f, o in sorted(origin.items())]
+    return rows
 
 
 def _width_family(cfg: SynthConfig, base: np.ndarray, base_id: str, out: Path, folders: list[Path],
@@ -281,4 +326,4 @@ def _width_family(cfg: SynthConfig, base: np.ndarray, base_id: str, out: Path, f
 
 
 def n_saes(cfg: SynthConfig) -> int:
-    return cfg.n_layers * (cfg.n_seeds + int(cfg.second_dataset)) + len(cfg.widths)
+    return cfg.n_layers * (cfg.n_seeds + int(cfg.second_dataset)) + len(cfg.widths) + 2 * (cfg.n_layers - 1) * cfg.flow

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench import correlation
+from bench import correlation, record
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -242,7 +242,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     work = args.workdir or Path(tempfile.mkdtemp(prefix="atlas-bench-"))
     work.mkdir(parents=True, exist_ok=True)
-    results = {}
+    results = {"meta": record.metadata(vars(args))}  # commit, host, versions, parameters (bench/record.py)
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"bench-{time.strftime('%Y%m%dT%H%M%S')}.json"
 
@@ -264,6 +264,8 @@ def main(argv=None):
             raise SystemExit(f"section api needs the stack atlas at {atlas}: run the stack section first")
         save("api", bench_api(atlas, args.requests))
     for section, value in results.items():
+        if section == "meta":
+            continue
         print(f"\n== {section}")
         for row in value if isinstance(value, list) else [value]:
             for k, v in row.items():

@@ -1,5 +1,5 @@
 """Feature activations: `atlas.encode.encode` on an SAE written by sae_lens equals sae_lens's own `encode`,
-per architecture; SAE Match's quality checks of an assignment (`weight_match_quality`) on planted cases."""
+per architecture; SAE Match's quality checks of an assignment (`ingest.correlate.Quality`) on planted cases."""
 
 from __future__ import annotations
 
@@ -106,7 +106,7 @@ def test_batchtopk_saved_for_inference_encodes_as_sae_lens_loads_it(tmp_path):
     torch.testing.assert_close(_encode(rec, x), expected, rtol=1e-5, atol=1e-5)
 
 
-# --- weight_match_quality: SAE Match's matching score and explained variance of an assignment ---
+# --- Quality: SAE Match's matching score and explained variance of an assignment ---
 
 
 def _relu_sae(rng, d_in=32, d_sae=64):
@@ -131,27 +131,36 @@ def _permuted(rec, perm):
     return SAERecord(replace(rec.meta, sae_id="b"), replace(w, W_enc=w.W_enc[:, inv], W_dec=w.W_dec[inv], b_enc=w.b_enc[inv]))
 
 
-def test_weight_match_quality_on_planted_assignments():
-    from ingest.correlate import pair_activations, weight_match_quality
+def _quality(a, b, x, fa, fb) -> dict:
+    """The correlate job's checks of the assignment fa -> fb, over tokens x (the same at both layers here)."""
+    from ingest.correlate import Quality, accumulate
 
+    acts_a, acts_b = encode(a.weights, x, "standard"), encode(b.weights, x, "standard")
+    state = accumulate(acts_a.split(500), acts_b.split(500))
+    q = Quality(b, np.asarray(fa, np.int64), np.asarray(fb, np.int64))
+    for part_a, part_x in zip(acts_a.split(500), x.split(500)):
+        q.add(part_a, part_x)
+    return q.result(state)
+
+
+def test_weight_match_quality_on_planted_assignments():
     rng = np.random.default_rng(0)
     a = _relu_sae(rng)
     perm = rng.permutation(64)
     b = _permuted(a, perm)
     x = torch.from_numpy(rng.standard_normal((2000, 32)).astype(np.float32))
-    p = pair_activations(a, b, x, x)
     fa = np.arange(64)
 
-    right = weight_match_quality(a, b, p, fa, perm, x, x)
+    right = _quality(a, b, x, fa, perm)
     # b is a relabelling of a: the right assignment reproduces a's own reconstruction, and b fires wherever a does
     recon = decode(a.weights, encode(a.weights, x, "standard")).numpy()
     own_ev = 1 - ((x.numpy() - recon) ** 2).sum() / ((x.numpy() - x.numpy().mean(0)) ** 2).sum()
     assert right["matching_score"] == pytest.approx(1.0)
     assert right["explained_variance"] == pytest.approx(own_ev, abs=1e-5) and own_ev > 0.3
 
-    wrong = weight_match_quality(a, b, p, fa, np.roll(perm, 1), x, x)
+    wrong = _quality(a, b, x, fa, np.roll(perm, 1))
     assert wrong["matching_score"] < 0.5 and wrong["explained_variance"] < right["explained_variance"] - 0.3
 
-    half = weight_match_quality(a, b, p, fa[:32], perm[:32], x, x)  # half the features kept: part of the variance
+    half = _quality(a, b, x, fa[:32], perm[:32])  # half the features kept: part of the variance
     assert half["matching_score"] == pytest.approx(1.0)
     assert wrong["explained_variance"] < half["explained_variance"] < right["explained_variance"]

@@ -37,8 +37,11 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def server(synth_atlas):
+    yield from _serve(os.environ.get("ATLAS_EXPLORER_ATLAS", str(synth_atlas.path)))
+
+
+def _serve(path: str):
     port = _free_port()
-    path = os.environ.get("ATLAS_EXPLORER_ATLAS", str(synth_atlas.path))
     proc = subprocess.Popen([sys.executable, "-m", "atlas.cli", "--atlas", path, "serve",
                              "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     base = f"http://127.0.0.1:{port}"
@@ -56,6 +59,41 @@ def server(synth_atlas):
     proc.wait(10)
 
 
+HAIRBALL = "synth-resid0-w64-s0-H"
+
+
+@pytest.fixture(scope="module")
+def split_server(tmp_path_factory):
+    """A width family (128 -> 256 -> 512 at layer 1) and a 'hairball' stack whose feature 0 has 13
+    near-parallel copies at each of 4 later layers (a 53-node lineage with every candidate followed)."""
+    import numpy as np
+
+    from atlas.synth import SynthConfig, _noisy, _unit, generate, write_sae
+    from ingest.jobs.widths import run_widths
+
+    from .conftest import build_atlas
+
+    root = tmp_path_factory.mktemp("explorer")
+    folders = generate(SynthConfig(d_in=256, d_sae=128, n_layers=3, n_seeds=1, second_dataset=False,
+                                   widths=(256, 512), seed=5), root / "synth")
+    rng = np.random.default_rng(0)
+    d = 256
+    r = _unit(rng.standard_normal(d, dtype=np.float32))
+    for layer in range(5):
+        dec = _unit(rng.standard_normal((64, d), dtype=np.float32))
+        dec[0] = r
+        if layer:
+            dec[:13] = _noisy(rng, np.repeat(r[None], 13, 0), 0.5)
+        folders.append(root / f"hairball/layer_{layer}")
+        write_sae(folders[-1], dec, dec, np.ones(64, np.float32), layer, 0, "H")
+    atlas = build_atlas(root / "split.duckdb", folders)
+    from ingest.jobs.match import select_pairs
+
+    with atlas.read() as con:
+        run_widths(atlas, select_pairs(con, "widths"))
+    yield from _serve(os.environ.get("ATLAS_EXPLORER_ATLAS", str(atlas.path)))
+
+
 @pytest.fixture(scope="module")
 def browser():
     with playwright.sync_playwright() as p:
@@ -65,7 +103,7 @@ def browser():
 
 
 @pytest.fixture
-def page(browser, server):
+def page(browser):
     """A page that records console errors and refuses (and records) any request off this machine."""
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     pg = context.new_page()
@@ -74,7 +112,7 @@ def page(browser, server):
     pg.on("pageerror", lambda e: pg.errors.append(str(e)))
 
     def guard(route):
-        if route.request.url.startswith(server) or route.request.url.startswith("data:"):
+        if route.request.url.startswith("http://127.0.0.1:") or route.request.url.startswith("data:"):
             route.continue_()
         else:
             pg.offsite.append(route.request.url)
@@ -117,7 +155,7 @@ def test_walk_from_home_to_a_lineage_neighbour(page, server):
     _ready(page, "#/feature/")
     sae, feature = first.split("/")[2], int(first.split("/")[3])
     lineage = api.get(f"/api/saes/{sae}/features/{feature}/lineage").json()
-    assert page.evaluate("window.atlasGraph.nodes().length") == len(lineage["nodes"]) > 1
+    assert page.evaluate("window.atlasGraph.nodes('[sae]').length") == len(lineage["nodes"]) > 1  # <= 40: all drawn
     assert page.evaluate("window.atlasGraph.edges().length") == len(lineage["edges"])
     _shot(page, "feature")
     target = next(n for n in lineage["nodes"] if n["layer"] != lineage["root"]["layer"])
@@ -144,3 +182,111 @@ def test_api_docs_render_offline(page, server):
     page.wait_for_selector(".swagger-ui .opblock", timeout=15000)
     assert page.locator(".opblock").count() >= 15
     assert page.offsite == [] and page.errors == []
+
+
+# A feature to draw: "sae/feature" in the served atlas (defaults: the fixtures' planted ones).
+SPLIT_FEATURE = os.environ.get("ATLAS_EXPLORER_SPLIT", f"{HAIRBALL}/0")
+WIDTH_FEATURE = os.environ.get("ATLAS_EXPLORER_WIDTH")
+
+_GEOMETRY = """() => window.atlasGraph.nodes().map(n => ({
+    id: n.id(), x: n.position('x'), more: !!n.data('more'),
+    axis: !!n.data('axis'), label: n.data('label'),
+    box: n.boundingBox({includeNodes: false, includeEdges: false, includeLabels: true})}))"""
+
+
+def _overlaps(nodes) -> list[tuple[str, str]]:
+    out = []
+    for i, a in enumerate(nodes):
+        for b in nodes[i + 1:]:
+            p, q = a["box"], b["box"]
+            if a["label"] and b["label"] and min(p["x2"], q["x2"]) - max(p["x1"], q["x1"]) > 0.5 and \
+                    min(p["y2"], q["y2"]) - max(p["y1"], q["y1"]) > 0.5:
+                out.append((a["label"], b["label"]))
+    return out
+
+
+def _layers_by_x(page, api, lin):
+    layer_of = {f"{n['sae_id']}/{n['feature']}": n["layer"] for n in lin["nodes"]}
+    geo = page.evaluate(_GEOMETRY)
+    xs = {}
+    for n in geo:
+        if n["id"] in layer_of:
+            xs.setdefault(layer_of[n["id"]], set()).add(round(n["x"], 3))
+    return geo, xs
+
+
+def test_lineage_is_readable_x_is_layer_and_labels_do_not_overlap(page, split_server):
+    api = httpx.Client(base_url=split_server)
+    sae, feature = SPLIT_FEATURE.rsplit("/", 1)
+    every = api.get(f"/api/saes/{sae}/features/{feature}/lineage", params={"edges": "all"}).json()
+    page.goto(f"{split_server}/#/feature/{sae}/{feature}?edges=all")
+    _ready(page, "#/feature/")
+    geo, xs = _layers_by_x(page, api, every)
+    if "ATLAS_EXPLORER_SPLIT" not in os.environ:
+        assert len(every["nodes"]) >= 50
+    assert all(len(v) == 1 for v in xs.values())  # one x per layer, growing with the layer
+    assert [min(xs[k]) for k in sorted(xs)] == sorted(min(v) for v in xs.values()) and len(xs) >= 3
+    assert _overlaps(geo) == []
+    shown = [n for n in geo if not n["axis"] and not n["more"]]
+    more = [n for n in geo if n["more"]]
+    if len(every["nodes"]) > 40:
+        assert more and len(shown) <= 45
+        assert sum(int(n["label"].split()[0][1:]) for n in more) + len(shown) == len(every["nodes"])
+        before = page.evaluate("window.atlasGraph.nodes('[sae]').length")
+        page.evaluate(f"window.atlasGraph.$id({more[0]['id']!r}).emit('tap')")
+        assert page.evaluate("window.atlasGraph.nodes('[sae]').length") > before
+        assert _overlaps(page.evaluate(_GEOMETRY)) == []
+    assert page.inner_text("#lineage-summary") == every["summary"]
+
+    lin = api.get(f"/api/saes/{sae}/features/{feature}/lineage").json()
+    page.click("#edges-toggle")  # back to the default: carry / split / merge
+    _ready(page, f"#/feature/{sae}/{feature}?tau=0.7&edges=default")
+    geo, xs = _layers_by_x(page, api, lin)
+    assert all(len(v) == 1 for v in xs.values())
+    assert [min(xs[k]) for k in sorted(xs)] == sorted(min(v) for v in xs.values())
+    assert _overlaps(geo) == []
+    kinds = page.evaluate("window.atlasGraph.edges().map(e => [e.data('kind'), e.data('width'), e.data('label')])")
+    drawn = {k for k, *_ in kinds} - {"hidden"}  # 'hidden': an edge into a "+N more" node
+    assert drawn <= {e["kind"] for e in lin["edges"]} and {"carry", "split"} <= drawn
+    widths = {k: w for k, w, _ in kinds}
+    assert widths["carry"] > widths["split"]
+    assert all(label for k, _, label in kinds if k == "split")  # splits carry their scores
+    assert page.inner_text("#lineage-summary") == lin["summary"] and "splits into" in lin["summary"]
+    _shot(page, "lineage-split")
+    assert page.errors == [] and page.offsite == []
+
+
+def test_width_tree_page(page, split_server):
+    api = httpx.Client(base_url=split_server)
+    if WIDTH_FEATURE:
+        sae, feature = WIDTH_FEATURE.rsplit("/", 1)
+    else:  # a planted split whose children split again
+        sae = "synth-resid1-w128-s0-A"
+        feature = next(f for f in range(128) if api.get(f"/api/saes/{sae}/features/{f}/width-tree").json()["root"]
+                       ["class"] == "split" and len({n["d_sae"] for n in api.get(
+                           f"/api/saes/{sae}/features/{f}/width-tree").json()["nodes"]}) == 3)
+    tree = api.get(f"/api/saes/{sae}/features/{feature}/width-tree").json()
+    page.goto(f"{split_server}/#/feature/{sae}/{feature}")
+    _ready(page, "#/feature/")
+    assert page.inner_text("#width-summary").startswith(tree["summary"])
+    page.click("#width-summary a")
+    _ready(page, "#/widths/")
+    geo = page.evaluate(_GEOMETRY)
+    width_of = {f"{n['sae_id']}/{n['feature']}": n["d_sae"] for n in tree["nodes"]}
+    placed = sorted((width_of[n["id"]], n["x"]) for n in geo if n["id"] in width_of)
+    assert len(placed) == len(tree["nodes"]) and [x for _, x in placed] == sorted(x for _, x in placed)
+    assert page.evaluate("window.atlasGraph.edges().length") == sum(1 for n in tree["nodes"] if n["depth"] > 0)
+    assert _overlaps(geo) == []
+    assert page.inner_text("#width-summary") == tree["summary"] and "splits into" in tree["summary"]
+    _shot(page, "width-tree")
+    assert page.errors == [] and page.offsite == []
+
+
+def test_orphans_page_shows_pw_mcc_per_sibling_pair(page, server):
+    rows = httpx.get(f"{server}/api/consistency").json()
+    assert rows and all(r["pw_mcc"] > r["pw_mcc_random"] for r in rows)
+    page.goto(server + "/#/orphans")
+    _ready(page, "#/orphans")
+    text = page.inner_text("main")
+    assert "PW-MCC" in text and f"{rows[0]['pw_mcc']:.3f}" in text
+    assert page.errors == [] and page.offsite == []

@@ -49,3 +49,71 @@ def test_unknown_source_is_refused(tmp_path, family):
     with pytest.raises(NotFound, match="no SAE has neuronpedia_id 'gpt2-small/5-res-jb'"):
         import_labels(atlas, tmp_path / "v1")
     assert import_labels(atlas, tmp_path / "v1", sae_id=SAE0).labels == {SAE0: 1}
+
+
+def _expl(i, text, explainer=None, model="synth", layer="0-res-256"):
+    row = {"modelId": model, "layer": layer, "index": str(i), "description": text}
+    if explainer:
+        row["explanationModelName"] = explainer
+    return row
+
+
+def test_real_export_layouts_explainers_and_examples(tmp_path, family):
+    """explanations/ synced alone, explanations-<explainer>/ folders, the export API's JSON array and
+    activations/: rows go by their own modelId/layer, one explainer per SAE, the count is features labelled."""
+    from click.testing import CliRunner
+
+    from atlas.cli import main
+
+    atlas = Atlas(tmp_path / "a.duckdb")
+    ingest(atlas, [lambda: read_sae(family[1][0]), lambda: read_sae(family[1][1])])
+    sae1 = next(s for s in (read_sae(f).meta.sae_id for f in family[1][1:2]))
+    runner = CliRunner()
+    r = runner.invoke(main, ["--atlas", str(atlas.path), "saes", "set", SAE0, "--neuronpedia-id", "synth/0-res-256"])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(main, ["--atlas", str(atlas.path), "saes", "set", sae1, "--neuronpedia-id", "synth/1-res-256"])
+    assert r.exit_code == 0, r.output
+
+    # explanations/ synced alone, in a folder whose names say nothing: rows carry modelId/layer
+    alone = tmp_path / "sync" / "explanations"
+    alone.mkdir(parents=True)
+    with gzip.open(alone / "batch-0.jsonl.gz", "wt") as f:
+        for row in [_expl(1, "one"), _expl(2, "two"), _expl(2, "two again"), _expl(4, "four", layer="1-res-256")]:
+            f.write(json.dumps(row) + "\n")
+    r = runner.invoke(main, ["--atlas", str(atlas.path), "labels", "import", str(alone)])
+    assert r.exit_code == 0, r.output
+    assert f"{SAE0}: 2 features labelled" in r.output and f"{sae1}: 1 features labelled" in r.output
+    assert "imported 1 files: 3 features labelled" in r.output
+
+    # two explainers in explanations-<explainer>/ folders: the fuller one wins unless --explainer says
+    tree = tmp_path / "v1" / "synth" / "0-res-256"
+    (tree / "explanations-gpt-4o-mini").mkdir(parents=True)
+    (tree / "explanations-claude").mkdir(parents=True)
+    (tree / "explanations-gpt-4o-mini" / "b.jsonl").write_text(
+        "".join(json.dumps({"index": i, "description": f"gpt {i}"}) + "\n" for i in (1, 2, 3)))
+    (tree / "explanations-claude" / "b.jsonl").write_text(
+        "".join(json.dumps({"index": i, "description": f"claude {i}"}) + "\n" for i in (3, 9)))
+    s = import_labels(atlas, tmp_path / "v1")
+    assert s.labels == {SAE0: 4} and s.explainers == {SAE0: "gpt-4o-mini"}
+    with atlas.read() as con:
+        got = dict(con.execute("SELECT feature, label FROM features WHERE sae_id = ? AND feature IN (1, 2, 3, 9)",
+                               [SAE0]).fetchall())
+    assert got == {1: "gpt 1", 2: "gpt 2", 3: "gpt 3", 9: "claude 9"}
+    s = import_labels(atlas, tmp_path / "v1", explainer="claude")
+    assert s.labels == {SAE0: 2}
+    with pytest.raises(Exception, match="no explanations by 'nobody'; found: claude, gpt-4o-mini"):
+        import_labels(atlas, tmp_path / "v1", explainer="nobody")
+
+    # the explanation export API's JSON array, and top activations from activations/
+    api = tmp_path / "export.json"
+    api.write_text(json.dumps([_expl(7, "seven", "gpt-4o"), _expl(8, "eight", "gpt-4o", layer="1-res-256")]))
+    assert import_labels(atlas, api).labels == {SAE0: 1, sae1: 1}
+    acts = tmp_path / "v1b" / "synth" / "1-res-256" / "activations"
+    acts.mkdir(parents=True)
+    (acts / "batch-0.jsonl").write_text(json.dumps({"modelId": "synth", "layer": "1-res-256", "index": 8,
+                                                    "tokens": ["the", " cat", " sat"], "values": [0, 2.5, 0.1],
+                                                    "maxValue": 2.5, "maxValueTokenIndex": 1}) + "\n")
+    assert import_labels(atlas, tmp_path / "v1b").examples == {sae1: 1}
+    with atlas.read() as con:
+        assert con.execute("SELECT feature, tokens, highlight, activation FROM examples WHERE sae_id = ?",
+                           [sae1]).fetchall() == [(8, ["the", " cat", " sat"], 1, 2.5)]

@@ -117,3 +117,54 @@ def test_summary_line_says_how_a_feature_ends(synth_atlas, truth):
             assert m.ending == f"merges into {_id(1)}/{merge['feature_b']}"
         with pytest.raises(Exception, match="edges must be default or all"):
             lineage(con, _id(0), 0, edges="some")
+
+
+def test_findings_measure_lineage_size_before_and_after_typed_edges(synth_atlas):
+    from click.testing import CliRunner
+
+    from atlas.cli import main
+    from atlas.queries.lineage import lineage_shape
+
+    r = CliRunner().invoke(main, ["--atlas", str(synth_atlas.path), "findings", "--lineage-of", _id(1), "--features", "48"])
+    assert r.exit_code == 0, r.output
+    assert f"lineages of {_id(1)} (first 48 features), edges=all:" in r.output
+    assert f"lineages of {_id(1)} (first 48 features), edges=default:" in r.output
+    with synth_atlas.read() as con:
+        shape = lineage_shape(con, _id(1), 48)
+        sizes = {m: [len(lineage(con, _id(1), f, edges=m, include_sites=False).nodes) for f in range(48)]
+                 for m in ("all", "default")}
+    for mode, s in shape.items():
+        assert s["mean_nodes"] == pytest.approx(sum(sizes[mode]) / 48) and s["max_nodes"] == max(sizes[mode])
+        assert s["over_big"] == sum(n > 20 for n in sizes[mode]) / 48
+    assert shape["default"]["edges"] <= shape["all"]["edges"]
+    assert shape["default"]["unassigned_edges"] <= shape["all"]["unassigned_edges"]
+
+
+def test_flow_origins_equal_planted_mlp_and_attention_truth(tmp_path):
+    """Planted MLP-out / attention-out SAEs: every residual feature gets its planted origin class."""
+    import pyarrow.parquet as pq
+
+    from atlas.match.pair import MatchParams
+    from atlas.queries import flow_origins
+    from atlas.synth import GROUND_TRUTH, SynthConfig, generate
+    from ingest.jobs.match import run_match, select_pairs
+
+    from .conftest import build_atlas
+
+    folders = generate(SynthConfig(d_in=512, d_sae=256, n_layers=3, n_seeds=1, second_dataset=False, flow=True,
+                                   seed=4), tmp_path / "flow")
+    truth = pq.read_table(tmp_path / "flow" / GROUND_TRUTH).to_pylist()
+    atlas = build_atlas(tmp_path / "flow.duckdb", folders, match=False)
+    with atlas.read() as con:
+        pairs = select_pairs(con, "adjacent", stack="synth-resid-w256-jumprelu-s0-A") + select_pairs(con, "flow")
+    assert len(pairs) == 2 + 4
+    run_match(atlas, pairs, ["decoder_cos"], MatchParams())
+    with atlas.read() as con:
+        for layer in (1, 2):
+            sid = f"synth-resid{layer}-w256-s0-A"
+            planted = {t["feature_b"]: t["kind"].split(":", 1)[1] for t in truth
+                       if t["kind"].startswith("origin:") and t["sae_b"] == sid}
+            assert set(planted.values()) == {"RES", "RES&MLP", "MLP", "ATT", "from nowhere"}
+            assert flow_origins(con, sid, list(range(256)), "decoder_cos") == planted
+            nodes = lineage(con, sid, next(f for f, o in planted.items() if o == "MLP")).nodes
+            assert {n.origin for n in nodes if n.sae_id == sid} == {"MLP"}

@@ -79,6 +79,8 @@ def test_version_1_is_refused_by_readers_then_upgraded_in_place_by_atlas_init(cu
     # ... the new columns and tables exist, empty, and every query answers as on the atlas built today
     assert _rows(old, "pair_stats", "matching_score, explained_variance") == [(None, None)]
     assert _rows(old, "examples") == [] and _rows(old, "training") == []
+    edge = "sae_a, feature_a, sae_b, feature_b, method, rank_b"  # filled by the v4 step as a fresh match fills it
+    assert _rows(old, "matches", edge) == _rows(current.path, "matches", edge)
     with Atlas(old).read() as con, current.read() as ref:
         check_version(con, str(old))
         assert layer_pairs(con, STACK) == layer_pairs(ref, STACK)

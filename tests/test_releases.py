@@ -10,6 +10,8 @@ import numpy as np
 from click.testing import CliRunner
 
 from atlas.cli import main
+from atlas.queries.findings import findings
+from atlas.store import Atlas
 
 from .hub import cache_release, offline_hub, snapshot, write_gemma_scope
 
@@ -117,3 +119,28 @@ def test_gemma_scope_tree_res_mlp_att_transcoder_it_and_embedding(tmp_path, monk
     r = CliRunner().invoke(main, ["--atlas", str(atlas), "match", "--pairs", "adjacent"])
     assert r.exit_code == 0, r.output
     assert "matched 1 pair-methods" in r.output  # canonical layer 20 -> 21: the one stack with two layers
+    # the two L0 variants of layer 20 are siblings (same hook and width, other sparsity)
+    r = CliRunner().invoke(main, ["--atlas", str(atlas), "match", "--pairs", "siblings"])
+    assert r.exit_code == 0 and "matched 2 pair-methods" in r.output, r.output
+    with Atlas(atlas).read() as con:
+        pair = con.execute("SELECT a.variant, b.variant FROM pair_stats p JOIN saes a ON a.sae_id = p.sae_a "
+                           "JOIN saes b ON b.sae_id = p.sae_b WHERE p.method = 'decoder_cos' AND a.layer = 20").fetchall()
+        assert sorted(pair[0]) == ["average_l0_22", "canonical"]
+        assert [r["relation"] for r in findings(con)["siblings"]] == ["variant"]
+
+
+def test_one_full_size_gemma_scope_sae_by_name(tmp_path, monkeypatch):
+    """The README's single-SAE example at Gemma Scope's real size (2304 x 16384), as sae_lens sizes it."""
+    from .hub import gemma_scope_params, snapshot
+
+    hf = tmp_path / "hf"
+    folder = snapshot(hf, "google/gemma-scope-2b-pt-res") / "layer_20/width_16k/average_l0_71"
+    folder.mkdir(parents=True)
+    np.savez(folder / "params.npz", **gemma_scope_params(2304, 16384, seed=0))
+    offline_hub(monkeypatch, hf)
+    atlas = tmp_path / "a.duckdb"
+    r = _atlas_cli(["--atlas", str(atlas), "ingest", "--release",
+                    "gemma-scope-2b-pt-res-canonical:layer_20/width_16k/canonical"])
+    assert r.exit_code == 0 and "1 added" in r.output, r.output
+    assert _rows(atlas, "SELECT sae_id, d_in, d_sae, layer, l0, neuronpedia_id FROM saes") == [
+        ("gemma-2-2b-resid20-w16384-canonical-pile-uncopyrighted", 2304, 16384, 20, 71.0, "gemma-2-2b/20-gemmascope-res-16k")]

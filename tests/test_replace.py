@@ -1,5 +1,5 @@
 """`atlas ingest --replace`: new weights under an old id take every row derived from the old weights with
-them (matches, pair stats, correlations, compositions, examples, training), leave every other row as it was,
+them (matches, pair stats, correlations, compositions, examples, training, widths), leave every other row as it was,
 and the next `atlas match` recomputes exactly the pairs of the replaced SAE."""
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ SAE0, SAE1, SAE2 = (f"synth-resid{i}-w256-s0-A" for i in range(3))
 SIB0 = "synth-resid0-w256-s1-A"
 DERIVED = {  # table -> the columns naming an SAE
     "matches": ("sae_a", "sae_b"), "pair_stats": ("sae_a", "sae_b"), "correlations": ("sae_a", "sae_b"),
-    "compositions": ("sae_a", "sae_b"), "examples": ("sae_id",), "training": ("sae_id",),
+    "compositions": ("sae_a", "sae_b"), "examples": ("sae_id",), "training": ("sae_id",), "widths": ("sae_a", "sae_b"),
 }
 
 
@@ -35,8 +35,9 @@ def _touches(row, table, sae):
     return any(row[c] == sae for c in DERIVED[table])
 
 
-def _add_activation_rows(atlas: Atlas, pairs: list[tuple[str, str]]) -> None:
-    """Rows as `atlas correlate` writes them, for each pair (the job itself needs a model's activations)."""
+def _add_derived_rows(atlas: Atlas, pairs: list[tuple[str, str]]) -> None:
+    """Rows as `atlas correlate` and the widths job write them, for each pair (those jobs need a model's
+    activations or SAEs of other widths)."""
     with atlas.write() as w, w.transaction() as con:
         for i, (a, b) in enumerate(pairs):
             con.execute("INSERT INTO correlations VALUES (?, 1, ?, 2, 0.9, 0.8, 0.7, 100, 'corr-test')", [a, b])
@@ -45,13 +46,15 @@ def _add_activation_rows(atlas: Atlas, pairs: list[tuple[str, str]]) -> None:
                 con.execute("INSERT INTO examples VALUES (?, ?, 'top', 1.5, 7, ['a', 'b'], 1, 'prose', 'corr-test')",
                             [sae, i])
                 con.execute("INSERT OR IGNORE INTO training VALUES (?, 0.3, 20, 0.01, 1000, 1000)", [sae])
+            con.execute("INSERT INTO widths VALUES (?, 4, ?, 'split', 2, [5, 6], [0.8, 0.75], 0.9, 5, 0.8, 0.7, 'h', "
+                        "'widths-test')", [a, b])
 
 
 @pytest.fixture()
 def atlas(family, tmp_path):
     folders = family[1]
     a = build_atlas(tmp_path / "a.duckdb", [folders[0], folders[1], folders[2], folders[4]], match=True)
-    _add_activation_rows(a, [(SAE0, SAE1), (SAE1, SAE2), (SAE0, SIB0)])
+    _add_derived_rows(a, [(SAE0, SAE1), (SAE1, SAE2), (SAE0, SIB0)])
     return a
 
 

@@ -13,6 +13,15 @@ from atlas.store import Atlas
 SAE0 = "synth-resid0-w256-s0-A"
 
 
+@pytest.fixture(scope="module")
+def new_weights(tmp_path_factory):
+    """An SAE folder whose weights the atlas does not hold (another family seed), to store under SAE0's id."""
+    from atlas.synth import SynthConfig, generate
+
+    cfg = SynthConfig(d_in=512, d_sae=256, n_layers=1, n_seeds=1, second_dataset=False, seed=99)
+    return generate(cfg, tmp_path_factory.mktemp("other"))[0]
+
+
 @pytest.fixture()
 def served(synth_atlas, tmp_path):
     """A private copy of the planted-truth atlas (jobs here must not change the shared one)."""
@@ -22,7 +31,7 @@ def served(synth_atlas, tmp_path):
     return atlas
 
 
-def test_a_job_publishes_while_the_server_runs_and_the_next_request_sees_it(served, family):
+def test_a_job_publishes_while_the_server_runs_and_the_next_request_sees_it(served, new_weights):
     from ingest.jobs.ingest import ingest
     from ingest.sources import read_sae
 
@@ -32,7 +41,7 @@ def test_a_job_publishes_while_the_server_runs_and_the_next_request_sees_it(serv
         assert card["matches"]["decoder_cos"] and before["pairs"]
         snap = c.get("/health").json()["snapshot"]
         # Another SAE's weights under SAE0's id: --replace drops its matches and writes a new index file.
-        ingest(served, [lambda: read_sae(family[1][1], sae_id=SAE0, layer=0)], replace=True)
+        ingest(served, [lambda: read_sae(new_weights, sae_id=SAE0, layer=0)], replace=True)
         after = c.get(f"/api/saes/{SAE0}").json()
         assert after["sae"]["sha256"] != before["sae"]["sha256"] and after["pairs"] == {}
         assert c.get(f"/api/saes/{SAE0}/features/5").json()["matches"] == {}
@@ -41,14 +50,14 @@ def test_a_job_publishes_while_the_server_runs_and_the_next_request_sees_it(serv
         assert [n["sae_id"] for n in lineage["nodes"]] == [SAE0]
 
 
-def test_replace_then_any_job_keeps_search_working(served, family):
+def test_replace_then_any_job_keeps_search_working(served, new_weights):
     from ingest.jobs.ingest import ingest
     from ingest.sources import read_sae
 
     with TestClient(create_app(served.path)) as c:
         assert c.get("/api/search", params={"sae_id": SAE0, "feature": 5, "k": 3}).status_code == 200
         old_files = set(p.name for p in served.index_dir.glob("*.faiss"))
-        ingest(served, [lambda: read_sae(family[1][1], sae_id=SAE0, layer=0)], replace=True)
+        ingest(served, [lambda: read_sae(new_weights, sae_id=SAE0, layer=0)], replace=True)
         with served.write():  # any job: it drops index files no snapshot names
             pass
         # the server has not switched yet: its snapshot's files are leased, so the job kept them

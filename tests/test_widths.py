@@ -125,3 +125,71 @@ def test_pw_mcc_random_baseline_matches_random_decoders(n_a, n_b, d):
             for _ in range(3)]
     assert np.mean(sims) == pytest.approx(pw_mcc_random(n_a, n_b, d), rel=0.01)
 
+
+
+def test_findings_report_consistency_and_widths(synth_atlas, widths_atlas):
+    r = CliRunner().invoke(main, ["--atlas", str(synth_atlas.path), "findings"])
+    assert r.exit_code == 0, r.output
+    assert "consistency (PW-MCC" in r.output
+    with synth_atlas.read() as con:
+        seed, data, rand = con.execute(
+            "SELECT avg(pw_mcc) FILTER (WHERE a.dataset = b.dataset), avg(pw_mcc) FILTER (WHERE a.dataset <> b.dataset), "
+            "avg(pw_mcc_random) FROM pair_stats p JOIN saes a ON a.sae_id = p.sae_a JOIN saes b ON b.sae_id = p.sae_b "
+            "WHERE method = 'decoder_cos' AND a.layer = b.layer AND a.stack <> b.stack").fetchone()
+    assert seed > data > rand  # seeds share 70% of features, datasets 40%, random decoders none
+    r = CliRunner().invoke(main, ["--atlas", str(widths_atlas[0].path), "findings"])
+    assert r.exit_code == 0 and "layer 1 256 -> 512:" in r.output and "split" in r.output, r.output
+
+
+def _readme_blocks(section: str) -> tuple[list[str], list[str]]:
+    """The sh lines and SQL statements of one README section, as written."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).parent.parent / "README.md").read_text()
+    body = text.split(f"\n{section}\n", 1)[1].split("\n## ", 1)[0].split("\n### ", 1)[0]
+    sh = [line.split("#")[0].strip() for b in re.findall(r"```sh\n(.*?)```", body, re.S) for line in b.splitlines()]
+    sql = [s.strip() for b in re.findall(r"```sql\n(.*?)```", body, re.S) for s in b.split(";") if s.strip()]
+    return [line for line in sh if line], [re.sub(r"--[^\n]*", "", s) for s in sql]
+
+
+def test_readme_width_and_lineage_commands_run_as_written(tmp_path, monkeypatch):
+    import shlex
+
+    from litestar.testing import TestClient
+
+    from api.app import create_app
+
+    monkeypatch.chdir(tmp_path)
+    atlas = tmp_path / "atlas.duckdb"
+    run = CliRunner().invoke
+    widths_sh, widths_sql = _readme_blocks("## Feature splitting across widths")
+    lineage_sh, lineage_sql = _readme_blocks("### Lineage of feature X")
+    curls = []
+    for line in widths_sh + lineage_sh:
+        args = shlex.split(line)
+        if args[0] == "atlas":
+            r = run(main, ["--atlas", str(atlas), *args[1:]])
+            assert r.exit_code == 0, (line, r.output)
+            if args[1] == "synth":  # the lineage examples need the stack's layer pairs matched too
+                assert run(main, ["--atlas", str(atlas), "match", "--pairs", "distance"]).exit_code == 0
+        else:
+            assert args[0] == "curl"
+            curls.append(args[1].split("8000", 1)[1])
+    assert len(curls) == 3
+    with TestClient(create_app(atlas)) as client:
+        for path in curls:
+            r = client.get(path)
+            assert r.status_code == 200, (path, r.text)
+        tree = client.get(curls[0]).json()
+        assert tree["root"]["class"] in ("kept", "split", "absent") and tree["summary"]
+        assert client.get(curls[1]).json()[0]["d_a"] == 512
+        lin = client.get(curls[2]).json()
+        assert lin["summary"] and {e["kind"] for e in lin["edges"]} <= {"carry", "split", "merge", "gap"}
+    with Atlas(atlas).read() as con:
+        rows = con.execute(widths_sql[0]).fetchall()
+        assert [r[2] for r in rows if r[0] == 0] == [3] and len(rows) == len(tree["nodes"])
+        edges = con.execute(lineage_sql[0]).fetchall()
+        assert sorted((e[0], e[1], e[3], e[4], e[7]) for e in edges) == sorted(
+            (e["sae_a"], e["feature_a"], e["sae_b"], e["feature_b"], e["kind"]) for e in lin["edges"])
+        assert con.execute(lineage_sql[1]).fetchall()

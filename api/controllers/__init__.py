@@ -6,8 +6,9 @@ from .pairs import PairsController
 from .saes import SaesController
 from .search import SearchController
 from .sql import SqlController
+from .widths import WidthsController
 
 CONTROLLERS = [HealthController, SaesController, PairsController, SearchController, SqlController,
-               NeuronpediaController]
+               NeuronpediaController, WidthsController]
 
 __all__ = ["CONTROLLERS"]

@@ -1,34 +1,66 @@
-"""Neuronpedia's feature paths on this server: /api/neuronpedia/{modelId}/{sourceId}/{index} -> lineage."""
+"""Neuronpedia both ways: its feature paths on this server (/api/neuronpedia/{modelId}/{sourceId}/{index}
+opens the explorer's feature page, or the lineage JSON for JSON clients), and atlas selections out as
+Neuronpedia lists (lineage, orphans, a pair's matches) with the quick-list URL that opens them there."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
-from litestar import Controller, get
+from litestar import Controller, Request, get
 from litestar.di import NamedDependency
-from litestar.params import PathParameter
+from litestar.enums import MediaType
+from litestar.params import PathParameter, QueryParameter
 from litestar.response import Redirect
 
+from atlas.queries.neuronpedia import NeuronpediaList, lineage_list, orphans_list, pair_list
 from atlas.queries.records import NotFound
 
 from ..errors import errors
-from ..params import FeatureIndex
+from ..params import FeatureIndex, Method, SaeId, Tau
 from ..state import AtlasState
 
 Part = Annotated[str, PathParameter(min_length=1, max_length=256)]
+Sharing = Annotated[Literal["any", "seed", "dataset"], QueryParameter(description="Siblings that count: any, other seed, other dataset.")]
+PairTau = Annotated[float, QueryParameter(ge=-1.0, le=1e6, description="Score bar: at least (similarity) or at most (*_mse).")]
 
 
 class NeuronpediaController(Controller):
     path = "/api/neuronpedia"
     tags = ["neuronpedia"]
 
-    @get("/{model_id:str}/{source_id:str}/{index:int}", operation_id="neuronpediaLineage", sync_to_thread=True,
+    @get("/{model_id:str}/{source_id:str}/{index:int}", operation_id="neuronpediaFeature", sync_to_thread=True,
          responses=errors(404))
-    def from_neuronpedia(self, atlas: NamedDependency[AtlasState], model_id: Part, source_id: Part,
-                         index: FeatureIndex) -> Redirect:
-        """Open the lineage of a Neuronpedia feature (same path as its Neuronpedia page)."""
+    def from_neuronpedia(self, request: Request, atlas: NamedDependency[AtlasState], model_id: Part,
+                         source_id: Part, index: FeatureIndex) -> Redirect:
+        """A Neuronpedia feature path: browsers go to the explorer's feature page, JSON clients
+        (Accept: application/json) to the feature's lineage."""
         row = atlas.cursor().execute("SELECT sae_id FROM saes WHERE neuronpedia_id = ?",
                                      [f"{model_id}/{source_id}"]).fetchone()
         if row is None:
-            raise NotFound(f"no SAE in this atlas has neuronpedia_id {model_id}/{source_id}")
+            raise NotFound(f"no SAE in this atlas has neuronpedia_id {model_id}/{source_id}; "
+                           f"set one with `atlas saes set SAE --neuronpedia-id {model_id}/{source_id}`")
+        # Browsers navigating name text/html; API clients (*/*, application/json) get the JSON lineage.
+        if MediaType.HTML in request.headers.get("accept", ""):
+            return Redirect(f"/#/feature/{row[0]}/{index}")
         return Redirect(f"/api/saes/{row[0]}/features/{index}/lineage")
+
+    @get("/lists/lineage/{sae_id:str}/{feature:int}", operation_id="neuronpediaLineageList", sync_to_thread=True,
+         responses=errors(404))
+    def lineage(self, atlas: NamedDependency[AtlasState], sae_id: SaeId, feature: FeatureIndex, tau: Tau = 0.7,
+                method: Method = "decoder_cos") -> NeuronpediaList:
+        """A feature's lineage as a Neuronpedia list, in layer order."""
+        return lineage_list(atlas.cursor(), sae_id, feature, tau, method)
+
+    @get("/lists/orphans/{sae_id:str}", operation_id="neuronpediaOrphanList", sync_to_thread=True,
+         responses=errors(404))
+    def orphans(self, atlas: NamedDependency[AtlasState], sae_id: SaeId, tau: Tau = 0.7,
+                by: Sharing = "any") -> NeuronpediaList:
+        """An SAE's orphan features (shared with none of its matched siblings) as a Neuronpedia list."""
+        return orphans_list(atlas.cursor(), sae_id, tau, by)
+
+    @get("/lists/pair/{sae_a:str}/{sae_b:str}", operation_id="neuronpediaPairList", sync_to_thread=True,
+         responses=errors(404))
+    def pair(self, atlas: NamedDependency[AtlasState], sae_a: SaeId, sae_b: SaeId, tau: PairTau = 0.7,
+             method: Method = "decoder_cos") -> NeuronpediaList:
+        """A pair's assigned matches past tau as a Neuronpedia list, both sides, best first."""
+        return pair_list(atlas.cursor(), sae_a, sae_b, method, tau)

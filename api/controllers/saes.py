@@ -107,14 +107,18 @@ class SaesController(Controller):
                     quantile: Annotated[float | None, QueryParameter(
                         ge=0.0, le=1.0, description="Per-pair bar: keep the best q of each pair's scores.")] = None,
                     max_skip: Annotated[int, QueryParameter(ge=0, le=8, description="Layers a link may skip.")] = 1,
-                    method: Method = "decoder_cos", include_sites: FromQuery[bool] = True) -> q.Lineage:
-        """Ancestors and descendants of a feature in its stack, as a DAG (splits and merges are branches)."""
+                    method: Method = "decoder_cos", include_sites: FromQuery[bool] = True,
+                    edges: Annotated[Literal["default", "all"], QueryParameter(
+                        description="default: carry, split, merge and gap edges; all: every candidate above "
+                        "the bar (today's hairball on real families).")] = "default") -> q.Lineage:
+        """Ancestors and descendants of a feature in its stack, as a DAG of typed edges (carry / split / merge /
+        gap) with a one-line summary: born, splits, last seen, how it ends."""
         m = check_method(method)
         if tau is not None and quantile is None and not m.is_distance:
             check_tau(m, tau)
         snap = atlas.snapshot()
         return q.lineage(snap.cursor(), sae_id, feature, direction, tau, quantile, max_skip, method, include_sites,
-                         index=snap.edge_index(method))
+                         index=snap.edge_index(method), edges=edges)
 
     @get("/orphans", operation_id="getOrphans", sync_to_thread=True, responses=errors(404))
     def get_orphans(self, atlas: NamedDependency[AtlasState], settings: NamedDependency[Settings],

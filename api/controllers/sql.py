@@ -13,7 +13,8 @@ from litestar.di import NamedDependency
 from litestar.params import JSONBody, PathParameter, QueryParameter
 
 from atlas.queries.records import NotFound, QueryError
-from atlas.queries.sqlguard import run_sql
+from atlas.queries import budget
+from atlas.queries.sqlguard import check_statement
 
 from ..errors import errors
 from ..settings import Settings
@@ -34,7 +35,9 @@ def _sql(atlas: AtlasState, settings: Settings, sql: str, fmt: str, limit: int |
     limit = max_rows if limit is None else limit
     if not 0 <= limit <= max_rows:
         raise QueryError(f"_limit must be between 0 and {max_rows} (the server's cap), got {limit}")
-    names, rows, truncated, elapsed = run_sql(atlas.cursor(), sql, limit, settings.sql_time_limit_s)
+    check_statement(atlas.cursor(), sql)  # refuse here what the worker would refuse, without a round trip
+    names, rows, truncated, elapsed = atlas.sql.run(sql, limit, settings.sql_time_limit_s, settings.sql_max_bytes,
+                                                    budget.current())
     headers = {"X-Truncated": str(truncated).lower()}
     if fmt == "json":
         return Response(SQLResult(columns=names, rows=[list(r) for r in rows], truncated=truncated, limit=limit,

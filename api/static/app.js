@@ -1,5 +1,6 @@
 // Feature Atlas explorer: a small static app over the JSON API. State lives in the URL hash, so every
-// view is a shareable link: #/stack/<stack>?stat=..., #/pair/<a>/<b>, #/feature/<sae>/<i>, #/orphans/<sae>.
+// view is a shareable link: #/stack/<stack>?stat=..., #/pair/<a>/<b>, #/feature/<sae>/<i>?edges=all,
+// #/widths/<sae>/<i>, #/orphans/<sae>.
 "use strict";
 
 const view = document.getElementById("view");
@@ -155,10 +156,23 @@ async function pairPage(a, b, params) {
 const SITE_COLOURS = { resid: "#2563eb", mlp: "#16a34a", attn: "#d97706" };
 const ORIGIN_COLOURS = { "from nowhere": "#9ca3af", RES: "#2563eb", MLP: "#16a34a", ATT: "#d97706" };
 
+const KIND_STYLE = {  // assigned edges bold; splits and merges thinner, with their scores
+  carry: { width: 5, colour: "#1e3a8a", line: "solid", label: false },
+  gap: { width: 4, colour: "#1e3a8a", line: "dotted", label: true },
+  split: { width: 2, colour: "#16a34a", line: "dashed", label: true },
+  merge: { width: 2, colour: "#d97706", line: "dashed", label: true },
+  candidate: { width: 1, colour: "#cbd5e1", line: "solid", label: false },
+};
+const MAX_NODES = 40, XSTEP = 200, YSTEP = 48;
+
+const words = n => n.label || (n.top_tokens && n.top_tokens.length ? n.top_tokens.map(t => `“${t}”`).join(" ") : "");
+const nodeText = n => (words(n) ? `${n.feature} · ${words(n)}` : `#${n.feature}`);
+
 async function featurePage(sae, i, params) {
-  const tau = params.get("tau") || "0.7";
-  const [card, lin] = await Promise.all([api(`/api/saes/${enc(sae)}/features/${i}`),
-    api(`/api/saes/${enc(sae)}/features/${i}/lineage?tau=${tau}`)]);
+  const tau = params.get("tau") || "0.7", edges = params.get("edges") || "default";
+  const [card, lin, tree] = await Promise.all([api(`/api/saes/${enc(sae)}/features/${i}`),
+    api(`/api/saes/${enc(sae)}/features/${i}/lineage?tau=${tau}&edges=${edges}`),
+    api(`/api/saes/${enc(sae)}/features/${i}/width-tree`).catch(() => null)]);
   const matches = Object.entries(card.matches).map(([method, refs]) => h("div", { class: "card" },
     h("h2", {}, method), sortableTable([
       { key: "sae_id", label: "SAE", render: m => link(featureHref(m.sae_id, m.feature), `${m.sae_id}/${m.feature}`) },
@@ -168,49 +182,187 @@ async function featurePage(sae, i, params) {
     h("span", { class: "tag" }, `${e.kind} ${fmt(e.activation, 2)}`),
     ...e.tokens.map((t, k) => (k === e.highlight ? h("b", {}, t) : t)).flatMap(x => [x, " "])));
   const graph = h("div", { id: "lineage" });
+  const kinds = {};
+  for (const e of lin.edges) kinds[e.kind] = (kinds[e.kind] || 0) + 1;
+  const other = edges === "all" ? "default" : "all";
+  const widthPart = tree && tree.nodes.length > 1 ? [h("h2", {}, "Across widths"),
+    h("p", { id: "width-summary" }, tree.summary, " · ", link(`#/widths/${enc(sae)}/${i}`, "open the width tree"))] : [];
   view.replaceChildren(
     h("h1", {}, `${sae} / ${i}`, card.label ? h("span", { class: "muted" }, ` — ${card.label}`) : ""),
     h("p", {}, `layer ${card.layer} · decoder norm ${fmt(card.dec_norm)} · threshold ${fmt(card.threshold)} · density ${fmt(card.density, 4)} · `,
       card.neuronpedia_url ? link(card.neuronpedia_url, "Neuronpedia", { target: "_blank", rel: "noopener" }) : "no Neuronpedia id"),
-    h("h2", {}, `Lineage (τ = ${tau}): born at layer ${lin.birth_layer}, last seen at ${lin.death_layer}, lifespan ${lin.lifespan}`),
-    graph, h("p", { id: "lineage-count", class: "muted" }, `${lin.nodes.length} nodes, ${lin.edges.length} edges; click a node to open it`),
+    h("h2", {}, `Lineage (τ = ${tau}${edges === "all" ? ", every candidate" : ""})`),
+    h("p", { id: "lineage-summary" }, lin.summary),
+    graph,
+    h("p", { id: "lineage-count", class: "muted" },
+      `${lin.nodes.length} nodes, ${lin.edges.length} edges (${Object.entries(kinds).map(([k, n]) => `${n} ${k}`).join(", ") || "none"}) · `,
+      h("span", { class: "legend" }, ...Object.entries(KIND_STYLE).filter(([k]) => kinds[k]).map(([k, st]) =>
+        h("span", { style: `border-bottom: ${Math.min(st.width, 4)}px ${st.line} ${st.colour}` }, k))),
+      " · ", link(`#/feature/${enc(sae)}/${i}?tau=${tau}&edges=${other}`,
+        other === "all" ? "show every candidate" : "show carry / split / merge only", { id: "edges-toggle" }),
+      " · click a node to open it, “+N more” to expand its layer"),
+    ...widthPart,
     examples.length ? h("div", {}, h("h2", {}, "Examples"), ...examples) : "",
     h("div", { class: "cards" }, matches),
     card.neuronpedia_embed ? h("div", {}, h("h2", {}, "On Neuronpedia"), h("iframe", { src: card.neuronpedia_embed, loading: "lazy" })) : "");
-  drawLineage(graph, lin);
+  drawLineage(graph, lin, new Set());
 }
 
-function drawLineage(container, lin) {
-  const id = n => `${n.sae_id}/${n.feature}`;
-  const byLayer = {};
-  for (const n of lin.nodes) (byLayer[n.layer] ||= []).push(n);
-  const elements = [];
-  for (const [layer, nodes] of Object.entries(byLayer)) nodes.forEach((n, k) => elements.push({
-    data: { id: id(n), label: `L${n.layer}:${n.feature}`, sae: n.sae_id, feature: n.feature,
-            colour: ORIGIN_COLOURS[(n.origin || "").split("&")[0]] || SITE_COLOURS[n.site] || "#2563eb",
-            root: n.sae_id === lin.root.sae_id && n.feature === lin.root.feature ? 1 : 0 },
-    position: { x: 110 * Number(layer), y: 70 * (k - (nodes.length - 1) / 2) } }));
-  for (const e of lin.edges) elements.push({ data: { id: `${e.sae_a}/${e.feature_a}>${e.sae_b}/${e.feature_b}`,
-    source: `${e.sae_a}/${e.feature_a}`, target: `${e.sae_b}/${e.feature_b}`, width: 1 + 6 * Math.max(0, e.score),
-    style: e.assigned ? "solid" : "dashed" } });
-  const cy = cytoscape({ container, elements, layout: { name: "preset", fit: true, padding: 30 },
+function lineageLayout(lin, expanded) {
+  // x = layer. Per layer keep the root's line, then the nodes with the strongest edges; with more than
+  // MAX_NODES in all, the rest of a layer collapses into one "+N more" node (tap it to expand the layer).
+  const key = n => `${n.sae_id}/${n.feature}`;
+  const layers = [...new Set(lin.nodes.map(n => n.layer))].sort((a, b) => a - b);
+  const cap = lin.nodes.length > MAX_NODES ? Math.max(3, Math.floor(MAX_NODES / layers.length)) : Infinity;
+  const weight = {}, line = new Set([key(lin.root)]);
+  for (const e of lin.edges) {
+    const w = e.score + (e.kind === "carry" || e.kind === "gap" ? 2 : e.kind === "candidate" ? 0 : 1);
+    for (const k of [`${e.sae_a}/${e.feature_a}`, `${e.sae_b}/${e.feature_b}`]) weight[k] = Math.max(weight[k] ?? -9, w);
+  }
+  for (let grew = true; grew;) {  // the root's carry line, both ways
+    grew = false;
+    for (const e of lin.edges) {
+      if (e.kind !== "carry" && e.kind !== "gap") continue;
+      const a = `${e.sae_a}/${e.feature_a}`, b = `${e.sae_b}/${e.feature_b}`;
+      if (line.has(a) !== line.has(b)) { line.add(a); line.add(b); grew = true; }
+    }
+  }
+  const shown = new Map(), moreOf = new Map(), more = [];
+  for (const layer of layers) {
+    const nodes = lin.nodes.filter(n => n.layer === layer).sort((a, b) =>
+      (line.has(key(b)) - line.has(key(a))) || ((weight[key(b)] ?? -9) - (weight[key(a)] ?? -9)) || a.feature - b.feature);
+    const keep = expanded.has(layer) ? nodes : nodes.slice(0, cap);
+    keep.forEach(n => shown.set(key(n), n));
+    if (keep.length < nodes.length) {
+      const id = `more:${layer}`;
+      more.push({ id, layer, n: nodes.length - keep.length });
+      nodes.slice(keep.length).forEach(n => moreOf.set(key(n), id));
+    }
+  }
+  return { layers, shown, moreOf, more, line };
+}
+
+function drawLineage(container, lin, expanded) {
+  const { layers, shown, moreOf, more, line } = lineageLayout(lin, expanded);
+  const rows = {};
+  const elements = layers.map(layer => ({ data: { id: `axis:${layer}`, label: `layer ${layer}`, axis: 1 },
+    position: { x: XSTEP * layer, y: -YSTEP }, selectable: false, grabbable: false }));
+  const place = (id, layer, data) => {
+    const k = (rows[layer] = (rows[layer] ?? -1) + 1);
+    elements.push({ data: { id, ...data }, position: { x: XSTEP * layer, y: YSTEP * k } });
+  };
+  for (const [k, n] of shown) place(k, n.layer, { label: nodeText(n), sae: n.sae_id, feature: n.feature,
+    colour: ORIGIN_COLOURS[(n.origin || "").split("&")[0]] || SITE_COLOURS[n.site] || "#2563eb",
+    root: n.sae_id === lin.root.sae_id && n.feature === lin.root.feature ? 1 : line.has(k) ? 2 : 0 });
+  for (const m of more) place(m.id, m.layer, { label: `+${m.n} more`, more: 1, layer: m.layer, colour: "#e2e8f0" });
+  const seen = new Set();
+  for (const e of lin.edges) {
+    const a = `${e.sae_a}/${e.feature_a}`, b = `${e.sae_b}/${e.feature_b}`;
+    const src = shown.has(a) ? a : moreOf.get(a), dst = shown.has(b) ? b : moreOf.get(b);
+    const hidden = src !== a || dst !== b, id = `${src}>${dst}`;
+    if (seen.has(id)) continue;
+    seen.add(id);
+    const st = hidden ? KIND_STYLE.candidate : KIND_STYLE[e.kind] || KIND_STYLE.candidate;
+    elements.push({ data: { id, source: src, target: dst, kind: hidden ? "hidden" : e.kind, width: st.width,
+      colour: st.colour, line: st.line, label: st.label && !hidden ? e.score.toFixed(2) : "" } });
+  }
+  const height = 120 + YSTEP * Math.max(...Object.values(rows), 0);
+  container.style.height = `${Math.min(760, Math.max(300, height))}px`;
+  const cy = cytoscape({ container, elements, layout: { name: "preset", fit: true, padding: 40 },
     style: [
-      { selector: "node", style: { "background-color": "data(colour)", label: "data(label)", "font-size": 10, width: 18, height: 18 } },
-      { selector: "node[root = 1]", style: { "border-width": 3, "border-color": "#111" } },
-      { selector: "edge", style: { width: "data(width)", "line-style": "data(style)", "curve-style": "bezier",
-        "target-arrow-shape": "triangle", "line-color": "#94a3b8", "target-arrow-color": "#94a3b8" } }] });
-  cy.on("tap", "node", ev => { location.hash = featureHref(ev.target.data("sae"), ev.target.data("feature")); });
+      { selector: "node", style: { "background-color": "data(colour)", label: "data(label)", "font-size": 11, width: 16, height: 16,
+        "text-valign": "bottom", "text-margin-y": 3, "text-wrap": "ellipsis", "text-max-width": `${XSTEP - 30}px`,
+        "text-background-color": "#fff", "text-background-opacity": 0.85, "text-background-padding": 1 } },
+      { selector: "node[root = 1]", style: { "border-width": 3, "border-color": "#111", width: 20, height: 20, "font-weight": "bold" } },
+      { selector: "node[root = 2]", style: { "font-weight": "bold" } },
+      { selector: "node[more = 1]", style: { shape: "round-rectangle", width: 60, height: 16, "text-valign": "center",
+        "text-margin-y": 0, "border-width": 1, "border-color": "#94a3b8", "font-size": 10 } },
+      { selector: "node[axis = 1]", style: { "background-opacity": 0, width: 1, height: 1, "font-size": 12, color: "#6b7383",
+        "text-valign": "top", "text-background-opacity": 0, events: "no" } },
+      { selector: "edge", style: { width: "data(width)", "line-style": "data(line)", "curve-style": "bezier",
+        "line-color": "data(colour)", "target-arrow-color": "data(colour)", "target-arrow-shape": "triangle",
+        "arrow-scale": 0.8, label: "data(label)", "font-size": 9, color: "#374151", "text-background-color": "#fff",
+        "text-background-opacity": 1, "text-background-padding": 1 } }] });
+  cy.on("tap", "node[sae]", ev => { location.hash = featureHref(ev.target.data("sae"), ev.target.data("feature")); });
+  cy.on("tap", "node[more = 1]", ev => { cy.destroy(); drawLineage(container, lin, new Set([...expanded, ev.target.data("layer")])); });
   window.atlasGraph = cy;  // for browser tests and the console
+}
+
+// ---- width tree: a feature across dictionary sizes ----------------------------------------------
+const CLASS_COLOURS = { kept: "#2563eb", split: "#16a34a", absent: "#9ca3af" };
+
+async function widthPage(sae, i) {
+  const tree = await api(`/api/saes/${enc(sae)}/features/${i}/width-tree`);
+  const graph = h("div", { id: "width-tree" });
+  view.replaceChildren(h("h1", {}, `${sae} / ${i} across widths`),
+    h("p", { id: "width-summary" }, tree.summary),
+    graph,
+    h("p", { class: "muted" }, "x = dictionary size; edges: decoder cosine of a wide feature with its parent (its best narrow feature). ",
+      "Colours: ", ...Object.entries(CLASS_COLOURS).map(([c, col]) => h("span", { style: `color: ${col}` }, `${c} `)),
+      "(the feature's class in the next wider SAE). Click a node to open it."),
+    sortableTable([
+      { key: "d_sae", label: "width" }, { key: "feature", label: "feature", render: n => link(featureHref(n.sae_id, n.feature), `${n.sae_id}/${n.feature}`) },
+      { key: "score", label: "cosine to parent" }, { key: "class", label: "class" }, { key: "n_children", label: "children" },
+      { key: "combo_cos", label: "combination cosine" }, { key: "label", label: "label", render: n => words(n) }], tree.nodes));
+  drawWidthTree(graph, tree);
+}
+
+function drawWidthTree(container, tree) {
+  const key = (s, f) => `${s}/${f}`;
+  const kids = {};
+  for (const n of tree.nodes) if (n.parent_sae) (kids[key(n.parent_sae, n.parent_feature)] ||= []).push(n);
+  const depths = [...new Set(tree.nodes.map(n => n.depth))].sort((a, b) => a - b);
+  const top = tree.nodes.filter(n => n.depth === depths[0]);
+  const y = {};
+  let next = 0;
+  const walk = n => {  // leaves take consecutive rows; a parent sits at the middle of its children
+    const ch = (kids[key(n.sae_id, n.feature)] || []).sort((a, b) => (b.score ?? 0) - (a.score ?? 0));
+    if (!ch.length) { y[key(n.sae_id, n.feature)] = next++; return; }
+    ch.forEach(walk);
+    y[key(n.sae_id, n.feature)] = (y[key(ch[0].sae_id, ch[0].feature)] + y[key(ch.at(-1).sae_id, ch.at(-1).feature)]) / 2;
+  };
+  top.forEach(walk);
+  const widths = [...new Set(tree.nodes.map(n => n.d_sae))].sort((a, b) => a - b);
+  const elements = widths.map((w, k) => ({ data: { id: `axis:${w}`, label: `width ${w}`, axis: 1 },
+    position: { x: 240 * k, y: -YSTEP }, selectable: false, grabbable: false }));
+  for (const n of tree.nodes) {
+    const id = key(n.sae_id, n.feature);
+    elements.push({ data: { id, label: nodeText(n), sae: n.sae_id, feature: n.feature,
+      colour: CLASS_COLOURS[n.class] || "#93c5fd", root: n.depth === 0 ? 1 : 0 },
+      position: { x: 240 * widths.indexOf(n.d_sae), y: YSTEP * (y[id] ?? 0) } });
+    if (n.parent_sae && tree.nodes.some(p => p.sae_id === n.parent_sae && p.feature === n.parent_feature))
+      elements.push({ data: { id: `${n.parent_sae}/${n.parent_feature}>${id}`, source: key(n.parent_sae, n.parent_feature),
+        target: id, label: fmt(n.score, 2) } });
+  }
+  container.style.height = `${Math.min(760, Math.max(260, 140 + YSTEP * next))}px`;
+  const cy = cytoscape({ container, elements, layout: { name: "preset", fit: true, padding: 40 },
+    style: [
+      { selector: "node", style: { "background-color": "data(colour)", label: "data(label)", "font-size": 11, width: 16, height: 16,
+        "text-valign": "bottom", "text-margin-y": 3, "text-wrap": "ellipsis", "text-max-width": "210px",
+        "text-background-color": "#fff", "text-background-opacity": 0.85 } },
+      { selector: "node[root = 1]", style: { "border-width": 3, "border-color": "#111", width: 20, height: 20, "font-weight": "bold" } },
+      { selector: "node[axis = 1]", style: { "background-opacity": 0, width: 1, height: 1, "font-size": 12, color: "#6b7383",
+        "text-valign": "top", "text-background-opacity": 0, events: "no" } },
+      { selector: "edge", style: { width: 2, "curve-style": "bezier", "line-color": "#64748b", "target-arrow-color": "#64748b",
+        "target-arrow-shape": "triangle", label: "data(label)", "font-size": 9, "text-background-color": "#fff",
+        "text-background-opacity": 1 } }] });
+  cy.on("tap", "node[sae]", ev => { location.hash = featureHref(ev.target.data("sae"), ev.target.data("feature")); });
+  window.atlasGraph = cy;
 }
 
 // ---- orphans ---------------------------------------------------------------------------------------
 async function orphansPage(sae) {
-  const groups = await api("/api/sibling-groups");
+  const [groups, consistency] = await Promise.all([api("/api/sibling-groups"), api("/api/consistency").catch(() => [])]);
   const parts = [h("h1", {}, "Orphan features across seeds and datasets")];
   if (!sae) {
     for (const g of groups) {
       const stats = await Promise.all(g.saes.map(s => api(`/api/orphans?sae=${enc(s)}`)));
-      parts.push(h("h2", {}, `${g.model} · ${g.hook} · width ${g.d_sae}`), sortableTable([
+      const mine = consistency.filter(c => g.saes.includes(c.sae_a) && g.saes.includes(c.sae_b));
+      parts.push(h("h2", {}, `${g.model} · ${g.hook} · width ${g.d_sae}`));
+      if (mine.length) parts.push(h("p", { class: "muted" }, "Consistency: PW-MCC (mean best |decoder cosine| in the other SAE, both ways) against random decoders of the same shape"),
+        sortableTable([{ key: "sae_a", label: "SAE a" }, { key: "sae_b", label: "SAE b" }, { key: "relation", label: "sibling by" },
+          { key: "pw_mcc", label: "PW-MCC" }, { key: "pw_mcc_random", label: "random" }], mine));
+      parts.push(sortableTable([
         { key: "sae_id", label: "SAE", render: o => link(`#/orphans/${enc(o.sae_id)}`, o.sae_id, { class: "orphan-link" }) },
         { key: "n_orphans", label: "orphans" }, { key: "orphan_frac", label: "fraction" },
         { key: "n_sib", label: "siblings matched" }], stats.map(o => ({ ...o, n_sib: o.orphans[0]?.n_siblings ?? 0 }))));
@@ -253,6 +405,7 @@ async function route() {
     else if (parts[0] === "pair") await pairPage(parts[1], parts[2], params);
     else if (parts[0] === "feature") await featurePage(parts[1], Number(parts[2]), params);
     else if (parts[0] === "orphans") await orphansPage(parts[1]);
+    else if (parts[0] === "widths") await widthPage(parts[1], Number(parts[2]));
     else await home();
     document.body.dataset.ready = location.hash;  // tests wait for this
   } catch (err) {

@@ -1,7 +1,7 @@
 """The one registry of matching methods: what each compares, which way is better, where its scores live.
 
 Every module that needs a method list, a sort order or a score range asks here, so adding a method is
-one entry (DESIGN.md: one registry where a list would be copied).
+one entry (docs/design.md, Layers: one registry where a list would be copied).
 """
 
 from __future__ import annotations

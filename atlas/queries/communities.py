@@ -5,7 +5,11 @@ from __future__ import annotations
 import msgspec
 import networkx as nx
 
-from .common import check_method, stack_saes
+from . import budget
+from .common import check_method, check_tau, stack_saes
+from .records import OverBudget
+
+MAX_EDGES = 2_000_000
 
 
 class Community(msgspec.Struct):
@@ -17,17 +21,22 @@ class Community(msgspec.Struct):
 
 def communities(con, stack: str, method: str = "decoder_cos", tau: float = 0.7, min_size: int = 2,
                 assigned_only: bool = True) -> list[Community]:
-    check_method(method)
+    check_tau(check_method(method), tau)
     layer_of = dict(stack_saes(con, stack))
     rows = con.execute(
         "SELECT m.sae_a, m.feature_a, m.sae_b, m.feature_b FROM matches m "
         "JOIN saes a ON a.sae_id = m.sae_a JOIN saes b ON b.sae_id = m.sae_b "
-        "WHERE a.stack = ? AND b.stack = ? AND m.method = ? AND m.score >= ? AND (m.assigned OR NOT ?)",
-        [stack, stack, method, tau, assigned_only]).fetchall()
+        "WHERE a.stack = ? AND b.stack = ? AND m.method = ? AND m.score >= ? AND (m.assigned OR NOT ?) LIMIT ?",
+        [stack, stack, method, tau, assigned_only, MAX_EDGES + 1]).fetchall()
+    if len(rows) > MAX_EDGES:
+        raise OverBudget(f"communities: more than max_edges={MAX_EDGES} matches pass tau={tau}; raise tau",
+                         f"max_edges={MAX_EDGES}")
+    budget.check("communities")
     g = nx.Graph()
     g.add_edges_from(((a, fa), (b, fb)) for a, fa, b, fb in rows)
     out = []
     for comp in nx.connected_components(g):
+        budget.check("communities")
         if len(comp) >= min_size:
             layers = [layer_of[s] for s, _ in comp]
             out.append(Community(len(comp), min(layers), max(layers), sorted(comp, key=lambda n: (layer_of[n[0]], n[1]))))

@@ -3,7 +3,9 @@
 - distance: matched fraction by layer distance (nearby layers share more features);
 - siblings: seed siblings vs dataset siblings (the dataset changes features more than the seed);
 - agreement: how often decoder-cosine and activation-correlation assignments pick the same partner;
-- compositions: AND / OR / PASS features with their parents and example contexts.
+- compositions: AND / OR / PASS features with their parents and example contexts;
+- consistency: PW-MCC of each sibling pair (mean best |cosine| both ways) against its random baseline;
+- widths: per narrow/wide pair, how many narrow features are kept, split or absent.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ FROM layer_pairs WHERE method = ? AND stack LIKE ? GROUP BY distance ORDER BY di
 SIBLINGS_SQL = """
 WITH sib AS (
     SELECT p.sae_a, p.sae_b, a.layer,
-           CASE WHEN a.dataset IS NOT DISTINCT FROM b.dataset THEN 'seed' ELSE 'dataset' END AS relation
+           CASE WHEN a.dataset IS DISTINCT FROM b.dataset THEN 'dataset'
+                WHEN a.seed IS DISTINCT FROM b.seed THEN 'seed' ELSE 'variant' END AS relation
     FROM pair_stats p JOIN saes a ON a.sae_id = p.sae_a JOIN saes b ON b.sae_id = p.sae_b
     WHERE p.method = 'decoder_cos' AND a.layer = b.layer AND a.stack <> b.stack AND a.model LIKE ?),
 shared AS (  -- Paulo & Belrose: same partner under decoder and encoder assignments, both cosines >= 0.7
@@ -46,6 +49,27 @@ FROM compositions c WHERE c.kind IN ('AND', 'OR') ORDER BY c.score DESC LIMIT ?
 """
 
 
+CONSISTENCY_SQL = """
+SELECT p.sae_a, p.sae_b, a.layer,
+       CASE WHEN a.dataset IS NOT DISTINCT FROM b.dataset THEN 'seed' ELSE 'dataset' END AS relation,
+       p.pw_mcc, p.pw_mcc_random
+FROM pair_stats p JOIN saes a ON a.sae_id = p.sae_a JOIN saes b ON b.sae_id = p.sae_b
+WHERE p.method = 'decoder_cos' AND p.pw_mcc IS NOT NULL AND a.layer = b.layer AND a.stack <> b.stack
+  AND a.d_sae = b.d_sae AND a.model LIKE ?
+ORDER BY a.layer, p.sae_a, p.sae_b
+"""
+
+WIDTHS_SQL = """
+SELECT w.sae_a, w.sae_b, a.layer, a.d_sae AS d_a, b.d_sae AS d_b,
+       count(*) FILTER (WHERE class = 'kept') AS kept, count(*) FILTER (WHERE class = 'split') AS split,
+       count(*) FILTER (WHERE class = 'absent') AS absent,
+       avg(n_children) FILTER (WHERE class = 'split') AS mean_split_children,
+       avg(combo_cos) FILTER (WHERE class = 'split') AS mean_split_combo_cos
+FROM widths w JOIN saes a ON a.sae_id = w.sae_a JOIN saes b ON b.sae_id = w.sae_b
+WHERE a.model LIKE ? GROUP BY ALL ORDER BY a.layer, d_a
+"""
+
+
 def _rows(con, sql, params):
     cur = con.execute(sql, params)
     names = [d[0] for d in cur.description]
@@ -71,4 +95,6 @@ def findings(con, model: str = "%", stack: str = "%", examples: int = 3) -> dict
         "agreement": _rows(con, AGREEMENT_SQL, []),
         "composition_counts": kinds,
         "compositions": comps,
+        "consistency": _rows(con, CONSISTENCY_SQL, [model]),
+        "widths": _rows(con, WIDTHS_SQL, [model]),
     }

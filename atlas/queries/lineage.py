@@ -1,4 +1,4 @@
-"""Lineage of one feature within its stack: ancestors and descendants as a DAG (DESIGN.md, Questions).
+"""Lineage of one feature within its stack: ancestors and descendants as a DAG (docs/design.md, Lineage).
 
 From (sae, i), follow matches whose score passes the bar backward to the first layer and forward to
 the last. Each edge has a kind (edge_kind; the SQL macros edge_kind / lineage_edges say the same):
@@ -19,7 +19,8 @@ import pyarrow.compute as pc
 
 from .common import check_feature, check_fraction, check_method, sae_row, stack_saes
 from .neuronpedia import feature_url
-from .records import Edge, Lineage, Node, QueryError
+from . import budget
+from .records import Edge, Lineage, Node, OverBudget, QueryError
 
 MAX_NODES = 2000
 _EDGE_COLS = "sae_a, feature_a, sae_b, feature_b, method, score, rank, assigned, coalesce(rank_b, 0) AS rank_b"
@@ -145,6 +146,7 @@ def lineage(con, sae_id: str, feature: int, direction: str = "both", tau: float 
             if not nodes:
                 continue
             for e, step in _step(con, ids, pos, nodes, forward, max_skip, method, index if usable else None):
+                budget.check("lineage")
                 if not _follows(e.kind, step, mode) or not _passes(bar, e.sae_a, e.sae_b, e.score, distance):
                     continue
                 src = (e.sae_a, e.feature_a) if forward else (e.sae_b, e.feature_b)
@@ -156,7 +158,10 @@ def lineage(con, sae_id: str, feature: int, direction: str = "both", tau: float 
                 if step > 1 and _has_nearer(edges, src, forward, step, ids, pos):
                     continue
                 edges[(e.sae_a, e.feature_a, e.sae_b, e.feature_b)] = e
-                if dst not in seen and len(seen) < MAX_NODES:
+                if dst not in seen:
+                    if len(seen) >= MAX_NODES:
+                        raise OverBudget(f"lineage has more than max_nodes={MAX_NODES} nodes; raise tau, lower max_skip "
+                                         f"or ask for one direction", f"max_nodes={MAX_NODES}")
                     seen.add(dst)
                     frontier.setdefault(dst_pos, set()).add(dst[1])
 
@@ -306,3 +311,23 @@ def flow_origins(con, sae_id: str, features: list[int], method: str, tau: float 
             best[f].add(kind)
     order = ("RES", "MLP", "ATT")
     return {f: "&".join(k for k in order if k in ks) or "from nowhere" for f, ks in best.items()}
+
+
+def lineage_shape(con, sae_id: str, n_features: int = 256, tau: float = 0.7, method: str = "decoder_cos",
+                  big: int = 20) -> dict[str, dict]:
+    """How big lineages get, per edge mode, over the first `n_features` features of an SAE: the share
+    with more than `big` nodes, mean and largest node count, and the share of edges outside the assignment."""
+    check_method(method)
+    n = min(n_features, sae_row(con, sae_id)["d_sae"])
+    index = EdgeIndex(con, method, min(tau, 0.5)) if not method.endswith("_mse") else None
+    out = {}
+    for mode in ("all", "default"):  # before and after typed edges
+        sizes, n_edges, unassigned = [], 0, 0
+        for f in range(n):
+            lin = lineage(con, sae_id, f, tau=tau, method=method, include_sites=False, index=index, edges=mode)
+            sizes.append(len(lin.nodes))
+            n_edges += len(lin.edges)
+            unassigned += sum(not e.assigned for e in lin.edges)
+        out[mode] = dict(features=n, over_big=sum(s > big for s in sizes) / n, mean_nodes=sum(sizes) / n,
+                         max_nodes=max(sizes), edges=n_edges, unassigned_edges=unassigned / n_edges if n_edges else 0.0)
+    return out

@@ -120,3 +120,54 @@ class Orphans(msgspec.Struct):
     n_orphans: int
     orphan_frac: float
     orphans: list[FeatureSharing]
+
+
+class WidthNode(msgspec.Struct):
+    sae_id: str
+    d_sae: int
+    feature: int
+    depth: int
+    """0 = the feature asked for; -1, -2 narrower ancestors; 1, 2 wider descendants."""
+    parent_sae: str | None
+    parent_feature: int | None
+    score: float | None
+    """Decoder cosine with its parent."""
+    cls: str | None = msgspec.field(default=None, name="class")
+    """As a narrow feature: kept | split | absent in the next wider SAE (None at the widest)."""
+    n_children: int | None = None
+    combo_cos: float | None = None
+    """Cosine with the best non-negative combination of its children."""
+    label: str | None = None
+    top_tokens: list[str] | None = None
+
+
+class WidthTree(msgspec.Struct):
+    root: WidthNode
+    nodes: list[WidthNode]
+    summary: str
+    """One line: how the feature changes as the dictionary grows."""
+
+
+class WidthPair(msgspec.Struct):
+    sae_a: str
+    sae_b: str
+    layer: int
+    d_a: int
+    d_b: int
+    kept: int
+    split: int
+    absent: int
+    mean_split_children: float | None
+    mean_split_combo_cos: float | None
+
+
+class Consistency(msgspec.Struct):
+    sae_a: str
+    sae_b: str
+    layer: int
+    relation: str
+    """seed (same dataset) or dataset."""
+    pw_mcc: float
+    """Mean best |decoder cosine| in the other SAE, both directions (Song et al. 2025)."""
+    pw_mcc_random: float
+    """The same for random unit decoders of these widths and d_in."""

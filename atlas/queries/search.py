@@ -8,6 +8,7 @@ import msgspec
 import numpy as np
 
 from .. import index as fx
+from . import budget
 from .common import check_feature, sae_row
 from .records import QueryError
 
@@ -60,6 +61,7 @@ def nearest(cache: IndexCache, con, vector=None, sae_id: str | None = None, feat
         raise QueryError(f"no SAE of width d_in={q.shape[1]}" + (f" among {saes}" if saes else ""))
     hits = []
     for sid, layer, index_file, _ in rows:
+        budget.check("search")
         scores, ids = fx.search(cache.get(index_file), q, k + 1)
         hits += [(float(s), sid, int(i), layer) for s, i in zip(scores[0], ids[0])
                  if i >= 0 and not (sid == sae_id and i == feature)]

@@ -1,9 +1,11 @@
-"""Read-only SQL for untrusted users: statement allow-list, a locked-down connection, a time limit, a row cap.
+"""Read-only SQL for untrusted users: statement allow-list, a locked-down connection, a time limit, row and byte caps.
 
 The connection (atlas.store.connect_serving) is opened read_only with external access (files, network), extension install/load and
 Python replacement scans off, memory and threads capped, then the configuration is locked so no query
-can undo it. DuckDB has no statement timeout, so a timer interrupts the cursor. `fetchmany(limit + 1)`
-sets `truncated` without rewriting the user's query.
+can undo it. DuckDB has no statement timeout, so a timer interrupts the cursor; DuckDB neither checks
+interrupts inside every function nor counts every allocation, so the server also runs this in a worker
+process it kills past the limits (api/sqlpool.py). Rows are fetched in chunks up to the row and byte caps,
+which set `truncated` without rewriting the user's query.
 """
 
 from __future__ import annotations
@@ -12,9 +14,10 @@ import threading
 import time
 
 import duckdb
+import msgspec
 
 from ..store.atlas import SERVING_CONFIG, connect_serving  # noqa: F401  (re-exported)
-from .records import NotAllowed, QueryError, QueryTimeout
+from .records import NotAllowed, OverBudget, QueryError, QueryTimeout
 
 ALLOWED = {"SELECT", "EXPLAIN"}  # DESCRIBE, SHOW, SUMMARIZE, FROM-first and VALUES parse as SELECT
 
@@ -38,22 +41,42 @@ def check_statement(con, sql: str) -> None:
         raise NotAllowed(f"only SELECT, WITH, EXPLAIN, DESCRIBE, SHOW and SUMMARIZE are allowed, not {kind}")
 
 
-def run_sql(con, sql: str, limit: int, timeout_s: float):
-    """(column names, rows, truncated, elapsed seconds) of a checked, time-limited query on cursor `con`."""
+def run_sql(con, sql: str, limit: int, timeout_s: float, max_bytes: int | None = None):
+    """(column names, rows, truncated, elapsed seconds) of a checked, time-limited query on cursor `con`.
+
+    Rows stop at `limit` or where their JSON size would pass `max_bytes`; `truncated` says either happened.
+    """
     check_statement(con, sql)
     timer = threading.Timer(timeout_s, con.interrupt)
     t0 = time.perf_counter()
     timer.start()
+    rows: list = []
+    size, truncated = 0, False
     try:
         cur = con.execute(sql)
-        rows = cur.fetchmany(limit + 1)
         names = [d[0] for d in cur.description or []]
+        while not truncated:
+            chunk = cur.fetchmany(min(64, limit + 1 - len(rows)))
+            if not chunk:
+                break
+            for row in chunk:
+                if len(rows) == limit:
+                    truncated = True
+                    break
+                size += len(msgspec.json.encode(row, enc_hook=str)) if max_bytes is not None else 0
+                if max_bytes is not None and size > max_bytes:
+                    truncated = True
+                    break
+                rows.append(row)
     except duckdb.InterruptException:
         raise QueryTimeout(timeout_s) from None
+    except duckdb.OutOfMemoryException:
+        raise OverBudget("the query needs more memory than the server's memory_limit; ask for less (filters, "
+                         "a LIMIT)", "memory_limit") from None
     except duckdb.PermissionException as e:
         raise NotAllowed(f"not allowed here: {e}") from None
     except duckdb.Error as e:
         raise QueryError(f"SQL error: {e}") from None
     finally:
         timer.cancel()
-    return names, rows[:limit], len(rows) > limit, time.perf_counter() - t0
+    return names, rows, truncated, time.perf_counter() - t0

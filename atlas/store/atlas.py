@@ -1,4 +1,5 @@
-"""The atlas on disk: one DuckDB file plus a folder of FAISS indexes, written by snapshot-and-publish.
+"""The atlas on disk: one DuckDB file plus a folder of FAISS indexes, written by snapshot-and-publish
+(docs/design.md, Snapshots).
 
 DuckDB lets one process write a file and then nobody else may open it. So a job never writes the
 published file: it copies it to a private working file, writes there (one transaction per unit of

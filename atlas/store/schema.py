@@ -1,4 +1,4 @@
-"""The atlas's DuckDB schema (tables of DESIGN.md), its version, and the SQL views users query."""
+"""The atlas's DuckDB schema (docs/design.md, Tables): tables, version and migrations, views and macros."""
 
 SCHEMA_VERSION = 4
 
@@ -172,7 +172,7 @@ WITH me AS (SELECT * FROM saes WHERE sae_id = sae_),
 siblings AS (
     SELECT s.sae_id FROM saes s, me
     WHERE s.model = me.model AND s.hook = me.hook AND s.d_sae = me.d_sae AND s.sae_id <> me.sae_id
-      AND (by_ = 'any' OR (by_ = 'seed' AND s.dataset IS NOT DISTINCT FROM me.dataset)
+      AND (by_ = 'any' OR (by_ = 'seed' AND s.dataset IS NOT DISTINCT FROM me.dataset AND s.seed IS DISTINCT FROM me.seed)
                        OR (by_ = 'dataset' AND s.dataset IS DISTINCT FROM me.dataset))),
 matched AS (  -- siblings matched to this SAE by both methods
     SELECT CASE WHEN sae_a = sae_ THEN sae_b ELSE sae_a END AS sibling FROM pair_stats

@@ -1,10 +1,11 @@
 """The real SAE family: MiniLM activations on two Python-shipped corpora, SAEs per layer × seed ×
-dataset trained with sae_lens, ingested, matched by weights and by activations. Cached throughout."""
+dataset trained with sae_lens, ingested, matched by weights and by activations; one layer also at other
+dictionary sizes, matched across widths (feature splitting). Cached throughout."""
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from tqdm import tqdm
@@ -29,10 +30,17 @@ class FamilyPlan:
     """Tokens the activation statistics run over (None: all of them)."""
     train: TrainConfig = field(default_factory=TrainConfig)
     model: str = "all-MiniLM-L6-v2"
+    widths: list[int] = field(default_factory=lambda: [384, 1536])
+    """Other dictionary sizes of `width_layer` (prose, seed 0): width siblings of the base stack's SAE."""
+    width_layer: int = 3
 
     @classmethod
     def full(cls) -> FamilyPlan:
         return cls(seeds=[1, 2], sibling_layers=list(range(6)), code_layers=list(range(6)), corr_tokens=None)
+
+    def width_saes(self) -> list[tuple[str, int, int, int]]:
+        """(dataset, seed, layer, d_sae) of the extra-width SAEs."""
+        return [("prose", 0, self.width_layer, w) for w in self.widths if w != self.train.d_sae]
 
     def saes(self) -> list[tuple[str, int, int]]:
         """(dataset, seed, layer) of every SAE to train, layer by layer (one layer's activations in memory)."""
@@ -61,6 +69,8 @@ def build_family(atlas: Atlas, plan: FamilyPlan, cache: Path, log=print, bar=Non
     from ingest.jobs.match import run_match, select_pairs
     from ingest.sources import read_sae
 
+    if plan.widths and plan.width_layer not in plan.layers:
+        raise ValueError(f"width layer {plan.width_layer} is not one of the family's layers {plan.layers}")
     acts = {d: activations_for(plan, d, cache) for d in ("prose", "code") if any(p[0] == d for p in plan.saes())}
     for d, f in acts.items():
         log(f"activations {d}: {json.loads((f / MANIFEST).read_text())['n_tokens']} tokens")
@@ -75,11 +85,23 @@ def build_family(atlas: Atlas, plan: FamilyPlan, cache: Path, log=print, bar=Non
         log(f"SAE {dataset} seed {seed} layer {layer}: FVU {q['fvu']:.3f}, L0 {q['l0']:.1f}, dead {q['dead_frac']:.1%}")
         if bar:
             bar()
+    keys = [f"{d}-s{s}-L{layer}" for d, s, layer in plan.saes()]
+    for dataset, seed, layer, width in plan.width_saes():
+        if (dataset, layer) not in layer_cache:
+            layer_cache = {(dataset, layer): load_layer(acts[dataset], layer)}
+        folder, q = train_sae(layer_cache[(dataset, layer)], layer, seed, dataset, cache / "saes",
+                              replace(plan.train, d_sae=width), plan.model)
+        folders.append(folder)
+        keys.append(f"{dataset}-s{seed}-L{layer}-w{width}")
+        quality[keys[-1]] = q
+        log(f"SAE {dataset} seed {seed} layer {layer} width {width}: FVU {q['fvu']:.3f}, L0 {q['l0']:.1f}, "
+            f"dead {q['dead_frac']:.1%}")
+    layer_cache = {}
     done = ingest(atlas, [lambda f=f: read_sae(f, site="resid") for f in folders])
     family = set(done.added + done.replaced + done.unchanged)
     with atlas.write() as w:
-        for folder, (dataset, seed, layer) in zip(folders, plan.saes()):
-            q = quality[f"{dataset}-s{seed}-L{layer}"]
+        for folder, key in zip(folders, keys):
+            q = quality[key]
             sid = w.con.execute("SELECT sae_id FROM saes WHERE source = ?", [str(folder)]).fetchone()[0]
             w.con.execute("INSERT OR REPLACE INTO training VALUES (?, ?, ?, ?, ?, ?)",
                           [sid, q["fvu"], q["l0"], q["dead_frac"], q["samples"], q["tokens"]])
@@ -90,6 +112,12 @@ def build_family(atlas: Atlas, plan: FamilyPlan, cache: Path, log=print, bar=Non
         layer_pairs = ours(select_pairs(con, "distance", distance=len(plan.layers)))
         siblings = ours(select_pairs(con, "siblings"))
         adjacent = ours(select_pairs(con, "adjacent"))
+        width_pairs = ours(select_pairs(con, "widths"))
+    if width_pairs:
+        from ingest.jobs.widths import run_widths
+
+        s = run_widths(atlas, width_pairs)
+        log(f"widths: {len(width_pairs)} pairs; narrow features " + ", ".join(f"{n} {c}" for c, n in sorted(s.classes.items())))
     for pairs, methods in ((layer_pairs, ["decoder_cos", "decoder_mse"]), (siblings, ["decoder_cos", "encoder_cos"])):
         with tqdm(total=len(pairs) * len(methods), desc="match", unit="pair", disable=None) as bar:
             run_match(atlas, pairs, methods, MatchParams(), progress=lambda *_: bar.update())

@@ -16,7 +16,7 @@ from atlas.store import Atlas, Writer, record_run
 
 DEPENDENT_TABLES = (("matches", "sae_a", "sae_b"), ("pair_stats", "sae_a", "sae_b"),
                     ("correlations", "sae_a", "sae_b"), ("compositions", "sae_a", "sae_b"),
-                    ("examples", "sae_id", "sae_id"), ("training", "sae_id", "sae_id"))
+                    ("examples", "sae_id", "sae_id"), ("training", "sae_id", "sae_id"), ("widths", "sae_a", "sae_b"))
 
 
 @dataclass
@@ -145,7 +145,8 @@ def commit_sae(w: Writer, p: Prepared, replace: bool) -> str:
     other = w.con.execute("SELECT sae_id, coalesce(d_out, d_in) FROM saes WHERE stack = ? AND coalesce(d_out, d_in) <> ? "
                           "AND sae_id <> ? LIMIT 1", [m.stack, m.d_out or m.d_in, m.sae_id]).fetchone()
     if other:
-        raise SAEError(f"{m.source}: decoder width {m.d_out or m.d_in} differs from {other[0]} ({other[1]}) "
+        what = "d_in" if m.kind == "sae" else "d_out"
+        raise SAEError(f"{m.source}: {what} {m.d_out or m.d_in} differs from {other[0]} ({what} {other[1]}) "
                        f"in stack {m.stack}")
     with w.transaction() as con:
         if old:

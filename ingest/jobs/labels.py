@@ -1,14 +1,20 @@
-"""Import Neuronpedia bulk exports as feature labels and stats.
+"""Import Neuronpedia exports as feature labels, stats and top-activation examples.
 
-Layout: v1/{modelId}/{sourceId}/explanations/*.jsonl[.gz] (rows with `index`, `description`) and
-v1/{modelId}/{sourceId}/features/batch-*.jsonl[.gz] (`index`, `frac_nonzero`, `maxActApprox`). The
-SAE is the one whose neuronpedia_id is {modelId}/{sourceId}, or the one named with `sae_id`.
+Layouts read: the bulk export tree v1/{modelId}/{sourceId}/{explanations,features,activations}/*.jsonl[.gz],
+any of those folders synced alone, `explanations-<explainer>/` folders, and the JSON array that the
+explanation export API returns (*.json[.gz]). Each row is matched to an SAE by its own `modelId` and
+`layer` (Neuronpedia's sourceId) where it has them, else by the folder names; the SAE is the one whose
+neuronpedia_id is `{modelId}/{layer}`, or the one named with `sae_id`.
+
+With several explanations per feature, one explainer is chosen per SAE (`explainer`, or the one that
+labels the most features), and the others only fill features it leaves unlabelled.
 """
 
 from __future__ import annotations
 
 import gzip
 import json
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,69 +24,193 @@ from atlas.queries.records import NotFound
 from atlas.sae import SAEError
 from atlas.store import Atlas, record_run
 
+KINDS = ("explanations", "features", "activations")
+
 
 @dataclass
 class LabelSummary:
-    labels: dict[str, int] = field(default_factory=dict)
+    labels: dict[str, int] = field(default_factory=dict)  # sae_id -> features labelled
+    explainers: dict[str, str] = field(default_factory=dict)  # sae_id -> explainer chosen
     stats: dict[str, int] = field(default_factory=dict)
+    examples: dict[str, int] = field(default_factory=dict)
     files: int = 0
 
 
-def _rows(path: Path):
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
+@dataclass(frozen=True)
+class ExportFile:
+    path: Path
+    kind: str | None  # explanations | features | activations; None: decided by the rows (JSON arrays)
+    explainer: str | None  # from an explanations-<explainer>/ folder
+    npid: str | None  # modelId/sourceId from the folder names, where they say it
+
+
+def _opener(path: Path):
+    return gzip.open if path.suffix == ".gz" else open
+
+
+def read_rows(path: Path) -> list[dict]:
+    """JSON lines, or one JSON array (the export API), plain or gzipped; each row must be an object."""
+    try:
+        with _opener(path)(path, "rt", encoding="utf-8") as f:
+            text = f.read()
+    except (OSError, EOFError, UnicodeDecodeError) as e:
+        raise SAEError(f"{path}: not a readable export file ({e})") from None
+    if text.lstrip().startswith("["):
+        try:
+            rows = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise SAEError(f"{path}: not a JSON array ({e})") from None
+    else:
+        rows = []
+        for n, line in enumerate(text.splitlines(), 1):
             if line.strip():
                 try:
-                    yield json.loads(line)
+                    rows.append(json.loads(line))
                 except json.JSONDecodeError as e:
                     raise SAEError(f"{path}:{n}: not a JSON line ({e})") from None
+    bad = next((i for i, r in enumerate(rows) if not isinstance(r, dict) or "index" not in r), None)
+    if bad is not None:
+        raise SAEError(f"{path}: row {bad + 1} is not an object with an 'index'")
+    return rows
 
 
-def export_files(root: Path) -> list[tuple[str, str, Path]]:
-    """(kind, neuronpedia_id, file) for every explanations/ and features/ JSONL file under root."""
-    files = root.rglob("*.jsonl*") if root.is_dir() else [root]
+def export_files(root: Path) -> list[ExportFile]:
+    """Every export file under root (or root itself), with what its folder names say."""
+    files = [root] if root.is_file() else sorted(p for pat in ("*.jsonl", "*.jsonl.gz", "*.json", "*.json.gz")
+                                                   for p in root.rglob(pat))
     out = []
-    for f in sorted(files):
-        kind = f.parent.name
-        if kind in ("explanations", "features"):
-            out.append((kind, f"{f.parent.parent.parent.name}/{f.parent.parent.name}", f))
+    for f in files:
+        folder = f.parent.name
+        kind = "explanations" if folder.startswith("explanations") else folder if folder in KINDS else None
+        if kind is None and not f.name.endswith((".json", ".json.gz")):
+            continue
+        explainer = folder[len("explanations-"):] or None if folder.startswith("explanations-") else None
+        npid = f"{f.parent.parent.parent.name}/{f.parent.parent.name}" if kind and len(f.parents) > 2 else None
+        out.append(ExportFile(f, kind, explainer, npid))
     if not out:
-        raise SAEError(f"{root}: no Neuronpedia export files (v1/<model>/<source>/explanations/*.jsonl.gz)")
+        raise SAEError(f"{root}: no Neuronpedia export files (v1/<model>/<source>/explanations/*.jsonl.gz, "
+                       f"explanations-<explainer>/, or an export API .json array)")
     return out
 
 
-def import_labels(atlas: Atlas, root: Path, sae_id: str | None = None) -> LabelSummary:
+def _row_kind(row: dict) -> str:
+    if "description" in row:
+        return "explanations"
+    if "tokens" in row and "values" in row:
+        return "activations"
+    return "features"
+
+
+class _Resolver:
+    """modelId/sourceId -> sae_id, through the atlas's neuronpedia ids (or one SAE for everything)."""
+
+    def __init__(self, con, sae_id: str | None):
+        self.fixed = sae_id
+        if sae_id and con.execute("SELECT 1 FROM saes WHERE sae_id = ?", [sae_id]).fetchone() is None:
+            raise NotFound(f"unknown SAE {sae_id!r}: see `atlas saes`")
+        self.by_npid = dict(con.execute("SELECT neuronpedia_id, sae_id FROM saes WHERE neuronpedia_id IS NOT NULL").fetchall())
+
+    def __call__(self, row: dict, f: ExportFile) -> str:
+        if self.fixed:
+            return self.fixed
+        npid = f"{row['modelId']}/{row['layer']}" if row.get("modelId") and row.get("layer") else f.npid
+        if npid is None:
+            raise SAEError(f"{f.path}: rows carry no modelId/layer and the folders do not name one; pass --sae")
+        if npid not in self.by_npid:
+            raise NotFound(f"{f.path}: no SAE has neuronpedia_id {npid!r}; set it with "
+                           f"`atlas saes set SAE --neuronpedia-id {npid}` or pass --sae")
+        return self.by_npid[npid]
+
+
+def import_labels(atlas: Atlas, root: Path, sae_id: str | None = None, explainer: str | None = None) -> LabelSummary:
     summary = LabelSummary()
-    with atlas.write() as w, record_run(w, "labels", {"path": str(root), "sae_id": sae_id}):
-        for kind, npid, path in export_files(root):
-            if sae_id:
-                sid = sae_id
-            else:
-                row = w.con.execute("SELECT sae_id FROM saes WHERE neuronpedia_id = ?", [npid]).fetchone()
-                if row is None:
-                    raise NotFound(f"{path}: no SAE has neuronpedia_id {npid!r}; ingest it with --neuronpedia-id "
-                                   f"or pass --sae")
-                sid = row[0]
-            rows = list(_rows(path))
-            idx = pa.array([int(r["index"]) for r in rows], pa.int32())
-            with w.transaction() as con:
+    files = export_files(root)
+    with atlas.write() as w, record_run(w, "labels", {"path": str(root), "sae_id": sae_id, "explainer": explainer}) as run:
+        resolve = _Resolver(w.con, sae_id)
+        explanations: dict[str, list[tuple[int, str, str]]] = defaultdict(list)  # sae -> (feature, explainer, text)
+        stats: dict[str, list[dict]] = defaultdict(list)
+        examples: dict[str, list[dict]] = defaultdict(list)
+        for f in files:
+            for row in read_rows(f.path):
+                sid = resolve(row, f)
+                kind = f.kind or _row_kind(row)
                 if kind == "explanations":
-                    data = pa.table({"feature": idx, "label": pa.array([r.get("description") for r in rows], pa.string())})
-                    con.register("incoming", data)
-                    con.execute("UPDATE features f SET label = n.label FROM (SELECT feature, first(label) AS label "
-                                "FROM incoming WHERE label IS NOT NULL GROUP BY feature) n "
-                                "WHERE f.sae_id = ? AND f.feature = n.feature", [sid])
-                    summary.labels[sid] = summary.labels.get(sid, 0) + len(rows)
-                else:
-                    data = pa.table({"feature": idx,
-                                     "density": pa.array([r.get("frac_nonzero") for r in rows], pa.float32()),
-                                     "max_act": pa.array([r.get("maxActApprox") for r in rows], pa.float32())})
-                    con.register("incoming", data)
-                    con.execute("UPDATE features f SET density = coalesce(n.density, f.density), "
-                                "max_act = coalesce(n.max_act, f.max_act) FROM incoming n "
-                                "WHERE f.sae_id = ? AND f.feature = n.feature", [sid])
-                    summary.stats[sid] = summary.stats.get(sid, 0) + len(rows)
-                con.unregister("incoming")
+                    if row.get("description"):
+                        who = row.get("explanationModelName") or row.get("typeName") or f.explainer or "unknown"
+                        explanations[sid].append((int(row["index"]), str(who), str(row["description"])))
+                elif kind == "activations" or (kind == "features" and "tokens" in row and "values" in row):
+                    examples[sid].append(row)
+                if kind == "features":
+                    stats[sid].append(row)
             summary.files += 1
+        if explainer and not any(e == explainer for rows in explanations.values() for _, e, _ in rows):
+            found = sorted({e for rows in explanations.values() for _, e, _ in rows})
+            raise SAEError(f"{root}: no explanations by {explainer!r}; found: {', '.join(found) or 'none'}")
+        with w.transaction() as con:
+            for sid, rows in explanations.items():
+                chosen, labels = choose_labels(rows, explainer)
+                summary.labels[sid] = _store_labels(con, sid, labels)
+                summary.explainers[sid] = chosen
+            for sid, rows in stats.items():
+                summary.stats[sid] = _store_stats(con, sid, rows)
+            for sid, rows in examples.items():
+                summary.examples[sid] = _store_examples(con, sid, rows, run)
     return summary
+
+
+def choose_labels(rows: list[tuple[int, str, str]], explainer: str | None) -> tuple[str, dict[int, str]]:
+    """One label per feature: the chosen explainer's (given, or the one labelling most features), then
+    the others' for features it leaves out, in order of coverage; ties by name, then by text."""
+    by: dict[str, dict[int, str]] = defaultdict(dict)
+    for feature, who, text in sorted(rows):
+        by[who].setdefault(feature, text)
+    if explainer:
+        return explainer, dict(by.get(explainer, {}))
+    order = sorted(by, key=lambda e: (-len(by[e]), e))
+    labels: dict[int, str] = {}
+    for who in reversed(order):
+        labels.update(by[who])
+    return order[0], labels
+
+
+def _store_labels(con, sid: str, labels: dict[int, str]) -> int:
+    data = pa.table({"feature": pa.array(list(labels), pa.int32()), "label": pa.array(list(labels.values()), pa.string())})
+    con.register("incoming", data)
+    try:
+        n = con.execute("UPDATE features f SET label = n.label FROM incoming n "
+                        "WHERE f.sae_id = ? AND f.feature = n.feature", [sid]).fetchone()[0]
+    finally:
+        con.unregister("incoming")
+    return int(n)
+
+
+def _store_stats(con, sid: str, rows: list[dict]) -> int:
+    data = pa.table({"feature": pa.array([int(r["index"]) for r in rows], pa.int32()),
+                     "density": pa.array([r.get("frac_nonzero") for r in rows], pa.float32()),
+                     "max_act": pa.array([r.get("maxActApprox") for r in rows], pa.float32())})
+    con.register("incoming", data)
+    try:
+        n = con.execute("UPDATE features f SET density = coalesce(n.density, f.density), "
+                        "max_act = coalesce(n.max_act, f.max_act) FROM incoming n "
+                        "WHERE f.sae_id = ? AND f.feature = n.feature", [sid]).fetchone()[0]
+    finally:
+        con.unregister("incoming")
+    return int(n)
+
+
+def _store_examples(con, sid: str, rows: list[dict], run_id: str) -> int:
+    """Neuronpedia's top activations as `top` examples: the context's tokens, the firing position, its value."""
+    out = []
+    for r in rows:
+        tokens, values = list(r.get("tokens") or []), list(r.get("values") or [])
+        if not tokens or len(values) != len(tokens):
+            continue
+        at = r.get("maxValueTokenIndex")
+        at = int(at) if isinstance(at, int) and 0 <= at < len(tokens) else max(range(len(values)), key=values.__getitem__)
+        out.append((sid, int(r["index"]), "top", float(r.get("maxValue", values[at])), -1, [str(t) for t in tokens],
+                    at, "neuronpedia", run_id))
+    con.execute("DELETE FROM examples WHERE sae_id = ? AND dataset = 'neuronpedia'", [sid])
+    if out:
+        con.executemany("INSERT INTO examples (sae_id, feature, kind, activation, token, tokens, highlight, dataset, run_id) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", out)
+    return len(out)

@@ -19,7 +19,7 @@ from atlas.store import Atlas, record_run
 from ingest.executors import InProcess
 from ingest.tasks import PairTask, SAERef, TaskResult, read_shard, run_pair
 
-SELECTIONS = ("adjacent", "distance", "siblings", "widths", "list")
+SELECTIONS = ("adjacent", "distance", "siblings", "widths", "flow", "list")
 
 
 @dataclass
@@ -43,8 +43,9 @@ class MatchSummary:
 def select_pairs(con, selection: str = "adjacent", distance: int = 1, stack: str | None = None,
                  pairs: list[tuple[str, str]] | None = None) -> list[tuple[str, str]]:
     """(sae_a, sae_b) pairs, earlier layer first: adjacent layers, all pairs within `distance` layers of
-    a stack, siblings (same model, hook and width; other seed or dataset), widths (same model, hook,
-    seed and dataset; each width with the next larger one, narrow first), or an explicit list."""
+    a stack, siblings (same model, hook and width; other seed, dataset or variant such as L0), widths (same model,
+    hook, seed and dataset; each width with the next larger one, narrow first), flow (MLP/attention-out SAEs
+    with the residual SAE of their layer, for feature-flow origins), or an explicit list."""
     if selection == "list":
         known = {r[0] for r in con.execute("SELECT sae_id FROM saes").fetchall()}
         for a, b in pairs or []:
@@ -66,9 +67,18 @@ def select_pairs(con, selection: str = "adjacent", distance: int = 1, stack: str
         sql = """
             SELECT a.sae_id, b.sae_id FROM saes a JOIN saes b
               ON a.model = b.model AND a.hook = b.hook AND a.d_sae = b.d_sae AND a.sae_id < b.sae_id
-             AND (a.seed IS DISTINCT FROM b.seed OR a.dataset IS DISTINCT FROM b.dataset)
+             AND (a.seed IS DISTINCT FROM b.seed OR a.dataset IS DISTINCT FROM b.dataset
+                  OR a.variant IS DISTINCT FROM b.variant)  -- other sparsity (Gemma Scope L0s), trainer
             WHERE ? IS NULL OR a.stack = ? OR b.stack = ?
             ORDER BY a.layer, a.sae_id, b.sae_id"""
+        return [tuple(r) for r in con.execute(sql, [stack, stack, stack]).fetchall()]
+    if selection == "flow":  # MLP-out / attention-out SAEs against the residual SAE of their layer
+        sql = """
+            SELECT x.sae_id, r.sae_id FROM saes x JOIN saes r
+              ON x.model = r.model AND x.layer = r.layer AND x.d_in = r.d_in AND x.site IN ('mlp', 'attn')
+             AND r.site = 'resid' AND x.seed IS NOT DISTINCT FROM r.seed AND x.dataset IS NOT DISTINCT FROM r.dataset
+            WHERE ? IS NULL OR r.stack = ? OR x.stack = ?
+            ORDER BY r.layer, x.site, r.sae_id"""
         return [tuple(r) for r in con.execute(sql, [stack, stack, stack]).fetchall()]
     if selection == "widths":
         sql = """

@@ -67,6 +67,9 @@ def load_stored(source: str, fmt: str, sha256: str, sae_id: str):
     """Weights of an SAE already in the atlas, re-read from its source and checked against its hash."""
     if fmt == "saelens" and ":" in source and not Path(source).exists():  # atlases before the release format
         fmt = "release"
+    if fmt != "release" and not Path(source).exists():
+        raise SAEError(f"{sae_id}: its weights at {source} are missing; if they moved, run "
+                       f"`atlas saes reroot OLD_FOLDER NEW_FOLDER`")
     rec = READERS[fmt].read(source if fmt == "release" else Path(source))
     w = rec.weights
     if w.sha256() != sha256:
@@ -101,6 +104,8 @@ def finish(rec: SAERecord, where: str, overrides: dict) -> SAERecord:
 
 def find_sae_folders(root: Path) -> list[Path]:
     """SAE folders under root (any supported layout), sorted; a folder name that is not valid UTF-8 is refused."""
+    if not root.exists():
+        raise SAEError(f"{root}: no such file or folder")
     found = set()
     for marker in MARKERS:
         for p in root.rglob(marker):
@@ -109,7 +114,8 @@ def find_sae_folders(root: Path) -> list[Path]:
             except UnicodeEncodeError:
                 raise SAEError(f"{ascii(str(p.parent))[1:-1]}: folder name is not valid UTF-8; rename it") from None
             found.add(p.parent)
-    return sorted(found)
+    # sparsify's best/ copies come after the run's own folders, so shared weights keep their run's name
+    return sorted(found, key=lambda p: ("best" in p.relative_to(root).parts, p))
 
 
 __all__ = ["FORMATS", "READERS", "SAEError", "detect_format", "find_sae_folders", "load_stored",

@@ -1,0 +1,58 @@
+"""Feature splitting across dictionary sizes and seed consistency, over the widths and pair_stats tables.
+
+width_tree() reads the `width_tree` SQL macro, so SQL users get the same tree; width_pairs() and
+consistency() are the tables `atlas findings` prints.
+"""
+
+from __future__ import annotations
+
+from .common import check_feature, sae_row
+from .findings import CONSISTENCY_SQL, WIDTHS_SQL, _rows
+from .lineage import _top_tokens
+from .records import Consistency, WidthNode, WidthPair, WidthTree
+
+MAX_TREE = 1000  # nodes; a 16k -> 1M sweep splits a feature into tens of children, not thousands
+
+
+def width_tree(con, sae_id: str, feature: int) -> WidthTree:
+    """The feature's narrower ancestors and wider descendants (empty but for itself where no width
+    siblings were matched: `atlas match --pairs widths`)."""
+    check_feature(sae_row(con, sae_id), feature)
+    rows = con.execute("SELECT depth, sae_id, d_sae, feature, parent_sae, parent_feature, score, class, n_children, "
+                       "combo_cos, label FROM width_tree(?, ?) LIMIT ?", [sae_id, feature, MAX_TREE]).fetchall()
+    tokens = _top_tokens(con, [r[1] for r in rows], [r[3] for r in rows])
+    nodes = [WidthNode(sae_id=s, d_sae=d, feature=f, depth=depth, parent_sae=ps, parent_feature=pf, score=sc, cls=c,
+                       n_children=n, combo_cos=cc, label=lab, top_tokens=tokens.get((s, f)))
+             for depth, s, d, f, ps, pf, sc, c, n, cc, lab in rows]
+    root = next(n for n in nodes if n.depth == 0)
+    return WidthTree(root=root, nodes=nodes, summary=_summary(nodes, root))
+
+
+def _summary(nodes: list[WidthNode], root: WidthNode) -> str:
+    """Walk from the root through the wider SAEs: at each width, how many descendants it has."""
+    if all(n.depth == 0 for n in nodes) and root.cls is None:
+        return f"no wider or narrower sibling of {root.sae_id} has been matched (atlas match --pairs widths)"
+    parts = []
+    up = sorted((n for n in nodes if n.depth < 0), key=lambda n: n.depth)
+    parts.append(f"descends from {up[0].sae_id}/{up[0].feature} (width {up[0].d_sae})" if up else f"width {root.d_sae}")
+    by_width: dict[int, int] = {}
+    for n in nodes:
+        if n.depth > 0:
+            by_width[n.d_sae] = by_width.get(n.d_sae, 0) + 1
+    if root.cls == "absent":
+        parts.append("absent from the next wider SAE")
+    for k, (width, count) in enumerate(sorted(by_width.items())):
+        if k == 0 and root.cls == "split":
+            combo = f" (best non-negative combination: cosine {root.combo_cos:.2f})" if root.combo_cos is not None else ""
+            parts.append(f"splits into {count} at width {width}{combo}")
+        else:
+            parts.append(f"kept at width {width}" if count == 1 else f"{count} features at width {width}")
+    return " · ".join(parts)
+
+
+def width_pairs(con, model: str = "%") -> list[WidthPair]:
+    return [WidthPair(**r) for r in _rows(con, WIDTHS_SQL, [model])]
+
+
+def consistency(con, model: str = "%") -> list[Consistency]:
+    return [Consistency(**r) for r in _rows(con, CONSISTENCY_SQL, [model])]

@@ -1,0 +1,248 @@
+"""`python -m bench.readme` (make readme-bench): write the README's numbers from their JSON.
+
+The benchmark table comes from the newest `bench/results/bench-*.json` holding each section, the scale
+plan's measured sentence from the same stack result, and the findings table from the committed
+`bench/results/findings-*.json` (`python -m bench.findings` writes it from an atlas). Each generated block
+sits between `<!-- NAME:start -->` and `<!-- NAME:end -->` in README.md and names the file it came from,
+so every number in the README can be traced to a result file, its commit and its host.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results"
+README = Path(__file__).resolve().parent.parent / "README.md"
+PLAN_PFLOP = {"gemma-2-2b": 30, "gemma-2-9b": 75}  # the scale plan's GEMM estimate (README table)
+
+
+def pair_flop(n: int, d: int) -> float:
+    """One A·Bᵀ of an n × n × d pair (both directions come from it)."""
+    return 2.0 * n * n * d
+
+
+def _k(n: int) -> str:
+    return f"{n // 1024}k" if n % 1024 == 0 else str(n)
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}%".replace(".0%", "%") if x < 0.9995 else "100%"
+
+
+@dataclass
+class Row:
+    section: str
+    label: Callable[[dict], str]
+    measured: Callable[[dict], str]
+    target: str
+    pick: Callable[[object], dict | None] = lambda v: v  # the part of the section this row reads
+    met: Callable[[dict], bool] | None = None  # whether the target is met ("(missed)" is added when not)
+
+
+def _assignment(n_index: int):
+    return lambda v: v[n_index] if isinstance(v, list) and len(v) > n_index else None
+
+
+def _api_met(endpoint: str, conns: str):
+    def met(v: dict) -> bool:
+        m = v[endpoint][conns]
+        return m["p50_ms"] < 10 and m["p99_ms"] < 50 and m["req_per_s"] >= 500
+    return met
+
+
+def _api(endpoint: str, main: str, other: str):
+    def fmt(v: dict) -> str:
+        m, o = v[endpoint][main], v[endpoint][other]
+        return (f"{main} connections: p50 **{m['p50_ms']:.1f} ms**, p99 **{m['p99_ms']:.1f} ms**, "
+                f"**{m['req_per_s']:.0f} req/s** ({other}: {o['p50_ms']:.1f} / {o['p99_ms']:.1f} ms, "
+                f"{o['req_per_s']:.0f} req/s; client {m.get('client', 'wrk')})")
+    return fmt
+
+
+def _stack(v: dict) -> str:
+    per_pair = v["match_s"] / v["pairs"]
+    return (f"**{v['end_to_end_min']:.1f} min** (ingest {v['ingest_s']:.1f} s = {v['ingest_features_per_s'] / 1e3:.0f}k "
+            f"features/s; match {v['match_s']:.0f} s = {per_pair:.1f} s/pair ≈ "
+            f"{pair_flop(v['d_sae'], v['d_in']) / per_pair / 1e9:.0f} GFLOP/s); peak RSS {v['peak_rss_mb'] / 1024:.1f} GiB; "
+            f"atlas {v['atlas_mb']:.0f} MB")
+
+
+def _ray(v: dict) -> str:
+    same = v.get("identical_edges", v.get("identical"))
+    diff = v.get("max_score_diff")
+    return (f"**{v['ray_overhead_ratio']:.2f}×** the in-process wall time ({v['ray_2_workers_s']:.1f} s vs "
+            f"{v['in_process_s']:.1f} s, same 2 cores); edges {'identical' if same else '**not identical**'}"
+            + (f", max \\|Δscore\\| {diff:.1g}" if diff is not None else ""))
+
+
+ROWS = [
+    Row("candidates", lambda v: f"candidates, {_k(v['n'])} × {_k(v['n'])} × {v['d']}, both directions, vs one bare "
+        "`torch.matmul`",
+        lambda v: f"**{v['ratio_vs_matmul']:.2f}×** ({v['topk_both_dirs_s']:.2f} s vs {v['matmul_s']:.2f} s; FAISS flat, "
+                  f"one direction: {v['faiss_flat_one_dir_s']:.1f} s)", "≤ 1.5×",
+        met=lambda v: v["ratio_vs_matmul"] <= 1.5),
+    Row("assignment", lambda v: f"sparse assignment vs dense `linear_sum_assignment`, {_k(v['n'])}",
+        lambda v: f"**{v['speedup']:.0f}×** faster, {_pct(v['identical_at_score_0.5'])} identical pairs (score ≥ 0.5)",
+        "", _assignment(0)),
+    Row("assignment", lambda v: f"sparse assignment vs dense `linear_sum_assignment`, {_k(v['n'])}",
+        lambda v: f"**{v['speedup']:.0f}×** faster ({v['sparse_s']:.3f} s vs {v['dense_lsa_s']:.1f} s), "
+                  f"{_pct(v['identical_at_score_0.5'])} identical", "≥ 20×, ≥ 99.9%", _assignment(1),
+        lambda v: v["speedup"] >= 20 and v["identical_at_score_0.5"] >= 0.999),
+    Row("stack", lambda v: f"{v['layers']} layers × {_k(v['d_sae'])} × {v['d_in']} synthetic stack, adjacent + "
+        f"distance-2 ({v['pairs']} pairs), ingest + match", _stack, "< 15 min",
+        met=lambda v: v["end_to_end_min"] < 15),
+    Row("correlation", lambda v: f"co-firing statistics, {v['tokens'] // 1000}k tokens × {v['d_sae']} features "
+        f"({100 * v['density']:.1f}% density), vs dense `torch.corrcoef`",
+        lambda v: f"**{v['speedup']:.1f}×** faster, {'identical' if v['identical_top16'] == 1 else _pct(v['identical_top16'])} "
+                  f"top-16, max \\|Δr\\| {v.get('max_abs_r_diff_top16', v.get('max_abs_diff')):.1e}", "≥ 10×",
+        lambda v: v if isinstance(v, dict) and "speedup" in v else None, lambda v: v["speedup"] >= 10),
+    Row("cofiring", lambda v: f"co-firing statistics, synthetic {_k(v['d_a'])} × {_k(v['d_b'])} pair (L0 ≈ "
+        f"{v['l0_a']:.0f}, half of b planted), {v['tokens'] // 1000}k tokens, vs the sparse bound (one scipy `Aᵀ·B`)",
+        lambda v: f"**{v['ratio_vs_bound']:.2f}×** the bound in CPU time ({v['cpu_s']:.1f} s vs {v['bound_cpu_s']:.1f} s; "
+                  f"wall {v['wall_ratio_vs_bound']:.1f}×), peak RSS **{v['peak_mb'] / 1024:.2f} GB** (bound "
+                  f"{v['bound_peak_mb'] / 1024:.2f} GB); {v['bound_pairs'] / 1e6:.1f}M co-firing pairs, "
+                  f"{v['pairs_kept'] / 1e6:.0f}M kept (Θ = {v['error_bound']:.3f}); top-16 recall on "
+                  f"{v['sample_features']} sampled features {v['recall_top16']:.3f} ({v['recall_top16_r_ge_0.1']:.3f} for "
+                  f"r ≥ 0.1), planted top-1 {_pct(v['planted_top1'])}", "≤ 3×, ≤ 2 GB (at 1M tokens)",
+        lambda v: next((r for r in v if "bound_s" in r), None) if isinstance(v, list) else None,
+        lambda v: v["ratio_vs_bound"] <= 3 and v["peak_mb"] <= 2048 and v["tokens"] >= 1_000_000),
+    Row("cofiring", lambda v: f"co-firing statistics, synthetic {_k(v['d_a'])} × {_k(v['d_b'])} pair, "
+        f"{v['tokens'] // 1000}k tokens", lambda v: f"ran to the end, peak RSS **{v['peak_mb'] / 1024:.2f} GB**; "
+        f"{v['pairs_kept'] / 1e6:.0f}M pairs kept (Θ = {v['error_bound']:.3f}); top-16 recall {v['recall_top16']:.3f} "
+        f"({v['recall_top16_r_ge_0.1']:.3f} for r ≥ 0.1)", "≤ 4 GB",
+        lambda v: next((r for r in v if r["d_a"] >= 65536), None) if isinstance(v, list) else None,
+        lambda v: v["peak_mb"] <= 4096),
+    Row("api", lambda v: "API, 26 × 16k atlas, `atlas serve --workers 2`, loopback, lineage",
+        _api("lineage", "8", "2"), "p50 < 10, p99 < 50 ms, ≥ 500 req/s",
+        lambda v: v if isinstance(v, dict) and "8" in v.get("lineage", {}) else None, _api_met("lineage", "8")),
+    Row("api", lambda v: "API, same, feature card", _api("feature_card", "2", "8"), "same",
+        lambda v: v if isinstance(v, dict) and "2" in v.get("feature_card", {}) else None, _api_met("feature_card", "2")),
+    Row("ray", lambda v: f"Ray: matching the {v['layers']} × {_k(v['d_sae'])} × {v['d_in']} stack ({v['pairs']} pairs) "
+        "on a local 2-worker Ray cluster vs in-process", _ray, "≤ 1.3×",
+        met=lambda v: v["ray_overhead_ratio"] <= 1.3 and v.get("identical_edges", v.get("identical")) is True),
+]
+
+
+def newest(section: str, pick=lambda v: v, results: Path = RESULTS) -> tuple[Path, dict, dict] | None:
+    """(file, value, meta) of the newest result file holding `section` in a shape `pick` accepts."""
+    for path in sorted(results.glob("bench-*.json"), reverse=True):  # names sort by time
+        data = json.loads(path.read_text())
+        if section in data and (value := pick(data[section])) is not None:
+            return path, value, data.get("meta", {})
+    return None
+
+
+def _host(meta: dict) -> str:
+    h = meta.get("host")
+    if not h:
+        return "host not recorded"
+    gpu = f", {h['gpu']}" if h.get("gpu") else ", no GPU"
+    commit = (meta.get("commit") or "?")[:9] + (" + local changes" if meta.get("dirty") else "")
+    return f"{h['cores']} cores {h['cpu']}, {h['memory_gb']:.0f} GB{gpu}; commit {commit}"
+
+
+def bench_table(results: Path = RESULTS) -> str:
+    lines = ["| benchmark | measured | target | result file (host, commit) |", "|---|---|---|---|"]
+    for row in ROWS:
+        found = newest(row.section, row.pick, results)
+        if found is None:
+            continue
+        path, value, meta = found
+        target = row.target + (" (missed)" if row.met is not None and not row.met(value) else "")
+        lines.append(f"| {row.label(value)} | {row.measured(value)} | {target} | "
+                     f"`{path.name}` ({_host(meta)}) |")
+    return "\n".join(lines)
+
+
+def plan_sentence(results: Path = RESULTS) -> str:
+    found = newest("stack", results=results)
+    if found is None:
+        return "No stack benchmark has run yet."
+    path, v, meta = found
+    per_pair = v["match_s"] / v["pairs"]
+    rate = pair_flop(v["d_sae"], v["d_in"]) / per_pair
+    days = sum(PLAN_PFLOP.values()) * 1e15 / rate / 86400
+    cores = meta.get("host", {}).get("cores")
+    where = f"{cores} CPU cores" if cores else "host not recorded"
+    return (f"Measured here ({where}, `{path.name}`): a {_k(v['d_sae'])} × {_k(v['d_sae'])} × {v['d_in']} "
+            f"pair takes {per_pair:.1f} s (≈ {rate / 1e9:.0f} GFLOP/s), so the two models would take ≈ {days:.0f} days "
+            f"on this machine. The bench stack's atlas holds {v['atlas_mb']:.0f} MB for its {v['pairs']} pairs "
+            f"(≈ {v['atlas_mb'] / v['pairs']:.1f} MB per {_k(v['d_sae'])} pair).")
+
+
+def findings_table(results: Path = RESULTS) -> str:
+    files = sorted(results.glob("findings-*.json"), reverse=True)
+    if not files:
+        return "No findings artifact yet: `python -m bench.findings --atlas atlas.duckdb` writes one."
+    path = files[0]
+    art = json.loads(path.read_text())
+    f, p = art["findings"], art["atlas"]
+    dist = {r["distance"]: r for r in f["distance"]}
+    sib = {r["relation"]: r for r in f["siblings"]}
+    agree = f["agreement"]
+    same = sum(r["same_partner"] * r["both_assigned"] for r in agree) / max(sum(r["both_assigned"] for r in agree), 1)
+    comps = f["composition_counts"]
+    ev = dist.get(1, {}).get("explained_variance")
+    rows = [
+        ("nearby layers share more features (decoder cosine ≥ 0.7 after assignment, "
+         f"stacks `{art['args']['stack']}`)", " · ".join(
+             (f"distance {d}: **{_pct(r['matched_frac'])}**" if d == 1 else f"{d}: {_pct(r['matched_frac'])}")
+             for d, r in sorted(dist.items()))),
+        ("… and the MSE after permutation grows with distance",
+         " → ".join(f"{r['mse_after_perm']:.1e}" for _, r in sorted(dist.items()))),
+    ]
+    if ev is not None:
+        rows.append(("encode(l) → permute → decode(l+1) explains layer l+1", f"{_pct(ev)} of its variance (adjacent layers)"))
+    if "seed" in sib and "dataset" in sib:
+        rows.append(("seed siblings share more than dataset siblings (same layer)",
+                     f"decoder matched {_pct(sib['seed']['decoder_matched_frac'])} vs "
+                     f"{_pct(sib['dataset']['decoder_matched_frac'])}; shared by the Paulo & Belrose rule "
+                     f"**{_pct(sib['seed']['shared_frac'])} vs {_pct(sib['dataset']['shared_frac'])}**"))
+    if agree:
+        rows.append(("weight and activation matching agree", "decoder-cosine and activation-correlation assignments "
+                     f"pick the same partner for {_pct(same)} of features"))
+    rows.append(("compositions (layer l → l+1)", ", ".join(f"{comps.get(k, 0)} {name}" for k, name in
+                                                          (("PASS", "pass-through"), ("OR", "OR"), ("AND", "AND")))))
+    head = (f"From `{path.name}` (`{art['command']}` on an atlas of {p['n_saes']} SAEs: {p['summary']}; "
+            f"commit {(art.get('commit') or '?')[:9]}):\n\n")
+    return head + "| finding | measured |\n|---|---|\n" + "\n".join(f"| {a} | {b} |" for a, b in rows)
+
+
+BLOCKS = {"bench-table": bench_table, "bench-plan": plan_sentence, "findings": findings_table}
+
+
+def render(text: str, results: Path = RESULTS) -> str:
+    """README text with every generated block it holds rewritten from the result files."""
+    for name, make in BLOCKS.items():
+        pattern = re.compile(rf"<!-- {name}:start -->\n.*?<!-- {name}:end -->", re.S)
+        if not pattern.search(text):
+            continue
+        block = f"<!-- {name}:start -->\n{make(results)}\n<!-- {name}:end -->"
+        text = pattern.sub(lambda _: block, text)
+    return text
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.readme", description=__doc__.splitlines()[0])
+    p.add_argument("--check", action="store_true", help="Exit 1 if README.md differs from what the results give.")
+    args = p.parse_args(argv)
+    old = README.read_text()
+    new = render(old)
+    if args.check:
+        if new != old:
+            print("README.md is stale: run `make readme-bench`", file=sys.stderr)
+            return 1
+        return 0
+    README.write_text(new)
+    print(f"wrote {README}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
