@@ -220,6 +220,10 @@ def write_sae(folder: Path, dec: np.ndarray, enc: np.ndarray, theta: np.ndarray,
 
 def generate(cfg: SynthConfig, out: Path, progress=None) -> list[Path]:
     """Write the family under `out`; return the SAE folders in ingest order."""
+    sizes = (cfg.d_sae, *cfg.widths)
+    for narrow, wide in zip(sizes, sizes[1:]):
+        if wide <= narrow:  # checked before anything is written
+            raise ValueError(f"widths must grow: {wide} after {narrow}")
     rng = np.random.default_rng(cfg.seed)
     decs, concepts, truth = evolve(cfg, rng)
     scale = rng.lognormal(0.0, 0.3, cfg.d_sae * (cfg.n_layers + 2) * 2)
@@ -310,8 +314,6 @@ def _width_family(cfg: SynthConfig, base: np.ndarray, base_id: str, out: Path, f
     rng = np.random.default_rng([cfg.seed, 1])  # its own stream: adding widths leaves the family as it was
     narrow, narrow_id, rows = base, base_id, []
     for width in cfg.widths:
-        if width <= len(narrow):
-            raise ValueError(f"widths must grow: {width} after {len(narrow)}")
         wide, truth = widen(cfg, rng, narrow, width)
         folder = out / f"A-s0-w{width}/layer_{cfg.width_layer}"
         theta = (0.5 * (1 + 0.1 * cfg.width_layer) * rng.lognormal(0.0, 0.3, width)).astype(np.float32)

@@ -51,8 +51,11 @@ def main(argv=None) -> int:
     p.add_argument("--model", default="all-MiniLM%")
     p.add_argument("--stack", default="%s0-prose")
     p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--lineage-of", default=None, help="Also measure lineage sizes over this SAE's first 256 features.")
     args = p.parse_args(argv)
     cmd = ["atlas", "--atlas", str(args.atlas), "findings", "--json", "--model", args.model, "--stack", args.stack]
+    if args.lineage_of:
+        cmd += ["--lineage-of", args.lineage_of]
     out = subprocess.run([sys.executable, "-m", "atlas.cli", *cmd[1:]], capture_output=True, text=True)
     if out.returncode:
         sys.exit(out.stderr.strip() or f"atlas findings exited {out.returncode}")

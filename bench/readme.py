@@ -193,6 +193,26 @@ def findings_table(results: Path = RESULTS) -> str:
     if agree:
         rows.append(("weight and activation matching agree", "decoder-cosine and activation-correlation assignments "
                      f"pick the same partner for {_pct(same)} of features"))
+    for r in f.get("widths", []):
+        split = "" if r["mean_split_children"] is None else (
+            f" (into {r['mean_split_children']:.1f} on average; best non-negative combination of the children: "
+            f"cosine {r['mean_split_combo_cos']:.2f})")
+        rows.append((f"features split as the dictionary grows (layer {r['layer']}, {r['d_a']} → {r['d_b']})",
+                     f"{r['kept']} kept, **{r['split']} split**{split}, {r['absent']} absent"))
+    cons = {}
+    for r in f.get("consistency", []):
+        cons.setdefault(r["relation"], []).append(r)
+    if cons:
+        rows.append(("seed consistency: PW-MCC (mean best \\|decoder cosine\\| in the other SAE, both ways; random decoders)",
+                     " · ".join(f"{rel} siblings {sum(x['pw_mcc'] for x in v) / len(v):.3f} "
+                                f"(random {sum(x['pw_mcc_random'] for x in v) / len(v):.3f})" for rel, v in sorted(cons.items()))))
+    shape = f.get("lineage_shape")
+    if shape:
+        a, d = shape["all"], shape["default"]
+        rows.append((f"lineages over {a['features']} features of `{art['args'].get('lineage_of')}` with more than 20 nodes: "
+                     "every candidate → carry/split/merge", f"{_pct(a['over_big'])} → **{_pct(d['over_big'])}**"))
+        rows.append(("… and the share of their edges outside the assignment",
+                     f"{_pct(a['unassigned_edges'])} → **{_pct(d['unassigned_edges'])}**"))
     rows.append(("compositions (layer l → l+1)", ", ".join(f"{comps.get(k, 0)} {name}" for k, name in
                                                           (("PASS", "pass-through"), ("OR", "OR"), ("AND", "AND")))))
     head = (f"From `{path.name}` (`{art['command']}` on an atlas of {p['n_saes']} SAEs: {p['summary']}; "

@@ -252,6 +252,24 @@ def test_lineage_is_readable_x_is_layer_and_labels_do_not_overlap(page, split_se
     assert widths["carry"] > widths["split"]
     assert all(label for k, _, label in kinds if k == "split")  # splits carry their scores
     assert page.inner_text("#lineage-summary") == lin["summary"] and "splits into" in lin["summary"]
+    _shot(page, "lineage-hairball")
+    assert page.errors == [] and page.offsite == []
+
+
+def test_planted_split_reads_as_one_line_with_a_branch(page, split_server):
+    api = httpx.Client(base_url=split_server)
+    sae = "synth-resid0-w128-s0-A"
+    rows = api.get("/api/sql", params={"sql": f"SELECT feature_a FROM matches WHERE sae_a = '{sae}' AND sae_b = 'synth-resid1-w128-s0-A' AND method = "
+                                              "'decoder_cos' AND score >= 0.7 AND edge_kind(assigned, rank, rank_b) = "
+                                              "'split' ORDER BY feature_a LIMIT 1", "_format": "json"}).json()
+    feature = rows["rows"][0][0]
+    lin = api.get(f"/api/saes/{sae}/features/{feature}/lineage").json()
+    page.goto(f"{split_server}/#/feature/{sae}/{feature}")
+    _ready(page, "#/feature/")
+    kinds = page.evaluate("window.atlasGraph.edges().map(e => e.data('kind'))")
+    assert sorted(kinds) == sorted(e["kind"] for e in lin["edges"]) and "split" in kinds
+    assert "splits into 2 at layer 1" in page.inner_text("#lineage-summary")
+    assert _overlaps(page.evaluate(_GEOMETRY)) == []
     _shot(page, "lineage-split")
     assert page.errors == [] and page.offsite == []
 

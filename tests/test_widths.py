@@ -193,3 +193,56 @@ def test_readme_width_and_lineage_commands_run_as_written(tmp_path, monkeypatch)
         assert sorted((e[0], e[1], e[3], e[4], e[7]) for e in edges) == sorted(
             (e["sae_a"], e["feature_a"], e["sae_b"], e["feature_b"], e["kind"]) for e in lin["edges"])
         assert con.execute(lineage_sql[1]).fetchall()
+
+
+def test_width_pairs_take_the_next_width_and_the_nearest_l0(tmp_path):
+    """Two L0 variants at each width (as Gemma Scope ships): each SAE pairs with the next width's variant
+    of nearest L0, never with its own width."""
+    import duckdb
+
+    from atlas.store.schema import create
+    from ingest.jobs.match import select_pairs
+
+    con = duckdb.connect()
+    create(con)
+    for sid, d, l0 in [("a16-l20", 16, 20), ("a16-l80", 16, 80), ("a32-l25", 32, 25), ("a32-l90", 32, 90),
+                       ("a64-l30", 64, 30)]:
+        con.execute("INSERT INTO saes (sae_id, model, hook, layer, d_in, d_sae, arch, seed, stack, source, format, "
+                    "sha256, l0) VALUES (?, 'm', 'blocks.3.hook_resid_post', 3, 8, ?, 'jumprelu', 0, ?, '', '', '', ?)",
+                    [sid, d, f"s{d}-{l0}", l0])
+    assert select_pairs(con, "widths") == [("a16-l20", "a32-l25"), ("a16-l80", "a32-l90"),
+                                           ("a32-l25", "a64-l30"), ("a32-l90", "a64-l30")]
+
+
+def test_width_routes_answer_and_refuse_clearly(widths_atlas):
+    from litestar.testing import TestClient
+
+    from api.app import create_app
+
+    atlas, truth = widths_atlas
+    with TestClient(create_app(atlas.path)) as c:
+        pairs = c.get("/api/width-pairs").json()
+        assert [(p["d_a"], p["d_b"]) for p in pairs] == [(256, 512), (512, 1024)]
+        with atlas.read() as con:
+            assert [(p["kept"], p["split"], p["absent"]) for p in pairs] == con.execute(
+                "SELECT count(*) FILTER (class = 'kept'), count(*) FILTER (class = 'split'), "
+                "count(*) FILTER (class = 'absent') FROM widths GROUP BY sae_a ORDER BY sae_a").fetchall()
+        assert c.get("/api/width-pairs", params={"model": "gemma%"}).json() == []
+        lone = c.get("/api/saes/synth-resid0-w256-s0-A/features/1/width-tree").json()
+        assert len(lone["nodes"]) == 1 and "atlas match --pairs widths" in lone["summary"]
+        r = c.get(f"/api/saes/{NARROW}/features/9999/width-tree")
+        assert r.status_code == 404 and "no feature 9999" in r.json()["error"]
+        assert c.get("/api/saes/nope/features/1/width-tree").status_code == 404
+        r = c.get(f"/api/saes/{NARROW}/features/1/lineage", params={"edges": "some"})
+        assert r.status_code == 400 and "edges" in r.json()["error"]
+
+
+def test_bad_widths_are_one_clear_line(tmp_path):
+    run = CliRunner().invoke
+    r = run(main, ["--atlas", str(tmp_path / "a.duckdb"), "synth", "--out", str(tmp_path / "s"), "--widths", "2x,big"])
+    assert r.exit_code == 2 and r.output.startswith("error: --widths takes sizes or Nx") and r.output.count("\n") == 1
+    r = run(main, ["--atlas", str(tmp_path / "a.duckdb"), "synth", "--out", str(tmp_path / "s"), "--d-sae", "64",
+                   "--widths", "32", "--no-ingest"])
+    assert r.exit_code == 2 and "widths must grow: 32 after 64" in r.output and not (tmp_path / "s").exists()
+    r = run(main, ["--atlas", str(tmp_path / "a.duckdb"), "minilm", "--widths", "x"])
+    assert r.exit_code == 2 and "error: --widths takes sizes" in r.output

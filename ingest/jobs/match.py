@@ -12,7 +12,6 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import pyarrow as pa
 
 from atlas.match.pair import MatchParams
 from atlas.store import Atlas, record_run
@@ -80,14 +79,19 @@ def select_pairs(con, selection: str = "adjacent", distance: int = 1, stack: str
             WHERE ? IS NULL OR r.stack = ? OR x.stack = ?
             ORDER BY r.layer, x.site, r.sae_id"""
         return [tuple(r) for r in con.execute(sql, [stack, stack, stack]).fetchall()]
-    if selection == "widths":
+    if selection == "widths":  # each SAE with the next larger width; among several (L0 variants) the nearest L0
         sql = """
-            WITH w AS (SELECT sae_id, stack, layer, d_sae, lead(sae_id) OVER g AS wider, lead(d_sae) OVER g AS next_d
-                       FROM saes WINDOW g AS (PARTITION BY model, hook, seed, dataset ORDER BY d_sae, sae_id))
-            SELECT sae_id, wider FROM w
-            WHERE wider IS NOT NULL AND next_d > d_sae
-              AND (? IS NULL OR stack = ? OR wider IN (SELECT sae_id FROM saes WHERE stack = ?))
-            ORDER BY layer, d_sae"""
+            WITH s AS (SELECT *, coalesce(kind, 'sae') AS kind_ FROM saes),
+            pairs AS (SELECT a.sae_id AS a_id, a.layer, a.d_sae AS d_a, b.sae_id AS b_id, b.d_sae AS d_b,
+                             a.stack AS stack_a, b.stack AS stack_b,
+                             abs(coalesce(b.l0, 0) - coalesce(a.l0, 0)) AS l0_gap
+                      FROM s a JOIN s b ON a.model = b.model AND a.hook = b.hook AND a.kind_ = b.kind_
+                       AND a.seed IS NOT DISTINCT FROM b.seed AND a.dataset IS NOT DISTINCT FROM b.dataset
+                       AND b.d_sae > a.d_sae),
+            ranked AS (SELECT *, row_number() OVER (PARTITION BY a_id ORDER BY d_b, l0_gap, b_id) AS rn FROM pairs)
+            SELECT a_id, b_id FROM ranked
+            WHERE rn = 1 AND (? IS NULL OR stack_a = ? OR stack_b = ?)
+            ORDER BY layer, d_a, a_id"""
         return [tuple(r) for r in con.execute(sql, [stack, stack, stack]).fetchall()]
     raise ValueError(f"unknown pair selection {selection!r}; known: {', '.join(SELECTIONS)}")
 
@@ -144,15 +148,11 @@ def run_match(atlas: Atlas, pairs: list[tuple[str, str]], methods: list[str], pa
 
 def _commit(w, tasks: list[PairTask], results: list[TaskResult], run_id: str, summary: MatchSummary) -> None:
     """One transaction for a batch of finished pairs: readers see all of it or none."""
-    with w.transaction() as con:
+    with w.transaction():
         for task, result in zip(tasks, results):
             a, b, method = task.a.sae_id, task.b.sae_id, task.params.method
             matches, stats = read_shard(result.shard)
-            con.execute("DELETE FROM matches WHERE sae_a = ? AND sae_b = ? AND method = ?", [a, b, method])
-            con.execute("DELETE FROM pair_stats WHERE sae_a = ? AND sae_b = ? AND method = ?", [a, b, method])
-            w.insert_arrow("matches", matches.append_column("run_id", pa.repeat(run_id, matches.num_rows)))
-            w.insert_arrow("pair_stats", pa.Table.from_pylist([dict(stats, sae_a=a, sae_b=b, method=method,
-                                                                    run_id=run_id)]))
+            w.replace_pair(a, b, method, matches, stats, run_id)
             summary.computed.append((a, b, method))
     for result in results:
         Path(result.shard).unlink(missing_ok=True)
