@@ -77,7 +77,8 @@ def _ray(v: dict) -> str:
     same = v.get("identical_edges", v.get("identical"))
     diff = v.get("max_score_diff")
     return (f"**{v['ray_overhead_ratio']:.2f}×** the in-process wall time ({v['ray_2_workers_s']:.1f} s vs "
-            f"{v['in_process_s']:.1f} s, same 2 cores); edges {'identical' if same else '**not identical**'}"
+            f"{v['in_process_s']:.1f} s = {v['in_process_s'] / v['pairs']:.1f} s/pair in-process, same cores); "
+            f"edges {'identical' if same else '**not identical**'}"
             + (f", max \\|Δscore\\| {diff:.1g}" if diff is not None else ""))
 
 
