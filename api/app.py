@@ -17,8 +17,10 @@ from litestar.static_files import create_static_files_router
 from . import errors
 from .budget import BudgetMiddleware
 from .controllers import CONTROLLERS
+from .params import StrictBodySchema
 from .settings import Settings
 from .state import AtlasState
+from .structs import SEARCH_REQUIRES, SearchRequest, SQLRequest
 
 STATIC = Path(__file__).parent / "static"
 VENDOR = "/static/vendor"
@@ -40,6 +42,7 @@ def create_app(atlas_path: str | Path, settings: Settings | None = None) -> Lite
         exception_handlers=errors.HANDLERS,
         on_startup=[state.sql.warm],
         on_shutdown=[state.close],
+        plugins=[StrictBodySchema(SearchRequest, SQLRequest, extra={SearchRequest: SEARCH_REQUIRES})],
         openapi_config=OpenAPIConfig(title="Feature Atlas", version="0.1.0", path="/schema",
                                      render_plugins=[SwaggerRenderPlugin(  # vendored: the docs work offline
                                          js_url=f"{VENDOR}/swagger-ui-5.35.0-swagger-ui-bundle.js",

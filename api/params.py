@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
-import base64
 from typing import Annotated, Literal
 
+import msgspec
+from litestar.openapi.spec import OpenAPIType, Schema
 from litestar.params import PathParameter, QueryParameter
+from litestar.plugins import OpenAPISchemaPlugin
+from litestar.typing import FieldDefinition
 
-from atlas.match.methods import METHODS, NAMES
+from atlas.match.methods import METHODS, NAMES, SIMILARITY_METHODS
 from atlas.queries.pairs import STATS
-from atlas.queries.records import QueryError
 
 MethodName = Literal[NAMES]  # type: ignore[valid-type]
+SimilarityName = Literal[SIMILARITY_METHODS]  # type: ignore[valid-type]
 StatName = Literal[STATS]  # type: ignore[valid-type]
 Stat = Annotated[StatName, QueryParameter(description="Pair statistic of each cell.")]
 
@@ -20,26 +23,58 @@ StackName = Annotated[str, PathParameter(min_length=1, max_length=512, descripti
 FeatureIndex = Annotated[int, PathParameter(ge=0, le=2**31 - 1, description="Feature index within the SAE.")]
 Method = Annotated[MethodName, QueryParameter(description="Matching method: " + "; ".join(
     f"{n} ({m.description}, {'higher' if m.higher_is_better else 'lower'} is better)" for n, m in METHODS.items()))]
+SimilarityMethod = Annotated[SimilarityName, QueryParameter(description="Similarity method (higher is better): " + ", ".join(
+    SIMILARITY_METHODS))]
 Tau = Annotated[float, QueryParameter(ge=-1.0, le=1.0, description="Score bar (cosine or correlation).")]
 Fraction = Annotated[float, QueryParameter(ge=0.0, le=1.0)]
 Score = Annotated[float, QueryParameter(ge=-1.0, le=1.0, description="Score bar of a similarity method.")]
 Limit = Annotated[int, QueryParameter(ge=1, le=1000, description="Most items returned.")]
-Cursor = Annotated[str | None, QueryParameter(max_length=64, description="The `next` value of the previous page.")]
+Cursor = Annotated[str | None, QueryParameter(pattern=r"^[0-9]{1,9}$", description="The `next` value of the previous page.")]
 Name = Annotated[str | None, QueryParameter(min_length=1, max_length=512)]
 
 
 def page_token(offset: int | None) -> str | None:
-    return base64.urlsafe_b64encode(str(offset).encode()).decode() if offset is not None else None
+    """The `next` of a page: where the following page starts (a plain offset, so any valid token is valid)."""
+    return str(offset) if offset is not None else None
 
 
 def page_offset(token: str | None) -> int:
-    """The offset a `next` token stands for; a forged or stale token is a clear 400."""
-    if not token:
-        return 0
-    try:
-        offset = int(base64.urlsafe_b64decode(token.encode()).decode())
-    except (ValueError, UnicodeError):
-        offset = -1
-    if not 0 <= offset < 2**31:
-        raise QueryError(f"bad page token {token!r}: pass the 'next' value of the previous page")
-    return offset
+    return int(token) if token else 0
+
+
+class StrictBodySchema(OpenAPISchemaPlugin):
+    """OpenAPI schemas of request bodies from msgspec's own JSON Schema of the Struct: unlike Litestar's
+    generated one it keeps every bound (of list items, of Optional fields, zero) and says
+    additionalProperties: false for Structs that forbid unknown fields, so the document says what is checked."""
+
+    def __init__(self, *structs: type, extra: dict[type, dict] | None = None):
+        self.structs, self.extra = structs, extra or {}
+
+    def is_plugin_supported_field(self, field_definition: FieldDefinition) -> bool:
+        return not field_definition.is_union and field_definition.annotation in self.structs
+
+    def to_openapi_schema(self, field_definition: FieldDefinition, schema_creator) -> Schema:
+        name = field_definition.annotation.__name__
+        doc = msgspec.json.schema(field_definition.annotation)["$defs"][name]
+        return _schema({**doc, **self.extra.get(field_definition.annotation, {})})
+
+
+_RENAMED = {"$ref": "ref", "anyOf": "any_of", "oneOf": "one_of", "allOf": "all_of", "additionalProperties": "additional_properties",
+            "minLength": "min_length", "maxLength": "max_length", "minItems": "min_items", "maxItems": "max_items",
+            "exclusiveMinimum": "exclusive_minimum", "exclusiveMaximum": "exclusive_maximum"}
+
+
+def _schema(doc: dict) -> Schema:
+    kwargs = {}
+    for key, value in doc.items():
+        name = _RENAMED.get(key, key)
+        if key in ("items", "additionalProperties") and isinstance(value, dict):
+            value = _schema(value)
+        elif key in ("anyOf", "oneOf", "allOf"):
+            value = [_schema(v) for v in value]
+        elif key == "properties":
+            value = {k: _schema(v) for k, v in value.items()}
+        elif key == "type":
+            value = OpenAPIType(value)
+        kwargs[name] = value
+    return Schema(**kwargs)

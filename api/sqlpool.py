@@ -30,7 +30,10 @@ def _serve(conn, atlas_path: str, memory_limit: str, threads: int) -> None:
     from atlas.store.atlas import open_snapshot
 
     con, stamp = None, None
-    conn.send(("ready", _rss(os.getpid())))
+    try:
+        conn.send(("ready", _rss(os.getpid())))
+    except OSError:  # the server closed before this worker was up
+        return
     while True:
         try:
             sql, limit, timeout_s, max_bytes = conn.recv()
@@ -174,7 +177,10 @@ class SQLPool:
                 w = self._acquire(60)
             except Exception:  # noqa: BLE001  (the first query will report it)
                 return
-            self.idle.put(w)
+            if self.closed:
+                self._drop(w)
+            else:
+                self.idle.put(w)
         threading.Thread(target=start, daemon=True, name="atlas-sql-warm").start()
 
     def close(self) -> None:

@@ -15,7 +15,9 @@ from pathlib import Path
 
 from atlas.match.methods import method as method_info
 from atlas.queries import IndexCache, budget
+from atlas.queries.common import SAE_COLUMNS
 from atlas.queries.lineage import EdgeIndex
+from atlas.queries.records import NotFound
 from atlas.store import Atlas
 from atlas.store.atlas import open_snapshot
 from atlas.store.leases import Lease
@@ -23,6 +25,9 @@ from atlas.store.schema import check_version
 
 from .settings import Settings
 from .sqlpool import SQLPool
+from .topk import TopCandidates
+
+FEATURE_COLUMNS = ("dec_norm", "threshold", "density", "max_act", "label")
 
 
 class Snapshot:
@@ -55,6 +60,45 @@ class Snapshot:
     def layers(self) -> dict[str, int]:
         """sae_id -> layer."""
         return self._cached("layers", lambda: dict(self.cursor().execute("SELECT sae_id, layer FROM saes").fetchall()))
+
+    def saes(self) -> dict[str, dict]:
+        """sae_id -> its saes row (all columns of SAE_COLUMNS)."""
+        def build():
+            cur = self.cursor().execute(f"SELECT {', '.join(SAE_COLUMNS)} FROM saes")
+            return {r[0]: dict(zip(SAE_COLUMNS, r)) for r in cur.fetchall()}
+        return self._cached("saes", build)
+
+    def sae(self, sae_id: str) -> dict:
+        """One SAE's row; NotFound names the listing to look at."""
+        row = self.saes().get(sae_id)
+        if row is None:
+            raise NotFound(f"unknown SAE {sae_id!r}: GET /api/saes lists the SAEs in this atlas")
+        return row
+
+    def feature_row(self, sae_id: str, feature: int) -> tuple:
+        """(dec_norm, threshold, density, max_act, label) of one feature, from columns held per snapshot."""
+        table, offsets = self._cached("features", self._features)
+        i = offsets[sae_id] + feature
+        return tuple(table[c][i] for c in FEATURE_COLUMNS)
+
+    def _features(self):
+        t = self.cursor().sql(f"SELECT sae_id, feature, {', '.join(FEATURE_COLUMNS)} FROM features "
+                              f"ORDER BY sae_id, feature").to_arrow_table()
+        ids, feats = t["sae_id"].to_pylist(), t["feature"].to_numpy()
+        offsets: dict[str, int] = {}
+        for i, (s, f) in enumerate(zip(ids, feats)):
+            if s not in offsets:
+                offsets[s] = i - int(f)
+        return {c: t[c].to_pylist() for c in FEATURE_COLUMNS}, offsets
+
+    def with_examples(self) -> set[str]:
+        """SAEs that have example contexts (so cards of the others skip that query)."""
+        return self._cached("examples", lambda: {r[0] for r in self.cursor().execute(
+            "SELECT DISTINCT sae_id FROM examples").fetchall()})
+
+    def top_candidates(self) -> TopCandidates:
+        """Each feature's outgoing candidates of rank <= topk.RANKS (the feature card's default `top`)."""
+        return self._cached("top", lambda: TopCandidates(self.cursor()))
 
     def methods(self) -> list[str]:
         """Matching methods present in this snapshot."""

@@ -6,11 +6,14 @@ to its layer (docs/design.md, Layers: the CLI is the one place that wires ingest
 
 from __future__ import annotations
 
+import errno
+import os
 import sys
 from pathlib import Path
 
 import click
 
+from .match.methods import WEIGHT_METHODS
 from .sae import SAEError
 from .store import Atlas, AtlasBusy, default_path
 
@@ -27,25 +30,47 @@ def _bar(total: int, desc: str):
 
 
 class AtlasGroup(click.Group):
-    """Turns expected failures into one clear line and exit code 2 instead of a traceback."""
+    """Every failure is one line on stderr (`error: ...`): exit 2 for bad input or a busy atlas, 1 for the
+    rest. `atlas --debug ...` (or ATLAS_DEBUG=1) shows the traceback instead."""
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
-        except (SAEError, AtlasBusy, KeyError, FileNotFoundError, ValueError) as e:
-            msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-            click.secho(f"error: {msg}", fg="red", err=True)
-            sys.exit(2)
+        except (click.exceptions.Exit, click.ClickException, click.Abort, KeyboardInterrupt):
+            raise
+        except Exception as e:  # noqa: BLE001  (one line for whatever went wrong; --debug for the rest)
+            if (ctx.obj or {}).get("debug") or os.environ.get("ATLAS_DEBUG"):
+                raise
+            message, code = explain(e)
+            click.secho(f"error: {message}", fg="red", err=True)
+            sys.exit(code)
+
+
+def explain(e: BaseException) -> tuple[str, int]:
+    """(one line, exit code) for a failure of a command."""
+    from .queries.records import QueryError
+
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT) or "No space left on device" in str(e):
+        where = getattr(e, "filename", None) or "the atlas folder"
+        return (f"disk full writing {where}: free some space (or point --atlas elsewhere) and rerun; "
+                f"nothing was published and the job's working files were removed"), 2
+    if isinstance(e, (SAEError, AtlasBusy, KeyError, FileNotFoundError, ValueError, QueryError)):
+        text = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        return " ".join(str(text).split()), 2
+    first = " ".join(str(e).split())[:300]
+    return f"{type(e).__name__}: {first} (run `atlas --debug ...` for the traceback)", 1
 
 
 @click.group(cls=AtlasGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--atlas", "atlas_path", type=click.Path(path_type=Path), default=None,
               help="Atlas DuckDB file [default: $ATLAS_PATH or ./atlas.duckdb].")
+@click.option("--debug", is_flag=True, help="Show the full traceback of a failure instead of one line.")
 @click.pass_context
-def main(ctx, atlas_path):
+def main(ctx, atlas_path, debug):
     """Feature Atlas: how SAE features survive, change, split, die and are born across layers and seeds."""
     ctx.ensure_object(dict)
     ctx.obj["atlas"] = atlas_path or default_path()
+    ctx.obj["debug"] = debug
 
 
 @main.command()
@@ -230,7 +255,7 @@ def info(ctx, sae):
 @click.option("--distance", type=int, default=2, show_default=True, help="Largest layer distance for --pairs distance.")
 @click.option("--stack", default=None, help="Only pairs in (or, for siblings, touching) this stack.")
 @click.option("--pair", "explicit", multiple=True, help="SAE_A:SAE_B, repeatable (implies --pairs list).")
-@click.option("--method", "methods", multiple=True, type=click.Choice(["decoder_cos", "decoder_mse", "encoder_cos"]),
+@click.option("--method", "methods", multiple=True, type=click.Choice(WEIGHT_METHODS),
               help="Repeatable [default: decoder_cos; siblings also encoder_cos].")
 @click.option("-k", "k", type=int, default=16, show_default=True, help="Candidates kept per feature and direction.")
 @click.option("--floor", type=float, default=0.3, show_default=True, help="Below this cosine a feature stays unassigned.")

@@ -77,7 +77,8 @@ def _ray(v: dict) -> str:
     same = v.get("identical_edges", v.get("identical"))
     diff = v.get("max_score_diff")
     return (f"**{v['ray_overhead_ratio']:.2f}×** the in-process wall time ({v['ray_2_workers_s']:.1f} s vs "
-            f"{v['in_process_s']:.1f} s, same 2 cores); edges {'identical' if same else '**not identical**'}"
+            f"{v['in_process_s']:.1f} s = {v['in_process_s'] / v['pairs']:.1f} s/pair in-process, same cores); "
+            f"edges {'identical' if same else '**not identical**'}"
             + (f", max \\|Δscore\\| {diff:.1g}" if diff is not None else ""))
 
 
@@ -97,11 +98,27 @@ ROWS = [
     Row("stack", lambda v: f"{v['layers']} layers × {_k(v['d_sae'])} × {v['d_in']} synthetic stack, adjacent + "
         f"distance-2 ({v['pairs']} pairs), ingest + match", _stack, "< 15 min",
         met=lambda v: v["end_to_end_min"] < 15),
-    Row("correlation", lambda v: f"activation statistics, {v['tokens'] // 1000}k tokens × {v['d_sae']} features "
+    Row("correlation", lambda v: f"co-firing statistics, {v['tokens'] // 1000}k tokens × {v['d_sae']} features "
         f"({100 * v['density']:.1f}% density), vs dense `torch.corrcoef`",
         lambda v: f"**{v['speedup']:.1f}×** faster, {'identical' if v['identical_top16'] == 1 else _pct(v['identical_top16'])} "
-                  f"top-16, max \\|Δr\\| {v['max_abs_diff']:.1e}", "≥ 10×",
+                  f"top-16, max \\|Δr\\| {v.get('max_abs_r_diff_top16', v.get('max_abs_diff')):.1e}", "≥ 10×",
         lambda v: v if isinstance(v, dict) and "speedup" in v else None, lambda v: v["speedup"] >= 10),
+    Row("cofiring", lambda v: f"co-firing statistics, synthetic {_k(v['d_a'])} × {_k(v['d_b'])} pair (L0 ≈ "
+        f"{v['l0_a']:.0f}, half of b planted), {v['tokens'] // 1000}k tokens, vs the sparse bound (one scipy `Aᵀ·B`)",
+        lambda v: f"**{v['ratio_vs_bound']:.2f}×** the bound in CPU time ({v['cpu_s']:.1f} s vs {v['bound_cpu_s']:.1f} s; "
+                  f"wall {v['wall_ratio_vs_bound']:.1f}×), peak RSS **{v['peak_mb'] / 1024:.2f} GB** (bound "
+                  f"{v['bound_peak_mb'] / 1024:.2f} GB); {v['bound_pairs'] / 1e6:.1f}M co-firing pairs, "
+                  f"{v['pairs_kept'] / 1e6:.0f}M kept (Θ = {v['error_bound']:.3f}); top-16 recall on "
+                  f"{v['sample_features']} sampled features {v['recall_top16']:.3f} ({v['recall_top16_r_ge_0.1']:.3f} for "
+                  f"r ≥ 0.1), planted top-1 {_pct(v['planted_top1'])}", "≤ 3×, ≤ 2 GB (at 1M tokens)",
+        lambda v: next((r for r in v if "bound_s" in r), None) if isinstance(v, list) else None,
+        lambda v: v["ratio_vs_bound"] <= 3 and v["peak_mb"] <= 2048 and v["tokens"] >= 1_000_000),
+    Row("cofiring", lambda v: f"co-firing statistics, synthetic {_k(v['d_a'])} × {_k(v['d_b'])} pair, "
+        f"{v['tokens'] // 1000}k tokens", lambda v: f"ran to the end, peak RSS **{v['peak_mb'] / 1024:.2f} GB**; "
+        f"{v['pairs_kept'] / 1e6:.0f}M pairs kept (Θ = {v['error_bound']:.3f}); top-16 recall {v['recall_top16']:.3f} "
+        f"({v['recall_top16_r_ge_0.1']:.3f} for r ≥ 0.1)", "≤ 4 GB",
+        lambda v: next((r for r in v if r["d_a"] >= 65536), None) if isinstance(v, list) else None,
+        lambda v: v["peak_mb"] <= 4096),
     Row("api", lambda v: "API, 26 × 16k atlas, `atlas serve --workers 2`, loopback, lineage",
         _api("lineage", "8", "2"), "p50 < 10, p99 < 50 ms, ≥ 500 req/s",
         lambda v: v if isinstance(v, dict) and "8" in v.get("lineage", {}) else None, _api_met("lineage", "8")),
@@ -163,7 +180,8 @@ def plan_sentence(results: Path = RESULTS) -> str:
 def findings_table(results: Path = RESULTS) -> str:
     files = sorted(results.glob("findings-*.json"), reverse=True)
     if not files:
-        return "No findings artifact yet: `python -m bench.findings --atlas atlas.duckdb` writes one."
+        return ("No findings artifact in `bench/results/` yet: build the default family (`make demo`), then "
+                "`make findings` (it keeps `atlas findings --json` with the SAEs it measured) and `make readme-bench`.")
     path = files[0]
     art = json.loads(path.read_text())
     f, p = art["findings"], art["atlas"]
@@ -215,7 +233,14 @@ def findings_table(results: Path = RESULTS) -> str:
                                                           (("PASS", "pass-through"), ("OR", "OR"), ("AND", "AND")))))
     head = (f"From `{path.name}` (`{art['command']}` on an atlas of {p['n_saes']} SAEs: {p['summary']}; "
             f"commit {(art.get('commit') or '?')[:9]}):\n\n")
-    return head + "| finding | measured |\n|---|---|\n" + "\n".join(f"| {a} | {b} |" for a, b in rows)
+    table = head + "| finding | measured |\n|---|---|\n" + "\n".join(f"| {a} | {b} |" for a, b in rows)
+    example = next((c for c in f.get("compositions", []) if c["child_context"]), None)
+    if example:
+        parents = "; ".join(f"*{lines[0]}*" for lines in example["parent_contexts"].values() if lines)
+        table += (f"\n\nAn {example['kind']} example (`{example['sae_a']}` → `{example['sae_b']}` feature "
+                  f"{example['feature_b']}, Jaccard {example['score']:.2f}): the child fires on "
+                  f"*{example['child_context'][0]}*; its parents on {parents}.")
+    return table
 
 
 BLOCKS = {"bench-table": bench_table, "bench-plan": plan_sentence, "findings": findings_table}

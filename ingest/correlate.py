@@ -8,14 +8,14 @@ co-firing pairs (a, b) are touched: the state is
   holding Σab + i·count as complex128 (one sort order, one merge for both; counts are exact integers).
 
 Each chunk of tokens adds `Aᵀ·B` and `1[A>0]ᵀ·1[B>0]` (two sparse × sparse products whose cost is
-tokens × L0_a × L0_b) into that matrix. Pearson r is exact for every pair, including pairs that never
+tokens × L0_a × L0_b) into that matrix, block of a-features by block, so one product's output stays small. Pearson r is exact for every pair, including pairs that never
 co-fire (Σab = 0, so r follows from the means alone); P(b|a) and Jaccard come from the counts.
 
-Cap policy (very long corpora): when the matrix holds more than `max_pairs` pairs, the pairs whose
-value cosine Σab/√(Σa²Σb²) AND firing cosine count/√(fires_a·fires_b) are both below θ are dropped,
-with θ the smallest value that halves the matrix. A dropped pair that co-fires again restarts from 0,
+Cap policy (long corpora, wide SAEs): when a block holds more than its share of `max_pairs`, its pairs
+whose value cosine Σab/√(Σa²Σb²) AND firing cosine count/√(fires_a·fires_b) are both below θ are
+dropped, with θ the smallest value that halves the block. A dropped pair that co-fires again restarts from 0,
 so its Σab and count may miss at most θ·√(Σa²Σb²) and θ·√(fires_a·fires_b) per prune: with Θ = Σθ over
-all prunes, |Δr| ≤ Θ·√(Σa²Σb²/(Var_a·Var_b)) (≈ Θ for sparse features), and P(b|a), Jaccard are low by
+its block's prunes, |Δr| ≤ Θ·√(Σa²Σb²/(Var_a·Var_b)) (≈ Θ for sparse features), and P(b|a), Jaccard are low by
 at most Θ·√(fires_b/fires_a). `CoFiring.error_bound` is Θ (0.0 = exact); the bench measures the real cost.
 """
 
@@ -106,6 +106,7 @@ class CoFiring:
         self.blocks = [sp.csr_matrix((min(rows, self.d_a - r), self.d_b), dtype=np.complex128) for r in self.starts]
         self.thetas: list[list[float]] = [[] for _ in self.starts]
         self.peak_pairs = 0
+        self.prunes = 0
         self._pending: list[tuple[sp.csr_matrix, sp.csr_matrix]] = []
         self._nnz = 0
 
@@ -175,6 +176,7 @@ class CoFiring:
         p.data[score <= theta] = 0
         p.eliminate_zeros()
         self.thetas[k].append(theta)
+        self.prunes += 1
 
     def finish(self) -> CoFiring:
         """Multiply out what is pending."""

@@ -78,21 +78,24 @@ def test_search_by_feature_and_vector(client):
     assert post.status_code == 200 and {h["sae_id"] for h in post.json()} == {SAE0}
 
 
-@pytest.mark.parametrize("url, status, error", [
-    ("/api/saes/nope", 404, "unknown SAE 'nope': GET /api/saes lists the SAEs in this atlas"),
-    (f"/api/saes/{SAE0}/features/256", 404, f"SAE '{SAE0}' has features 0..255; there is no feature 256"),
-    (f"/api/saes/{SAE0}/features/1/lineage?direction=up", 400, "direction: Invalid enum value 'up' (one of both, forward, backward)"),
-    ("/api/orphans?sae=x", 404, "unknown SAE 'x': GET /api/saes lists the SAEs in this atlas"),
-    ("/api/layer-pairs?min_frac=2", 400, "min_frac: Expected `float` <= 1.0"),
-    ("/api/stacks/none/matrix", 404, "unknown stack 'none': GET /api/stacks lists them"),
-    ("/api/saes?cursor=%25%25", 400, "bad page token '%%': pass the 'next' value of the previous page"),
-    ("/api/export/secrets.parquet", 404, "export 'secrets.parquet': ask for one of saes.parquet, features.parquet, "
-     "matches.parquet, pair_stats.parquet, correlations.parquet, compositions.parquet, runs.parquet"),
+# Each error names the offending value and says what would work; the wording is free to change.
+@pytest.mark.parametrize("url, status, names", [
+    ("/api/saes/nope", 404, ("'nope'", "/api/saes")),
+    (f"/api/saes/{SAE0}/features/256", 404, ("256", "0..255")),
+    (f"/api/saes/{SAE0}/features/1/lineage?direction=up", 400, ("direction", "'up'", "forward")),
+    ("/api/orphans?sae=x", 404, ("'x'", "/api/saes")),
+    ("/api/layer-pairs?min_frac=2", 400, ("min_frac", "1.0")),
+    ("/api/stacks/none/matrix", 404, ("'none'", "/api/stacks")),
+    ("/api/saes?cursor=%25%25", 400, ("cursor", "[0-9]")),
+    ("/api/export/secrets.parquet", 404, ("secrets.parquet", "saes.parquet", "matches.parquet")),
 ])
-def test_errors_are_one_envelope(client, url, status, error):
+def test_errors_are_one_envelope(client, url, status, names):
     r = client.get(url)
     assert r.status_code == status
-    assert r.json() == {"ok": False, "error": error, "status": status}
+    body = r.json()
+    assert set(body) == {"ok", "error", "status"} and body["ok"] is False and body["status"] == status
+    assert all(n in body["error"] for n in names), body["error"]
+    assert "\n" not in body["error"] and "Traceback" not in body["error"]
 
 
 def test_bad_parameter_type_is_a_400_envelope(client):
@@ -129,8 +132,8 @@ def test_hostile_sql_is_refused_and_the_server_stays_up(client, sql, status, fra
 def test_runaway_query_is_stopped_by_the_time_limit(client):
     r = client.get("/api/sql", params={"sql": "SELECT count(*) FROM range(1000000000) a, range(1000000000) b"})
     assert r.status_code == 408
-    assert r.json() == {"ok": False, "status": 408,
-                        "error": "query stopped after the time limit of 1 s; add filters or a LIMIT"}
+    body = r.json()
+    assert (body["ok"], body["status"]) == (False, 408) and "1 s" in body["error"] and "LIMIT" in body["error"]
     assert client.get("/health").json()["ok"] is True
 
 
@@ -139,8 +142,8 @@ def test_sql_row_cap_formats_and_post(client):
     assert r["rows"] == [[0], [1], [2], [3], [4]] and r["truncated"] is True and r["limit"] == 5
     capped = client.get("/api/sql", params={"sql": "SELECT * FROM range(100)"}).json()
     assert len(capped["rows"]) == 50 and capped["truncated"]
-    raise_it = client.get("/api/sql", params={"sql": "SELECT 1", "_limit": 51})
-    assert raise_it.status_code == 400 and "server's cap" in raise_it.json()["error"]
+    capped_ask = client.get("/api/sql", params={"sql": "SELECT * FROM range(100)", "_limit": 51}).json()
+    assert capped_ask["limit"] == 50 and len(capped_ask["rows"]) == 50 and capped_ask["truncated"]  # the cap wins
     csv_body = client.get("/api/sql", params={"sql": "SELECT 1 AS a, 'x' AS b", "_format": "csv"}).text
     assert csv_body.splitlines() == ["a,b", "1,x"]
     parquet = client.get("/api/sql", params={"sql": "SELECT 42 AS answer", "_format": "parquet"}).content

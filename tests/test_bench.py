@@ -6,8 +6,6 @@ import json
 import re
 from pathlib import Path
 
-import pytest
-
 from bench import readme
 
 README = Path(readme.README)
@@ -16,7 +14,7 @@ README = Path(readme.README)
 def test_readme_numbers_are_the_newest_results():
     """Fails when a result or the README changes without `make readme-bench`."""
     text = README.read_text()
-    assert "<!-- bench-table:start -->" in text and "<!-- bench-plan:start -->" in text
+    assert all(f"<!-- {name}:start -->" in text for name in readme.BLOCKS)
     assert readme.render(text) == text, "README.md is stale: run `make readme-bench`"
     for name in re.findall(r"`((?:bench|findings)-\d{8}T\d{6}\.json)`", text):
         assert (readme.RESULTS / name).exists(), name

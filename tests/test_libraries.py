@@ -61,7 +61,8 @@ def test_sparsify_run_folders_keep_model_dataset_seed(tmp_path):
     # save_best writes best/<hook>/ with its own config.json
     from sparsify.__main__ import RunConfig
     best = tmp_path / "pythia-run" / "best"
-    RunConfig.load_json(tmp_path / "pythia-run" / "config.json").save_json(best / "config.json") if best.mkdir() is None else None
+    best.mkdir()
+    RunConfig.load_json(tmp_path / "pythia-run" / "config.json").save_json(best / "config.json")
     saes["layers.1/seed0"].save_to_disk(best / "layers.1" / "seed0")
     atlas = tmp_path / "a.duckdb"
     r = CliRunner().invoke(main, ["--atlas", str(atlas), "ingest", "-r", str(tmp_path / "pythia-run")])
@@ -151,7 +152,7 @@ def test_dictionary_learning_sweep_all_architectures(tmp_path):
     assert [(v, a, k, s) for v, a, k, s, *_ in rows] == [
         ("trainer_0", "standard", None, 0), ("trainer_1", "topk", 4, 1), ("trainer_2", "batchtopk", 4, 2),
         ("trainer_3", "jumprelu", None, 3), ("trainer_4", "gated", None, 4)]
-    assert {tuple(r[4:]) for r in rows} == {("EleutherAI/pythia-70m", "resid", 3, "pythia70m_sweep")}
+    assert {tuple(r[4:]) for r in rows} == {("pythia-70m", "resid", 3, "pythia70m_sweep")}
     x = _x()
     for i in range(5):
         folder = sweep / f"trainer_{i}"

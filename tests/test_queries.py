@@ -102,7 +102,7 @@ def gapped(family, truth, tmp_path_factory):
 
 def test_lineage_bridges_a_missing_layer_with_a_gap(gapped, truth):
     atlas, chain = gapped
-    (l0, f0), (l1, f1), (_, f2), (l3, f3) = chain
+    (l0, f0), (l1, f1), _, (l3, f3) = chain
     with atlas.read() as con:
         lin = lineage(con, _ids(0), f0, max_skip=1)
         assert [(n.layer, n.feature) for n in lin.nodes] == [(l0, f0), (l1, f1), (l3, f3)]

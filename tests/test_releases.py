@@ -144,3 +144,39 @@ def test_one_full_size_gemma_scope_sae_by_name(tmp_path, monkeypatch):
     assert r.exit_code == 0 and "1 added" in r.output, r.output
     assert _rows(atlas, "SELECT sae_id, d_in, d_sae, layer, l0, neuronpedia_id FROM saes") == [
         ("gemma-2-2b-resid20-w16384-canonical-pile-uncopyrighted", 2304, 16384, 20, 71.0, "gemma-2-2b/20-gemmascope-res-16k")]
+
+
+class _Activations:
+    """What dictionary_learning's ActivationBuffer gives trainSAE: batches, and a `config` it saves."""
+
+    config = {"d_submodule": 16, "io": "out", "n_ctxs": 8, "ctx_len": 128, "refresh_batch_size": 8,
+              "out_batch_size": 32, "device": "cpu"}
+
+    def __iter__(self):
+        rng = np.random.default_rng(0)
+        while True:
+            yield __import__("torch").from_numpy(rng.standard_normal((32, 16), np.float32))
+
+
+def test_saebench_release_and_its_folder_are_one_sae(tmp_path, monkeypatch):
+    """A SAEBench release (dictionary_learning files, sae_lens's dictionary_learning_1 loader) and the same
+    trainSAE folder read directly: the same weights, so one SAE, with the release's Neuronpedia id."""
+    from dictionary_learning.trainers import GatedSAETrainer
+    from dictionary_learning.training import trainSAE
+
+    release = "sae_bench_pythia70m_sweep_gated_ctx128_0730"
+    hf = tmp_path / "hf"
+    sweep = snapshot(hf, "canrager/lm_sae") / "pythia70m_sweep_gated_ctx128_0730" / "resid_post_layer_3"
+    trainSAE(_Activations(), [dict(trainer=GatedSAETrainer, steps=2, activation_dim=16, dict_size=32, layer=3,
+                                   lm_name="EleutherAI/pythia-70m-deduped", warmup_steps=1, sparsity_warmup_steps=1,
+                                   seed=0, device="cpu", submodule_name="resid_post_layer_3")],
+             steps=2, save_dir=str(sweep), device="cpu")
+    offline_hub(monkeypatch, hf)
+    atlas = tmp_path / "a.duckdb"
+    r = _atlas_cli(["--atlas", str(atlas), "ingest", "--release", f"{release}:blocks.3.hook_resid_post__trainer_0"])
+    assert r.exit_code == 0 and "1 added" in r.output, r.output
+    r = _atlas_cli(["--atlas", str(atlas), "ingest", "-r", str(sweep)])
+    assert r.exit_code == 0 and "1 already stored under another id" in r.output, r.output
+    assert _rows(atlas, "SELECT model, hook, layer, arch, variant, neuronpedia_id FROM saes") == [
+        ("pythia-70m-deduped", "blocks.3.hook_resid_post", 3, "gated", "trainer_0",
+         "pythia-70m-deduped/3-sae_bench-gated-res-4k__trainer_0_step_final")]

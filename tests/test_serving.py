@@ -75,3 +75,15 @@ def test_replace_then_any_job_keeps_search_working(served, new_weights):
     with served.read() as con:
         named = {r[0] for r in con.execute("SELECT index_file FROM saes").fetchall()}
     assert {p.name for p in served.index_dir.glob("*.faiss")} == named
+
+
+def test_feature_cards_from_the_in_memory_index_equal_sql(synth_atlas):
+    """The card's outgoing candidates come from a per-snapshot index; forcing the SQL path changes nothing."""
+    with TestClient(create_app(synth_atlas.path)) as c:
+        state = c.app.dependencies["atlas"].dependency()
+        urls = [f"/api/saes/{sae}/features/{f}" for sae in (SAE0, "synth-resid2-w256-s1-A") for f in (0, 5, 77, 255)]
+        fast = [c.get(u).json() for u in urls]
+        top = state.snapshot().top_candidates()
+        top.ranks = 0  # every card now reads SQL
+        assert [c.get(u).json() for u in urls] == fast
+        assert any(m["direction"] == "out" for card in fast for refs in card["matches"].values() for m in refs)

@@ -12,7 +12,7 @@ from atlas import queries as q
 from atlas.queries.common import check_method, sae_row
 
 from ..errors import errors
-from ..params import Fraction, Limit, Method, Name, SaeId, Score, Stat, StackName, Tau
+from ..params import Fraction, Limit, Method, Name, SaeId, Score, SimilarityMethod, Stat, StackName, Tau
 from ..state import AtlasState
 from ..structs import LayerFlow, LayerPairList, Matrix, PairMatch, SiblingGroup, Stack
 
@@ -43,14 +43,15 @@ class PairsController(Controller):
 
     @get("/stacks/{stack:str}/communities", operation_id="getStackCommunities", sync_to_thread=True,
          responses=errors(404, 408, 422))
-    def get_communities(self, atlas: NamedDependency[AtlasState], stack: StackName, method: Method = "decoder_cos",
+    def get_communities(self, atlas: NamedDependency[AtlasState], stack: StackName,
+                        method: SimilarityMethod = "decoder_cos",
                         tau: Tau = 0.7, min_size: Annotated[int, QueryParameter(ge=2, le=1_000_000)] = 2,
                         limit: Limit = 100) -> list[q.Community]:
         """Feature communities: connected components of the stack's assigned matches above tau."""
         return q.communities(atlas.cursor(), stack, method, tau, min_size)[:limit]
 
     @get("/stacks/{stack:str}/flow", operation_id="getStackFlow", sync_to_thread=True, responses=errors(404, 408))
-    def get_flow(self, atlas: NamedDependency[AtlasState], stack: StackName, method: Method = "decoder_cos",
+    def get_flow(self, atlas: NamedDependency[AtlasState], stack: StackName, method: SimilarityMethod = "decoder_cos",
                  tau: Tau = 0.7) -> list[LayerFlow]:
         """Births and deaths per layer: features with no assigned match >= tau from the layer before / to the next."""
         return [LayerFlow(**r) for r in q.birth_death(atlas.cursor(), stack, method, tau)]

@@ -58,16 +58,15 @@ class SaesController(Controller):
         snap = atlas.snapshot()
         con = snap.cursor()
         layers = snap.layers()
-        sae = sae_row(con, sae_id)
+        sae = snap.sae(sae_id)
         check_feature(sae, feature)
-        dec_norm, threshold, density, max_act, label = con.execute(
-            "SELECT dec_norm, threshold, density, max_act, label FROM features WHERE sae_id = ? AND feature = ?",
-            [sae_id, feature]).fetchone()
-        # Outgoing candidates: `matches` is ordered by (sae_a, feature_a), so this reads little. Incoming
-        # ones come from the snapshot's in-memory edge index (scores >= its floor) for similarity methods,
-        # and from SQL for distance methods.
-        rows = con.execute("SELECT method, sae_b, feature_b, score, rank, assigned, 'out' FROM matches "
-                           "WHERE sae_a = ? AND feature_a = ? AND rank <= ?", [sae_id, feature, top]).fetchall()
+        dec_norm, threshold, density, max_act, label = snap.feature_row(sae_id, feature)
+        # Outgoing candidates come from the snapshot's in-memory top candidates (SQL for top > its ranks);
+        # incoming ones from its edge index (scores >= the floor) for similarity methods, SQL for distances.
+        top_index = snap.top_candidates()
+        rows = top_index.out(sae_id, feature, top) if top <= top_index.ranks else con.execute(
+            "SELECT method, sae_b, feature_b, score, rank, assigned, 'out' FROM matches "
+            "WHERE sae_a = ? AND feature_a = ? AND rank <= ?", [sae_id, feature, top]).fetchall()
         for method in snap.methods():
             index = snap.edge_index(method)
             if index is None:
@@ -86,10 +85,12 @@ class SaesController(Controller):
                 matches.setdefault(method, []).append(MatchRef(other, f, layers[other], score, rank, assigned, direction))
         for refs in matches.values():
             refs.sort(key=lambda m: (m.layer, m.sae_id, m.direction, m.rank))
-        cur = con.execute("SELECT kind, activation, tokens, highlight, dataset FROM examples WHERE sae_id = ? "
-                          "AND feature = ? ORDER BY kind = 'top' DESC, activation DESC LIMIT 20", [sae_id, feature])
-        names = [d[0] for d in cur.description]
-        examples = [dict(zip(names, r)) for r in cur.fetchall()]
+        examples = []
+        if sae_id in snap.with_examples():
+            cur = con.execute("SELECT kind, activation, tokens, highlight, dataset FROM examples WHERE sae_id = ? "
+                              "AND feature = ? ORDER BY kind = 'top' DESC, activation DESC LIMIT 20", [sae_id, feature])
+            names = [d[0] for d in cur.description]
+            examples = [dict(zip(names, r)) for r in cur.fetchall()]
         return FeatureCard(sae_id=sae_id, feature=feature, layer=sae["layer"], label=label, dec_norm=dec_norm,
                            threshold=threshold, density=density, max_act=max_act,
                            neuronpedia_url=feature_url(sae["neuronpedia_id"], feature),
@@ -102,10 +103,11 @@ class SaesController(Controller):
     def get_lineage(self, atlas: NamedDependency[AtlasState], sae_id: SaeId, feature: FeatureIndex,
                     direction: Annotated[Literal["both", "forward", "backward"], QueryParameter()] = "both",
                     tau: Annotated[float | None, QueryParameter(
-                        ge=-1.0, le=1e9, description="Score bar: a cosine for similarity methods, an MSE for "
-                        "distance methods (those default to quantile=0.5).")] = 0.7,
+                        ge=-1.0, le=1.0, description="Score bar of similarity methods; distance methods (MSE) use "
+                        "quantile (default 0.5).")] = 0.7,
                     quantile: Annotated[float | None, QueryParameter(
-                        ge=0.0, le=1.0, description="Per-pair bar: keep the best q of each pair's scores.")] = None,
+                        ge=0.0, le=1.0, schema_extra={"minimum": 0.0},  # Litestar drops a falsy bound of an Optional
+                        description="Per-pair bar: keep the best q of each pair's scores.")] = None,
                     max_skip: Annotated[int, QueryParameter(ge=0, le=8, description="Layers a link may skip.")] = 1,
                     method: Method = "decoder_cos", include_sites: FromQuery[bool] = True,
                     edges: Annotated[Literal["default", "all"], QueryParameter(

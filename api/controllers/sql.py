@@ -12,7 +12,7 @@ from litestar import Controller, Response, get, post
 from litestar.di import NamedDependency
 from litestar.params import JSONBody, PathParameter, QueryParameter
 
-from atlas.queries.records import NotFound, QueryError
+from atlas.queries.records import NotFound
 from atlas.queries import budget
 from atlas.queries.sqlguard import check_statement
 
@@ -27,14 +27,12 @@ MEDIA = {"json": "application/json", "csv": "text/csv", "arrow": "application/vn
 
 SqlText = Annotated[str, QueryParameter(min_length=1, max_length=100_000, description="One SELECT statement.")]
 Format = Annotated[SQLFormat, QueryParameter(name="_format", description="Response format.")]
-RowLimit = Annotated[int | None, QueryParameter(name="_limit", ge=0, description="Most rows [default: server cap].")]
+RowLimit = Annotated[int | None, QueryParameter(name="_limit", ge=0, schema_extra={"minimum": 0},
+                                                 description="Most rows; at most the server's cap [default: the cap].")]
 
 
 def _sql(atlas: AtlasState, settings: Settings, sql: str, fmt: str, limit: int | None) -> Response:
-    max_rows = settings.sql_max_rows
-    limit = max_rows if limit is None else limit
-    if not 0 <= limit <= max_rows:
-        raise QueryError(f"_limit must be between 0 and {max_rows} (the server's cap), got {limit}")
+    limit = settings.sql_max_rows if limit is None else min(limit, settings.sql_max_rows)  # the server's cap wins
     check_statement(atlas.cursor(), sql)  # refuse here what the worker would refuse, without a round trip
     names, rows, truncated, elapsed = atlas.sql.run(sql, limit, settings.sql_time_limit_s, settings.sql_max_bytes,
                                                     budget.current())

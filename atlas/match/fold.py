@@ -13,7 +13,8 @@ import numpy as np
 
 from ..sae import SAEWeights
 
-METHODS = ("decoder_cos", "decoder_mse", "encoder_cos")
+from .methods import WEIGHT_METHODS as METHODS  # the registry's weight methods
+from .methods import is_distance  # noqa: F401  (re-exported: pair.py imports it from here)
 
 
 def folded_decoder(w: SAEWeights) -> np.ndarray:
@@ -33,7 +34,3 @@ def method_vectors(w: SAEWeights, method: str) -> np.ndarray:
         return np.ascontiguousarray(w.W_enc.T)
     raise ValueError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
 
-
-def is_distance(method: str) -> bool:
-    """True where lower scores are better."""
-    return method.endswith("_mse")

@@ -46,6 +46,7 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            "Pearson correlation of activations over shared tokens"),
 )}
 NAMES: tuple[str, ...] = tuple(METHODS)
+SIMILARITY_METHODS: tuple[str, ...] = tuple(n for n, m in METHODS.items() if m.higher_is_better)
 WEIGHT_METHODS: tuple[str, ...] = tuple(n for n, m in METHODS.items() if m.source == "weights")
 
 

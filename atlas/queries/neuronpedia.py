@@ -10,7 +10,7 @@ from urllib.parse import quote
 
 import msgspec
 
-from .common import check_fraction, sae_row
+from .common import check_method, check_tau, sae_row
 from .records import QueryError
 
 BASE = "https://www.neuronpedia.org"
@@ -87,8 +87,9 @@ def pair_list(con, sae_a: str, sae_b: str, method: str = "decoder_cos", tau: flo
     """A pair's assigned matches at or above tau (at or below for *_mse), both sides, best first."""
     sae_row(con, sae_a)
     sae_row(con, sae_b)
-    check_fraction("tau", tau, -1, 1 if not method.endswith("_mse") else float("inf"))
-    op, order = ("<=", "ASC") if method.endswith("_mse") else (">=", "DESC")
+    m = check_method(method)
+    check_tau(m, tau)
+    op, order = (">=", "DESC") if m.higher_is_better else ("<=", "ASC")
     rows = con.execute(
         f"SELECT m.feature_a, m.feature_b, m.score, fa.label, fb.label FROM matches m "
         f"LEFT JOIN features fa ON fa.sae_id = m.sae_a AND fa.feature = m.feature_a "

@@ -23,9 +23,8 @@ def layer_pairs(con, stack: str | None = None, method: str = "decoder_cos", min_
     if stack is not None:
         stack_saes(con, stack)
     if m.is_distance:
-        if permutation_only:
-            raise QueryError(f"permutation-only pairs are defined on similarity scores, not {method}; "
-                             f"use decoder_cos or encoder_cos")
+        if permutation_only:  # defined on a score bar, which distances do not have
+            return []
         rows = con.execute(
             "SELECT sae_a, sae_b, layer_a, layer_b, method, n_a, n_b, n_matched, matched_frac, NULL, mean_score, "
             "median_score, mse_after_perm, identity_frac, false FROM layer_pairs WHERE (? IS NULL OR stack = ?) "
@@ -51,8 +50,6 @@ def pair_matrix(con, stack: str, method: str = "decoder_cos", stat: str = "match
     layers = [layer for _, layer in stack_saes(con, stack)]
     pos = {layer: i for i, layer in enumerate(layers)}
     values: list[list[float | None]] = [[None] * len(layers) for _ in layers]
-    if m.is_distance and stat == "frac_at_min_score":
-        raise QueryError("frac_at_min_score needs a similarity method")
     pairs = layer_pairs(con, stack, method, 0.0, min_score if not m.is_distance else 0.0)
     for p in pairs:
         v = getattr(p, stat)

@@ -10,7 +10,7 @@ import numpy as np
 from .. import index as fx
 from . import budget
 from .common import check_feature, sae_row
-from .records import QueryError
+from .records import NotFound, QueryError
 
 
 class Hit(msgspec.Struct):
@@ -58,7 +58,7 @@ def nearest(cache: IndexCache, con, vector=None, sae_id: str | None = None, feat
                        "AND (? IS NULL OR sae_id IN (SELECT unnest(?))) ORDER BY sae_id",
                        [q.shape[1], saes, saes or []]).fetchall()
     if not rows:
-        raise QueryError(f"no SAE of width d_in={q.shape[1]}" + (f" among {saes}" if saes else ""))
+        raise NotFound(f"no SAE of width d_in={q.shape[1]}" + (f" among {saes}" if saes else ""))
     hits = []
     for sid, layer, index_file, _ in rows:
         budget.check("search")

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
+import pyarrow as pa
 
 from . import schema
 from .leases import leased_files
@@ -126,14 +127,38 @@ class Atlas:
                 raise AtlasBusy(f"another job is writing {self.path} ({lock.read().strip()}); "
                                 f"wait for it or stop it") from None
             lock.seek(0), lock.truncate(), lock.write(f"pid {os.getpid()}"), lock.flush()
-            writer = Writer(self)
+            writer = None
             try:
+                writer = Writer(self)
                 yield writer
                 writer.publish(final=True)
+            except BaseException:
+                if writer is not None:
+                    writer.discard()
+                self._clean_after_failure()
+                raise
             finally:
-                writer.discard()
+                if writer is not None:
+                    writer.discard()
         finally:
             lock.close()
+
+    def _clean_after_failure(self) -> None:
+        """A failed job (disk full, bad input, kill) leaves nothing behind: its working copy, a half-copied
+        publish, result shards, and index files no published snapshot or running server names."""
+        for p in [*self.dir.glob("working-*"), self.path.with_name(self.path.name + ".publishing")]:
+            p.unlink(missing_ok=True)
+        shutil.rmtree(self.dir / "results", ignore_errors=True)
+        try:
+            with connect_serving(str(self.path)) as con:
+                keep = {r[0] for r in con.execute("SELECT index_file FROM saes").fetchall()}
+        except (duckdb.Error, OSError):  # no published atlas yet: nothing names any index file
+            keep = set()
+        keep |= leased_files(self.dir)
+        for p in self.index_dir.glob("*.faiss"):
+            if p.name not in keep:
+                p.unlink(missing_ok=True)
+                p.with_suffix(".json").unlink(missing_ok=True)
 
 
 class Writer:
@@ -194,17 +219,113 @@ class Writer:
 
     @contextlib.contextmanager
     def transaction(self):
-        """One unit of work: all of it committed, or none."""
+        """One unit of work: all of it committed, or none. Nested calls join the outer transaction."""
+        if getattr(self, "_in_transaction", False):
+            yield self.con
+            return
         self.con.execute("BEGIN TRANSACTION")
+        self._in_transaction = True
         try:
             yield self.con
         except BaseException:
             self.con.execute("ROLLBACK")
             raise
+        finally:
+            self._in_transaction = False
         self.con.execute("COMMIT")
+
+    # The write API: jobs call these, not SQL. Column lists come from the schema itself.
+
+    def columns(self, table: str) -> list[str]:
+        """Column names of `table`, in schema order."""
+        cache = self.__dict__.setdefault("_columns", {})
+        if table not in cache:
+            cache[table] = [r[0] for r in self.con.execute(
+                "SELECT column_name FROM duckdb_columns() WHERE table_name = ? AND database_name = current_database() "
+                "ORDER BY column_index", [table]).fetchall()]
+            if not cache[table]:
+                raise ValueError(f"no table {table!r} in the atlas schema")
+        return cache[table]
+
+    def _checked(self, table: str, names) -> list[str]:
+        unknown = [n for n in names if n not in self.columns(table)]
+        if unknown:
+            raise ValueError(f"{table} has no column {unknown[0]!r}; its columns: {', '.join(self.columns(table))}")
+        return list(names)
+
+    def insert_rows(self, table: str, rows: list[dict]) -> None:
+        """Insert rows given as dicts (keys must be columns of `table`)."""
+        if not rows:
+            return
+        self.insert_arrow(table, pa.Table.from_pylist(rows))
+
+    def per_sae_tables(self) -> list[tuple[str, str, str]]:
+        """(table, column, column) of every table other than saes that refers to SAEs: sae_id, or sae_a/sae_b."""
+        rows = self.con.execute(
+            "SELECT table_name, list(column_name) FROM duckdb_columns() WHERE database_name = current_database() "
+            "AND table_name <> 'saes' AND column_name IN ('sae_id', 'sae_a', 'sae_b') AND table_name IN "
+            "(SELECT table_name FROM duckdb_tables() WHERE database_name = current_database()) "  # not views
+            "GROUP BY 1 ORDER BY 1").fetchall()
+        return [(t, "sae_id", "sae_id") if "sae_id" in cols else (t, "sae_a", "sae_b") for t, cols in rows]
+
+    def delete_sae(self, sae_id: str) -> None:
+        """An SAE and everything computed from it (matches, stats, correlations, examples, ...)."""
+        with self.transaction() as con:
+            for table, col_a, col_b in self.per_sae_tables():
+                con.execute(f"DELETE FROM {table} WHERE {col_a} = ? OR {col_b} = ?", [sae_id, sae_id])
+            con.execute("DELETE FROM saes WHERE sae_id = ?", [sae_id])
+
+    def put_sae(self, row: dict, features, replace: bool = False) -> None:
+        """Store an SAE's row and its features (Arrow); with replace, first drop what the old weights gave."""
+        with self.transaction():
+            if replace:
+                self.delete_sae(row["sae_id"])
+            self.insert_rows("saes", [row])
+            self.insert_arrow("features", features)
+
+    def update_sae(self, sae_id: str, values: dict, only_missing: bool = False) -> None:
+        """Set columns of one SAE's row (only where NULL with only_missing)."""
+        names = self._checked("saes", values)
+        sets = ", ".join(f"{n} = coalesce({n}, ?)" if only_missing else f"{n} = ?" for n in names)
+        self.con.execute(f"UPDATE saes SET {sets} WHERE sae_id = ?", [values[n] for n in names] + [sae_id])
+
+    def finish_run(self, run_id: str, finished_at, status: str = "ok") -> None:
+        self.con.execute("UPDATE runs SET status = ?, finished_at = ? WHERE run_id = ?", [status, finished_at, run_id])
+
+    def replace_pair(self, sae_a: str, sae_b: str, method: str, matches, stats: dict, run_id: str) -> None:
+        """One pair-method's matches (Arrow) and stats row, replacing earlier ones."""
+        with self.transaction() as con:
+            for table in ("matches", "pair_stats"):
+                con.execute(f"DELETE FROM {table} WHERE sae_a = ? AND sae_b = ? AND method = ?", [sae_a, sae_b, method])
+            self.insert_arrow("matches", matches.append_column("run_id", pa.repeat(run_id, matches.num_rows)))
+            self.insert_rows("pair_stats", [dict(stats, sae_a=sae_a, sae_b=sae_b, method=method, run_id=run_id)])
+
+    def update_pair_stats(self, sae_a: str, sae_b: str, method: str, values: dict) -> None:
+        """Set columns of one pair-method's stats row (e.g. activation checks of a weight method)."""
+        names = self._checked("pair_stats", values)
+        self.con.execute(f"UPDATE pair_stats SET {', '.join(f'{n} = ?' for n in names)} WHERE sae_a = ? AND sae_b = ? "
+                         f"AND method = ?", [values[n] for n in names] + [sae_a, sae_b, method])
+
+    def replace_activation_pair(self, sae_a: str, sae_b: str, method: str, tables, stats: dict,
+                                quality: dict[str, dict], run_id: str) -> None:
+        """A pair's activation results, replacing earlier ones: (name, Arrow table) pairs, read one at a time
+        (correlations, compositions, matches of `method`, ...), `method`'s stats row, and the checks of its
+        weight methods (`quality`: method -> pair_stats columns)."""
+        with self.transaction() as con:
+            for table in ("correlations", "compositions"):
+                con.execute(f"DELETE FROM {table} WHERE sae_a = ? AND sae_b = ?", [sae_a, sae_b])
+            for table in ("matches", "pair_stats"):
+                con.execute(f"DELETE FROM {table} WHERE sae_a = ? AND sae_b = ? AND method = ?", [sae_a, sae_b, method])
+            for name, table in tables:
+                if table.num_rows:
+                    self.insert_arrow(name, table.append_column("run_id", pa.repeat(run_id, table.num_rows)))
+            self.insert_rows("pair_stats", [dict(stats, sae_a=sae_a, sae_b=sae_b, method=method, run_id=run_id)])
+            for weight_method, values in quality.items():
+                self.update_pair_stats(sae_a, sae_b, weight_method, values)
 
     def insert_arrow(self, table: str, data) -> None:
         """Bulk insert an Arrow table (columns by name) into `table`."""
+        self._checked(table, data.column_names)
         self.con.register("_incoming", data)
         try:
             cols = ", ".join(data.column_names)

@@ -25,9 +25,7 @@ def _now():
 def record_run(writer, kind: str, params: dict):
     """Insert a 'running' row, yield its run_id, mark it 'ok' when the body finishes."""
     run_id = f"{kind}-{_now():%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
-    writer.con.execute(
-        "INSERT INTO runs VALUES (?, ?, ?, ?, ?, NULL, 'running')",
-        [run_id, kind, json.dumps(params, default=str), json.dumps(versions()), _now()],
-    )
+    writer.insert_rows("runs", [{"run_id": run_id, "kind": kind, "params": json.dumps(params, default=str),
+                                 "versions": json.dumps(versions()), "started_at": _now(), "status": "running"}])
     yield run_id
-    writer.con.execute("UPDATE runs SET status = 'ok', finished_at = ? WHERE run_id = ?", [_now(), run_id])
+    writer.finish_run(run_id, _now())

@@ -208,20 +208,10 @@ def correlate(atlas: Atlas, pairs: list[tuple[str, str]], activations: Path, k: 
 
 def _commit(w, task: CorrTask, result: CorrResult, run_id: str, summary: CorrelateSummary) -> None:
     a, b = task.a.sae_id, task.b.sae_id
-    with w.transaction() as con:
-        for table in ("correlations", "compositions"):
-            con.execute(f"DELETE FROM {table} WHERE sae_a = ? AND sae_b = ?", [a, b])
-        con.execute("DELETE FROM matches WHERE sae_a = ? AND sae_b = ? AND method = 'activation_corr'", [a, b])
-        con.execute("DELETE FROM pair_stats WHERE sae_a = ? AND sae_b = ? AND method = 'activation_corr'", [a, b])
-        for name, path in result.shards.items():
-            table = pq.read_table(path)
-            if table.num_rows:
-                w.insert_arrow(name, table.append_column("run_id", pa.repeat(run_id, table.num_rows)))
-        w.insert_arrow("pair_stats", pa.Table.from_pylist([dict(result.stats, sae_a=a, sae_b=b, method="activation_corr",
-                                                                run_id=run_id)]))
-        for method, q in result.quality.items():
-            con.execute("UPDATE pair_stats SET matching_score = ?, explained_variance = ? WHERE sae_a = ? AND sae_b = ? "
-                        "AND method = ?", [q["matching_score"], q["explained_variance"], a, b, method])
+    w.replace_activation_pair(a, b, "activation_corr", ((n, pq.read_table(p)) for n, p in result.shards.items()),
+                              result.stats, {m: {"matching_score": q["matching_score"],
+                                                 "explained_variance": q["explained_variance"]}
+                                             for m, q in result.quality.items()}, run_id)
     for path in result.shards.values():
         Path(path).unlink(missing_ok=True)
     summary.pairs.append((a, b))

@@ -100,11 +100,12 @@ def build_family(atlas: Atlas, plan: FamilyPlan, cache: Path, log=print, bar=Non
             f"dead {q['dead_frac']:.1%}")
     layer_cache = {}
     done = ingest(atlas, [lambda f=f: read_sae(f, site="resid") for f in folders])
-    family = set(done.added + done.replaced + done.unchanged)
+    family = set(done.added + done.replaced + done.unchanged + done.merged)
     with atlas.write() as w:
         for folder, key in zip(folders, keys):
             q = quality[key]
-            sid = w.con.execute("SELECT sae_id FROM saes WHERE source = ?", [str(folder)]).fetchone()[0]
+            # sources are stored resolved (ingest.sources.read_sae)
+            sid = w.con.execute("SELECT sae_id FROM saes WHERE source = ?", [str(Path(folder).resolve())]).fetchone()[0]
             w.con.execute("INSERT OR REPLACE INTO training VALUES (?, ?, ?, ?, ?, ?)",
                           [sid, q["fvu"], q["l0"], q["dead_frac"], q["samples"], q["tokens"]])
     with atlas.read() as con:

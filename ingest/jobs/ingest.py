@@ -37,7 +37,8 @@ def ingest(atlas: Atlas, sources: Iterable[Callable[[], SAERecord]], replace: bo
     with atlas.write() as w, record_run(w, "ingest", params or {"replace": replace, "factory": factory}):
         for read in sources:
             rec = read()
-            status = _known(w, rec.meta) or commit_sae(w, prepare(rec, w.atlas.index_dir, factory), replace)
+            status = (_known(w, rec.meta, by_hash=not replace)
+                      or commit_sae(w, prepare(rec, w.atlas.index_dir, factory), replace))
             _count(summary, rec.meta, status, progress)
     summary.seconds = time.perf_counter() - t0
     return summary
@@ -101,7 +102,7 @@ def ingest_paths(atlas: Atlas, paths: list[Path], overrides: dict | None = None,
             paths = [p for p in paths if str(p) not in stored]
         tasks = [IngestTask(str(p), fmt, items, factory) for p in paths]
         for prepared in executor.map(run_ingest, tasks, str(w.atlas.index_dir)):
-            status = _known(w, prepared.meta) or commit_sae(w, prepared, replace)
+            status = _known(w, prepared.meta, by_hash=not replace) or commit_sae(w, prepared, replace)
             _count(summary, prepared.meta, status, progress)
     summary.seconds = time.perf_counter() - t0
     return summary
@@ -120,15 +121,14 @@ def _count(summary: IngestSummary, meta: SAEMeta, status: str, progress) -> None
 MERGED_COLUMNS = ("neuronpedia_id", "release", "variant", "l0", "hook_out", "d_out")
 
 
-def _known(w: Writer, m: SAEMeta) -> str | None:
-    """'unchanged' / 'merged' when these weights are already stored (by id, or by hash under another id),
-    after filling that row's missing metadata from `m`; None when they are new."""
-    row = w.con.execute("SELECT sae_id FROM saes WHERE sha256 = ? ORDER BY sae_id = ? DESC, created_at LIMIT 1",
-                        [m.sha256, m.sae_id]).fetchone()
+def _known(w: Writer, m: SAEMeta, by_hash: bool = True) -> str | None:
+    """'unchanged' / 'merged' when these weights are already stored (by id, or by hash under another id
+    unless --replace asks for this id), after filling that row's missing metadata from `m`; None when new."""
+    row = w.con.execute("SELECT sae_id FROM saes WHERE sha256 = ? AND (? OR sae_id = ?) "
+                        "ORDER BY sae_id = ? DESC, created_at LIMIT 1", [m.sha256, by_hash, m.sae_id, m.sae_id]).fetchone()
     if row is None:
         return None
-    sets = ", ".join(f"{c} = coalesce({c}, ?)" for c in MERGED_COLUMNS)
-    w.con.execute(f"UPDATE saes SET {sets} WHERE sae_id = ?", [getattr(m, c) for c in MERGED_COLUMNS] + [row[0]])
+    w.update_sae(row[0], {c: getattr(m, c) for c in MERGED_COLUMNS}, only_missing=True)
     if row[0] == m.sae_id:
         return "unchanged"
     m.sae_id = row[0]  # reported under the id it is stored as
@@ -148,19 +148,12 @@ def commit_sae(w: Writer, p: Prepared, replace: bool) -> str:
         what = "d_in" if m.kind == "sae" else "d_out"
         raise SAEError(f"{m.source}: {what} {m.d_out or m.d_in} differs from {other[0]} ({what} {other[1]}) "
                        f"in stack {m.stack}")
-    with w.transaction() as con:
-        if old:
-            for table, col_a, col_b in DEPENDENT_TABLES:
-                con.execute(f"DELETE FROM {table} WHERE {col_a} = ? OR {col_b} = ?", [m.sae_id, m.sae_id])
-            con.execute("DELETE FROM features WHERE sae_id = ?", [m.sae_id])
-            con.execute("DELETE FROM saes WHERE sae_id = ?", [m.sae_id])
-        row = {"sae_id": m.sae_id, "model": m.model, "hook": m.hook, "site": m.site, "layer": m.layer, "d_in": m.d_in,
-               "d_sae": m.d_sae, "arch": m.arch, "k": m.k, "seed": m.seed, "dataset": m.dataset, "stack": m.stack,
-               "source": m.source, "format": m.fmt, "sha256": m.sha256, "neuronpedia_id": m.neuronpedia_id,
-               "index_file": p.index_file, "index_factory": p.factory, "release": m.release, "variant": m.variant,
-               "kind": m.kind, "hook_out": m.hook_out, "d_out": m.d_out, "l0": m.l0}
-        con.execute(f"INSERT INTO saes ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})", list(row.values()))
-        w.insert_arrow("features", p.features)
+    row = {"sae_id": m.sae_id, "model": m.model, "hook": m.hook, "site": m.site, "layer": m.layer, "d_in": m.d_in,
+           "d_sae": m.d_sae, "arch": m.arch, "k": m.k, "seed": m.seed, "dataset": m.dataset, "stack": m.stack,
+           "source": m.source, "format": m.fmt, "sha256": m.sha256, "neuronpedia_id": m.neuronpedia_id,
+           "index_file": p.index_file, "index_factory": p.factory, "release": m.release, "variant": m.variant,
+           "kind": m.kind, "hook_out": m.hook_out, "d_out": m.d_out, "l0": m.l0}
+    w.put_sae(row, p.features, replace=bool(old))
     return "replaced" if old else "added"
 
 
@@ -185,7 +178,7 @@ def set_neuronpedia_id(atlas: Atlas, sae_id: str, neuronpedia_id: str | None) ->
     with atlas.write() as w, record_run(w, "saes-set", {"sae_id": sae_id, "neuronpedia_id": neuronpedia_id}):
         if w.con.execute("SELECT 1 FROM saes WHERE sae_id = ?", [sae_id]).fetchone() is None:
             raise KeyError(f"unknown SAE {sae_id!r}: see `atlas saes`")
-        w.con.execute("UPDATE saes SET neuronpedia_id = ? WHERE sae_id = ?", [neuronpedia_id, sae_id])
+        w.update_sae(sae_id, {"neuronpedia_id": neuronpedia_id})
 
 
 def reroot(atlas: Atlas, old: Path, new: Path) -> int:

@@ -12,7 +12,6 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import pyarrow as pa
 
 from atlas.match.pair import MatchParams
 from atlas.store import Atlas, record_run
@@ -149,15 +148,11 @@ def run_match(atlas: Atlas, pairs: list[tuple[str, str]], methods: list[str], pa
 
 def _commit(w, tasks: list[PairTask], results: list[TaskResult], run_id: str, summary: MatchSummary) -> None:
     """One transaction for a batch of finished pairs: readers see all of it or none."""
-    with w.transaction() as con:
+    with w.transaction():
         for task, result in zip(tasks, results):
             a, b, method = task.a.sae_id, task.b.sae_id, task.params.method
             matches, stats = read_shard(result.shard)
-            con.execute("DELETE FROM matches WHERE sae_a = ? AND sae_b = ? AND method = ?", [a, b, method])
-            con.execute("DELETE FROM pair_stats WHERE sae_a = ? AND sae_b = ? AND method = ?", [a, b, method])
-            w.insert_arrow("matches", matches.append_column("run_id", pa.repeat(run_id, matches.num_rows)))
-            w.insert_arrow("pair_stats", pa.Table.from_pylist([dict(stats, sae_a=a, sae_b=b, method=method,
-                                                                    run_id=run_id)]))
+            w.replace_pair(a, b, method, matches, stats, run_id)
             summary.computed.append((a, b, method))
     for result in results:
         Path(result.shard).unlink(missing_ok=True)

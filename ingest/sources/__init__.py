@@ -90,10 +90,6 @@ def release_names(sources) -> list[str]:
     return names
 
 
-def read_pretrained(release_name: str, sae_id: str, **overrides) -> SAERecord:
-    return read_sae(f"{release_name}{release.SEP}{sae_id}", fmt="release", **overrides)
-
-
 def finish(rec: SAERecord, where: str, overrides: dict) -> SAERecord:
     given = {k: v for k, v in overrides.items() if v is not None}
     if "hook" in given and "site" not in given:
@@ -119,4 +115,4 @@ def find_sae_folders(root: Path) -> list[Path]:
 
 
 __all__ = ["FORMATS", "READERS", "SAEError", "detect_format", "find_sae_folders", "load_stored",
-           "read_pretrained", "read_sae", "release_names"]
+           "read_sae", "release_names"]

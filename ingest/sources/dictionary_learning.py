@@ -55,9 +55,12 @@ def read(path: Path) -> SAERecord:
     if k is None and "k" in t:
         k = int(t["k"].reshape(-1)[0])
     layer, submodule = trainer.get("layer"), trainer.get("submodule_name")
+    # As sae_lens names these SAEs when it loads them from a release (dictionary_learning_1 loader), so
+    # both routes agree: short model name, residual-stream hook of the layer.
+    resid = layer is not None and (submodule is None or "resid" in submodule)
     meta = SAEMeta(
-        model=trainer.get("lm_name") or "unknown",
-        hook=submodule or (f"layers.{layer}" if layer is not None else ""),
+        model=(trainer.get("lm_name") or "unknown").rsplit("/", 1)[-1],
+        hook=f"blocks.{layer}.hook_resid_post" if resid else submodule or "",
         d_in=int(trainer.get("activation_dim") or 0), d_sae=int(trainer.get("dict_size") or 0),
         arch=arch, k=int(k) if k else None, seed=trainer.get("seed"), layer=layer,
         release=path.parent.name, variant=path.name, source=str(path), fmt="dictionary_learning",

@@ -79,9 +79,8 @@ def read(name: str) -> SAERecord:
     m.model = m.model if m.model != "unknown" else info.model
     m.neuronpedia_id = m.neuronpedia_id or info.neuronpedia_id.get(sae_id)
     path = info.saes_map[sae_id]
-    last = sae_id.rstrip("/").rsplit("/", 1)[-1]
-    if re.fullmatch(r"canonical|average_l0_\d+|trainer_\d+|seed\d+|best", last):
-        m.variant = last
+    if v := re.search(r"(?:^|[/_])(canonical|average_l0_\d+|trainer_\d+|seed\d+|best)$", sae_id):
+        m.variant = v.group(1)
     if l0 := re.search(r"average_l0_(\d+)", path):
         m.l0 = float(l0.group(1))
     elif info.expected_l0.get(sae_id):
