@@ -17,10 +17,10 @@ from __future__ import annotations
 import numpy as np
 import pyarrow.compute as pc
 
-from .common import check_feature, check_fraction, check_method, sae_row, stack_saes
+from .common import SAE_COLUMNS, check_feature, check_fraction, check_method, sae_row, stack_saes
 from .neuronpedia import feature_url
 from . import budget
-from .records import Edge, Lineage, Node, OverBudget, QueryError
+from .records import Edge, Lineage, Node, NotFound, OverBudget, QueryError
 
 MAX_NODES = 2000
 _EDGE_COLS = "sae_a, feature_a, sae_b, feature_b, method, score, rank, assigned, coalesce(rank_b, 0) AS rank_b"
@@ -69,10 +69,23 @@ class EdgeIndex:
         self.labels = {(s, f): lab for s, f, lab in cur.execute(
             "SELECT sae_id, feature, label FROM features WHERE label IS NOT NULL").fetchall()}
         self.neuronpedia = dict(cur.execute("SELECT sae_id, neuronpedia_id FROM saes").fetchall())
+        # The snapshot's SAE rows, stacks and node labels, so a served lineage runs no SQL at all.
+        self.saes = {r[0]: dict(zip(SAE_COLUMNS, r)) for r in cur.execute(
+            f"SELECT {', '.join(SAE_COLUMNS)} FROM saes ORDER BY layer, sae_id").fetchall()}
+        self.stacks: dict[str, list[tuple[str, int]]] = {}
+        for row in self.saes.values():
+            self.stacks.setdefault(row["stack"], []).append((row["sae_id"], row["layer"]))
+        self.top_tokens = _top_tokens(cur, None, None)
         self.flow_sites = cur.execute("SELECT count(*) FROM saes WHERE site IN ('mlp', 'attn')").fetchone()[0] > 0
         ka, kb = (self.ca << 32) | self.fa, (self.cb << 32) | self.fb
         self.by_a, self.by_b = np.argsort(ka, kind="stable"), np.argsort(kb, kind="stable")
         self.ka, self.kb = ka[self.by_a], kb[self.by_b]
+
+    def sae(self, sae_id: str) -> dict:
+        """The SAE's row in this snapshot (NotFound as sae_row says it)."""
+        if sae_id not in self.saes:
+            raise NotFound(f"unknown SAE {sae_id!r}: GET /api/saes lists the SAEs in this atlas")
+        return self.saes[sae_id]
 
     def edges(self, sae: str, features, targets: list[str], forward: bool) -> list[tuple]:
         if sae not in self.code:
@@ -127,9 +140,10 @@ def lineage(con, sae_id: str, feature: int, direction: str = "both", tau: float 
             raise QueryError("give tau or quantile")
     if quantile is not None:
         check_fraction("quantile", quantile)
-    sae = sae_row(con, sae_id)
+    cached = index is not None and index.method == method
+    sae = index.sae(sae_id) if cached else sae_row(con, sae_id)
     check_feature(sae, feature)
-    stack = stack_saes(con, sae["stack"])
+    stack = index.stacks[sae["stack"]] if cached else stack_saes(con, sae["stack"])
     ids = [s for s, _ in stack]
     layer_of = dict(stack)
     pos0 = ids.index(sae_id)
@@ -269,18 +283,19 @@ def _nodes(con, seen, layer_of, site, include_sites, method, index: EdgeIndex | 
         for s in set(saes):
             mine = [f for x, f in seen if x == s]
             origins.update({(s, f): o for f, o in flow_origins(con, s, mine, method).items()})
-    tokens = _top_tokens(con, saes, feats)
+    tokens = index.top_tokens if index is not None else _top_tokens(con, saes, feats)
     nodes = [Node(sae_id=s, feature=f, layer=layer_of[s], site=site, label=label, neuronpedia_url=feature_url(npid, f),
                   origin=origins.get((s, f)), top_tokens=tokens.get((s, f))) for s, f, label, npid in rows]
     return sorted(nodes, key=lambda n: (n.layer, n.feature))
 
 
 def _top_tokens(con, saes, feats, n: int = 3) -> dict[tuple[str, int], list[str]]:
-    """The firing tokens of each node's top examples, distinct, best first (WordPiece '##' dropped)."""
+    """The firing tokens of each node's top examples, distinct, best first (WordPiece '##' dropped);
+    saes=None: of every feature with examples (the edge index's snapshot cache)."""
+    pick = "" if saes is None else "JOIN (SELECT unnest(?) AS sae_id, unnest(?) AS feature) n USING (sae_id, feature) "
     rows = con.execute(
         "SELECT e.sae_id, e.feature, list(e.tokens[e.highlight + 1] ORDER BY e.activation DESC) FROM examples e "
-        "JOIN (SELECT unnest(?) AS sae_id, unnest(?) AS feature) n USING (sae_id, feature) WHERE e.kind = 'top' "
-        "GROUP BY ALL", [list(saes), list(feats)]).fetchall()
+        f"{pick}WHERE e.kind = 'top' GROUP BY ALL", [] if saes is None else [list(saes), list(feats)]).fetchall()
     out = {}
     for s, f, toks in rows:
         clean = list(dict.fromkeys(t.removeprefix("##").strip() for t in toks if t and t.strip()))
