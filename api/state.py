@@ -110,7 +110,7 @@ class Snapshot:
         floor = method_info(method).index_floor
         if floor is None:
             return None
-        return self._cached(f"edges:{method}", lambda: EdgeIndex(self.cursor(), method, floor))
+        return self._cached(f"edges:{method}", lambda: EdgeIndex(self.cursor(), method, floor, self.saes()))
 
 
 class AtlasState:

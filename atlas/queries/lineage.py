@@ -48,7 +48,7 @@ class EdgeIndex:
     from either end. A server builds one per snapshot; lineage() uses it when its bar is ≥ floor and
     falls back to SQL otherwise, with the same answers."""
 
-    def __init__(self, con, method: str, floor: float = 0.5):
+    def __init__(self, con, method: str, floor: float = 0.5, saes: dict[str, dict] | None = None):
         self.method, self.floor = method, floor
         t = con.cursor().sql(f"SELECT {_EDGE_COLS} FROM matches WHERE method = ? AND score >= ?",
                              params=[method, floor]).to_arrow_table()
@@ -68,15 +68,16 @@ class EdgeIndex:
         cur = con.cursor()
         self.labels = {(s, f): lab for s, f, lab in cur.execute(
             "SELECT sae_id, feature, label FROM features WHERE label IS NOT NULL").fetchall()}
-        self.neuronpedia = dict(cur.execute("SELECT sae_id, neuronpedia_id FROM saes").fetchall())
-        # The snapshot's SAE rows, stacks and node labels, so a served lineage runs no SQL at all.
-        self.saes = {r[0]: dict(zip(SAE_COLUMNS, r)) for r in cur.execute(
-            f"SELECT {', '.join(SAE_COLUMNS)} FROM saes ORDER BY layer, sae_id").fetchall()}
+        # The snapshot's SAE rows (a server passes the ones it already holds), stacks and node labels, so a
+        # served lineage runs no SQL at all.
+        self.saes = saes if saes is not None else {r[0]: dict(zip(SAE_COLUMNS, r)) for r in cur.execute(
+            f"SELECT {', '.join(SAE_COLUMNS)} FROM saes").fetchall()}
+        self.neuronpedia = {s: row["neuronpedia_id"] for s, row in self.saes.items()}
         self.stacks: dict[str, list[tuple[str, int]]] = {}
-        for row in self.saes.values():
+        for row in sorted(self.saes.values(), key=lambda r: (r["layer"], r["sae_id"])):
             self.stacks.setdefault(row["stack"], []).append((row["sae_id"], row["layer"]))
         self.top_tokens = _top_tokens(cur, None, None)
-        self.flow_sites = cur.execute("SELECT count(*) FROM saes WHERE site IN ('mlp', 'attn')").fetchone()[0] > 0
+        self.flow_sites = any(row["site"] in ("mlp", "attn") for row in self.saes.values())
         ka, kb = (self.ca << 32) | self.fa, (self.cb << 32) | self.fb
         self.by_a, self.by_b = np.argsort(ka, kind="stable"), np.argsort(kb, kind="stable")
         self.ka, self.kb = ka[self.by_a], kb[self.by_b]
