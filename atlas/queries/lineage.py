@@ -110,7 +110,7 @@ def pair_bars(con, saes: list[str], method: str, tau: float | None, quantile: fl
     """The score bar: one number (tau), or per (sae_a, sae_b) the quantile of assigned scores."""
     if quantile is None:
         return tau
-    q = quantile if method.endswith("_mse") else 1 - quantile
+    q = quantile if check_method(method).is_distance else 1 - quantile
     rows = con.execute(
         "SELECT sae_a, sae_b, quantile_cont(score, ?) FROM matches WHERE assigned AND method = ? "
         "AND sae_a IN (SELECT unnest(?)) GROUP BY ALL", [q, method, saes]).fetchall()
@@ -127,14 +127,13 @@ def _passes(bar, a: str, b: str, score: float, distance: bool) -> bool:
 def lineage(con, sae_id: str, feature: int, direction: str = "both", tau: float | None = 0.7,
             quantile: float | None = None, max_skip: int = 1, method: str = "decoder_cos",
             include_sites: bool = True, index: EdgeIndex | None = None, edges: str = "default") -> Lineage:
-    check_method(method)
+    distance = check_method(method).is_distance
     if edges not in EDGE_MODES:
         raise QueryError(f"edges must be default or all, got {edges!r}")
     if direction not in ("both", "forward", "backward"):
         raise QueryError(f"direction must be both, forward or backward, got {direction!r}")
     if not 0 <= max_skip <= 8:
         raise QueryError(f"max_skip must be between 0 and 8, got {max_skip}")
-    distance = method.endswith("_mse")
     if quantile is None and (tau is None or distance):
         quantile = 0.5 if distance else None
         if quantile is None:
@@ -336,7 +335,7 @@ def lineage_shape(con, sae_id: str, n_features: int = 256, tau: float = 0.7, met
     with more than `big` nodes, mean and largest node count, and the share of edges outside the assignment."""
     check_method(method)
     n = min(n_features, sae_row(con, sae_id)["d_sae"])
-    index = EdgeIndex(con, method, min(tau, 0.5)) if not method.endswith("_mse") else None
+    index = EdgeIndex(con, method, min(tau, 0.5)) if not check_method(method).is_distance else None
     out = {}
     for mode in ("all", "default"):  # before and after typed edges
         sizes, n_edges, unassigned = [], 0, 0
