@@ -24,6 +24,7 @@ from pathlib import Path
 
 import duckdb
 import pyarrow as pa
+import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from . import parts, schema
@@ -270,8 +271,8 @@ class Writer:
     def __init__(self, atlas: Atlas):
         self.atlas = atlas
         self.work = atlas.dir / f"working-{os.getpid()}.duckdb"
-        for stale in atlas.dir.glob("working-*"):  # left by a killed job: we hold the lock now
-            stale.unlink()
+        for stale in [*atlas.dir.glob("working-*"), atlas.path.with_name(atlas.path.name + ".publishing")]:
+            stale.unlink(missing_ok=True)  # left by a killed job: we hold the lock now
         if atlas.path.exists():
             shutil.copyfile(atlas.path, self.work)
         self.con = duckdb.connect(str(self.work))
@@ -518,6 +519,14 @@ class Writer:
                                             reverse_file=reverse.file if reverse else None, n_rows=main.rows,
                                             bytes=main.bytes + (reverse.bytes if reverse else 0), run_id=run_id)])
 
+    def pair_rows(self, table: str, sae_a: str, sae_b: str, method: str, sql: str) -> list[tuple]:
+        """`sql` over one pair's table file only (as the relation `rows`), not the view over every file."""
+        row = self.con.execute("SELECT file FROM parts WHERE table_name = ? AND sae_a = ? AND sae_b = ? AND method = ?",
+                               [table, sae_a, sae_b, method]).fetchone()
+        source = (f"read_parquet({schema._quote(str(self.atlas.tables_dir / row[0]))})" if row
+                  else f"empty.{table}")
+        return self.con.execute(f"WITH rows AS (SELECT * FROM {source}) {sql}").fetchall()
+
     def drop_parts(self, where: str, params: list) -> None:
         """Take the table files matching `where` (SQL over parts' columns) out of the catalog; the files stay
         for readers of older snapshots until the grace period after this snapshot's publish."""
@@ -534,18 +543,25 @@ class Writer:
 
     def replace_activation_pair(self, sae_a: str, sae_b: str, method: str, tables, stats: dict,
                                 quality: dict[str, dict], run_id: str) -> None:
-        """A pair's activation results, replacing earlier ones: (name, Arrow table) pairs, read one at a time
-        (correlations, compositions, matches of `method`, ...), `method`'s stats row, and the checks of its
-        weight methods (`quality`: method -> pair_stats columns)."""
+        """A pair's activation results, replacing earlier ones: (name, Arrow table or a task's Parquet shard)
+        pairs, read one at a time (correlations, compositions, matches of `method`, examples), `method`'s stats
+        row, and the checks of its weight methods (`quality`: method -> pair_stats columns). Shards of table-file
+        tables become table files by a rename (parts.write_file's format, run_id included)."""
         with self.transaction() as con:
             self.drop_parts("table_name IN ('correlations', 'compositions') AND sae_a = ? AND sae_b = ?", [sae_a, sae_b])
             self.drop_parts("table_name = 'matches' AND sae_a = ? AND sae_b = ? AND method = ?", [sae_a, sae_b, method])
             con.execute("DELETE FROM pair_stats WHERE sae_a = ? AND sae_b = ? AND method = ?", [sae_a, sae_b, method])
             for name, table in tables:
-                if name in parts.PART_TABLES:
-                    self.put_part(name, sae_a, sae_b, method if name == "matches" else "", table, run_id)
-                elif table.num_rows:
-                    self.insert_arrow(name, table.append_column("run_id", pa.repeat(run_id, table.num_rows)))
+                key = method if name == "matches" else ""
+                if name in parts.PART_TABLES and isinstance(table, Path):  # a task's finished table file
+                    if parts.size_of(table)[0]:
+                        self.adopt_part(name, sae_a, sae_b, key, table, run_id)
+                elif name in parts.PART_TABLES:
+                    self.put_part(name, sae_a, sae_b, key, table, run_id)
+                else:
+                    table = pq.read_table(table) if isinstance(table, Path) else table
+                    if table.num_rows:
+                        self.insert_arrow(name, table.append_column("run_id", pa.repeat(run_id, table.num_rows)))
             self.insert_rows("pair_stats", [dict(stats, sae_a=sae_a, sae_b=sae_b, method=method, run_id=run_id)])
             for weight_method, values in quality.items():
                 self.update_pair_stats(sae_a, sae_b, weight_method, values)
