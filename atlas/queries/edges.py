@@ -41,6 +41,7 @@ class FileEdges:
         self.root = Path(root) if root is not None else None
         self.reader = reader if reader is not None or self.root is None else PartReader(self.root)
         self.saes = saes
+        self.catalog = files
         self._stacks: dict[str, list[tuple[str, int]]] | None = None
         # (sae_a, sae_b, method) -> (file, reverse_file), and each SAE's pairs from either end
         self.pairs = {(a, b, m): f for (t, a, b, m), f in files.items() if t == "matches"}

@@ -47,7 +47,7 @@ def pair_bars(con, saes: list[str], method: str, tau: float | None, quantile: fl
             if m == method:
                 path = str(files.path(files.pairs[(a, b, m)][0]))
                 bars[(a, b)] = con.execute("SELECT quantile_cont(score, ?) FROM read_parquet(?) WHERE assigned",
-                                           [q, path]).fetchone()[0]
+                                           [q, path]).fetchall()[0][0]
     return {k: v for k, v in bars.items() if v is not None}
 
 
