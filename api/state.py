@@ -93,7 +93,7 @@ class Snapshot:
 
     def files(self) -> FileEdges:
         """The snapshot's matches as table files: catalog, SAE rows and a bounded cache of file footers."""
-        return self._cached("files", lambda: FileEdges.of(self.cursor(), self.saes()))
+        return self._cached("files", lambda: FileEdges.of(self.cursor(), self.saes(), examples=self.with_examples()))
 
 
 class AtlasState:

@@ -203,7 +203,7 @@ def _nodes(con, seen, layer_of, site, include_sites, method, files: FileEdges) -
         for s in set(saes):
             mine = [f for x, f in seen if x == s]
             origins.update({(s, f): o for f, o in flow_origins(con, s, mine, method, files=files).items()})
-    tokens = _top_tokens(con, saes, feats)
+    tokens = _top_tokens(con, saes, feats) if files.examples is None or files.examples & set(saes) else {}
     nodes = [Node(sae_id=s, feature=f, layer=layer_of[s], site=site, label=label,
                   neuronpedia_url=feature_url(files.saes[s]["neuronpedia_id"], f), origin=origins.get((s, f)),
                   top_tokens=tokens.get((s, f))) for s, f, label in rows]
