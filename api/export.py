@@ -72,5 +72,12 @@ def table_batches(snap, table: str) -> tuple[pa.Schema, Iterator[pa.RecordBatch]
                 yield from pq.ParquetFile(files.path(rel)).iter_batches(batch_size=BATCH_ROWS)
         return schema, from_files()
     # an export is bounded in memory, not time: its cursor is not stopped at the request's time limit
-    reader = snap.con.cursor().sql(f"SELECT * FROM {table}").to_arrow_reader(BATCH_ROWS)
-    return reader.schema, iter(reader)
+    cur = snap.con.cursor()
+    reader = cur.sql(f"SELECT * FROM {table}").to_arrow_reader(BATCH_ROWS)
+
+    def from_cursor():
+        try:
+            yield from reader
+        finally:
+            cur.close()
+    return reader.schema, from_cursor()
