@@ -49,7 +49,22 @@ DDL = """(sae_a VARCHAR NOT NULL, feature_a INTEGER NOT NULL, sae_b VARCHAR NOT 
     method VARCHAR NOT NULL, score FLOAT NOT NULL, rank SMALLINT NOT NULL, assigned BOOLEAN NOT NULL,
     run_id VARCHAR NOT NULL, rank_b SMALLINT)"""
 LOOKUP = "WHERE sae_a = ? AND sae_b = ? AND method = ? AND feature_a = ? ORDER BY rank"
-H = 2654435761  # Knuth's multiplicative hash: scores and partners that look random but are a formula
+H, H2, M = 2654435761, 0x45D9F3B, 2**32
+
+
+def mix_sql(c: int) -> str:
+    """A 32-bit integer hash of row number i (multiply, xor-shift, multiply, xor-shift) in SQL: partners and
+    scores that compress like random ones (a plain multiplicative hash is a lattice that delta coding sees
+    through), yet are a formula a test can recompute (mix())."""
+    x1 = f"((i * {H} + {c}) % {M})"
+    x2 = f"((xor({x1}, {x1} >> 15) * {H2}) % {M})"
+    return f"xor({x2}, {x2} >> 13)"
+
+
+def mix(i: int, c: int) -> int:
+    x = (i * H + c) % M
+    x = ((x ^ (x >> 15)) * H2) % M
+    return x ^ (x >> 13)
 
 
 # ---- the synthetic data: one formula, so a test can recompute any row ----
@@ -64,22 +79,20 @@ def rows_sql(pm: int, features: int, k: int) -> str:
     """`features` × `k` match rows of pair-method `pm`, sorted by (feature_a, rank) (range() order)."""
     a, b, m = key(pm)
     return f"""SELECT '{a}' AS sae_a, (i // {k})::INTEGER AS feature_a, '{b}' AS sae_b,
-        (((i // {k}) * {H} + (i % {k}) * 40503 + {pm * 7}) % {features})::INTEGER AS feature_b, '{m}' AS method,
-        (0.9::DOUBLE - 0.04::DOUBLE * (i % {k}) + 0.03::DOUBLE * ((i * {H} + {pm * 97}) % 4294967296)
-            / 4294967296.0::DOUBLE)::FLOAT AS score,
+        ({mix_sql(pm * 7)} * {features} // {M})::INTEGER AS feature_b, '{m}' AS method,
+        (0.9::DOUBLE - 0.04::DOUBLE * (i % {k}) + 0.03::DOUBLE * {mix_sql(pm * 97 + 1)} / {M}.0::DOUBLE)::FLOAT AS score,
         (i % {k} + 1)::SMALLINT AS rank, (i % {k} = 0) AS assigned, 'run-{pm:08d}' AS run_id,
-        (1 + (i * 40503 + {pm}) % {k})::SMALLINT AS rank_b
+        (1 + {mix_sql(pm * 13 + 2)} * {k} // {M})::SMALLINT AS rank_b
     FROM range({features * k}) r(i)"""
 
 
 def expected(pm: int, feature_a: int, features: int, k: int) -> dict[str, list]:
     """The rows rows_sql() gives for one feature_a, computed in Python (the planted truth)."""
-    i = np.arange(feature_a * k, feature_a * k + k, dtype=np.int64)
-    r = i % k
-    return {"feature_b": ((feature_a * H + r * 40503 + pm * 7) % features).tolist(),
-            "score": [float(np.float32(0.9 - 0.04 * float(x) + 0.03 * float((int(j) * H + pm * 97) % 4294967296)
-                                       / 4294967296.0)) for x, j in zip(r, i)],
-            "rank": (r + 1).tolist(), "assigned": (r == 0).tolist(), "rank_b": (1 + (i * 40503 + pm) % k).tolist(),
+    i = [feature_a * k + r for r in range(k)]
+    return {"feature_b": [mix(j, pm * 7) * features // M for j in i],
+            "score": [float(np.float32(0.9 - 0.04 * (j % k) + 0.03 * mix(j, pm * 97 + 1) / M)) for j in i],
+            "rank": [j % k + 1 for j in i], "assigned": [j % k == 0 for j in i],
+            "rank_b": [1 + mix(j, pm * 13 + 2) * k // M for j in i],
             "run_id": [f"run-{pm:08d}"] * k}
 
 
@@ -290,6 +303,26 @@ class Manifest:
             out[f"direct_pyarrow_{p}"], res = timed_lookups(
                 lambda pm, fa: direct.rows(key(pm), fa).column("feature_b").to_pylist(), lookups)
             out[f"direct_pyarrow_{p}"]["correct"] = correct(res, lookups, self.features, self.k)
+        return out
+
+    def writers(self, pm: int) -> dict:
+        """Bytes per row of one pair-method's file by writer: what the store writes (pyarrow defaults), pyarrow
+        with dictionaries only on the strings, BYTE_STREAM_SPLIT floats and delta-packed ints, and DuckDB's COPY."""
+        t, path = arrow_rows(pm, self.features, self.k), self.root / "writer.parquet"
+        ints = ("feature_a", "feature_b", "rank", "rank_b")
+        out = {}
+        for name, kw in (("pyarrow_default", {}),
+                         ("pyarrow_tuned", {"use_dictionary": ["sae_a", "sae_b", "method", "run_id"],
+                                            "column_encoding": {"score": "BYTE_STREAM_SPLIT",
+                                                                **dict.fromkeys(ints, "DELTA_BINARY_PACKED")}})):
+            pq.write_table(t, path, row_group_size=ROW_GROUP, compression="zstd", write_statistics=True, **kw)
+            out[name] = round(path.stat().st_size / t.num_rows, 3)
+        con = duckdb.connect()
+        con.execute(f"COPY ({rows_sql(pm, self.features, self.k)}) TO {q(path)} "
+                    f"(FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE {ROW_GROUP})")
+        con.close()
+        out["duckdb_copy"] = round(path.stat().st_size / t.num_rows, 3)
+        path.unlink()
         return out
 
     def planted(self, pm: int, fa: int) -> dict:
@@ -656,6 +689,8 @@ def main(argv: list[str] | None = None) -> int:
                                      "columns": ["feature_b", "score", "rank", "assigned", "rank_b", "run_id"],
                                      **engine.planted(pm, fa)}
                 result["access"] = engine.access()
+                if hasattr(engine, "writers"):
+                    result["bytes_per_row_by_writer"] = engine.writers(0)
                 result["snapshot"] = engine.snapshot(extra)
                 extra += 1
             size["publish"] = engine.publish_variants(list(range(extra, extra + args.publishes)))
