@@ -28,6 +28,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from urllib.parse import quote
 
 import duckdb
 import numpy as np
@@ -165,7 +166,7 @@ def run_cli(args: list[str]) -> dict:
     cli = find_cli()
     if cli is None:
         return {"ok": None, "out": "no duckdb CLI (set DUCKDB_CLI or pip install duckdb-cli)"}
-    p = subprocess.run([cli, *args], capture_output=True, text=True, cwd="/", timeout=120)
+    p = subprocess.run([cli, "-csv", "-noheader", *args], capture_output=True, text=True, cwd="/", timeout=120)
     lines = (p.stdout + p.stderr).strip().splitlines()
     return {"ok": p.returncode == 0 and "Error" not in p.stdout + p.stderr,
             "out": next((ln for ln in lines if "Error" in ln), lines[-1] if lines else "")[:300]}
@@ -295,6 +296,24 @@ class Manifest:
         con.execute("SET parquet_metadata_cache = false")
         out["sql_catalog_one_file"], res = timed_lookups(via_catalog, lookups)
         out["sql_catalog_one_file"]["correct"] = correct(res, lookups, self.features, self.k)
+
+        # the same files under hive-style folders (hard links): the view prunes files by path, unopened
+        hive = []
+        for a, b, m, file in con.execute("SELECT sae_a, sae_b, method, file FROM parts").fetchall():
+            folder = self.root / "hive" / "/".join(f"{c}={quote(v, safe='')}" for c, v in
+                                                   (("sae_a", a), ("sae_b", b), ("method", m)))
+            folder.mkdir(parents=True, exist_ok=True)
+            link = folder / Path(file).name
+            if not link.exists():
+                os.link(self.tables / file, link)
+            hive.append(str(link))
+        con.execute(f"CREATE OR REPLACE TEMP VIEW matches_hive AS SELECT * FROM read_parquet([{', '.join(map(q, hive))}], "
+                    "hive_partitioning = true)")
+        for p in ("cold", "warm"):
+            out[f"sql_view_hive_{p}"], res = timed_lookups(
+                lambda pm, fa: [r[0] for r in con.execute(f"SELECT feature_b FROM matches_hive {LOOKUP}",
+                                                          [*key(pm), fa]).fetchall()], lookups)
+            out[f"sql_view_hive_{p}"]["correct"] = correct(res, lookups, self.features, self.k)
 
         catalog = {tuple(r[:3]): r[3] for r in con.execute("SELECT sae_a, sae_b, method, file FROM parts").fetchall()}
         con.close()

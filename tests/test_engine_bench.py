@@ -38,7 +38,8 @@ def test_manifest_engine_runs_and_finds_the_planted_rows(tmp_path):
     assert size["rows"] == size["files"] * 256 * 16
     assert size["publish"]["catalog_swap"]["commit_s"] > 0 and size["publish"]["catalog_swap"]["repeats"] == 2
     assert 0 < size["disk"]["bytes_per_row"] < 50
-    for path in ("sql_view_cold", "sql_view_metadata_cache_warm", "sql_catalog_one_file", "direct_pyarrow_cold",
+    for path in ("sql_view_cold", "sql_view_metadata_cache_warm", "sql_catalog_one_file", "sql_view_hive_cold",
+                 "direct_pyarrow_cold",
                  "direct_pyarrow_warm"):
         lookup = size["lookup"][path]
         assert lookup["correct"] is True and lookup["n"] == 10 and 0 < lookup["p50_ms"] <= lookup["p99_ms"], path
