@@ -15,7 +15,7 @@ import click
 
 from .match.methods import WEIGHT_METHODS
 from .sae import SAEError
-from .store import Atlas, AtlasBusy, default_path
+from .store import SCHEMA_VERSION, Atlas, AtlasBusy, default_path
 
 
 def _atlas(ctx) -> Atlas:
@@ -81,6 +81,28 @@ def init(ctx):
     with atlas.write():
         pass
     click.echo(f"atlas ready at {atlas.path}")
+
+
+@main.command()
+@click.pass_context
+def migrate(ctx):
+    """Upgrade an atlas to this code's layout: version 4's matches, correlations and compositions move into
+    table files (one Parquet file per pair) and the DuckDB file shrinks to the catalog. Safe to kill: the
+    published atlas stays as it was until the new one is complete."""
+    atlas = _atlas(ctx)
+    if not atlas.exists():
+        raise click.UsageError(f"no atlas at {atlas.path}: nothing to migrate")
+    before = atlas.path.stat().st_size
+    with atlas.write() as w:
+        version = w.upgraded_from
+        n, size = w.con.execute("SELECT count(*), coalesce(sum(bytes), 0) FROM parts").fetchone()
+    if version == SCHEMA_VERSION:
+        click.echo(f"{atlas.path} is already at schema version {SCHEMA_VERSION}; its views name its {n} table files "
+                   f"in {atlas.tables_dir}")
+    else:
+        click.echo(f"migrated {atlas.path} from schema version {version} to {SCHEMA_VERSION}: {n} table files "
+                   f"({size / 1e6:,.1f} MB) in {atlas.tables_dir}; DuckDB file {before / 1e6:,.1f} MB -> "
+                   f"{atlas.path.stat().st_size / 1e6:,.1f} MB")
 
 
 @main.command()

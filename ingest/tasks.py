@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from atlas.match.pair import MatchParams, match_pair
+from atlas.store import parts
 
 
 @dataclass(frozen=True)
@@ -71,24 +72,25 @@ def _weights(ref: SAERef):
 
 
 def run_pair(task: PairTask, out_dir: str) -> TaskResult:
-    """Match one pair and write its shard (temporary name, then rename: no half shard is ever seen)."""
+    """Match one pair and write its shard as a finished table file (parts.write_file: sorted, typed, with
+    its run_id, plus the reverse file), so the driver publishes it by a rename. out_dir is the run's
+    results folder, atlas.files/results/<run_id>."""
     t0, c0 = time.perf_counter(), time.process_time()
     result = match_pair(_weights(task.a), _weights(task.b), task.a.sae_id, task.b.sae_id, task.params)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    shard = out / f"{task.key}.parquet"
-    tmp = shard.with_name(shard.name + f".{os.getpid()}.tmp")
     meta = {"stats": json.dumps(dict(result.stats, params_hash=task.params_hash)), "task": json.dumps(asdict(task))}
-    table = result.matches.replace_schema_metadata(meta)
-    pq.write_table(table, tmp)
-    os.replace(tmp, shard)
+    table = parts.conform("matches", result.matches, run_id=out.name).replace_schema_metadata(meta)
+    shard = out / f"{task.key}.parquet"
+    parts.write_file(shard, table)
+    reverse = parts.reverse_rows(task.params.method, table)
+    if reverse is not None:
+        parts.write_file(shard.with_name(f"{task.key}.by_b.parquet"), reverse.replace_schema_metadata(None))
     return TaskResult(key=task.key, shard=str(shard), seconds=time.perf_counter() - t0,
                       cpu_seconds=time.process_time() - c0,
                       peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                       features=int(result.stats["n_a"]), host=os.uname().nodename)
 
 
-def read_shard(path: str) -> tuple[pa.Table, dict]:
-    table = pq.read_table(path)
-    stats = json.loads(table.schema.metadata[b"stats"])
-    return table.replace_schema_metadata(None), stats
+def shard_stats(path: str) -> dict:
+    """The pair stats a shard carries in its footer."""
+    return json.loads(pq.read_schema(path).metadata[b"stats"])

@@ -158,9 +158,7 @@ def test_export_parquet(client):
 
 
 def test_serving_connection_is_locked_down(synth_atlas, tmp_path):
-    import shutil
-
-    shutil.copyfile(synth_atlas.path, tmp_path / "copy.duckdb")
+    synth_atlas.copy_to(tmp_path / "copy.duckdb")
     con = connect_serving(str(tmp_path / "copy.duckdb"), memory_limit="1GB", threads=1)
     s = serving_settings(con)
     assert s["enable_external_access"] == "false" and s["lock_configuration"] == "true"

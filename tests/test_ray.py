@@ -99,8 +99,6 @@ def test_a_worker_killed_mid_task_is_retried(cluster, wide_family, tmp_path):
 
 def test_ray_correlation_equals_in_process(cluster, tmp_path):
     """The correlate job's pair tasks on Ray give the same tables as in-process."""
-    import shutil
-
     from atlas.store import Atlas
     from ingest.jobs.correlate import correlate
     from ingest.jobs.family import FamilyPlan, activations_for, build_family
@@ -116,8 +114,7 @@ def test_ray_correlation_equals_in_process(cluster, tmp_path):
         pairs = select_pairs(con, "adjacent") + select_pairs(con, "siblings")
     copies = {}
     for name in ("local", "ray"):
-        shutil.copyfile(base.path, tmp_path / f"{name}.duckdb")
-        copies[name] = Atlas(tmp_path / f"{name}.duckdb")
+        copies[name] = base.copy_to(tmp_path / f"{name}.duckdb")
     correlate(copies["local"], pairs, acts)
     correlate(copies["ray"], pairs, acts, executor=cluster)
     queries = ["SELECT * EXCLUDE (run_id) FROM correlations ORDER BY ALL",

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import duckdb
 import numpy as np
+import pyarrow as pa
 import pytest
 from click.testing import CliRunner
 from safetensors.numpy import load_file
@@ -40,8 +41,12 @@ def _add_derived_rows(atlas: Atlas, pairs: list[tuple[str, str]]) -> None:
     activations or SAEs of other widths)."""
     with atlas.write() as w, w.transaction() as con:
         for i, (a, b) in enumerate(pairs):
-            con.execute("INSERT INTO correlations VALUES (?, 1, ?, 2, 0.9, 0.8, 0.7, 100, 'corr-test')", [a, b])
-            con.execute("INSERT INTO compositions VALUES (?, 3, 'OR', [1, 2], ?, 0.6, 'corr-test')", [b, a])
+            w.put_part("correlations", a, b, "", pa.table({
+                "sae_a": [a], "feature_a": [1], "sae_b": [b], "feature_b": [2], "pearson": [0.9], "p_b_given_a": [0.8],
+                "jaccard": [0.7], "n_tokens": [100]}), "corr-test")
+            w.put_part("compositions", a, b, "", pa.table({
+                "sae_b": [b], "feature_b": [3], "kind": ["OR"], "parents": [[1, 2]], "sae_a": [a], "score": [0.6]}),
+                "corr-test")
             for sae in (a, b):
                 con.execute("INSERT INTO examples VALUES (?, ?, 'top', 1.5, 7, ['a', 'b'], 1, 'prose', 'corr-test')",
                             [sae, i])

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 from click.testing import CliRunner
@@ -25,8 +24,7 @@ def client(synth_atlas, tmp_path_factory):
     """The planted atlas (copied: labels are written into it) with four Neuronpedia labels on layer 0."""
     root = tmp_path_factory.mktemp("routes")
     path = root / "atlas.duckdb"
-    shutil.copyfile(synth_atlas.path, path)
-    shutil.copytree(synth_atlas.dir / "indexes", root / "atlas.files" / "indexes")
+    synth_atlas.copy_to(path)
     export = root / "v1" / "synth" / "0-res-256" / "explanations"
     export.mkdir(parents=True)
     (export / "batch-0.jsonl").write_text("".join(

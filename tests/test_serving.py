@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 
 import pytest
 from litestar.testing import TestClient
@@ -25,10 +24,7 @@ def new_weights(tmp_path_factory):
 @pytest.fixture()
 def served(synth_atlas, tmp_path):
     """A private copy of the planted-truth atlas (jobs here must not change the shared one)."""
-    atlas = Atlas(tmp_path / "atlas.duckdb")
-    shutil.copyfile(synth_atlas.path, atlas.path)
-    shutil.copytree(synth_atlas.index_dir, atlas.index_dir)
-    return atlas
+    return synth_atlas.copy_to(tmp_path / "atlas.duckdb")
 
 
 def test_a_job_publishes_while_the_server_runs_and_the_next_request_sees_it(served, new_weights):

@@ -1,11 +1,14 @@
-"""The atlas on disk: one DuckDB file plus a folder of FAISS indexes, written by snapshot-and-publish
-(docs/design.md, Snapshots).
+"""The atlas on disk: one small DuckDB file (SAEs, features, stats, the catalog of table files) plus
+atlas.files/ with the table files (parts.py) and FAISS indexes, written by snapshot-and-publish
+(docs/design.md, Snapshots; docs/storage.md).
 
 DuckDB lets one process write a file and then nobody else may open it. So a job never writes the
 published file: it copies it to a private working file, writes there (one transaction per unit of
-work), and publishes with an atomic rename. Readers (the API, the duckdb CLI) keep the snapshot they
-opened and see the next one when they reopen; nobody ever sees a half-written job, and a killed job
-leaves the published atlas exactly as it was. A lock file keeps to one writing job at a time.
+work), and publishes with an atomic rename. Big tables never pass through that copy: a job writes new,
+immutable table files and the catalog rows naming them, so a publish costs the same at any atlas size.
+Readers (the API, the duckdb CLI) keep the snapshot they opened and see the next one when they reopen;
+nobody ever sees a half-written job, and a killed job leaves the published atlas exactly as it was. A
+lock file keeps to one writing job at a time.
 """
 
 from __future__ import annotations
@@ -21,17 +24,22 @@ from pathlib import Path
 
 import duckdb
 import pyarrow as pa
+import pyarrow.parquet as pq
+from tqdm.auto import tqdm
 
-from . import schema
+from . import parts, schema
 from .leases import leased_files
 
 ENV_VAR = "ATLAS_PATH"
 DEFAULT_PATH = "atlas.duckdb"
+GRACE_ENV = "ATLAS_GC_GRACE_S"
+GRACE_S = 3600.0
+"""Table files a publish dropped stay this long for readers of older snapshots (then the next job removes them)."""
 
 
 # Every reader (API, user SQL, CLI, tests) opens the file the same locked-down way: read-only, no file
-# system or network access, no extension installs, no Python replacement scans, no spilling to disk,
-# configuration locked last.
+# system or network access but the atlas's own table files, no extension installs, no Python replacement
+# scans, no spilling to disk, configuration locked last.
 SERVING_CONFIG = {
     "enable_external_access": False,
     "autoinstall_known_extensions": False,
@@ -55,8 +63,10 @@ def open_snapshot(path: str | Path, memory_limit: str = "2GB",
     file that was there when linked, under the usual catalog name; the link goes as soon as it is open.
     """
     path = Path(path).resolve()
-    config = dict(SERVING_CONFIG, memory_limit=memory_limit, threads=threads, temp_directory="",
-                  lock_configuration=True)
+    # allowed_directories can only be set on a running database, before external access is turned off
+    config = {k: v for k, v in SERVING_CONFIG.items() if k != "enable_external_access"}
+    config.update(memory_limit=memory_limit, threads=threads, temp_directory="")
+    tables = tables_dir(path)
     folder = path.with_name(path.stem + ".files") / "open" / f"{os.getpid()}-{next(_opened)}"
     target = folder / path.name
     try:
@@ -70,7 +80,21 @@ def open_snapshot(path: str | Path, memory_limit: str = "2GB",
         target = path
     try:
         st = os.stat(target)
-        return duckdb.connect(str(target), read_only=True, config=config), (st.st_ino, st.st_mtime_ns)
+        con = duckdb.connect(str(target), read_only=True, config=config)
+        try:
+            con.execute(f"SET allowed_directories = [{schema._quote(str(tables) + os.sep)}]")
+            con.execute("SET enable_external_access = false")
+            named = schema.files_root(con)
+            if named is not None and named != str(tables) and schema.version_of(con) == schema.SCHEMA_VERSION and \
+                    con.execute("SELECT count(*) FROM parts").fetchone()[0]:
+                raise FileNotFoundError(f"{path}: its views name table files under {named}, but the atlas is now "
+                                        f"here: run `atlas migrate` once to point them at {tables} (an atlas is the "
+                                        f"DuckDB file and its {tables.parent.name}/ folder: copy or move them together)")
+            con.execute("SET lock_configuration = true")
+        except BaseException:
+            con.close()
+            raise
+        return con, (st.st_ino, st.st_mtime_ns)
     finally:
         if target != path:
             target.unlink(missing_ok=True)
@@ -78,6 +102,17 @@ def open_snapshot(path: str | Path, memory_limit: str = "2GB",
 
 
 _opened = itertools.count()
+
+
+def tables_dir(path: str | Path) -> Path:
+    """atlas.duckdb -> atlas.files/tables/ (absolute): where the table files live."""
+    path = Path(path).resolve()
+    return path.with_name(path.stem + ".files") / "tables"
+
+
+def _has_parts(con) -> bool:
+    return bool(con.execute("SELECT count(*) FROM duckdb_tables() WHERE database_name = current_database() "
+                            "AND schema_name = 'main' AND table_name = 'parts'").fetchone()[0])
 
 
 class AtlasBusy(RuntimeError):
@@ -104,14 +139,45 @@ class Atlas:
     def index_dir(self) -> Path:
         return self.dir / "indexes"
 
+    @property
+    def tables_dir(self) -> Path:
+        """Table files of matches, correlations and compositions (parts.py)."""
+        return tables_dir(self.path)
+
     def exists(self) -> bool:
         return self.path.exists()
+
+    def copy_to(self, path: str | Path) -> "Atlas":
+        """A copy of this atlas at `path`: its DuckDB file and its folder's table and index files (hard links
+        where the file system allows: those files are never rewritten in place)."""
+        other = Atlas(path)
+        shutil.copyfile(self.path, other.path)
+
+        def link(src, dst):
+            try:
+                os.link(src, dst)
+            except OSError:
+                shutil.copy2(src, dst)
+        for sub in ("tables", "indexes"):
+            if (self.dir / sub).exists():
+                shutil.copytree(self.dir / sub, other.dir / sub, copy_function=link, dirs_exist_ok=True,
+                                ignore=shutil.ignore_patterns("*.tmp"))
+        if schema.files_root(con := duckdb.connect(str(other.path))) is not None:  # views name the copy's files
+            schema.part_views(con, other.tables_dir)
+        con.close()
+        return other
 
     def read(self) -> duckdb.DuckDBPyConnection:
         """A read-only, locked-down connection on the current snapshot."""
         if not self.path.exists():
             raise FileNotFoundError(f"no atlas at {self.path}: run `atlas init` or `atlas ingest` first")
-        return connect_serving(self.path)
+        con = connect_serving(self.path)
+        try:
+            schema.check_version(con, str(self.path))
+        except BaseException:
+            con.close()
+            raise
+        return con
 
     @contextlib.contextmanager
     def write(self, wait: bool = False):
@@ -152,13 +218,51 @@ class Atlas:
         try:
             with connect_serving(str(self.path)) as con:
                 keep = {r[0] for r in con.execute("SELECT index_file FROM saes").fetchall()}
-        except (duckdb.Error, OSError):  # no published atlas yet: nothing names any index file
-            keep = set()
+                files = referenced_files(con) if _has_parts(con) else set()
+        except (duckdb.Error, OSError):  # no published atlas yet: nothing names any index or table file
+            keep, files = set(), set()
+        sweep_table_files(self.tables_dir, files)
         keep |= leased_files(self.dir)
         for p in self.index_dir.glob("*.faiss"):
             if p.name not in keep:
                 p.unlink(missing_ok=True)
                 p.with_suffix(".json").unlink(missing_ok=True)
+
+
+def _runs(batch: pa.RecordBatch, keys: list[str]) -> list[tuple[tuple, pa.RecordBatch]]:
+    """A batch sorted by `keys` cut into its runs of equal keys: [(key values, rows), ...]."""
+    import numpy as np
+    import pyarrow.compute as pc
+
+    n = batch.num_rows
+    if n == 0:
+        return []
+    change = np.zeros(n, dtype=bool)
+    change[0] = True
+    for k in keys:
+        col = batch.column(k)
+        change[1:] |= pc.not_equal(col.slice(1), col.slice(0, n - 1)).to_numpy(zero_copy_only=False)
+    starts = np.nonzero(change)[0].tolist() + [n]
+    return [(tuple(batch.column(k)[s].as_py() for k in keys), batch.slice(s, e - s))
+            for s, e in zip(starts[:-1], starts[1:])]
+
+
+def referenced_files(con) -> set[str]:
+    """Table files a snapshot names: its parts (and their reverse files) and the dropped ones still kept."""
+    return {r[0] for r in con.execute(
+        "SELECT f FROM (SELECT unnest([file, reverse_file]) AS f FROM parts UNION ALL SELECT file FROM dropped_parts) "
+        "WHERE f IS NOT NULL").fetchall()}
+
+
+def sweep_table_files(root: Path, keep: set[str]) -> int:
+    """Remove table files (and temporary ones) that `keep` does not name: left by a killed or failed job.
+    Only a holder of the write lock calls this."""
+    removed = 0
+    for p in list(root.glob("*/*.parquet")) + list(root.glob("*/*.tmp")):
+        if p.relative_to(root).as_posix() not in keep:
+            p.unlink(missing_ok=True)
+            removed += 1
+    return removed
 
 
 class Writer:
@@ -167,16 +271,84 @@ class Writer:
     def __init__(self, atlas: Atlas):
         self.atlas = atlas
         self.work = atlas.dir / f"working-{os.getpid()}.duckdb"
-        for stale in atlas.dir.glob("working-*"):  # left by a killed job: we hold the lock now
-            stale.unlink()
+        for stale in [*atlas.dir.glob("working-*"), atlas.path.with_name(atlas.path.name + ".publishing")]:
+            stale.unlink(missing_ok=True)  # left by a killed job: we hold the lock now
         if atlas.path.exists():
             shutil.copyfile(atlas.path, self.work)
         self.con = duckdb.connect(str(self.work))
-        schema.create(self.con)
+        self.moved_out = False
+        self.upgraded_from = schema.version_of(self.con)
+        schema.create(self.con, atlas.tables_dir, self.move_tables_out)
+        if self.moved_out:
+            self._compact()
         # Runs left 'running' in a published snapshot belong to a job that was killed: we hold the lock.
         self.con.execute("UPDATE runs SET status = 'interrupted' WHERE status = 'running'")
         self._drop_stale_indexes()
+        self._collect_table_files()
         self.published_at = time.monotonic()
+
+    def _collect_table_files(self) -> None:
+        """Remove table files dropped more than the grace period ago, and files no snapshot names."""
+        grace = float(os.environ.get(GRACE_ENV, GRACE_S))
+        old = [r[0] for r in self.con.execute(
+            "SELECT file FROM dropped_parts WHERE dropped_at <= current_timestamp::TIMESTAMP - to_seconds(?)",
+            [grace]).fetchall()]
+        for rel in old:
+            (self.atlas.tables_dir / rel).unlink(missing_ok=True)
+        if old:
+            self.con.execute("DELETE FROM dropped_parts WHERE file IN (SELECT unnest(?))", [old])
+        sweep_table_files(self.atlas.tables_dir, referenced_files(self.con))
+
+    def move_tables_out(self, con) -> None:
+        """Schema 4 -> 5 (`atlas migrate`): each pair's rows of matches, correlations and compositions become a
+        table file, read in one ordered pass per table, then the tables go."""
+        self.con = con
+        present = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables() WHERE database_name = "
+                                             "current_database() AND schema_name = 'main'").fetchall()}
+        for table, spec in parts.PART_TABLES.items():
+            if table not in present:
+                continue
+            keys = [k for k in ("sae_a", "sae_b", "method") if k in spec.keys]
+            n = con.execute(f"SELECT count(*) FROM (SELECT DISTINCT {', '.join(keys)} FROM {table})").fetchone()[0]
+            reader = con.cursor().sql(f"SELECT * FROM {table} ORDER BY {', '.join(keys)}").to_arrow_reader(1 << 16)
+            batches, current = [], None
+            with tqdm(total=n, desc=f"moving {table} into table files", unit="pair", disable=n < 2) as bar:
+                for batch in [*reader, None]:
+                    groups = [] if batch is None else _runs(batch, keys)
+                    for key, piece in groups:
+                        if current is not None and key != current:
+                            self._move_group(table, current, batches)
+                            batches = []
+                            bar.update()
+                        current = key
+                        batches.append(piece)
+                if current is not None:
+                    self._move_group(table, current, batches)
+                    bar.update()
+            con.execute(f"DROP TABLE {table}")
+        self.moved_out = True
+
+    def _move_group(self, table: str, key: tuple, batches: list) -> None:
+        data = pa.Table.from_batches(batches)
+        run_id = data["run_id"][0].as_py()
+        a, b, method = key if len(key) == 3 else (*key, "")
+        self.put_part(table, a, b, method, data, run_id)
+
+    def _compact(self) -> None:
+        """After moving the tables out: rewrite the working file without their free blocks (DuckDB does not
+        shrink a file), so the published catalog is small."""
+        self.con.execute("CHECKPOINT")
+        self.con.close()
+        fresh = self.work.with_name(self.work.stem + "-compact.duckdb")
+        fresh.unlink(missing_ok=True)
+        con = duckdb.connect(str(fresh))
+        con.execute(f"ATTACH {schema._quote(str(self.work))} AS old (READ_ONLY)")
+        con.execute(f"COPY FROM DATABASE old TO {schema._quote(fresh.stem)}".replace("'", '"'))
+        con.execute("DETACH old")
+        con.close()
+        os.replace(fresh, self.work)
+        self.con = duckdb.connect(str(self.work))
+        schema.create(self.con, self.atlas.tables_dir)
 
     def _drop_stale_indexes(self) -> None:
         """Index files no published SAE names (left by a killed job or by --replace), unless a running
@@ -188,7 +360,10 @@ class Writer:
                 p.with_suffix(".json").unlink(missing_ok=True)
 
     def publish(self, final: bool = False) -> None:
-        """Make everything committed so far visible to readers, atomically."""
+        """Make everything committed so far visible to readers, atomically. Only the small DuckDB file is
+        copied: table files are already in place, and the views are rewritten to name exactly the catalog's."""
+        schema.part_views(self.con, self.atlas.tables_dir)
+        self.con.execute("UPDATE dropped_parts SET dropped_at = current_timestamp::TIMESTAMP WHERE dropped_at IS NULL")
         self.con.execute("CHECKPOINT")
         tmp = self.atlas.path.with_name(self.atlas.path.name + ".publishing")
         if final:
@@ -214,7 +389,8 @@ class Writer:
         self._remove_work()
 
     def _remove_work(self) -> None:
-        for p in (self.work, self.work.with_name(self.work.name + ".wal")):
+        compact = self.work.with_name(self.work.stem + "-compact.duckdb")
+        for p in (self.work, self.work.with_name(self.work.name + ".wal"), compact):
             p.unlink(missing_ok=True)
 
     @contextlib.contextmanager
@@ -263,8 +439,9 @@ class Writer:
         """(table, column, column) of every table other than saes that refers to SAEs: sae_id, or sae_a/sae_b."""
         rows = self.con.execute(
             "SELECT table_name, list(column_name) FROM duckdb_columns() WHERE database_name = current_database() "
-            "AND table_name <> 'saes' AND column_name IN ('sae_id', 'sae_a', 'sae_b') AND table_name IN "
-            "(SELECT table_name FROM duckdb_tables() WHERE database_name = current_database()) "  # not views
+            "AND schema_name = 'main' AND table_name NOT IN ('saes', 'parts') AND column_name IN ('sae_id', 'sae_a', "
+            "'sae_b') AND table_name IN (SELECT table_name FROM duckdb_tables() WHERE database_name = "
+            "current_database() AND schema_name = 'main') "  # not views: table files go through drop_parts
             "GROUP BY 1 ORDER BY 1").fetchall()
         return [(t, "sae_id", "sae_id") if "sae_id" in cols else (t, "sae_a", "sae_b") for t, cols in rows]
 
@@ -273,6 +450,7 @@ class Writer:
         with self.transaction() as con:
             for table, col_a, col_b in self.per_sae_tables():
                 con.execute(f"DELETE FROM {table} WHERE {col_a} = ? OR {col_b} = ?", [sae_id, sae_id])
+            self.drop_parts("sae_a = ? OR sae_b = ?", [sae_id, sae_id])
             con.execute("DELETE FROM saes WHERE sae_id = ?", [sae_id])
 
     def put_sae(self, row: dict, features, replace: bool = False) -> None:
@@ -293,12 +471,69 @@ class Writer:
         self.con.execute("UPDATE runs SET status = ?, finished_at = ? WHERE run_id = ?", [status, finished_at, run_id])
 
     def replace_pair(self, sae_a: str, sae_b: str, method: str, matches, stats: dict, run_id: str) -> None:
-        """One pair-method's matches (Arrow) and stats row, replacing earlier ones."""
+        """One pair-method's matches (Arrow; written as a table file) and stats row, replacing earlier ones."""
         with self.transaction() as con:
-            for table in ("matches", "pair_stats"):
-                con.execute(f"DELETE FROM {table} WHERE sae_a = ? AND sae_b = ? AND method = ?", [sae_a, sae_b, method])
-            self.insert_arrow("matches", matches.append_column("run_id", pa.repeat(run_id, matches.num_rows)))
+            self.put_part("matches", sae_a, sae_b, method, matches, run_id)
+            con.execute("DELETE FROM pair_stats WHERE sae_a = ? AND sae_b = ? AND method = ?", [sae_a, sae_b, method])
             self.insert_rows("pair_stats", [dict(stats, sae_a=sae_a, sae_b=sae_b, method=method, run_id=run_id)])
+
+    def adopt_pair(self, sae_a: str, sae_b: str, method: str, shard: Path, stats: dict, run_id: str) -> None:
+        """The same as replace_pair for a task's finished shard (parts.write_part's format): it becomes the
+        table file by a rename, its reverse file (shard name + .by_b) too."""
+        with self.transaction() as con:
+            self.adopt_part("matches", sae_a, sae_b, method, Path(shard), run_id)
+            con.execute("DELETE FROM pair_stats WHERE sae_a = ? AND sae_b = ? AND method = ?", [sae_a, sae_b, method])
+            self.insert_rows("pair_stats", [dict(stats, sae_a=sae_a, sae_b=sae_b, method=method, run_id=run_id)])
+
+    # Table files (parts.py): the catalog rows naming them change in the caller's transaction; files a
+    # transaction rolls back are orphans the next job sweeps away.
+
+    def put_part(self, table: str, sae_a: str, sae_b: str, method: str, data, run_id: str) -> None:
+        """One pair's rows of a table-file table (method '' for correlations, compositions), replacing earlier ones."""
+        data = parts.conform(table, data, run_id=run_id)
+        parts.check_keys(table, data, dict(sae_a=sae_a, sae_b=sae_b, method=method))
+        if not data.num_rows:
+            self.drop_parts("table_name = ? AND sae_a = ? AND sae_b = ? AND method = ?", [table, sae_a, sae_b, method])
+            return
+        main, reverse = parts.write_part(self.atlas.tables_dir, table, data)
+        self._swap_part(table, sae_a, sae_b, method, main, reverse, run_id)
+
+    def adopt_part(self, table: str, sae_a: str, sae_b: str, method: str, path: Path, run_id: str) -> None:
+        """A finished table file (conformed, sorted, with run_id) becomes `table`'s file of the pair by a rename."""
+        found = [parts.PartFile(path, *parts.size_of(path))]
+        rev = path.with_name(path.name.removesuffix(".parquet") + ".by_b.parquet")
+        if rev.exists():
+            found.append(parts.PartFile(rev, *parts.size_of(rev)))
+        main = parts.new_name(table)
+        placed = [main, main.replace(".parquet", ".by_b.parquet")]
+        (self.atlas.tables_dir / table).mkdir(parents=True, exist_ok=True)
+        for f, rel in zip(found, placed):
+            os.replace(f.file, self.atlas.tables_dir / rel)
+        done = [parts.PartFile(rel, f.rows, f.bytes) for f, rel in zip(found, placed)]
+        self._swap_part(table, sae_a, sae_b, method, done[0], done[1] if len(done) > 1 else None, run_id)
+
+    def _swap_part(self, table, sae_a, sae_b, method, main, reverse, run_id) -> None:
+        with self.transaction():
+            self.drop_parts("table_name = ? AND sae_a = ? AND sae_b = ? AND method = ?", [table, sae_a, sae_b, method])
+            self.insert_rows("parts", [dict(table_name=table, sae_a=sae_a, sae_b=sae_b, method=method, file=main.file,
+                                            reverse_file=reverse.file if reverse else None, n_rows=main.rows,
+                                            bytes=main.bytes + (reverse.bytes if reverse else 0), run_id=run_id)])
+
+    def pair_rows(self, table: str, sae_a: str, sae_b: str, method: str, sql: str) -> list[tuple]:
+        """`sql` over one pair's table file only (as the relation `rows`), not the view over every file."""
+        row = self.con.execute("SELECT file FROM parts WHERE table_name = ? AND sae_a = ? AND sae_b = ? AND method = ?",
+                               [table, sae_a, sae_b, method]).fetchone()
+        source = (f"read_parquet({schema._quote(str(self.atlas.tables_dir / row[0]))})" if row
+                  else f"empty.{table}")
+        return self.con.execute(f"WITH rows AS (SELECT * FROM {source}) {sql}").fetchall()
+
+    def drop_parts(self, where: str, params: list) -> None:
+        """Take the table files matching `where` (SQL over parts' columns) out of the catalog; the files stay
+        for readers of older snapshots until the grace period after this snapshot's publish."""
+        with self.transaction() as con:
+            con.execute(f"INSERT INTO dropped_parts (file) SELECT f FROM (SELECT unnest([file, reverse_file]) AS f "
+                        f"FROM parts WHERE {where}) WHERE f IS NOT NULL", params)
+            con.execute(f"DELETE FROM parts WHERE {where}", params)
 
     def update_pair_stats(self, sae_a: str, sae_b: str, method: str, values: dict) -> None:
         """Set columns of one pair-method's stats row (e.g. activation checks of a weight method)."""
@@ -308,17 +543,25 @@ class Writer:
 
     def replace_activation_pair(self, sae_a: str, sae_b: str, method: str, tables, stats: dict,
                                 quality: dict[str, dict], run_id: str) -> None:
-        """A pair's activation results, replacing earlier ones: (name, Arrow table) pairs, read one at a time
-        (correlations, compositions, matches of `method`, ...), `method`'s stats row, and the checks of its
-        weight methods (`quality`: method -> pair_stats columns)."""
+        """A pair's activation results, replacing earlier ones: (name, Arrow table or a task's Parquet shard)
+        pairs, read one at a time (correlations, compositions, matches of `method`, examples), `method`'s stats
+        row, and the checks of its weight methods (`quality`: method -> pair_stats columns). Shards of table-file
+        tables become table files by a rename (parts.write_file's format, run_id included)."""
         with self.transaction() as con:
-            for table in ("correlations", "compositions"):
-                con.execute(f"DELETE FROM {table} WHERE sae_a = ? AND sae_b = ?", [sae_a, sae_b])
-            for table in ("matches", "pair_stats"):
-                con.execute(f"DELETE FROM {table} WHERE sae_a = ? AND sae_b = ? AND method = ?", [sae_a, sae_b, method])
+            self.drop_parts("table_name IN ('correlations', 'compositions') AND sae_a = ? AND sae_b = ?", [sae_a, sae_b])
+            self.drop_parts("table_name = 'matches' AND sae_a = ? AND sae_b = ? AND method = ?", [sae_a, sae_b, method])
+            con.execute("DELETE FROM pair_stats WHERE sae_a = ? AND sae_b = ? AND method = ?", [sae_a, sae_b, method])
             for name, table in tables:
-                if table.num_rows:
-                    self.insert_arrow(name, table.append_column("run_id", pa.repeat(run_id, table.num_rows)))
+                key = method if name == "matches" else ""
+                if name in parts.PART_TABLES and isinstance(table, Path):  # a task's finished table file
+                    if parts.size_of(table)[0]:
+                        self.adopt_part(name, sae_a, sae_b, key, table, run_id)
+                elif name in parts.PART_TABLES:
+                    self.put_part(name, sae_a, sae_b, key, table, run_id)
+                else:
+                    table = pq.read_table(table) if isinstance(table, Path) else table
+                    if table.num_rows:
+                        self.insert_arrow(name, table.append_column("run_id", pa.repeat(run_id, table.num_rows)))
             self.insert_rows("pair_stats", [dict(stats, sae_a=sae_a, sae_b=sae_b, method=method, run_id=run_id)])
             for weight_method, values in quality.items():
                 self.update_pair_stats(sae_a, sae_b, weight_method, values)

@@ -1,6 +1,12 @@
-"""The atlas's DuckDB schema (docs/design.md, Tables): tables, version and migrations, views and macros."""
+"""The atlas's DuckDB schema (docs/design.md, Tables): tables, version and migrations, views and macros.
 
-SCHEMA_VERSION = 4
+matches, correlations and compositions are views over the table files the `parts` catalog lists
+(parts.py, docs/storage.md); their column types are those of the always-empty tables in schema `empty`.
+"""
+
+from pathlib import Path
+
+SCHEMA_VERSION = 5
 
 # Each step upgrades an atlas from the version before it (the tables it adds come from TABLES).
 MIGRATIONS = {
@@ -19,6 +25,9 @@ MIGRATIONS = {
        "FROM matches) r WHERE matches.rowid = r.rid;"
        "ALTER TABLE pair_stats ADD COLUMN IF NOT EXISTS pw_mcc DOUBLE;"
        "ALTER TABLE pair_stats ADD COLUMN IF NOT EXISTS pw_mcc_random DOUBLE;",
+    # matches, correlations, compositions move out of the DuckDB file into table files: a job step, not
+    # SQL (Writer.move_tables_out, run by `atlas migrate` or any job)
+    5: None,
 }
 
 TABLES = """
@@ -62,19 +71,6 @@ CREATE TABLE IF NOT EXISTS features (
     label VARCHAR
 );
 
-CREATE TABLE IF NOT EXISTS matches (
-    sae_a VARCHAR NOT NULL,
-    feature_a INTEGER NOT NULL,
-    sae_b VARCHAR NOT NULL,
-    feature_b INTEGER NOT NULL,
-    method VARCHAR NOT NULL,
-    score FLOAT NOT NULL,      -- cosine / correlation (higher is better); for decoder_mse the MSE (lower is better)
-    rank SMALLINT NOT NULL,    -- 1 = feature_a's best candidate in sae_b
-    assigned BOOLEAN NOT NULL, -- in the one-to-one assignment of the pair
-    run_id VARCHAR NOT NULL,
-    rank_b SMALLINT            -- 1 = feature_b's best candidate in sae_a (see edge_kind)
-);
-
 CREATE TABLE IF NOT EXISTS pair_stats (
     sae_a VARCHAR NOT NULL,
     sae_b VARCHAR NOT NULL,
@@ -112,20 +108,6 @@ CREATE TABLE IF NOT EXISTS widths (
     tau DOUBLE NOT NULL, params_hash VARCHAR NOT NULL, run_id VARCHAR NOT NULL
 );
 
-CREATE TABLE IF NOT EXISTS correlations (
-    sae_a VARCHAR NOT NULL, feature_a INTEGER NOT NULL,
-    sae_b VARCHAR NOT NULL, feature_b INTEGER NOT NULL,
-    pearson FLOAT NOT NULL, p_b_given_a FLOAT, jaccard FLOAT, n_tokens BIGINT NOT NULL,
-    run_id VARCHAR NOT NULL
-);
-
-CREATE TABLE IF NOT EXISTS compositions (
-    sae_b VARCHAR NOT NULL, feature_b INTEGER NOT NULL,
-    kind VARCHAR NOT NULL,        -- AND | OR | PASS
-    parents INTEGER[] NOT NULL, sae_a VARCHAR NOT NULL, score FLOAT NOT NULL,
-    run_id VARCHAR NOT NULL
-);
-
 CREATE TABLE IF NOT EXISTS examples (
     sae_id VARCHAR NOT NULL, feature INTEGER NOT NULL,
     kind VARCHAR NOT NULL,        -- top | random
@@ -141,6 +123,26 @@ CREATE TABLE IF NOT EXISTS training (
     sae_id VARCHAR PRIMARY KEY, fvu DOUBLE, l0 DOUBLE, dead_frac DOUBLE, samples BIGINT, tokens BIGINT
 );
 
+-- The catalog of table files (parts.py): one row per pair (and method) of matches, correlations, compositions.
+CREATE TABLE IF NOT EXISTS parts (
+    table_name VARCHAR NOT NULL,
+    sae_a VARCHAR NOT NULL,
+    sae_b VARCHAR NOT NULL,
+    method VARCHAR NOT NULL,      -- '' for tables without a method
+    file VARCHAR NOT NULL,        -- relative to atlas.files/tables/
+    reverse_file VARCHAR,         -- matches of similarity methods: rows >= the index floor, sorted by feature_b
+    n_rows BIGINT NOT NULL,
+    bytes BIGINT NOT NULL,
+    run_id VARCHAR NOT NULL,
+    created_at TIMESTAMP NOT NULL DEFAULT current_timestamp
+);
+
+-- Files replaced or deleted: kept for readers of older snapshots, removed by a job after the grace period.
+CREATE TABLE IF NOT EXISTS dropped_parts (
+    file VARCHAR NOT NULL,
+    dropped_at TIMESTAMP          -- when the snapshot without it was published (NULL until then)
+);
+
 CREATE TABLE IF NOT EXISTS runs (
     run_id VARCHAR PRIMARY KEY,
     kind VARCHAR NOT NULL,
@@ -149,6 +151,38 @@ CREATE TABLE IF NOT EXISTS runs (
     started_at TIMESTAMP NOT NULL,
     finished_at TIMESTAMP,
     status VARCHAR NOT NULL       -- running | ok | interrupted
+);
+"""
+
+# Column types of the table files; never written (the views read the files).
+PART_DDL = """
+CREATE SCHEMA IF NOT EXISTS empty;
+
+CREATE TABLE IF NOT EXISTS empty.matches (
+    sae_a VARCHAR NOT NULL,
+    feature_a INTEGER NOT NULL,
+    sae_b VARCHAR NOT NULL,
+    feature_b INTEGER NOT NULL,
+    method VARCHAR NOT NULL,
+    score FLOAT NOT NULL,      -- cosine / correlation (higher is better); for decoder_mse the MSE (lower is better)
+    rank SMALLINT NOT NULL,    -- 1 = feature_a's best candidate in sae_b
+    assigned BOOLEAN NOT NULL, -- in the one-to-one assignment of the pair
+    run_id VARCHAR NOT NULL,
+    rank_b SMALLINT            -- 1 = feature_b's best candidate in sae_a (see edge_kind)
+);
+
+CREATE TABLE IF NOT EXISTS empty.correlations (
+    sae_a VARCHAR NOT NULL, feature_a INTEGER NOT NULL,
+    sae_b VARCHAR NOT NULL, feature_b INTEGER NOT NULL,
+    pearson FLOAT NOT NULL, p_b_given_a FLOAT, jaccard FLOAT, n_tokens BIGINT NOT NULL,
+    run_id VARCHAR NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS empty.compositions (
+    sae_b VARCHAR NOT NULL, feature_b INTEGER NOT NULL,
+    kind VARCHAR NOT NULL,        -- AND | OR | PASS
+    parents INTEGER[] NOT NULL, sae_a VARCHAR NOT NULL, score FLOAT NOT NULL,
+    run_id VARCHAR NOT NULL
 );
 """
 
@@ -306,24 +340,76 @@ class SchemaVersionError(ValueError):
     """The atlas file has a schema version this code does not serve (the CLI prints it as one line)."""
 
 
-def create(con) -> None:
-    """Create or upgrade the schema of a writable connection."""
+def create(con, tables_root: Path | None = None, move_tables_out=None) -> None:
+    """Create or upgrade the schema of a writable connection. Upgrading a version-4 atlas moves its big
+    tables into table files: `move_tables_out(con)` does that (Writer.move_tables_out)."""
+    fresh = not con.execute("SELECT count(*) FROM duckdb_tables() WHERE database_name = current_database() "
+                            "AND table_name = 'schema_version'").fetchone()[0]
     con.execute(TABLES)
-    if con.execute("SELECT count(*) FROM schema_version").fetchone()[0] == 0:
+    con.execute(PART_DDL)
+    if fresh or con.execute("SELECT count(*) FROM schema_version").fetchone()[0] == 0:
         con.execute("INSERT INTO schema_version VALUES (?)", [SCHEMA_VERSION])
     version = con.execute("SELECT max(version) FROM schema_version").fetchone()[0]
     if version > SCHEMA_VERSION:
         raise SchemaVersionError(f"atlas schema version {version} is newer than this code's {SCHEMA_VERSION}: upgrade feature-atlas")
     for v in range(version + 1, SCHEMA_VERSION + 1):
-        con.execute(MIGRATIONS[v])
+        if MIGRATIONS[v] is None:
+            if move_tables_out is None:
+                raise SchemaVersionError(f"atlas schema version {v - 1} needs `atlas migrate` to move its tables out")
+            move_tables_out(con)
+        else:
+            con.execute(MIGRATIONS[v])
         con.execute("UPDATE schema_version SET version = ?", [v])
     con.execute(VIEWS)
+    part_views(con, tables_root)
     con.execute(MACROS)
+
+
+def version_of(con) -> int | None:
+    """The schema version of a connection's atlas (None: a new file)."""
+    if not con.execute("SELECT count(*) FROM duckdb_tables() WHERE database_name = current_database() "
+                       "AND table_name = 'schema_version'").fetchone()[0]:
+        return None
+    return con.execute("SELECT max(version) FROM schema_version").fetchone()[0]
+
+
+def _quote(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def part_views(con, tables_root: Path | None) -> None:
+    """(Re)define the views matches, correlations, compositions over the files the catalog lists, by
+    absolute path under `tables_root` (so `duckdb -readonly atlas.duckdb` reads them from any folder), and
+    record that folder in files_root (readers check it: a moved atlas needs its views rewritten)."""
+    from .parts import PART_TABLES
+
+    files: dict[str, list[str]] = {t: [] for t in PART_TABLES}
+    root = str(Path(tables_root).resolve()) if tables_root is not None else None
+    if root is not None:
+        for table, file in con.execute("SELECT table_name, file FROM parts ORDER BY table_name, file").fetchall():
+            files[table].append(f"{root}/{file}")
+    for table in PART_TABLES:
+        body = (f"SELECT * FROM read_parquet([{', '.join(map(_quote, files[table]))}])" if files[table]
+                else f"SELECT * FROM empty.{table}")
+        con.execute(f"CREATE OR REPLACE VIEW {table} AS {body}")
+    con.execute("CREATE OR REPLACE TABLE files_root AS SELECT ?::VARCHAR AS root", [root])
+
+
+def files_root(con) -> str | None:
+    """The table-file folder the views name (None: no views over files yet)."""
+    try:
+        row = con.execute("SELECT root FROM files_root").fetchone()
+    except Exception:  # an atlas from before table files
+        return None
+    return row[0] if row else None
 
 
 def check_version(con, where: str) -> None:
     """Readers cannot upgrade (read-only): say what to do instead of failing on a missing table."""
     version = con.execute("SELECT max(version) FROM schema_version").fetchone()[0]
     if version != SCHEMA_VERSION:
+        what = ("run `atlas migrate` to move its big tables into table files" if version == 4 else
+                "run `atlas migrate` (or any job) to upgrade it in place") if version < SCHEMA_VERSION else \
+            "upgrade feature-atlas"
         raise SchemaVersionError(f"{where}: atlas schema version {version}, this code serves version {SCHEMA_VERSION}; "
-                           f"run any job on it (e.g. `atlas init`) to upgrade it in place")
+                                 f"{what}")

@@ -9,7 +9,6 @@ this driver writes DuckDB, one transaction per pair.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -17,10 +16,9 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from atlas.match.pair import MatchParams, match_candidates
-from atlas.store import Atlas, record_run
+from atlas.store import Atlas, parts, record_run
 from ingest.activations import MANIFEST, iter_layer, load_tokens, model_path
 from ingest.correlate import CoFiring, Compositions, Examples, Quality, activation_batches
 from ingest.executors import InProcess
@@ -121,9 +119,12 @@ def run_corr(task: CorrTask, out_dir: str) -> CorrResult:
 
     def write(name, table):
         path = out / f"{task.key}.{name}.parquet"
-        tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
+        if name in parts.PART_TABLES:  # a finished table file (with its reverse file): published by a rename
+            table = parts.conform(name, table, run_id=out.name)  # out is atlas.files/results/<run_id>
+            reverse = parts.reverse_rows(task.params.method, table) if name == "matches" else None
+            if reverse is not None:
+                parts.write_file(path.with_name(f"{task.key}.{name}.by_b.parquet"), reverse)
+        parts.write_file(path, table)
         shards[name] = str(path)
 
     k = cand.a2b_index.shape[1]
@@ -187,8 +188,8 @@ def correlate(atlas: Atlas, pairs: list[tuple[str, str]], activations: Path, k: 
             assignments = []
             for method, in w.con.execute("SELECT method FROM pair_stats WHERE sae_a = ? AND sae_b = ? AND method <> "
                                          "'activation_corr' ORDER BY method", [a, b]).fetchall():
-                ab = w.con.execute("SELECT feature_a, feature_b FROM matches WHERE sae_a = ? AND sae_b = ? AND method = ? "
-                                   "AND assigned ORDER BY feature_a", [a, b, method]).fetchall()
+                ab = w.pair_rows("matches", a, b, method, "SELECT feature_a, feature_b FROM rows WHERE assigned "
+                                                                      "ORDER BY feature_a")
                 assignments.append((method, tuple(x for x, _ in ab), tuple(y for _, y in ab)))
             wanted = tuple(s for s in (a, b) if with_examples and s not in claimed)
             claimed.update(wanted)
@@ -208,11 +209,11 @@ def correlate(atlas: Atlas, pairs: list[tuple[str, str]], activations: Path, k: 
 
 def _commit(w, task: CorrTask, result: CorrResult, run_id: str, summary: CorrelateSummary) -> None:
     a, b = task.a.sae_id, task.b.sae_id
-    w.replace_activation_pair(a, b, "activation_corr", ((n, pq.read_table(p)) for n, p in result.shards.items()),
+    w.replace_activation_pair(a, b, "activation_corr", ((n, Path(p)) for n, p in result.shards.items()),
                               result.stats, {m: {"matching_score": q["matching_score"],
                                                  "explained_variance": q["explained_variance"]}
                                              for m, q in result.quality.items()}, run_id)
-    for path in result.shards.values():
+    for path in result.shards.values():  # the ones not renamed into table files
         Path(path).unlink(missing_ok=True)
     summary.pairs.append((a, b))
     summary.compositions[f"{a}->{b}"] = result.n_compositions

@@ -14,10 +14,6 @@ from atlas import index as fx
 from atlas.sae import SAEError, SAEMeta, SAERecord
 from atlas.store import Atlas, Writer, record_run
 
-DEPENDENT_TABLES = (("matches", "sae_a", "sae_b"), ("pair_stats", "sae_a", "sae_b"),
-                    ("correlations", "sae_a", "sae_b"), ("compositions", "sae_a", "sae_b"),
-                    ("examples", "sae_id", "sae_id"), ("training", "sae_id", "sae_id"), ("widths", "sae_a", "sae_b"))
-
 
 @dataclass
 class IngestSummary:

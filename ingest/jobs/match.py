@@ -16,7 +16,7 @@ from pathlib import Path
 from atlas.match.pair import MatchParams
 from atlas.store import Atlas, record_run
 from ingest.executors import InProcess
-from ingest.tasks import PairTask, SAERef, TaskResult, read_shard, run_pair
+from ingest.tasks import PairTask, SAERef, TaskResult, run_pair, shard_stats
 
 SELECTIONS = ("adjacent", "distance", "siblings", "widths", "flow", "list")
 
@@ -151,8 +151,7 @@ def _commit(w, tasks: list[PairTask], results: list[TaskResult], run_id: str, su
     with w.transaction():
         for task, result in zip(tasks, results):
             a, b, method = task.a.sae_id, task.b.sae_id, task.params.method
-            matches, stats = read_shard(result.shard)
-            w.replace_pair(a, b, method, matches, stats, run_id)
+            w.adopt_pair(a, b, method, Path(result.shard), shard_stats(result.shard), run_id)
             summary.computed.append((a, b, method))
     for result in results:
         Path(result.shard).unlink(missing_ok=True)
