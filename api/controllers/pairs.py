@@ -66,7 +66,7 @@ class PairsController(Controller):
         files = snap.files().files_of("matches", [(sae_a, sae_b, method)])  # the pair's own file, not the view
         if not files:
             return []
-        rows = snap.cursor().execute(f"SELECT feature_a, feature_b, score, rank FROM read_parquet(?) WHERE assigned "
+        rows = snap.cursor().execute(f"SELECT feature_a, feature_b, score, rank FROM read_parquet(?, hive_partitioning = false) WHERE assigned "
                                      f"ORDER BY score {order}, feature_a LIMIT ?", [files[0], limit]).fetchall()
         return [PairMatch(*r) for r in rows]
 

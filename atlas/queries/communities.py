@@ -28,7 +28,7 @@ def communities(con, stack: str, method: str = "decoder_cos", tau: float = 0.7, 
     files = edges.files_of("matches", [(a, b, m) for a, b, m in edges.pairs if m == method
                                        and a in layer_of and b in layer_of])
     rows = con.execute(
-        "SELECT sae_a, feature_a, sae_b, feature_b FROM read_parquet(?) "
+        "SELECT sae_a, feature_a, sae_b, feature_b FROM read_parquet(?, hive_partitioning = false) "
         "WHERE score >= ? AND (assigned OR NOT ?) LIMIT ?",
         [files, tau, assigned_only, MAX_EDGES + 1]).fetchall() if files else []
     if len(rows) > MAX_EDGES:

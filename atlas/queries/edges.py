@@ -149,7 +149,8 @@ class FileEdges:
         return out
 
     def files_of(self, table: str, pairs) -> list[str]:
-        """Absolute paths of the files of `pairs` ((sae_a, sae_b, method) triples) that exist."""
+        """Absolute paths of the files of `pairs` ((sae_a, sae_b, method) triples) that exist. SQL reads them with
+        read_parquet(..., hive_partitioning = false): the ids in the file, not the (URL-quoted) folder names."""
         return [str(self.path(self.pairs[p][0])) for p in pairs if p in self.pairs] if table == "matches" else []
 
 

@@ -46,7 +46,7 @@ def pair_bars(con, saes: list[str], method: str, tau: float | None, quantile: fl
         for b, m in files.out_of.get(a, []):
             if m == method:
                 path = str(files.path(files.pairs[(a, b, m)][0]))
-                bars[(a, b)] = con.execute("SELECT quantile_cont(score, ?) FROM read_parquet(?) WHERE assigned",
+                bars[(a, b)] = con.execute("SELECT quantile_cont(score, ?) FROM read_parquet(?, hive_partitioning = false) WHERE assigned",
                                            [q, path]).fetchall()[0][0]
     return {k: v for k, v in bars.items() if v is not None}
 

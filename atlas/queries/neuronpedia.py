@@ -93,7 +93,7 @@ def pair_list(con, sae_a: str, sae_b: str, method: str = "decoder_cos", tau: flo
     op, order = (">=", "DESC") if m.higher_is_better else ("<=", "ASC")
     files = FileEdges.of(con).files_of("matches", [(sae_a, sae_b, method)])  # the pair's own file, not the view
     rows = con.execute(
-        f"SELECT m.feature_a, m.feature_b, m.score, fa.label, fb.label FROM read_parquet(?) m "
+        f"SELECT m.feature_a, m.feature_b, m.score, fa.label, fb.label FROM read_parquet(?, hive_partitioning = false) m "
         f"LEFT JOIN features fa ON fa.sae_id = m.sae_a AND fa.feature = m.feature_a "
         f"LEFT JOIN features fb ON fb.sae_id = m.sae_b AND fb.feature = m.feature_b "
         f"WHERE m.assigned AND m.score {op} ? ORDER BY m.score {order}, m.feature_a LIMIT ?",
