@@ -93,7 +93,13 @@ class Snapshot:
 
     def files(self) -> FileEdges:
         """The snapshot's matches as table files: catalog, SAE rows and a bounded cache of file footers."""
-        return self._cached("files", lambda: FileEdges.of(self.cursor(), self.saes(), examples=self.with_examples()))
+        return self._cached("files", lambda: FileEdges.of(self.cursor(), self.saes(), examples=self.with_examples(),
+                                                          labelled=self.labelled()))
+
+    def labelled(self) -> set[str]:
+        """SAEs with any feature label (lineages of the others skip the label query: it scans `features`)."""
+        return self._cached("labelled", lambda: {r[0] for r in self.cursor().execute(
+            "SELECT DISTINCT sae_id FROM features WHERE label IS NOT NULL").fetchall()})
 
 
 class AtlasState:

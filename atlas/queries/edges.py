@@ -37,12 +37,15 @@ class FileEdges:
     incoming rows by feature_b in its reverse file (or a filtered read of the pair's file)."""
 
     def __init__(self, root: str | Path | None, files: dict, saes: dict[str, dict] | None = None,
-                 reader: PartReader | None = None, examples: set[str] | None = None):
+                 reader: PartReader | None = None, examples: set[str] | None = None,
+                 labelled: set[str] | None = None):
         self.root = Path(root) if root is not None else None
         self.reader = reader if reader is not None or self.root is None else PartReader(self.root)
         self.saes = saes
         self.examples = examples
         """SAEs with example contexts (None: unknown, ask SQL), so lineages of the others skip that query."""
+        self.labelled = labelled
+        """SAEs with any label (None: unknown, ask SQL), so lineages of the others skip the label query."""
         self.catalog = files
         self._stacks: dict[str, list[tuple[str, int]]] | None = None
         # (sae_a, sae_b, method) -> (file, reverse_file), and each SAE's pairs from either end
@@ -55,10 +58,10 @@ class FileEdges:
 
     @classmethod
     def of(cls, con, saes: dict[str, dict] | None = None, reader: PartReader | None = None,
-           examples: set[str] | None = None) -> "FileEdges":
+           examples: set[str] | None = None, labelled: set[str] | None = None) -> "FileEdges":
         """The table files a connection's snapshot names (an atlas without any: no edges)."""
         root = files_root(con)
-        return cls(root, catalog(con) if root is not None else {}, saes, reader, examples)
+        return cls(root, catalog(con) if root is not None else {}, saes, reader, examples, labelled)
 
     @classmethod
     def with_saes(cls, con) -> "FileEdges":

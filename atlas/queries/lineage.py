@@ -195,9 +195,12 @@ def _nodes(con, seen, layer_of, site, include_sites, method, files: FileEdges) -
     """The lineage's nodes with labels, Neuronpedia links, top tokens and flow origins: one query over just
     these nodes (features are stored by (sae_id, feature), so it reads few blocks)."""
     saes, feats = zip(*sorted(seen))
-    rows = con.execute(
+    # labels: one query over just the labelled nodes (it scans `features`: string zonemaps cannot narrow it)
+    ask = [(s, f) for s, f in zip(saes, feats) if files.labelled is None or s in files.labelled]
+    labels = {(s, f): lab for s, f, lab in con.execute(
         "SELECT f.sae_id, f.feature, f.label FROM (SELECT unnest(?) AS sae_id, unnest(?) AS feature) n "
-        "JOIN features f USING (sae_id, feature)", [list(saes), list(feats)]).fetchall()
+        "JOIN features f USING (sae_id, feature)", [[s for s, _ in ask], [f for _, f in ask]]).fetchall()} if ask else {}
+    rows = [(s, f, labels.get((s, f))) for s, f in zip(saes, feats)]
     origins: dict[tuple[str, int], str] = {}
     if include_sites and site == "resid" and files.flow_sites:
         for s in set(saes):
