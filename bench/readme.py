@@ -111,7 +111,9 @@ def _scale_publish(v: dict) -> str:
     return (f"**{b['job_s']:.2f} s** at {_m(v['big']['match_rows'])} rows (publish step {b['publish_s']:.2f} s, "
             f"DuckDB file {b['duckdb_file_mb']:.0f} MB), {s['job_s']:.2f} s at {_m(v['small']['match_rows'])}"
             + _old(v, lambda o: f"**{o['publish']['job_s']:.1f} s** (copies its {o['publish']['duckdb_file_mb']:.0f} MB "
-                                f"file)"))
+                                f"file)" + (f", **{ob['publish']['job_s']:.1f} s** at {_m(ob['match_rows'])} "
+                                            f"({ob['publish']['duckdb_file_mb'] / 1024:.1f} GB file)"
+                                            if (ob := v.get("old_big")) else "")))
 
 
 def _http_line(h: dict, endpoint: str) -> str:
