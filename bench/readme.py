@@ -353,6 +353,8 @@ def scale_sentence(results: Path = RESULTS) -> str:
     if old:
         text += (f", where the previous layout (everything inside DuckDB) took {old['publish']['job_s']:.1f} s to copy "
                  f"and publish its {old['publish']['duckdb_file_mb']:.0f} MB file at {_m(old['match_rows'])} rows")
+        if ob := v.get("old_big"):
+            text += f" and {ob['publish']['job_s']:.1f} s at {_m(ob['match_rows'])} rows"
     h = b.get("http", {})
     if "rss_after_lineage_mb" in h:
         text += (f". Served with `--workers 2`, its processes hold {h['rss_after_lineage_mb'] / 1024:.2f} GB after "
