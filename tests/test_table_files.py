@@ -6,6 +6,7 @@ killed migration leaves the published atlas as it was."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -87,6 +88,23 @@ def test_a_plain_duckdb_connection_from_another_folder_sees_matches(matched, tmp
     out = subprocess.run([sys.executable, "-c", code, str(matched.path)], cwd=tmp_path, capture_output=True, text=True)
     with matched.read() as con:
         assert out.stdout.strip() == str(con.execute("SELECT count(*) FROM matches").fetchone()[0]) != "0", out.stderr
+
+
+def test_the_duckdb_command_line_reads_the_atlas_as_the_readme_says(matched, tmp_path):
+    """`duckdb -readonly atlas.duckdb` from another folder: the views, the macros, the catalog."""
+    cli = shutil.which("duckdb", path=os.path.dirname(sys.executable)) or shutil.which("duckdb")
+    assert cli, "the duckdb command line (pip install duckdb-cli, a test extra) is missing"
+    sql = ("SELECT count(*) FROM matches; SELECT count(*) FROM lineage_edges('synth-resid0-w256-s0-A', 3); "
+           "SELECT count(*) FROM matches WHERE sae_a = 'synth-resid1-w256-s0-A' AND method = 'decoder_cos';")
+    out = subprocess.run([cli, "-readonly", str(matched.path), "-csv", "-noheader", "-c", sql], cwd=tmp_path,
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    with matched.read() as con:
+        expect = [con.execute("SELECT count(*) FROM matches").fetchone()[0],
+                  con.execute("SELECT count(*) FROM lineage_edges('synth-resid0-w256-s0-A', 3)").fetchone()[0],
+                  con.execute("SELECT count(*) FROM matches WHERE sae_a = 'synth-resid1-w256-s0-A' "
+                              "AND method = 'decoder_cos'").fetchone()[0]]
+    assert [int(x) for x in out.stdout.split()] == expect and all(expect)
 
 
 def test_the_locked_down_reader_reads_the_table_files_and_nothing_else(matched, tmp_path):

@@ -32,6 +32,9 @@ from .leases import leased_files
 
 ENV_VAR = "ATLAS_PATH"
 DEFAULT_PATH = "atlas.duckdb"
+STORAGE = {"storage_compatibility_version": "v1.4.0"}
+"""New atlas files are written in DuckDB 1.4's storage format, so DuckDB CLIs and clients from 1.4 on open
+them (duckdb 2.0 writes a newer format by default that, e.g., the `duckdb-cli` on PyPI cannot read)."""
 GRACE_ENV = "ATLAS_GC_GRACE_S"
 GRACE_S = 3600.0
 """Table files a publish dropped stay this long for readers of older snapshots (then the next job removes them)."""
@@ -258,10 +261,13 @@ def sweep_table_files(root: Path, keep: set[str]) -> int:
     """Remove table files (and temporary ones) that `keep` does not name: left by a killed or failed job.
     Only a holder of the write lock calls this."""
     removed = 0
-    for p in list(root.glob("*/*.parquet")) + list(root.glob("*/*.tmp")):
+    for p in [*root.rglob("*.parquet"), *root.rglob("*.tmp")]:
         if p.relative_to(root).as_posix() not in keep:
             p.unlink(missing_ok=True)
             removed += 1
+    for d in sorted((d for d in root.rglob("*") if d.is_dir()), key=lambda d: -len(d.parts)):
+        with contextlib.suppress(OSError):  # pair folders left empty
+            d.rmdir()
     return removed
 
 
@@ -275,7 +281,7 @@ class Writer:
             stale.unlink(missing_ok=True)  # left by a killed job: we hold the lock now
         if atlas.path.exists():
             shutil.copyfile(atlas.path, self.work)
-        self.con = duckdb.connect(str(self.work))
+        self.con = duckdb.connect(str(self.work), config=STORAGE)
         self.moved_out = False
         self.upgraded_from = schema.version_of(self.con)
         schema.create(self.con, atlas.tables_dir, self.move_tables_out)
@@ -341,13 +347,13 @@ class Writer:
         self.con.close()
         fresh = self.work.with_name(self.work.stem + "-compact.duckdb")
         fresh.unlink(missing_ok=True)
-        con = duckdb.connect(str(fresh))
+        con = duckdb.connect(str(fresh), config=STORAGE)
         con.execute(f"ATTACH {schema._quote(str(self.work))} AS old (READ_ONLY)")
         con.execute(f"COPY FROM DATABASE old TO {schema._quote(fresh.stem)}".replace("'", '"'))
         con.execute("DETACH old")
         con.close()
         os.replace(fresh, self.work)
-        self.con = duckdb.connect(str(self.work))
+        self.con = duckdb.connect(str(self.work), config=STORAGE)
         schema.create(self.con, self.atlas.tables_dir)
 
     def _drop_stale_indexes(self) -> None:
@@ -495,18 +501,19 @@ class Writer:
         if not data.num_rows:
             self.drop_parts("table_name = ? AND sae_a = ? AND sae_b = ? AND method = ?", [table, sae_a, sae_b, method])
             return
-        main, reverse = parts.write_part(self.atlas.tables_dir, table, data)
+        key = dict(sae_a=sae_a, sae_b=sae_b, method=method)
+        main, reverse = parts.write_part(self.atlas.tables_dir, table, data, key)
         self._swap_part(table, sae_a, sae_b, method, main, reverse, run_id)
 
     def adopt_part(self, table: str, sae_a: str, sae_b: str, method: str, path: Path, run_id: str) -> None:
         """A finished table file (conformed, sorted, with run_id) becomes `table`'s file of the pair by a rename."""
         found = [parts.PartFile(path, *parts.size_of(path))]
-        rev = path.with_name(path.name.removesuffix(".parquet") + ".by_b.parquet")
+        rev = Path(parts.reverse_name(str(path)))
         if rev.exists():
             found.append(parts.PartFile(rev, *parts.size_of(rev)))
-        main = parts.new_name(table)
-        placed = [main, main.replace(".parquet", ".by_b.parquet")]
-        (self.atlas.tables_dir / table).mkdir(parents=True, exist_ok=True)
+        main = parts.new_name(table, dict(sae_a=sae_a, sae_b=sae_b, method=method))
+        placed = [main, parts.reverse_name(main)]
+        (self.atlas.tables_dir / main).parent.mkdir(parents=True, exist_ok=True)
         for f, rel in zip(found, placed):
             os.replace(f.file, self.atlas.tables_dir / rel)
         done = [parts.PartFile(rel, f.rows, f.bytes) for f, rel in zip(found, placed)]

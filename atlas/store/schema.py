@@ -389,7 +389,10 @@ def part_views(con, tables_root: Path | None) -> None:
         for table, file in con.execute("SELECT table_name, file FROM parts ORDER BY table_name, file").fetchall():
             files[table].append(f"{root}/{file}")
     for table in PART_TABLES:
-        body = (f"SELECT * FROM read_parquet([{', '.join(map(_quote, files[table]))}])" if files[table]
+        # hive_partitioning: the files sit in sae_a=/sae_b=/method= folders (parts.new_name), so a filter on those
+        # columns skips other pairs' files unopened; no autocast keeps an id like '12' a VARCHAR
+        body = (f"SELECT * FROM read_parquet([{', '.join(map(_quote, files[table]))}], hive_partitioning = true, "
+                f"hive_types_autocast = false)" if files[table]
                 else f"SELECT * FROM empty.{table}")
         con.execute(f"CREATE OR REPLACE VIEW {table} AS {body}")
     con.execute("CREATE OR REPLACE TABLE files_root AS SELECT ?::VARCHAR AS root", [root])
