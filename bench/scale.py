@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-GEN_VERSION = 1
+GEN_VERSION = 2
 """Bump when the generated data changes: cached atlases of another version are rebuilt."""
 K = 16
 D_IN = 2304
@@ -134,13 +134,13 @@ def pair_sql(shape: Shape, stack: int, la: int, lb: int, run_id: str, path: Path
         SELECT i // {K} AS fa, i % {K} + 1 AS r, hash(i, {seed}) AS h, hash(i // {K}, {seed}, 1) AS hf
         FROM range({n * K}) AS g(i)),
       u AS (
-        SELECT fa, r, (h & 1048575) / 1048576.0 AS u1, ((h >> 40) & 1048575) / 1048576.0 AS u3, h >> 60 AS off,
+        SELECT fa, r, (h & 1048575) / 1048576.0 AS u1, ((h >> 40) & 1048575) / 1048576.0 AS u3, (h >> 20) & 1048575 AS hb,
                (fa * {m} + {c}) % {n} AS cb, fa = {planted} AS planted,
                (hf & 1048575) / 1048576.0 < {alive} OR fa = {planted} AS alive,
                ((hf >> 20) & 1048575) / 1048576.0 < {SPLIT} AND fa <> {planted} AS split
         FROM t)
       SELECT '{sae_id(stack, la)}' AS sae_a, fa::INTEGER AS feature_a, '{sae_id(stack, lb)}' AS sae_b,
-             (CASE WHEN r = 1 THEN cb ELSE (cb + r * 977 + off) % {n} END)::INTEGER AS feature_b,
+             (CASE WHEN r = 1 THEN cb ELSE (cb + 1 + hb % {max(n - 1, 1)}) % {n} END)::INTEGER AS feature_b,
              '{method}' AS method,
              (CASE WHEN r = 1 THEN CASE WHEN alive THEN 0.72 + 0.26 * u1 ELSE 0.57 + 0.12 * u1 END
                    WHEN r = 2 THEN CASE WHEN alive AND split THEN 0.70 + 0.015 * u1 ELSE 0.46 + 0.10 * u1 END
@@ -148,7 +148,7 @@ def pair_sql(shape: Shape, stack: int, la: int, lb: int, run_id: str, path: Path
              r::SMALLINT AS rank, r = 1 AS assigned, '{run_id}' AS run_id,
              (CASE WHEN r = 1 OR (r = 2 AND alive AND split) THEN 1 ELSE 2 + floor(u3 * 15) END)::SMALLINT AS rank_b
       FROM u ORDER BY feature_a, rank
-    ) TO '{path}' (FORMAT parquet, ROW_GROUP_SIZE {ROW_GROUP}, COMPRESSION zstd)"""
+    ) TO '{path}' (FORMAT parquet, ROW_GROUP_SIZE {ROW_GROUP}, COMPRESSION zstd, PARQUET_VERSION v2)"""
 
 
 def write_shard(gen, shape: Shape, stack: int, la: int, lb: int, run_id: str, folder: Path) -> tuple[Path, dict]:
@@ -163,7 +163,7 @@ def write_shard(gen, shape: Shape, stack: int, la: int, lb: int, run_id: str, fo
     floor = METHODS[METHOD].index_floor
     gen.execute(f"COPY (SELECT * FROM read_parquet('{path}') WHERE score >= {floor} ORDER BY feature_b, feature_a) "
                 f"TO '{path.with_name(path.stem + '.by_b.parquet')}' "
-                f"(FORMAT parquet, ROW_GROUP_SIZE {ROW_GROUP}, COMPRESSION zstd)")
+                f"(FORMAT parquet, ROW_GROUP_SIZE {ROW_GROUP}, COMPRESSION zstd, PARQUET_VERSION v2)")
     n_matched, mean, median = gen.execute(
         f"SELECT count(*) FILTER (score >= 0.7), avg(score), median(score) FROM read_parquet('{path}') "
         f"WHERE assigned").fetchone()
