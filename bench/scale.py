@@ -12,7 +12,7 @@ The generator measures storage, not matching: per pair-method one DuckDB `COPY (
 writes the table file in the matches schema and sort order, and its reverse file; the store adopts them by a
 rename (Writer.adopt_pair), SAE and feature rows through the store's API, all in one job. The data looks like
 a matched family: each feature has k = 16 candidates, rank 1 assigned to a permutation of the next layer's
-features, ~1.4 edges per feature pass 0.5, carry chains run across layers with random breaks, a few percent
+features, ~1.6 edges per feature pass 0.5 (10% of rows: the reverse files), carry chains run across layers with random breaks, a few percent
 of features split, so lineages have a few to tens of nodes. Feature 0 of every stack's first layer is a
 planted chain carried through every layer (planted_chain()).
 
