@@ -119,8 +119,9 @@ def _old(v: dict, fmt: Callable[[dict], str]) -> str:
 
 def _scale_publish(v: dict) -> str:
     b, s = v["big"]["publish"], v["small"]["publish"]
-    return (f"**{b['job_s']:.2f} s** at {_m(v['big']['match_rows'])} rows (publish step {b['publish_s']:.2f} s, "
-            f"DuckDB file {b['duckdb_file_mb']:.0f} MB), {s['job_s']:.2f} s at {_m(v['small']['match_rows'])}"
+    return (f"**{b['job_s']:.2f} s** at {_m(v['big']['match_rows'])} rows (opening the job {b['open_s']:.2f} s, publish "
+            f"step {b['publish_s']:.2f} s; DuckDB file {b['duckdb_file_mb']:.0f} MB), {s['job_s']:.2f} s at "
+            f"{_m(v['small']['match_rows'])}"
             + _old(v, lambda o: f"**{o['publish']['job_s']:.1f} s** (copies its {o['publish']['duckdb_file_mb']:.0f} MB "
                                 f"file)" + (f", **{ob['publish']['job_s']:.1f} s** at {_m(ob['match_rows'])} "
                                             f"({ob['publish']['duckdb_file_mb'] / 1024:.1f} GB file)"
