@@ -152,7 +152,10 @@ def _scale_http_met(endpoint: str):
 
 def _scale_rss(v: dict) -> str:
     h = v["big"]["http"]
-    return (f"**{h['rss_after_lineage_mb'] / 1024:.2f} GB** after {h['lineage_random']['requests']:,} random lineages "
+    r = h["lineage_random"]
+    cut = (f" of {r['asked']:,} asked (stopped after {r['time_limit_s']:.0f} s at {r['req_per_s']:.0f} req/s)"
+           if r.get("asked", r["requests"]) > r["requests"] else "")
+    return (f"**{h['rss_after_lineage_mb'] / 1024:.2f} GB** after {r['requests']:,} random lineages{cut} "
             f"(idle {h['rss_idle_mb'] / 1024:.2f} GB)"
             + _old(v, lambda o: f"{o['http']['rss_after_lineage_mb'] / 1024:.2f} GB"))
 

@@ -516,12 +516,45 @@ def _export(server: Server, limit_s: float) -> dict:
             "error": error or server.killed, "time_limit_s": limit_s}
 
 
+def _bounded(urls: list[str], seconds: float, threads: int = 4) -> dict:
+    """GET each URL once from `threads` clients, stopping at the deadline: latencies, rate, how many were done."""
+    import httpx
+
+    lat: list[float] = []
+    bad = [0]
+    lock = threading.Lock()
+    deadline = time.perf_counter() + seconds
+
+    def worker(chunk):
+        with httpx.Client(timeout=60) as c:
+            for u in chunk:
+                if time.perf_counter() > deadline:
+                    return
+                t0 = time.perf_counter()
+                ok = c.get(u).status_code == 200
+                with lock:
+                    lat.append(time.perf_counter() - t0)
+                    bad[0] += not ok
+
+    pool = [threading.Thread(target=worker, args=(urls[i::threads],)) for i in range(threads)]
+    t0 = time.perf_counter()
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    wall = time.perf_counter() - t0
+    lat.sort()
+    return {"requests": len(lat), "asked": len(urls), "non_200": bad[0], "seconds": wall, "req_per_s": len(lat) / wall,
+            "p50_ms": 1000 * lat[len(lat) // 2], "p99_ms": 1000 * lat[int(0.99 * (len(lat) - 1))],
+            "connections": threads, "client": "httpx threads", "time_limit_s": seconds}
+
+
 def measure_http(atlas_path: Path, pythonpath: Path, seconds: int, lineage_requests: int, export_s: float,
-                 limit_mb: float, log=print) -> dict:
+                 limit_mb: float, log=print, lineage_seconds: float = 240) -> dict:
     """Card and lineage under wrk, RSS after `lineage_requests` random lineages, and the matches export."""
     import httpx
 
-    from bench.__main__ import _threads, _wrk
+    from bench.__main__ import _wrk
 
     out: dict = {"server": "atlas serve --workers 2", "rss_limit_mb": limit_mb}
     server = Server(atlas_path, pythonpath, limit_mb)
@@ -545,11 +578,11 @@ def measure_http(atlas_path: Path, pythonpath: Path, seconds: int, lineage_reque
             log(f"scale:   {name}: " + ", ".join(f"{c} conn p50 {v['p50_ms']:.1f} ms p99 {v['p99_ms']:.1f} ms "
                                                  f"{v['req_per_s']:.0f} req/s" for c, v in out[name].items()))
         lin = [f"{server.base}/api/saes/{s}/features/{f}/lineage" for s, f in _features(atlas_path, lineage_requests, 2)]
-        out["lineage_random"] = _threads(lin, lineage_requests)
-        out["lineage_random"]["requests"] = lineage_requests
+        out["lineage_random"] = _bounded(lin, lineage_seconds)
         out["rss_after_lineage_mb"] = server.rss_mb()
         out["peak_rss_mb"] = server.peak_mb
-        log(f"scale:   RSS after {lineage_requests} random lineages: {out['rss_after_lineage_mb']:.0f} MB")
+        log(f"scale:   RSS after {out['lineage_random']['requests']} random lineages "
+            f"({out['lineage_random']['req_per_s']:.0f} req/s): {out['rss_after_lineage_mb']:.0f} MB")
         out["export"] = _export(server, export_s)
         e = out["export"]
         log(f"scale:   export: status {e['status']}, {e['bytes'] / 2**20:.0f} MB in {e['seconds']:.1f} s, RSS "
@@ -586,7 +619,7 @@ def run(args, log=print) -> dict:
         if args.http and (name == "big" or args.http_small):
             log(f"scale: {name}: HTTP on {shape.match_rows:,} rows")
             res["http"] = measure_http(atlas.path, ROOT, args.seconds, args.lineage_requests, args.export_seconds,
-                                       args.rss_limit_mb, log)
+                                       args.rss_limit_mb, log, args.lineage_seconds)
         out[name] = res
     if args.old:
         src = old_source(scale_dir, OLD_COMMIT)
@@ -602,7 +635,7 @@ def run(args, log=print) -> dict:
         if args.http:
             log(f"scale: previous layout: HTTP on {shape.match_rows:,} rows")
             res["http"] = measure_http(path, src, args.seconds, args.lineage_requests, args.export_seconds,
-                                       args.rss_limit_mb, log)
+                                       args.rss_limit_mb, log, args.lineage_seconds)
         out["old"] = res
         if args.old_big:  # publish and disk only: its server is measured at the small size
             atlas = generate(big, scale_dir / f"new-{big.key}", log)[0]
@@ -629,7 +662,9 @@ def add_arguments(p) -> None:
                    help="Where the generated atlases are kept between runs (keyed by size).")
     g.add_argument("--seconds", type=int, default=10, help="Seconds of each wrk run.")
     g.add_argument("--lineage-requests", type=int, default=10_000, help="Random lineages before the RSS reading.")
-    g.add_argument("--export-seconds", type=float, default=300, help="Stop reading the export after this long.")
+    g.add_argument("--lineage-seconds", type=float, default=240,
+                   help="Stop the random lineages after this long (the JSON says how many were done).")
+    g.add_argument("--export-seconds", type=float, default=240, help="Stop reading the export after this long.")
     g.add_argument("--rss-limit-mb", type=float, default=8000, help="Stop a server whose processes pass this RSS.")
     g.add_argument("--no-http", dest="http", action="store_false", help="Skip the HTTP measurements.")
     g.add_argument("--http-small", action="store_true", help="Also measure HTTP on the small new-layout atlas.")
@@ -655,7 +690,7 @@ def summary(v: dict) -> str:
                 m = h[ep]["8"]
                 lines.append(f"    {ep}: 8 conn p50 {m['p50_ms']:.1f} ms, p99 {m['p99_ms']:.1f} ms, {m['req_per_s']:.0f} req/s")
             if "rss_after_lineage_mb" in h:
-                lines.append(f"    RSS after {h['lineage_random']['requests']} lineages: {h['rss_after_lineage_mb']:.0f} MB")
+                lines.append(f"    RSS after {h['lineage_random']['requests']} random lineages: {h['rss_after_lineage_mb']:.0f} MB")
             if "export" in h:
                 e = h["export"]
                 lines.append(f"    export: {e['bytes'] / 2**20:.0f} MB in {e['seconds']:.1f} s, RSS {e['rss_before_mb']:.0f} -> "
