@@ -136,8 +136,11 @@ def _http_line(h: dict, endpoint: str) -> str:
 
 def _scale_http(endpoint: str):
     def fmt(v: dict) -> str:
-        return (f"8 connections: {_http_line(v['big']['http'], endpoint)}"
-                + _old(v, lambda o: _http_line(o["http"], endpoint)))
+        small = v["small"].get("http", {})
+        at_small = (f"; at {_m(v['small']['match_rows'])} rows: {_http_line(small, endpoint)}".replace("**", "")
+                    if endpoint in small else "")
+        return (f"8 connections: {_http_line(v['big']['http'], endpoint)}{at_small}"
+                + _old(v, lambda o: _http_line(o["http"], endpoint).replace("**", "")))
     return fmt
 
 
@@ -155,9 +158,13 @@ def _scale_rss(v: dict) -> str:
     r = h["lineage_random"]
     cut = (f" of {r['asked']:,} asked (stopped after {r['time_limit_s']:.0f} s at {r['req_per_s']:.0f} req/s)"
            if r.get("asked", r["requests"]) > r["requests"] else "")
+    small = v["small"].get("http", {})
+    at_small = (f"; at {_m(v['small']['match_rows'])} rows {small['rss_after_lineage_mb'] / 1024:.2f} GB after "
+                f"{small['lineage_random']['requests']:,}" if "rss_after_lineage_mb" in small else "")
     return (f"**{h['rss_after_lineage_mb'] / 1024:.2f} GB** after {r['requests']:,} random lineages{cut} "
-            f"(idle {h['rss_idle_mb'] / 1024:.2f} GB)"
-            + _old(v, lambda o: f"{o['http']['rss_after_lineage_mb'] / 1024:.2f} GB"))
+            f"(idle {h['rss_idle_mb'] / 1024:.2f} GB){at_small}"
+            + _old(v, lambda o: f"{o['http']['rss_after_lineage_mb'] / 1024:.2f} GB after "
+                                f"{o['http']['lineage_random']['requests']:,}"))
 
 
 def _scale_disk(v: dict) -> str:

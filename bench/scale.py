@@ -662,12 +662,13 @@ def add_arguments(p) -> None:
                    help="Where the generated atlases are kept between runs (keyed by size).")
     g.add_argument("--seconds", type=int, default=10, help="Seconds of each wrk run.")
     g.add_argument("--lineage-requests", type=int, default=10_000, help="Random lineages before the RSS reading.")
-    g.add_argument("--lineage-seconds", type=float, default=240,
+    g.add_argument("--lineage-seconds", type=float, default=180,
                    help="Stop the random lineages after this long (the JSON says how many were done).")
     g.add_argument("--export-seconds", type=float, default=240, help="Stop reading the export after this long.")
     g.add_argument("--rss-limit-mb", type=float, default=8000, help="Stop a server whose processes pass this RSS.")
     g.add_argument("--no-http", dest="http", action="store_false", help="Skip the HTTP measurements.")
-    g.add_argument("--http-small", action="store_true", help="Also measure HTTP on the small new-layout atlas.")
+    g.add_argument("--no-http-small", dest="http_small", action="store_false",
+                   help="Skip HTTP on the small new-layout atlas (the size the previous layout is served at).")
     g.add_argument("--no-old", dest="old", action="store_false", help="Skip the previous layout.")
     g.add_argument("--no-old-big", dest="old_big", action="store_false",
                    help="Skip the previous layout's publish at --rows (it copies the whole file).")
