@@ -1,10 +1,11 @@
 """The served atlas: the newest published snapshot, each on its own DuckDB instance, with its caches.
 
-A request takes the current Snapshot once and asks it for everything (cursor, layers, edge index), so one
+A request takes the current Snapshot once and asks it for everything (cursor, layers, table files), so one
 answer never mixes two snapshots. When a job publishes, the next request opens the new file on a fresh
 DuckDB instance; requests still running on the old one finish there, and it closes when the last of them
 drops it. Caches live on the Snapshot, are filled from its own cursor, and are built outside the state
-lock (one builder per cache, others wait for it).
+lock (one builder per cache, others wait for it). Every cache grows with SAEs and pairs, never with match or
+feature rows: lineage and cards read the table files by point lookups (atlas/queries/edges.py).
 """
 
 from __future__ import annotations
@@ -13,10 +14,9 @@ import os
 import threading
 from pathlib import Path
 
-from atlas.match.methods import method as method_info
 from atlas.queries import IndexCache, budget
 from atlas.queries.common import SAE_COLUMNS
-from atlas.queries.lineage import EdgeIndex
+from atlas.queries.edges import FileEdges
 from atlas.queries.records import NotFound
 from atlas.store import Atlas
 from atlas.store.atlas import open_snapshot
@@ -25,7 +25,6 @@ from atlas.store.schema import check_version
 
 from .settings import Settings
 from .sqlpool import SQLPool
-from .topk import TopCandidates
 
 FEATURE_COLUMNS = ("dec_norm", "threshold", "density", "max_act", "label")
 
@@ -76,41 +75,25 @@ class Snapshot:
         return row
 
     def feature_row(self, sae_id: str, feature: int) -> tuple:
-        """(dec_norm, threshold, density, max_act, label) of one feature, from columns held per snapshot."""
-        table, offsets = self._cached("features", self._features)
-        i = offsets[sae_id] + feature
-        return tuple(table[c][i] for c in FEATURE_COLUMNS)
-
-    def _features(self):
-        t = self.cursor().sql(f"SELECT sae_id, feature, {', '.join(FEATURE_COLUMNS)} FROM features "
-                              f"ORDER BY sae_id, feature").to_arrow_table()
-        ids, feats = t["sae_id"].to_pylist(), t["feature"].to_numpy()
-        offsets: dict[str, int] = {}
-        for i, (s, f) in enumerate(zip(ids, feats)):
-            if s not in offsets:
-                offsets[s] = i - int(f)
-        return {c: t[c].to_pylist() for c in FEATURE_COLUMNS}, offsets
+        """(dec_norm, threshold, density, max_act, label) of one feature: one point query (features are
+        stored in (sae_id, feature) order, so it reads one block)."""
+        row = self.cursor().execute(f"SELECT {', '.join(FEATURE_COLUMNS)} FROM features WHERE sae_id = ? "
+                                    f"AND feature = ?", [sae_id, feature]).fetchone()
+        return row if row is not None else (None,) * len(FEATURE_COLUMNS)
 
     def with_examples(self) -> set[str]:
         """SAEs that have example contexts (so cards of the others skip that query)."""
         return self._cached("examples", lambda: {r[0] for r in self.cursor().execute(
             "SELECT DISTINCT sae_id FROM examples").fetchall()})
 
-    def top_candidates(self) -> TopCandidates:
-        """Each feature's outgoing candidates of rank <= topk.RANKS (the feature card's default `top`)."""
-        return self._cached("top", lambda: TopCandidates(self.cursor()))
-
     def methods(self) -> list[str]:
         """Matching methods present in this snapshot."""
         return self._cached("methods", lambda: [r[0] for r in self.cursor().execute(
             "SELECT DISTINCT method FROM pair_stats ORDER BY 1").fetchall()])
 
-    def edge_index(self, method: str) -> EdgeIndex | None:
-        """Lineage's in-memory edge index of `method` (similarity methods only), built on first use."""
-        floor = method_info(method).index_floor
-        if floor is None:
-            return None
-        return self._cached(f"edges:{method}", lambda: EdgeIndex(self.cursor(), method, floor, self.saes()))
+    def files(self) -> FileEdges:
+        """The snapshot's matches as table files: catalog, SAE rows and a bounded cache of file footers."""
+        return self._cached("files", lambda: FileEdges.of(self.cursor(), self.saes(), examples=self.with_examples()))
 
 
 class AtlasState:

@@ -1,5 +1,5 @@
 """Lineage edge kinds (carry / split / merge / gap) against planted truth; one definition in SQL, Python
-and the in-memory index."""
+and the table-file lookups."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from atlas.queries import lineage
-from atlas.queries.lineage import EdgeIndex, edge_kind, edge_kinds
+from atlas.queries.edges import FileEdges
+from atlas.queries.lineage import edge_kind, edge_kinds
 
 from .conftest import TINY
 
@@ -19,17 +20,17 @@ def _id(layer):
 
 
 def test_edge_kind_has_one_definition(synth_atlas):
-    """The SQL macro, the scalar and vectorised Python functions and the index give every row one kind."""
+    """The SQL macro, the scalar and vectorised Python functions and the table-file lookups give every row one kind."""
     with synth_atlas.read() as con:
         rows = con.execute("SELECT sae_a, feature_a, sae_b, feature_b, assigned, rank, rank_b, "
                            "edge_kind(assigned, rank, rank_b) FROM matches WHERE method = 'decoder_cos'").fetchall()
-        index = EdgeIndex(con, "decoder_cos", floor=-1.0)
+        files = FileEdges.of(con)
     assert {r[7] for r in rows} == {"carry", "split", "merge", "candidate"}
     vec = edge_kinds(np.array([r[4] for r in rows]), np.array([r[5] for r in rows]), np.array([r[6] for r in rows]))
     assert list(vec) == [r[7] for r in rows]
     assert all(edge_kind(r[4], r[5], r[6]) == r[7] for r in rows)
-    by_key = {(index.names[a], int(fa), index.names[b], int(fb)): str(k) for a, fa, b, fb, k in
-              zip(index.ca, index.fa, index.cb, index.fb, index.kind)}
+    by_key = {e[:4]: e[8] for a, b, m in files.pairs if m == "decoder_cos"
+              for e in files.edges(a, range(TINY.d_sae), [b], True, m)}
     assert by_key == {r[:4]: r[7] for r in rows}
 
 
@@ -59,15 +60,16 @@ def _edges(lin):
 
 
 @pytest.mark.parametrize("mode", ["default", "all"])
-def test_sql_macro_python_and_index_lineages_agree(synth_atlas, truth, mode):
+def test_sql_macro_and_table_file_lineages_agree(synth_atlas, truth, mode):
+    """lineage() over the table files (the library call, and a server's per-snapshot FileEdges) = the SQL macro."""
     events = [(t["sae_a"], t["feature_a"]) for t in truth if t["kind"] in ("split", "merge", "death")
               and t["sae_a"] and t["sae_a"].endswith("s0-A")]
     starts = sorted(set(events[:12] + [(_id(layer), f) for layer in range(TINY.n_layers) for f in range(0, 256, 37)]))
     with synth_atlas.read() as con:
-        index = EdgeIndex(con, "decoder_cos")
+        files = FileEdges.with_saes(con)
         for sae, f in starts:
             sql_path = lineage(con, sae, f, edges=mode, include_sites=False)
-            indexed = lineage(con, sae, f, edges=mode, include_sites=False, index=index)
+            indexed = lineage(con, sae, f, edges=mode, include_sites=False, files=files)
             macro = con.execute("SELECT sae_a, feature_a, sae_b, feature_b, kind, gap FROM lineage_edges(?, ?, "
                                 "tau_ := 0.7, max_skip_ := 1, edges_ := ?)", [sae, f, mode]).fetchall()
             assert _edges(sql_path) == _edges(indexed) == sorted(macro), (sae, f)

@@ -253,13 +253,20 @@ def test_births_and_deaths_per_layer_are_the_planted_ones(synth_atlas, truth):
     assert all(n > 0 for _, b, d in expected for n in (b, d) if n is not None)
 
 
-def test_in_memory_edge_index_gives_the_sql_answer(synth_atlas):
-    from atlas.queries.lineage import EdgeIndex
+def test_lineage_over_table_files_gives_the_sql_macro_answer_above_and_below_the_reverse_floor(synth_atlas):
+    """Backward steps read the reverse files (scores >= 0.5) or, below that floor, the pairs' own files."""
+    from atlas.queries.edges import FileEdges
+
+    def edges(lin):
+        return sorted((e.sae_a, e.feature_a, e.sae_b, e.feature_b) for e in lin.edges)
 
     with synth_atlas.read() as con:
-        index = EdgeIndex(con, "decoder_cos", floor=0.5)
-        for f in range(0, TINY.d_sae, 17):
-            for sae in (_ids(0), _ids(2)):
-                assert lineage(con, sae, f, index=index) == lineage(con, sae, f)
-        # below the index's floor, lineage falls back to SQL and still answers
-        assert lineage(con, _ids(1), 3, tau=0.3, index=index) == lineage(con, _ids(1), 3, tau=0.3)
+        files = FileEdges.with_saes(con)
+        for tau in (0.7, 0.3):
+            for f in range(0, TINY.d_sae, 17):
+                for sae in (_ids(0), _ids(2)):
+                    lin = lineage(con, sae, f, tau=tau, files=files)
+                    assert lin == lineage(con, sae, f, tau=tau)
+                    macro = con.execute("SELECT sae_a, feature_a, sae_b, feature_b FROM lineage_edges(?, ?, tau_ := ?)",
+                                        [sae, f, tau]).fetchall()
+                    assert edges(lin) == sorted(macro), (sae, f, tau)

@@ -73,13 +73,30 @@ def test_replace_then_any_job_keeps_search_working(served, new_weights):
     assert {p.name for p in served.index_dir.glob("*.faiss")} == named
 
 
-def test_feature_cards_from_the_in_memory_index_equal_sql(synth_atlas):
-    """The card's outgoing candidates come from a per-snapshot index; forcing the SQL path changes nothing."""
+def test_feature_cards_from_table_files_equal_sql_over_the_views(synth_atlas, monkeypatch):
+    """The card's candidates are point lookups in the table files; answering them by SQL over the `matches`
+    view instead (today's reference) changes nothing."""
+    from atlas.match.methods import method as method_info
+    from atlas.queries.edges import FileEdges
+
     with TestClient(create_app(synth_atlas.path)) as c:
-        state = c.app.dependencies["atlas"].dependency()
-        urls = [f"/api/saes/{sae}/features/{f}" for sae in (SAE0, "synth-resid2-w256-s1-A") for f in (0, 5, 77, 255)]
+        snap = c.app.dependencies["atlas"].dependency().snapshot()
+        urls = [f"/api/saes/{sae}/features/{f}" + q for sae in (SAE0, "synth-resid2-w256-s1-A") for f in (0, 5, 77, 255)
+                for q in ("", "?top=8")]
         fast = [c.get(u).json() for u in urls]
-        top = state.snapshot().top_candidates()
-        top.ranks = 0  # every card now reads SQL
+
+        def outgoing(self, sae, feature, top):
+            return snap.cursor().execute("SELECT method, sae_b, feature_b, score, rank, assigned, 'out' FROM matches "
+                                         "WHERE sae_a = ? AND feature_a = ? AND rank <= ?", [sae, feature, top]).fetchall()
+
+        def incoming(self, sae, feature):
+            rows = snap.cursor().execute("SELECT method, sae_a, feature_a, score, rank, assigned, 'in' FROM matches "
+                                         "WHERE sae_b = ? AND feature_b = ?", [sae, feature]).fetchall()
+            floor = {r[0]: method_info(r[0]).index_floor for r in rows}
+            return [r for r in rows if floor[r[0]] is None or r[3] >= floor[r[0]]]
+
+        monkeypatch.setattr(FileEdges, "outgoing", outgoing)
+        monkeypatch.setattr(FileEdges, "incoming", incoming)
         assert [c.get(u).json() for u in urls] == fast
-        assert any(m["direction"] == "out" for card in fast for refs in card["matches"].values() for m in refs)
+        assert any(m["direction"] == d for card in fast for refs in card["matches"].values() for m in refs
+                   for d in ("out", "in"))

@@ -9,7 +9,7 @@ from litestar.di import NamedDependency
 from litestar.params import FromQuery, QueryParameter
 
 from atlas import queries as q
-from atlas.queries.common import check_method, sae_row
+from atlas.queries.common import check_method
 
 from ..errors import errors
 from ..params import Fraction, Limit, Method, Name, SaeId, Score, SimilarityMethod, Stat, StackName, Tau
@@ -60,12 +60,14 @@ class PairsController(Controller):
     def get_pair(self, atlas: NamedDependency[AtlasState], sae_a: SaeId, sae_b: SaeId, method: Method = "decoder_cos",
                  limit: Limit = 100) -> list[PairMatch]:
         """Assigned matches of one SAE pair, best first."""
-        con = atlas.cursor()
-        sae_row(con, sae_a), sae_row(con, sae_b)
+        snap = atlas.snapshot()
+        snap.sae(sae_a), snap.sae(sae_b)
         order = check_method(method).sql_order
-        rows = con.execute(f"SELECT feature_a, feature_b, score, rank FROM matches WHERE sae_a = ? AND sae_b = ? "
-                           f"AND method = ? AND assigned ORDER BY score {order}, feature_a LIMIT ?",
-                           [sae_a, sae_b, method, limit]).fetchall()
+        files = snap.files().files_of("matches", [(sae_a, sae_b, method)])  # the pair's own file, not the view
+        if not files:
+            return []
+        rows = snap.cursor().execute(f"SELECT feature_a, feature_b, score, rank FROM read_parquet(?, hive_partitioning = false) WHERE assigned "
+                                     f"ORDER BY score {order}, feature_a LIMIT ?", [files[0], limit]).fetchall()
         return [PairMatch(*r) for r in rows]
 
     @get("/sibling-groups", operation_id="listSiblingGroups", sync_to_thread=True, responses=errors())

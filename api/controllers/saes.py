@@ -61,20 +61,10 @@ class SaesController(Controller):
         sae = snap.sae(sae_id)
         check_feature(sae, feature)
         dec_norm, threshold, density, max_act, label = snap.feature_row(sae_id, feature)
-        # Outgoing candidates come from the snapshot's in-memory top candidates (SQL for top > its ranks);
-        # incoming ones from its edge index (scores >= the floor) for similarity methods, SQL for distances.
-        top_index = snap.top_candidates()
-        rows = top_index.out(sae_id, feature, top) if top <= top_index.ranks else con.execute(
-            "SELECT method, sae_b, feature_b, score, rank, assigned, 'out' FROM matches "
-            "WHERE sae_a = ? AND feature_a = ? AND rank <= ?", [sae_id, feature, top]).fetchall()
-        for method in snap.methods():
-            index = snap.edge_index(method)
-            if index is None:
-                rows += con.execute("SELECT method, sae_a, feature_a, score, rank, assigned, 'in' FROM matches "
-                                    "WHERE sae_b = ? AND feature_b = ? AND method = ?", [sae_id, feature, method]).fetchall()
-            else:
-                rows += [(method, e[0], e[1], e[5], e[6], e[7], "in")
-                         for e in index.edges(sae_id, [feature], index.names, forward=False)]
+        # Point lookups in the table files: outgoing rows of the feature in each pair's file, incoming rows
+        # in each reverse file (scores >= the method's floor) or, for distances, a filtered read of the pair's file.
+        files = snap.files()
+        rows = files.outgoing(sae_id, feature, top) + files.incoming(sae_id, feature)
         matches: dict[str, list[MatchRef]] = {}
         kept: dict[tuple, int] = {}
         for method, other, f, score, rank, assigned, direction in sorted(
@@ -120,7 +110,7 @@ class SaesController(Controller):
             check_tau(m, tau)
         snap = atlas.snapshot()
         return q.lineage(snap.cursor(), sae_id, feature, direction, tau, quantile, max_skip, method, include_sites,
-                         index=snap.edge_index(method), edges=edges)
+                         files=snap.files(), edges=edges)
 
     @get("/orphans", operation_id="getOrphans", sync_to_thread=True, responses=errors(404))
     def get_orphans(self, atlas: NamedDependency[AtlasState], settings: NamedDependency[Settings],

@@ -11,12 +11,14 @@ import pyarrow.parquet as pq
 from litestar import Controller, Response, get, post
 from litestar.di import NamedDependency
 from litestar.params import JSONBody, PathParameter, QueryParameter
+from litestar.response import Stream
 
 from atlas.queries.records import NotFound
 from atlas.queries import budget
 from atlas.queries.sqlguard import check_statement
 
 from ..errors import errors
+from ..export import parquet_stream, table_batches
 from ..settings import Settings
 from ..state import AtlasState
 from ..structs import SQLFormat, SQLRequest, SQLResult
@@ -76,15 +78,12 @@ class SqlController(Controller):
     @get("/export/{name:str}", operation_id="exportTable", sync_to_thread=True, responses=errors(404),
          media_type=MEDIA["parquet"])
     def export(self, atlas: NamedDependency[AtlasState],
-               name: Annotated[str, PathParameter(max_length=64, description="TABLE.parquet")]) -> Response[bytes]:
-        """A whole table as Parquet (saes, features, matches, pair_stats, correlations, compositions, runs)."""
+               name: Annotated[str, PathParameter(max_length=64, description="TABLE.parquet")]) -> Stream:
+        """A whole table as Parquet (saes, features, matches, pair_stats, correlations, compositions, runs),
+        streamed batch by batch: the server holds about one batch whatever the table's size."""
         table, _, ext = name.partition(".")
         if ext != "parquet" or table not in EXPORTABLE:
             raise NotFound(f"export {name!r}: ask for one of {', '.join(t + '.parquet' for t in EXPORTABLE)}")
-        reader = atlas.cursor().sql(f"SELECT * FROM {table}").to_arrow_reader()
-        buf = io.BytesIO()
-        with pq.ParquetWriter(buf, reader.schema) as w:
-            for batch in reader:
-                w.write_batch(batch)
-        return Response(buf.getvalue(), media_type=MEDIA["parquet"],
-                        headers={"Content-Disposition": f'attachment; filename="{table}.parquet"'})
+        schema, batches = table_batches(atlas.snapshot(), table)
+        return Stream(parquet_stream(schema, batches), media_type=MEDIA["parquet"],
+                      headers={"Content-Disposition": f'attachment; filename="{table}.parquet"'})

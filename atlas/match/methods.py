@@ -20,7 +20,7 @@ class Method:
     hi: float
     """The range a score (and so a threshold tau) can take."""
     index_floor: float | None
-    """Scores kept in a server's in-memory edge index (>= floor); None: distances are read from SQL."""
+    """Scores kept in a pair's reverse table file, by feature_b (>= floor); None: distances have none."""
     description: str
 
     @property

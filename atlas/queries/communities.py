@@ -7,6 +7,7 @@ import networkx as nx
 
 from . import budget
 from .common import check_method, check_tau, stack_saes
+from .edges import FileEdges
 from .records import OverBudget
 
 MAX_EDGES = 2_000_000
@@ -23,11 +24,13 @@ def communities(con, stack: str, method: str = "decoder_cos", tau: float = 0.7, 
                 assigned_only: bool = True) -> list[Community]:
     check_tau(check_method(method), tau)
     layer_of = dict(stack_saes(con, stack))
+    edges = FileEdges.of(con)  # just the stack's pair files, not the view over every file of the atlas
+    files = edges.files_of("matches", [(a, b, m) for a, b, m in edges.pairs if m == method
+                                       and a in layer_of and b in layer_of])
     rows = con.execute(
-        "SELECT m.sae_a, m.feature_a, m.sae_b, m.feature_b FROM matches m "
-        "JOIN saes a ON a.sae_id = m.sae_a JOIN saes b ON b.sae_id = m.sae_b "
-        "WHERE a.stack = ? AND b.stack = ? AND m.method = ? AND m.score >= ? AND (m.assigned OR NOT ?) LIMIT ?",
-        [stack, stack, method, tau, assigned_only, MAX_EDGES + 1]).fetchall()
+        "SELECT sae_a, feature_a, sae_b, feature_b FROM read_parquet(?, hive_partitioning = false) "
+        "WHERE score >= ? AND (assigned OR NOT ?) LIMIT ?",
+        [files, tau, assigned_only, MAX_EDGES + 1]).fetchall() if files else []
     if len(rows) > MAX_EDGES:
         raise OverBudget(f"communities: more than max_edges={MAX_EDGES} matches pass tau={tau}; raise tau",
                          f"max_edges={MAX_EDGES}")

@@ -9,30 +9,20 @@ the last. Each edge has a kind (edge_kind; the SQL macros edge_kind / lineage_ed
 The default lineage follows these; edges='all' follows every passing candidate (ranks up to k), which
 on real families grows hairballs of near-parallel features. The bar is either a fixed `tau` (cosine) or
 a per-pair `quantile`: keep the best q fraction of that pair's assigned scores (SAE Match: MSE scales
-differ per layer pair). One SQL query per layer and direction, or the in-memory EdgeIndex.
+differ per layer pair). Edges are point lookups in the pairs' table files (edges.FileEdges): a server
+passes the one its snapshot holds, a library call reads the connection's catalog.
 """
 
 from __future__ import annotations
 
-import numpy as np
-import pyarrow.compute as pc
-
-from .common import SAE_COLUMNS, check_feature, check_fraction, check_method, sae_row, stack_saes
+from .common import check_feature, check_fraction, check_method, sae_row, stack_saes
 from .neuronpedia import feature_url
 from . import budget
+from .edges import FileEdges, edge_kinds  # noqa: F401  (edge_kinds: the vectorised rule, re-exported)
 from .records import Edge, Lineage, Node, NotFound, OverBudget, QueryError
 
 MAX_NODES = 2000
-_EDGE_COLS = "sae_a, feature_a, sae_b, feature_b, method, score, rank, assigned, coalesce(rank_b, 0) AS rank_b"
 EDGE_MODES = ("default", "all")
-_KINDS = np.array(["carry", "split", "merge", "candidate"])
-
-
-def edge_kinds(assigned: np.ndarray, rank: np.ndarray, rank_b: np.ndarray) -> np.ndarray:
-    """Kind of each edge (schema.py's edge_kind macro, vectorised): carry | split | merge | candidate."""
-    return _KINDS[np.select([assigned, rank_b == 1, rank == 1], [0, 1, 2], 3)]
-
-
 def edge_kind(assigned: bool, rank: int, rank_b: int) -> str:
     """The same rule for one edge (tests hold the two functions and the SQL macro to one answer)."""
     return "carry" if assigned else "split" if rank_b == 1 else "merge" if rank == 1 else "candidate"
@@ -43,78 +33,22 @@ def _follows(kind: str, step: int, edges: str) -> bool:
     return edges == "all" or (kind != "candidate" if step == 1 else kind == "carry")
 
 
-class EdgeIndex:
-    """Every match of one method with score ≥ floor, held in sorted numpy arrays for O(log n) lookups
-    from either end. A server builds one per snapshot; lineage() uses it when its bar is ≥ floor and
-    falls back to SQL otherwise, with the same answers."""
-
-    def __init__(self, con, method: str, floor: float = 0.5, saes: dict[str, dict] | None = None):
-        self.method, self.floor = method, floor
-        t = con.cursor().sql(f"SELECT {_EDGE_COLS} FROM matches WHERE method = ? AND score >= ?",
-                             params=[method, floor]).to_arrow_table()
-        ea, eb = (pc.dictionary_encode(t[c]).combine_chunks() for c in ("sae_a", "sae_b"))
-        self.names = sorted(set(ea.dictionary.to_pylist()) | set(eb.dictionary.to_pylist()))
-        self.code = {n: i for i, n in enumerate(self.names)}
-        remap_a = np.array([self.code[n] for n in ea.dictionary.to_pylist()], dtype=np.int64)
-        remap_b = np.array([self.code[n] for n in eb.dictionary.to_pylist()], dtype=np.int64)
-        self.ca = remap_a[ea.indices.to_numpy()] if len(remap_a) else np.zeros(0, np.int64)
-        self.cb = remap_b[eb.indices.to_numpy()] if len(remap_b) else np.zeros(0, np.int64)
-        self.fa = t["feature_a"].to_numpy().astype(np.int64)
-        self.fb = t["feature_b"].to_numpy().astype(np.int64)
-        self.score = t["score"].to_numpy()
-        self.rank = t["rank"].to_numpy()
-        self.assigned = t["assigned"].to_numpy(zero_copy_only=False)
-        self.kind = edge_kinds(self.assigned, self.rank, t["rank_b"].to_numpy())
-        cur = con.cursor()
-        self.labels = {(s, f): lab for s, f, lab in cur.execute(
-            "SELECT sae_id, feature, label FROM features WHERE label IS NOT NULL").fetchall()}
-        # The snapshot's SAE rows (a server passes the ones it already holds), stacks and node labels, so a
-        # served lineage runs no SQL at all.
-        self.saes = saes if saes is not None else {r[0]: dict(zip(SAE_COLUMNS, r)) for r in cur.execute(
-            f"SELECT {', '.join(SAE_COLUMNS)} FROM saes").fetchall()}
-        self.neuronpedia = {s: row["neuronpedia_id"] for s, row in self.saes.items()}
-        self.stacks: dict[str, list[tuple[str, int]]] = {}
-        for row in sorted(self.saes.values(), key=lambda r: (r["layer"], r["sae_id"])):
-            self.stacks.setdefault(row["stack"], []).append((row["sae_id"], row["layer"]))
-        self.top_tokens = _top_tokens(cur, None, None)
-        self.flow_sites = any(row["site"] in ("mlp", "attn") for row in self.saes.values())
-        ka, kb = (self.ca << 32) | self.fa, (self.cb << 32) | self.fb
-        self.by_a, self.by_b = np.argsort(ka, kind="stable"), np.argsort(kb, kind="stable")
-        self.ka, self.kb = ka[self.by_a], kb[self.by_b]
-
-    def sae(self, sae_id: str) -> dict:
-        """The SAE's row in this snapshot (NotFound as sae_row says it)."""
-        if sae_id not in self.saes:
-            raise NotFound(f"unknown SAE {sae_id!r}: GET /api/saes lists the SAEs in this atlas")
-        return self.saes[sae_id]
-
-    def edges(self, sae: str, features, targets: list[str], forward: bool) -> list[tuple]:
-        if sae not in self.code:
-            return []
-        keys, order = (self.ka, self.by_a) if forward else (self.kb, self.by_b)
-        want = {self.code[t] for t in targets if t in self.code}
-        out = []
-        for f in features:
-            k = (self.code[sae] << 32) | int(f)
-            lo, hi = np.searchsorted(keys, k), np.searchsorted(keys, k, side="right")
-            for i in order[lo:hi]:
-                other = self.cb[i] if forward else self.ca[i]
-                if other in want:
-                    out.append((self.names[self.ca[i]], int(self.fa[i]), self.names[self.cb[i]], int(self.fb[i]),
-                                self.method, float(self.score[i]), int(self.rank[i]), bool(self.assigned[i]),
-                                str(self.kind[i])))
-        return out
-
-
-def pair_bars(con, saes: list[str], method: str, tau: float | None, quantile: float | None) -> dict | float:
-    """The score bar: one number (tau), or per (sae_a, sae_b) the quantile of assigned scores."""
+def pair_bars(con, saes: list[str], method: str, tau: float | None, quantile: float | None,
+              files: FileEdges | None = None) -> dict | float:
+    """The score bar: one number (tau), or per (sae_a, sae_b) the quantile of assigned scores, read from
+    just those pairs' files."""
     if quantile is None:
         return tau
     q = quantile if check_method(method).is_distance else 1 - quantile
-    rows = con.execute(
-        "SELECT sae_a, sae_b, quantile_cont(score, ?) FROM matches WHERE assigned AND method = ? "
-        "AND sae_a IN (SELECT unnest(?)) GROUP BY ALL", [q, method, saes]).fetchall()
-    return {(a, b): v for a, b, v in rows}
+    files = files if files is not None else FileEdges.of(con)
+    bars = {}
+    for a in saes:
+        for b, m in files.out_of.get(a, []):
+            if m == method:
+                path = str(files.path(files.pairs[(a, b, m)][0]))
+                bars[(a, b)] = con.execute("SELECT quantile_cont(score, ?) FROM read_parquet(?, hive_partitioning = false) WHERE assigned",
+                                           [q, path]).fetchall()[0][0]
+    return {k: v for k, v in bars.items() if v is not None}
 
 
 def _passes(bar, a: str, b: str, score: float, distance: bool) -> bool:
@@ -126,7 +60,9 @@ def _passes(bar, a: str, b: str, score: float, distance: bool) -> bool:
 
 def lineage(con, sae_id: str, feature: int, direction: str = "both", tau: float | None = 0.7,
             quantile: float | None = None, max_skip: int = 1, method: str = "decoder_cos",
-            include_sites: bool = True, index: EdgeIndex | None = None, edges: str = "default") -> Lineage:
+            include_sites: bool = True, files: FileEdges | None = None, edges: str = "default") -> Lineage:
+    """The lineage DAG of (sae_id, feature). `files`: the snapshot's FileEdges (a server passes the one it
+    holds; by default read from the connection's catalog)."""
     distance = check_method(method).is_distance
     if edges not in EDGE_MODES:
         raise QueryError(f"edges must be default or all, got {edges!r}")
@@ -140,16 +76,16 @@ def lineage(con, sae_id: str, feature: int, direction: str = "both", tau: float 
             raise QueryError("give tau or quantile")
     if quantile is not None:
         check_fraction("quantile", quantile)
-    cached = index is not None and index.method == method
-    sae = index.sae(sae_id) if cached else sae_row(con, sae_id)
+    files = files if files is not None else FileEdges.with_saes(con)
+    sae = files.sae(sae_id)
     check_feature(sae, feature)
-    stack = index.stacks[sae["stack"]] if cached else stack_saes(con, sae["stack"])
+    stack = files.stack(sae["stack"])
     ids = [s for s, _ in stack]
     layer_of = dict(stack)
     pos0 = ids.index(sae_id)
-    bar = pair_bars(con, ids, method, tau, quantile)
-    usable = index is not None and index.method == method and not distance and (
-        min(bar.values(), default=1.0) if isinstance(bar, dict) else bar) >= index.floor
+    bar = pair_bars(con, ids, method, tau, quantile, files)
+    # the lowest score kept backward (distances keep low scores: no floor applies)
+    low = None if distance else min(bar.values(), default=None) if isinstance(bar, dict) else bar
 
     mode, edges = edges, {}
     seen = {(sae_id, feature)}
@@ -160,7 +96,7 @@ def lineage(con, sae_id: str, feature: int, direction: str = "both", tau: float 
             nodes = frontier.pop(pos, set())
             if not nodes:
                 continue
-            for e, step in _step(con, ids, pos, nodes, forward, max_skip, method, index if usable else None):
+            for e, step in _step(files, ids, pos, nodes, forward, max_skip, method, low):
                 budget.check("lineage")
                 if not _follows(e.kind, step, mode) or not _passes(bar, e.sae_a, e.sae_b, e.score, distance):
                     continue
@@ -180,7 +116,7 @@ def lineage(con, sae_id: str, feature: int, direction: str = "both", tau: float 
                     seen.add(dst)
                     frontier.setdefault(dst_pos, set()).add(dst[1])
 
-    nodes = _nodes(con, seen, layer_of, sae["site"], include_sites, method, index if usable else None)
+    nodes = _nodes(con, seen, layer_of, sae["site"], include_sites, method, files)
     root = next(n for n in nodes if n.sae_id == sae_id and n.feature == feature)
     birth = min(n.layer for n in nodes)
     death = max(n.layer for n in nodes)
@@ -234,26 +170,13 @@ def _summary(edges: list[Edge], root: tuple, layer_of: dict, ids: list[str], dir
     return ending, " · ".join(parts)
 
 
-def _step(con, ids, pos, nodes, forward, max_skip, method, index=None):
+def _step(files: FileEdges, ids, pos, nodes, forward, max_skip, method, low):
     """Candidate edges from `nodes` at stack position pos to the next 1 + max_skip positions."""
-    if index is not None:
-        targets = ids[pos + 1: pos + 2 + max_skip] if forward else ids[max(0, pos - 1 - max_skip): pos][::-1]
-        rows = index.edges(ids[pos], sorted(nodes), targets, forward)
-    elif forward:
-        targets = ids[pos + 1: pos + 2 + max_skip]
-        sql = (f"SELECT {_EDGE_COLS} FROM matches WHERE sae_a = ? AND feature_a IN (SELECT unnest(?)) "
-               f"AND sae_b IN (SELECT unnest(?)) AND method = ?")
-    else:
-        targets = ids[max(0, pos - 1 - max_skip): pos][::-1]
-        sql = (f"SELECT {_EDGE_COLS} FROM matches WHERE sae_b = ? AND feature_b IN (SELECT unnest(?)) "
-               f"AND sae_a IN (SELECT unnest(?)) AND method = ?")
+    targets = ids[pos + 1: pos + 2 + max_skip] if forward else ids[max(0, pos - 1 - max_skip): pos][::-1]
     if not targets:
         return []
-    if index is None:
-        rows = con.execute(sql, [ids[pos], sorted(nodes), targets, method]).fetchall()
+    rows = files.edges(ids[pos], sorted(nodes), targets, forward, method, low)
     step_of = {s: i + 1 for i, s in enumerate(targets)}
-    if index is None:
-        rows = [(*r[:8], edge_kind(r[7], r[6], r[8])) for r in rows]
     out = [(Edge(*r[:8], gap=0, kind=r[8]), step_of[r[2] if forward else r[0]]) for r in rows]
     return sorted(out, key=lambda x: (x[1], -x[0].score))  # nearest layers first
 
@@ -268,34 +191,31 @@ def _has_nearer(edges, src, forward, step, ids, pos) -> bool:
     return False
 
 
-def _nodes(con, seen, layer_of, site, include_sites, method, index: EdgeIndex | None) -> list[Node]:
+def _nodes(con, seen, layer_of, site, include_sites, method, files: FileEdges) -> list[Node]:
+    """The lineage's nodes with labels, Neuronpedia links, top tokens and flow origins: one query over just
+    these nodes (features are stored by (sae_id, feature), so it reads few blocks)."""
     saes, feats = zip(*sorted(seen))
-    if index is not None:  # labels and links from the index's snapshot caches
-        rows = [(s, f, index.labels.get((s, f)), index.neuronpedia.get(s)) for s, f in zip(saes, feats)]
-    else:
-        rows = con.execute(
-            "SELECT f.sae_id, f.feature, f.label, s.neuronpedia_id FROM (SELECT unnest(?) AS sae_id, unnest(?) AS feature) n "
-            "JOIN features f USING (sae_id, feature) JOIN saes s USING (sae_id)", [list(saes), list(feats)]).fetchall()
+    rows = con.execute(
+        "SELECT f.sae_id, f.feature, f.label FROM (SELECT unnest(?) AS sae_id, unnest(?) AS feature) n "
+        "JOIN features f USING (sae_id, feature)", [list(saes), list(feats)]).fetchall()
     origins: dict[tuple[str, int], str] = {}
-    has_sites = index.flow_sites if index is not None else con.execute(
-        "SELECT count(*) FROM saes WHERE site IN ('mlp', 'attn')").fetchone()[0] > 0
-    if include_sites and site == "resid" and has_sites:
+    if include_sites and site == "resid" and files.flow_sites:
         for s in set(saes):
             mine = [f for x, f in seen if x == s]
-            origins.update({(s, f): o for f, o in flow_origins(con, s, mine, method).items()})
-    tokens = index.top_tokens if index is not None else _top_tokens(con, saes, feats)
-    nodes = [Node(sae_id=s, feature=f, layer=layer_of[s], site=site, label=label, neuronpedia_url=feature_url(npid, f),
-                  origin=origins.get((s, f)), top_tokens=tokens.get((s, f))) for s, f, label, npid in rows]
+            origins.update({(s, f): o for f, o in flow_origins(con, s, mine, method, files=files).items()})
+    tokens = _top_tokens(con, saes, feats) if files.examples is None or files.examples & set(saes) else {}
+    nodes = [Node(sae_id=s, feature=f, layer=layer_of[s], site=site, label=label,
+                  neuronpedia_url=feature_url(files.saes[s]["neuronpedia_id"], f), origin=origins.get((s, f)),
+                  top_tokens=tokens.get((s, f))) for s, f, label in rows]
     return sorted(nodes, key=lambda n: (n.layer, n.feature))
 
 
 def _top_tokens(con, saes, feats, n: int = 3) -> dict[tuple[str, int], list[str]]:
-    """The firing tokens of each node's top examples, distinct, best first (WordPiece '##' dropped);
-    saes=None: of every feature with examples (the edge index's snapshot cache)."""
-    pick = "" if saes is None else "JOIN (SELECT unnest(?) AS sae_id, unnest(?) AS feature) n USING (sae_id, feature) "
+    """The firing tokens of each node's top examples, distinct, best first (WordPiece '##' dropped)."""
     rows = con.execute(
         "SELECT e.sae_id, e.feature, list(e.tokens[e.highlight + 1] ORDER BY e.activation DESC) FROM examples e "
-        f"{pick}WHERE e.kind = 'top' GROUP BY ALL", [] if saes is None else [list(saes), list(feats)]).fetchall()
+        "JOIN (SELECT unnest(?) AS sae_id, unnest(?) AS feature) n USING (sae_id, feature) WHERE e.kind = 'top' "
+        "GROUP BY ALL", [list(saes), list(feats)]).fetchall()
     out = {}
     for s, f, toks in rows:
         clean = list(dict.fromkeys(t.removeprefix("##").strip() for t in toks if t and t.strip()))
@@ -304,27 +224,29 @@ def _top_tokens(con, saes, feats, n: int = 3) -> dict[tuple[str, int], list[str]
     return out
 
 
-def flow_origins(con, sae_id: str, features: list[int], method: str, tau: float = 0.5) -> dict[int, str]:
+def flow_origins(con, sae_id: str, features: list[int], method: str, tau: float = 0.5,
+                 files: FileEdges | None = None) -> dict[int, str]:
     """SAE feature flow classes for residual features at layer L (Laptev et al. 2025): best scores
     vs residual L−1 (RES), MLP-out L (MLP) and attention-out L (ATT) of the same model; each above
     `tau` joins the class name ('RES&MLP', …), none gives 'from nowhere'. Empty where no MLP or
-    attention SAE of that layer was matched to this one."""
-    rows = con.execute("""
-        WITH me AS (SELECT * FROM saes WHERE sae_id = ?),
-        src AS (SELECT s.sae_id, CASE WHEN s.site = 'resid' THEN 'RES' WHEN s.site = 'mlp' THEN 'MLP' ELSE 'ATT' END AS kind
-                FROM saes s, me WHERE s.model = me.model AND s.d_in = me.d_in AND (
-                    (s.site IN ('mlp', 'attn') AND s.layer = me.layer) OR
-                    (s.stack = me.stack AND s.layer = (SELECT max(layer) FROM saes x WHERE x.stack = me.stack AND x.layer < me.layer))))
-        SELECT m.feature_b, src.kind, max(m.score) FROM matches m JOIN src ON m.sae_a = src.sae_id
-        WHERE m.sae_b = ? AND m.method = ? AND m.feature_b IN (SELECT unnest(?)) GROUP BY ALL""",
-                       [sae_id, sae_id, method, features]).fetchall()
-    kinds = {k for _, k, _ in rows}
-    if not kinds & {"MLP", "ATT"}:
+    attention SAE of that layer was matched to this one. Scores are read from those pairs' files."""
+    files = files if files is not None else FileEdges.of(con)
+    sources = con.execute("""
+        WITH me AS (SELECT * FROM saes WHERE sae_id = ?)
+        SELECT s.sae_id, CASE WHEN s.site = 'resid' THEN 'RES' WHEN s.site = 'mlp' THEN 'MLP' ELSE 'ATT' END AS kind
+        FROM saes s, me WHERE s.model = me.model AND s.d_in = me.d_in AND (
+            (s.site IN ('mlp', 'attn') AND s.layer = me.layer) OR
+            (s.stack = me.stack AND s.layer = (SELECT max(layer) FROM saes x WHERE x.stack = me.stack AND x.layer < me.layer)))""",
+                          [sae_id]).fetchall()
+    sources = [(src, kind) for src, kind in sources if (src, sae_id, method) in files.pairs]
+    if not {k for _, k in sources} & {"MLP", "ATT"}:
         return {}
     best: dict[int, set[str]] = {f: set() for f in features}
-    for f, kind, score in rows:
-        if score >= tau:
-            best[f].add(kind)
+    for src, kind in sources:
+        t = files.backward(src, sae_id, method, features, tau, ["feature_b", "score"])
+        for f, score in zip(t["feature_b"].to_pylist(), t["score"].to_pylist()):
+            if score >= tau:
+                best[f].add(kind)
     order = ("RES", "MLP", "ATT")
     return {f: "&".join(k for k in order if k in ks) or "from nowhere" for f, ks in best.items()}
 
@@ -335,12 +257,12 @@ def lineage_shape(con, sae_id: str, n_features: int = 256, tau: float = 0.7, met
     with more than `big` nodes, mean and largest node count, and the share of edges outside the assignment."""
     check_method(method)
     n = min(n_features, sae_row(con, sae_id)["d_sae"])
-    index = EdgeIndex(con, method, min(tau, 0.5)) if not check_method(method).is_distance else None
+    files = FileEdges.with_saes(con)
     out = {}
     for mode in ("all", "default"):  # before and after typed edges
         sizes, n_edges, unassigned = [], 0, 0
         for f in range(n):
-            lin = lineage(con, sae_id, f, tau=tau, method=method, include_sites=False, index=index, edges=mode)
+            lin = lineage(con, sae_id, f, tau=tau, method=method, include_sites=False, files=files, edges=mode)
             sizes.append(len(lin.nodes))
             n_edges += len(lin.edges)
             unassigned += sum(not e.assigned for e in lin.edges)

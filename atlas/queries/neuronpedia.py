@@ -11,6 +11,7 @@ from urllib.parse import quote
 import msgspec
 
 from .common import check_method, check_tau, sae_row
+from .edges import FileEdges
 from .records import QueryError
 
 BASE = "https://www.neuronpedia.org"
@@ -90,12 +91,13 @@ def pair_list(con, sae_a: str, sae_b: str, method: str = "decoder_cos", tau: flo
     m = check_method(method)
     check_tau(m, tau)
     op, order = (">=", "DESC") if m.higher_is_better else ("<=", "ASC")
+    files = FileEdges.of(con).files_of("matches", [(sae_a, sae_b, method)])  # the pair's own file, not the view
     rows = con.execute(
-        f"SELECT m.feature_a, m.feature_b, m.score, fa.label, fb.label FROM matches m "
+        f"SELECT m.feature_a, m.feature_b, m.score, fa.label, fb.label FROM read_parquet(?, hive_partitioning = false) m "
         f"LEFT JOIN features fa ON fa.sae_id = m.sae_a AND fa.feature = m.feature_a "
         f"LEFT JOIN features fb ON fb.sae_id = m.sae_b AND fb.feature = m.feature_b "
-        f"WHERE m.sae_a = ? AND m.sae_b = ? AND m.method = ? AND m.assigned AND m.score {op} ? "
-        f"ORDER BY m.score {order}, m.feature_a LIMIT ?", [sae_a, sae_b, method, tau, MAX_ITEMS // 2 + 1]).fetchall()
+        f"WHERE m.assigned AND m.score {op} ? ORDER BY m.score {order}, m.feature_a LIMIT ?",
+        [files[0], tau, MAX_ITEMS // 2 + 1]).fetchall() if files else []
     if not rows and not con.execute("SELECT 1 FROM pair_stats WHERE sae_a = ? AND sae_b = ? AND method = ?",
                                     [sae_a, sae_b, method]).fetchone():
         raise QueryError(f"pair {sae_a} -> {sae_b} has no {method} matches: run `atlas match --pair {sae_a}:{sae_b}`")

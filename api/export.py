@@ -1,0 +1,83 @@
+"""Whole tables as a Parquet stream: written batch by batch into a small buffer drained after each batch, so
+an export holds about one batch whatever the table's size (docs/design.md, Serving memory).
+
+Table-file tables (matches, correlations, compositions) are copied file by file, batch by batch, from the
+files the snapshot's catalog names; tables inside DuckDB are read through a cursor's record batches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from atlas.store.parts import PART_TABLES, arrow_schema
+
+BATCH_ROWS = 65_536
+"""Rows per batch read and per row group written."""
+
+
+class _Sink:
+    """A write-only file that keeps what was written until drained."""
+
+    def __init__(self):
+        self.chunks: list[bytes] = []
+        self.pos = 0
+        self.closed = False
+
+    def write(self, data) -> int:
+        self.chunks.append(bytes(data))
+        self.pos += len(data)
+        return len(data)
+
+    def tell(self) -> int:
+        return self.pos
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.closed = True
+
+    def drain(self) -> bytes:
+        out = b"".join(self.chunks)
+        self.chunks.clear()
+        return out
+
+
+def parquet_stream(schema: pa.Schema, batches: Iterable[pa.RecordBatch]) -> Iterator[bytes]:
+    """The bytes of one Parquet file holding `batches`, yielded as each batch is written (one row group each)."""
+    sink = _Sink()
+    writer = pq.ParquetWriter(pa.PythonFile(sink, mode="w"), schema, compression="zstd")
+    try:
+        for batch in batches:
+            if batch.num_rows:
+                writer.write_batch(batch.cast(schema) if batch.schema != schema else batch)
+                yield sink.drain()
+    finally:
+        writer.close()
+    yield sink.drain()
+
+
+def table_batches(snap, table: str) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
+    """(schema, record batches) of a whole table of the snapshot, never more than a batch in memory."""
+    if table in PART_TABLES:
+        files = snap.files()
+        names = sorted(f for (t, *_), (f, _) in files.catalog.items() if t == table)
+        schema = arrow_schema(table)
+
+        def from_files():
+            for rel in names:
+                yield from pq.ParquetFile(files.path(rel)).iter_batches(batch_size=BATCH_ROWS)
+        return schema, from_files()
+    # an export is bounded in memory, not time: its cursor is not stopped at the request's time limit
+    cur = snap.con.cursor()
+    reader = cur.sql(f"SELECT * FROM {table}").to_arrow_reader(BATCH_ROWS)
+
+    def from_cursor():
+        try:
+            yield from reader
+        finally:
+            cur.close()
+    return reader.schema, from_cursor()
