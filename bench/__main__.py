@@ -1,5 +1,5 @@
-"""`python -m bench [section ...]`: candidates, assignment, correlation, cofiring, stack, api, ray. Prints a
-table, writes JSON.
+"""`python -m bench [section ...]`: candidates, assignment, correlation, cofiring, stack, api, ray, scale. Prints
+a table, writes JSON.
 
 Each section measures the thing and its baseline in the same run, so the ratio holds on a noisy machine.
 """
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench import correlation, record
+from bench import correlation, record, scale
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -232,19 +232,21 @@ def bench_api(atlas_path: Path, requests: int, port: int = 8765, seconds: int = 
 
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    p.add_argument("sections", nargs="*", default=["candidates", "assignment", *correlation.SECTIONS, "stack", "api", "ray"])
+    p.add_argument("sections", nargs="*", default=["candidates", "assignment", *correlation.SECTIONS, "stack", "api", "ray", "scale"])
     p.add_argument("--corr-tokens", type=int, default=1_000_000, help="Tokens of the cofiring section's pairs.")
     p.add_argument("--layers", type=int, default=26)
     p.add_argument("--d-sae", type=int, default=16384)
     p.add_argument("--d-in", type=int, default=2304)
     p.add_argument("--requests", type=int, default=2000)
     p.add_argument("--workdir", type=Path, default=None, help="Keep the synthetic stack and atlas here.")
+    p.add_argument("--results", type=Path, default=RESULTS, help="Write the result JSON into this folder.")
+    scale.add_arguments(p)
     args = p.parse_args(argv)
     work = args.workdir or Path(tempfile.mkdtemp(prefix="atlas-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     results = {"meta": record.metadata(vars(args))}  # commit, host, versions, parameters (bench/record.py)
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"bench-{time.strftime('%Y%m%dT%H%M%S')}.json"
+    args.results.mkdir(parents=True, exist_ok=True)
+    out = args.results / f"bench-{time.strftime('%Y%m%dT%H%M%S')}.json"
 
     def save(section, value):  # after every section, so a crash later keeps what was measured
         results[section] = value
@@ -263,8 +265,13 @@ def main(argv=None):
         if not atlas.exists():
             raise SystemExit(f"section api needs the stack atlas at {atlas}: run the stack section first")
         save("api", bench_api(atlas, args.requests))
+    if "scale" in args.sections:
+        save("scale", scale.run(args, log=lambda line: print(line, flush=True)))
     for section, value in results.items():
         if section == "meta":
+            continue
+        if section == "scale":
+            print("\n== scale\n" + scale.summary(value))
             continue
         print(f"\n== {section}")
         for row in value if isinstance(value, list) else [value]:

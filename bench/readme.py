@@ -82,6 +82,109 @@ def _ray(v: dict) -> str:
             + (f", max \\|Δscore\\| {diff:.1g}" if diff is not None else ""))
 
 
+def _m(rows: int) -> str:
+    return f"{rows / 1e6:.0f}M" if rows >= 1e6 else f"{rows:,}"
+
+
+def _scale(*need: str):
+    """The scale section when its new-layout sizes (and `need`ed parts of the big one) were measured."""
+    def pick(v):
+        if not isinstance(v, dict) or "big" not in v or "small" not in v:
+            return None
+        http = v["big"].get("http", {})
+        return v if all(k in http for k in need) or (need and "error" in http) else None
+    return pick
+
+
+def _failed(endpoint: str):
+    """Wrap a row's fmt: where the HTTP part stopped before `endpoint` was measured, say why."""
+    def wrap(fmt):
+        def out(v: dict) -> str:
+            h = v["big"]["http"]
+            return fmt(v) if endpoint in h else f"not measured: {h['error']}"
+        return out
+    return wrap
+
+
+def _old(v: dict, fmt: Callable[[dict], str]) -> str:
+    """`fmt` of the previous layout's result, as a trailing clause (empty when it did not run)."""
+    old = v.get("old")
+    if not old:
+        return ""
+    try:
+        return f"; previous layout ({v.get('old_commit')}) at {_m(old['match_rows'])} rows: " + fmt(old)
+    except (KeyError, TypeError):
+        return f"; previous layout at {_m(old['match_rows'])} rows: {old.get('http', {}).get('error', 'not measured')}"
+
+
+def _scale_publish(v: dict) -> str:
+    b, s = v["big"]["publish"], v["small"]["publish"]
+    return (f"**{b['job_s']:.2f} s** at {_m(v['big']['match_rows'])} rows (opening the job {b['open_s']:.2f} s, publish "
+            f"step {b['publish_s']:.2f} s; DuckDB file {b['duckdb_file_mb']:.0f} MB), {s['job_s']:.2f} s at "
+            f"{_m(v['small']['match_rows'])}"
+            + _old(v, lambda o: f"**{o['publish']['job_s']:.1f} s** (copies its {o['publish']['duckdb_file_mb']:.0f} MB "
+                                f"file)" + (f", **{ob['publish']['job_s']:.1f} s** at {_m(ob['match_rows'])} "
+                                            f"({ob['publish']['duckdb_file_mb'] / 1024:.1f} GB file)"
+                                            if (ob := v.get("old_big")) else "")))
+
+
+def _http_line(h: dict, endpoint: str) -> str:
+    m, o = h[endpoint]["8"], h[endpoint]["2"]
+    return (f"p50 **{m['p50_ms']:.1f} ms**, p99 **{m['p99_ms']:.1f} ms**, **{m['req_per_s']:.0f} req/s** "
+            f"(2 connections: {o['p50_ms']:.1f} / {o['p99_ms']:.1f} ms, {o['req_per_s']:.0f} req/s)")
+
+
+def _scale_http(endpoint: str):
+    def fmt(v: dict) -> str:
+        small = v["small"].get("http", {})
+        at_small = (f"; at {_m(v['small']['match_rows'])} rows: {_http_line(small, endpoint)}".replace("**", "")
+                    if endpoint in small else "")
+        return (f"8 connections: {_http_line(v['big']['http'], endpoint)}{at_small}"
+                + _old(v, lambda o: _http_line(o["http"], endpoint).replace("**", "")))
+    return fmt
+
+
+def _scale_http_met(endpoint: str):
+    def met(v: dict) -> bool:
+        if endpoint not in v["big"]["http"]:
+            return False
+        m = v["big"]["http"][endpoint]["8"]
+        return m["p50_ms"] < 10 and m["p99_ms"] < 50 and m["req_per_s"] >= 500 and not m.get("non_2xx")
+    return met
+
+
+def _scale_rss(v: dict) -> str:
+    h = v["big"]["http"]
+    r = h["lineage_random"]
+    cut = (f" of {r['asked']:,} asked (stopped after {r['time_limit_s']:.0f} s at {r['req_per_s']:.0f} req/s)"
+           if r.get("asked", r["requests"]) > r["requests"] else "")
+    small = v["small"].get("http", {})
+    at_small = (f"; at {_m(v['small']['match_rows'])} rows {small['rss_after_lineage_mb'] / 1024:.2f} GB after "
+                f"{small['lineage_random']['requests']:,}" if "rss_after_lineage_mb" in small else "")
+    return (f"**{h['rss_after_lineage_mb'] / 1024:.2f} GB** after {r['requests']:,} random lineages{cut} "
+            f"(idle {h['rss_idle_mb'] / 1024:.2f} GB){at_small}"
+            + _old(v, lambda o: f"{o['http']['rss_after_lineage_mb'] / 1024:.2f} GB after "
+                                f"{o['http']['lineage_random']['requests']:,}"))
+
+
+def _scale_disk(v: dict) -> str:
+    d = v["big"]["disk"]
+    return (f"**{d['bytes_per_row']:.1f} bytes** per match row in {d['files']:,} table files "
+            f"({d['table_files_gb']:.1f} GB, reverse files {d['reverse_files_gb']:.2f} GB of it); DuckDB file "
+            f"{d['duckdb_file_mb']:.0f} MB" + _old(v, lambda o: f"{o['disk']['bytes_per_row']:.1f} bytes per row "
+                                                                f"inside DuckDB"))
+
+
+def _export_line(e: dict) -> str:
+    done = "whole table" if e["complete"] else f"first {e['seconds']:.0f} s"
+    return (f"{e['mb_per_s']:.0f} MB/s ({done}, {e['bytes'] / 2**20:,.0f} MB), server RSS {e['rss_before_mb'] / 1024:.2f} "
+            f"→ peak {e['peak_rss_mb'] / 1024:.2f} GB" + (f", {e['error']}" if e.get("error") else ""))
+
+
+def _scale_export(v: dict) -> str:
+    return "**" + _export_line(v["big"]["http"]["export"]) + "**" + _old(v, lambda o: _export_line(o["http"]["export"]))
+
+
 ROWS = [
     Row("candidates", lambda v: f"candidates, {_k(v['n'])} × {_k(v['n'])} × {v['d']}, both directions, vs one bare "
         "`torch.matmul`",
@@ -127,6 +230,21 @@ ROWS = [
     Row("ray", lambda v: f"Ray: matching the {v['layers']} × {_k(v['d_sae'])} × {v['d_in']} stack ({v['pairs']} pairs) "
         "on a local 2-worker Ray cluster vs in-process", _ray, "≤ 1.3×",
         met=lambda v: v["ray_overhead_ratio"] <= 1.3 and v.get("identical_edges", v.get("identical")) is True),
+    Row("scale", lambda v: f"scale: a job adding one pair-method to a synthetic atlas of {_m(v['big']['match_rows'])} "
+        f"match rows ({v['big']['pairs']} pair-methods of {_k(v['big']['shape']['d_sae'])} × {v['k']}), table files",
+        _scale_publish, "≤ 1 s, independent of size", _scale(),
+        lambda v: v["big"]["publish"]["job_s"] <= 1 and v["small"]["publish"]["job_s"] <= 1),
+    Row("scale", lambda v: f"scale: lineage of random features of the {_m(v['big']['match_rows'])}-row atlas, "
+        "`atlas serve --workers 2`, loopback", _failed("lineage")(_scale_http("lineage")), "p50 < 10, p99 < 50 ms, ≥ 500 req/s",
+        _scale("lineage"), _scale_http_met("lineage")),
+    Row("scale", lambda v: "scale: same, feature card", _failed("feature_card")(_scale_http("feature_card")), "same", _scale("feature_card"),
+        _scale_http_met("feature_card")),
+    Row("scale", lambda v: "scale: server RSS (all its processes)", _failed("rss_after_lineage_mb")(_scale_rss), "≤ 2 GB", _scale("rss_after_lineage_mb"),
+        lambda v: v["big"]["http"].get("rss_after_lineage_mb", 1e9) <= 2048),
+    Row("scale", lambda v: "scale: bytes on disk", _scale_disk, "", _scale()),
+    Row("scale", lambda v: "scale: `GET /api/export/matches.parquet`", _failed("export")(_scale_export), "flat memory",
+        _scale("export"), lambda v: "export" in v["big"]["http"] and (e := v["big"]["http"]["export"])["peak_rss_mb"] - e["rss_before_mb"] < 512
+        and e["status"] == 200),
 ]
 
 
@@ -243,7 +361,36 @@ def findings_table(results: Path = RESULTS) -> str:
     return table
 
 
-BLOCKS = {"bench-table": bench_table, "bench-plan": plan_sentence, "findings": findings_table}
+def scale_sentence(results: Path = RESULTS) -> str:
+    """The README's scale paragraph: the table-file layout's measured size and publish cost, from the scale section."""
+    found = newest("scale", _scale(), results)
+    if found is None:
+        return "No scale benchmark has run yet: `python -m bench scale`."
+    path, v, meta = found
+    b, s, d = v["big"], v["small"], v["big"]["disk"]
+    text = (f"Measured (`{path.name}`, {_host(meta)}): a synthetic atlas of {_m(b['match_rows'])} match rows "
+            f"({b['pairs']} pair-methods, {b['saes']} SAEs of {_k(b['shape']['d_sae'])} features) takes "
+            f"{d['table_files_gb']:.1f} GB of table files ({d['bytes_per_row']:.1f} bytes per row, reverse files "
+            f"included) beside a {d['duckdb_file_mb']:.0f} MB DuckDB file; a job adding one pair-method takes "
+            f"{b['publish']['job_s']:.2f} s there and {s['publish']['job_s']:.2f} s at {_m(s['match_rows'])} rows")
+    old = v.get("old")
+    if old:
+        text += (f", where the previous layout (everything inside DuckDB) took {old['publish']['job_s']:.1f} s to copy "
+                 f"and publish its {old['publish']['duckdb_file_mb']:.0f} MB file at {_m(old['match_rows'])} rows")
+        if ob := v.get("old_big"):
+            text += f" and {ob['publish']['job_s']:.1f} s at {_m(ob['match_rows'])} rows"
+    h = b.get("http", {})
+    if "rss_after_lineage_mb" in h:
+        text += (f". Served with `--workers 2`, its processes hold {h['rss_after_lineage_mb'] / 1024:.2f} GB after "
+                 f"{h['lineage_random']['requests']:,} random lineages")
+        if old and "rss_after_lineage_mb" in old.get("http", {}):
+            text += (f" (the previous layout's in-memory edge index: {old['http']['rss_after_lineage_mb'] / 1024:.2f} GB "
+                     f"at {_m(old['match_rows'])} rows)")
+    return text + ". The benchmark table above has the rest (`python -m bench scale`)."
+
+
+BLOCKS = {"bench-table": bench_table, "bench-plan": plan_sentence, "bench-scale": scale_sentence,
+          "findings": findings_table}
 
 
 def render(text: str, results: Path = RESULTS) -> str:
