@@ -261,13 +261,15 @@ def sweep_table_files(root: Path, keep: set[str]) -> int:
     """Remove table files (and temporary ones) that `keep` does not name: left by a killed or failed job.
     Only a holder of the write lock calls this."""
     removed = 0
-    for p in [*root.rglob("*.parquet"), *root.rglob("*.tmp")]:
-        if p.relative_to(root).as_posix() not in keep:
-            p.unlink(missing_ok=True)
-            removed += 1
-    for d in sorted((d for d in root.rglob("*") if d.is_dir()), key=lambda d: -len(d.parts)):
-        with contextlib.suppress(OSError):  # pair folders left empty
-            d.rmdir()
+    for folder, dirs, files in os.walk(root, topdown=False):  # one pass; pair folders left empty go too
+        for name in files:
+            p = Path(folder) / name
+            if p.suffix in (".parquet", ".tmp") and p.relative_to(root).as_posix() not in keep:
+                p.unlink(missing_ok=True)
+                removed += 1
+        if folder != str(root) and not dirs and not any(Path(folder).iterdir()):
+            with contextlib.suppress(OSError):
+                os.rmdir(folder)
     return removed
 
 
