@@ -113,11 +113,6 @@ def tables_dir(path: str | Path) -> Path:
     return path.with_name(path.stem + ".files") / "tables"
 
 
-def _has_parts(con) -> bool:
-    return bool(con.execute("SELECT count(*) FROM duckdb_tables() WHERE database_name = current_database() "
-                            "AND schema_name = 'main' AND table_name = 'parts'").fetchone()[0])
-
-
 class AtlasBusy(RuntimeError):
     """Another job holds the atlas's write lock."""
 
@@ -221,7 +216,7 @@ class Atlas:
         try:
             with connect_serving(str(self.path)) as con:
                 keep = {r[0] for r in con.execute("SELECT index_file FROM saes").fetchall()}
-                files = referenced_files(con) if _has_parts(con) else set()
+                files = referenced_files(con) if schema.files_root(con) is not None else set()
         except (duckdb.Error, OSError):  # no published atlas yet: nothing names any index or table file
             keep, files = set(), set()
         sweep_table_files(self.tables_dir, files)
@@ -310,7 +305,6 @@ class Writer:
     def move_tables_out(self, con) -> None:
         """Schema 4 -> 5 (`atlas migrate`): each pair's rows of matches, correlations and compositions become a
         table file, read in one ordered pass per table, then the tables go."""
-        self.con = con
         present = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables() WHERE database_name = "
                                              "current_database() AND schema_name = 'main'").fetchall()}
         for table, spec in parts.PART_TABLES.items():
@@ -532,8 +526,9 @@ class Writer:
         """`sql` over one pair's table file only (as the relation `rows`), not the view over every file."""
         row = self.con.execute("SELECT file FROM parts WHERE table_name = ? AND sae_a = ? AND sae_b = ? AND method = ?",
                                [table, sae_a, sae_b, method]).fetchone()
-        source = (f"read_parquet({schema._quote(str(self.atlas.tables_dir / row[0]))})" if row
-                  else f"empty.{table}")
+        # hive_partitioning = false: the ids in the file, not the (URL-quoted) pair folder names
+        path = schema._quote(str(self.atlas.tables_dir / row[0])) if row else None
+        source = f"read_parquet({path}, hive_partitioning = false)" if row else f"empty.{table}"
         return self.con.execute(f"WITH rows AS (SELECT * FROM {source}) {sql}").fetchall()
 
     def drop_parts(self, where: str, params: list) -> None:

@@ -363,7 +363,8 @@ def create(con, tables_root: Path | None = None, move_tables_out=None) -> None:
     con.execute(VIEWS)
     # the views over table files: written by every publish; here only where missing or naming another folder
     # (a new or moved atlas), since rewriting them costs time in the number of files
-    if files_root(con) is None or files_root(con) != (str(Path(tables_root).resolve()) if tables_root else None) \
+    named = files_root(con)
+    if named is None or named != (str(Path(tables_root).resolve()) if tables_root else None) \
             or not con.execute("SELECT count(*) FROM duckdb_views() WHERE view_name = 'matches' "
                                "AND NOT internal AND database_name = current_database()").fetchone()[0]:
         part_views(con, tables_root)
