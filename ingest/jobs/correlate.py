@@ -251,11 +251,29 @@ def _write_pair(task: CorrTask, recs, state, cand, plan, ex, quality, tokens, to
                       0.0, state.error_bound)
 
 
-def available_hooks(source) -> list[str] | None:
-    """The hooks a source can give: a store's stored hooks; None for a live model (checked when it loads)."""
+def _hook_check(source):
+    """A function (sae_id, hook) that raises one line naming both where the source cannot give that hook:
+    a store's stored hooks; a live model's own hooks (resolved on a weightless copy, before any run)."""
     if isinstance(source, ActivationConfig):
-        return None
-    return list(stored_hooks(read_manifest(Path(source))))
+        from transformers import AutoConfig, AutoModel
+
+        from ingest.hooks import HookedRunner, HookError
+
+        with torch.device("meta"):
+            runner = HookedRunner(AutoModel.from_config(AutoConfig.from_pretrained(model_path(source.model))))
+
+        def check(sid, hook):
+            try:
+                runner.site(hook)
+            except HookError as e:
+                raise ValueError(f"SAE {sid} reads hook {hook}, which model {source.model} lacks: {e}") from None
+        return check
+    have = list(stored_hooks(read_manifest(Path(source))))
+
+    def check(sid, hook):
+        if hook not in have:
+            raise ValueError(f"SAE {sid} reads hook {hook}, which {source} does not store (stored: {', '.join(have)})")
+    return check
 
 
 def correlate(atlas: Atlas, pairs: list[tuple[str, str]], activations: Path | ActivationConfig, k: int = 16,
@@ -271,7 +289,7 @@ def correlate(atlas: Atlas, pairs: list[tuple[str, str]], activations: Path | Ac
     live = isinstance(activations, ActivationConfig)
     source = activations if live else str(activations)
     dataset = activations.corpus if live else read_manifest(Path(activations))["config"]["corpus"]
-    have = available_hooks(source)
+    have = _hook_check(source)
     summary = CorrelateSummary()
     t0 = time.perf_counter()
     with atlas.write() as w, record_run(w, "correlate", {"pairs": pairs, "activations": _name(source), "k": k,
@@ -292,11 +310,8 @@ def correlate(atlas: Atlas, pairs: list[tuple[str, str]], activations: Path | Ac
                                                                       "ORDER BY feature_a")
                 assignments.append((method, tuple(x for x, _ in ab), tuple(y for _, y in ab)))
             sa, sb = (Side(SAERef(*rows[s][:4]), rows[s][5], rows[s][6], rows[s][4]) for s in (a, b))
-            needed = [(a, sa.hook), (b, sb.hook)] + ([(b, sb.hook_out)] if assignments else [])
-            for sid, hook in needed:
-                if have is not None and hook not in have:
-                    raise ValueError(f"SAE {sid} reads hook {hook}, which {activations} does not store "
-                                     f"(stored: {', '.join(have)})")
+            for sid, hook in [(a, sa.hook), (b, sb.hook)] + ([(b, sb.hook_out)] if assignments else []):
+                have(sid, hook)
             wanted = tuple(s for s in (a, b) if with_examples and s not in claimed)
             claimed.update(wanted)
             tasks.append(CorrTask(sa, sb, None if live else max_tokens, k, params, tuple(assignments), wanted))
