@@ -32,6 +32,8 @@ import torch
 from atlas.encode import decode, encode
 from atlas.match.candidates import Candidates
 from atlas.sae import SAERecord
+from ingest import dense_cofiring
+from ingest.dense_cofiring import DenseCoFiring
 
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
 warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly disabled")
@@ -285,6 +287,19 @@ def _row_topk(r: sp.csr_matrix, u_row: np.ndarray, u_col: np.ndarray, k: int) ->
         top = np.lexsort((c, -v))[:k]  # ties by column, as a stable sort of a dense row would break them
         score[i], index[i] = v[top], c[top]
     return score, index
+
+
+def new_state(d_a: int, d_b: int, dev: torch.device | None = None, dense: bool | None = None,
+              max_pairs: int = MAX_PAIRS) -> CoFiring | DenseCoFiring:
+    """The co-firing state of a d_a × d_b pair on dev (default: CUDA when torch sees it, else the CPU):
+    dense and exact (`DenseCoFiring`) when its accumulators fit the device's free memory, else the sparse
+    capped `CoFiring`. On the CPU the sparse state is the default past tiny widths; `dense` forces either."""
+    dev = dev if dev is not None else device()
+    if dense is None:
+        dense = dense_cofiring.fits(d_a, d_b, dev)
+    if dense:
+        return DenseCoFiring(d_a, d_b, dev=dev if dev is not None else torch.device("cpu"))
+    return CoFiring(d_a, d_b, max_pairs=max_pairs, dev=dev)
 
 
 # -- streams -------------------------------------------------------------------------------------

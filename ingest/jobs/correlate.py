@@ -20,7 +20,7 @@ import pyarrow as pa
 from atlas.match.pair import MatchParams, match_candidates
 from atlas.store import Atlas, parts, record_run
 from ingest.activations import MANIFEST, iter_layer, load_tokens, model_path
-from ingest.correlate import CoFiring, Compositions, Examples, Quality, activation_batches
+from ingest.correlate import Compositions, Examples, Quality, activation_batches, new_state
 from ingest.executors import InProcess
 from ingest.sources import read_sae
 from ingest.tasks import SAERef
@@ -98,7 +98,7 @@ def run_corr(task: CorrTask, out_dir: str) -> CorrResult:
     a, b = task.a.sae_id, task.b.sae_id
     ra = read_sae(task.a.source, fmt=task.a.fmt, sae_id=a, layer=task.layer_a)
     rb = read_sae(task.b.source, fmt=task.b.fmt, sae_id=b, layer=task.layer_b)
-    state = CoFiring(ra.meta.d_sae, rb.meta.d_sae)
+    state = new_state(ra.meta.d_sae, rb.meta.d_sae)
     ex = {sid: Examples(rec.meta.d_sae) for sid, rec in ((a, ra), (b, rb)) if sid in task.examples_for}
     quality = {method: Quality(rb, np.array(f_a, np.int64), np.array(f_b, np.int64))
                for method, f_a, f_b in task.assignments}
