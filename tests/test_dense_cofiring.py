@@ -112,3 +112,35 @@ def test_bad_batches_are_refused():
         st.add(np.ones((2, 3)), np.ones((3, 2)))
     with pytest.raises(ValueError, match="unknown precision"):
         DenseCoFiring(3, 2, dev="cpu", precision="fp8")
+
+
+def test_gpu_check_dense_sections_run_their_steps_on_the_cpu_at_toy_sizes():
+    """`make gpu-check`'s dense sections (bench/gpu_check.py) with dev="cpu" at width 256: the same code
+    as on a GPU but the kernels, so their reports hold what the README quotes."""
+    from bench.gpu_check import check_dense, check_dense_exact
+
+    report = {}
+    check_dense(report, 256, 4096, float("inf"), dev="cpu")
+    check_dense_exact(report, 256, 4096, dev="cpu")
+    assert report["dense_256_tokens"] >= 4096 and report["dense_256_planted_top1"] == 1.0
+    assert report["dense_256_bare_two_gemms_s"] > 0 and report["dense_256_ratio_vs_state_kernels"] > 0
+    assert report["dense_exact_max_abs_r_diff"] <= 1e-4 and report["dense_exact_max_count_diff"] == 0
+    assert report["dense_exact_same_top16_rows"] > 0.99
+
+
+def test_stack_activations_bench_runs_its_smoke_version_without_cuda(tmp_path):
+    """`python -m bench stack-activations` without CUDA: the one-pass loop at toy sizes, marked as such."""
+    import json
+    import subprocess
+    import sys
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: the section would run at full size")
+    out = subprocess.run([sys.executable, "-m", "bench", "stack-activations", "--results", str(tmp_path)],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    (result,) = tmp_path.glob("bench-*.json")
+    row = json.loads(result.read_text())["stack-activations"]
+    assert row["cuda"] is False and row["smoke"] is True and row["pairs"] == row["layers"] - 1 == 2
+    assert row["tokens"] == 2048 and row["dense_pairs"] == 2 and 30 < row["l0"] < 120
+    assert abs(sum(row[k] for k in ("forward_share", "encode_share", "statistics_share", "topk_share")) - 1) < 0.05
