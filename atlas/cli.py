@@ -350,8 +350,10 @@ def _match_widths(atlas, pairs, tau):
 @click.option("--widths", default="384,1536", show_default=True,
               help="Other dictionary sizes of --width-layer (feature splitting across widths); '' for none.")
 @click.option("--width-layer", type=int, default=3, show_default=True, help="The layer trained at --widths.")
+@click.option("--flow-layers", default="2,4", show_default=True,
+              help="Layers that also get an MLP-out and an attention-out SAE (feature-flow origins); '' for none.")
 @click.pass_context
-def minilm(ctx, full, cache, samples, max_tokens, d_sae, widths, width_layer):
+def minilm(ctx, full, cache, samples, max_tokens, d_sae, widths, width_layer, flow_layers):
     """Build the real family: MiniLM activations on prose and Python source, SAEs per layer x seed x
     dataset (sae_lens trainer), matched by weights and activations. Offline; cached for reruns."""
     from dataclasses import replace
@@ -364,7 +366,11 @@ def minilm(ctx, full, cache, samples, max_tokens, d_sae, widths, width_layer):
         sizes = [int(w) for w in widths.split(",") if w.strip()]
     except ValueError:
         raise ValueError(f"--widths takes sizes separated by commas, got {widths!r}") from None
-    plan = replace(plan, max_tokens=max_tokens, train=train, widths=sizes, width_layer=width_layer)
+    try:
+        flow = [int(x) for x in flow_layers.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"--flow-layers takes layers separated by commas, got {flow_layers!r}") from None
+    plan = replace(plan, max_tokens=max_tokens, train=train, widths=sizes, width_layer=width_layer, flow_layers=flow)
     build_family(_atlas(ctx), plan, cache, log=click.echo)
     click.echo(f"MiniLM family ready in {_atlas(ctx).path}")
 

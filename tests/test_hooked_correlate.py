@@ -247,3 +247,16 @@ def test_readme_live_run_equals_the_stored_activations_and_refuses_a_missing_hoo
     assert out.exit_code != 0
     assert out.output.strip() == f"error: SAE {ids['y']} reads hook blocks.9.hook_mlp_out, which model all-MiniLM-L6-v2 " \
                                  "lacks: hook 'blocks.9.hook_mlp_out': the model has layers 0..5"
+
+
+def test_minilm_flow_layers_are_checked_before_any_work(tmp_path):
+    from click.testing import CliRunner
+
+    from atlas.cli import main
+
+    base = ["--atlas", str(tmp_path / "a.duckdb"), "minilm", "--cache", str(tmp_path / "cache")]
+    r = CliRunner().invoke(main, [*base, "--flow-layers", "x"])
+    assert r.exit_code != 0 and r.output.strip() == "error: --flow-layers takes layers separated by commas, got 'x'"
+    r = CliRunner().invoke(main, [*base, "--flow-layers", "9"])
+    assert r.exit_code != 0 and "flow layers [9] are not all among the family's layers" in r.output
+    assert not (tmp_path / "cache").exists()
