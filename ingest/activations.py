@@ -81,7 +81,8 @@ def model_batches(cfg: ActivationConfig, progress=None, info: dict | None = None
 
     path = model_path(cfg.model)
     tok = AutoTokenizer.from_pretrained(path)
-    runner = HookedRunner(AutoModel.from_pretrained(path).eval())
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # the forward pass where it is fastest
+    runner = HookedRunner(AutoModel.from_pretrained(path).eval().to(dev))
     hooks = cfg.all_hooks()
     runner.check(hooks)  # one line naming a hook the model lacks, before any work
     docs = load(cfg.corpus)
@@ -95,11 +96,11 @@ def model_batches(cfg: ActivationConfig, progress=None, info: dict | None = None
         for i, (_, _, c) in enumerate(batch):
             ids[i, : len(c) + 2] = torch.tensor([tok.cls_token_id, *c, tok.sep_token_id])
             mask[i, : len(c) + 2] = 1
-        acts = runner.run({"input_ids": ids, "attention_mask": mask}, capture=hooks)
+        acts = runner.run({"input_ids": ids.to(dev), "attention_mask": mask.to(dev)}, capture=hooks)
         keep = torch.zeros_like(mask, dtype=torch.bool)
         for i, (_, _, c) in enumerate(batch):
             keep[i, 1: len(c) + 1] = True  # drop [CLS], [SEP] and padding
-        out = {h: acts[h][keep].float() for h in hooks}
+        out = {h: acts[h][keep.to(dev)].float().cpu() for h in hooks}  # SAEs encode on the CPU (atlas.encode)
         out["token_ids"] = ids[keep].int()
         out["doc"] = torch.from_numpy(np.concatenate([np.full(len(c), d, np.int32) for d, _, c in batch]))
         out["pos"] = torch.from_numpy(np.concatenate([np.arange(s, s + len(c), dtype=np.int32) for _, s, c in batch]))
@@ -107,15 +108,14 @@ def model_batches(cfg: ActivationConfig, progress=None, info: dict | None = None
             progress(int(keep.sum()))
         return out
 
-    batch: list[tuple[int, int, list[int]]] = []
-    with torch.no_grad():
-        for w in windows(tok, docs, cfg.window, cfg.max_tokens):
-            batch.append(w)
-            if len(batch) == cfg.batch_windows:
-                yield run(batch)
-                batch = []
-        if batch:
+    batch: list[tuple[int, int, list[int]]] = []  # (HookedRunner.run is no_grad: no grad mode held across yields)
+    for w in windows(tok, docs, cfg.window, cfg.max_tokens):
+        batch.append(w)
+        if len(batch) == cfg.batch_windows:
             yield run(batch)
+            batch = []
+    if batch:
+        yield run(batch)
 
 
 def collect(cfg: ActivationConfig, out: Path, progress=None) -> dict:
