@@ -24,7 +24,7 @@ from atlas.match.pair import MatchParams, match_candidates
 from atlas.store import Atlas, parts, record_run
 from atlas.sae import SAERecord
 from ingest.activations import ActivationConfig, iter_hooks, load_tokens, model_batches, model_path, read_manifest, stored_hooks
-from ingest.correlate import CoFiring, Compositions, Examples, Quality, activation_batches, new_state
+from ingest.correlate import Compositions, Examples, Quality, activation_batches, new_state
 from ingest.executors import InProcess
 from ingest.sources import read_sae
 from ingest.tasks import SAERef
@@ -98,7 +98,7 @@ def _batch(d_sae: int) -> int:
     return max(256, min(8192, 2**25 // max(d_sae, 1)))
 
 
-def _state(d_a: int, d_b: int) -> CoFiring:
+def _state(d_a: int, d_b: int):
     """The one place a pair's co-firing state is created: dense and exact when it fits the device, else
     the sparse capped state (ingest.correlate.new_state)."""
     return new_state(d_a, d_b)
