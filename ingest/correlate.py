@@ -153,13 +153,18 @@ class CoFiring:
                 continue
             if self.dev is None:
                 ptr, idx, val, score = kernels.merge_products(At, B, r0, r1, self.blocks[k], inv)
-                self.blocks[k] = sp.csr_matrix((val, idx, ptr), shape=self.blocks[k].shape)
+                if len(idx) > self._cap(k):
+                    self._prune(k, ptr, idx, val, score)
+                else:
+                    self.blocks[k] = sp.csr_matrix((val.copy(), idx.copy(), ptr), shape=self.blocks[k].shape)
             else:
                 chunk = self._products(At[r0:r1], B)
-                self.blocks[k] = self.blocks[k] + chunk if self.blocks[k].nnz else chunk
-                score = None
-            if self.blocks[k].nnz > self._cap(k):
-                self._prune(k, score, inv)
+                p = self.blocks[k] = self.blocks[k] + chunk if self.blocks[k].nnz else chunk
+                if p.nnz > self._cap(k):
+                    rows = r0 + np.repeat(np.arange(p.shape[0]), np.diff(p.indptr))
+                    self._prune(k, p.indptr, p.indices, p.data,
+                                np.maximum(p.data.real * inv[0][rows] * inv[1][p.indices],
+                                           p.data.imag * inv[2][rows] * inv[3][p.indices]))
         self.peak_pairs = max(self.peak_pairs, sum(b.nnz for b in self.blocks))
 
     def _products(self, blk: sp.csr_matrix, B: sp.csr_matrix) -> sp.csr_matrix:
@@ -177,17 +182,13 @@ class CoFiring:
     def _cap(self, k: int) -> int:
         return max(1, self.max_pairs * self.blocks[k].shape[0] // self.d_a)
 
-    def _prune(self, k: int, score: np.ndarray | None, inv: tuple[np.ndarray, ...]) -> None:
-        """Drop block k's weakest pairs until it holds at most half its cap (see the cap policy above);
-        `score` is each stored pair's, when the merge computed them."""
-        p = self.blocks[k]
-        if score is None:
-            rows = self.starts[k] + np.repeat(np.arange(p.shape[0]), np.diff(p.indptr))
-            score = np.maximum(p.data.real * inv[0][rows] * inv[1][p.indices], p.data.imag * inv[2][rows] * inv[3][p.indices])
+    def _prune(self, k: int, ptr, idx, val, score) -> None:
+        """Store block k (CSR arrays) without its weakest pairs, at most half its cap (see the cap policy
+        above); `score` is each pair's."""
         keep_n = self._cap(k) // 2
         theta = float(np.partition(score, len(score) - keep_n - 1)[len(score) - keep_n - 1])
-        ptr, idx, val = kernels.keep_above(p.indptr, p.indices, p.data, score, theta)
-        self.blocks[k] = sp.csr_matrix((val, idx, ptr), shape=p.shape)
+        ptr, idx, val = kernels.keep_above(ptr, idx, val, score, theta)
+        self.blocks[k] = sp.csr_matrix((val, idx, ptr), shape=self.blocks[k].shape)
         self.thetas[k].append(theta)
         self.prunes += 1
 
