@@ -57,7 +57,7 @@ def _fp32_matmul(precision: str):
         torch.set_float32_matmul_precision(old)
 
 
-def _dense(x, d: int, dev: torch.device, dtype: torch.dtype) -> torch.Tensor:
+def _dense(x, dev: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """[t, d] activations (torch dense or sparse, numpy, scipy sparse) as a dense tensor on dev."""
     if sp.issparse(x):
         m = x.tocoo()
@@ -120,7 +120,7 @@ class DenseCoFiring:
     # -- accumulation --------------------------------------------------------------------------
     def add(self, a, b) -> None:
         """One batch: row t of `a` [t, d_a] and of `b` [t, d_b] is the same token."""
-        A, B = _dense(a, self.d_a, self.dev, self.dtype), _dense(b, self.d_b, self.dev, self.dtype)
+        A, B = _dense(a, self.dev, self.dtype), _dense(b, self.dev, self.dtype)
         if A.dim() != 2 or B.dim() != 2 or A.shape[0] != B.shape[0] or A.shape[1] != self.d_a or B.shape[1] != self.d_b:
             raise ValueError(f"batch shapes {tuple(A.shape)} and {tuple(B.shape)} do not fit a pair of widths "
                              f"({self.d_a}, {self.d_b})")
