@@ -4,7 +4,7 @@ Per block of tokens the pair's activations become two dense [tokens, d] matrices
 `Aᵀ·B` (Σab) and `1[A>0]ᵀ·1[B>0]` (co-firing counts) into [d_a, d_b] accumulators, a tile of a-rows at a
 time. Nothing is capped: Pearson r, P(b|a) and Jaccard are exact for every pair (`error_bound` = 0.0).
 
-Precision (`precision`; docs/design.md, Activations):
+Precision (`precision`; docs/design.md, Co-firing states):
 - "float64": float64 inputs, products and accumulators: the reference (the CPU default, tests).
 - "float32": float32 inputs, IEEE float32 products (no TF32) summed per block, float32 accumulator.
 - "bf16x3" (the CUDA default): each float32 activation is split x = hi + lo into two bfloat16 numbers
