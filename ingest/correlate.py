@@ -305,7 +305,7 @@ def new_state(d_a: int, d_b: int, dev: torch.device | None = None, dense: bool |
               max_pairs: int = MAX_PAIRS) -> CoFiring | DenseCoFiring:
     """The co-firing state of a d_a × d_b pair on dev (default: CUDA when torch sees it, else the CPU):
     dense and exact (`DenseCoFiring`) when its accumulators fit the device's free memory, else the sparse
-    capped `CoFiring`. On the CPU the sparse state is the default past tiny widths; `dense` forces either."""
+    capped `CoFiring`, which is also the CPU's default; `dense` forces either."""
     dev = dev if dev is not None else device()
     if dense is None:
         dense = dense_cofiring.fits(d_a, d_b, dev)

@@ -34,9 +34,6 @@ WORKSPACE_BYTES = 8 * 2**30
 """Per-block workspace on CUDA (token block, its split copies, one output tile); sets the block length."""
 TILE_BYTES = 2**30
 """One output tile of a-rows × d_b (float32 products, float64 statistics in top-k)."""
-CPU_DENSE_CELLS = 2**18
-"""On the CPU the dense state is the default only up to this many cells (512 × 512): past it the sparse
-state is faster at SAE sparsity, and it is what the CPU runs (ask for dense with `dense=True`)."""
 DENSE_LIMIT = 4096 * 4096
 """Widest d_a × d_b for which `dense()` returns full host matrices (tests, small pairs)."""
 
@@ -295,9 +292,10 @@ def _topk_rows(r: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 def fits(d_a: int, d_b: int, dev: torch.device | None, precision: str | None = None) -> bool:
     """Whether a dense state of this pair is the default on dev: on CUDA when its accumulators and a block
-    workspace fit 90% of the memory free now (others' states already count); on the CPU only when small."""
+    workspace fit 90% of the memory free now (others' states already count); never on the CPU, where the
+    sparse state is faster at SAE sparsity and its scipy/numba sums do not depend on the thread count."""
     if dev is None or torch.device(dev).type != "cuda":
-        return d_a * d_b <= CPU_DENSE_CELLS
+        return False
     free, _ = torch.cuda.mem_get_info(dev)
     free += torch.cuda.memory_reserved(dev) - torch.cuda.memory_allocated(dev)  # torch's cache is free to us
     return state_bytes(d_a, d_b, precision or "bf16x3") + WORKSPACE_BYTES + 2 * TILE_BYTES <= 0.9 * free

@@ -97,10 +97,10 @@ def test_planted_partners_are_each_others_top_1_at_width_1024():
     assert (c.b2a_index[perm[fired], 0] == fired).all()
 
 
-def test_new_state_is_dense_only_for_small_pairs_on_the_cpu():
-    assert isinstance(new_state(64, 64, dev=None), DenseCoFiring)
+def test_new_state_is_sparse_on_the_cpu_unless_asked():
+    assert isinstance(new_state(64, 64, dev=None), CoFiring)
     assert isinstance(new_state(16384, 16384, dev=None), CoFiring)
-    assert isinstance(new_state(64, 64, dev=None, dense=False), CoFiring)
+    assert isinstance(new_state(64, 64, dev=None, dense=True), DenseCoFiring)
     assert dense_cofiring.state_bytes(16384, 16384, "bf16x3") == 16384 ** 2 * 8  # 2.1 GB on a GPU
 
 
