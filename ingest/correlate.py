@@ -7,9 +7,13 @@ co-firing pairs (a, b) are touched: the state is
 - per co-firing pair: Σab and the number of tokens where both fire, one sparse [d_a, d_b] CSR matrix
   holding Σab + i·count as complex128 (one sort order, one merge for both; counts are exact integers).
 
-Each chunk of tokens adds `Aᵀ·B` and `1[A>0]ᵀ·1[B>0]` (two sparse × sparse products whose cost is
-tokens × L0_a × L0_b) into that matrix, block of a-features by block, so one product's output stays small. Pearson r is exact for every pair, including pairs that never
-co-fire (Σab = 0, so r follows from the means alone); P(b|a) and Jaccard come from the counts.
+Each chunk of tokens adds `Aᵀ·B` and `1[A>0]ᵀ·1[B>0]` (sparse × sparse, cost tokens × L0_a × L0_b) into
+that matrix, block of a-features by block, so one product's output stays small: on the CPU both sums come
+out of one compiled pass that also merges and scores (ingest.cofiring_kernels), on CUDA from two torch
+products. Pearson r is exact for every pair, including pairs that never co-fire (Σab = 0, so r follows
+from the means alone); P(b|a) and Jaccard come from the counts. Where a pair's full [d_a, d_b] state fits
+a GPU, `new_state` gives the dense exact state instead (ingest.dense_cofiring; docs/design.md, Co-firing
+states).
 
 Cap policy (long corpora, wide SAEs): when a block holds more than its share of `max_pairs`, its pairs
 whose value cosine Σab/√(Σa²Σb²) AND firing cosine count/√(fires_a·fires_b) are both below θ are
