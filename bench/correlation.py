@@ -3,7 +3,8 @@
 - `cofiring`: synthetic sparse activations (log-normal firing rates, L0 ≈ 70, half of b's features planted
   as noisy copies of a-features), 16k × 16k over 1M tokens against the sparse bound measured in the same
   run (one scipy product Aᵀ·B of the two whole token × feature matrices), peak memory of each in its own
-  process, exactness vs a dense reference on a feature sample; then 65k × 65k to the end.
+  process, exactness vs a dense reference on a feature sample; then 65k × 65k to the end. The CPU kernels
+  are loaded (compiled on a first run) before the clock starts; `jit_s` says how long that took.
 - `correlation`: 768 features, 300k tokens, against dense `torch.corrcoef` of the same activations.
 - `stack-activations`: a Gemma-2-2B-shaped model, 26 SAEs, 25 pairs in one pass (bench/stack_activations.py).
 """
@@ -89,6 +90,12 @@ def _ours(d_a, d_b, tokens, seed, max_pairs, sample) -> dict:
     from ingest.correlate import CoFiring
 
     data = Synthetic(d_a, d_b, tokens, seed=seed)
+    t0 = time.perf_counter()  # load (or compile) the CPU kernels once, outside the measured time
+    A0, B0 = next(iter(Synthetic(64, 64, 512, seed=seed)))
+    warm = CoFiring(64, 64, max_pairs=64, dev=None)  # a tiny cap: the prune's kernel runs too
+    warm.add(A0, B0)
+    warm.finish()
+    jit_s = time.perf_counter() - t0
     st = CoFiring(d_a, d_b, max_pairs=max_pairs)
     rng = np.random.default_rng(seed + 1)
     rows = np.sort(np.r_[rng.choice(data.planted_a, sample // 2, replace=False), rng.choice(d_a, sample // 2, replace=False)])
@@ -121,7 +128,8 @@ def _ours(d_a, d_b, tokens, seed, max_pairs, sample) -> dict:
     ours = st.stats(np.repeat(rows, 16), got.ravel())["pearson"].reshape(len(rows), 16)
     planted_b = dict(zip(data.planted_a.tolist(), data.planted_b.tolist()))
     top1 = np.array([cand.a2b_index[i, 0] == planted_b[i] for i in data.planted_a])
-    return {"d_a": d_a, "d_b": d_b, "tokens": n, "seconds": wall, "cpu_s": cpu, "topk_s": t_topk, "peak_mb": _peak_mb(),
+    return {"d_a": d_a, "d_b": d_b, "tokens": n, "seconds": wall, "cpu_s": cpu, "topk_s": t_topk, "jit_s": jit_s,
+            "peak_mb": _peak_mb(),
             "pairs_kept": int(st.pairs.nnz), "peak_pairs": int(st.peak_pairs), "max_pairs": max_pairs,
             "prunes": st.prunes, "error_bound": st.error_bound,
             "sample_features": len(rows), "recall_top16": float(recall), "recall_top16_r_ge_0.1": float(recall_strong),
@@ -138,7 +146,7 @@ def bench_cofiring(d: int, tokens: int, bound: bool = True, max_pairs: int | Non
         out.update(_in_process(_bound, d, d, tokens, seed))
         out["ratio_vs_bound"] = out["cpu_s"] / out["bound_cpu_s"]
         out["wall_ratio_vs_bound"] = out["seconds"] / out["bound_s"]
-    out["target"] = "<= 3x the bound, <= 2 GB" if bound else "runs to the end in <= 4 GB"
+    out["target"] = "<= 1.5x the bound, <= 2 GB" if bound else "runs to the end in <= 4 GB"
     return out
 
 

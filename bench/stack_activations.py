@@ -75,7 +75,12 @@ def run(tokens: int = 1_000_000, d_sae: int = 16384, ctx: int = 1024, seqs: int 
     hooks = [f"blocks.{layer}.hook_resid_post" for layer in range(layers)]
     gen = torch.Generator(device=dev).manual_seed(1)
     saes = [SyntheticSAE(cfg.d_model, d_sae, gen, dev) for _ in range(layers)]
-    states = [new_state(d_sae, d_sae, dev=dev if cuda else None) for _ in range(layers - 1)]
+    # dense where it fits the GPU; the CPU smoke asks for dense states, to run the GPU's code path
+    states = [new_state(d_sae, d_sae, dev=dev if cuda else None, dense=None if cuda else True)
+              for _ in range(layers - 1)]
+    for st in states:  # multiply each batch out at once: pending batches would keep 26 SAEs' activations alive
+        if isinstance(st, DenseCoFiring):
+            st.block_tokens = min(st.block_tokens, seqs * ctx)
     parts = {"forward_s": 0.0, "encode_s": 0.0, "statistics_s": 0.0}
     done = 0
     t_start = time.perf_counter()

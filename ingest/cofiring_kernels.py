@@ -22,17 +22,15 @@ def _merge(at_ptr, at_idx, at_val, b_ptr, b_idx, b_val, r0, r1, old_ptr, old_idx
     out_idx = np.empty(bound, np.int32)
     out_val = np.empty(bound, np.complex128)
     out_score = np.empty(bound)
-    acc_v = np.zeros(d_b)
-    acc_c = np.zeros(d_b)
-    mark = np.full(d_b, -1, np.int64)
+    acc = np.zeros(d_b, np.complex128)  # Σab + i·count side by side: one cache line per touched pair
+    mark = np.full(d_b, -1, np.int32)
     nnz = 0
     for i in range(n_rows):
         start = nnz
         for p in range(old_ptr[i], old_ptr[i + 1]):
             j = old_idx[p]
             mark[j] = i
-            acc_v[j] = old_val[p].real
-            acc_c[j] = old_val[p].imag
+            acc[j] = old_val[p]
             out_idx[nnz] = j
             nnz += 1
         for p in range(at_ptr[r0 + i], at_ptr[r0 + i + 1]):
@@ -42,25 +40,25 @@ def _merge(at_ptr, at_idx, at_val, b_ptr, b_idx, b_val, r0, r1, old_ptr, old_idx
                 j = b_idx[q]
                 if mark[j] != i:
                     mark[j] = i
-                    acc_v[j] = 0.0
-                    acc_c[j] = 0.0
+                    acc[j] = 0.0
                     out_idx[nnz] = j
                     nnz += 1
-                acc_v[j] += a * b_val[q]
-                acc_c[j] += 1.0
+                acc[j] += complex(a * b_val[q], 1.0)
         for p in range(start, nnz):
             j = out_idx[p]
-            out_val[p] = complex(acc_v[j], acc_c[j])
-            out_score[p] = max(acc_v[j] * iq_a[r0 + i] * iq_b[j], acc_c[j] * if_a[r0 + i] * if_b[j])
+            v = acc[j]
+            out_val[p] = v
+            out_score[p] = max(v.real * iq_a[r0 + i] * iq_b[j], v.imag * if_a[r0 + i] * if_b[j])
         out_ptr[i + 1] = nnz
-    return out_ptr, out_idx[:nnz].copy(), out_val[:nnz].copy(), out_score[:nnz].copy()
+    return out_ptr, out_idx[:nnz], out_val[:nnz], out_score[:nnz]
 
 
 def merge_products(At, B, r0: int, r1: int, old, inv: tuple[np.ndarray, ...]):
     """Rows r0:r1 of `At` [d_a, t] (CSR, float64) times `B` [t, d_b] (CSR, float64), merged into `old` (the
     block's [r1 − r0, d_b] CSR of Σab + i·count): (indptr, indices, data, score) of the new block, where
     score is the cap policy's max(Σab/√(Σa²Σb²), count/√(fires_a·fires_b)) and `inv` holds the four
-    1/√ per-feature factors (1/√Σa², 1/√Σb², 1/√fires_a, 1/√fires_b)."""
+    1/√ per-feature factors (1/√Σa², 1/√Σb², 1/√fires_a, 1/√fires_b). The arrays are views of buffers
+    sized for the worst case: keep copies (or a pruned block), not them."""
     lo, hi = At.indptr[r0], At.indptr[r1]
     flops = int(np.diff(B.indptr)[At.indices[lo:hi]].sum())
     bound = old.nnz + min(flops, (r1 - r0) * B.shape[1])

@@ -7,9 +7,13 @@ co-firing pairs (a, b) are touched: the state is
 - per co-firing pair: Σab and the number of tokens where both fire, one sparse [d_a, d_b] CSR matrix
   holding Σab + i·count as complex128 (one sort order, one merge for both; counts are exact integers).
 
-Each chunk of tokens adds `Aᵀ·B` and `1[A>0]ᵀ·1[B>0]` (two sparse × sparse products whose cost is
-tokens × L0_a × L0_b) into that matrix, block of a-features by block, so one product's output stays small. Pearson r is exact for every pair, including pairs that never
-co-fire (Σab = 0, so r follows from the means alone); P(b|a) and Jaccard come from the counts.
+Each chunk of tokens adds `Aᵀ·B` and `1[A>0]ᵀ·1[B>0]` (sparse × sparse, cost tokens × L0_a × L0_b) into
+that matrix, block of a-features by block, so one product's output stays small: on the CPU both sums come
+out of one compiled pass that also merges and scores (ingest.cofiring_kernels), on CUDA from two torch
+products. Pearson r is exact for every pair, including pairs that never co-fire (Σab = 0, so r follows
+from the means alone); P(b|a) and Jaccard come from the counts. Where a pair's full [d_a, d_b] state fits
+a GPU, `new_state` gives the dense exact state instead (ingest.dense_cofiring; docs/design.md, Co-firing
+states).
 
 Cap policy (long corpora, wide SAEs): when a block holds more than its share of `max_pairs`, its pairs
 whose value cosine Σab/√(Σa²Σb²) AND firing cosine count/√(fires_a·fires_b) are both below θ are
@@ -153,13 +157,18 @@ class CoFiring:
                 continue
             if self.dev is None:
                 ptr, idx, val, score = kernels.merge_products(At, B, r0, r1, self.blocks[k], inv)
-                self.blocks[k] = sp.csr_matrix((val, idx, ptr), shape=self.blocks[k].shape)
+                if len(idx) > self._cap(k):
+                    self._prune(k, ptr, idx, val, score)
+                else:
+                    self.blocks[k] = sp.csr_matrix((val.copy(), idx.copy(), ptr), shape=self.blocks[k].shape)
             else:
                 chunk = self._products(At[r0:r1], B)
-                self.blocks[k] = self.blocks[k] + chunk if self.blocks[k].nnz else chunk
-                score = None
-            if self.blocks[k].nnz > self._cap(k):
-                self._prune(k, score, inv)
+                p = self.blocks[k] = self.blocks[k] + chunk if self.blocks[k].nnz else chunk
+                if p.nnz > self._cap(k):
+                    rows = r0 + np.repeat(np.arange(p.shape[0]), np.diff(p.indptr))
+                    self._prune(k, p.indptr, p.indices, p.data,
+                                np.maximum(p.data.real * inv[0][rows] * inv[1][p.indices],
+                                           p.data.imag * inv[2][rows] * inv[3][p.indices]))
         self.peak_pairs = max(self.peak_pairs, sum(b.nnz for b in self.blocks))
 
     def _products(self, blk: sp.csr_matrix, B: sp.csr_matrix) -> sp.csr_matrix:
@@ -177,17 +186,13 @@ class CoFiring:
     def _cap(self, k: int) -> int:
         return max(1, self.max_pairs * self.blocks[k].shape[0] // self.d_a)
 
-    def _prune(self, k: int, score: np.ndarray | None, inv: tuple[np.ndarray, ...]) -> None:
-        """Drop block k's weakest pairs until it holds at most half its cap (see the cap policy above);
-        `score` is each stored pair's, when the merge computed them."""
-        p = self.blocks[k]
-        if score is None:
-            rows = self.starts[k] + np.repeat(np.arange(p.shape[0]), np.diff(p.indptr))
-            score = np.maximum(p.data.real * inv[0][rows] * inv[1][p.indices], p.data.imag * inv[2][rows] * inv[3][p.indices])
+    def _prune(self, k: int, ptr, idx, val, score) -> None:
+        """Store block k (CSR arrays) without its weakest pairs, at most half its cap (see the cap policy
+        above); `score` is each pair's."""
         keep_n = self._cap(k) // 2
         theta = float(np.partition(score, len(score) - keep_n - 1)[len(score) - keep_n - 1])
-        ptr, idx, val = kernels.keep_above(p.indptr, p.indices, p.data, score, theta)
-        self.blocks[k] = sp.csr_matrix((val, idx, ptr), shape=p.shape)
+        ptr, idx, val = kernels.keep_above(ptr, idx, val, score, theta)
+        self.blocks[k] = sp.csr_matrix((val, idx, ptr), shape=self.blocks[k].shape)
         self.thetas[k].append(theta)
         self.prunes += 1
 
@@ -304,7 +309,7 @@ def new_state(d_a: int, d_b: int, dev: torch.device | None = None, dense: bool |
               max_pairs: int = MAX_PAIRS) -> CoFiring | DenseCoFiring:
     """The co-firing state of a d_a × d_b pair on dev (default: CUDA when torch sees it, else the CPU):
     dense and exact (`DenseCoFiring`) when its accumulators fit the device's free memory, else the sparse
-    capped `CoFiring`. On the CPU the sparse state is the default past tiny widths; `dense` forces either."""
+    capped `CoFiring`, which is also the CPU's default; `dense` forces either."""
     dev = dev if dev is not None else device()
     if dense is None:
         dense = dense_cofiring.fits(d_a, d_b, dev)

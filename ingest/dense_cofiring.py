@@ -4,7 +4,7 @@ Per block of tokens the pair's activations become two dense [tokens, d] matrices
 `Aᵀ·B` (Σab) and `1[A>0]ᵀ·1[B>0]` (co-firing counts) into [d_a, d_b] accumulators, a tile of a-rows at a
 time. Nothing is capped: Pearson r, P(b|a) and Jaccard are exact for every pair (`error_bound` = 0.0).
 
-Precision (`precision`; docs/design.md, Activations):
+Precision (`precision`; docs/design.md, Co-firing states):
 - "float64": float64 inputs, products and accumulators: the reference (the CPU default, tests).
 - "float32": float32 inputs, IEEE float32 products (no TF32) summed per block, float32 accumulator.
 - "bf16x3" (the CUDA default): each float32 activation is split x = hi + lo into two bfloat16 numbers
@@ -34,9 +34,6 @@ WORKSPACE_BYTES = 8 * 2**30
 """Per-block workspace on CUDA (token block, its split copies, one output tile); sets the block length."""
 TILE_BYTES = 2**30
 """One output tile of a-rows × d_b (float32 products, float64 statistics in top-k)."""
-CPU_DENSE_CELLS = 2**18
-"""On the CPU the dense state is the default only up to this many cells (512 × 512): past it the sparse
-state is faster at SAE sparsity, and it is what the CPU runs (ask for dense with `dense=True`)."""
 DENSE_LIMIT = 4096 * 4096
 """Widest d_a × d_b for which `dense()` returns full host matrices (tests, small pairs)."""
 
@@ -57,7 +54,7 @@ def _fp32_matmul(precision: str):
         torch.set_float32_matmul_precision(old)
 
 
-def _dense(x, d: int, dev: torch.device, dtype: torch.dtype) -> torch.Tensor:
+def _dense(x, dev: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """[t, d] activations (torch dense or sparse, numpy, scipy sparse) as a dense tensor on dev."""
     if sp.issparse(x):
         m = x.tocoo()
@@ -120,7 +117,7 @@ class DenseCoFiring:
     # -- accumulation --------------------------------------------------------------------------
     def add(self, a, b) -> None:
         """One batch: row t of `a` [t, d_a] and of `b` [t, d_b] is the same token."""
-        A, B = _dense(a, self.d_a, self.dev, self.dtype), _dense(b, self.d_b, self.dev, self.dtype)
+        A, B = _dense(a, self.dev, self.dtype), _dense(b, self.dev, self.dtype)
         if A.dim() != 2 or B.dim() != 2 or A.shape[0] != B.shape[0] or A.shape[1] != self.d_a or B.shape[1] != self.d_b:
             raise ValueError(f"batch shapes {tuple(A.shape)} and {tuple(B.shape)} do not fit a pair of widths "
                              f"({self.d_a}, {self.d_b})")
@@ -295,9 +292,10 @@ def _topk_rows(r: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 def fits(d_a: int, d_b: int, dev: torch.device | None, precision: str | None = None) -> bool:
     """Whether a dense state of this pair is the default on dev: on CUDA when its accumulators and a block
-    workspace fit 90% of the memory free now (others' states already count); on the CPU only when small."""
+    workspace fit 90% of the memory free now (others' states already count); never on the CPU, where the
+    sparse state is faster at SAE sparsity and its scipy/numba sums do not depend on the thread count."""
     if dev is None or torch.device(dev).type != "cuda":
-        return d_a * d_b <= CPU_DENSE_CELLS
+        return False
     free, _ = torch.cuda.mem_get_info(dev)
     free += torch.cuda.memory_reserved(dev) - torch.cuda.memory_allocated(dev)  # torch's cache is free to us
     return state_bytes(d_a, d_b, precision or "bf16x3") + WORKSPACE_BYTES + 2 * TILE_BYTES <= 0.9 * free

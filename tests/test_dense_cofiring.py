@@ -97,10 +97,10 @@ def test_planted_partners_are_each_others_top_1_at_width_1024():
     assert (c.b2a_index[perm[fired], 0] == fired).all()
 
 
-def test_new_state_is_dense_only_for_small_pairs_on_the_cpu():
-    assert isinstance(new_state(64, 64, dev=None), DenseCoFiring)
+def test_new_state_is_sparse_on_the_cpu_unless_asked():
+    assert isinstance(new_state(64, 64, dev=None), CoFiring)
     assert isinstance(new_state(16384, 16384, dev=None), CoFiring)
-    assert isinstance(new_state(64, 64, dev=None, dense=False), CoFiring)
+    assert isinstance(new_state(64, 64, dev=None, dense=True), DenseCoFiring)
     assert dense_cofiring.state_bytes(16384, 16384, "bf16x3") == 16384 ** 2 * 8  # 2.1 GB on a GPU
 
 
@@ -144,3 +144,17 @@ def test_stack_activations_bench_runs_its_smoke_version_without_cuda(tmp_path):
     assert row["cuda"] is False and row["smoke"] is True and row["pairs"] == row["layers"] - 1 == 2
     assert row["tokens"] == 2048 and row["dense_pairs"] == 2 and 30 < row["l0"] < 120
     assert abs(sum(row[k] for k in ("forward_share", "encode_share", "statistics_share", "topk_share")) - 1) < 0.05
+
+
+def test_capped_sparse_state_prunes_alike_on_the_compiled_and_the_torch_path():
+    """The CPU's compiled merge-and-score pass and the torch products (the CUDA path, run on the CPU)
+    keep the same pairs under the same cap, with the same thresholds."""
+    A, B, perm = planted(seed=3, t=6000)
+    states = [stream(CoFiring(60, 48, max_pairs=600, dev=dev, chunk_nnz=4000), A, B) for dev in (None, torch.device("cpu"))]
+    (c, t) = states
+    assert c.prunes == t.prunes > 0 and np.allclose(c.thetas, t.thetas, rtol=1e-12)
+    assert (c.pairs != 0).nnz == (t.pairs != 0).nnz <= 600
+    d_c, d_t = c.dense(), t.dense()
+    for key in d_c:
+        assert np.abs(d_c[key] - d_t[key]).max() <= 1e-9, key
+    assert (c.topk(1).a2b_index[:24, 0] == perm).all()
