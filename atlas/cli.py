@@ -518,6 +518,13 @@ def findings_cmd(ctx, model, stack, as_json, lineage_of, n_features):
                 f", splits into {r['mean_split_children']:.1f} on average (combination cosine {r['mean_split_combo_cos']:.2f})")
             click.echo(f"  layer {r['layer']} {r['d_a']} -> {r['d_b']}: {r['kept']} kept, {r['split']} split, "
                        f"{r['absent']} absent{combo}")
+    if f["ablation"]:
+        click.echo("edges that hold under ablation (child drops beyond the 95th percentile of its pair's random pairs):")
+        for r in f["ablation"]:
+            held = "n/a" if r["held_frac"] is None else f"{r['held_frac']:.1%}"
+            med = "n/a" if r["median_drop"] is None else f"{r['median_drop']:.3f}"
+            click.echo(f"  distance {r['distance']} {r['kind']:>6}: {held} of {r['tested']} tested "
+                       f"(median drop {med}; {r['pairs']} pairs)")
     for mode, r in f.get("lineage_shape", {}).items():
         click.echo(f"lineages of {lineage_of} (first {r['features']} features), edges={mode}: "
                    f"{r['over_big']:.1%} exceed 20 nodes (mean {r['mean_nodes']:.1f}, max {r['max_nodes']}); "

