@@ -109,7 +109,7 @@ class Ablator:
     """Clean activations of a set of SAEs over windows (one pass), then feature-by-feature ablations."""
 
     def __init__(self, runner: HookedRunner, windows: Windows, saes: dict[str, SAERecord], batch: int = 16,
-                 max_windows: int = 8):
+                 max_windows: int = 2):
         self.runner, self.windows, self.saes = runner, windows, saes
         self.batch, self.max_windows = batch, max_windows
         self.length = windows.keep.shape[1]
@@ -173,3 +173,26 @@ class Ablator:
             clean = float(self.acts[sae_b][flat, feature_b].sum())
             out.append(Checked(int(fired.sum()), clean, float(encoded[sae_b][:, feature_b].sum())))
         return out
+
+
+@torch.no_grad()
+def steering_rise(runner: HookedRunner, windows: Windows, saes: dict[str, SAERecord],
+                  members: list[tuple[str, int, np.ndarray]], alpha: float) -> dict[str, list[float]]:
+    """Mean activation of each chain member (sae_id, feature, W_dec row) over the windows' tokens: clean, with
+    alpha · unit direction added at the first member's hook only, and at every member's hook (the steering
+    set). SAE feature flow's comparison: a whole chain against its first layer alone."""
+    hooks = [saes[s].meta.hook for s, _, _ in members]
+    unit = [torch.from_numpy(np.asarray(d, np.float32) / max(float(np.linalg.norm(d)), 1e-12)) for _, _, d in members]
+
+    def add(v):
+        return lambda x: x + alpha * v
+
+    runs = {"clean": {}, "first": {hooks[0]: add(unit[0])},
+            "chain": {h: add(v) for h, v in zip(hooks, unit)}}
+    out = {}
+    for name, edit in runs.items():
+        got = runner.run(windows.inputs, capture=hooks, edit=edit)
+        out[name] = [float(encode(saes[s].weights, got[h][windows.keep], saes[s].meta.arch, saes[s].meta.k,
+                                  apply_b_dec_to_input=saes[s].meta.kind == "sae")[:, f].mean())
+                     for (s, f, _), h in zip(members, hooks)]
+    return out

