@@ -292,7 +292,8 @@ def test_readme_testing_lineage_commands_run_as_written(tmp_path, monkeypatch):
     assert "edges that hold under ablation" in outputs["findings"][0]
     assert (tmp_path / "chain.safetensors").exists()
     assert "clean / first direction only / whole set" in outputs["steering"][1]
-    assert len(outputs["steering"][1].splitlines()) == 3  # the header and the two chain members
+    assert [line.split("/17:")[0] for line in outputs["steering"][1].splitlines() if line.startswith("  layer")] == [
+        "  layer 0 all-MiniLM-L6-v2-resid0-w768-s0-prose", "  layer 1 all-MiniLM-L6-v2-resid1-w768-s0-prose"]
     with TestClient(create_app(atlas.path)) as client:
         body = client.get(curls[0]).json()
     assert [v["layer"] for v in body["vectors"]] == [0, 1] and body["root_feature"] == 17
