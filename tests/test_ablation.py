@@ -303,3 +303,20 @@ def test_readme_testing_lineage_commands_run_as_written(tmp_path, monkeypatch):
     assert edges and {"carry", "random"} <= kinds
     r = CliRunner().invoke(main, ["--atlas", str(atlas.path), "check-edges", "--stack", "nope"])
     assert r.exit_code == 2 and r.output.strip() == "error: no matched stack pairs of decoder_cos in stack nope: run `atlas match`"
+
+
+def test_findings_table_gains_an_ablation_row_per_distance(tmp_path):
+    from pathlib import Path
+
+    from bench import readme
+
+    src = sorted(Path(readme.RESULTS).glob("findings-*.json"))[-1]
+    art = json.loads(src.read_text())
+    art["findings"]["ablation"] = [
+        dict(kind="carry", distance=1, pairs=5, n=80, tested=70, held_frac=0.6, median_drop=0.4),
+        dict(kind="random", distance=1, pairs=5, n=160, tested=150, held_frac=0.05, median_drop=0.01),
+        dict(kind="gap", distance=2, pairs=2, n=3, tested=0, held_frac=None, median_drop=None)]
+    (tmp_path / src.name).write_text(json.dumps(art))
+    rows = [line for line in readme.findings_table(tmp_path).splitlines() if "under ablation" in line]
+    assert [r.split(" | ")[1] for r in rows] == ["carry 60% of 70 (0.40) · random 5% of 150 (0.01) |",
+                                                 "gap n/a of 0 (n/a) |"]
