@@ -170,6 +170,20 @@ def test_lineage_answers_carry_the_checks(planted):
     assert [e["causal_drop"] for e in body["edges"] if e["sae_b"] == ids[1]] == [pytest.approx(checked[1])]
 
 
+def test_lineage_of_an_atlas_without_edge_checks_is_answered_unchanged(planted):
+    """An atlas published before edge_checks existed (readers cannot add tables): no causal scores, no error."""
+    import duckdb
+
+    from atlas.queries import lineage
+    from atlas.queries.checks import ablation_findings, attach_checks
+
+    atlas, *_ = planted
+    with atlas.read() as con:
+        lin = lineage(con, _ids(atlas)[0], 0)
+    assert attach_checks(duckdb.connect(), lin) is lin and all(e.causal_drop is None for e in lin.edges)
+    assert ablation_findings(duckdb.connect()) == []
+
+
 def test_steering_file_loads_and_raises_the_chain(planted, tmp_path):
     from click.testing import CliRunner
 
