@@ -70,9 +70,10 @@ def windows(tokenizer, docs: list[str], window: int, max_tokens: int) -> Iterato
                 return
 
 
-def model_batches(cfg: ActivationConfig, progress=None) -> Iterator[dict[str, torch.Tensor]]:
+def model_batches(cfg: ActivationConfig, progress=None, info: dict | None = None) -> Iterator[dict[str, torch.Tensor]]:
     """Run the model over the corpus window batch by window batch: {hook: [t, d] float32, token_ids, doc,
-    pos: [t]} for the batch's tokens ([CLS], [SEP] and padding dropped). Nothing is kept between batches."""
+    pos: [t]} for the batch's tokens ([CLS], [SEP] and padding dropped). Nothing is kept between batches.
+    `info` receives n_docs and d_model."""
     from transformers import AutoModel, AutoTokenizer
 
     from .corpora import load
@@ -80,10 +81,13 @@ def model_batches(cfg: ActivationConfig, progress=None) -> Iterator[dict[str, to
 
     path = model_path(cfg.model)
     tok = AutoTokenizer.from_pretrained(path)
-    runner = HookedRunner(AutoModel.from_pretrained(path).eval())
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # the forward pass where it is fastest
+    runner = HookedRunner(AutoModel.from_pretrained(path).eval().to(dev))
     hooks = cfg.all_hooks()
     runner.check(hooks)  # one line naming a hook the model lacks, before any work
     docs = load(cfg.corpus)
+    if info is not None:
+        info.update(n_docs=len(docs), d_model=runner.model.config.hidden_size)
 
     def run(batch):
         length = max(len(c) for _, _, c in batch) + 2
@@ -92,11 +96,11 @@ def model_batches(cfg: ActivationConfig, progress=None) -> Iterator[dict[str, to
         for i, (_, _, c) in enumerate(batch):
             ids[i, : len(c) + 2] = torch.tensor([tok.cls_token_id, *c, tok.sep_token_id])
             mask[i, : len(c) + 2] = 1
-        acts = runner.run({"input_ids": ids, "attention_mask": mask}, capture=hooks)
+        acts = runner.run({"input_ids": ids.to(dev), "attention_mask": mask.to(dev)}, capture=hooks)
         keep = torch.zeros_like(mask, dtype=torch.bool)
         for i, (_, _, c) in enumerate(batch):
             keep[i, 1: len(c) + 1] = True  # drop [CLS], [SEP] and padding
-        out = {h: acts[h][keep].float() for h in hooks}
+        out = {h: acts[h][keep.to(dev)].float().cpu() for h in hooks}  # SAEs encode on the CPU (atlas.encode)
         out["token_ids"] = ids[keep].int()
         out["doc"] = torch.from_numpy(np.concatenate([np.full(len(c), d, np.int32) for d, _, c in batch]))
         out["pos"] = torch.from_numpy(np.concatenate([np.arange(s, s + len(c), dtype=np.int32) for _, s, c in batch]))
@@ -104,28 +108,24 @@ def model_batches(cfg: ActivationConfig, progress=None) -> Iterator[dict[str, to
             progress(int(keep.sum()))
         return out
 
-    batch: list[tuple[int, int, list[int]]] = []
-    with torch.no_grad():
-        for w in windows(tok, docs, cfg.window, cfg.max_tokens):
-            batch.append(w)
-            if len(batch) == cfg.batch_windows:
-                yield run(batch)
-                batch = []
-        if batch:
+    batch: list[tuple[int, int, list[int]]] = []  # (HookedRunner.run is no_grad: no grad mode held across yields)
+    for w in windows(tok, docs, cfg.window, cfg.max_tokens):
+        batch.append(w)
+        if len(batch) == cfg.batch_windows:
             yield run(batch)
+            batch = []
+    if batch:
+        yield run(batch)
 
 
 def collect(cfg: ActivationConfig, out: Path, progress=None) -> dict:
     """Run the model over the corpus and write shards + manifest.json under `out`. Returns the manifest."""
     from safetensors.numpy import save_file
-    from transformers import AutoConfig
-
-    from .corpora import load
 
     out.mkdir(parents=True, exist_ok=True)
     hooks = cfg.all_hooks()
     buf: dict[str, list[np.ndarray]] = {}
-    shards, n_tokens = [], 0
+    shards, n_tokens, info = [], 0, {}
 
     def flush():
         nonlocal buf
@@ -136,7 +136,7 @@ def collect(cfg: ActivationConfig, out: Path, progress=None) -> dict:
         shards.append(name)
         buf = {}
 
-    for b in model_batches(cfg, progress):
+    for b in model_batches(cfg, progress, info):
         for k, v in b.items():
             buf.setdefault(k, []).append(v.half().numpy() if k in hooks else v.numpy())
         n_tokens += len(b["doc"])
@@ -144,8 +144,8 @@ def collect(cfg: ActivationConfig, out: Path, progress=None) -> dict:
             flush()
     flush()
     path = model_path(cfg.model)
-    manifest = {"config": asdict(cfg), "model_path": path, "d_model": AutoConfig.from_pretrained(path).hidden_size,
-                "hooks": hooks, "n_tokens": n_tokens, "shards": shards, "n_docs": len(load(cfg.corpus))}
+    manifest = {"config": asdict(cfg), "model_path": path, "d_model": info["d_model"], "hooks": hooks,
+                "n_tokens": n_tokens, "shards": shards, "n_docs": info["n_docs"]}
     (out / MANIFEST).write_text(json.dumps(manifest, indent=1))
     return manifest
 

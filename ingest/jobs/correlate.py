@@ -24,7 +24,7 @@ from atlas.match.pair import MatchParams, match_candidates
 from atlas.store import Atlas, parts, record_run
 from atlas.sae import SAERecord
 from ingest.activations import ActivationConfig, iter_hooks, load_tokens, model_batches, model_path, read_manifest, stored_hooks
-from ingest.correlate import CoFiring, Compositions, Examples, Quality, activation_batches
+from ingest.correlate import Compositions, Examples, Quality, activation_batches, new_state
 from ingest.executors import InProcess
 from ingest.sources import read_sae
 from ingest.tasks import SAERef
@@ -98,9 +98,10 @@ def _batch(d_sae: int) -> int:
     return max(256, min(8192, 2**25 // max(d_sae, 1)))
 
 
-def _state(d_a: int, d_b: int) -> CoFiring:
-    """The one place a pair's co-firing state is created."""
-    return CoFiring(d_a, d_b)
+def _state(d_a: int, d_b: int):
+    """The one place a pair's co-firing state is created: dense and exact when it fits the device, else
+    the sparse capped state (ingest.correlate.new_state)."""
+    return new_state(d_a, d_b)
 
 
 def _unit_rows(w: np.ndarray) -> np.ndarray:
@@ -251,11 +252,29 @@ def _write_pair(task: CorrTask, recs, state, cand, plan, ex, quality, tokens, to
                       0.0, state.error_bound)
 
 
-def available_hooks(source) -> list[str] | None:
-    """The hooks a source can give: a store's stored hooks; None for a live model (checked when it loads)."""
+def _hook_check(source):
+    """A function (sae_id, hook) that raises one line naming both where the source cannot give that hook:
+    a store's stored hooks; a live model's own hooks (resolved on a weightless copy, before any run)."""
     if isinstance(source, ActivationConfig):
-        return None
-    return list(stored_hooks(read_manifest(Path(source))))
+        from transformers import AutoConfig, AutoModel
+
+        from ingest.hooks import HookedRunner, HookError
+
+        with torch.device("meta"):
+            runner = HookedRunner(AutoModel.from_config(AutoConfig.from_pretrained(model_path(source.model))))
+
+        def check(sid, hook):
+            try:
+                runner.site(hook)
+            except HookError as e:
+                raise ValueError(f"SAE {sid} reads hook {hook}, which model {source.model} lacks: {e}") from None
+        return check
+    have = list(stored_hooks(read_manifest(Path(source))))
+
+    def check(sid, hook):
+        if hook not in have:
+            raise ValueError(f"SAE {sid} reads hook {hook}, which {source} does not store (stored: {', '.join(have)})")
+    return check
 
 
 def correlate(atlas: Atlas, pairs: list[tuple[str, str]], activations: Path | ActivationConfig, k: int = 16,
@@ -271,7 +290,7 @@ def correlate(atlas: Atlas, pairs: list[tuple[str, str]], activations: Path | Ac
     live = isinstance(activations, ActivationConfig)
     source = activations if live else str(activations)
     dataset = activations.corpus if live else read_manifest(Path(activations))["config"]["corpus"]
-    have = available_hooks(source)
+    have = _hook_check(source)
     summary = CorrelateSummary()
     t0 = time.perf_counter()
     with atlas.write() as w, record_run(w, "correlate", {"pairs": pairs, "activations": _name(source), "k": k,
@@ -292,11 +311,8 @@ def correlate(atlas: Atlas, pairs: list[tuple[str, str]], activations: Path | Ac
                                                                       "ORDER BY feature_a")
                 assignments.append((method, tuple(x for x, _ in ab), tuple(y for _, y in ab)))
             sa, sb = (Side(SAERef(*rows[s][:4]), rows[s][5], rows[s][6], rows[s][4]) for s in (a, b))
-            needed = [(a, sa.hook), (b, sb.hook)] + ([(b, sb.hook_out)] if assignments else [])
-            for sid, hook in needed:
-                if have is not None and hook not in have:
-                    raise ValueError(f"SAE {sid} reads hook {hook}, which {activations} does not store "
-                                     f"(stored: {', '.join(have)})")
+            for sid, hook in [(a, sa.hook), (b, sb.hook)] + ([(b, sb.hook_out)] if assignments else []):
+                have(sid, hook)
             wanted = tuple(s for s in (a, b) if with_examples and s not in claimed)
             claimed.update(wanted)
             tasks.append(CorrTask(sa, sb, None if live else max_tokens, k, params, tuple(assignments), wanted))
