@@ -137,7 +137,7 @@ def check_edges(atlas: Atlas, runner: HookedRunner, windows: Windows, pairs: lis
             for i, (_, fa, fb, _) in enumerate(plan):
                 by_parent[a][fa].append(((a, b), i, fb))
         total, done = sum(len(f) for f in by_parent.values()), 0
-        for a in sorted(by_parent, key=order.index):
+        for a in sorted({a for a, _ in plans}, key=order.index):  # pairs with nothing to check are written too
             results: dict[tuple, dict[int, object]] = defaultdict(dict)
             for fa, targets in sorted(by_parent[a].items()):
                 checked = ab.ablate(a, fa, [(pair[1], fb) for pair, _, fb in targets])
@@ -147,8 +147,8 @@ def check_edges(atlas: Atlas, runner: HookedRunner, windows: Windows, pairs: lis
                 if progress:
                     progress(done, total)
             with w.transaction():
-                for (pa_, b), plan in plans.items():
-                    if pa_ == a:
+                for (parent_sae, b), plan in plans.items():
+                    if parent_sae == a:
                         w.replace_edge_checks(a, b, p.method, _rows(a, b, plan, results[(a, b)], saes, p.method, run_id))
                         summary.pairs.append((a, b))
                         summary.checks += len(plan)
