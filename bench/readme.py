@@ -301,6 +301,13 @@ def plan_sentence(results: Path = RESULTS) -> str:
             f"(≈ {v['atlas_mb'] / v['pairs']:.1f} MB per {_k(v['d_sae'])} pair).")
 
 
+def _held(r: dict) -> str:
+    """One edge kind's ablation check: share held of those tested (median drop)."""
+    held = "n/a" if r["held_frac"] is None else _pct(r["held_frac"])
+    med = "n/a" if r["median_drop"] is None else f"{r['median_drop']:.2f}"
+    return f"{r['kind']} {held} of {r['tested']} ({med})"
+
+
 def findings_table(results: Path = RESULTS) -> str:
     files = sorted(results.glob("findings-*.json"), reverse=True)
     if not files:
@@ -353,6 +360,12 @@ def findings_table(results: Path = RESULTS) -> str:
                      "every candidate → carry/split/merge", f"{_pct(a['over_big'])} → **{_pct(d['over_big'])}**"))
         rows.append(("… and the share of their edges outside the assignment",
                      f"{_pct(a['unassigned_edges'])} → **{_pct(d['unassigned_edges'])}**"))
+    by_distance: dict[int, list] = {}
+    for r in f.get("ablation", []):  # atlas check-edges (docs/design.md, Edges under ablation)
+        by_distance.setdefault(r["distance"], []).append(r)
+    for d, rs in sorted(by_distance.items()):
+        rows.append((f"edges that hold under ablation, layer distance {d} (child drops beyond its pair's random "
+                     "pairs' 95th percentile; median drop)", " · ".join(_held(r) for r in rs)))
     rows.append(("compositions (layer l → l+1)", ", ".join(f"{comps.get(k, 0)} {name}" for k, name in
                                                           (("PASS", "pass-through"), ("OR", "OR"), ("AND", "AND")))))
     head = (f"From `{path.name}` (`{art['command']}` on an atlas of {p['n_saes']} SAEs: {p['summary']}; "

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from litestar import Controller, get
+from litestar import Controller, Response, get
 from litestar.di import NamedDependency
 from litestar.params import FromQuery, QueryParameter
 
 from atlas import queries as q
 from atlas.match.methods import method as method_info
+from atlas.queries.checks import attach_checks
 from atlas.queries.common import SAE_COLUMNS, check_feature, check_method, check_tau, sae_row
 from atlas.queries.neuronpedia import feature_url
+from atlas.queries.steering import SteeringSet, steering_set, to_safetensors
 
 from ..errors import errors
 from ..params import Cursor, FeatureIndex, Method, Name, SaeId, Tau, page_offset, page_token
@@ -109,8 +111,25 @@ class SaesController(Controller):
         if tau is not None and quantile is None and not m.is_distance:
             check_tau(m, tau)
         snap = atlas.snapshot()
-        return q.lineage(snap.cursor(), sae_id, feature, direction, tau, quantile, max_skip, method, include_sites,
-                         files=snap.files(), edges=edges)
+        con = snap.cursor()
+        return attach_checks(con, q.lineage(con, sae_id, feature, direction, tau, quantile, max_skip, method,
+                                            include_sites, files=snap.files(), edges=edges))
+
+    @get("/saes/{sae_id:str}/features/{feature:int}/steering", operation_id="getSteeringSet", sync_to_thread=True,
+         responses=errors(404, 408, 422))
+    def get_steering(self, atlas: NamedDependency[AtlasState], sae_id: SaeId, feature: FeatureIndex,
+                     tau: Tau = 0.7, method: Method = "decoder_cos",
+                     format: Annotated[Literal["json", "safetensors"], QueryParameter(
+                         description="json, or a safetensors file (tensors directions [n, d_in], norms, layers, "
+                         "features; metadata hooks, sae_ids).")] = "json") -> Response[SteeringSet]:
+        """The steering set of a feature: decoder directions, norms, hooks and layers of its carry chain."""
+        check_method(method)
+        snap = atlas.snapshot()
+        s = steering_set(snap.cursor(), atlas.indexes, sae_id, feature, tau=tau, method=method, files=snap.files())
+        if format == "json":
+            return Response(s)
+        return Response(to_safetensors(s), media_type="application/octet-stream",
+                        headers={"Content-Disposition": f'attachment; filename="steering-{feature}.safetensors"'})
 
     @get("/orphans", operation_id="getOrphans", sync_to_thread=True, responses=errors(404))
     def get_orphans(self, atlas: NamedDependency[AtlasState], settings: NamedDependency[Settings],

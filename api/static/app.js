@@ -156,6 +156,10 @@ async function pairPage(a, b, params) {
 const SITE_COLOURS = { resid: "#2563eb", mlp: "#16a34a", attn: "#d97706" };
 const ORIGIN_COLOURS = { "from nowhere": "#9ca3af", RES: "#2563eb", MLP: "#16a34a", ATT: "#d97706" };
 
+// An edge's label: its score (splits, merges), and where `atlas check-edges` ablated its parent, the child's drop
+// (✓: beyond its pair's random pairs).
+const edgeLabel = (e, st) => [st.label ? e.score.toFixed(2) : "",
+  e.causal_drop == null ? "" : `ablated −${Math.round(100 * e.causal_drop)}%${e.causal_holds ? " ✓" : ""}`].filter(Boolean).join(" · ");
 const KIND_STYLE = {  // assigned edges bold; splits and merges thinner, with their scores
   carry: { width: 5, colour: "#1e3a8a", line: "solid", label: false },
   gap: { width: 4, colour: "#1e3a8a", line: "dotted", label: true },
@@ -264,7 +268,7 @@ function drawLineage(container, lin, expanded) {
     seen.add(id);
     const st = hidden ? KIND_STYLE.candidate : KIND_STYLE[e.kind] || KIND_STYLE.candidate;
     elements.push({ data: { id, source: src, target: dst, kind: hidden ? "hidden" : e.kind, width: st.width,
-      colour: st.colour, line: st.line, label: st.label && !hidden ? e.score.toFixed(2) : "" } });
+      colour: st.colour, line: st.line, label: hidden ? "" : edgeLabel(e, st) } });
   }
   const height = 120 + YSTEP * Math.max(...Object.values(rows), 0);
   container.style.height = `${Math.min(760, Math.max(300, height))}px`;

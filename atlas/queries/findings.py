@@ -6,10 +6,13 @@
 - compositions: AND / OR / PASS features with their parents and example contexts;
 - consistency: PW-MCC of each sibling pair (mean best |cosine| both ways) against its random baseline;
 - widths: per narrow/wide pair, how many narrow features are kept, split or absent;
+- ablation: per edge kind and layer distance, the share of checked edges that hold under ablation;
 - flow: feature-flow origin classes of residual features, from weights and from activations, side by side.
 """
 
 from __future__ import annotations
+
+from .checks import ablation_findings
 
 DISTANCE_SQL = """
 SELECT distance, count(*) AS pairs, avg(matched_frac) AS matched_frac, avg(mean_score) AS mean_score,
@@ -125,5 +128,6 @@ def findings(con, model: str = "%", stack: str = "%", examples: int = 3) -> dict
         "compositions": comps,
         "consistency": _rows(con, CONSISTENCY_SQL, [model]),
         "widths": _rows(con, WIDTHS_SQL, [model]),
+        "ablation": ablation_findings(con, model),  # edges that hold under ablation (checks.py)
         "flow": flow(con, model),
     }

@@ -66,6 +66,10 @@ class Edge(msgspec.Struct):
     """Layers skipped (0 = adjacent layers of the stack)."""
     kind: str = "candidate"
     """carry | split | merge | gap | candidate (lineage.py; the edge_kind SQL macro)."""
+    causal_drop: float | None = None
+    """Where `atlas check-edges` checked this edge: feature_b's relative drop when feature_a is ablated."""
+    causal_holds: bool | None = None
+    """That drop is beyond the 95th percentile of its pair's random pairs (checks.py)."""
 
 
 class Lineage(msgspec.Struct):

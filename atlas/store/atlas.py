@@ -585,3 +585,10 @@ class Writer:
         with self.transaction() as con:
             con.execute("DELETE FROM widths WHERE sae_a = ? AND sae_b = ?", [sae_a, sae_b])
             self.insert_arrow("widths", rows)
+
+    def replace_edge_checks(self, sae_a: str, sae_b: str, method: str, rows) -> None:
+        """One pair's ablation checks of `method`'s edges (an Arrow table of edge_checks columns), replacing earlier ones."""
+        with self.transaction() as con:
+            con.execute("DELETE FROM edge_checks WHERE sae_a = ? AND sae_b = ? AND method = ?", [sae_a, sae_b, method])
+            if rows.num_rows:
+                self.insert_arrow("edge_checks", rows)

@@ -143,6 +143,22 @@ CREATE TABLE IF NOT EXISTS dropped_parts (
     dropped_at TIMESTAMP          -- when the snapshot without it was published (NULL until then)
 );
 
+-- Ablation checks of lineage edges (ingest/jobs/check_edges.py; docs/design.md, Edges under ablation): one row
+-- per checked edge or random control pair. Added without a schema version: any job creates it.
+CREATE TABLE IF NOT EXISTS edge_checks (
+    sae_a VARCHAR NOT NULL, feature_a INTEGER NOT NULL, sae_b VARCHAR NOT NULL, feature_b INTEGER NOT NULL,
+    method VARCHAR NOT NULL,      -- the matching method whose edges were sampled
+    kind VARCHAR NOT NULL,        -- carry | split | merge | gap | random (a non-edge: the control)
+    distance INTEGER NOT NULL,    -- layer_b - layer_a
+    score FLOAT,                  -- the edge's match score (NULL for random pairs)
+    n_tokens INTEGER NOT NULL,    -- held-out tokens where feature_a fires that the check ran on
+    clean FLOAT NOT NULL,         -- feature_b's summed activation on those tokens, unablated
+    rel_drop FLOAT,               -- 1 - ablated / clean (NULL: feature_b silent there, untested)
+    control_p95 FLOAT,            -- 95th percentile of the pair's random-pair drops
+    holds BOOLEAN,                -- rel_drop > control_p95 (NULL: untested)
+    run_id VARCHAR NOT NULL
+);
+
 CREATE TABLE IF NOT EXISTS runs (
     run_id VARCHAR PRIMARY KEY,
     kind VARCHAR NOT NULL,
@@ -300,6 +316,14 @@ SELECT o.sae_a, o.feature_a, a.layer AS layer_a, o.sae_b, o.feature_b, b.layer A
        CASE WHEN o.step > 1 AND o.kind = 'carry' THEN 'gap' ELSE o.kind END AS kind, o.step - 1 AS gap
 FROM out o JOIN st a ON a.sae_id = o.sae_a JOIN st b ON b.sae_id = o.sae_b
 ORDER BY layer_a, o.feature_a, layer_b, o.feature_b;
+
+-- That lineage with each edge's ablation check where one ran (edge_checks): rel_drop and holds, else NULL.
+CREATE OR REPLACE MACRO lineage_checked(sae_, feature_, tau_ := 0.7, method_ := 'decoder_cos', max_skip_ := 1,
+                                        edges_ := 'default') AS TABLE
+SELECT l.*, c.rel_drop AS causal_drop, c.holds AS causal_holds
+FROM lineage_edges(sae_, feature_, tau_ := tau_, method_ := method_, max_skip_ := max_skip_, edges_ := edges_) l
+LEFT JOIN (SELECT * FROM edge_checks WHERE method = method_ AND kind <> 'random') c
+  USING (sae_a, feature_a, sae_b, feature_b);
 
 -- The nodes of that lineage: the feature itself and every end of its edges.
 CREATE OR REPLACE MACRO lineage_nodes(sae_, feature_, tau_ := 0.7, method_ := 'decoder_cos', max_skip_ := 1,

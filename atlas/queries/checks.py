@@ -1,0 +1,69 @@
+"""Ablation checks of lineage edges, read back (docs/design.md, Edges under ablation): per pair and kind, per
+kind and layer distance against random pairs, and each lineage edge's own check."""
+
+from __future__ import annotations
+
+import duckdb
+
+from .records import Lineage
+
+PAIR_SQL = """
+SELECT sae_a, sae_b, kind, any_value(distance) AS distance, count(*) AS n, count(rel_drop) AS tested,
+       avg(holds::INT) AS held_frac, median(rel_drop) AS median_drop, any_value(control_p95) AS control_p95
+FROM edge_checks WHERE method = ? AND (? IS NULL OR sae_a IN (SELECT sae_id FROM saes WHERE stack = ?))
+GROUP BY sae_a, sae_b, kind ORDER BY sae_a, sae_b, array_position(['carry', 'split', 'merge', 'gap', 'random'], kind)
+"""
+
+FINDINGS_SQL = """
+SELECT c.kind, c.distance, count(DISTINCT (c.sae_a, c.sae_b)) AS pairs, count(*) AS n, count(c.rel_drop) AS tested,
+       avg(c.holds::INT) AS held_frac, median(c.rel_drop) AS median_drop
+FROM edge_checks c JOIN saes a ON a.sae_id = c.sae_a
+WHERE c.method = ? AND a.model LIKE ?
+GROUP BY c.kind, c.distance ORDER BY c.distance, array_position(['carry', 'split', 'merge', 'gap', 'random'], c.kind)
+"""
+
+
+def has_checks(con) -> bool:
+    """Whether this atlas has the edge_checks table (atlases no job has opened since it was added do not)."""
+    return bool(con.execute("SELECT count(*) FROM duckdb_tables() WHERE database_name = current_database() "
+                            "AND table_name = 'edge_checks'").fetchone()[0])
+
+
+def _rows(con, sql, params) -> list[dict]:
+    if not has_checks(con):
+        return []
+    cur = con.execute(sql, params)
+    names = [d[0] for d in cur.description]
+    return [dict(zip(names, r)) for r in cur.fetchall()]
+
+
+def pair_checks(con, method: str = "decoder_cos", stack: str | None = None) -> list[dict]:
+    """Per pair and edge kind: edges checked, tested (child active where the parent fires), the share whose
+    child drops beyond the control's 95th percentile, the median relative drop."""
+    return _rows(con, PAIR_SQL, [method, stack, stack])
+
+
+def ablation_findings(con, model: str = "%", method: str = "decoder_cos") -> list[dict]:
+    """Edges that hold under ablation per kind and layer distance; kind 'random' is the control (about 5%
+    hold by construction: the bar is its own 95th percentile)."""
+    return _rows(con, FINDINGS_SQL, [method, model])
+
+
+def attach_checks(con, lin: Lineage) -> Lineage:
+    """The lineage with each edge's ablation check (causal_drop, causal_holds) where one is stored."""
+    if not lin.edges:
+        return lin
+    try:  # one query on the lineage hot path (no table probe first)
+        rows = con.execute(
+            "SELECT c.sae_a, c.feature_a, c.sae_b, c.feature_b, c.rel_drop, c.holds FROM edge_checks c JOIN "
+            "(SELECT unnest(?) AS sae_a, unnest(?) AS feature_a, unnest(?) AS sae_b, unnest(?) AS feature_b) e "
+            "USING (sae_a, feature_a, sae_b, feature_b) WHERE c.method = ? AND c.kind <> 'random'",
+            [[e.sae_a for e in lin.edges], [e.feature_a for e in lin.edges], [e.sae_b for e in lin.edges],
+             [e.feature_b for e in lin.edges], lin.method]).fetchall()
+    except duckdb.CatalogException:  # an atlas no job has opened since edge_checks was added
+        return lin
+    found = {tuple(r[:4]): r[4:] for r in rows}
+    for e in lin.edges:
+        if (e.sae_a, e.feature_a, e.sae_b, e.feature_b) in found:
+            e.causal_drop, e.causal_holds = found[(e.sae_a, e.feature_a, e.sae_b, e.feature_b)]
+    return lin
