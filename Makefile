@@ -10,7 +10,7 @@ DUCKLAKE_VENV ?= .venv-ducklake
 DUCKLAKE_DUCKDB ?= 1.5.5
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-gpu gpu-check browser demo serve test bench bench-engine readme-bench findings clean
+.PHONY: help install install-gpu gpu-check browser wrk demo serve test bench bench-engine readme-bench findings clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -46,10 +46,15 @@ browser: ## Debian's Chromium for the explorer's browser tests (skipped without 
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) ; } || \
 	  echo "no chromium (sudo apt-get install chromium): the browser tests will skip"
 
-test: install browser ## Install and run the test suite
-	$(BIN)/python -m pytest -q
+wrk: ## wrk, the HTTP load generator of `make bench` (without it the bench uses its Python client)
+	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && (apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null) ; } || \
+	  echo "no wrk (sudo apt-get install wrk): the bench measures HTTP with its Python client (rates: lower bounds)"
 
-bench: install ## Benchmarks at real sizes (prints ratios, writes bench/results/*.json)
+test: install browser ## Install and run the test suite (needs nothing else: programs it uses come from here)
+	$(BIN)/python -m pytest -q </dev/null
+
+bench: install wrk ## Benchmarks at real sizes (prints ratios, writes bench/results/*.json)
 	$(BIN)/python -m bench
 
 # DuckLake's extension exists on PyPI only for older duckdb: a venv of its own (duckdb, the extension, the CLI)
