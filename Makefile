@@ -31,12 +31,8 @@ install-gpu: $(BIN)/atlas ## Swap faiss-cpu for faiss-gpu in .venv (FAISS_GPU=fa
 gpu-check: $(BIN)/atlas ## One JSON line on the GPU path (faiss-gpu, candidates, correlation; <= 5 min); exits 0 without CUDA
 	$(BIN)/python -m bench.gpu_check
 
-demo: install ## Build the default atlas (real MiniLM family + planted-truth family; cached) and serve it
-	$(BIN)/atlas --atlas $(ATLAS) synth --out demo-data/synth
-	$(BIN)/atlas --atlas $(ATLAS) match --pairs distance --distance 2
-	$(BIN)/atlas --atlas $(ATLAS) match --pairs siblings
-	$(BIN)/atlas --atlas $(ATLAS) minilm --cache demo-data/minilm
-	$(BIN)/atlas --atlas $(ATLAS) serve --host $(HOST) --port $(PORT)
+demo: install ## Serve at once, then build the real MiniLM family beside the server (cached in demo-data/)
+	$(BIN)/atlas --atlas $(ATLAS) demo --cache demo-data --host $(HOST) --port $(PORT)
 
 serve: install ## Serve an existing atlas over HTTP
 	$(BIN)/atlas --atlas $(ATLAS) serve --host $(HOST) --port $(PORT)

@@ -4,6 +4,7 @@ dictionary sizes, matched across widths (feature splitting). Cached throughout."
 
 from __future__ import annotations
 
+import itertools
 import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -18,27 +19,31 @@ from ingest.training import TrainConfig, train_sae
 
 @dataclass
 class FamilyPlan:
-    layers: list[int] = field(default_factory=lambda: list(range(6)))
+    """What to build. The defaults are the demo's family, ≤ 10 minutes on 2 idle cores (README, Two
+    commands): 3 adjacent prose layers, a seed sibling and a dataset sibling of the middle one, which is also
+    trained at 2 other widths. `full()` is `atlas minilm --full`: every layer, 2 seed and 1 dataset siblings
+    each, 4.2M samples (about 1 h)."""
+
+    layers: list[int] = field(default_factory=lambda: [2, 3, 4])
     """Layers of the base stack (prose, seed 0)."""
     seeds: list[int] = field(default_factory=lambda: [1])
     """Extra seeds (prose) trained on `sibling_layers`: seed siblings."""
-    sibling_layers: list[int] = field(default_factory=lambda: [1, 3, 5])
-    code_layers: list[int] = field(default_factory=lambda: [1, 3, 5])
+    sibling_layers: list[int] = field(default_factory=lambda: [3])
+    code_layers: list[int] = field(default_factory=lambda: [3])
     """Layers that also get a dataset sibling trained on Python source (seed 0)."""
-    max_tokens: int = 300_000
+    max_tokens: int = 200_000
     corr_tokens: int | None = 100_000
     """Tokens the activation statistics run over (None: all of them)."""
-    train: TrainConfig = field(default_factory=TrainConfig)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(samples=1_000_000))
     model: str = "all-MiniLM-L6-v2"
-    widths: list[int] = field(default_factory=list)
-    """Other dictionary sizes of `width_layer` (prose, seed 0): width siblings of the base stack's SAE
-    (`atlas minilm` asks for 384 and 1536)."""
+    widths: list[int] = field(default_factory=lambda: [384, 1536])
+    """Other dictionary sizes of `width_layer` (prose, seed 0): width siblings of the base stack's SAE."""
     width_layer: int = 3
 
     @classmethod
     def full(cls) -> FamilyPlan:
-        return cls(seeds=[1, 2], sibling_layers=list(range(6)), code_layers=list(range(6)), corr_tokens=None,
-                   widths=[384, 1536])
+        return cls(layers=list(range(6)), seeds=[1, 2], sibling_layers=list(range(6)), code_layers=list(range(6)),
+                   max_tokens=300_000, corr_tokens=None, train=TrainConfig(), widths=[384, 1536], width_layer=3)
 
     def width_saes(self) -> list[tuple[str, int, int, int]]:
         """(dataset, seed, layer, d_sae) of the extra-width SAEs."""
@@ -52,7 +57,12 @@ class FamilyPlan:
         return sorted(out, key=lambda x: (x[0], x[2], x[1]))
 
 
+STEPS = ("activations", "SAEs", "widths", "matches", "correlations")
+"""The steps of build_family, in order, as its `progress(step, done, total, item)` names them."""
+
+
 def activations_for(plan: FamilyPlan, dataset: str, cache: Path, progress=None) -> Path:
+    """The cached activations of `dataset` (computed first if missing); progress(tokens so far)."""
     cfg = ActivationConfig(model=plan.model, corpus=dataset,
                            layers=sorted(set(plan.layers) | set(plan.sibling_layers) | set(plan.code_layers)),
                            max_tokens=plan.max_tokens)
@@ -60,54 +70,63 @@ def activations_for(plan: FamilyPlan, dataset: str, cache: Path, progress=None) 
     if (folder / MANIFEST).exists() and json.loads((folder / MANIFEST).read_text())["config"]["layers"] == cfg.layers:
         return folder
     with tqdm(total=plan.max_tokens or None, desc=f"activations {dataset}", unit="tok", disable=None) as bar:
-        collect(cfg, folder, progress=bar.update)
+        def tokens(n):
+            bar.update(n)
+            if progress:
+                progress(bar.n)
+        collect(cfg, folder, progress=tokens)
     return folder
 
 
-def build_family(atlas: Atlas, plan: FamilyPlan, cache: Path, log=print, bar=None) -> dict:
-    """Everything in order; each step skips what its cache or the atlas already holds."""
-    from ingest.jobs.correlate import correlate
+def _publish_sae(atlas: Atlas, folder: Path, q: dict) -> str:
+    """Ingest one trained SAE and its training metrics, so a running server shows it at once."""
     from ingest.jobs.ingest import ingest
-    from ingest.jobs.match import run_match, select_pairs
     from ingest.sources import read_sae
+
+    ingest(atlas, [lambda: read_sae(folder, site="resid")])
+    with atlas.write() as w:
+        # sources are stored resolved (ingest.sources.read_sae)
+        sid = w.con.execute("SELECT sae_id FROM saes WHERE source = ?", [str(Path(folder).resolve())]).fetchone()[0]
+        w.con.execute("INSERT OR REPLACE INTO training VALUES (?, ?, ?, ?, ?, ?)",
+                      [sid, q["fvu"], q["l0"], q["dead_frac"], q["samples"], q["tokens"]])
+    return sid
+
+
+def build_family(atlas: Atlas, plan: FamilyPlan, cache: Path, log=print, progress=None) -> dict:
+    """Everything in order; each step skips what its cache or the atlas already holds. Each SAE is
+    published when it is trained and each pair when it is matched or correlated, so a server shows the
+    family growing; `progress(step, done, total, item)` reports each of STEPS."""
+    from ingest.jobs.correlate import correlate
+    from ingest.jobs.match import run_match, select_pairs
+
+    def step(name, done, total, item=None):
+        if progress:
+            progress(name, done, total, item)
 
     if plan.widths and plan.width_layer not in plan.layers:
         raise ValueError(f"width layer {plan.width_layer} is not one of the family's layers {plan.layers}")
-    acts = {d: activations_for(plan, d, cache) for d in ("prose", "code") if any(p[0] == d for p in plan.saes())}
-    for d, f in acts.items():
-        log(f"activations {d}: {json.loads((f / MANIFEST).read_text())['n_tokens']} tokens")
-    folders, quality = [], {}
+    datasets = [d for d in ("prose", "code") if any(p[0] == d for p in plan.saes())]
+    acts, tokens = {}, plan.max_tokens * len(datasets)
+    for i, d in enumerate(datasets):
+        acts[d] = activations_for(plan, d, cache, lambda n, i=i: step("activations", i * plan.max_tokens + n, tokens, d))
+        log(f"activations {d}: {json.loads((acts[d] / MANIFEST).read_text())['n_tokens']} tokens")
+        step("activations", (i + 1) * plan.max_tokens, tokens, d)
+    todo = [(d, s, layer, plan.train.d_sae) for d, s, layer in plan.saes()] + plan.width_saes()
+    quality, family = {}, set()
+    step("SAEs", 0, len(todo))
     layer_cache: dict[tuple[str, int], object] = {}
-    for dataset, seed, layer in plan.saes():
+    for dataset, seed, layer, width in todo:
         if (dataset, layer) not in layer_cache:
             layer_cache = {(dataset, layer): load_layer(acts[dataset], layer)}  # one layer in memory at a time
-        folder, q = train_sae(layer_cache[(dataset, layer)], layer, seed, dataset, cache / "saes", plan.train, plan.model)
-        folders.append(folder)
-        quality[f"{dataset}-s{seed}-L{layer}"] = q
-        log(f"SAE {dataset} seed {seed} layer {layer}: FVU {q['fvu']:.3f}, L0 {q['l0']:.1f}, dead {q['dead_frac']:.1%}")
-        if bar:
-            bar()
-    keys = [f"{d}-s{s}-L{layer}" for d, s, layer in plan.saes()]
-    for dataset, seed, layer, width in plan.width_saes():
-        if (dataset, layer) not in layer_cache:
-            layer_cache = {(dataset, layer): load_layer(acts[dataset], layer)}
         folder, q = train_sae(layer_cache[(dataset, layer)], layer, seed, dataset, cache / "saes",
                               replace(plan.train, d_sae=width), plan.model)
-        folders.append(folder)
-        keys.append(f"{dataset}-s{seed}-L{layer}-w{width}")
-        quality[keys[-1]] = q
+        key = f"{dataset}-s{seed}-L{layer}" + ("" if width == plan.train.d_sae else f"-w{width}")
+        quality[key] = q
+        family.add(_publish_sae(atlas, folder, q))
         log(f"SAE {dataset} seed {seed} layer {layer} width {width}: FVU {q['fvu']:.3f}, L0 {q['l0']:.1f}, "
             f"dead {q['dead_frac']:.1%}")
+        step("SAEs", len(quality), len(todo), key)
     layer_cache = {}
-    done = ingest(atlas, [lambda f=f: read_sae(f, site="resid") for f in folders])
-    family = set(done.added + done.replaced + done.unchanged + done.merged)
-    with atlas.write() as w:
-        for folder, key in zip(folders, keys):
-            q = quality[key]
-            # sources are stored resolved (ingest.sources.read_sae)
-            sid = w.con.execute("SELECT sae_id FROM saes WHERE source = ?", [str(Path(folder).resolve())]).fetchone()[0]
-            w.con.execute("INSERT OR REPLACE INTO training VALUES (?, ?, ?, ?, ?, ?)",
-                          [sid, q["fvu"], q["l0"], q["dead_frac"], q["samples"], q["tokens"]])
     with atlas.read() as con:
         def ours(pairs):
             return [p for p in pairs if p[0] in family and p[1] in family]
@@ -116,20 +135,28 @@ def build_family(atlas: Atlas, plan: FamilyPlan, cache: Path, log=print, bar=Non
         siblings = ours(select_pairs(con, "siblings"))
         adjacent = ours(select_pairs(con, "adjacent"))
         width_pairs = ours(select_pairs(con, "widths"))
+    step("widths", 0, len(width_pairs))
     if width_pairs:
         from ingest.jobs.widths import run_widths
 
-        s = run_widths(atlas, width_pairs)
+        count = itertools.count(1)
+        s = run_widths(atlas, width_pairs,
+                       progress=lambda a, b: step("widths", next(count), len(width_pairs), f"{a} / {b}"))
         log(f"widths: {len(width_pairs)} pairs; narrow features " + ", ".join(f"{n} {c}" for c, n in sorted(s.classes.items())))
-    for pairs, methods in ((layer_pairs, ["decoder_cos", "decoder_mse"]), (siblings, ["decoder_cos", "encoder_cos"])):
-        with tqdm(total=len(pairs) * len(methods), desc="match", unit="pair", disable=None) as bar:
-            run_match(atlas, pairs, methods, MatchParams(), progress=lambda *_: bar.update())
+    jobs = ((layer_pairs, ["decoder_cos", "decoder_mse"]), (siblings, ["decoder_cos", "encoder_cos"]))
+    total = sum(len(p) * len(m) for p, m in jobs)
+    count = itertools.count(1)
+    step("matches", 0, total)
+    for pairs, methods in jobs:  # one pair per commit, published at once (publish_every=0)
+        run_match(atlas, pairs, methods, MatchParams(), publish_every=0, batch=1,
+                  progress=lambda a, b, method: step("matches", next(count), total, f"{a} / {b} ({method})"))
     with atlas.read() as con:
         dataset_of = dict(con.execute("SELECT sae_id, dataset FROM saes").fetchall())
-    by_dataset: dict[str, list] = {}
-    for a, b in adjacent + siblings:
-        by_dataset.setdefault(dataset_of[a], []).append((a, b))
-    for dataset, pairs in by_dataset.items():
-        with tqdm(total=len(pairs), desc=f"correlate {dataset}", unit="pair", disable=None) as bar:
-            correlate(atlas, pairs, acts[dataset], progress=lambda *_: bar.update(), max_tokens=plan.corr_tokens)
+        have = set(con.execute("SELECT sae_a, sae_b FROM pair_stats WHERE method = 'activation_corr'").fetchall())
+    pairs = adjacent + siblings
+    step("correlations", 0, len(pairs))
+    for i, (a, b) in enumerate(pairs):  # one job per pair: each is published when it is done
+        if (a, b) not in have:
+            correlate(atlas, [(a, b)], acts[dataset_of[a]], max_tokens=plan.corr_tokens)
+        step("correlations", i + 1, len(pairs), f"{a} / {b}")
     return quality
