@@ -21,7 +21,7 @@ $(BIN)/atlas: pyproject.toml
 	$(BIN)/pip install -q -e '.[test,distributed]'
 	@touch $@
 
-install: $(BIN)/atlas ## Create .venv and install the atlas, test tools and Ray (CPU torch, faiss-cpu)
+install: $(BIN)/atlas ## Create .venv and install the atlas, test tools and Ray (torch as PyPI serves it, faiss-cpu)
 
 install-gpu: $(BIN)/atlas ## Swap faiss-cpu for faiss-gpu in .venv (FAISS_GPU=faiss-gpu-cu12; never both), then `make gpu-check`
 	$(BIN)/pip uninstall -y -q faiss-cpu
