@@ -49,6 +49,7 @@ def wrk_load(wrk: str, paths: list[str], base: str, seconds: float, connections:
 
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     return {"p50_ms": ms(50), "p99_ms": ms(99), "req_per_s": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+            "requests": int(re.search(r"(\d+) requests in", out).group(1)),
             "non_2xx": int(errors.group(1)) if errors else 0, "connections": connections, "client": "wrk"}
 
 
@@ -87,4 +88,5 @@ def python_load(paths: list[str], base: str, seconds: float, connections: int) -
     if not every:
         raise RuntimeError(f"no request to {base} finished in {seconds} s")
     return {"p50_ms": 1000 * every[len(every) // 2], "p99_ms": 1000 * every[int(0.99 * (len(every) - 1))],
-            "req_per_s": len(every) / wall, "non_2xx": sum(bad), "connections": connections, "client": "python threads"}
+            "req_per_s": len(every) / wall, "requests": len(every), "non_2xx": sum(bad), "connections": connections,
+            "client": "python threads"}

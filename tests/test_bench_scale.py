@@ -64,3 +64,42 @@ def test_bench_scale_measures_a_generated_atlas_whose_planted_chain_is_a_lineage
     again = _bench(tmp_path, "--no-http")  # the generated atlases are kept, keyed by their size
     assert again.returncode == 0, again.stderr[-2000:]
     assert again.stdout.count("using the cached atlas") == 2
+
+
+def test_load_client_counts_failures_and_falls_back_to_python_without_wrk(monkeypatch):
+    """`--load-client auto` on a machine without wrk measures with the Python client; `wrk` asked for and
+    missing says how to get it."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    import pytest
+
+    from bench import load
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = b"ok"
+            self.send_response(200 if self.path == "/ok" else 404)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_):
+            pass
+
+    Handler.protocol_version = "HTTP/1.1"  # keep-alive, as the client expects
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    monkeypatch.setattr(load.shutil, "which", lambda name: None)
+    try:
+        with pytest.raises(FileNotFoundError, match="make wrk"):
+            load.http_load(["/ok"], base, 1, 2, "wrk")
+        good = load.http_load(["/ok"], base, 0.5, 2, "auto")
+        assert good["client"] == "python threads" and good["non_2xx"] == 0 and good["req_per_s"] > 0
+        assert 0 < good["p50_ms"] <= good["p99_ms"] and good["connections"] == 2
+        bad = load.http_load(["/missing"], base, 0.5, 2, "python")
+        assert bad["non_2xx"] == bad["requests"] > 0  # every answer was a 404
+        assert good["requests"] > 0
+    finally:
+        server.shutdown()

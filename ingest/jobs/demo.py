@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -75,8 +76,8 @@ class Server:
         t0 = time.monotonic()
         while time.monotonic() - t0 < timeout:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"the server stopped at start (exit {self.proc.returncode}); if the port is taken, "
-                                   f"pick another: `make demo PORT=8001` or `atlas demo --port 8001`")
+                raise RuntimeError(f"the server stopped at start (exit {self.proc.returncode}; its error is above); "
+                                   f"if the port is taken, pick another: `make demo PORT=8001`")
             try:
                 with urllib.request.urlopen(self.url + "health", timeout=2) as r:
                     if r.status == 200:
@@ -112,6 +113,13 @@ def run_demo(atlas: Atlas, cache: Path, size: str = "default", host: str = "127.
     """Planted family, server, MiniLM family; then keep serving until Ctrl-C (or SIGTERM)."""
     synth_cfg, plan = plans(size)
     url = f"http://{host}:{port}/"
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:  # before any work, not after
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: a closing socket is no conflict
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            raise ValueError(f"cannot serve on {host}:{port} ({e.strerror}): pick another port, e.g. "
+                             f"`make demo PORT=8001` or `atlas demo --port 8001`") from None
     log(f"Feature Atlas demo: {url} (answers in seconds, once the planted family is in; the MiniLM family is "
         f"built beside it, progress on that page; Ctrl-C stops both, a rerun resumes from {cache})")
     status = StatusWriter(atlas.path, [*PLANTED, *(f"MiniLM {s}" for s in STEPS)])
