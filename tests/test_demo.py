@@ -132,3 +132,25 @@ def test_status_file_is_whole_at_each_write_and_a_dead_build_reads_as_stopped(tm
         w.finish("finished")
     w.finish("done", "ok")
     assert read_status(atlas_path).state == "done" and list(tmp_path.glob("a.files/*.tmp")) == []
+
+
+def test_a_family_built_under_another_plan_is_replaced_not_refused(tmp_path):
+    """`atlas minilm --full` after `make demo` (or new defaults after an upgrade): the same SAE ids, other
+    weights. The plan decides what they hold; rows derived from the old weights go with them."""
+    from dataclasses import replace
+
+    from atlas.store import Atlas
+    from ingest.jobs.family import FamilyPlan, build_family
+    from ingest.training import TrainConfig
+
+    atlas = Atlas(tmp_path / "a.duckdb")
+    plan = FamilyPlan(layers=[0, 1], seeds=[], sibling_layers=[], code_layers=[], widths=[], max_tokens=1500,
+                      corr_tokens=None, train=TrainConfig(d_sae=32, samples=10_000, batch=512, eval_tokens=300))
+    build_family(atlas, plan, tmp_path / "cache", log=lambda *_: None)
+    longer = replace(plan, train=replace(plan.train, samples=20_000))
+    build_family(atlas, longer, tmp_path / "cache", log=lambda *_: None)
+    with atlas.read() as con:
+        assert con.execute("SELECT count(*), min(samples), max(samples) FROM training").fetchone() == (2, 20_000, 20_000)
+        assert con.execute("SELECT count(*) FROM saes").fetchone()[0] == 2
+        stats = con.execute("SELECT method, count(*) FROM pair_stats GROUP BY 1 ORDER BY 1").fetchall()
+    assert stats == [("activation_corr", 1), ("decoder_cos", 1), ("decoder_mse", 1)]  # recomputed for the new weights

@@ -79,11 +79,13 @@ def activations_for(plan: FamilyPlan, dataset: str, cache: Path, progress=None) 
 
 
 def _publish_sae(atlas: Atlas, folder: Path, q: dict) -> str:
-    """Ingest one trained SAE and its training metrics, so a running server shows it at once."""
+    """Ingest one trained SAE and its training metrics, so a running server shows it at once. The plan says
+    what each of the family's ids holds: one trained under another plan (`--full` after the default, other
+    sizes) is replaced, with every row derived from it."""
     from ingest.jobs.ingest import ingest
     from ingest.sources import read_sae
 
-    ingest(atlas, [lambda: read_sae(folder, site="resid")])
+    ingest(atlas, [lambda: read_sae(folder, site="resid")], replace=True)
     with atlas.write() as w:
         # sources are stored resolved (ingest.sources.read_sae)
         sid = w.con.execute("SELECT sae_id FROM saes WHERE source = ?", [str(Path(folder).resolve())]).fetchone()[0]
