@@ -383,28 +383,6 @@ def minilm(ctx, full, cache, samples, max_tokens, d_sae, widths, width_layer):
 
 
 @main.command()
-@click.option("--cache", type=click.Path(path_type=Path), default=Path("demo-data"), show_default=True,
-              help="The planted family, MiniLM activations and trained SAEs are kept here: a rerun resumes.")
-@click.option("--size", type=click.Choice(["default", "full", "tiny"]), default="default", show_default=True,
-              help="default: the MiniLM family in <= 10 min on 2 idle cores; full: as `atlas minilm --full` "
-                   "(about 1 h); tiny: seconds, to try the command itself.")
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", type=int, default=8000, show_default=True)
-@click.pass_context
-def demo(ctx, cache, size, host, port):
-    """Serve at once, build beside the server: the planted-truth family (seconds), then `atlas serve`, then
-    the real MiniLM family, each SAE and pair served as it lands (the home page shows what is still
-    coming). Ctrl-C stops both; a rerun resumes from --cache."""
-    from ingest.jobs.demo import run_demo
-
-    try:
-        run_demo(_atlas(ctx), cache, size, host, port, log=click.echo)
-    except KeyboardInterrupt:
-        click.echo(f"stopped; `atlas demo` (or `make demo`) again resumes from {cache}", err=True)
-        sys.exit(130)
-
-
-@main.command()
 @click.option("--activations", type=click.Path(exists=True, path_type=Path), required=True,
               help="Folder of activation shards (written by the minilm job or ingest.activations.collect).")
 @click.option("--pairs", "selection", type=click.Choice(["adjacent", "siblings", "list"]), default="adjacent",
@@ -632,6 +610,28 @@ def serve(ctx, host, port, workers, cors, sql_time_limit, sql_max_rows, threads)
     config = uvicorn.Config("api.app:app_from_env", factory=True, host=host, port=port, workers=workers,
                             log_level="warning")
     Multiprocess(config, sockets=[sock]).run()
+
+
+@main.command()
+@click.option("--cache", type=click.Path(path_type=Path), default=Path("demo-data"), show_default=True,
+              help="The planted family, MiniLM activations and trained SAEs are kept here: a rerun resumes.")
+@click.option("--size", type=click.Choice(["default", "full", "tiny"]), default="default", show_default=True,
+              help="default: the MiniLM family in <= 10 min on 2 idle cores; full: as `atlas minilm --full` "
+                   "(about 1 h); tiny: seconds, to try the command itself.")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=8000, show_default=True)
+@click.pass_context
+def demo(ctx, cache, size, host, port):
+    """Serve at once, build beside the server: the planted-truth family (seconds), then `atlas serve`, then
+    the real MiniLM family, each SAE and pair served as it lands (the home page shows what is still
+    coming). Ctrl-C stops both; a rerun resumes from --cache."""
+    from ingest.jobs.demo import run_demo
+
+    try:
+        run_demo(_atlas(ctx), cache, size, host, port, log=click.echo)
+    except KeyboardInterrupt:
+        click.echo(f"stopped; `atlas demo` (or `make demo`) again resumes from {cache}", err=True)
+        sys.exit(130)
 
 
 if __name__ == "__main__":
