@@ -344,14 +344,17 @@ def _match_widths(atlas, pairs, tau):
 @click.option("--full", is_flag=True, help="Every layer, 2 seed and 1 dataset siblings each, 4.2M samples (about 1 h).")
 @click.option("--cache", type=click.Path(path_type=Path), default=Path(".cache/minilm"), show_default=True,
               help="Activations and trained SAEs are kept here, keyed by their configuration.")
-@click.option("--samples", type=int, default=None, help="Training samples per SAE [default: 1M, or 4.2M with --full].")
+@click.option("--samples", type=int, default=None, help="Training samples per SAE [default: 800k, or 4.2M with --full].")
 @click.option("--max-tokens", type=int, default=None, help="Tokens per corpus [default: 200k, or 300k with --full].")
 @click.option("--d-sae", type=int, default=None, help="Features per SAE [default: 768].")
 @click.option("--widths", default=None,
               help="Other dictionary sizes of --width-layer (feature splitting across widths); '' for none [default: 384,1536].")
 @click.option("--width-layer", type=int, default=None, help="The layer trained at --widths [default: 3].")
+@click.option("--flow-layers", default=None,
+              help="Layers that also get an MLP-out and an attention-out SAE (feature-flow origins); '' for none "
+                   "[default: 3, or 2,4 with --full].")
 @click.pass_context
-def minilm(ctx, full, cache, samples, max_tokens, d_sae, widths, width_layer):
+def minilm(ctx, full, cache, samples, max_tokens, d_sae, widths, width_layer, flow_layers):
     """Build the real family: MiniLM activations on prose and Python source, SAEs per layer x seed x
     dataset (sae_lens trainer), matched by weights and activations. Offline; cached for reruns. Progress
     is written beside the atlas, so a running `atlas serve` shows it on its home page."""
@@ -367,7 +370,11 @@ def minilm(ctx, full, cache, samples, max_tokens, d_sae, widths, width_layer):
         sizes = plan.widths if widths is None else [int(w) for w in widths.split(",") if w.strip()]
     except ValueError:
         raise ValueError(f"--widths takes sizes separated by commas, got {widths!r}") from None
-    plan = replace(plan, max_tokens=max_tokens or plan.max_tokens, train=train, widths=sizes,
+    try:
+        flow = plan.flow_layers if flow_layers is None else [int(x) for x in flow_layers.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"--flow-layers takes layers separated by commas, got {flow_layers!r}") from None
+    plan = replace(plan, max_tokens=max_tokens or plan.max_tokens, train=train, widths=sizes, flow_layers=flow,
                    width_layer=plan.width_layer if width_layer is None else width_layer)
     status = StatusWriter(_atlas(ctx).path, [f"MiniLM {s}" for s in STEPS])
     try:
@@ -383,23 +390,33 @@ def minilm(ctx, full, cache, samples, max_tokens, d_sae, widths, width_layer):
 
 
 @main.command()
-@click.option("--activations", type=click.Path(exists=True, path_type=Path), required=True,
-              help="Folder of activation shards (written by the minilm job or ingest.activations.collect).")
-@click.option("--pairs", "selection", type=click.Choice(["adjacent", "siblings", "list"]), default="adjacent",
-              show_default=True)
+@click.option("--activations", type=click.Path(exists=True, path_type=Path), default=None,
+              help="Folder of activation shards keyed by hook (written by the minilm job or ingest.activations.collect).")
+@click.option("--model", "live_model", default=None,
+              help="Instead of --activations: run this model (all-MiniLM-L6-v2, an HF path) over --corpus and "
+                   "correlate in one pass, writing no activations.")
+@click.option("--corpus", default="prose", show_default=True, help="Corpus for --model (prose, code).")
+@click.option("--pairs", "selection", type=click.Choice(["adjacent", "siblings", "flow", "list"]), default="adjacent",
+              show_default=True, help="flow: MLP/attention-out SAEs and transcoders with the residual SAE of their layer.")
 @click.option("--stack", default=None, help="Only pairs in (or, for siblings, touching) this stack.")
 @click.option("--pair", "explicit", multiple=True, help="SAE_A:SAE_B, repeatable.")
-@click.option("--max-tokens", type=int, default=None, help="Use only the first N stored tokens.")
+@click.option("--max-tokens", type=int, default=None, help="Use only the first N tokens [--model: 100,000].")
+@click.option("--one-pass", is_flag=True, help="All pairs in one pass over the tokens, each SAE encoded once per batch.")
 @click.option("--executor", type=click.Choice(["in-process", "ray"]), default="in-process", show_default=True)
 @click.option("--address", default=None, help="Ray cluster address [default: start a local one].")
 @click.pass_context
-def correlate(ctx, activations, selection, stack, explicit, max_tokens, executor, address):
-    """Activation correlation of SAE pairs over stored activations: correlations, activation_corr
+def correlate(ctx, activations, live_model, corpus, selection, stack, explicit, max_tokens, one_pass, executor, address):
+    """Activation correlation of SAE pairs, each SAE encoded on its own hook: correlations, activation_corr
     matches, compositions (AND/OR/PASS), examples, and SAE Match's checks of the weight matches."""
+    from ingest.activations import ActivationConfig
     from ingest.executors import make_executor
     from ingest.jobs.correlate import correlate as run
     from ingest.jobs.match import select_pairs
 
+    if (activations is None) == (live_model is None):
+        raise ValueError("give either --activations FOLDER or --model NAME (a live run)")
+    source = activations if live_model is None else ActivationConfig(model=live_model, corpus=corpus,
+                                                                     max_tokens=max_tokens or 100_000)
     atlas = _atlas(ctx)
     pairs_given = [tuple(p.split(":", 1)) for p in explicit]
     with atlas.read() as con:
@@ -409,7 +426,8 @@ def correlate(ctx, activations, selection, stack, explicit, max_tokens, executor
     ex = make_executor(executor, address)
     try:
         with _bar(len(pairs), "correlate") as bar:
-            s = run(atlas, pairs, activations, progress=lambda *_: bar.update(), max_tokens=max_tokens, executor=ex)
+            s = run(atlas, pairs, source, progress=lambda *_: bar.update(), max_tokens=max_tokens, executor=ex,
+                    one_pass=one_pass)
     finally:
         ex.close()
     click.echo(f"correlated {len(s.pairs)} pairs in {s.seconds:.1f} s; compositions {sum(s.compositions.values())}")
@@ -463,6 +481,11 @@ def findings_cmd(ctx, model, stack, as_json, lineage_of, n_features):
                 f", splits into {r['mean_split_children']:.1f} on average (combination cosine {r['mean_split_combo_cos']:.2f})")
             click.echo(f"  layer {r['layer']} {r['d_a']} -> {r['d_b']}: {r['kept']} kept, {r['split']} split, "
                        f"{r['absent']} absent{combo}")
+    if f["flow"]:
+        click.echo("feature-flow origins of residual features (by weights = decoder_cos | by activations = Pearson r):")
+        for r in f["flow"]:
+            agree = "" if r["agree"] is None else f"; same class for {r['agree']:.1%}"
+            click.echo(f"  layer {r['layer']} {r['sae_id']}: weights {r['weights']} | activations {r['activations']}{agree}")
     for mode, r in f.get("lineage_shape", {}).items():
         click.echo(f"lineages of {lineage_of} (first {r['features']} features), edges={mode}: "
                    f"{r['over_big']:.1%} exceed 20 nodes (mean {r['mean_nodes']:.1f}, max {r['max_nodes']}); "

@@ -5,6 +5,7 @@
   run (one scipy product Aᵀ·B of the two whole token × feature matrices), peak memory of each in its own
   process, exactness vs a dense reference on a feature sample; then 65k × 65k to the end.
 - `correlation`: 768 features, 300k tokens, against dense `torch.corrcoef` of the same activations.
+- `stack-activations`: a Gemma-2-2B-shaped model, 26 SAEs, 25 pairs in one pass (bench/stack_activations.py).
 """
 
 from __future__ import annotations
@@ -190,7 +191,7 @@ def bench_minilm(tokens: int = 300_000, d_sae: int = 768) -> dict:
     return _in_process(_minilm, tokens, d_sae)
 
 
-SECTIONS = ("correlation", "cofiring")
+SECTIONS = ("correlation", "cofiring", "stack-activations")
 
 
 def run(sections: list[str], save, tokens: int = 1_000_000) -> None:
@@ -202,3 +203,7 @@ def run(sections: list[str], save, tokens: int = 1_000_000) -> None:
         save("cofiring", rows)
         rows.append(bench_cofiring(65536, tokens, bound=False, max_pairs=48_000_000))
         save("cofiring", rows)
+    if "stack-activations" in sections:  # on the GPU; a smoke run at toy sizes without CUDA
+        from bench import stack_activations
+
+        save("stack-activations", stack_activations.run(tokens=tokens))

@@ -2,10 +2,13 @@
 
 It reports faiss.get_num_gpus(); whether faiss-gpu and faiss-cpu return the same top-k; candidates
 16k × 16k × 2304 on the GPU (atlas.match.candidates.topk_both) against a bare torch.matmul of the same
-shapes; co-firing statistics of a synthetic 16k pair over up to 1M tokens with the products on CUDA
-(ingest.correlate), equal to the CPU path within 1e-6 on a slice; and whether the installed faiss is a
-GPU build that works beside pip's torch (what `make install-gpu` should give). Without CUDA it says so
-and exits 0 at once. Each check records its error instead of stopping the others.
+shapes; the dense co-firing state (ingest.dense_cofiring, bf16x3) of a synthetic 16k × 16k pair over 1M
+tokens against its two bare GEMMs (bf16 Aᵀ·B with float32 out, int8 1[A>0]ᵀ·1[B>0]) at the same
+precision and tiling, and against the GEMMs it runs; its |Δr| and counts against a float64 state on a
+slice; the same at 65k × 65k when it fits; the sparse path on CUDA equal to the CPU path on a slice and
+its tokens/s; and whether the installed faiss is a GPU build that works beside pip's torch (what `make
+install-gpu` should give). Without CUDA it says so and exits 0 at once. Each check records its error
+instead of stopping the others, and each stops at its share of the time budget (saying how far it got).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import traceback
 
 import numpy as np
 
-BUDGET_S = 270.0
+BUDGET_S = 300.0
 """Wall-clock budget of the whole check; the correlation stops early (and says how far it got) to keep it."""
 
 
@@ -78,9 +81,140 @@ def check_candidates(report: dict) -> None:
     report["candidates_ratio_vs_matmul"] = t_ours / t_mm
 
 
+class GpuPair:
+    """Token blocks of a planted synthetic pair made on the GPU (log-normal firing rates, L0 ≈ 70, half
+    of b's features 1.5× copies of a-features kept on 90% of their tokens), so generation costs ~nothing."""
+
+    def __init__(self, d: int, seed: int = 0, l0: float = 70, dev: str = "cuda"):
+        import torch
+
+        self.gen = torch.Generator(device=dev).manual_seed(seed)
+        self.d, self.dev = d, dev
+        rates = []
+        for _ in range(2):
+            r = torch.randn(d, generator=self.gen, device=dev).exp()
+            rates.append((r * l0 / r.sum()).clamp(max=0.5))
+        self.rate_a, self.rate_b = rates
+        perm = torch.randperm(d, generator=self.gen, device=dev)
+        self.pa, self.pb = perm[: d // 2], torch.randperm(d, generator=self.gen, device=dev)[: d // 2]
+
+    def block(self, t: int):
+        import torch
+
+        def side(rate):
+            x = torch.empty((t, self.d), device=self.dev).exponential_(generator=self.gen)
+            return x * (torch.rand((t, self.d), generator=self.gen, device=self.dev) < rate)
+
+        a, b = side(self.rate_a), side(self.rate_b)
+        keep = torch.rand((t, len(self.pa)), generator=self.gen, device=self.dev) < 0.9
+        b[:, self.pb] = 1.5 * a[:, self.pa] * keep
+        return a, b
+
+
+def _bare_gemms(st, pair: GpuPair, blocks: int) -> dict:
+    """The bound of a dense state: per token block, the two GEMMs alone with the state's tiling, on one
+    block repeated: bf16 Aᵀ·B (float32 out) and int8 1[A>0]ᵀ·1[B>0] ("two bare GEMMs at the same
+    precision"), and the GEMMs the state's precision runs (bf16x3: K = 3 × tokens)."""
+    import torch
+
+    from ingest import dense_cofiring
+
+    A, B = pair.block(st.block_tokens)
+    fa, fb = ((m > 0).T.contiguous().to(torch.int8) for m in (A, B))
+    ha, hb = (m.T.contiguous().to(torch.bfloat16) for m in (A, B))
+    xa, xb = st._operands(A, B)
+    rows = max(17, dense_cofiring.TILE_BYTES // (4 * st.d_b))
+
+    def plain():
+        for r0 in range(0, st.d_a, rows):
+            try:
+                torch.mm(ha[r0:r0 + rows], hb.T, out_dtype=torch.float32)
+            except (RuntimeError, TypeError):
+                with dense_cofiring._fp32_matmul("high"):
+                    ha[r0:r0 + rows].float() @ hb.float().T
+            st._mm_count(fa[r0:r0 + rows], fb)
+
+    def kernels():
+        for r0 in range(0, st.d_a, rows):
+            st._mm_sab(xa[r0:r0 + rows], xb)
+            st._mm_count(fa[r0:r0 + rows], fb)
+
+    out = {}
+    for name, fn in (("bare_two_gemms_s", plain), ("bare_state_kernels_s", kernels)):
+        fn()  # warm-up
+        t, _ = _timed(lambda fn=fn: [fn() for _ in range(min(blocks, 8))])
+        out[name] = t * blocks / min(blocks, 8)
+    return out
+
+
+def check_dense(report: dict, d: int, tokens: int, deadline: float, dev: str = "cuda") -> None:
+    """A dense d × d state (bf16x3) over up to `tokens` synthetic tokens made on the GPU (the making is not
+    timed), then top-16 both ways; against its bare GEMMs over the same number of token blocks. (`dev`
+    "cpu" runs the same steps at toy sizes, for the tests.)"""
+    import torch
+
+    from ingest import dense_cofiring
+    from ingest.dense_cofiring import DenseCoFiring
+
+    key = f"dense_{d}"
+    if not dense_cofiring.fits(d, d, torch.device(dev)):
+        report[f"{key}_skipped"] = f"a {d} x {d} state does not fit this GPU's free memory"
+        return
+    cuda = dev == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    pair = GpuPair(d, seed=d, dev=dev)
+    st = DenseCoFiring(d, d, dev=torch.device(dev), precision="bf16x3")
+    t_ours = 0.0
+    while st.n < tokens and time.perf_counter() < deadline:
+        A, B = pair.block(st.block_tokens)
+        t, _ = _timed(lambda: st.add(A, B))
+        t_ours += t
+        del A, B
+    t_topk, cand = _timed(lambda: st.finish().topk(16))
+    blocks = max(1, st.n // st.block_tokens)
+    bare = _bare_gemms(st, pair, blocks)
+    planted = dict(zip(pair.pa.tolist(), pair.pb.tolist()))
+    report.update({f"{key}_tokens": st.n, f"{key}_s": t_ours, f"{key}_tokens_per_s": st.n / t_ours,
+                   f"{key}_topk_s": t_topk, **{f"{key}_{k}": v for k, v in bare.items()},
+                   f"{key}_ratio_vs_two_gemms": t_ours / bare["bare_two_gemms_s"],
+                   f"{key}_ratio_vs_state_kernels": t_ours / bare["bare_state_kernels_s"],
+                   f"{key}_planted_top1": float(np.mean([cand.a2b_index[i, 0] == j for i, j in planted.items()])),
+                   f"{key}_kernels": st.kernels, f"{key}_block_tokens": st.block_tokens,
+                   f"{key}_state_gb": dense_cofiring.state_bytes(d, d, st.precision) / 2**30,
+                   f"{key}_gpu_peak_gb": torch.cuda.max_memory_allocated() / 2**30 if cuda else None})
+
+
+def check_dense_exact(report: dict, d: int = 16384, tokens: int = 32768, dev: str = "cuda") -> None:
+    """The GPU precision (bf16x3) against a float64 state on the same tokens: max |Δr| over every pair,
+    counts equal, top-16 identical."""
+    import torch
+
+    from ingest.dense_cofiring import DenseCoFiring
+
+    pair = GpuPair(d, seed=7, dev=dev)
+    fast = DenseCoFiring(d, d, dev=torch.device(dev), precision="bf16x3")
+    ref = DenseCoFiring(d, d, dev=torch.device(dev), precision="float64")
+    while fast.n < tokens:
+        A, B = pair.block(4096)
+        fast.add(A, B)
+        ref.add(A.double(), B.double())
+    fast.finish(), ref.finish()
+    dr, dc = 0.0, 0
+    for r0 in range(0, d, 2048):
+        rows = slice(r0, r0 + 2048)
+        dr = max(dr, float((fast._r(rows, slice(None)) - ref._r(rows, slice(None))).abs().max()))
+        dc = max(dc, int((fast.cnt[rows] - ref.cnt[rows]).abs().max()))
+    cf, cr = fast.topk(16), ref.topk(16)
+    report.update({"dense_exact_tokens": fast.n, "dense_exact_max_abs_r_diff": dr, "dense_exact_max_count_diff": dc,
+                   "dense_exact_same_top16_rows": float((cf.a2b_index == cr.a2b_index).all(1).mean()),
+                   "dense_exact_target": "|dr| <= 1e-4, counts equal"})
+
+
 def check_correlation(report: dict, deadline: float) -> None:
-    """A 16k × 16k synthetic pair: products on CUDA over up to 1M tokens (until the deadline), and CUDA
-    equal to the CPU (scipy) path on a 20k-token slice."""
+    """The sparse capped path (what runs where a dense state does not fit) on a 16k × 16k synthetic pair:
+    products on CUDA over up to 1M tokens (until the deadline), and CUDA equal to the CPU (scipy) path on a
+    20k-token slice."""
     import torch
 
     from bench.correlation import Synthetic
@@ -135,8 +269,14 @@ def main() -> int:
         print(json.dumps(report))
         return 0
     report["gpu"] = torch.cuda.get_device_name(0)
+    def share(f):  # the deadline at fraction f of the budget
+        return t_start + f * BUDGET_S
+
     checks = [("faiss", lambda: check_faiss(report)), ("candidates", lambda: check_candidates(report)),
-              ("correlation", lambda: check_correlation(report, t_start + BUDGET_S))]
+              ("dense_16384", lambda: check_dense(report, 16384, 1_000_000, share(0.3))),
+              ("dense_exact", lambda: check_dense_exact(report)),
+              ("dense_65536", lambda: check_dense(report, 65536, 1_000_000, share(0.7))),
+              ("correlation", lambda: check_correlation(report, share(1.0)))]
     for name, fn in checks:
         if name == "faiss" and not (report["faiss_gpu_build"] and report["faiss_num_gpus"]):
             report["faiss_skipped"] = "faiss is a CPU build here: run `make install-gpu`"

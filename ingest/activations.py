@@ -1,9 +1,10 @@
-"""Hidden states of a Hugging Face model over a corpus, streamed to disk in shards.
+"""A model's activations at named hooks over a corpus: streamed batch by batch, or stored to disk in shards.
 
 Documents are cut into windows of `window` tokens (not truncated at the model's max length: that
 would keep only each document's start). Each window gets [CLS]/[SEP] as the model expects; those two
-positions are dropped from the stored activations. A shard is one safetensors file holding, for its
-tokens, `layer_{L}` [T, d] float16 per requested layer, `token_ids`, `doc` and `pos` [T] int32.
+positions are dropped from the activations. A shard is one safetensors file holding, for its tokens,
+one [T, d] float16 tensor per hook, named by the hook (`blocks.3.hook_mlp_out`), and `token_ids`, `doc`,
+`pos` [T] int32. Stores written before hooks name tensors `layer_{L}` (the block outputs): still read.
 """
 
 from __future__ import annotations
@@ -36,12 +37,22 @@ class ActivationConfig:
     model: str = DEFAULT_MODEL
     corpus: str = "prose"
     layers: list[int] = field(default_factory=lambda: list(range(6)))
+    """Blocks whose output (blocks.L.hook_resid_post) is captured."""
+    hooks: list[str] = field(default_factory=list)
+    """Other hooks captured too, by TransformerLens name (ingest.hooks; docs/design.md, Activations by hook)."""
     window: int = 126
     """Tokens per window (plus [CLS] and [SEP])."""
     max_tokens: int = 300_000
     """Stop after this many tokens (0 = the whole corpus)."""
     batch_windows: int = 32
     shard_tokens: int = 65_536
+
+    def all_hooks(self) -> list[str]:
+        return list(dict.fromkeys([resid_post(layer) for layer in self.layers] + list(self.hooks)))
+
+
+def resid_post(layer: int) -> str:
+    return f"blocks.{layer}.hook_resid_post"
 
 
 def windows(tokenizer, docs: list[str], window: int, max_tokens: int) -> Iterator[tuple[int, int, list[int]]]:
@@ -59,25 +70,62 @@ def windows(tokenizer, docs: list[str], window: int, max_tokens: int) -> Iterato
                 return
 
 
-@torch.no_grad()
-def collect(cfg: ActivationConfig, out: Path, progress=None) -> dict:
-    """Run the model over the corpus and write shards + manifest.json under `out`. Returns the manifest."""
-    from safetensors.numpy import save_file
+def model_batches(cfg: ActivationConfig, progress=None, info: dict | None = None) -> Iterator[dict[str, torch.Tensor]]:
+    """Run the model over the corpus window batch by window batch: {hook: [t, d] float32, token_ids, doc,
+    pos: [t]} for the batch's tokens ([CLS], [SEP] and padding dropped). Nothing is kept between batches.
+    `info` receives n_docs and d_model."""
     from transformers import AutoModel, AutoTokenizer
 
     from .corpora import load
+    from .hooks import HookedRunner
 
     path = model_path(cfg.model)
     tok = AutoTokenizer.from_pretrained(path)
-    model = AutoModel.from_pretrained(path).eval()
+    runner = HookedRunner(AutoModel.from_pretrained(path).eval())
+    hooks = cfg.all_hooks()
+    runner.check(hooks)  # one line naming a hook the model lacks, before any work
     docs = load(cfg.corpus)
+    if info is not None:
+        info.update(n_docs=len(docs), d_model=runner.model.config.hidden_size)
+
+    def run(batch):
+        length = max(len(c) for _, _, c in batch) + 2
+        ids = torch.full((len(batch), length), tok.pad_token_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for i, (_, _, c) in enumerate(batch):
+            ids[i, : len(c) + 2] = torch.tensor([tok.cls_token_id, *c, tok.sep_token_id])
+            mask[i, : len(c) + 2] = 1
+        acts = runner.run({"input_ids": ids, "attention_mask": mask}, capture=hooks)
+        keep = torch.zeros_like(mask, dtype=torch.bool)
+        for i, (_, _, c) in enumerate(batch):
+            keep[i, 1: len(c) + 1] = True  # drop [CLS], [SEP] and padding
+        out = {h: acts[h][keep].float() for h in hooks}
+        out["token_ids"] = ids[keep].int()
+        out["doc"] = torch.from_numpy(np.concatenate([np.full(len(c), d, np.int32) for d, _, c in batch]))
+        out["pos"] = torch.from_numpy(np.concatenate([np.arange(s, s + len(c), dtype=np.int32) for _, s, c in batch]))
+        if progress:
+            progress(int(keep.sum()))
+        return out
+
+    batch: list[tuple[int, int, list[int]]] = []
+    with torch.no_grad():
+        for w in windows(tok, docs, cfg.window, cfg.max_tokens):
+            batch.append(w)
+            if len(batch) == cfg.batch_windows:
+                yield run(batch)
+                batch = []
+        if batch:
+            yield run(batch)
+
+
+def collect(cfg: ActivationConfig, out: Path, progress=None) -> dict:
+    """Run the model over the corpus and write shards + manifest.json under `out`. Returns the manifest."""
+    from safetensors.numpy import save_file
+
     out.mkdir(parents=True, exist_ok=True)
-    n_layers = model.config.num_hidden_layers
-    bad = [layer for layer in cfg.layers if not 0 <= layer < n_layers]
-    if bad:
-        raise ValueError(f"model {cfg.model} has layers 0..{n_layers - 1}; no layer {bad[0]}")
+    hooks = cfg.all_hooks()
     buf: dict[str, list[np.ndarray]] = {}
-    shards, n_tokens = [], 0
+    shards, n_tokens, info = [], 0, {}
 
     def flush():
         nonlocal buf
@@ -88,85 +136,87 @@ def collect(cfg: ActivationConfig, out: Path, progress=None) -> dict:
         shards.append(name)
         buf = {}
 
-    batch: list[tuple[int, int, list[int]]] = []
-
-    def run(batch):
-        nonlocal n_tokens
-        length = max(len(c) for _, _, c in batch) + 2
-        ids = torch.full((len(batch), length), tok.pad_token_id, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for i, (_, _, c) in enumerate(batch):
-            ids[i, : len(c) + 2] = torch.tensor([tok.cls_token_id, *c, tok.sep_token_id])
-            mask[i, : len(c) + 2] = 1
-        hidden = model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
-        keep = torch.zeros_like(mask, dtype=torch.bool)
-        for i, (_, _, c) in enumerate(batch):
-            keep[i, 1: len(c) + 1] = True  # drop [CLS], [SEP] and padding
-        for layer in cfg.layers:  # hidden_states[0] is the embeddings; block L's output is [L + 1]
-            buf.setdefault(f"layer_{layer}", []).append(hidden[layer + 1][keep].half().numpy())
-        buf.setdefault("token_ids", []).append(ids[keep].int().numpy())
-        buf.setdefault("doc", []).append(np.concatenate([np.full(len(c), d, np.int32) for d, _, c in batch]))
-        buf.setdefault("pos", []).append(np.concatenate([np.arange(s, s + len(c), dtype=np.int32) for _, s, c in batch]))
-        n = int(keep.sum())
-        n_tokens += n
-        if progress:
-            progress(n)
+    for b in model_batches(cfg, progress, info):
+        for k, v in b.items():
+            buf.setdefault(k, []).append(v.half().numpy() if k in hooks else v.numpy())
+        n_tokens += len(b["doc"])
         if sum(len(x) for x in buf["doc"]) >= cfg.shard_tokens:
             flush()
-
-    for w in windows(tok, docs, cfg.window, cfg.max_tokens):
-        batch.append(w)
-        if len(batch) == cfg.batch_windows:
-            run(batch)
-            batch = []
-    if batch:
-        run(batch)
     flush()
-    manifest = {"config": asdict(cfg), "model_path": path, "d_model": model.config.hidden_size,
-                "n_tokens": n_tokens, "shards": shards, "n_docs": len(docs)}
+    path = model_path(cfg.model)
+    manifest = {"config": asdict(cfg), "model_path": path, "d_model": info["d_model"], "hooks": hooks,
+                "n_tokens": n_tokens, "shards": shards, "n_docs": info["n_docs"]}
     (out / MANIFEST).write_text(json.dumps(manifest, indent=1))
     return manifest
 
 
-def iter_layer(folder: Path, layer: int, batch: int = 4096, max_tokens: int | None = None) -> Iterator[torch.Tensor]:
-    """One layer's activations [≤ batch, d] float32, in storage order, reading one shard's tensor at a time
-    (never the whole corpus); stops after max_tokens."""
+def stored_hooks(manifest: dict) -> dict[str, str]:
+    """{hook: tensor name in the shards}. Stores written before hooks (`layer_{L}` tensors of
+    `config.layers`) hold block outputs: blocks.L.hook_resid_post."""
+    if "hooks" in manifest:
+        return {h: h for h in manifest["hooks"]}
+    return {resid_post(layer): f"layer_{layer}" for layer in manifest["config"]["layers"]}
+
+
+def read_manifest(folder: Path) -> dict:
+    return json.loads((Path(folder) / MANIFEST).read_text())
+
+
+def iter_hooks(folder: Path, hooks: list[str], batch: int = 4096,
+               max_tokens: int | None = None) -> Iterator[dict[str, torch.Tensor]]:
+    """Several hooks' activations in step, {hook: [≤ batch, d] float32} per batch in storage order,
+    reading one shard's tensors at a time (never the whole corpus); stops after max_tokens."""
     from safetensors import safe_open
 
-    manifest = json.loads((folder / MANIFEST).read_text())
-    if layer not in manifest["config"]["layers"]:
-        raise ValueError(f"{folder}: no activations stored for layer {layer}")
+    manifest = read_manifest(folder)
+    names = stored_hooks(manifest)
+    for h in hooks:
+        if h not in names:
+            raise ValueError(f"{folder}: no activations stored at hook {h} (stored: {', '.join(names)})")
     left = max_tokens if max_tokens is not None else manifest["n_tokens"]
-    carry: list[np.ndarray] = []
+    carry: dict[str, list[np.ndarray]] = {h: [] for h in hooks}
+    held = 0
     for s in manifest["shards"]:
         if left <= 0:
             break
         with safe_open(str(folder / s), "np") as f:
-            x = f.get_tensor(f"layer_{layer}")[:left]
-        left -= len(x)
-        carry.append(x)
-        while sum(len(c) for c in carry) >= batch:
-            x = np.concatenate(carry)
-            yield torch.from_numpy(x[:batch].astype(np.float32))
-            carry = [x[batch:]]
-    rest = np.concatenate(carry) if carry else np.empty((0, 0), np.float16)
-    if len(rest):
-        yield torch.from_numpy(rest.astype(np.float32))
+            for h in hooks:
+                carry[h].append(f.get_tensor(names[h])[:left])
+        n = len(carry[hooks[0]][-1]) if hooks else 0
+        left -= n
+        held += n
+        while held >= batch:
+            joined = {h: np.concatenate(carry[h]) for h in hooks}
+            yield {h: torch.from_numpy(x[:batch].astype(np.float32)) for h, x in joined.items()}
+            carry = {h: [x[batch:]] for h, x in joined.items()}
+            held -= batch
+    if held:
+        yield {h: torch.from_numpy(np.concatenate(carry[h]).astype(np.float32)) for h in hooks}
+
+
+def iter_hook(folder: Path, hook: str, batch: int = 4096, max_tokens: int | None = None) -> Iterator[torch.Tensor]:
+    """One hook's activations [≤ batch, d] float32, in storage order (see iter_hooks)."""
+    for b in iter_hooks(folder, [hook], batch, max_tokens):
+        yield b[hook]
+
+
+def load_hook(folder: Path, hook: str) -> torch.Tensor:
+    """All tokens' activations at one hook [T, d] as float32 (small corpora; jobs stream with iter_hooks)."""
+    return torch.cat(list(iter_hook(folder, hook, batch=1 << 30)))
 
 
 def load_layer(folder: Path, layer: int) -> torch.Tensor:
-    """All tokens' activations of one layer [T, d] as float32 (small corpora; jobs stream with iter_layer)."""
-    return torch.cat(list(iter_layer(folder, layer, batch=1 << 30)))
+    """The residual stream after block `layer` (blocks.L.hook_resid_post) [T, d] float32."""
+    return load_hook(folder, resid_post(layer))
 
 
 def load_tokens(folder: Path) -> dict[str, np.ndarray]:
     """token_ids, doc and pos of every stored token, in storage order."""
-    from safetensors.numpy import load_file
+    from safetensors import safe_open
 
-    manifest = json.loads((folder / MANIFEST).read_text())
     out: dict[str, list[np.ndarray]] = {}
-    for s in manifest["shards"]:
-        t = load_file(str(folder / s))
-        for k in ("token_ids", "doc", "pos"):
-            out.setdefault(k, []).append(t[k])
+    for s in read_manifest(folder)["shards"]:
+        with safe_open(str(folder / s), "np") as f:
+            for k in ("token_ids", "doc", "pos"):
+                out.setdefault(k, []).append(f.get_tensor(k))
     return {k: np.concatenate(v) for k, v in out.items()}

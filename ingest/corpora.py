@@ -6,6 +6,7 @@ Both are lists of documents; any other text files can stand in (`files_corpus`) 
 from __future__ import annotations
 
 import ast
+import functools
 import sysconfig
 from pathlib import Path
 
@@ -51,11 +52,15 @@ def files_corpus(paths: list[Path]) -> list[str]:
     return [Path(p).read_text(encoding="utf-8", errors="replace") for p in paths]
 
 
+@functools.lru_cache(maxsize=2)
+def _shipped(name: str) -> tuple[str, ...]:
+    """The shipped corpora, built once per process (parsing the standard library takes seconds)."""
+    return tuple(prose() if name == "prose" else code())
+
+
 def load(name: str) -> list[str]:
-    if name == "prose":
-        return prose()
-    if name == "code":
-        return code()
+    if name in CORPORA:
+        return list(_shipped(name))
     path = Path(name)
     if path.is_dir():
         return files_corpus(sorted(p for p in path.rglob("*") if p.is_file()))

@@ -32,6 +32,9 @@ import torch
 from atlas.encode import decode, encode
 from atlas.match.candidates import Candidates
 from atlas.sae import SAERecord
+from ingest import cofiring_kernels as kernels
+from ingest import dense_cofiring
+from ingest.dense_cofiring import DenseCoFiring
 
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
 warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly disabled")
@@ -133,7 +136,8 @@ class CoFiring:
 
     def flush(self) -> None:
         """Multiply the pending tokens out, one block of a-features at a time (so that each product
-        sums over many tokens, yet its output stays within BLOCK_CELLS), and merge into the pair blocks."""
+        sums over many tokens, yet its output stays within BLOCK_CELLS), and merge into the pair blocks:
+        on the CPU in one compiled pass per block (ingest.cofiring_kernels), on a device by two torch products."""
         if not self._pending:
             return
         A = sp.vstack([p[0] for p in self._pending], format="csr")
@@ -141,40 +145,49 @@ class CoFiring:
         self._pending, self._nnz = [], 0
         At = A.T.tocsr().astype(np.float64, copy=False)
         del A
-        ones_b = sp.csr_matrix((np.ones(B.nnz), B.indices, B.indptr), shape=B.shape)  # shares the structure
+        with np.errstate(divide="ignore"):  # features that never fired have no stored pairs
+            inv = tuple(1.0 / np.sqrt(x.astype(np.float64)) for x in (self.q_a, self.q_b, self.f_a, self.f_b))
         for k, r0 in enumerate(self.starts):
-            blk = At[r0:r0 + self.blocks[k].shape[0]]
-            if not blk.nnz:
+            r1 = r0 + self.blocks[k].shape[0]
+            if At.indptr[r0] == At.indptr[r1]:
                 continue
-            s = _spgemm(blk, B, self.dev)
-            blk.data[:] = 1.0
-            c = _spgemm(blk, ones_b, self.dev)  # same structure, so the same pairs in the same order
-            if s.nnz != c.nnz:  # both are sums of positive terms over the same co-firing tokens
-                raise ValueError("activation products underflowed to zero; rescale the activations")
-            data = np.empty(s.nnz, np.complex128)
-            data.real, data.imag = s.data, c.data
-            chunk = sp.csr_matrix((data, s.indices, s.indptr), shape=s.shape)
-            del s, c, data
-            self.blocks[k] = self.blocks[k] + chunk if self.blocks[k].nnz else chunk
+            if self.dev is None:
+                ptr, idx, val, score = kernels.merge_products(At, B, r0, r1, self.blocks[k], inv)
+                self.blocks[k] = sp.csr_matrix((val, idx, ptr), shape=self.blocks[k].shape)
+            else:
+                chunk = self._products(At[r0:r1], B)
+                self.blocks[k] = self.blocks[k] + chunk if self.blocks[k].nnz else chunk
+                score = None
             if self.blocks[k].nnz > self._cap(k):
-                self._prune(k)
+                self._prune(k, score, inv)
         self.peak_pairs = max(self.peak_pairs, sum(b.nnz for b in self.blocks))
+
+    def _products(self, blk: sp.csr_matrix, B: sp.csr_matrix) -> sp.csr_matrix:
+        """blk·B and 1[blk]·1[B] on self.dev (torch), as one CSR of Σab + i·count."""
+        ones_b = sp.csr_matrix((np.ones(B.nnz), B.indices, B.indptr), shape=B.shape)  # shares the structure
+        s = _spgemm(blk, B, self.dev)
+        blk.data[:] = 1.0
+        c = _spgemm(blk, ones_b, self.dev)  # same structure, so the same pairs in the same order
+        if s.nnz != c.nnz:  # both are sums of positive terms over the same co-firing tokens
+            raise ValueError("activation products underflowed to zero; rescale the activations")
+        data = np.empty(s.nnz, np.complex128)
+        data.real, data.imag = s.data, c.data
+        return sp.csr_matrix((data, s.indices, s.indptr), shape=s.shape)
 
     def _cap(self, k: int) -> int:
         return max(1, self.max_pairs * self.blocks[k].shape[0] // self.d_a)
 
-    def _prune(self, k: int) -> None:
-        """Drop block k's weakest pairs until it holds at most half its cap (see the cap policy above)."""
-        p, r0 = self.blocks[k], self.starts[k]
-        rows = r0 + np.repeat(np.arange(p.shape[0], dtype=np.int64), np.diff(p.indptr))
-        cols = p.indices
-        score = np.maximum(p.data.real / np.sqrt(self.q_a[rows] * self.q_b[cols]),
-                           p.data.imag / np.sqrt(self.f_a[rows] * self.f_b[cols].astype(np.float64)))
-        del rows
+    def _prune(self, k: int, score: np.ndarray | None, inv: tuple[np.ndarray, ...]) -> None:
+        """Drop block k's weakest pairs until it holds at most half its cap (see the cap policy above);
+        `score` is each stored pair's, when the merge computed them."""
+        p = self.blocks[k]
+        if score is None:
+            rows = self.starts[k] + np.repeat(np.arange(p.shape[0]), np.diff(p.indptr))
+            score = np.maximum(p.data.real * inv[0][rows] * inv[1][p.indices], p.data.imag * inv[2][rows] * inv[3][p.indices])
         keep_n = self._cap(k) // 2
         theta = float(np.partition(score, len(score) - keep_n - 1)[len(score) - keep_n - 1])
-        p.data[score <= theta] = 0
-        p.eliminate_zeros()
+        ptr, idx, val = kernels.keep_above(p.indptr, p.indices, p.data, score, theta)
+        self.blocks[k] = sp.csr_matrix((val, idx, ptr), shape=p.shape)
         self.thetas[k].append(theta)
         self.prunes += 1
 
@@ -285,6 +298,19 @@ def _row_topk(r: sp.csr_matrix, u_row: np.ndarray, u_col: np.ndarray, k: int) ->
         top = np.lexsort((c, -v))[:k]  # ties by column, as a stable sort of a dense row would break them
         score[i], index[i] = v[top], c[top]
     return score, index
+
+
+def new_state(d_a: int, d_b: int, dev: torch.device | None = None, dense: bool | None = None,
+              max_pairs: int = MAX_PAIRS) -> CoFiring | DenseCoFiring:
+    """The co-firing state of a d_a × d_b pair on dev (default: CUDA when torch sees it, else the CPU):
+    dense and exact (`DenseCoFiring`) when its accumulators fit the device's free memory, else the sparse
+    capped `CoFiring`. On the CPU the sparse state is the default past tiny widths; `dense` forces either."""
+    dev = dev if dev is not None else device()
+    if dense is None:
+        dense = dense_cofiring.fits(d_a, d_b, dev)
+    if dense:
+        return DenseCoFiring(d_a, d_b, dev=dev if dev is not None else torch.device("cpu"))
+    return CoFiring(d_a, d_b, max_pairs=max_pairs, dev=dev)
 
 
 # -- streams -------------------------------------------------------------------------------------

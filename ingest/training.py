@@ -33,8 +33,9 @@ class TrainConfig:
     """Held-out tokens (the last ones of the corpus) for FVU, L0 and dead fraction."""
 
 
-def config_hash(cfg: TrainConfig, layer: int, seed: int, dataset: str, n_tokens: int) -> str:
-    text = json.dumps([asdict(cfg), layer, seed, dataset, n_tokens], sort_keys=True)
+def config_hash(cfg: TrainConfig, layer: int, seed: int, dataset: str, n_tokens: int, hook: str | None = None) -> str:
+    """Cache key of one SAE; `hook` only for SAEs off the residual stream (residual keys stay as they were)."""
+    text = json.dumps([asdict(cfg), layer, seed, dataset, n_tokens] + ([hook] if hook else []), sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:10]
 
 
@@ -57,14 +58,17 @@ def quality(sae, x: torch.Tensor) -> dict:
 
 
 def train_sae(acts: torch.Tensor, layer: int, seed: int, dataset: str, out_root: Path, cfg: TrainConfig,
-              model: str = DEFAULT_MODEL) -> tuple[Path, dict]:
-    """Train (or reuse from cache) one SAE; returns its folder and its quality on held-out tokens."""
+              model: str = DEFAULT_MODEL, hook: str | None = None) -> tuple[Path, dict]:
+    """Train (or reuse from cache) one SAE on `acts` taken at `hook` (default: block `layer`'s output,
+    blocks.L.hook_resid_post); returns its folder and its quality on held-out tokens."""
     from sae_lens import StandardTrainingSAE, StandardTrainingSAEConfig
     from sae_lens.config import SAETrainerConfig
     from sae_lens.training.sae_trainer import SAETrainer
 
-    key = config_hash(cfg, layer, seed, dataset, len(acts))
-    folder = out_root / f"{dataset}-s{seed}" / f"layer_{layer}-{key}"
+    resid = hook is None or hook == f"blocks.{layer}.hook_resid_post"
+    key = config_hash(cfg, layer, seed, dataset, len(acts), None if resid else hook)
+    site = "" if resid else "-" + hook.split(".", 2)[2].replace(".", "_")
+    folder = out_root / f"{dataset}-s{seed}{site}" / f"layer_{layer}-{key}"
     metrics_file = folder / "atlas_training.json"
     if metrics_file.exists():
         return folder, json.loads(metrics_file.read_text())
@@ -78,7 +82,7 @@ def train_sae(acts: torch.Tensor, layer: int, seed: int, dataset: str, out_root:
     sae = SAETrainer(cfg=trainer_cfg, sae=sae, data_provider=_batches(train, cfg.batch, seed)).fit()
     metrics = dict(quality(sae, held), samples=cfg.samples, tokens=len(acts))
     md = sae.cfg.metadata
-    md.model_name, md.hook_name, md.dataset_path = model, f"blocks.{layer}.hook_resid_post", dataset
+    md.model_name, md.hook_name, md.dataset_path = model, hook or f"blocks.{layer}.hook_resid_post", dataset
     sae.save_inference_model(folder)
     # sae_lens has no seed field: keep it beside the other metadata, where the atlas's reader looks
     cfg_path = folder / "cfg.json"

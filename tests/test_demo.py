@@ -144,8 +144,8 @@ def test_a_family_built_under_another_plan_is_replaced_not_refused(tmp_path):
     from ingest.training import TrainConfig
 
     atlas = Atlas(tmp_path / "a.duckdb")
-    plan = FamilyPlan(layers=[0, 1], seeds=[], sibling_layers=[], code_layers=[], widths=[], max_tokens=1500,
-                      corr_tokens=None, train=TrainConfig(d_sae=32, samples=10_000, batch=512, eval_tokens=300))
+    plan = FamilyPlan(layers=[0, 1], seeds=[], sibling_layers=[], code_layers=[], widths=[], flow_layers=[],
+                      max_tokens=1500, corr_tokens=None, train=TrainConfig(d_sae=32, samples=10_000, batch=512, eval_tokens=300))
     build_family(atlas, plan, tmp_path / "cache", log=lambda *_: None)
     longer = replace(plan, train=replace(plan.train, samples=20_000))
     build_family(atlas, longer, tmp_path / "cache", log=lambda *_: None)

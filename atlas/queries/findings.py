@@ -5,7 +5,8 @@
 - agreement: how often decoder-cosine and activation-correlation assignments pick the same partner;
 - compositions: AND / OR / PASS features with their parents and example contexts;
 - consistency: PW-MCC of each sibling pair (mean best |cosine| both ways) against its random baseline;
-- widths: per narrow/wide pair, how many narrow features are kept, split or absent.
+- widths: per narrow/wide pair, how many narrow features are kept, split or absent;
+- flow: feature-flow origin classes of residual features, from weights and from activations, side by side.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ WITH sib AS (
            CASE WHEN a.dataset IS DISTINCT FROM b.dataset THEN 'dataset'
                 WHEN a.seed IS DISTINCT FROM b.seed THEN 'seed' ELSE 'variant' END AS relation
     FROM pair_stats p JOIN saes a ON a.sae_id = p.sae_a JOIN saes b ON b.sae_id = p.sae_b
-    WHERE p.method = 'decoder_cos' AND a.layer = b.layer AND a.stack <> b.stack AND a.model LIKE ?),
+    WHERE p.method = 'decoder_cos' AND a.layer = b.layer AND a.site = b.site AND a.stack <> b.stack AND a.model LIKE ?),
 shared AS (  -- Paulo & Belrose: same partner under decoder and encoder assignments, both cosines >= 0.7
     SELECT m.sae_a, m.sae_b, count(*) AS n FROM (
         SELECT sae_a, sae_b, feature_a, feature_b FROM matches
@@ -70,6 +71,33 @@ WHERE a.model LIKE ? GROUP BY ALL ORDER BY a.layer, d_a
 """
 
 
+FLOW_SQL = """
+SELECT DISTINCT r.sae_id, r.layer, r.d_sae FROM saes r JOIN saes x
+  ON x.model = r.model AND x.layer = r.layer AND x.d_in = r.d_in AND x.site IN ('mlp', 'attn')
+WHERE r.site = 'resid' AND r.model LIKE ? ORDER BY r.layer, r.sae_id
+"""
+
+
+def flow(con, model: str = "%", tau: float = 0.5) -> list[dict]:
+    """Origin classes (RES, MLP, ATT, combinations, from nowhere; atlas.queries.lineage.flow_origins) of every
+    feature of each residual SAE that has MLP/attention-out SAEs at its layer: by decoder cosine (weights)
+    and by activation correlation (Pearson r over the same tokens), and the share of features both give
+    the same class."""
+    from .lineage import flow_origins
+
+    out = []
+    for sae_id, layer, d_sae in con.execute(FLOW_SQL, [model]).fetchall():
+        by = {m: flow_origins(con, sae_id, list(range(d_sae)), m, tau) for m in ("decoder_cos", "activation_corr")}
+        if not any(by.values()):
+            continue
+        counts = {m: {c: list(o.values()).count(c) for c in sorted(set(o.values()))} for m, o in by.items()}
+        w, a = by["decoder_cos"], by["activation_corr"]
+        agree = sum(w[f] == a[f] for f in w) / len(w) if w and a else None
+        out.append({"sae_id": sae_id, "layer": layer, "weights": counts["decoder_cos"],
+                    "activations": counts["activation_corr"], "agree": agree})
+    return out
+
+
 def _rows(con, sql, params):
     cur = con.execute(sql, params)
     names = [d[0] for d in cur.description]
@@ -97,4 +125,5 @@ def findings(con, model: str = "%", stack: str = "%", examples: int = 3) -> dict
         "compositions": comps,
         "consistency": _rows(con, CONSISTENCY_SQL, [model]),
         "widths": _rows(con, WIDTHS_SQL, [model]),
+        "flow": flow(con, model),
     }

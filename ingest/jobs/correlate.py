@@ -1,9 +1,11 @@
 """Correlate job: activation statistics of SAE pairs → correlations, activation_corr matches, pair_stats,
 compositions, feature examples, and activation checks of the weight matches (SAE Match).
 
-Each pair is a pure task (`run_corr`): it reads the two SAEs and the stored activations by reference,
-writes its tables as Parquet shards and returns their paths; it runs in-process or on Ray, and only
-this driver writes DuckDB, one transaction per pair.
+Each SAE is encoded on its own input hook (a transcoder on its input, checked in its output space). A task
+(`run_corr`) is one pair, or a whole stack in one pass (every SAE encoded once per batch, every pair's
+statistics updated from the same batch, from stored activations or a live model run): it reads the SAEs
+and activations by reference, writes its tables as Parquet shards and returns their paths; it runs
+in-process or on Ray, and only this driver writes DuckDB, one transaction per pair.
 """
 
 from __future__ import annotations
@@ -11,28 +13,38 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import torch
 
 from atlas.match.pair import MatchParams, match_candidates
 from atlas.store import Atlas, parts, record_run
-from ingest.activations import MANIFEST, iter_layer, load_tokens, model_path
-from ingest.correlate import CoFiring, Compositions, Examples, Quality, activation_batches
+from atlas.sae import SAERecord
+from ingest.activations import ActivationConfig, iter_hooks, load_tokens, model_batches, model_path, read_manifest, stored_hooks
+from ingest.correlate import CoFiring, Compositions, Examples, Quality, activation_batches, new_state
 from ingest.executors import InProcess
 from ingest.sources import read_sae
 from ingest.tasks import SAERef
 
 
 @dataclass(frozen=True)
+class Side:
+    """One SAE as the correlate job reads it: encoded on its input hook; its reconstructions compared
+    at `hook_out` (its own hook for an SAE, the output hook for a transcoder)."""
+
+    ref: SAERef
+    hook: str
+    hook_out: str
+    layer: int
+
+
+@dataclass(frozen=True)
 class CorrTask:
-    a: SAERef
-    b: SAERef
-    layer_a: int
-    layer_b: int
-    activations: str
+    a: Side
+    b: Side
     max_tokens: int | None
     k: int
     params: MatchParams
@@ -43,7 +55,20 @@ class CorrTask:
 
     @property
     def key(self) -> str:
-        return f"{self.a.sae_id}__{self.b.sae_id}"
+        return f"{self.a.ref.sae_id}__{self.b.ref.sae_id}"
+
+
+@dataclass(frozen=True)
+class StackTask:
+    """Pairs correlated together in one pass over `source`: a folder of stored activations, or an
+    ActivationConfig whose model runs here (nothing written to disk). Each SAE is encoded once per batch."""
+
+    pairs: tuple[CorrTask, ...]
+    source: str | ActivationConfig
+
+    @property
+    def key(self) -> str:
+        return self.pairs[0].key if len(self.pairs) == 1 else f"stack-{len(self.pairs)}-{self.pairs[0].key}"
 
 
 @dataclass
@@ -73,47 +98,115 @@ def _batch(d_sae: int) -> int:
     return max(256, min(8192, 2**25 // max(d_sae, 1)))
 
 
-def _stream(task: CorrTask, ra, rb):
-    """(acts_a, acts_b, x_b) per token batch over the pair's tokens; nothing is kept between batches."""
-    batch = _batch(max(ra.meta.d_sae, rb.meta.d_sae))
-    folder = Path(task.activations)
-    xs_a = iter_layer(folder, task.layer_a, batch, task.max_tokens)
-    xs_b = iter_layer(folder, task.layer_b, batch, task.max_tokens)
-    for xa, xb in zip(xs_a, xs_b, strict=True):
-        (A,), (B,) = activation_batches(ra, [xa]), activation_batches(rb, [xb])
-        yield A, B, xb
+def _state(d_a: int, d_b: int) -> CoFiring:
+    """The one place a pair's co-firing state is created: dense and exact when it fits the device, else
+    the sparse capped state (ingest.correlate.new_state)."""
+    return new_state(d_a, d_b)
 
 
 def _unit_rows(w: np.ndarray) -> np.ndarray:
     return w / np.maximum(np.linalg.norm(w, axis=1, keepdims=True), 1e-12)
 
 
-def run_corr(task: CorrTask, out_dir: str) -> CorrResult:
-    """Everything about one pair's activations, written as shards under out_dir. One streamed pass
-    builds the co-firing state, the examples and the weight matches' checks; a second one counts the
-    AND/OR candidates' joint firing (only for pairs across layers)."""
+def _sides(task: StackTask) -> dict[str, Side]:
+    return {s.ref.sae_id: s for t in task.pairs for s in (t.a, t.b)}
+
+
+def _stream(task: StackTask, hooks: list[str], batch: int, tokens: dict | None = None):
+    """{hook: [t, d] float32} per batch over the source's tokens; with `tokens`, collects token_ids, doc
+    and pos there (live model runs: the stored ones are read from the store)."""
+    if isinstance(task.source, ActivationConfig):
+        for b in model_batches(task.source):
+            if tokens is not None:
+                for k in ("token_ids", "doc", "pos"):
+                    tokens.setdefault(k, []).append(b[k].numpy())
+            yield b
+        return
+    yield from iter_hooks(Path(task.source), hooks, batch, task.pairs[0].max_tokens)
+
+
+def _encode(rec: SAERecord, x: torch.Tensor) -> torch.Tensor:
+    (acts,) = activation_batches(rec, [x])
+    return acts
+
+
+def run_stack(task: StackTask, out_dir: str) -> list[CorrResult]:
+    """Everything about each pair's activations, written as shards under out_dir. One streamed pass
+    encodes every SAE on its own hook once per batch and feeds every pair's co-firing state, the examples
+    and the weight matches' checks; a second one counts the AND/OR candidates' joint firing (only for
+    pairs across layers)."""
+    t0 = time.perf_counter()
+    sides = _sides(task)
+    recs = {sid: read_sae(s.ref.source, fmt=s.ref.fmt, sae_id=sid, layer=s.layer) for sid, s in sides.items()}
+    states = {t.key: _state(recs[t.a.ref.sae_id].meta.d_sae, recs[t.b.ref.sae_id].meta.d_sae) for t in task.pairs}
+    wanted = {sid for t in task.pairs for sid in t.examples_for}
+    ex = {sid: Examples(recs[sid].meta.d_sae) for sid in wanted}
+    quality = {t.key: {m: Quality(recs[t.b.ref.sae_id], np.array(f_a, np.int64), np.array(f_b, np.int64))
+                       for m, f_a, f_b in t.assignments} for t in task.pairs}
+    hooks = list(dict.fromkeys([s.hook for s in sides.values()] +
+                               [t.b.hook_out for t in task.pairs if t.assignments]))
+    batch = _batch(max(r.meta.d_sae for r in recs.values()))
+    live_tokens: dict[str, list] = {}
+    for xs in _stream(task, hooks, batch, live_tokens):
+        acts = {sid: _encode(recs[sid], xs[s.hook]) for sid, s in sides.items()}
+        for t in task.pairs:
+            A, B = acts[t.a.ref.sae_id], acts[t.b.ref.sae_id]
+            states[t.key].add(A, B)
+            for q in quality[t.key].values():
+                q.add(A, xs[t.b.hook_out])
+        for sid, e in ex.items():
+            e.add(acts[sid])
+    for t in task.pairs:
+        states[t.key].finish()
+        if states[t.key].n == 0:
+            raise ValueError(f"{_name(task.source)}: no tokens to correlate {t.a.ref.sae_id} and {t.b.ref.sae_id} over")
+    cands = {t.key: states[t.key].topk(t.k) for t in task.pairs}
+    across = [t for t in task.pairs if t.a.layer < t.b.layer]
+    plans = {t.key: Compositions.plan(cands[t.key], states[t.key]) for t in across}
+    if across:
+        need = {s.ref.sae_id: s for t in across for s in (t.a, t.b)}
+        for xs in _stream(task, list(dict.fromkeys(s.hook for s in need.values())), batch):
+            acts = {sid: _encode(recs[sid], xs[s.hook]) for sid, s in need.items()}
+            for t in across:
+                plans[t.key].add(acts[t.a.ref.sae_id], acts[t.b.ref.sae_id])
+    tokens, tokenizer, dataset = _tokens(task, live_tokens) if ex else (None, None, None)
+    results = []
+    for t in task.pairs:
+        results.append(_write_pair(t, recs, states[t.key], cands[t.key], plans.get(t.key),
+                                   {sid: ex[sid] for sid in t.examples_for}, quality[t.key], tokens, tokenizer,
+                                   dataset, Path(out_dir)))
+    for r in results:
+        r.seconds = (time.perf_counter() - t0) / len(results)
+    return results
+
+
+def run_corr(task: StackTask, out_dir: str) -> list[CorrResult]:
+    """One task on an executor (a pair, or a stack in one pass): see run_stack."""
+    return run_stack(task, out_dir)
+
+
+def _name(source) -> str:
+    return f"model {source.model} on {source.corpus}" if isinstance(source, ActivationConfig) else str(source)
+
+
+def _tokens(task: StackTask, live: dict[str, list]):
+    """(token_ids/doc/pos over the correlated tokens, the tokenizer, the dataset name) for examples."""
     from transformers import AutoTokenizer
 
-    t0 = time.perf_counter()
-    a, b = task.a.sae_id, task.b.sae_id
-    ra = read_sae(task.a.source, fmt=task.a.fmt, sae_id=a, layer=task.layer_a)
-    rb = read_sae(task.b.source, fmt=task.b.fmt, sae_id=b, layer=task.layer_b)
-    state = CoFiring(ra.meta.d_sae, rb.meta.d_sae)
-    ex = {sid: Examples(rec.meta.d_sae) for sid, rec in ((a, ra), (b, rb)) if sid in task.examples_for}
-    quality = {method: Quality(rb, np.array(f_a, np.int64), np.array(f_b, np.int64))
-               for method, f_a, f_b in task.assignments}
-    for A, B, xb in _stream(task, ra, rb):
-        state.add(A, B)
-        for sid, acts in ((a, A), (b, B)):
-            if sid in ex:
-                ex[sid].add(acts)
-        for q in quality.values():
-            q.add(A, xb)
-    state.finish()
-    if state.n == 0:
-        raise ValueError(f"{task.activations}: no tokens to correlate {a} and {b} over")
-    cand = state.topk(task.k)
-    out = Path(out_dir)
+    if isinstance(task.source, ActivationConfig):
+        cfg = task.source
+        tokens = {k: np.concatenate(v) for k, v in live.items()}
+    else:
+        cfg = ActivationConfig(**{k: v for k, v in read_manifest(Path(task.source))["config"].items()
+                                  if k in ActivationConfig.__dataclass_fields__})
+        tokens = {k: v[:task.pairs[0].max_tokens] for k, v in load_tokens(Path(task.source)).items()}
+    return tokens, AutoTokenizer.from_pretrained(model_path(cfg.model)), cfg.corpus
+
+
+def _write_pair(task: CorrTask, recs, state, cand, plan, ex, quality, tokens, tokenizer, dataset,
+                out: Path) -> CorrResult:
+    a, b = task.a.ref.sae_id, task.b.ref.sae_id
+    ra, rb = recs[a], recs[b]
     out.mkdir(parents=True, exist_ok=True)
     shards = {}
 
@@ -138,10 +231,7 @@ def run_corr(task: CorrTask, out_dir: str) -> CorrResult:
     result = match_candidates(cand, ra.weights, rb.weights, a, b, task.params, full=lambda: state.dense()["pearson"])
     write("matches", result.matches)
     comps = []
-    if task.layer_a < task.layer_b:
-        plan = Compositions.plan(cand, state)
-        for A, B, _ in _stream(task, ra, rb):
-            plan.add(A, B)
+    if plan is not None:
         par = np.maximum(plan.parents, 0)
         dec_cos = np.einsum("jpd,jd->jp", _unit_rows(ra.weights.W_dec)[par], _unit_rows(rb.weights.W_dec))
         comps = plan.find(cand.b2a_score[:, :par.shape[1]], dec_cos)
@@ -150,34 +240,63 @@ def run_corr(task: CorrTask, out_dir: str) -> CorrResult:
         "kind": pa.array([c[1] for c in comps], pa.string()), "parents": pa.array([c[2] for c in comps], pa.list_(pa.int32())),
         "sae_a": pa.repeat(a, len(comps)), "score": pa.array([c[3] for c in comps], pa.float32())}))
     if ex:
-        manifest = json.loads((Path(task.activations) / MANIFEST).read_text())
-        tokenizer = AutoTokenizer.from_pretrained(model_path(manifest["config"]["model"]))
-        tokens = {key: v[:task.max_tokens] for key, v in load_tokens(Path(task.activations)).items()}
         rows = [(sid, *r) for sid, e in ex.items() for r in e.rows(tokens, tokenizer)]
         write("examples", pa.table({
             "sae_id": pa.array([r[0] for r in rows], pa.string()), "feature": pa.array([r[1] for r in rows], pa.int32()),
             "kind": pa.array([r[2] for r in rows], pa.string()), "activation": pa.array([r[3] for r in rows], pa.float32()),
             "token": pa.array([r[4] for r in rows], pa.int32()), "tokens": pa.array([r[5] for r in rows], pa.list_(pa.string())),
             "highlight": pa.array([r[6] for r in rows], pa.int32()),
-            "dataset": pa.repeat(manifest["config"]["corpus"], len(rows)).cast(pa.string())}))
-    stats = dict(result.stats, params_hash=task.params.hash(task.a.sha256, task.b.sha256))
+            "dataset": pa.repeat(dataset, len(rows)).cast(pa.string())}))
+    stats = dict(result.stats, params_hash=task.params.hash(task.a.ref.sha256, task.b.ref.sha256))
     return CorrResult(task.key, shards, stats, {m: q.result(state) for m, q in quality.items()}, len(comps),
-                      time.perf_counter() - t0, state.error_bound)
+                      0.0, state.error_bound)
 
 
-def correlate(atlas: Atlas, pairs: list[tuple[str, str]], activations: Path, k: int = 16,
+def _hook_check(source):
+    """A function (sae_id, hook) that raises one line naming both where the source cannot give that hook:
+    a store's stored hooks; a live model's own hooks (resolved on a weightless copy, before any run)."""
+    if isinstance(source, ActivationConfig):
+        from transformers import AutoConfig, AutoModel
+
+        from ingest.hooks import HookedRunner, HookError
+
+        with torch.device("meta"):
+            runner = HookedRunner(AutoModel.from_config(AutoConfig.from_pretrained(model_path(source.model))))
+
+        def check(sid, hook):
+            try:
+                runner.site(hook)
+            except HookError as e:
+                raise ValueError(f"SAE {sid} reads hook {hook}, which model {source.model} lacks: {e}") from None
+        return check
+    have = list(stored_hooks(read_manifest(Path(source))))
+
+    def check(sid, hook):
+        if hook not in have:
+            raise ValueError(f"SAE {sid} reads hook {hook}, which {source} does not store (stored: {', '.join(have)})")
+    return check
+
+
+def correlate(atlas: Atlas, pairs: list[tuple[str, str]], activations: Path | ActivationConfig, k: int = 16,
               params: MatchParams | None = None, with_examples: bool = True, progress=None,
-              max_tokens: int | None = None, executor=None) -> CorrelateSummary:
+              max_tokens: int | None = None, executor=None, one_pass: bool = False) -> CorrelateSummary:
     """Activation statistics for each (sae_a, sae_b) over the tokens stored in `activations` (the first
-    `max_tokens` of them, when given), on `executor` (in-process by default, or Ray)."""
+    `max_tokens` of them, when given) or over a live model run (an ActivationConfig; always one pass),
+    on `executor` (in-process by default, or Ray). Each SAE is encoded on its own input hook; an SAE whose
+    hook the source lacks is refused before any work. `one_pass`: all pairs in one task, each SAE encoded
+    once per batch (else one task per pair)."""
     executor = executor or InProcess()
     params = params or MatchParams(method="activation_corr", floor=0.1)
-    dataset = json.loads((Path(activations) / MANIFEST).read_text())["config"]["corpus"]
+    live = isinstance(activations, ActivationConfig)
+    source = activations if live else str(activations)
+    dataset = activations.corpus if live else read_manifest(Path(activations))["config"]["corpus"]
+    have = _hook_check(source)
     summary = CorrelateSummary()
     t0 = time.perf_counter()
-    with atlas.write() as w, record_run(w, "correlate", {"pairs": pairs, "activations": str(activations), "k": k,
+    with atlas.write() as w, record_run(w, "correlate", {"pairs": pairs, "activations": _name(source), "k": k,
                                                           "max_tokens": max_tokens}) as run_id:
-        rows = {r[0]: r for r in w.con.execute("SELECT sae_id, source, format, sha256, layer FROM saes").fetchall()}
+        rows = {r[0]: r for r in w.con.execute(
+            "SELECT sae_id, source, format, sha256, layer, hook, coalesce(hook_out, hook) FROM saes").fetchall()}
         have_examples = {r[0] for r in w.con.execute("SELECT DISTINCT sae_id FROM examples WHERE dataset = ?",
                                                      [dataset]).fetchall()}
         tasks, claimed = [], set(have_examples)
@@ -191,24 +310,32 @@ def correlate(atlas: Atlas, pairs: list[tuple[str, str]], activations: Path, k: 
                 ab = w.pair_rows("matches", a, b, method, "SELECT feature_a, feature_b FROM rows WHERE assigned "
                                                                       "ORDER BY feature_a")
                 assignments.append((method, tuple(x for x, _ in ab), tuple(y for _, y in ab)))
+            sa, sb = (Side(SAERef(*rows[s][:4]), rows[s][5], rows[s][6], rows[s][4]) for s in (a, b))
+            for sid, hook in [(a, sa.hook), (b, sb.hook)] + ([(b, sb.hook_out)] if assignments else []):
+                have(sid, hook)
             wanted = tuple(s for s in (a, b) if with_examples and s not in claimed)
             claimed.update(wanted)
-            tasks.append(CorrTask(SAERef(*rows[a][:4]), SAERef(*rows[b][:4]), rows[a][4], rows[b][4], str(activations),
-                                  max_tokens, k, params, tuple(assignments), wanted))
+            tasks.append(CorrTask(sa, sb, None if live else max_tokens, k, params, tuple(assignments), wanted))
+        if live:  # the model captures exactly the hooks its SAEs read (model_batches refuses one it lacks)
+            source = replace(activations, layers=[], hooks=list(dict.fromkeys(
+                h for t in tasks for h in (t.a.hook, t.b.hook) + ((t.b.hook_out,) if t.assignments else ()))))
+        stacks = [StackTask(tuple(tasks), source)] if (one_pass or live) and tasks else \
+            [StackTask((t,), source) for t in tasks]
         out_dir = atlas.dir / "results" / run_id
         by_key = {t.key: t for t in tasks}
-        for result in executor.map(run_corr, tasks, str(out_dir)):
-            task = by_key[result.key]
-            _commit(w, task, result, run_id, summary)
-            if progress:
-                progress(task.a.sae_id, task.b.sae_id)
+        for results in executor.map(run_corr, stacks, str(out_dir)):
+            for result in results:
+                task = by_key[result.key]
+                _commit(w, task, result, run_id, summary)
+                if progress:
+                    progress(task.a.ref.sae_id, task.b.ref.sae_id)
         shutil.rmtree(out_dir, ignore_errors=True)
     summary.seconds = time.perf_counter() - t0
     return summary
 
 
 def _commit(w, task: CorrTask, result: CorrResult, run_id: str, summary: CorrelateSummary) -> None:
-    a, b = task.a.sae_id, task.b.sae_id
+    a, b = task.a.ref.sae_id, task.b.ref.sae_id
     w.replace_activation_pair(a, b, "activation_corr", ((n, Path(p)) for n, p in result.shards.items()),
                               result.stats, {m: {"matching_score": q["matching_score"],
                                                  "explained_variance": q["explained_variance"]}

@@ -34,8 +34,9 @@ def plans(size: str) -> tuple[SynthConfig, FamilyPlan]:
     larger family, about 1 h), tiny (seconds: for smoke tests of the command itself)."""
     if size == "tiny":
         return (SynthConfig(d_in=64, d_sae=64, n_layers=3, n_seeds=2, second_dataset=False, widths=()),
-                FamilyPlan(layers=[0, 1], seeds=[], sibling_layers=[], code_layers=[], widths=[], max_tokens=4000,
-                           corr_tokens=None, train=TrainConfig(d_sae=32, samples=40_000, batch=512, eval_tokens=500)))
+                FamilyPlan(layers=[0, 1], seeds=[], sibling_layers=[], code_layers=[], widths=[], flow_layers=[],
+                           max_tokens=4000, corr_tokens=None,
+                           train=TrainConfig(d_sae=32, samples=40_000, batch=512, eval_tokens=500)))
     if size not in SIZES:
         raise ValueError(f"unknown demo size {size!r}; known: {', '.join(SIZES)}")
     return SynthConfig(widths=(1024, 2048)), FamilyPlan.full() if size == "full" else FamilyPlan()

@@ -13,16 +13,22 @@ from tqdm import tqdm
 
 from atlas.match.pair import MatchParams
 from atlas.store import Atlas
-from ingest.activations import MANIFEST, ActivationConfig, collect, load_layer
+from ingest.activations import MANIFEST, ActivationConfig, collect, load_hook, read_manifest, resid_post, stored_hooks
 from ingest.training import TrainConfig, train_sae
+
+
+FLOW_HOOKS = ("hook_mlp_out", "hook_attn_out")
+"""Sub-layer outputs the flow SAEs read (MiniLM: before the add + LayerNorm; docs/design.md, Hooks on a
+post-LN BERT). attn_out rather than attn.hook_z, so its decoder lives where the residual SAE's does and the
+weight-based flow classes can be set beside the activation-based ones."""
 
 
 @dataclass
 class FamilyPlan:
     """What to build. The defaults are the demo's family, ≤ 10 minutes on 2 idle cores (README, Two
     commands): 3 adjacent prose layers, a seed sibling and a dataset sibling of the middle one, which is also
-    trained at 2 other widths. `full()` is `atlas minilm --full`: every layer, 2 seed and 1 dataset siblings
-    each, 4.2M samples (about 1 h)."""
+    trained at 2 other widths and at its MLP and attention outputs. `full()` is `atlas minilm --full`: every
+    layer, 2 seed and 1 dataset siblings each, 4.2M samples (about 1 h)."""
 
     layers: list[int] = field(default_factory=lambda: [2, 3, 4])
     """Layers of the base stack (prose, seed 0)."""
@@ -34,20 +40,28 @@ class FamilyPlan:
     max_tokens: int = 200_000
     corr_tokens: int | None = 100_000
     """Tokens the activation statistics run over (None: all of them)."""
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(samples=1_000_000))
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(samples=800_000))
     model: str = "all-MiniLM-L6-v2"
     widths: list[int] = field(default_factory=lambda: [384, 1536])
     """Other dictionary sizes of `width_layer` (prose, seed 0): width siblings of the base stack's SAE."""
     width_layer: int = 3
+    flow_layers: list[int] = field(default_factory=lambda: [3])
+    """Layers that also get an MLP-out and an attention-out SAE (prose, seed 0): feature-flow origins
+    measured on activations beside the weight-based ones (each needs the residual SAE of the layer before)."""
 
     @classmethod
     def full(cls) -> FamilyPlan:
         return cls(layers=list(range(6)), seeds=[1, 2], sibling_layers=list(range(6)), code_layers=list(range(6)),
-                   max_tokens=300_000, corr_tokens=None, train=TrainConfig(), widths=[384, 1536], width_layer=3)
+                   max_tokens=300_000, corr_tokens=None, train=TrainConfig(), widths=[384, 1536], width_layer=3,
+                   flow_layers=[2, 4])
 
     def width_saes(self) -> list[tuple[str, int, int, int]]:
         """(dataset, seed, layer, d_sae) of the extra-width SAEs."""
         return [("prose", 0, self.width_layer, w) for w in self.widths if w != self.train.d_sae]
+
+    def flow_saes(self) -> list[tuple[str, int, int, str]]:
+        """(dataset, seed, layer, hook) of the MLP-out and attention-out SAEs."""
+        return [("prose", 0, layer, f"blocks.{layer}.{h}") for layer in self.flow_layers for h in FLOW_HOOKS]
 
     def saes(self) -> list[tuple[str, int, int]]:
         """(dataset, seed, layer) of every SAE to train, layer by layer (one layer's activations in memory)."""
@@ -65,9 +79,10 @@ def activations_for(plan: FamilyPlan, dataset: str, cache: Path, progress=None) 
     """The cached activations of `dataset` (computed first if missing); progress(tokens so far)."""
     cfg = ActivationConfig(model=plan.model, corpus=dataset,
                            layers=sorted(set(plan.layers) | set(plan.sibling_layers) | set(plan.code_layers)),
+                           hooks=sorted(h for d, _, _, h in plan.flow_saes() if d == dataset),
                            max_tokens=plan.max_tokens)
     folder = cache / "activations" / f"{dataset}-{plan.max_tokens}"
-    if (folder / MANIFEST).exists() and json.loads((folder / MANIFEST).read_text())["config"]["layers"] == cfg.layers:
+    if (folder / MANIFEST).exists() and set(stored_hooks(read_manifest(folder))) >= set(cfg.all_hooks()):
         return folder
     with tqdm(total=plan.max_tokens or None, desc=f"activations {dataset}", unit="tok", disable=None) as bar:
         def tokens(n):
@@ -85,7 +100,7 @@ def _publish_sae(atlas: Atlas, folder: Path, q: dict) -> str:
     from ingest.jobs.ingest import ingest
     from ingest.sources import read_sae
 
-    ingest(atlas, [lambda: read_sae(folder, site="resid")], replace=True)
+    ingest(atlas, [lambda: read_sae(folder)], replace=True)  # site from the hook
     with atlas.write() as w:
         # sources are stored resolved (ingest.sources.read_sae)
         sid = w.con.execute("SELECT sae_id FROM saes WHERE source = ?", [str(Path(folder).resolve())]).fetchone()[0]
@@ -96,8 +111,8 @@ def _publish_sae(atlas: Atlas, folder: Path, q: dict) -> str:
 
 def build_family(atlas: Atlas, plan: FamilyPlan, cache: Path, log=print, progress=None) -> dict:
     """Everything in order; each step skips what its cache or the atlas already holds. Each SAE is
-    published when it is trained and each pair when it is matched or correlated, so a server shows the
-    family growing; `progress(step, done, total, item)` reports each of STEPS."""
+    published when it is trained, each pair when it is matched, each dataset's correlations after their one
+    pass, so a server shows the family growing; `progress(step, done, total, item)` reports each of STEPS."""
     from ingest.jobs.correlate import correlate
     from ingest.jobs.match import run_match, select_pairs
 
@@ -107,28 +122,36 @@ def build_family(atlas: Atlas, plan: FamilyPlan, cache: Path, log=print, progres
 
     if plan.widths and plan.width_layer not in plan.layers:
         raise ValueError(f"width layer {plan.width_layer} is not one of the family's layers {plan.layers}")
+    if not set(plan.flow_layers) <= set(plan.layers):
+        raise ValueError(f"flow layers {plan.flow_layers} are not all among the family's layers {plan.layers}")
     datasets = [d for d in ("prose", "code") if any(p[0] == d for p in plan.saes())]
-    acts, tokens = {}, plan.max_tokens * len(datasets)
+    acts_dir, tokens = {}, plan.max_tokens * len(datasets)
     for i, d in enumerate(datasets):
-        acts[d] = activations_for(plan, d, cache, lambda n, i=i: step("activations", i * plan.max_tokens + n, tokens, d))
-        log(f"activations {d}: {json.loads((acts[d] / MANIFEST).read_text())['n_tokens']} tokens")
+        acts_dir[d] = activations_for(plan, d, cache,
+                                      lambda n, i=i: step("activations", i * plan.max_tokens + n, tokens, d))
+        log(f"activations {d}: {json.loads((acts_dir[d] / MANIFEST).read_text())['n_tokens']} tokens")
         step("activations", (i + 1) * plan.max_tokens, tokens, d)
-    todo = [(d, s, layer, plan.train.d_sae) for d, s, layer in plan.saes()] + plan.width_saes()
     quality, family = {}, set()
+    held: dict[tuple[str, str], object] = {}
+
+    def acts(dataset, hook):
+        if (dataset, hook) not in held:
+            held.clear()  # one hook's activations in memory at a time
+            held[(dataset, hook)] = load_hook(acts_dir[dataset], hook)
+        return held[(dataset, hook)]
+
+    todo = [(d, s, layer, resid_post(layer), plan.train, f"{d}-s{s}-L{layer}") for d, s, layer in plan.saes()]
+    todo += [(d, s, layer, resid_post(layer), replace(plan.train, d_sae=w), f"{d}-s{s}-L{layer}-w{w}")
+             for d, s, layer, w in plan.width_saes()]
+    todo += [(d, s, layer, hook, plan.train, f"{d}-s{s}-{hook}") for d, s, layer, hook in plan.flow_saes()]
     step("SAEs", 0, len(todo))
-    layer_cache: dict[tuple[str, int], object] = {}
-    for dataset, seed, layer, width in todo:
-        if (dataset, layer) not in layer_cache:
-            layer_cache = {(dataset, layer): load_layer(acts[dataset], layer)}  # one layer in memory at a time
-        folder, q = train_sae(layer_cache[(dataset, layer)], layer, seed, dataset, cache / "saes",
-                              replace(plan.train, d_sae=width), plan.model)
-        key = f"{dataset}-s{seed}-L{layer}" + ("" if width == plan.train.d_sae else f"-w{width}")
+    for dataset, seed, layer, hook, train, key in todo:
+        folder, q = train_sae(acts(dataset, hook), layer, seed, dataset, cache / "saes", train, plan.model, hook)
         quality[key] = q
         family.add(_publish_sae(atlas, folder, q))
-        log(f"SAE {dataset} seed {seed} layer {layer} width {width}: FVU {q['fvu']:.3f}, L0 {q['l0']:.1f}, "
-            f"dead {q['dead_frac']:.1%}")
+        log(f"SAE {key}: FVU {q['fvu']:.3f}, L0 {q['l0']:.1f}, dead {q['dead_frac']:.1%}")
         step("SAEs", len(quality), len(todo), key)
-    layer_cache = {}
+    held.clear()
     with atlas.read() as con:
         def ours(pairs):
             return [p for p in pairs if p[0] in family and p[1] in family]
@@ -137,6 +160,8 @@ def build_family(atlas: Atlas, plan: FamilyPlan, cache: Path, log=print, progres
         siblings = ours(select_pairs(con, "siblings"))
         adjacent = ours(select_pairs(con, "adjacent"))
         width_pairs = ours(select_pairs(con, "widths"))
+        width = dict(con.execute("SELECT sae_id, d_sae FROM saes").fetchall())
+        flow = [(x, r) for x, r in ours(select_pairs(con, "flow")) if width[x] == width[r]]  # not the width siblings
     step("widths", 0, len(width_pairs))
     if width_pairs:
         from ingest.jobs.widths import run_widths
@@ -145,7 +170,8 @@ def build_family(atlas: Atlas, plan: FamilyPlan, cache: Path, log=print, progres
         s = run_widths(atlas, width_pairs,
                        progress=lambda a, b: step("widths", next(count), len(width_pairs), f"{a} / {b}"))
         log(f"widths: {len(width_pairs)} pairs; narrow features " + ", ".join(f"{n} {c}" for c, n in sorted(s.classes.items())))
-    jobs = ((layer_pairs, ["decoder_cos", "decoder_mse"]), (siblings, ["decoder_cos", "encoder_cos"]))
+    jobs = ((layer_pairs, ["decoder_cos", "decoder_mse"]), (siblings, ["decoder_cos", "encoder_cos"]),
+            (flow, ["decoder_cos"]))
     total = sum(len(p) * len(m) for p, m in jobs)
     count = itertools.count(1)
     step("matches", 0, total)
@@ -155,10 +181,15 @@ def build_family(atlas: Atlas, plan: FamilyPlan, cache: Path, log=print, progres
     with atlas.read() as con:
         dataset_of = dict(con.execute("SELECT sae_id, dataset FROM saes").fetchall())
         have = set(con.execute("SELECT sae_a, sae_b FROM pair_stats WHERE method = 'activation_corr'").fetchall())
-    pairs = adjacent + siblings
-    step("correlations", 0, len(pairs))
-    for i, (a, b) in enumerate(pairs):  # one job per pair: each is published when it is done
-        if (a, b) not in have:
-            correlate(atlas, [(a, b)], acts[dataset_of[a]], max_tokens=plan.corr_tokens)
-        step("correlations", i + 1, len(pairs), f"{a} / {b}")
+    wanted = adjacent + siblings + flow
+    by_dataset: dict[str, list] = {}
+    for a, b in wanted:
+        if (a, b) not in have:  # a rerun correlates only what is missing
+            by_dataset.setdefault(dataset_of[a], []).append((a, b))
+    done = len(wanted) - sum(map(len, by_dataset.values()))
+    step("correlations", done, len(wanted))
+    count = itertools.count(done + 1)
+    for dataset, pairs in by_dataset.items():  # one pass over the dataset's tokens: its pairs land together
+        correlate(atlas, pairs, acts_dir[dataset], max_tokens=plan.corr_tokens, one_pass=True,
+                  progress=lambda a, b: step("correlations", next(count), len(wanted), f"{a} / {b}"))
     return quality
