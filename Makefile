@@ -10,7 +10,7 @@ DUCKLAKE_VENV ?= .venv-ducklake
 DUCKLAKE_DUCKDB ?= 1.5.5
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-gpu gpu-check browser demo serve test bench bench-engine readme-bench findings clean
+.PHONY: help install install-gpu gpu-check browser wrk demo serve test bench bench-engine readme-bench findings clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -21,7 +21,7 @@ $(BIN)/atlas: pyproject.toml
 	$(BIN)/pip install -q -e '.[test,distributed]'
 	@touch $@
 
-install: $(BIN)/atlas ## Create .venv and install the atlas, test tools and Ray (CPU torch, faiss-cpu)
+install: $(BIN)/atlas ## Create .venv and install the atlas, test tools and Ray (torch as PyPI serves it, faiss-cpu)
 
 install-gpu: $(BIN)/atlas ## Swap faiss-cpu for faiss-gpu in .venv (FAISS_GPU=faiss-gpu-cu12; never both), then `make gpu-check`
 	$(BIN)/pip uninstall -y -q faiss-cpu
@@ -31,12 +31,8 @@ install-gpu: $(BIN)/atlas ## Swap faiss-cpu for faiss-gpu in .venv (FAISS_GPU=fa
 gpu-check: $(BIN)/atlas ## One JSON line on the GPU path (faiss-gpu, candidates, correlation; <= 5 min); exits 0 without CUDA
 	$(BIN)/python -m bench.gpu_check
 
-demo: install ## Build the default atlas (real MiniLM family + planted-truth family; cached) and serve it
-	$(BIN)/atlas --atlas $(ATLAS) synth --out demo-data/synth
-	$(BIN)/atlas --atlas $(ATLAS) match --pairs distance --distance 2
-	$(BIN)/atlas --atlas $(ATLAS) match --pairs siblings
-	$(BIN)/atlas --atlas $(ATLAS) minilm --cache demo-data/minilm
-	$(BIN)/atlas --atlas $(ATLAS) serve --host $(HOST) --port $(PORT)
+demo: install ## Serve at once, then build the real MiniLM family beside the server (cached in demo-data/)
+	$(BIN)/atlas --atlas $(ATLAS) demo --cache demo-data --host $(HOST) --port $(PORT)
 
 serve: install ## Serve an existing atlas over HTTP
 	$(BIN)/atlas --atlas $(ATLAS) serve --host $(HOST) --port $(PORT)
@@ -46,10 +42,15 @@ browser: ## Debian's Chromium for the explorer's browser tests (skipped without 
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) ; } || \
 	  echo "no chromium (sudo apt-get install chromium): the browser tests will skip"
 
-test: install browser ## Install and run the test suite
-	$(BIN)/python -m pytest -q
+wrk: ## wrk, the HTTP load generator of `make bench` (without it the bench uses its Python client)
+	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && (apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null) ; } || \
+	  echo "no wrk (sudo apt-get install wrk): the bench measures HTTP with its Python client (rates: lower bounds)"
 
-bench: install ## Benchmarks at real sizes (prints ratios, writes bench/results/*.json)
+test: install browser ## Install and run the test suite (needs nothing else: programs it uses come from here)
+	$(BIN)/python -m pytest -q </dev/null
+
+bench: install wrk ## Benchmarks at real sizes (prints ratios, writes bench/results/*.json)
 	$(BIN)/python -m bench
 
 # DuckLake's extension exists on PyPI only for older duckdb: a venv of its own (duckdb, the extension, the CLI)

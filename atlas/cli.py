@@ -1,4 +1,4 @@
-"""The `atlas` command line: init, synth, ingest, saes, info, match, serve.
+"""The `atlas` command line: init, synth, ingest, saes, info, match, minilm, demo, serve.
 
 Jobs and the server are imported inside each command, so `atlas --help` stays fast and atlas/ keeps
 to its layer (docs/design.md, Layers: the CLI is the one place that wires ingest/ and api/ together).
@@ -341,37 +341,51 @@ def _match_widths(atlas, pairs, tau):
 
 
 @main.command()
-@click.option("--full", is_flag=True, help="3 seeds and a code sibling on every layer, 4.2M samples each (about 1 h).")
+@click.option("--full", is_flag=True, help="Every layer, 2 seed and 1 dataset siblings each, 4.2M samples (about 1 h).")
 @click.option("--cache", type=click.Path(path_type=Path), default=Path(".cache/minilm"), show_default=True,
               help="Activations and trained SAEs are kept here, keyed by their configuration.")
-@click.option("--samples", type=int, default=None, help="Training samples per SAE [default: 4.2M, or 2M without --full].")
-@click.option("--max-tokens", type=int, default=300_000, show_default=True, help="Tokens per corpus.")
-@click.option("--d-sae", type=int, default=768, show_default=True, help="Features per SAE.")
-@click.option("--widths", default="384,1536", show_default=True,
-              help="Other dictionary sizes of --width-layer (feature splitting across widths); '' for none.")
-@click.option("--width-layer", type=int, default=3, show_default=True, help="The layer trained at --widths.")
-@click.option("--flow-layers", default="2,4", show_default=True,
-              help="Layers that also get an MLP-out and an attention-out SAE (feature-flow origins); '' for none.")
+@click.option("--samples", type=int, default=None, help="Training samples per SAE [default: 800k, or 4.2M with --full].")
+@click.option("--max-tokens", type=int, default=None, help="Tokens per corpus [default: 200k, or 300k with --full].")
+@click.option("--d-sae", type=int, default=None, help="Features per SAE [default: 768].")
+@click.option("--widths", default=None,
+              help="Other dictionary sizes of --width-layer (feature splitting across widths); '' for none [default: 384,1536].")
+@click.option("--width-layer", type=int, default=None, help="The layer trained at --widths [default: 3].")
+@click.option("--flow-layers", default=None,
+              help="Layers that also get an MLP-out and an attention-out SAE (feature-flow origins); '' for none "
+                   "[default: 3, or 2,4 with --full].")
 @click.pass_context
 def minilm(ctx, full, cache, samples, max_tokens, d_sae, widths, width_layer, flow_layers):
     """Build the real family: MiniLM activations on prose and Python source, SAEs per layer x seed x
-    dataset (sae_lens trainer), matched by weights and activations. Offline; cached for reruns."""
+    dataset (sae_lens trainer), matched by weights and activations. Offline; cached for reruns. Progress
+    is written beside the atlas, so a running `atlas serve` shows it on its home page."""
     from dataclasses import replace
 
-    from ingest.jobs.family import FamilyPlan, build_family
+    from ingest.jobs.family import STEPS, FamilyPlan, build_family
+
+    from .status import StatusWriter
 
     plan = FamilyPlan.full() if full else FamilyPlan()
-    train = replace(plan.train, d_sae=d_sae, samples=samples or (plan.train.samples if full else 2_000_000))
+    train = replace(plan.train, d_sae=d_sae or plan.train.d_sae, samples=samples or plan.train.samples)
     try:
-        sizes = [int(w) for w in widths.split(",") if w.strip()]
+        sizes = plan.widths if widths is None else [int(w) for w in widths.split(",") if w.strip()]
     except ValueError:
         raise ValueError(f"--widths takes sizes separated by commas, got {widths!r}") from None
     try:
-        flow = [int(x) for x in flow_layers.split(",") if x.strip()]
+        flow = plan.flow_layers if flow_layers is None else [int(x) for x in flow_layers.split(",") if x.strip()]
     except ValueError:
         raise ValueError(f"--flow-layers takes layers separated by commas, got {flow_layers!r}") from None
-    plan = replace(plan, max_tokens=max_tokens, train=train, widths=sizes, width_layer=width_layer, flow_layers=flow)
-    build_family(_atlas(ctx), plan, cache, log=click.echo)
+    plan = replace(plan, max_tokens=max_tokens or plan.max_tokens, train=train, widths=sizes, flow_layers=flow,
+                   width_layer=plan.width_layer if width_layer is None else width_layer)
+    status = StatusWriter(_atlas(ctx).path, [f"MiniLM {s}" for s in STEPS])
+    try:
+        build_family(_atlas(ctx), plan, cache, log=click.echo,
+                     progress=lambda step, done, total, item: status.update(f"MiniLM {step}", done, total, item))
+    except BaseException as e:
+        stopped = isinstance(e, KeyboardInterrupt)
+        status.finish("stopped" if stopped else "failed",
+                      "stopped by Ctrl-C; a rerun resumes from the cache" if stopped else " ".join(str(e).split())[:300])
+        raise
+    status.finish("done", "every step is built and served")
     click.echo(f"MiniLM family ready in {_atlas(ctx).path}")
 
 
@@ -750,6 +764,28 @@ def serve(ctx, host, port, workers, cors, sql_time_limit, sql_max_rows, threads)
     config = uvicorn.Config("api.app:app_from_env", factory=True, host=host, port=port, workers=workers,
                             log_level="warning")
     Multiprocess(config, sockets=[sock]).run()
+
+
+@main.command()
+@click.option("--cache", type=click.Path(path_type=Path), default=Path("demo-data"), show_default=True,
+              help="The planted family, MiniLM activations and trained SAEs are kept here: a rerun resumes.")
+@click.option("--size", type=click.Choice(["default", "full", "tiny"]), default="default", show_default=True,
+              help="default: the MiniLM family in <= 10 min on 2 idle cores; full: as `atlas minilm --full` "
+                   "(about 1 h); tiny: seconds, to try the command itself.")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=8000, show_default=True)
+@click.pass_context
+def demo(ctx, cache, size, host, port):
+    """Serve at once, build beside the server: the planted-truth family (seconds), then `atlas serve`, then
+    the real MiniLM family, each SAE and pair served as it lands (the home page shows what is still
+    coming). Ctrl-C stops both; a rerun resumes from --cache."""
+    from ingest.jobs.demo import run_demo
+
+    try:
+        run_demo(_atlas(ctx), cache, size, host, port, log=click.echo)
+    except KeyboardInterrupt:
+        click.echo(f"stopped; `atlas demo` (or `make demo`) again resumes from {cache}", err=True)
+        sys.exit(130)
 
 
 if __name__ == "__main__":

@@ -9,17 +9,16 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 
 from bench import correlation, record, scale
+from bench.load import CLIENTS, http_load
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -145,57 +144,8 @@ def bench_ray(layers: int, d_sae: int, d_in: int, workdir: Path) -> dict:
             "in_process_s_per_pair": per_pair, "ray_report": summary.report(), "target": "ray <= 1.3x in-process"}
 
 
-def _wrk(url_paths: list[str], base: str, seconds: int, connections: int) -> dict:
-    """Bounded loopback load with wrk (a C load generator, so the client takes little of the 2 cores)."""
-    import re
-    import shutil
-
-    script = Path(tempfile.mkdtemp()) / "paths.lua"
-    script.write_text("paths = {" + ",".join(f'"{p}"' for p in url_paths) + "}\n"
-                      "request = function() return wrk.format('GET', paths[math.random(#paths)]) end\n")
-    out = subprocess.run([shutil.which("wrk"), "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script),
-                          base], capture_output=True, text=True, timeout=seconds + 30).stdout
-
-    def ms(label):
-        m = re.search(rf"^\s+{label}%\s+([\d.]+)(us|ms|s)", out, re.M)
-        v = float(m.group(1))
-        return v / 1000 if m.group(2) == "us" else v * 1000 if m.group(2) == "s" else v
-
-    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    return {"p50_ms": ms(50), "p99_ms": ms(99), "req_per_s": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
-            "non_2xx": int(errors.group(1)) if errors else 0, "connections": connections, "client": "wrk"}
-
-
-def _threads(urls: list[str], requests: int) -> dict:
-    import httpx
-
-    lat: list[float] = []
-    lock = threading.Lock()
-
-    def worker(chunk):
-        with httpx.Client(timeout=30) as c:
-            for u in chunk:
-                t0 = time.perf_counter()
-                assert c.get(u).status_code == 200
-                with lock:
-                    lat.append(time.perf_counter() - t0)
-
-    threads = [threading.Thread(target=worker, args=(urls[i::4],)) for i in range(4)]
-    t0 = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - t0
-    lat.sort()
-    return {"p50_ms": 1000 * statistics.median(lat), "p99_ms": 1000 * lat[int(0.99 * (len(lat) - 1))],
-            "req_per_s": len(lat) / wall, "connections": 4, "client": "httpx threads"}
-
-
-def bench_api(atlas_path: Path, requests: int, port: int = 8765, seconds: int = 10) -> dict:
+def bench_api(atlas_path: Path, port: int = 8765, seconds: int = 10, client: str = "auto") -> dict:
     """Feature card and lineage under load on loopback: `atlas serve --workers 2`, bounded in time."""
-    import shutil
-
     import httpx
 
     from atlas.store import Atlas
@@ -219,10 +169,7 @@ def bench_api(atlas_path: Path, requests: int, port: int = 8765, seconds: int = 
             paths = [fmt_.format(s, f) for s, f in picks]
             for p in paths[:20]:  # warm both workers (lineage builds its edge index once per snapshot)
                 httpx.get(base + p, timeout=60)
-            if shutil.which("wrk"):
-                out[name] = {c: _wrk(paths, base, seconds, c) for c in (2, 8)}
-            else:
-                out[name] = _threads([base + p for p in paths][:requests], requests)
+            out[name] = {c: http_load(paths, base, seconds, c, client) for c in (2, 8)}
         out["target"] = "p50 < 10 ms, p99 < 50 ms, >= 500 req/s"
         return out
     finally:
@@ -237,7 +184,8 @@ def main(argv=None):
     p.add_argument("--layers", type=int, default=26)
     p.add_argument("--d-sae", type=int, default=16384)
     p.add_argument("--d-in", type=int, default=2304)
-    p.add_argument("--requests", type=int, default=2000)
+    p.add_argument("--load-client", choices=CLIENTS, default="auto",
+                   help="HTTP load of the api and scale sections: wrk (`make wrk`), a Python client, or auto (wrk if installed).")
     p.add_argument("--workdir", type=Path, default=None, help="Keep the synthetic stack and atlas here.")
     p.add_argument("--results", type=Path, default=RESULTS, help="Write the result JSON into this folder.")
     scale.add_arguments(p)
@@ -264,7 +212,7 @@ def main(argv=None):
         atlas = work / "bench.duckdb"
         if not atlas.exists():
             raise SystemExit(f"section api needs the stack atlas at {atlas}: run the stack section first")
-        save("api", bench_api(atlas, args.requests))
+        save("api", bench_api(atlas, client=args.load_client))
     if "scale" in args.sections:
         save("scale", scale.run(args, log=lambda line: print(line, flush=True)))
     for section, value in results.items():

@@ -550,11 +550,11 @@ def _bounded(urls: list[str], seconds: float, threads: int = 4) -> dict:
 
 
 def measure_http(atlas_path: Path, pythonpath: Path, seconds: int, lineage_requests: int, export_s: float,
-                 limit_mb: float, log=print, lineage_seconds: float = 240) -> dict:
-    """Card and lineage under wrk, RSS after `lineage_requests` random lineages, and the matches export."""
+                 limit_mb: float, log=print, lineage_seconds: float = 240, client: str = "auto") -> dict:
+    """Card and lineage under load (bench/load.py), RSS after `lineage_requests` random lineages, the export."""
     import httpx
 
-    from bench.__main__ import _wrk
+    from bench.load import http_load
 
     out: dict = {"server": "atlas serve --workers 2", "rss_limit_mb": limit_mb}
     server = Server(atlas_path, pythonpath, limit_mb)
@@ -574,7 +574,7 @@ def measure_http(atlas_path: Path, pythonpath: Path, seconds: int, lineage_reque
             log(f"scale:   first {name} requests {codes} in {out[f'{name}_first_s']:.1f} s, "
                 f"server RSS {server.rss_mb():.0f} MB")
         for name, urls in paths.items():
-            out[name] = {str(c): _wrk(urls, server.base, seconds, c) for c in (2, 8)}
+            out[name] = {str(c): http_load(urls, server.base, seconds, c, client) for c in (2, 8)}
             log(f"scale:   {name}: " + ", ".join(f"{c} conn p50 {v['p50_ms']:.1f} ms p99 {v['p99_ms']:.1f} ms "
                                                  f"{v['req_per_s']:.0f} req/s" for c, v in out[name].items()))
         lin = [f"{server.base}/api/saes/{s}/features/{f}/lineage" for s, f in _features(atlas_path, lineage_requests, 2)]
@@ -619,7 +619,8 @@ def run(args, log=print) -> dict:
         if args.http and (name == "big" or args.http_small):
             log(f"scale: {name}: HTTP on {shape.match_rows:,} rows")
             res["http"] = measure_http(atlas.path, ROOT, args.seconds, args.lineage_requests, args.export_seconds,
-                                       args.rss_limit_mb, log, args.lineage_seconds)
+                                       args.rss_limit_mb, log, args.lineage_seconds,
+                                       args.load_client)
         out[name] = res
     if args.old:
         src = old_source(scale_dir, OLD_COMMIT)
@@ -635,7 +636,8 @@ def run(args, log=print) -> dict:
         if args.http:
             log(f"scale: previous layout: HTTP on {shape.match_rows:,} rows")
             res["http"] = measure_http(path, src, args.seconds, args.lineage_requests, args.export_seconds,
-                                       args.rss_limit_mb, log, args.lineage_seconds)
+                                       args.rss_limit_mb, log, args.lineage_seconds,
+                                       args.load_client)
         out["old"] = res
         if args.old_big:  # publish and disk only: its server is measured at the small size
             atlas = generate(big, scale_dir / f"new-{big.key}", log)[0]
@@ -660,7 +662,7 @@ def add_arguments(p) -> None:
     g.add_argument("--scale-layers", type=int, default=26, help="Layers per stack of the scale atlas.")
     g.add_argument("--scale-dir", type=Path, default=Path(tempfile.gettempdir()) / "scale",
                    help="Where the generated atlases are kept between runs (keyed by size).")
-    g.add_argument("--seconds", type=int, default=10, help="Seconds of each wrk run.")
+    g.add_argument("--seconds", type=int, default=10, help="Seconds of each load run (wrk or the Python client).")
     g.add_argument("--lineage-requests", type=int, default=10_000, help="Random lineages before the RSS reading.")
     g.add_argument("--lineage-seconds", type=float, default=180,
                    help="Stop the random lineages after this long (the JSON says how many were done).")

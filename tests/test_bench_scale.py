@@ -16,8 +16,9 @@ TINY = ["--rows", str(3 * 512 * 16), "--small-rows", str(512 * 16), "--scale-d-s
 
 
 def _bench(tmp_path, *extra) -> subprocess.CompletedProcess:
+    # the Python load client: `make test` needs nothing outside the venv (wrk is `make bench`'s)
     return subprocess.run([sys.executable, "-m", "bench", "scale", *TINY, "--scale-dir", str(tmp_path / "scale"),
-                           "--results", str(tmp_path / "results"), "--no-old", *extra],
+                           "--results", str(tmp_path / "results"), "--no-old", "--load-client", "python", *extra],
                           cwd=ROOT, capture_output=True, text=True, timeout=600)
 
 
@@ -40,7 +41,8 @@ def test_bench_scale_measures_a_generated_atlas_whose_planted_chain_is_a_lineage
     assert "error" not in http, http.get("error")
     for endpoint in ("lineage", "feature_card"):
         assert set(http[endpoint]) == {"2", "8"} and http[endpoint]["8"]["req_per_s"] > 0
-        assert http[endpoint]["8"].get("non_2xx", 0) == 0 and http[f"{endpoint}_first_status"] == [200] * 4
+        assert http[endpoint]["8"]["non_2xx"] == 0 and http[f"{endpoint}_first_status"] == [200] * 4
+        assert http[endpoint]["8"]["client"] == "python threads" and http[endpoint]["8"]["p99_ms"] > 0
     assert http["lineage_random"]["requests"] == 40 and http["rss_after_lineage_mb"] > 0
     assert http["export"]["status"] == 200 and http["export"]["complete"] and http["export"]["bytes"] > 1000
     table = readme.bench_table(tmp_path / "results")
@@ -62,3 +64,42 @@ def test_bench_scale_measures_a_generated_atlas_whose_planted_chain_is_a_lineage
     again = _bench(tmp_path, "--no-http")  # the generated atlases are kept, keyed by their size
     assert again.returncode == 0, again.stderr[-2000:]
     assert again.stdout.count("using the cached atlas") == 2
+
+
+def test_load_client_counts_failures_and_falls_back_to_python_without_wrk(monkeypatch):
+    """`--load-client auto` on a machine without wrk measures with the Python client; `wrk` asked for and
+    missing says how to get it."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    import pytest
+
+    from bench import load
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = b"ok"
+            self.send_response(200 if self.path == "/ok" else 404)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_):
+            pass
+
+    Handler.protocol_version = "HTTP/1.1"  # keep-alive, as the client expects
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    monkeypatch.setattr(load.shutil, "which", lambda name: None)
+    try:
+        with pytest.raises(FileNotFoundError, match="make wrk"):
+            load.http_load(["/ok"], base, 1, 2, "wrk")
+        good = load.http_load(["/ok"], base, 0.5, 2, "auto")
+        assert good["client"] == "python threads" and good["non_2xx"] == 0 and good["req_per_s"] > 0
+        assert 0 < good["p50_ms"] <= good["p99_ms"] and good["connections"] == 2
+        bad = load.http_load(["/missing"], base, 0.5, 2, "python")
+        assert bad["non_2xx"] == bad["requests"] > 0  # every answer was a 404
+        assert good["requests"] > 0
+    finally:
+        server.shutdown()

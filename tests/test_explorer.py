@@ -2,7 +2,7 @@
 
 Home → stack → heatmap cell → pair → feature page → lineage node → next feature page, and the orphans
 page, each checked against the JSON API; no console errors; the API docs render with no network.
-Skips with the reason when Chromium or Playwright is missing (.ci/run installs both).
+Skips with the reason when Chromium or Playwright is missing (`make test` installs both: `make browser`, .venv).
 """
 
 from __future__ import annotations
@@ -308,3 +308,35 @@ def test_orphans_page_shows_pw_mcc_per_sibling_pair(page, server):
     text = page.inner_text("main")
     assert "PW-MCC" in text and f"{rows[0]['pw_mcc']:.3f}" in text
     assert page.errors == [] and page.offsite == []
+
+
+def test_home_page_shows_what_the_build_has_done_and_what_is_coming(page, synth_atlas, tmp_path):
+    """The panel `atlas demo` feeds (atlas.files/build.json via /api/build): steps with done / total and the
+    last item, redrawn while the build runs, and the finished state."""
+    from atlas.status import StatusWriter
+
+    atlas = synth_atlas.copy_to(tmp_path / "building.duckdb")
+    status = StatusWriter(atlas.path, ["MiniLM activations", "MiniLM SAEs", "MiniLM matches"], every=0)
+    status.update("MiniLM activations", 400, 400, "prose")
+    status.update("MiniLM SAEs", 1, 7, "prose-s0-L2")
+    serving = _serve(str(atlas.path))
+    base = next(serving)
+    try:
+        page.goto(base + "/")
+        _ready(page)
+        assert page.get_attribute("#build", "data-state") == "running"
+        rows = page.eval_on_selector_all("#build tr", "rs => rs.map(r => [r.dataset.step, r.innerText])")
+        assert [step for step, _ in rows] == ["MiniLM activations", "MiniLM SAEs", "MiniLM matches"]
+        assert "400 / 400" in rows[0][1] and "1 / 7" in rows[1][1] and "prose-s0-L2" in rows[1][1]
+        assert "coming" in rows[2][1]
+        assert page.locator("a.stack-link").count() > 0  # what is built is listed below it
+        _shot(page, "home-building")
+        status.update("MiniLM SAEs", 2, 7, "prose-s0-L3")
+        page.wait_for_function("() => [...document.querySelectorAll('#build tr')].some(r => r.innerText.includes('2 / 7'))",
+                               timeout=10000)
+        status.finish("done", "every step is built and served")
+        page.wait_for_selector("#build[data-state=done]", timeout=10000)
+        assert page.inner_text("#build h2") == "Build finished"
+        assert page.errors == [] and page.offsite == []
+    finally:
+        next(serving, None)

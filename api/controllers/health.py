@@ -1,4 +1,4 @@
-"""Liveness and the snapshot being served; the explorer page."""
+"""Liveness, the snapshot being served and the build still adding to it; the explorer page."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from pathlib import Path
 from litestar import Controller, MediaType, Response, get
 from litestar.di import NamedDependency
 
+from atlas.status import BuildStatus, read_status
 from atlas.store.schema import SCHEMA_VERSION
 
 from ..state import AtlasState
@@ -24,6 +25,13 @@ class HealthController(Controller):
         snap = atlas.snapshot()
         n = snap.cursor().execute("SELECT count(*) FROM saes").fetchone()[0]
         return Health(ok=True, atlas=str(atlas.atlas.path), saes=n, schema_version=SCHEMA_VERSION, snapshot=snap.id)
+
+    @get("/api/build", operation_id="getBuild", sync_to_thread=True)
+    def build(self, atlas: NamedDependency[AtlasState]) -> BuildStatus:
+        """How far the build writing into this atlas has come (`atlas demo`, `atlas minilm`): each step's done
+        of total (null: not started) and its last item; state running, done, stopped, failed, or none when no
+        build has run here. What it has published is already served."""
+        return read_status(atlas.atlas.path) or BuildStatus(steps=[], state="none", pid=0, started=0, updated=0)
 
     @get("/", operation_id="explorer", include_in_schema=False, sync_to_thread=False)
     def explorer(self) -> Response:

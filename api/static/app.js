@@ -43,12 +43,14 @@ function sortableTable(columns, rows) {
   return table;
 }
 
-// ---- home: stacks grouped by model ---------------------------------------------------------------
+// ---- home: what is served (stacks grouped by model) and what a running build is still adding ---------
+let buildTimer = null;
+
 async function home() {
-  const stacks = await api("/api/stacks");
+  const [stacks, build] = await Promise.all([api("/api/stacks"), api("/api/build")]);
   const byModel = {};
   for (const s of stacks) (byModel[s.model] ||= []).push(s);
-  view.replaceChildren(h("h1", {}, "SAE stacks"),
+  view.replaceChildren(buildPanel(build), h("h1", {}, "SAE stacks"),
     ...Object.entries(byModel).map(([model, list]) => h("section", {},
       h("h2", {}, model),
       sortableTable([
@@ -57,6 +59,27 @@ async function home() {
         { key: "seed", label: "seed" }, { key: "dataset", label: "dataset" }, { key: "n_saes", label: "SAEs" },
         { key: "first_layer", label: "layers", render: s => `${s.first_layer}–${s.last_layer}` },
       ], list))));
+  clearTimeout(buildTimer);
+  if (build.state === "running")  // each SAE and pair is served as it lands: redraw while the build runs
+    buildTimer = setTimeout(() => { if (location.hash === "" || location.hash === "#/") home().catch(() => {}); }, 2000);
+}
+
+function buildPanel(b) {
+  // GET /api/build: the steps of `atlas demo` / `atlas minilm` writing into this atlas (none: no build here)
+  if (b.state === "none") return "";
+  const title = { running: "Still building (this page refreshes every 2 s)", done: "Build finished",
+                  stopped: "Build stopped", failed: "Build failed" }[b.state] || b.state;
+  const row = s => h("tr", { "data-step": s.name },
+    h("td", {}, s.name),
+    h("td", {}, s.total === null ? h("span", { class: "muted" }, "coming")
+      : s.total === 0 ? h("span", { class: "muted" }, "none in this plan")
+      : h("progress", { value: s.done, max: s.total })),
+    h("td", { class: "count" }, s.total ? `${s.done} / ${s.total}` : ""),
+    h("td", { class: "muted" }, s.item || ""));
+  return h("section", { id: "build", "data-state": b.state },
+    h("h2", {}, title),
+    b.message ? h("p", { class: b.state === "failed" ? "error" : "muted" }, b.message) : "",
+    h("table", {}, b.steps.map(row)));
 }
 
 // ---- stack: heatmap of layer pairs + births/deaths chart ------------------------------------------

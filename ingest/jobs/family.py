@@ -4,6 +4,7 @@ dictionary sizes, matched across widths (feature splitting). Cached throughout."
 
 from __future__ import annotations
 
+import itertools
 import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -24,30 +25,35 @@ weight-based flow classes can be set beside the activation-based ones."""
 
 @dataclass
 class FamilyPlan:
-    layers: list[int] = field(default_factory=lambda: list(range(6)))
+    """What to build. The defaults are the demo's family, ≤ 10 minutes on 2 idle cores (README, Two
+    commands): 3 adjacent prose layers, a seed sibling and a dataset sibling of the middle one, which is also
+    trained at 2 other widths and at its MLP and attention outputs. `full()` is `atlas minilm --full`: every
+    layer, 2 seed and 1 dataset siblings each, 4.2M samples (about 1 h)."""
+
+    layers: list[int] = field(default_factory=lambda: [2, 3, 4])
     """Layers of the base stack (prose, seed 0)."""
     seeds: list[int] = field(default_factory=lambda: [1])
     """Extra seeds (prose) trained on `sibling_layers`: seed siblings."""
-    sibling_layers: list[int] = field(default_factory=lambda: [1, 3, 5])
-    code_layers: list[int] = field(default_factory=lambda: [1, 3, 5])
+    sibling_layers: list[int] = field(default_factory=lambda: [3])
+    code_layers: list[int] = field(default_factory=lambda: [3])
     """Layers that also get a dataset sibling trained on Python source (seed 0)."""
-    max_tokens: int = 300_000
+    max_tokens: int = 200_000
     corr_tokens: int | None = 100_000
     """Tokens the activation statistics run over (None: all of them)."""
-    train: TrainConfig = field(default_factory=TrainConfig)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(samples=800_000))
     model: str = "all-MiniLM-L6-v2"
-    widths: list[int] = field(default_factory=list)
-    """Other dictionary sizes of `width_layer` (prose, seed 0): width siblings of the base stack's SAE
-    (`atlas minilm` asks for 384 and 1536)."""
+    widths: list[int] = field(default_factory=lambda: [384, 1536])
+    """Other dictionary sizes of `width_layer` (prose, seed 0): width siblings of the base stack's SAE."""
     width_layer: int = 3
-    flow_layers: list[int] = field(default_factory=lambda: [2, 4])
+    flow_layers: list[int] = field(default_factory=lambda: [3])
     """Layers that also get an MLP-out and an attention-out SAE (prose, seed 0): feature-flow origins
-    measured on activations beside the weight-based ones."""
+    measured on activations beside the weight-based ones (each needs the residual SAE of the layer before)."""
 
     @classmethod
     def full(cls) -> FamilyPlan:
-        return cls(seeds=[1, 2], sibling_layers=list(range(6)), code_layers=list(range(6)), corr_tokens=None,
-                   widths=[384, 1536])
+        return cls(layers=list(range(6)), seeds=[1, 2], sibling_layers=list(range(6)), code_layers=list(range(6)),
+                   max_tokens=300_000, corr_tokens=None, train=TrainConfig(), widths=[384, 1536], width_layer=3,
+                   flow_layers=[2, 4])
 
     def width_saes(self) -> list[tuple[str, int, int, int]]:
         """(dataset, seed, layer, d_sae) of the extra-width SAEs."""
@@ -65,7 +71,12 @@ class FamilyPlan:
         return sorted(out, key=lambda x: (x[0], x[2], x[1]))
 
 
+STEPS = ("activations", "SAEs", "widths", "matches", "correlations")
+"""The steps of build_family, in order, as its `progress(step, done, total, item)` names them."""
+
+
 def activations_for(plan: FamilyPlan, dataset: str, cache: Path, progress=None) -> Path:
+    """The cached activations of `dataset` (computed first if missing); progress(tokens so far)."""
     cfg = ActivationConfig(model=plan.model, corpus=dataset,
                            layers=sorted(set(plan.layers) | set(plan.sibling_layers) | set(plan.code_layers)),
                            hooks=sorted(h for d, _, _, h in plan.flow_saes() if d == dataset),
@@ -74,25 +85,53 @@ def activations_for(plan: FamilyPlan, dataset: str, cache: Path, progress=None) 
     if (folder / MANIFEST).exists() and set(stored_hooks(read_manifest(folder))) >= set(cfg.all_hooks()):
         return folder
     with tqdm(total=plan.max_tokens or None, desc=f"activations {dataset}", unit="tok", disable=None) as bar:
-        collect(cfg, folder, progress=bar.update)
+        def tokens(n):
+            bar.update(n)
+            if progress:
+                progress(bar.n)
+        collect(cfg, folder, progress=tokens)
     return folder
 
 
-def build_family(atlas: Atlas, plan: FamilyPlan, cache: Path, log=print, bar=None) -> dict:
-    """Everything in order; each step skips what its cache or the atlas already holds."""
-    from ingest.jobs.correlate import correlate
+def _publish_sae(atlas: Atlas, folder: Path, q: dict) -> str:
+    """Ingest one trained SAE and its training metrics, so a running server shows it at once. The plan says
+    what each of the family's ids holds: one trained under another plan (`--full` after the default, other
+    sizes) is replaced, with every row derived from it."""
     from ingest.jobs.ingest import ingest
-    from ingest.jobs.match import run_match, select_pairs
     from ingest.sources import read_sae
+
+    ingest(atlas, [lambda: read_sae(folder)], replace=True)  # site from the hook
+    with atlas.write() as w:
+        # sources are stored resolved (ingest.sources.read_sae)
+        sid = w.con.execute("SELECT sae_id FROM saes WHERE source = ?", [str(Path(folder).resolve())]).fetchone()[0]
+        w.con.execute("INSERT OR REPLACE INTO training VALUES (?, ?, ?, ?, ?, ?)",
+                      [sid, q["fvu"], q["l0"], q["dead_frac"], q["samples"], q["tokens"]])
+    return sid
+
+
+def build_family(atlas: Atlas, plan: FamilyPlan, cache: Path, log=print, progress=None) -> dict:
+    """Everything in order; each step skips what its cache or the atlas already holds. Each SAE is
+    published when it is trained, each pair when it is matched, each dataset's correlations after their one
+    pass, so a server shows the family growing; `progress(step, done, total, item)` reports each of STEPS."""
+    from ingest.jobs.correlate import correlate
+    from ingest.jobs.match import run_match, select_pairs
+
+    def step(name, done, total, item=None):
+        if progress:
+            progress(name, done, total, item)
 
     if plan.widths and plan.width_layer not in plan.layers:
         raise ValueError(f"width layer {plan.width_layer} is not one of the family's layers {plan.layers}")
     if not set(plan.flow_layers) <= set(plan.layers):
         raise ValueError(f"flow layers {plan.flow_layers} are not all among the family's layers {plan.layers}")
-    acts_dir = {d: activations_for(plan, d, cache) for d in ("prose", "code") if any(p[0] == d for p in plan.saes())}
-    for d, f in acts_dir.items():
-        log(f"activations {d}: {json.loads((f / MANIFEST).read_text())['n_tokens']} tokens")
-    folders, quality, keys = [], {}, []
+    datasets = [d for d in ("prose", "code") if any(p[0] == d for p in plan.saes())]
+    acts_dir, tokens = {}, plan.max_tokens * len(datasets)
+    for i, d in enumerate(datasets):
+        acts_dir[d] = activations_for(plan, d, cache,
+                                      lambda n, i=i: step("activations", i * plan.max_tokens + n, tokens, d))
+        log(f"activations {d}: {json.loads((acts_dir[d] / MANIFEST).read_text())['n_tokens']} tokens")
+        step("activations", (i + 1) * plan.max_tokens, tokens, d)
+    quality, family = {}, set()
     held: dict[tuple[str, str], object] = {}
 
     def acts(dataset, hook):
@@ -105,24 +144,14 @@ def build_family(atlas: Atlas, plan: FamilyPlan, cache: Path, log=print, bar=Non
     todo += [(d, s, layer, resid_post(layer), replace(plan.train, d_sae=w), f"{d}-s{s}-L{layer}-w{w}")
              for d, s, layer, w in plan.width_saes()]
     todo += [(d, s, layer, hook, plan.train, f"{d}-s{s}-{hook}") for d, s, layer, hook in plan.flow_saes()]
+    step("SAEs", 0, len(todo))
     for dataset, seed, layer, hook, train, key in todo:
         folder, q = train_sae(acts(dataset, hook), layer, seed, dataset, cache / "saes", train, plan.model, hook)
-        folders.append(folder)
-        keys.append(key)
         quality[key] = q
+        family.add(_publish_sae(atlas, folder, q))
         log(f"SAE {key}: FVU {q['fvu']:.3f}, L0 {q['l0']:.1f}, dead {q['dead_frac']:.1%}")
-        if bar:
-            bar()
+        step("SAEs", len(quality), len(todo), key)
     held.clear()
-    done = ingest(atlas, [lambda f=f: read_sae(f) for f in folders])  # site from the hook
-    family = set(done.added + done.replaced + done.unchanged + done.merged)
-    with atlas.write() as w:
-        for folder, key in zip(folders, keys):
-            q = quality[key]
-            # sources are stored resolved (ingest.sources.read_sae)
-            sid = w.con.execute("SELECT sae_id FROM saes WHERE source = ?", [str(Path(folder).resolve())]).fetchone()[0]
-            w.con.execute("INSERT OR REPLACE INTO training VALUES (?, ?, ?, ?, ?, ?)",
-                          [sid, q["fvu"], q["l0"], q["dead_frac"], q["samples"], q["tokens"]])
     with atlas.read() as con:
         def ours(pairs):
             return [p for p in pairs if p[0] in family and p[1] in family]
@@ -133,22 +162,34 @@ def build_family(atlas: Atlas, plan: FamilyPlan, cache: Path, log=print, bar=Non
         width_pairs = ours(select_pairs(con, "widths"))
         width = dict(con.execute("SELECT sae_id, d_sae FROM saes").fetchall())
         flow = [(x, r) for x, r in ours(select_pairs(con, "flow")) if width[x] == width[r]]  # not the width siblings
+    step("widths", 0, len(width_pairs))
     if width_pairs:
         from ingest.jobs.widths import run_widths
 
-        s = run_widths(atlas, width_pairs)
+        count = itertools.count(1)
+        s = run_widths(atlas, width_pairs,
+                       progress=lambda a, b: step("widths", next(count), len(width_pairs), f"{a} / {b}"))
         log(f"widths: {len(width_pairs)} pairs; narrow features " + ", ".join(f"{n} {c}" for c, n in sorted(s.classes.items())))
-    for pairs, methods in ((layer_pairs, ["decoder_cos", "decoder_mse"]), (siblings, ["decoder_cos", "encoder_cos"]),
-                           (flow, ["decoder_cos"])):
-        with tqdm(total=len(pairs) * len(methods), desc="match", unit="pair", disable=None) as bar:
-            run_match(atlas, pairs, methods, MatchParams(), progress=lambda *_: bar.update())
+    jobs = ((layer_pairs, ["decoder_cos", "decoder_mse"]), (siblings, ["decoder_cos", "encoder_cos"]),
+            (flow, ["decoder_cos"]))
+    total = sum(len(p) * len(m) for p, m in jobs)
+    count = itertools.count(1)
+    step("matches", 0, total)
+    for pairs, methods in jobs:  # one pair per commit, published at once (publish_every=0)
+        run_match(atlas, pairs, methods, MatchParams(), publish_every=0, batch=1,
+                  progress=lambda a, b, method: step("matches", next(count), total, f"{a} / {b} ({method})"))
     with atlas.read() as con:
         dataset_of = dict(con.execute("SELECT sae_id, dataset FROM saes").fetchall())
+        have = set(con.execute("SELECT sae_a, sae_b FROM pair_stats WHERE method = 'activation_corr'").fetchall())
+    wanted = adjacent + siblings + flow
     by_dataset: dict[str, list] = {}
-    for a, b in adjacent + siblings + flow:
-        by_dataset.setdefault(dataset_of[a], []).append((a, b))
-    for dataset, pairs in by_dataset.items():
-        with tqdm(total=len(pairs), desc=f"correlate {dataset}", unit="pair", disable=None) as bar:
-            correlate(atlas, pairs, acts_dir[dataset], progress=lambda *_: bar.update(), max_tokens=plan.corr_tokens,
-                      one_pass=True)
+    for a, b in wanted:
+        if (a, b) not in have:  # a rerun correlates only what is missing
+            by_dataset.setdefault(dataset_of[a], []).append((a, b))
+    done = len(wanted) - sum(map(len, by_dataset.values()))
+    step("correlations", done, len(wanted))
+    count = itertools.count(done + 1)
+    for dataset, pairs in by_dataset.items():  # one pass over the dataset's tokens: its pairs land together
+        correlate(atlas, pairs, acts_dir[dataset], max_tokens=plan.corr_tokens, one_pass=True,
+                  progress=lambda a, b: step("correlations", next(count), len(wanted), f"{a} / {b}"))
     return quality

@@ -1,0 +1,102 @@
+"""The build status file: what a long build (`atlas demo`, `atlas minilm`) has done and what is still coming.
+
+The build writes `atlas.files/build.json` (replaced whole at each change, so a reader never sees half a
+file); the server's `/api/build` reads it and the explorer's home page polls that. What is *served* is
+whatever the build has published so far: this file only says how far along it is.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+FILE = "build.json"
+STATES = ("running", "done", "stopped", "failed")
+
+
+def status_path(atlas_path: str | Path) -> Path:
+    """atlas.duckdb -> atlas.files/build.json (the atlas's side folder, see Atlas.dir)."""
+    p = Path(atlas_path)
+    return p.with_name(p.stem + ".files") / FILE
+
+
+@dataclass
+class Step:
+    name: str
+    done: int = 0
+    total: int | None = None
+    """None until the step starts and knows its size."""
+    item: str | None = None
+    """The last thing it finished (an SAE, a pair)."""
+
+
+@dataclass
+class BuildStatus:
+    steps: list[Step]
+    state: str = "running"
+    message: str = ""
+    pid: int = field(default_factory=os.getpid)
+    started: float = field(default_factory=time.time)
+    updated: float = field(default_factory=time.time)
+
+
+class StatusWriter:
+    """Keeps a BuildStatus and writes it beside the atlas at each change (at most every `every` seconds
+    within a step, always when a step completes or the build ends)."""
+
+    def __init__(self, atlas_path: str | Path, steps: list[str], every: float = 0.5):
+        self.path = status_path(atlas_path)
+        self.status = BuildStatus([Step(s) for s in steps])
+        self.every = every
+        self._written = 0.0
+        self._write()
+
+    def update(self, step: str, done: int, total: int | None, item: str | None = None) -> None:
+        s = next((s for s in self.status.steps if s.name == step), None)
+        if s is None:
+            s = Step(step)
+            self.status.steps.append(s)
+        s.done, s.total, s.item = done, total, item if item is not None else s.item
+        if done == total or time.monotonic() - self._written >= self.every:
+            self._write()
+
+    def finish(self, state: str, message: str = "") -> None:
+        if state not in STATES:
+            raise ValueError(f"unknown build state {state!r}; known: {', '.join(STATES)}")
+        self.status.state, self.status.message = state, message
+        self._write()
+
+    def _write(self) -> None:
+        self.status.updated = time.time()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f"{FILE}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(asdict(self.status)))
+        os.replace(tmp, self.path)
+        self._written = time.monotonic()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def read_status(atlas_path: str | Path) -> BuildStatus | None:
+    """The last status written beside this atlas, or None. A 'running' build whose process is gone (killed
+    without a chance to say so) reads as 'stopped'."""
+    path = status_path(atlas_path)
+    try:
+        raw = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    status = BuildStatus(**{**raw, "steps": [Step(**s) for s in raw["steps"]]})
+    if status.state == "running" and not _alive(status.pid):
+        status.state, status.message = "stopped", f"the build (process {status.pid}) ended without finishing"
+    return status

