@@ -11,6 +11,7 @@ from litestar.params import FromQuery, QueryParameter
 from atlas import queries as q
 from atlas.match.methods import method as method_info
 from atlas.queries.common import SAE_COLUMNS, check_feature, check_method, check_tau, sae_row
+from atlas.queries.computed import require_stack_method
 from atlas.queries.neuronpedia import feature_url
 
 from ..errors import errors
@@ -109,6 +110,7 @@ class SaesController(Controller):
         if tau is not None and quantile is None and not m.is_distance:
             check_tau(m, tau)
         snap = atlas.snapshot()
+        require_stack_method(snap.cursor(), sae_id, method)  # not a feature that "dies" where nothing was matched
         return q.lineage(snap.cursor(), sae_id, feature, direction, tau, quantile, max_skip, method, include_sites,
                          files=snap.files(), edges=edges)
 

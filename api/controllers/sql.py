@@ -86,6 +86,6 @@ class SqlController(Controller):
         table, _, ext = name.partition(".")
         if ext != "parquet" or table not in EXPORTABLE:
             raise NotFound(f"export {name!r}: ask for one of {', '.join(t + '.parquet' for t in EXPORTABLE)}")
-        schema, batches = table_batches(atlas.snapshot(), table)
+        schema, batches = table_batches(atlas.snapshot(), table, atlas.atlas.dir)
         return Stream(parquet_stream(schema, batches), media_type=MEDIA["parquet"],
                       headers={"Content-Disposition": f'attachment; filename="{table}.parquet"'})
