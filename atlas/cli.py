@@ -92,6 +92,9 @@ def migrate(ctx):
     atlas = _atlas(ctx)
     if not atlas.exists():
         raise click.UsageError(f"no atlas at {atlas.path}: nothing to migrate")
+    from ingest.jobs.ingest import check_table_files
+
+    check_table_files(atlas)  # one line for a DuckDB file copied without its .files/ folder
     before = atlas.path.stat().st_size
     with atlas.write() as w:
         version = w.upgraded_from

@@ -52,10 +52,33 @@ def load_safetensors(path: Path) -> dict[str, np.ndarray]:
     if not path.is_file():
         raise SAEError(f"{path}: weights file missing")
     try:
+        _sample_decoder(path)
         tensors = load_file(str(path), device="cpu")
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         raise SAEError(f"{path}: not a readable safetensors file (truncated or corrupt?): {e}") from None
     return {k: as_f32(v.float().numpy(), str(path), k) for k, v in tensors.items()}
+
+
+SAMPLE_ROWS = 64
+
+
+def _sample_decoder(path: Path) -> None:
+    """Before reading a whole file: its header (shapes, offsets; safetensors checks them against the file size)
+    and SAMPLE_ROWS random decoder rows. All of them zero means far more than atlas.sae's MAX_DEAD_ROWS are
+    dead (at most half dead, all 64 zero has odds below 2^-64): refused in milliseconds, not after reading GBs."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        if "W_dec" not in f.keys():
+            return
+        rows = f.get_slice("W_dec")
+        shape = rows.get_shape()
+        if len(shape) != 2 or shape[0] <= SAMPLE_ROWS:
+            return
+        picks = np.random.default_rng(0).choice(shape[0], SAMPLE_ROWS, replace=False)
+        if not any(rows[int(i):int(i) + 1].any() for i in picks):
+            raise SAEError(f"{path}: tensor W_dec has {SAMPLE_ROWS} of {SAMPLE_ROWS} sampled decoder rows all zero "
+                           f"(of {shape[0]}): an untrained or broken file")
 
 
 def load_npz(path: Path) -> dict[str, np.ndarray]:
