@@ -93,7 +93,14 @@ def on_http_error(request: Request, exc: HTTPException) -> Response:
                     for e in exc.extra or [] if isinstance(e, dict)]
         detail = "; ".join(problems) if problems else detail
         return error_response(400, detail)
-    return error_response(exc.status_code, detail)
+    static = request.url.path.startswith("/static/")
+    if static and exc.status_code == 404:  # Litestar's message may name the server's folders
+        detail = f"no static file {request.url.path}"
+    response = error_response(exc.status_code, detail)
+    response.headers.update(exc.headers or {})  # Allow of a 405, Retry-After, ...
+    if exc.status_code == 405 and "allow" not in {k.lower() for k in response.headers}:
+        response.headers["Allow"] = "GET, HEAD" if static else "GET"
+    return response
 
 
 def on_interrupt(request: Request, exc: duckdb.InterruptException) -> Response:

@@ -129,8 +129,10 @@ class SearchRequest(msgspec.Struct, forbid_unknown_fields=True):
 
 # What msgspec cannot say: a search names a vector, or an SAE and a feature (non-null), not both.
 SEARCH_REQUIRES = {"oneOf": [
-    {"required": ["vector"], "properties": {"vector": {"type": "array"}}},
-    {"required": ["sae_id", "feature"], "properties": {"sae_id": {"type": "string"}, "feature": {"type": "integer"}}},
+    {"required": ["vector"], "properties": {"vector": {"type": "array"}, "sae_id": {"type": "null"},
+                                            "feature": {"type": "null"}}},
+    {"required": ["sae_id", "feature"], "properties": {"sae_id": {"type": "string"}, "feature": {"type": "integer"},
+                                                       "vector": {"type": "null"}}},
 ]}
 
 SQLFormat = Literal["json", "csv", "arrow", "parquet"]
