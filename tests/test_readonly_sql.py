@@ -199,13 +199,20 @@ def test_a_killed_worker_is_replaced_at_once(synth_atlas):
         assert pool.run("SELECT 2", 10, 5, 10_000)[1] == [(2,)]
         assert time.perf_counter() - t0 < 5
 
-        running = threading.Thread(target=lambda: pytest.raises(OverBudget, pool.run, SLOW, 10, 30, 10_000))
+        got: list[Exception] = []
+
+        def run_slow():
+            try:
+                pool.run(SLOW, 10, 30, 10_000)
+            except Exception as e:  # noqa: BLE001  (checked below)
+                got.append(e)
+        running = threading.Thread(target=run_slow)
         running.start()
         time.sleep(0.5)
         busy = next(p for p in __import__("multiprocessing").active_children() if p.name == "atlas-sql")
         os.kill(busy.pid, signal.SIGKILL)  # killed while running
         running.join(5)
-        assert not running.is_alive()
+        assert not running.is_alive() and isinstance(got[0], OverBudget) and "died" in str(got[0])
         t0 = time.perf_counter()
         assert pool.run("SELECT 3", 10, 5, 10_000)[1] == [(3,)]  # not the old 10 s wait for a worker
         assert time.perf_counter() - t0 < 5 and pool.count == 1
