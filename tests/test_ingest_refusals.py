@@ -56,3 +56,17 @@ def test_a_big_all_zero_file_is_refused_from_its_header_and_a_sample(tmp_path):
     out = CliRunner().invoke(main, ["--atlas", str(tmp_path / "a.duckdb"), "ingest", str(folder)])
     assert out.exit_code == 2 and "64 of 64 sampled decoder rows all zero" in out.output, out.output
     assert time.perf_counter() - t0 < 5  # reading it whole took 28 s at 4 GB
+
+
+def test_an_all_zero_npz_decoder_is_refused_from_a_sample(tmp_path):
+    from atlas.sae import SAEError
+    from ingest.sources.files import load_npz
+
+    path = tmp_path / "params.npz"
+    np.savez(path, W_enc=np.ones((16, 4096), np.float32), W_dec=np.zeros((4096, 16), np.float32))
+    with pytest.raises(SAEError, match="W_dec has 64 of 64 sampled decoder rows all zero"):
+        load_npz(path)
+    w = np.zeros((4096, 16), np.float32)
+    w[::2] = 1.0  # half the rows dead: allowed by the dead-row rule, so the sample must not refuse it
+    np.savez(path, W_enc=np.ones((16, 4096), np.float32), W_dec=w)
+    assert load_npz(path)["W_dec"].shape == (4096, 16)
