@@ -17,6 +17,8 @@ from litestar.openapi.datastructures import ResponseSpec
 
 from atlas.queries.records import Cancelled, NotAllowed, NotFound, OverBudget, QueryError, QueryTimeout
 
+from .sqlpool import Unavailable
+
 
 class Error(msgspec.Struct):
     """Every error answer: `error` says what went wrong and what to do."""
@@ -28,6 +30,7 @@ class Error(msgspec.Struct):
 
 # Most specific first: the first class the exception is an instance of gives the status.
 STATUS: list[tuple[type[QueryError], int]] = [
+    (Unavailable, 503),
     (NotFound, 404),
     (NotAllowed, 403),
     (QueryTimeout, 408),
@@ -45,6 +48,7 @@ _WHEN = {
     413: "Request body too large",
     415: "Request body is not application/json",
     422: "The answer would exceed a bound (nodes, edges, bytes; the message names it)",
+    503: "Busy (the SQL queue is full) or the atlas is not there now: try again after Retry-After seconds",
 }
 
 
@@ -63,7 +67,10 @@ def error_response(status: int, message: str) -> Response:
 
 
 def on_query_error(_: Request, exc: QueryError) -> Response:
-    return error_response(status_of(exc), str(exc))
+    response = error_response(status_of(exc), str(exc))
+    if getattr(exc, "retry_after", None) is not None:
+        response.headers["Retry-After"] = str(exc.retry_after)
+    return response
 
 
 def _choices(request: Request, key: str | None) -> str:
@@ -86,7 +93,14 @@ def on_http_error(request: Request, exc: HTTPException) -> Response:
                     for e in exc.extra or [] if isinstance(e, dict)]
         detail = "; ".join(problems) if problems else detail
         return error_response(400, detail)
-    return error_response(exc.status_code, detail)
+    static = request.url.path.startswith("/static/")
+    if static and exc.status_code == 404:  # Litestar's message may name the server's folders
+        detail = f"no static file {request.url.path}"
+    response = error_response(exc.status_code, detail)
+    response.headers.update(exc.headers or {})  # Allow of a 405, Retry-After, ...
+    if exc.status_code == 405 and "allow" not in {k.lower() for k in response.headers}:
+        response.headers["Allow"] = "GET, HEAD" if static else "GET"
+    return response
 
 
 def on_interrupt(request: Request, exc: duckdb.InterruptException) -> Response:

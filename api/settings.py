@@ -16,7 +16,8 @@ class Settings:
     query_time_limit_s: float = field(default=10.0, metadata={
         "help": "Any other request is stopped after this many seconds (408), or when its client disconnects."})
     page_size: int = field(default=100, metadata={"help": "Items per page of list endpoints (next token for more)."})
-    memory_limit: str = field(default="2GB", metadata={"help": "DuckDB memory limit of the serving connection and of each SQL process."})
+    memory_limit: str = field(default="2GB", metadata={
+        "help": "DuckDB memory limit of the serving connection; the SQL processes share it (each gets memory_limit / sql_workers)."})
     threads: int = field(default=2, metadata={"help": "DuckDB threads per server worker (--threads)."})
     cors_origins: tuple[str, ...] = field(default=(), metadata={
         "help": "Origins allowed to call the API from a browser (CORS off when empty; '*' for any)."})

@@ -6,10 +6,17 @@ runs in a worker process (forked from a preloaded forkserver, so a fresh one cos
 server watches: past the time limit, past the memory cap (resident size), or when the client disconnects,
 the worker is killed and replaced, and the request gets a 408 / 422 / nothing. Workers open the newest
 published snapshot themselves.
+
+Each worker is sandboxed (api/sandbox.py): it cannot write any file, and its address space is capped, so a
+single huge allocation (a 2 GB string from format/lpad) fails inside DuckDB instead of outrunning the watcher.
+User SQL has its own concurrency gate (`submit`): at most `size` statements run and QUEUE_PER_WORKER × size
+wait; past that the request is refused with 503 and Retry-After, so a SQL flood never takes the threads or
+the CPU that other routes need (workers also run at a lower CPU priority).
 """
 
 from __future__ import annotations
 
+import math
 import multiprocessing as mp
 import os
 import queue
@@ -18,9 +25,25 @@ import threading
 import time
 from dataclasses import dataclass
 
+import anyio
+import anyio.to_thread
+
 from atlas.queries.records import Cancelled, NotAllowed, NotFound, OverBudget, QueryError, QueryTimeout
 
 GRACE_S = 1.0  # the worker's own interrupt gets this long before the kill
+QUEUE_PER_WORKER = 4  # statements that may wait per worker before new ones are refused (503)
+HEADROOM = 256 * 2**20  # address space / resident size a worker may use past memory_limit (Python, buffers)
+NICE = 5  # workers yield the CPU to the server's own routes
+
+
+class Unavailable(QueryError):
+    """Not now: the SQL queue is full, or the atlas is not where it was; try again after `retry_after` seconds."""
+
+    def __init__(self, message: str, retry_after: int):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 _KINDS = {c.__name__: c for c in (QueryError, NotAllowed, NotFound, OverBudget, QueryTimeout)}
 
 
@@ -29,10 +52,22 @@ def _serve(conn, atlas_path: str, memory_limit: str, threads: int) -> None:
     from atlas.queries.sqlguard import run_sql
     from atlas.store.atlas import open_snapshot
 
+    from .sandbox import address_space, cap_address_space, deny_writes, limit_malloc_arenas
+
     con, stamp = None, None
     try:
+        deny_writes()
+        limit_malloc_arenas()
+        os.nice(NICE)
+        con, stamp = open_snapshot(atlas_path, memory_limit, threads)
+        con.execute("SELECT count(*) FROM range(100000)").fetchall()  # DuckDB's threads are up: VM is near its base
+        cap_address_space(address_space() + parse_bytes(memory_limit) + HEADROOM)
         conn.send(("ready", _rss(os.getpid())))
-    except OSError:  # the server closed before this worker was up
+    except Exception as e:  # noqa: BLE001  (the server reports it on the request that waited for this worker)
+        try:
+            conn.send(("failed", f"{type(e).__name__}: {e}"))
+        except OSError:
+            pass
         return
     while True:
         try:
@@ -41,13 +76,21 @@ def _serve(conn, atlas_path: str, memory_limit: str, threads: int) -> None:
             return
         try:
             st = os.stat(atlas_path)
-            if con is None or stamp != (st.st_ino, st.st_mtime_ns):
+            if stamp != (st.st_ino, st.st_mtime_ns):
+                # DuckDB hands back the open instance of a path while a connection to it lives: close first
+                con.close()
+                con, stamp = None, None
                 con, stamp = open_snapshot(atlas_path, memory_limit, threads)
             conn.send(("ok", run_sql(con.cursor(), sql, limit, timeout_s, max_bytes)))
         except QueryError as e:
             conn.send(("error", type(e).__name__, str(e), getattr(e, "bound", None)))
+        except MemoryError:
+            conn.send(("error", "OverBudget", f"the query needs more memory than this SQL worker's memory_limit "
+                       f"({memory_limit}); ask for less (filters, a LIMIT)", "memory_limit"))
         except Exception as e:  # noqa: BLE001  (reported as one line; the worker stays up)
             conn.send(("error", "QueryError", f"SQL error: {type(e).__name__}: {e}", None))
+        if con is None:  # the snapshot could not be reopened: a fresh worker tries again
+            return
 
 
 def _rss(pid: int) -> int:
@@ -79,17 +122,30 @@ class _Worker:
 
 
 class SQLPool:
-    """Up to `size` worker processes, started on first use; one query at a time each."""
+    """Up to `size` worker processes, started on first use; one query at a time each.
+
+    The workers share `memory_limit`: each runs under memory_limit / size (DuckDB's limit, its address space
+    and its resident size), so all user SQL together stays near memory_limit whatever the statements do."""
 
     def __init__(self, atlas_path: str, size: int, memory_limit: str, threads: int):
-        self.atlas_path, self.size, self.memory_limit, self.threads = atlas_path, size, memory_limit, threads
-        self.limit_bytes = parse_bytes(memory_limit)
+        self.atlas_path, self.size, self.threads = atlas_path, size, threads
+        self.limit_bytes = parse_bytes(memory_limit) // max(size, 1)
+        self.memory_limit = f"{self.limit_bytes // 2**20}MiB"
         self.ctx = mp.get_context("forkserver")
-        self.ctx.set_forkserver_preload(["api.sqlpool", "atlas.queries.sqlguard", "atlas.store.atlas"])
+        self.ctx.set_forkserver_preload(["api.sqlpool", "api.sandbox", "atlas.queries.sqlguard", "atlas.store.atlas"])
         self.idle: queue.LifoQueue[_Worker] = queue.LifoQueue()
         self.lock = threading.Lock()
         self.count = 0
         self.closed = False
+        self.gate = anyio.CapacityLimiter(size)  # the SQL routes' own threads: never the other routes' pool
+
+    async def submit(self, fn, *args, retry_after: float = 1.0):
+        """Run fn(*args) (a blocking call that uses a worker) in a thread of the SQL gate, or refuse (Unavailable)
+        when QUEUE_PER_WORKER × size statements already wait."""
+        if self.gate.statistics().tasks_waiting >= QUEUE_PER_WORKER * self.size:
+            raise Unavailable(f"the server is running {self.size} SQL statements and {QUEUE_PER_WORKER * self.size} more "
+                       f"wait; try again in a few seconds", max(1, math.ceil(retry_after)))
+        return await anyio.to_thread.run_sync(fn, *args, limiter=self.gate)
 
     def _start(self) -> _Worker:
         mine, theirs = self.ctx.Pipe()
@@ -97,44 +153,55 @@ class SQLPool:
                              daemon=True, name="atlas-sql")
         p.start()
         theirs.close()
-        if not mine.poll(60):
+        reply = mine.recv() if mine.poll(60) else ("failed", "it did not answer within 60 s")
+        if reply[0] != "ready":
             p.kill()
-            raise RuntimeError("the SQL worker did not start")
-        _, base = mine.recv()
-        # DuckDB's own limit stops most big queries first; the kill is for what it does not count.
-        return _Worker(p, mine, base + self.limit_bytes + 256 * 2**20)
+            mine.close()
+            raise RuntimeError(f"the SQL worker did not start: {reply[1]}")
+        # DuckDB's own limit and the address-space cap stop most big queries first; the kill is the last guard.
+        return _Worker(p, mine, reply[1] + self.limit_bytes + HEADROOM)
 
     def _acquire(self, wait_s: float, budget=None) -> _Worker:
-        """An idle worker, a new one while fewer than `size` run, or the next one freed (within wait_s)."""
-        try:
-            return self.idle.get_nowait()
-        except queue.Empty:
-            pass
-        with self.lock:
-            grow = self.count < self.size
-            self.count += grow
-        if grow:
-            try:
-                return self._start()
-            except BaseException:
-                with self.lock:
-                    self.count -= 1
-                raise
+        """An idle live worker, a new one while fewer than `size` run, or the next one freed (within wait_s).
+
+        A worker that died (killed from outside, say) is dropped and its place taken by a new one at once."""
         end = time.monotonic() + wait_s
-        while time.monotonic() < end:
+        while True:
+            try:
+                w = self.idle.get_nowait()
+                if w.process.is_alive():
+                    return w
+                self._drop(w, replace=False)
+                continue
+            except queue.Empty:
+                pass
+            with self.lock:
+                grow = self.count < self.size
+                self.count += grow
+            if grow:
+                try:
+                    return self._start()
+                except BaseException:
+                    with self.lock:
+                        self.count -= 1
+                    raise
+            if time.monotonic() > end:
+                raise OverBudget(f"all {self.size} SQL workers stayed busy for {wait_s:g} s; try again",
+                                 f"sql_workers={self.size}")
             if budget is not None:
                 budget.check("SQL (waiting for a free SQL worker)")
             try:
-                return self.idle.get(timeout=0.1)
+                w = self.idle.get(timeout=0.05)
             except queue.Empty:
-                pass
-        raise OverBudget(f"all {self.size} SQL workers stayed busy for {wait_s:g} s; try again",
-                         f"sql_workers={self.size}")
+                continue
+            self.idle.put(w)  # checked for life at the top of the loop
 
-    def _drop(self, w: _Worker) -> None:
+    def _drop(self, w: _Worker, replace: bool = True) -> None:
         w.kill()
         with self.lock:
             self.count -= 1
+        if replace and not self.closed:
+            self.warm()  # the next statement finds a worker ready
 
     def run(self, sql: str, limit: int, timeout_s: float, max_bytes: int, budget=None):
         """(names, rows, truncated, elapsed) of one query, or the query error that stopped it."""
@@ -149,14 +216,15 @@ class SQLPool:
                 if time.monotonic() > deadline:
                     raise QueryTimeout(timeout_s)
                 if _rss(w.process.pid) > w.cap:
-                    raise OverBudget(f"the query used more than the server's memory_limit ({self.memory_limit}) "
+                    raise OverBudget(f"the query used more than a SQL worker's memory_limit ({self.memory_limit}) "
                                      f"and was stopped; ask for less (filters, a LIMIT)", "memory_limit")
             try:
                 reply = w.conn.recv()
             except (EOFError, OSError):
                 raise OverBudget("the SQL worker died running this query (out of memory?); ask for less",
                                  "memory_limit") from None
-            healthy = True
+            # after running out of memory a worker's heap is fragmented: a fresh one (milliseconds) serves the next
+            healthy = not (reply[0] == "error" and reply[-1] == "memory_limit")
         finally:
             if healthy and not self.closed:
                 self.idle.put(w)
@@ -171,14 +239,22 @@ class SQLPool:
         raise cls(message, bound) if issubclass(cls, OverBudget) else cls(message)
 
     def warm(self) -> None:
-        """Start one worker in the background (the forkserver's first start imports DuckDB: about a second)."""
+        """Start one worker in the background while fewer than `size` run (the forkserver's first start imports
+        DuckDB: about a second; later ones take milliseconds)."""
         def start():
+            with self.lock:
+                grow = self.count < self.size and not self.closed
+                self.count += grow
+            if not grow:
+                return
             try:
-                w = self._acquire(60)
-            except Exception:  # noqa: BLE001  (the first query will report it)
+                w = self._start()
+            except Exception:  # noqa: BLE001  (the next query reports it)
+                with self.lock:
+                    self.count -= 1
                 return
             if self.closed:
-                self._drop(w)
+                self._drop(w, replace=False)
             else:
                 self.idle.put(w)
         threading.Thread(target=start, daemon=True, name="atlas-sql-warm").start()
@@ -187,6 +263,6 @@ class SQLPool:
         self.closed = True
         while True:
             try:
-                self._drop(self.idle.get_nowait())
+                self._drop(self.idle.get_nowait(), replace=False)
             except queue.Empty:
                 return

@@ -24,7 +24,9 @@ from atlas.store.leases import Lease
 from atlas.store.schema import check_version
 
 from .settings import Settings
-from .sqlpool import SQLPool
+from .sqlpool import SQLPool, Unavailable
+
+RETRY_S = 5  # Retry-After of a 503 while the atlas is not where the server was started on
 
 FEATURE_COLUMNS = ("dec_norm", "threshold", "density", "max_act", "label")
 
@@ -113,18 +115,32 @@ class AtlasState:
         self.sql = SQLPool(str(self.atlas.path), settings.sql_workers, settings.memory_limit, settings.threads)
 
     def _stamp(self) -> tuple[int, int]:
-        st = os.stat(self.atlas.path)
+        try:
+            st = os.stat(self.atlas.path)
+        except OSError:
+            raise self._gone("its DuckDB file is not there; if it was moved, move it back with its .files/ folder")\
+                from None
         return st.st_ino, st.st_mtime_ns
 
+    def _gone(self, why: str) -> Unavailable:
+        return Unavailable(f"the atlas at {self.atlas.path} cannot be served now: {why} (this server tries again on "
+                           f"every request)", RETRY_S)
+
     def snapshot(self) -> Snapshot:
-        """The newest published snapshot (opened on first use after a job publishes it)."""
+        """The newest published snapshot (opened on first use after a job publishes it).
+
+        An atlas that moved (file gone, or views naming another folder) is a 503 on each request, never a
+        snapshot kept: once it is back or `atlas migrate` has run, the next request opens it."""
         stamp = self._stamp()
         current = self._current
         if current is not None and current.stamp == stamp:
             return current
         with self._lock:
             if self._current is None or self._current.stamp != stamp:
-                snap = Snapshot(self.atlas.path, self.settings)  # the file there now (maybe newer than stamp)
+                try:
+                    snap = Snapshot(self.atlas.path, self.settings)  # the file there now (maybe newer than stamp)
+                except FileNotFoundError as e:  # the file went, or its views name table files elsewhere
+                    raise self._gone(str(e)) from None
                 self._lease.hold(snap.index_files | (self._current.index_files if self._current else set()))
                 self._current = snap
             return self._current

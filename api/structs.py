@@ -127,10 +127,12 @@ class SearchRequest(msgspec.Struct, forbid_unknown_fields=True):
     saes: Annotated[list[Annotated[str, msgspec.Meta(max_length=512)]], msgspec.Meta(max_length=1000)] | None = None
 
 
-# What msgspec cannot say: a search names a vector, or an SAE and a feature (non-null).
-SEARCH_REQUIRES = {"anyOf": [
-    {"required": ["vector"], "properties": {"vector": {"type": "array"}}},
-    {"required": ["sae_id", "feature"], "properties": {"sae_id": {"type": "string"}, "feature": {"type": "integer"}}},
+# What msgspec cannot say: a search names a vector, or an SAE and a feature (non-null), not both.
+SEARCH_REQUIRES = {"oneOf": [
+    {"required": ["vector"], "properties": {"vector": {"type": "array"}, "sae_id": {"type": "null"},
+                                            "feature": {"type": "null"}}},
+    {"required": ["sae_id", "feature"], "properties": {"sae_id": {"type": "string"}, "feature": {"type": "integer"},
+                                                       "vector": {"type": "null"}}},
 ]}
 
 SQLFormat = Literal["json", "csv", "arrow", "parquet"]

@@ -92,6 +92,9 @@ def migrate(ctx):
     atlas = _atlas(ctx)
     if not atlas.exists():
         raise click.UsageError(f"no atlas at {atlas.path}: nothing to migrate")
+    from ingest.jobs.ingest import check_table_files
+
+    check_table_files(atlas)  # one line for a DuckDB file copied without its .files/ folder
     before = atlas.path.stat().st_size
     with atlas.write() as w:
         version = w.upgraded_from
@@ -749,8 +752,11 @@ def serve(ctx, host, port, workers, cors, sql_time_limit, sql_max_rows, threads)
     os.environ["ATLAS_PATH"] = str(atlas.path.resolve())
     os.environ["ATLAS_SETTINGS"] = json.dumps(settings)
     click.echo(f"serving {atlas.path} at http://{host}:{port}/ (API under /api, docs at /schema)")
+    # GET /api/sql takes 100,000 characters, up to 1.2 MB percent-encoded: past h11's 16 KiB default a request
+    # line would be uvicorn's own text/plain 400, outside the error envelope
+    line = {"h11_max_incomplete_event_size": 2 * 2**20}
     if workers == 1:
-        uvicorn.run("api.app:app_from_env", factory=True, host=host, port=port, log_level="warning")
+        uvicorn.run("api.app:app_from_env", factory=True, host=host, port=port, log_level="warning", **line)
         return
     import socket
 
@@ -762,7 +768,7 @@ def serve(ctx, host, port, workers, cors, sql_time_limit, sql_max_rows, threads)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     config = uvicorn.Config("api.app:app_from_env", factory=True, host=host, port=port, workers=workers,
-                            log_level="warning")
+                            log_level="warning", **line)
     Multiprocess(config, sockets=[sock]).run()
 
 

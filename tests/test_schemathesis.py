@@ -1,5 +1,6 @@
-"""Schemathesis against the app's own OpenAPI document: no 5xx, no answer outside the documented schemas,
-no schema-valid request refused (bounded: a few examples per operation, positive and negative).
+"""Schemathesis against the app's own OpenAPI document with every check (`--checks all`: no 5xx, no answer
+outside the documented schemas, no schema-valid request refused, schema-invalid ones refused, 405 with
+Allow for methods a path lacks), bounded: a few examples per operation, positive and negative.
 
 Free-form SQL is the one exception to "schema-valid means accepted": a string can be any text, and text
 that does not parse is a 400 that no schema can foresee, so the SQL operations skip that one check.
@@ -11,6 +12,7 @@ import hypothesis.errors
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
+from schemathesis.checks import CHECKS, load_all_checks
 from schemathesis.generation import GenerationMode
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
@@ -18,6 +20,8 @@ from api.app import create_app
 from api.settings import Settings
 
 EXAMPLES = 8
+load_all_checks()
+ALL_CHECKS = CHECKS.get_all()
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +40,7 @@ def _failures(op, mode) -> list[str]:
               phases=[Phase.explicit, Phase.generate], database=None)
     def run(case):
         try:
-            case.call_and_validate(excluded_checks=excluded)
+            case.call_and_validate(checks=ALL_CHECKS, excluded_checks=excluded)
         except Exception as e:  # noqa: BLE001  (collected: one report for every operation)
             found.append(f"{op.label}: {e}")
 

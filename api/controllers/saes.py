@@ -12,6 +12,7 @@ from atlas import queries as q
 from atlas.match.methods import method as method_info
 from atlas.queries.checks import attach_checks
 from atlas.queries.common import SAE_COLUMNS, check_feature, check_method, check_tau, sae_row
+from atlas.queries.computed import require_stack_method
 from atlas.queries.neuronpedia import feature_url
 from atlas.queries.steering import SteeringSet, steering_set, to_safetensors
 
@@ -112,6 +113,7 @@ class SaesController(Controller):
             check_tau(m, tau)
         snap = atlas.snapshot()
         con = snap.cursor()
+        require_stack_method(con, sae_id, method)  # not a feature that "dies" where nothing was matched
         return attach_checks(con, q.lineage(con, sae_id, feature, direction, tau, quantile, max_skip, method,
                                             include_sites, files=snap.files(), edges=edges))
 

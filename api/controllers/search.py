@@ -9,6 +9,7 @@ from litestar.di import NamedDependency
 from litestar.params import JSONBody, QueryParameter
 
 from atlas import queries as q
+from atlas.queries.records import QueryError
 
 from ..errors import errors
 from ..state import AtlasState
@@ -24,6 +25,8 @@ class SearchController(Controller):
     @post("/", operation_id="searchFeatures", sync_to_thread=True, status_code=200, responses=errors(404, 413, 415))
     def search(self, atlas: NamedDependency[AtlasState], data: JSONBody[SearchRequest]) -> list[q.Hit]:
         """The k features most cosine-similar to a vector, or to (sae_id, feature), among SAEs of that width."""
+        if data.vector is not None and (data.sae_id is not None or data.feature is not None):
+            raise QueryError("give a vector, or an sae_id and a feature, not both")
         snap = atlas.snapshot()
         return q.nearest(atlas.indexes, snap.cursor(), data.vector, data.sae_id, data.feature, data.k, data.saes)
 

@@ -33,11 +33,14 @@ RowLimit = Annotated[int | None, QueryParameter(name="_limit", ge=0, schema_extr
                                                  description="Most rows; at most the server's cap [default: the cap].")]
 
 
-def _sql(atlas: AtlasState, settings: Settings, sql: str, fmt: str, limit: int | None) -> Response:
+async def _sql(atlas: AtlasState, settings: Settings, sql: str, fmt: str, limit: int | None) -> Response:
+    """Check the statement, then run it on a worker through the SQL routes' own gate (api/sqlpool.py): a flood
+    of slow SQL waits there or is refused (503), never holding the threads other routes run on."""
     limit = settings.sql_max_rows if limit is None else min(limit, settings.sql_max_rows)  # the server's cap wins
     check_statement(atlas.cursor(), sql)  # refuse here what the worker would refuse, without a round trip
-    names, rows, truncated, elapsed = atlas.sql.run(sql, limit, settings.sql_time_limit_s, settings.sql_max_bytes,
-                                                    budget.current())
+    names, rows, truncated, elapsed = await atlas.sql.submit(
+        atlas.sql.run, sql, limit, settings.sql_time_limit_s, settings.sql_max_bytes, budget.current(),
+        retry_after=settings.sql_time_limit_s)
     headers = {"X-Truncated": str(truncated).lower()}
     if fmt == "json":
         return Response(SQLResult(columns=names, rows=[list(r) for r in rows], truncated=truncated, limit=limit,
@@ -62,18 +65,17 @@ class SqlController(Controller):
     path = "/api"
     tags = ["sql"]
 
-    @get("/sql", operation_id="runSql", sync_to_thread=True, responses=errors(403, 408, 422))
-    def sql_get(self, atlas: NamedDependency[AtlasState], settings: NamedDependency[Settings], sql: SqlText,
+    @get("/sql", operation_id="runSql", responses=errors(403, 408, 422, 503))
+    async def sql_get(self, atlas: NamedDependency[AtlasState], settings: NamedDependency[Settings], sql: SqlText,
                 fmt: Format = "json", limit: RowLimit = None) -> Response[SQLResult]:
         """Run one read-only SELECT; `truncated` says whether rows were left out by the row or byte cap."""
-        return _sql(atlas, settings, sql, fmt, limit)
+        return await _sql(atlas, settings, sql, fmt, limit)
 
-    @post("/sql", operation_id="runSqlPost", sync_to_thread=True, status_code=200,
-          responses=errors(403, 408, 413, 415, 422))
-    def sql_post(self, atlas: NamedDependency[AtlasState], settings: NamedDependency[Settings],
+    @post("/sql", operation_id="runSqlPost", status_code=200, responses=errors(403, 408, 413, 415, 422, 503))
+    async def sql_post(self, atlas: NamedDependency[AtlasState], settings: NamedDependency[Settings],
                  data: JSONBody[SQLRequest]) -> Response[SQLResult]:
         """The same as GET /api/sql, for long statements: {"sql": "...", "_format": "json", "_limit": 100}."""
-        return _sql(atlas, settings, data.sql, data.format, data.limit)
+        return await _sql(atlas, settings, data.sql, data.format, data.limit)
 
     @get("/export/{name:str}", operation_id="exportTable", sync_to_thread=True, responses=errors(404),
          media_type=MEDIA["parquet"])
@@ -84,6 +86,6 @@ class SqlController(Controller):
         table, _, ext = name.partition(".")
         if ext != "parquet" or table not in EXPORTABLE:
             raise NotFound(f"export {name!r}: ask for one of {', '.join(t + '.parquet' for t in EXPORTABLE)}")
-        schema, batches = table_batches(atlas.snapshot(), table)
+        schema, batches = table_batches(atlas.snapshot(), table, atlas.atlas.dir)
         return Stream(parquet_stream(schema, batches), media_type=MEDIA["parquet"],
                       headers={"Content-Disposition": f'attachment; filename="{table}.parquet"'})

@@ -12,7 +12,6 @@ import msgspec
 
 from .common import check_method, check_tau, sae_row
 from .edges import FileEdges
-from .records import QueryError
 
 BASE = "https://www.neuronpedia.org"
 MAX_ITEMS = 500  # a quick list travels in its URL: keep it a size browsers and Neuronpedia accept
@@ -100,7 +99,10 @@ def pair_list(con, sae_a: str, sae_b: str, method: str = "decoder_cos", tau: flo
         [files[0], tau, MAX_ITEMS // 2 + 1]).fetchall() if files else []
     if not rows and not con.execute("SELECT 1 FROM pair_stats WHERE sae_a = ? AND sae_b = ? AND method = ?",
                                     [sae_a, sae_b, method]).fetchone():
-        raise QueryError(f"pair {sae_a} -> {sae_b} has no {method} matches: run `atlas match --pair {sae_a}:{sae_b}`")
+        from .computed import NotComputed, command_for
+
+        raise NotComputed(f"pair {sae_a} -> {sae_b} has no {method} matches: run "
+                          f"`{command_for(method, 'list')} --pair {sae_a}:{sae_b}`")
     out = []
     for fa, fb, score, la, lb in rows:
         tag = f"{method} {score:.2f}"

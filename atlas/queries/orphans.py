@@ -9,7 +9,9 @@ k siblings a feature is "shared in n of k−1"; an orphan is shared in none. The
 from __future__ import annotations
 
 from .common import check_fraction, sae_row
+from .computed import require_siblings_matched
 from .records import FeatureSharing, Orphans
+
 
 def feature_sharing(con, sae_id: str, tau: float = 0.7, by: str = "any") -> list[FeatureSharing]:
     sae_row(con, sae_id)
@@ -29,9 +31,12 @@ def sibling_ids(con, sae_id: str) -> list[str]:
 
 
 def orphans(con, sae_id: str, tau: float = 0.7, min_siblings: int = 1, by: str = "any") -> Orphans:
-    """Features of `sae_id` shared with none of its matched siblings (needs ≥ min_siblings matched)."""
+    """Features of `sae_id` shared with none of its matched siblings (needs ≥ min_siblings matched); NotComputed
+    when it has siblings but none was matched."""
     sharing = feature_sharing(con, sae_id, tau, by)
     n_sib = sharing[0].n_siblings if sharing else 0
+    siblings = sibling_ids(con, sae_id)
+    require_siblings_matched(con, sae_id, siblings, n_sib)
     lonely = [s for s in sharing if s.n_shared == 0] if n_sib >= min_siblings else []
-    return Orphans(sae_id=sae_id, siblings=sibling_ids(con, sae_id), n_features=len(sharing), n_orphans=len(lonely),
+    return Orphans(sae_id=sae_id, siblings=siblings, n_features=len(sharing), n_orphans=len(lonely),
                    orphan_frac=len(lonely) / len(sharing) if sharing else 0.0, orphans=lonely)

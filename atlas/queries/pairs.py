@@ -19,7 +19,8 @@ def layer_pairs(con, stack: str | None = None, method: str = "decoder_cos", min_
     no score bar, so frac_at_min_score is None and no pair is permutation-only."""
     m = check_method(method)
     check_fraction("min_frac", min_frac)
-    check_tau(m, min_score, "min_score")
+    if not m.is_distance:  # distances have no score bar: min_score is not used, so any value is accepted
+        check_tau(m, min_score, "min_score")
     if stack is not None:
         stack_saes(con, stack)
     if m.is_distance:

@@ -1,5 +1,11 @@
 """Read-only SQL for untrusted users: statement allow-list, a locked-down connection, a time limit, row and byte caps.
 
+Statements are classified by DuckDB's own parser (statement types, not keywords): one SELECT (DESCRIBE, SHOW,
+SUMMARIZE, FROM-first and VALUES parse as SELECT), or EXPLAIN [ANALYZE] of one SELECT. EXPLAIN ANALYZE runs
+what it wraps, and the parser does not say what that is, so the text after EXPLAIN and its options is parsed
+again on its own. The SQL worker also cannot write any file (api/sandbox.py): a statement that slipped past
+this check still could not change the atlas.
+
 The connection (atlas.store.connect_serving) is opened read_only with external access (files, network), extension install/load and
 Python replacement scans off, memory and threads capped, then the configuration is locked so no query
 can undo it. DuckDB has no statement timeout, so a timer interrupts the cursor; DuckDB neither checks
@@ -19,7 +25,8 @@ import msgspec
 from ..store.atlas import SERVING_CONFIG, connect_serving  # noqa: F401  (re-exported)
 from .records import NotAllowed, OverBudget, QueryError, QueryTimeout
 
-ALLOWED = {"SELECT", "EXPLAIN"}  # DESCRIBE, SHOW, SUMMARIZE, FROM-first and VALUES parse as SELECT
+ALLOWED = "only SELECT, WITH, DESCRIBE, SHOW, SUMMARIZE and EXPLAIN [ANALYZE] of a SELECT are allowed"
+
 
 def serving_settings(con) -> dict:
     names = list(SERVING_CONFIG) + ["memory_limit", "threads", "lock_configuration"]
@@ -28,17 +35,55 @@ def serving_settings(con) -> dict:
 
 
 def check_statement(con, sql: str) -> None:
+    """Refuse (QueryError, NotAllowed) anything but one read-only statement."""
     if not sql or not sql.strip():
         raise QueryError("empty SQL")
+    kind = _kind(con, sql)
+    if kind == "EXPLAIN":
+        inner = _explained(sql)
+        if inner is None:
+            raise NotAllowed(f"{ALLOWED}: cannot tell what this EXPLAIN wraps")
+        kind = _kind(con, inner)
+        if kind != "SELECT":
+            raise NotAllowed(f"{ALLOWED}, not EXPLAIN of {kind} (EXPLAIN ANALYZE runs what it wraps)")
+    elif kind != "SELECT":
+        raise NotAllowed(f"{ALLOWED}, not {kind}")
+
+
+def _kind(con, sql: str) -> str:
+    """The statement type of the one statement in `sql`, by DuckDB's parser."""
     try:
         statements = con.extract_statements(sql)
     except duckdb.Error as e:
         raise QueryError(f"SQL does not parse: {e}") from None
     if len(statements) != 1:
         raise QueryError(f"one statement per request, got {len(statements)}")
-    kind = statements[0].type.name
-    if kind not in ALLOWED:
-        raise NotAllowed(f"only SELECT, WITH, EXPLAIN, DESCRIBE, SHOW and SUMMARIZE are allowed, not {kind}")
+    return statements[0].type.name
+
+
+def _explained(sql: str) -> str | None:
+    """The statement an EXPLAIN wraps: the text after EXPLAIN, its ANALYZE / VERBOSE keywords and its (option
+    list), found with DuckDB's tokenizer (comments skipped); None where the tokens are not that shape."""
+    tokens = duckdb.tokenize(sql)
+    words = [(off, sql[off:end].strip().upper(), kind)
+             for (off, kind), end in zip(tokens, [t[0] for t in tokens[1:]] + [len(sql)])
+             if kind != duckdb.token_type.comment]
+    if not words or words[0][1] != "EXPLAIN":
+        return None
+    i, depth = 1, 0
+    while i < len(words):
+        off, word, _ = words[i]
+        if depth == 0 and word in ("ANALYZE", "ANALYSE", "VERBOSE"):
+            i += 1
+        elif word.startswith("(") and (depth or i == 1 or words[i - 1][1] in ("ANALYZE", "ANALYSE", "VERBOSE")):
+            depth += word.count("(") - word.count(")")
+            i += 1
+        elif depth > 0:
+            depth += word.count("(") - word.count(")")
+            i += 1
+        else:
+            return sql[off:]
+    return None
 
 
 def run_sql(con, sql: str, limit: int, timeout_s: float, max_bytes: int | None = None):

@@ -291,11 +291,13 @@ class Writer:
         self.published_at = time.monotonic()
 
     def _collect_table_files(self) -> None:
-        """Remove table files dropped more than the grace period ago, and files no snapshot names."""
+        """Remove table files dropped more than the grace period ago (but not those a running export leases),
+        and files no snapshot names."""
         grace = float(os.environ.get(GRACE_ENV, GRACE_S))
+        leased = leased_files(self.atlas.dir)
         old = [r[0] for r in self.con.execute(
             "SELECT file FROM dropped_parts WHERE dropped_at <= current_timestamp::TIMESTAMP - to_seconds(?)",
-            [grace]).fetchall()]
+            [grace]).fetchall() if r[0] not in leased]
         for rel in old:
             (self.atlas.tables_dir / rel).unlink(missing_ok=True)
         if old:

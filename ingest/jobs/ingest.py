@@ -87,6 +87,11 @@ def ingest_paths(atlas: Atlas, paths: list[Path], overrides: dict | None = None,
     summary = IngestSummary()
     t0 = time.perf_counter()
     items = tuple(sorted((k, v) for k, v in (overrides or {}).items() if v is not None))
+    for p in paths:  # the run record and the atlas store paths as UTF-8 text
+        try:
+            str(p).encode("utf-8")
+        except UnicodeEncodeError:
+            raise SAEError(f"{ascii(str(p))[1:-1]}: path is not valid UTF-8; rename it") from None
     params = {"paths": [str(p) for p in paths], "overrides": dict(items), "replace": replace, "executor": executor.name}
     with atlas.write() as w, record_run(w, "ingest", params):
         if fmt == "release" and not replace:  # a release's SAE never changes under its name: skip, don't download
@@ -194,3 +199,23 @@ def reroot(atlas: Atlas, old: Path, new: Path) -> int:
         with w.transaction() as con:
             con.executemany("UPDATE saes SET source = ? WHERE sae_id = ?", moved)
     return len(rows)
+
+
+def check_table_files(atlas: Atlas) -> None:
+    """SAEError when the catalog names table files its atlas folder does not hold (a DuckDB file copied
+    without its .files/ folder): no job, migrate included, can rebuild them."""
+    import duckdb
+
+    from atlas.store import schema
+
+    con = duckdb.connect(str(atlas.path), read_only=True)
+    try:
+        has_parts = schema.files_root(con) is not None or bool(con.execute(
+            "SELECT count(*) FROM duckdb_tables() WHERE table_name = 'parts'").fetchone()[0])
+        files = [r[0] for r in con.execute("SELECT file FROM parts").fetchall()] if has_parts else []
+    finally:
+        con.close()
+    missing = [f for f in files if not (atlas.tables_dir / f).exists()]
+    if missing:
+        raise SAEError(f"{atlas.path}: {len(missing)} of its {len(files)} table files are not in {atlas.tables_dir} "
+                       f"(an atlas is the DuckDB file and its {atlas.dir.name}/ folder: copy them together)")

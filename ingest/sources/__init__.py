@@ -10,6 +10,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
+
 from atlas.sae import SAEError, SAERecord, validate
 
 from . import dictionary_learning, gemmascope, release, saelens, sparsify
@@ -95,7 +97,30 @@ def finish(rec: SAERecord, where: str, overrides: dict) -> SAERecord:
     if "hook" in given and "site" not in given:
         rec.meta.site = None  # re-derive site/layer from the new hook
         rec.meta.layer = given.get("layer")
-    return validate(SAERecord(replace(rec.meta, **given), rec.weights), where)
+    return check_magnitudes(validate(SAERecord(replace(rec.meta, **given), rec.weights), where), where)
+
+
+OVERFLOW = 1e4
+"""A decoder entry larger than this many times the median decoder row norm is refused (docs/design.md, Ingest
+refusals): trained SAEs stay within a few times the median; a finite 3e38 gives dec_norm = inf downstream."""
+
+
+def check_magnitudes(rec: SAERecord, where: str) -> SAERecord:
+    """Refuse decoder rows whose norm is not a finite float32, or entries past OVERFLOW × the median row norm."""
+    w = rec.weights.W_dec
+    norms = np.sqrt(np.square(w, dtype=np.float64).sum(axis=1))
+    with np.errstate(over="ignore"):
+        big = ~np.isfinite(norms.astype(np.float32))
+    if big.any():
+        raise SAEError(f"{where}: tensor W_dec row {int(np.argmax(big))} has a norm past float32's range "
+                       f"({int(big.sum())} such rows): a broken or mis-scaled file")
+    median = float(np.median(norms[norms > 0])) if (norms > 0).any() else 0.0
+    worst = float(np.abs(w).max())
+    if median and worst > OVERFLOW * median:
+        row = int(np.argmax(np.abs(w).max(axis=1)))
+        raise SAEError(f"{where}: tensor W_dec row {row} holds {worst:.3g}, more than {OVERFLOW:g} × the median "
+                       f"decoder row norm ({median:.3g}): a broken or mis-scaled file")
+    return rec
 
 
 def find_sae_folders(root: Path) -> list[Path]:
