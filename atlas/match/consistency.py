@@ -93,8 +93,8 @@ def pw_mcc(a: np.ndarray, b: np.ndarray, k: int = 16, edges=None, full: np.ndarr
 @functools.lru_cache(maxsize=64)
 def pw_mcc_random(n_a: int, n_b: int, d: int, k: int = 16) -> float:
     """PW-MCC of two independent random unit dictionaries of these shapes, by the same code path (dense or
-    sparse). Simulated once per shape and process (one draw, seeded by the shape: its spread between draws
-    is below 1e-3 at these sizes, tests/test_consistency.py) and cached."""
+    sparse). Simulated once per shape and process and cached: one draw, seeded by the shape, whose spread
+    between draws is 1.2e-3 at 400 x 800 features in 64 dims, 4e-4 at 1k x 1k in 384, 5e-5 at 4k x 4k in 512."""
     rng = np.random.default_rng([n_a, n_b, d])
     a = rng.standard_normal((n_a, d), dtype=np.float32)
     b = rng.standard_normal((n_b, d), dtype=np.float32)
