@@ -35,8 +35,8 @@ class WidthParams:
     near 0.7 and of a 3-way one near 0.58, while unrelated directions stay below ~0.3 at d_in ≥ 384."""
     duplicate: float = 0.9
     """Least cosine between every two children for a feature with several children to be a duplicate, not a
-    split. Children of a true split differ by what they add to the parent: at most 0.25 apart in the planted
-    family, while copies sit at ~0.96."""
+    split. Children of a true split share only their parent: cosine at most 0.25 between them in the planted
+    family, while its copies sit at ~0.96."""
 
     def hash(self, sha_a: str, sha_b: str) -> str:
         return hashlib.sha256(json.dumps([asdict(self), sha_a, sha_b]).encode()).hexdigest()[:16]
