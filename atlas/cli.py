@@ -99,6 +99,7 @@ def migrate(ctx):
     with atlas.write() as w:
         version = w.upgraded_from
         n, size = w.con.execute("SELECT count(*), coalesce(sum(bytes), 0) FROM parts").fetchone()
+        stale = w.con.execute("SELECT count(*) FROM pair_stats WHERE starts_with(params_hash, 'stale-')").fetchone()[0]
     if version == SCHEMA_VERSION:
         click.echo(f"{atlas.path} is already at schema version {SCHEMA_VERSION}; its views name its {n} table files "
                    f"in {atlas.tables_dir}")
@@ -106,6 +107,9 @@ def migrate(ctx):
         click.echo(f"migrated {atlas.path} from schema version {version} to {SCHEMA_VERSION}: {n} table files "
                    f"({size / 1e6:,.1f} MB) in {atlas.tables_dir}; DuckDB file {before / 1e6:,.1f} MB -> "
                    f"{atlas.path.stat().st_size / 1e6:,.1f} MB")
+    if stale:  # schema 6: what was stored as pw_mcc is MMCS; PW-MCC needs the weights
+        click.echo(f"{stale} decoder_cos pairs keep their old consistency value as mmcs; `atlas match` with the same "
+                   f"--pairs recomputes them with PW-MCC (and `atlas match --pairs widths` adds the duplicate class)")
 
 
 @main.command()
@@ -521,7 +525,7 @@ def check_edges_cmd(ctx, stack, method, tau, per_kind, n_random, max_step, model
 @click.pass_context
 def findings_cmd(ctx, model, stack, as_json, lineage_of, n_features):
     """The field's findings measured on this atlas: distance, seeds vs datasets, method agreement, AND/OR,
-    seed consistency (PW-MCC), feature splitting across widths."""
+    seed consistency (PW-MCC and MMCS), feature splitting across widths."""
     import json
 
     from .queries.findings import findings
@@ -548,17 +552,20 @@ def findings_cmd(ctx, model, stack, as_json, lineage_of, n_features):
         click.echo(f"decoder_cos vs activation_corr: same partner for {same:.3f} of features assigned by both "
                    f"({len(f['agreement'])} pairs)")
     if f["consistency"]:
-        click.echo("consistency (PW-MCC: mean best |cosine| in the other SAE, both ways; random baseline):")
+        click.echo("consistency, each against random decoders of the same shape: PW-MCC (mean cosine of one one-to-one "
+                   "assignment of all features) and MMCS (mean best |cosine| in the other SAE, both ways):")
         for r in f["consistency"]:
-            click.echo(f"  layer {r['layer']} {r['relation']:>7}: {r['pw_mcc']:.3f} (random {r['pw_mcc_random']:.3f})"
-                       f"  {r['sae_a']} ~ {r['sae_b']}")
+            pw = ("not computed (rerun `atlas match`)" if r["pw_mcc"] is None else
+                  f"{r['pw_mcc']:.3f} (random {r['pw_mcc_random']:.3f})")
+            click.echo(f"  layer {r['layer']} {r['relation']:>7}: PW-MCC {pw}, MMCS {r['mmcs']:.3f} "
+                       f"(random {r['mmcs_random']:.3f})  {r['sae_a']} ~ {r['sae_b']}")
     if f["widths"]:
-        click.echo("across widths (narrow features kept / split / absent in the next wider SAE):")
+        click.echo("across widths (narrow features kept / split / duplicate / absent in the next wider SAE):")
         for r in f["widths"]:
             combo = "" if r["mean_split_combo_cos"] is None else (
                 f", splits into {r['mean_split_children']:.1f} on average (combination cosine {r['mean_split_combo_cos']:.2f})")
             click.echo(f"  layer {r['layer']} {r['d_a']} -> {r['d_b']}: {r['kept']} kept, {r['split']} split, "
-                       f"{r['absent']} absent{combo}")
+                       f"{r['duplicate']} duplicate, {r['absent']} absent{combo}")
     if f["ablation"]:
         click.echo("edges that hold under ablation (child drops beyond the 95th percentile of its pair's random pairs):")
         for r in f["ablation"]:

@@ -4,8 +4,8 @@ Layer l+1 of a stack is layer l's features, permuted, each drifted a little; a f
 (one parent, two children), some pairs merge, and births fill the freed slots with new directions.
 Sibling stacks (other seeds) share `seed_shared` of each layer's features and hold orphans elsewhere;
 a second dataset shares fewer. A width family (`widths`) adds one layer of the base stack at larger
-dictionary sizes: each narrow feature is kept, split into a known group of wide ones (it is their sum), or
-absorbed, and the wide SAE holds novel features besides. Output: sae_lens folders plus
+dictionary sizes: each narrow feature is kept, split into a known group of wide ones (it is their sum),
+duplicated (near-copies) or absorbed, and the wide SAE holds novel features besides. Output: sae_lens folders plus
 ground_truth.parquet. Deterministic.
 """
 
@@ -61,6 +61,9 @@ class SynthConfig:
     """Of a narrow SAE's features, fraction split into 2 or 3 wide features (the narrow one is their sum)."""
     width_absorbed_frac: float = 0.03
     """Fraction absorbed: the wider SAE holds them only as a small part of another feature (cosine ~0.3)."""
+    width_duplicate_frac: float = 0.03
+    """Fraction duplicated: the wider SAE holds 2 or 3 near-copies of them (each drifted by width_drift,
+    cosine ~0.96 with one another) rather than a split."""
     width_spread: float = 1.0
     """Split children are unit(parent + spread * r) with the r's summing to zero: cosine 1/sqrt(1+spread^2)."""
     width_drift: float = 0.2
@@ -152,7 +155,8 @@ def sibling(cfg: SynthConfig, rng, base: np.ndarray, shared: float) -> tuple[np.
 
 def widen(cfg: SynthConfig, rng, narrow: np.ndarray, width: int) -> tuple[np.ndarray, list[dict]]:
     """A wider dictionary [width, d] grown from `narrow` [n, d], and its truth rows (kind kept | split |
-    absorbed | novel; feature_a narrow, feature_b wide). A split parent is the normalised sum of its children."""
+    duplicate | absorbed | novel; feature_a narrow, feature_b wide). A split parent is the normalised sum of
+    its children; a duplicated one is kept once more plus 1 or 2 copies, which take novel slots."""
     n, d = narrow.shape
     order = rng.permutation(n)
     n_split, n_abs = round(cfg.width_split_frac * n), round(cfg.width_absorbed_frac * n)
@@ -177,7 +181,16 @@ def widen(cfg: SynthConfig, rng, narrow: np.ndarray, width: int) -> tuple[np.nda
     novel = _unit(rng.standard_normal((n_novel, d), dtype=np.float32))
     for j, i in enumerate(absorbed):  # a novel feature carries a little of the absorbed narrow one
         novel[j] = _unit(novel[j] + 0.3 * narrow[i])
-    children += [(v, None, "novel") for v in novel]
+    # duplicates from their own stream, written over novel slots: the rest of the family is drawn as before
+    dup_rng = np.random.default_rng([cfg.seed, 3, width])
+    dup = dup_rng.choice(kept, round(cfg.width_duplicate_frac * n), replace=False)
+    copies = np.repeat(dup, dup_rng.integers(1, 3, len(dup)))
+    if n_abs + len(copies) > n_novel:
+        raise ValueError(f"width {width} is too small to grow {n} features (needs {width - n_novel + n_abs + len(copies)})")
+    novel[n_abs:n_abs + len(copies)] = _noisy(dup_rng, narrow[copies], cfg.width_drift)
+    parent_of, twice = {n_abs + j: int(i) for j, i in enumerate(copies)}, set(dup.tolist())
+    children = [(v, i, "duplicate" if k == "kept" and i in twice else k) for v, i, k in children]
+    children += [(v, parent_of.get(j), "duplicate" if j in parent_of else "novel") for j, v in enumerate(novel)]
     slot = rng.permutation(width)
     wide = np.empty((width, d), dtype=np.float32)
     truth = []

@@ -1,5 +1,5 @@
-"""`python -m bench [section ...]`: candidates, assignment, correlation, cofiring, stack, api, ray, scale. Prints
-a table, writes JSON.
+"""`python -m bench [section ...]`: candidates, assignment, correlation, cofiring, stack, api, ray, scale; pwmcc on
+request. Prints a table, writes JSON.
 
 Each section measures the thing and its baseline in the same run, so the ratio holds on a noisy machine.
 """
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench import correlation, record, scale
+from bench import correlation, pwmcc, record, scale
 from bench.load import CLIENTS, http_load
 
 RESULTS = Path(__file__).parent / "results"
@@ -60,7 +60,7 @@ def bench_assignment(n: int) -> dict:
 
     from atlas.match.assign import assign_sparse
     from atlas.match.candidates import topk_both
-    from atlas.match.pair import _edges
+    from atlas.match.candidates import edges as _edges
 
     rng = np.random.default_rng(1)
     d = 256
@@ -215,6 +215,8 @@ def main(argv=None):
         save("api", bench_api(atlas, client=args.load_client))
     if "scale" in args.sections:
         save("scale", scale.run(args, log=lambda line: print(line, flush=True)))
+    if "pwmcc" in args.sections:  # not in the default list: about 4 minutes of dense 16k assignments
+        save("pwmcc", pwmcc.run(log=lambda line: print(line, flush=True)))
     for section, value in results.items():
         if section == "meta":
             continue

@@ -300,13 +300,14 @@ def test_width_tree_page(page, split_server):
     assert page.errors == [] and page.offsite == []
 
 
-def test_orphans_page_shows_pw_mcc_per_sibling_pair(page, server):
+def test_orphans_page_shows_pw_mcc_and_mmcs_per_sibling_pair(page, server):
     rows = httpx.get(f"{server}/api/consistency").json()
-    assert rows and all(r["pw_mcc"] > r["pw_mcc_random"] for r in rows)
+    assert rows and all(r["pw_mcc"] > r["pw_mcc_random"] and r["mmcs"] > r["mmcs_random"] for r in rows)
     page.goto(server + "/#/orphans")
     _ready(page, "#/orphans")
     text = page.inner_text("main")
     assert "PW-MCC" in text and f"{rows[0]['pw_mcc']:.3f}" in text
+    assert "MMCS" in text and f"{rows[0]['mmcs']:.3f}" in text
     assert page.errors == [] and page.offsite == []
 
 

@@ -152,9 +152,10 @@ def test_findings_report_on_the_real_family(small_family):
     for (k,) in kinds:
         counts[k] = counts.get(k, 0) + 1
     assert f["composition_counts"] == counts
-    assert f["consistency"] and all(0 < r["pw_mcc"] <= 1 and 0 < r["pw_mcc_random"] < 1 for r in f["consistency"])
+    assert f["consistency"] and all(0 < r["pw_mcc"] <= 1 and 0 < r["pw_mcc_random"] < 1 and 0 < r["mmcs"] <= 1
+                                    and 0 < r["mmcs_random"] < 1 for r in f["consistency"])
     assert {(r["d_a"], r["d_b"]) for r in f["widths"]} == {(32, 64), (64, 128)}
-    assert all(r["kept"] + r["split"] + r["absent"] == r["d_a"] for r in f["widths"])
+    assert all(r["kept"] + r["split"] + r["duplicate"] + r["absent"] == r["d_a"] for r in f["widths"])
     # flow: the seed-0 residual SAE of layer 1, every feature classed by weights and by activations
     from atlas.queries.lineage import flow_origins
 

@@ -52,7 +52,7 @@ def _add_derived_rows(atlas: Atlas, pairs: list[tuple[str, str]]) -> None:
                             [sae, i])
                 con.execute("INSERT OR IGNORE INTO training VALUES (?, 0.3, 20, 0.01, 1000, 1000)", [sae])
             con.execute("INSERT INTO widths VALUES (?, 4, ?, 'split', 2, [5, 6], [0.8, 0.75], 0.9, 5, 0.8, 0.7, 'h', "
-                        "'widths-test')", [a, b])
+                        "'widths-test', 0.1)", [a, b])
 
 
 @pytest.fixture()

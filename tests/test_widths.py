@@ -1,4 +1,4 @@
-"""Feature splitting across widths against the planted width family; PW-MCC against plain numpy."""
+"""Feature splitting across widths against the planted width family (kept, split, duplicate, absent); findings."""
 
 from __future__ import annotations
 
@@ -10,10 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from atlas.cli import main
-from atlas.match.pair import MatchParams, match_pair
-from atlas.match.stats import pw_mcc_random
 from atlas.match.widths import match_widths
-from atlas.sae import SAEWeights
 from atlas.store import Atlas
 from atlas.synth import GROUND_TRUTH
 
@@ -33,7 +30,7 @@ def widths_atlas(tmp_path_factory):
     assert r.exit_code == 0, r.output
     assert "matched 2 width pairs" in r.output
     truth = [t for t in pq.read_table(root / "synth" / GROUND_TRUTH).to_pylist()
-             if t["kind"] in ("kept", "split", "absorbed", "novel")]
+             if t["kind"] in ("kept", "split", "duplicate", "absorbed", "novel")]
     return Atlas(atlas), truth
 
 
@@ -46,20 +43,22 @@ def _rows(con, sae_a):
 def test_planted_width_splits_are_recovered(widths_atlas, narrow, wide):
     atlas, truth = widths_atlas
     mine = [t for t in truth if t["sae_a"] == narrow and t["sae_b"] == wide]
-    splits = defaultdict(set)
+    splits, dups = defaultdict(set), defaultdict(set)
     for t in mine:
-        if t["kind"] == "split":
-            splits[t["feature_a"]].add(t["feature_b"])
+        if t["kind"] in ("split", "duplicate"):
+            (splits if t["kind"] == "split" else dups)[t["feature_a"]].add(t["feature_b"])
     kept = {t["feature_a"]: t["feature_b"] for t in mine if t["kind"] == "kept"}
     absorbed = {t["feature_a"] for t in mine if t["kind"] == "absorbed"}
     novel = {t["feature_b"] for t in mine if t["kind"] == "novel"}
-    assert len(splits) >= 20 and kept and absorbed and novel
+    assert len(splits) >= 20 and len(dups) >= 5 and kept and absorbed and novel
     with atlas.read() as con:
         rows = _rows(con, narrow)
     found = {f for f, ch in splits.items() if rows[f][0] == "split" and set(rows[f][1]) == ch}
     assert len(found) >= 0.99 * len(splits)
     assert {f for f, r in rows.items() if r[0] == "split"} <= set(splits)  # no false splits
     assert all(rows[f][2] > 0.99 for f in found)  # the parent is the sum of its children
+    # near-copies are duplicates, every one with its exact children, and nothing else is
+    assert {f: set(r[1]) for f, r in rows.items() if r[0] == "duplicate"} == dups
     assert all(rows[f][0] == "kept" and rows[f][1] == [c] for f, c in kept.items())
     assert all(rows[f][0] == "absent" for f in absorbed)
     children = {c for r in rows.values() for c in r[1]}
@@ -99,46 +98,20 @@ def test_width_matching_rejects_other_spaces_and_reruns_incrementally(widths_atl
     assert r.exit_code == 2 and "error:" in r.output and "not width siblings" in r.output
 
 
-def _weights(x):
-    return SAEWeights(W_enc=x.T.copy(), W_dec=x, b_enc=np.zeros(len(x), np.float32),
-                      b_dec=np.zeros(x.shape[1], np.float32))
-
-
-def test_pw_mcc_equals_a_plain_numpy_reference():
-    rng = np.random.default_rng(11)
-    a = rng.standard_normal((300, 48)).astype(np.float32)
-    b = np.concatenate([-a[:200] + 0.3 * rng.standard_normal((200, 48)).astype(np.float32),  # sign-flipped twins
-                        rng.standard_normal((150, 48)).astype(np.float32)])
-    ua, ub = a / np.linalg.norm(a, axis=1, keepdims=True), b / np.linalg.norm(b, axis=1, keepdims=True)
-    c = np.abs(ua.astype(np.float64) @ ub.T.astype(np.float64))
-    ref = (c.max(1).mean() + c.max(0).mean()) / 2
-    stats = match_pair(_weights(a), _weights(b), "a", "b", MatchParams()).stats
-    assert stats["pw_mcc"] == pytest.approx(ref, abs=1e-6)
-    assert stats["pw_mcc"] > stats["pw_mcc_random"] + 0.2
-
-
-@pytest.mark.parametrize("n_a,n_b,d", [(400, 800, 64), (1000, 1000, 384)])
-def test_pw_mcc_random_baseline_matches_random_decoders(n_a, n_b, d):
-    rng = np.random.default_rng(n_a)
-    sims = [match_pair(_weights(rng.standard_normal((n_a, d)).astype(np.float32)),
-                       _weights(rng.standard_normal((n_b, d)).astype(np.float32)), "a", "b", MatchParams()).stats["pw_mcc"]
-            for _ in range(3)]
-    assert np.mean(sims) == pytest.approx(pw_mcc_random(n_a, n_b, d), rel=0.01)
-
-
-
 def test_findings_report_consistency_and_widths(synth_atlas, widths_atlas):
     r = CliRunner().invoke(main, ["--atlas", str(synth_atlas.path), "findings"])
     assert r.exit_code == 0, r.output
-    assert "consistency (PW-MCC" in r.output
+    assert "consistency, each against random decoders" in r.output and "PW-MCC 0." in r.output and "MMCS 0." in r.output
     with synth_atlas.read() as con:
-        seed, data, rand = con.execute(
-            "SELECT avg(pw_mcc) FILTER (WHERE a.dataset = b.dataset), avg(pw_mcc) FILTER (WHERE a.dataset <> b.dataset), "
-            "avg(pw_mcc_random) FROM pair_stats p JOIN saes a ON a.sae_id = p.sae_a JOIN saes b ON b.sae_id = p.sae_b "
-            "WHERE method = 'decoder_cos' AND a.layer = b.layer AND a.stack <> b.stack").fetchone()
-    assert seed > data > rand  # seeds share 70% of features, datasets 40%, random decoders none
+        for measure in ("pw_mcc", "mmcs"):
+            seed, data, rand = con.execute(
+                f"SELECT avg({measure}) FILTER (WHERE a.dataset = b.dataset), avg({measure}) FILTER "
+                f"(WHERE a.dataset <> b.dataset), avg({measure}_random) FROM pair_stats p JOIN saes a ON "
+                "a.sae_id = p.sae_a JOIN saes b ON b.sae_id = p.sae_b WHERE method = 'decoder_cos' AND a.layer = b.layer "
+                "AND a.stack <> b.stack").fetchone()
+            assert seed > data > rand  # seeds share 70% of features, datasets 40%, random decoders none
     r = CliRunner().invoke(main, ["--atlas", str(widths_atlas[0].path), "findings"])
-    assert r.exit_code == 0 and "layer 1 256 -> 512:" in r.output and "split" in r.output, r.output
+    assert r.exit_code == 0 and "layer 1 256 -> 512:" in r.output and " duplicate, " in r.output, r.output
 
 
 def _readme_blocks(section: str) -> tuple[list[str], list[str]]:
@@ -182,7 +155,7 @@ def test_readme_width_and_lineage_commands_run_as_written(tmp_path, monkeypatch)
             r = client.get(path)
             assert r.status_code == 200, (path, r.text)
         tree = client.get(curls[0]).json()
-        assert tree["root"]["class"] in ("kept", "split", "absent") and tree["summary"]
+        assert tree["root"]["class"] in ("kept", "split", "duplicate", "absent") and tree["summary"]
         assert client.get(curls[1]).json()[0]["d_a"] == 512
         lin = client.get(curls[2]).json()
         assert lin["summary"] and {e["kind"] for e in lin["edges"]} <= {"carry", "split", "merge", "gap"}
@@ -224,9 +197,14 @@ def test_width_routes_answer_and_refuse_clearly(widths_atlas):
         pairs = c.get("/api/width-pairs").json()
         assert [(p["d_a"], p["d_b"]) for p in pairs] == [(256, 512), (512, 1024)]
         with atlas.read() as con:
-            assert [(p["kept"], p["split"], p["absent"]) for p in pairs] == con.execute(
-                "SELECT count(*) FILTER (class = 'kept'), count(*) FILTER (class = 'split'), "
-                "count(*) FILTER (class = 'absent') FROM widths GROUP BY sae_a ORDER BY sae_a").fetchall()
+            assert [(p["kept"], p["split"], p["duplicate"], p["absent"]) for p in pairs] == con.execute(
+                "SELECT count(*) FILTER (class = 'kept'), count(*) FILTER (class = 'split'), count(*) FILTER "
+                "(class = 'duplicate'), count(*) FILTER (class = 'absent') FROM widths GROUP BY sae_a ORDER BY sae_a").fetchall()
+            assert all(p["duplicate"] > 0 for p in pairs)
+            dup = con.execute("SELECT feature_a FROM widths WHERE sae_a = ? AND class = 'duplicate' LIMIT 1",
+                              [NARROW]).fetchone()[0]
+        tree = c.get(f"/api/saes/{NARROW}/features/{dup}/width-tree").json()
+        assert tree["root"]["min_child_cos"] >= 0.9 and "duplicated" in tree["summary"] and "near-copies" in tree["summary"]
         assert c.get("/api/width-pairs", params={"model": "gemma%"}).json() == []
         lone = c.get("/api/saes/synth-resid0-w256-s0-A/features/1/width-tree").json()
         assert len(lone["nodes"]) == 1 and "atlas match --pairs widths" in lone["summary"]

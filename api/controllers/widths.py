@@ -1,4 +1,4 @@
-"""Feature splitting across widths and seed consistency: a feature's width tree, width pairs, PW-MCC."""
+"""Feature splitting across widths and seed consistency: a feature's width tree, width pairs, PW-MCC and MMCS."""
 
 from __future__ import annotations
 
@@ -32,11 +32,13 @@ class WidthsController(Controller):
 
     @get("/width-pairs", operation_id="listWidthPairs", sync_to_thread=True, responses=errors())
     def get_width_pairs(self, atlas: NamedDependency[AtlasState], model: ModelPattern = "%") -> list[WidthPair]:
-        """Per narrow/wide SAE pair: how many narrow features are kept, split or absent in the wider one."""
+        """Per narrow/wide SAE pair: how many narrow features are kept, split, duplicated (near-copy children)
+        or absent in the wider one."""
         return width_pairs(atlas.cursor(), model)
 
     @get("/consistency", operation_id="listConsistency", sync_to_thread=True, responses=errors())
     def get_consistency(self, atlas: NamedDependency[AtlasState], model: ModelPattern = "%") -> list[Consistency]:
-        """PW-MCC of each sibling pair (mean best |decoder cosine| in the other SAE, both ways) with the value
-        random decoders of the same widths and d_in would give."""
+        """Consistency of each sibling pair, two measures each beside what random decoders of the same widths
+        and d_in give: PW-MCC (Song et al. 2025: mean decoder cosine of one one-to-one assignment of all
+        features) and MMCS (Sharkey et al. 2022: mean best |decoder cosine| in the other SAE, both ways)."""
         return consistency(atlas.cursor(), model)

@@ -316,7 +316,7 @@ function drawLineage(container, lin, expanded) {
 }
 
 // ---- width tree: a feature across dictionary sizes ----------------------------------------------
-const CLASS_COLOURS = { kept: "#2563eb", split: "#16a34a", absent: "#9ca3af" };
+const CLASS_COLOURS = { kept: "#2563eb", split: "#16a34a", duplicate: "#d97706", absent: "#9ca3af" };
 
 async function widthPage(sae, i) {
   const tree = await api(`/api/saes/${enc(sae)}/features/${i}/width-tree`);
@@ -330,7 +330,8 @@ async function widthPage(sae, i) {
     sortableTable([
       { key: "d_sae", label: "width" }, { key: "feature", label: "feature", render: n => link(featureHref(n.sae_id, n.feature), `${n.sae_id}/${n.feature}`) },
       { key: "score", label: "cosine to parent" }, { key: "class", label: "class" }, { key: "n_children", label: "children" },
-      { key: "combo_cos", label: "combination cosine" }, { key: "label", label: "label", render: n => words(n) }], tree.nodes));
+      { key: "combo_cos", label: "combination cosine" }, { key: "min_child_cos", label: "children's least cosine" },
+      { key: "label", label: "label", render: n => words(n) }], tree.nodes));
   drawWidthTree(graph, tree);
 }
 
@@ -386,9 +387,12 @@ async function orphansPage(sae) {
       const stats = await Promise.all(g.saes.map(s => api(`/api/orphans?sae=${enc(s)}`)));
       const mine = consistency.filter(c => g.saes.includes(c.sae_a) && g.saes.includes(c.sae_b));
       parts.push(h("h2", {}, `${g.model} · ${g.hook} · width ${g.d_sae}`));
-      if (mine.length) parts.push(h("p", { class: "muted" }, "Consistency: PW-MCC (mean best |decoder cosine| in the other SAE, both ways) against random decoders of the same shape"),
+      if (mine.length) parts.push(h("p", { class: "muted" }, "Consistency, each beside random decoders of the same shape: ",
+          "PW-MCC (Song et al. 2025) = mean decoder cosine of one one-to-one assignment of all features; ",
+          "MMCS (Sharkey et al. 2022) = mean best |decoder cosine| in the other SAE, both ways (at least PW-MCC)."),
         sortableTable([{ key: "sae_a", label: "SAE a" }, { key: "sae_b", label: "SAE b" }, { key: "relation", label: "sibling by" },
-          { key: "pw_mcc", label: "PW-MCC" }, { key: "pw_mcc_random", label: "random" }], mine));
+          { key: "pw_mcc", label: "PW-MCC" }, { key: "pw_mcc_random", label: "random" },
+          { key: "mmcs", label: "MMCS" }, { key: "mmcs_random", label: "random" }], mine));
       parts.push(sortableTable([
         { key: "sae_id", label: "SAE", render: o => link(`#/orphans/${enc(o.sae_id)}`, o.sae_id, { class: "orphan-link" }) },
         { key: "n_orphans", label: "orphans" }, { key: "orphan_frac", label: "fraction" },

@@ -23,6 +23,19 @@ class Candidates:
     b_absmax: np.ndarray | None = None  # [n_b]
 
 
+def edges(c: Candidates) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Union of a→b and b→a candidate edges, each once: (feature_a, feature_b, score)."""
+    n_a, k = c.a2b_index.shape
+    n_b, kb = c.b2a_index.shape
+    fa = np.concatenate([np.repeat(np.arange(n_a), k), c.b2a_index.ravel()])
+    fb = np.concatenate([c.a2b_index.ravel(), np.repeat(np.arange(n_b), kb)])
+    sc = np.concatenate([c.a2b_score.ravel(), c.b2a_score.ravel()])
+    ok = (fa >= 0) & (fb >= 0)  # FAISS pads with -1
+    fa, fb, sc = fa[ok], fb[ok], sc[ok]
+    _, first = np.unique(fa.astype(np.int64) * n_b + fb, return_index=True)
+    return fa[first], fb[first], sc[first]
+
+
 def device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 

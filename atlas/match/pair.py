@@ -16,9 +16,10 @@ import pyarrow as pa
 from ..sae import SAEWeights
 from .assign import DENSE_MAX, assign_dense, assign_sparse
 from ..index import APPROX_FROM
-from .candidates import Candidates, full_scores, topk_both, topk_faiss
+from .candidates import Candidates, edges, full_scores, topk_both, topk_faiss
+from .consistency import consistency
 from .fold import folded_decoder, is_distance, method_vectors
-from .stats import pair_stats, pw_mcc_random
+from .stats import pair_stats
 
 
 @dataclass(frozen=True)
@@ -52,19 +53,6 @@ def _gain(method: str, score: np.ndarray, sq_a: np.ndarray, sq_b: np.ndarray, fl
     return score - floor
 
 
-def _edges(c: Candidates) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Union of a→b and b→a candidate edges, each once: (feature_a, feature_b, score)."""
-    n_a, k = c.a2b_index.shape
-    n_b, kb = c.b2a_index.shape
-    fa = np.concatenate([np.repeat(np.arange(n_a), k), c.b2a_index.ravel()])
-    fb = np.concatenate([c.a2b_index.ravel(), np.repeat(np.arange(n_b), kb)])
-    sc = np.concatenate([c.a2b_score.ravel(), c.b2a_score.ravel()])
-    ok = (fa >= 0) & (fb >= 0)  # FAISS pads with -1
-    fa, fb, sc = fa[ok], fb[ok], sc[ok]
-    _, first = np.unique(fa.astype(np.int64) * n_b + fb, return_index=True)
-    return fa[first], fb[first], sc[first]
-
-
 def _ranks(fa: np.ndarray, score: np.ndarray, distance: bool) -> np.ndarray:
     """Rank of each edge among its feature's edges (fa: feature_a or feature_b ids), 1 = best."""
     order = np.lexsort((score if distance else -score, fa))
@@ -90,10 +78,11 @@ def match_pair(a: SAEWeights, b: SAEWeights, sae_a: str, sae_b: str, params: Mat
         cand = topk_faiss(va, vb, params.k)
     else:
         cand = topk_both(va, vb, params.k, kind="mse" if distance else "cos", absmax=method == "decoder_cos")
-    fa, fb, score = _edges(cand)
+    fa, fb, score = edges(cand)
     gain = _gain(method, score, sq_a[fa], sq_b[fb], params.floor, d)
 
     solver = params.solver if params.solver != "auto" else ("dense" if n_a * n_b <= DENSE_MAX else "sparse")
+    full = None
     if solver == "dense":
         # the same torch products as the candidates, so both solvers see bit-identical scores and break
         # ties alike on any machine
@@ -106,9 +95,8 @@ def match_pair(a: SAEWeights, b: SAEWeights, sae_a: str, sae_b: str, params: Mat
         ra, rb = assign_sparse(fa, fb, gain, n_a, n_b)
     matched = (_gain(method, score, sq_a[fa], sq_b[fb], params.tau, d) >= 0) if distance else score >= params.tau
     result = _result(a, b, sae_a, sae_b, params, fa, fb, score, ra, rb, matched)
-    if cand.a_absmax is not None:  # PW-MCC (Song et al. 2025): mean best |cosine|, both directions
-        result.stats.update(pw_mcc=float((cand.a_absmax.mean() + cand.b_absmax.mean()) / 2),
-                            pw_mcc_random=pw_mcc_random(n_a, n_b, d))
+    if cand.a_absmax is not None:  # decoder_cos: PW-MCC and MMCS with their baselines (consistency.py)
+        result.stats.update(consistency(va, vb, cand.a_absmax, cand.b_absmax, params.k, (fa, fb, score), full))
     return result
 
 
@@ -118,7 +106,7 @@ def match_candidates(cand: Candidates, a: SAEWeights, b: SAEWeights, sae_a: str,
     co-firing state: the same assignment as the weight methods. `full()` gives the [n_a, n_b] scores and
     is called only where the dense solver runs (both widths small)."""
     n_a, n_b = len(cand.a2b_index), len(cand.b2a_index)
-    fa, fb, score = _edges(cand)
+    fa, fb, score = edges(cand)
     solver = params.solver if params.solver != "auto" else (
         "dense" if n_a * n_b <= DENSE_MAX and full is not None else "sparse")
     if solver == "dense":

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
-from scipy.special import betainc
 
 HIST_BINS = 20
 
@@ -26,18 +23,3 @@ def pair_stats(score: np.ndarray, matched: np.ndarray, fa: np.ndarray, fb: np.nd
         identity_frac=float((fa == fb).mean()) if n_assigned else None,
         tau=tau, score_hist=hist.astype(float).tolist(), hist_lo=lo, hist_hi=hi,
     )
-
-
-@functools.lru_cache(maxsize=256)
-def pw_mcc_random(n_a: int, n_b: int, d: int) -> float:
-    """PW-MCC expected of two SAEs with independent random unit decoders of these widths in d dims.
-
-    For random unit x, y in R^d, cos² ~ Beta(1/2, (d−1)/2); a row's best |cos| over n others has
-    E = ∫₀¹ 1 − F(t)ⁿ dt with F(t) = I_{t²}(1/2, (d−1)/2), integrated on a fine grid."""
-    t = np.linspace(0.0, 1.0, 20_001)
-    log_f = np.log(np.maximum(betainc(0.5, (d - 1) / 2, t * t), 1e-300))
-
-    def best(n: int) -> float:
-        return float(np.trapezoid(1 - np.exp(n * log_f), t))
-
-    return (best(n_b) + best(n_a)) / 2

@@ -3,10 +3,13 @@
 Each wide feature's *parent* is its best narrow feature by decoder cosine, when that cosine is ≥ tau
 (not one-to-one: a narrow feature may be the parent of several). A narrow feature's *children* are the
 wide features whose parent it is. Classes (Bricken et al. 2023; Leask et al. 2025; Chanin et al. 2024):
-  kept   one child;
-  split  two or more children; `combo_cos` = cosine of the parent with the best non-negative
-         combination of its children (≈ 1 when the parent is their sum);
-  absent no child (dropped or absorbed into other features).
+  kept       one child;
+  split      two or more children; `combo_cos` = cosine of the parent with the best non-negative
+             combination of its children (≈ 1 when the parent is their sum);
+  duplicate  two or more children that are near-copies of one another (every pair of children at
+             cosine ≥ `duplicate`, `min_child_cos` the least): the wider SAE repeats the feature rather
+             than refining it, which short training leaves behind (README, Feature splitting);
+  absent     no child (dropped or absorbed into other features).
 Wide features without a parent are *novel*. A pure function of the two decoders: it reads and writes nothing.
 """
 
@@ -22,7 +25,7 @@ from scipy.optimize import nnls
 
 from .candidates import topk_both
 
-CLASSES = ("kept", "split", "absent")
+CLASSES = ("kept", "split", "duplicate", "absent")
 
 
 @dataclass(frozen=True)
@@ -30,6 +33,10 @@ class WidthParams:
     tau: float = 0.5
     """Least decoder cosine between a wide feature and its parent. Split children of a 2-way split sit
     near 0.7 and of a 3-way one near 0.58, while unrelated directions stay below ~0.3 at d_in ≥ 384."""
+    duplicate: float = 0.9
+    """Least cosine between every two children for a feature with several children to be a duplicate, not a
+    split. Children of a true split share only their parent: cosine at most 0.25 between them in the planted
+    family, while its copies sit at ~0.96."""
 
     def hash(self, sha_a: str, sha_b: str) -> str:
         return hashlib.sha256(json.dumps([asdict(self), sha_a, sha_b]).encode()).hexdigest()[:16]
@@ -38,7 +45,7 @@ class WidthParams:
 SCHEMA = pa.schema([
     ("feature_a", pa.int32()), ("class", pa.string()), ("n_children", pa.int32()),
     ("children", pa.list_(pa.int32())), ("scores", pa.list_(pa.float32())), ("combo_cos", pa.float32()),
-    ("best_feature", pa.int32()), ("best_score", pa.float32())])
+    ("best_feature", pa.int32()), ("best_score", pa.float32()), ("min_child_cos", pa.float32())])
 
 
 def combo_cosine(parent: np.ndarray, children: np.ndarray) -> float:
@@ -51,7 +58,8 @@ def combo_cosine(parent: np.ndarray, children: np.ndarray) -> float:
 
 def match_widths(narrow: np.ndarray, wide: np.ndarray, params: WidthParams = WidthParams()) -> pa.Table:
     """One row per narrow feature (SCHEMA): its class, children (best first) with cosines, the cosine of
-    its best non-negative combination of children, and its best wide feature whatever the class."""
+    its best non-negative combination of children, its best wide feature whatever the class, and the least
+    cosine between two of its children."""
     if narrow.shape[1] != wide.shape[1]:
         raise ValueError(f"decoders of different d_in ({narrow.shape[1]} vs {wide.shape[1]}) cannot be compared")
     c = topk_both(narrow, wide, k=1)
@@ -62,16 +70,19 @@ def match_widths(narrow: np.ndarray, wide: np.ndarray, params: WidthParams = Wid
     starts = np.searchsorted(parent[kids], np.arange(len(narrow) + 1))
     unit_n = narrow / np.linalg.norm(narrow, axis=1, keepdims=True)
     unit_w = wide / np.linalg.norm(wide, axis=1, keepdims=True)
-    children, scores, combo, cls = [], [], [], []
+    children, scores, combo, twins, cls = [], [], [], [], []
     for i in range(len(narrow)):
         mine = kids[starts[i]:starts[i + 1]]
         children.append(mine.tolist())
         scores.append(pscore[mine].tolist())
         combo.append(combo_cosine(unit_n[i], unit_w[mine]) if len(mine) else None)
-        cls.append("absent" if len(mine) == 0 else "kept" if len(mine) == 1 else "split")
+        twins.append(float((unit_w[mine] @ unit_w[mine].T).min()) if len(mine) > 1 else None)
+        cls.append("absent" if len(mine) == 0 else "kept" if len(mine) == 1 else
+                   "duplicate" if twins[-1] >= params.duplicate else "split")
     return pa.table({
         "feature_a": pa.array(np.arange(len(narrow)), pa.int32()), "class": pa.array(cls),
         "n_children": pa.array([len(k) for k in children], pa.int32()),
         "children": pa.array(children, pa.list_(pa.int32())), "scores": pa.array(scores, pa.list_(pa.float32())),
         "combo_cos": pa.array(combo, pa.float32()), "best_feature": pa.array(c.a2b_index[:, 0], pa.int32()),
-        "best_score": pa.array(c.a2b_score[:, 0], pa.float32())}, schema=SCHEMA)
+        "best_score": pa.array(c.a2b_score[:, 0], pa.float32()),
+        "min_child_cos": pa.array(twins, pa.float32())}, schema=SCHEMA)

@@ -4,8 +4,9 @@
 - siblings: seed siblings vs dataset siblings (the dataset changes features more than the seed);
 - agreement: how often decoder-cosine and activation-correlation assignments pick the same partner;
 - compositions: AND / OR / PASS features with their parents and example contexts;
-- consistency: PW-MCC of each sibling pair (mean best |cosine| both ways) against its random baseline;
-- widths: per narrow/wide pair, how many narrow features are kept, split or absent;
+- consistency: PW-MCC (mean cosine of one one-to-one assignment of all features, Song et al. 2025) and MMCS
+  (mean best |cosine| both ways, Sharkey et al. 2022) of each sibling pair, each against its random baseline;
+- widths: per narrow/wide pair, how many narrow features are kept, split, duplicated or absent;
 - ablation: per edge kind and layer distance, the share of checked edges that hold under ablation;
 - flow: feature-flow origin classes of residual features, from weights and from activations, side by side.
 """
@@ -56,9 +57,10 @@ FROM compositions c WHERE c.kind IN ('AND', 'OR') ORDER BY c.score DESC LIMIT ?
 CONSISTENCY_SQL = """
 SELECT p.sae_a, p.sae_b, a.layer,
        CASE WHEN a.dataset IS NOT DISTINCT FROM b.dataset THEN 'seed' ELSE 'dataset' END AS relation,
-       p.pw_mcc, p.pw_mcc_random
+       p.pw_mcc, p.pw_mcc_random, p.mmcs, p.mmcs_random
 FROM pair_stats p JOIN saes a ON a.sae_id = p.sae_a JOIN saes b ON b.sae_id = p.sae_b
-WHERE p.method = 'decoder_cos' AND p.pw_mcc IS NOT NULL AND a.layer = b.layer AND a.stack <> b.stack
+WHERE p.method = 'decoder_cos' AND (p.pw_mcc IS NOT NULL OR p.mmcs IS NOT NULL) AND a.layer = b.layer
+  AND a.stack <> b.stack
   AND a.d_sae = b.d_sae AND a.model LIKE ?
 ORDER BY a.layer, p.sae_a, p.sae_b
 """
@@ -66,7 +68,7 @@ ORDER BY a.layer, p.sae_a, p.sae_b
 WIDTHS_SQL = """
 SELECT w.sae_a, w.sae_b, a.layer, a.d_sae AS d_a, b.d_sae AS d_b,
        count(*) FILTER (WHERE class = 'kept') AS kept, count(*) FILTER (WHERE class = 'split') AS split,
-       count(*) FILTER (WHERE class = 'absent') AS absent,
+       count(*) FILTER (WHERE class = 'duplicate') AS duplicate, count(*) FILTER (WHERE class = 'absent') AS absent,
        avg(n_children) FILTER (WHERE class = 'split') AS mean_split_children,
        avg(combo_cos) FILTER (WHERE class = 'split') AS mean_split_combo_cos
 FROM widths w JOIN saes a ON a.sae_id = w.sae_a JOIN saes b ON b.sae_id = w.sae_b

@@ -137,12 +137,14 @@ class WidthNode(msgspec.Struct):
     score: float | None
     """Decoder cosine with its parent."""
     cls: str | None = msgspec.field(default=None, name="class")
-    """As a narrow feature: kept | split | absent in the next wider SAE (None at the widest)."""
+    """As a narrow feature: kept | split | duplicate | absent in the next wider SAE (None at the widest)."""
     n_children: int | None = None
     combo_cos: float | None = None
     """Cosine with the best non-negative combination of its children."""
     label: str | None = None
     top_tokens: list[str] | None = None
+    min_child_cos: float | None = None
+    """Least cosine between two of its children (duplicates: near-copies, at least 0.9)."""
 
 
 class WidthTree(msgspec.Struct):
@@ -160,6 +162,7 @@ class WidthPair(msgspec.Struct):
     d_b: int
     kept: int
     split: int
+    duplicate: int
     absent: int
     mean_split_children: float | None
     mean_split_combo_cos: float | None
@@ -171,7 +174,12 @@ class Consistency(msgspec.Struct):
     layer: int
     relation: str
     """seed (same dataset) or dataset."""
-    pw_mcc: float
-    """Mean best |decoder cosine| in the other SAE, both directions (Song et al. 2025)."""
-    pw_mcc_random: float
-    """The same for random unit decoders of these widths and d_in."""
+    pw_mcc: float | None
+    """PW-MCC (Song et al. 2025): mean decoder cosine of one one-to-one assignment of all features (over the
+    min(n_a, n_b) pairs). None on an atlas migrated from before it was computed: rerun `atlas match`."""
+    pw_mcc_random: float | None
+    """The same for random unit decoders of these widths and d_in (simulated)."""
+    mmcs: float | None
+    """MMCS (Sharkey et al. 2022): mean best |decoder cosine| in the other SAE, both directions."""
+    mmcs_random: float | None
+    """The same for random unit decoders of these widths and d_in (closed form)."""

@@ -19,11 +19,11 @@ def width_tree(con, sae_id: str, feature: int) -> WidthTree:
     siblings were matched: `atlas match --pairs widths`)."""
     check_feature(sae_row(con, sae_id), feature)
     rows = con.execute("SELECT depth, sae_id, d_sae, feature, parent_sae, parent_feature, score, class, n_children, "
-                       "combo_cos, label FROM width_tree(?, ?) LIMIT ?", [sae_id, feature, MAX_TREE]).fetchall()
+                       "combo_cos, label, min_child_cos FROM width_tree(?, ?) LIMIT ?", [sae_id, feature, MAX_TREE]).fetchall()
     tokens = _top_tokens(con, [r[1] for r in rows], [r[3] for r in rows])
     nodes = [WidthNode(sae_id=s, d_sae=d, feature=f, depth=depth, parent_sae=ps, parent_feature=pf, score=sc, cls=c,
-                       n_children=n, combo_cos=cc, label=lab, top_tokens=tokens.get((s, f)))
-             for depth, s, d, f, ps, pf, sc, c, n, cc, lab in rows]
+                       n_children=n, combo_cos=cc, label=lab, top_tokens=tokens.get((s, f)), min_child_cos=mc)
+             for depth, s, d, f, ps, pf, sc, c, n, cc, lab, mc in rows]
     root = next(n for n in nodes if n.depth == 0)
     return WidthTree(root=root, nodes=nodes, summary=_summary(nodes, root))
 
@@ -45,6 +45,9 @@ def _summary(nodes: list[WidthNode], root: WidthNode) -> str:
         if k == 0 and root.cls == "split":
             combo = f" (best non-negative combination: cosine {root.combo_cos:.2f})" if root.combo_cos is not None else ""
             parts.append(f"splits into {count} at width {width}{combo}")
+        elif k == 0 and root.cls == "duplicate":
+            twins = f" (near-copies: cosine ≥ {root.min_child_cos:.2f})" if root.min_child_cos is not None else ""
+            parts.append(f"duplicated {count}× at width {width}{twins}")
         else:
             parts.append(f"kept at width {width}" if count == 1 else f"{count} features at width {width}")
     return " · ".join(parts)

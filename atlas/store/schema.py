@@ -6,7 +6,7 @@ matches, correlations and compositions are views over the table files the `parts
 
 from pathlib import Path
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 # Each step upgrades an atlas from the version before it (the tables it adds come from TABLES).
 MIGRATIONS = {
@@ -28,6 +28,15 @@ MIGRATIONS = {
     # matches, correlations, compositions move out of the DuckDB file into table files: a job step, not
     # SQL (Writer.move_tables_out, run by `atlas migrate` or any job)
     5: None,
+    # What versions 4-5 stored as pw_mcc is MMCS (mean best |cosine|, both ways): it moves to mmcs, and pw_mcc
+    # (Song et al.'s assignment, which needs the weights) stays NULL until `atlas match` recomputes the pair:
+    # its params_hash is marked stale so the next run does. Widths gain min_child_cos and the duplicate class
+    # on `atlas match --pairs widths` (new parameters, new hash). docs/design.md, Consistency.
+    6: "ALTER TABLE pair_stats ADD COLUMN IF NOT EXISTS mmcs DOUBLE;"
+       "ALTER TABLE pair_stats ADD COLUMN IF NOT EXISTS mmcs_random DOUBLE;"
+       "UPDATE pair_stats SET mmcs = pw_mcc, mmcs_random = pw_mcc_random, pw_mcc = NULL, pw_mcc_random = NULL, "
+       "params_hash = 'stale-' || params_hash WHERE mmcs IS NULL AND pw_mcc IS NOT NULL;"
+       "ALTER TABLE widths ADD COLUMN IF NOT EXISTS min_child_cos FLOAT;",
 }
 
 TABLES = """
@@ -92,20 +101,23 @@ CREATE TABLE IF NOT EXISTS pair_stats (
     explained_variance DOUBLE,    -- with activations: encode(a) -> permute -> decode(b) against b's layer
     params_hash VARCHAR NOT NULL,
     run_id VARCHAR NOT NULL,
-    pw_mcc DOUBLE,                -- decoder_cos: mean best |cosine| in the other SAE, both directions (Song et al. 2025)
-    pw_mcc_random DOUBLE          -- the same for random unit decoders of these widths and d_in
+    pw_mcc DOUBLE,                -- decoder_cos: PW-MCC (Song et al. 2025), mean cosine of one one-to-one assignment of all features
+    pw_mcc_random DOUBLE,         -- the same for random unit decoders of these widths and d_in (simulated)
+    mmcs DOUBLE,                  -- decoder_cos: MMCS (Sharkey et al. 2022), mean best |cosine| in the other SAE, both ways
+    mmcs_random DOUBLE            -- the same for random unit decoders (closed form)
 );
 
 -- Width siblings (same model and hook, sae_b wider): one row per feature of the narrow SAE sae_a.
 CREATE TABLE IF NOT EXISTS widths (
     sae_a VARCHAR NOT NULL, feature_a INTEGER NOT NULL, sae_b VARCHAR NOT NULL,
-    class VARCHAR NOT NULL,       -- kept (1 child) | split (>= 2) | absent (none)
+    class VARCHAR NOT NULL,       -- kept (1 child) | split (>= 2) | duplicate (>= 2, near-copies) | absent (none)
     n_children INTEGER NOT NULL,
     children INTEGER[] NOT NULL,  -- wide features whose best narrow feature (cosine >= tau) is this one
     scores FLOAT[] NOT NULL,      -- their decoder cosines with it, best first
     combo_cos FLOAT,              -- cosine with the best non-negative combination of its children
     best_feature INTEGER NOT NULL, best_score FLOAT NOT NULL,  -- nearest wide feature, whatever the class
-    tau DOUBLE NOT NULL, params_hash VARCHAR NOT NULL, run_id VARCHAR NOT NULL
+    tau DOUBLE NOT NULL, params_hash VARCHAR NOT NULL, run_id VARCHAR NOT NULL,
+    min_child_cos FLOAT           -- least cosine between two of its children (>= 2 children)
 );
 
 CREATE TABLE IF NOT EXISTS examples (
@@ -350,7 +362,7 @@ up(depth, sae_id, feature) AS (
     UNION
     SELECT u.depth - 1, e.sae_a, e.feature_a FROM up u JOIN edges e ON e.sae_b = u.sae_id AND e.feature_b = u.feature)
 SELECT n.depth, n.sae_id, s.d_sae, n.feature, p.sae_a AS parent_sae, p.feature_a AS parent_feature, p.score,
-       w.class, w.n_children, w.combo_cos, f.label
+       w.class, w.n_children, w.combo_cos, f.label, w.min_child_cos
 FROM (SELECT * FROM down UNION SELECT * FROM up) n
 JOIN saes s USING (sae_id)
 LEFT JOIN edges p ON p.sae_b = n.sae_id AND p.feature_b = n.feature
