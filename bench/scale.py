@@ -51,6 +51,8 @@ SPLIT = 0.03
 """Share of carried features whose rank-2 candidate is a split (feature_b's best parent, score >= 0.7)."""
 OLD_COMMIT = "cdd41c7"
 """The previous layout: matches inside DuckDB, publish copies the file, the server's in-memory EdgeIndex."""
+BASELINE_COMMIT = "cc84550"
+"""Table files read as Parquet (no edge index): the server this run's HTTP rows are compared with."""
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -368,15 +370,20 @@ def _publish_summary(runs: list[dict], duckdb_bytes: int) -> dict:
 
 
 def disk_new(atlas) -> dict:
-    """Bytes on disk per match row: the table files (forward, reverse) and the DuckDB file."""
+    """Bytes on disk per match row: the table files (forward, reverse), their edge indexes, the DuckDB file."""
+    from atlas.store.edgeindex import index_name
+
     with atlas.read() as con:
         rows, = con.execute("SELECT sum(n_rows) FROM parts WHERE table_name = 'matches'").fetchone()
         files = con.execute("SELECT file, reverse_file FROM parts WHERE table_name = 'matches'").fetchall()
     fwd = sum((atlas.tables_dir / f).stat().st_size for f, _ in files)
     rev = sum((atlas.tables_dir / r).stat().st_size for _, r in files if r)
+    idx = sum((atlas.tables_dir / index_name(f)).stat().st_size for f, _ in files
+              if (atlas.tables_dir / index_name(f)).exists())
     db = atlas.path.stat().st_size
     return {"match_rows": int(rows), "table_files_gb": (fwd + rev) / 1e9, "reverse_files_gb": rev / 1e9,
             "bytes_per_row": (fwd + rev) / rows, "forward_bytes_per_row": fwd / rows,
+            "index_gb": idx / 1e9, "index_bytes_per_row": idx / rows,
             "duckdb_file_mb": db / 2**20, "files": len(files) + sum(1 for _, r in files if r)}
 
 
@@ -551,10 +558,11 @@ def _bounded(urls: list[str], seconds: float, threads: int = 4) -> dict:
 
 def measure_http(atlas_path: Path, pythonpath: Path, seconds: int, lineage_requests: int, export_s: float,
                  limit_mb: float, log=print, lineage_seconds: float = 240) -> dict:
-    """Card and lineage under wrk, RSS after `lineage_requests` random lineages, and the matches export."""
+    """Card and lineage under load (bench/load.py), RSS after `lineage_requests` random lineages, and the
+    matches export."""
     import httpx
 
-    from bench.__main__ import _wrk
+    from bench import load
 
     out: dict = {"server": "atlas serve --workers 2", "rss_limit_mb": limit_mb}
     server = Server(atlas_path, pythonpath, limit_mb)
@@ -574,7 +582,7 @@ def measure_http(atlas_path: Path, pythonpath: Path, seconds: int, lineage_reque
             log(f"scale:   first {name} requests {codes} in {out[f'{name}_first_s']:.1f} s, "
                 f"server RSS {server.rss_mb():.0f} MB")
         for name, urls in paths.items():
-            out[name] = {str(c): _wrk(urls, server.base, seconds, c) for c in (2, 8)}
+            out[name] = {str(c): load.run(server.base, urls, seconds, c) for c in (2, 8)}
             log(f"scale:   {name}: " + ", ".join(f"{c} conn p50 {v['p50_ms']:.1f} ms p99 {v['p99_ms']:.1f} ms "
                                                  f"{v['req_per_s']:.0f} req/s" for c, v in out[name].items()))
         lin = [f"{server.base}/api/saes/{s}/features/{f}/lineage" for s, f in _features(atlas_path, lineage_requests, 2)]
@@ -620,6 +628,12 @@ def run(args, log=print) -> dict:
             log(f"scale: {name}: HTTP on {shape.match_rows:,} rows")
             res["http"] = measure_http(atlas.path, ROOT, args.seconds, args.lineage_requests, args.export_seconds,
                                        args.rss_limit_mb, log, args.lineage_seconds)
+            if name == "big" and args.baseline:  # the same atlas served by the table-file reads before edge indexes
+                log(f"scale: {name}: HTTP on the same atlas, served by commit {args.baseline} (Parquet reads)")
+                out["baseline_commit"] = args.baseline
+                res["http_baseline"] = measure_http(atlas.path, old_source(scale_dir, args.baseline), args.seconds,
+                                                    args.lineage_requests, args.export_seconds, args.rss_limit_mb, log,
+                                                    args.lineage_seconds)
         out[name] = res
     if args.old:
         src = old_source(scale_dir, OLD_COMMIT)
@@ -667,6 +681,9 @@ def add_arguments(p) -> None:
     g.add_argument("--export-seconds", type=float, default=240, help="Stop reading the export after this long.")
     g.add_argument("--rss-limit-mb", type=float, default=8000, help="Stop a server whose processes pass this RSS.")
     g.add_argument("--no-http", dest="http", action="store_false", help="Skip the HTTP measurements.")
+    g.add_argument("--baseline", default=BASELINE_COMMIT,
+                   help="Also serve the big atlas with this commit's code (table-file reads without edge indexes); "
+                        "'' to skip.")
     g.add_argument("--no-http-small", dest="http_small", action="store_false",
                    help="Skip HTTP on the small new-layout atlas (the size the previous layout is served at).")
     g.add_argument("--no-old", dest="old", action="store_false", help="Skip the previous layout.")
@@ -685,18 +702,30 @@ def summary(v: dict) -> str:
         lines.append(f"  {label}, {r['match_rows']:,} match rows: job adding one pair-method {r['publish']['job_s']:.2f} s "
                      f"(publish {r['publish']['publish_s']:.2f} s); {r['disk']['bytes_per_row']:.2f} bytes/row; "
                      f"DuckDB file {r['disk']['duckdb_file_mb']:.0f} MB")
+        if r["disk"].get("index_bytes_per_row") is not None:
+            lines.append(f"    edge indexes: {r['disk']['index_bytes_per_row']:.2f} bytes/row ({r['disk']['index_gb']:.2f} GB)")
+        for key, what in (("http", "edge indexes"), ("http_baseline", f"baseline {v.get('baseline_commit')}")):
+            h = r.get(key)
+            if key == "http_baseline" and h and "lineage" in h:
+                lines.append(f"    served by {what}:")
+            if h and "lineage" in h:
+                lines += _http_summary(h)
         h = r.get("http")
-        if h and "lineage" in h:
-            for ep in ("lineage", "feature_card"):
-                m = h[ep]["8"]
-                lines.append(f"    {ep}: 8 conn p50 {m['p50_ms']:.1f} ms, p99 {m['p99_ms']:.1f} ms, {m['req_per_s']:.0f} req/s")
-            if "rss_after_lineage_mb" in h:
-                lines.append(f"    RSS after {h['lineage_random']['requests']} random lineages: {h['rss_after_lineage_mb']:.0f} MB")
-            if "export" in h:
-                e = h["export"]
-                lines.append(f"    export: {e['bytes'] / 2**20:.0f} MB in {e['seconds']:.1f} s, RSS {e['rss_before_mb']:.0f} -> "
-                             f"{e['peak_rss_mb']:.0f} MB, complete {e['complete']}")
         if h and h.get("error"):
             lines.append(f"    HTTP: {h['error']}")
     lines.append(f"  section runtime {v['runtime_min']:.1f} min")
     return "\n".join(lines)
+
+
+def _http_summary(h: dict) -> list[str]:
+    lines = []
+    for ep in ("lineage", "feature_card"):
+        lines.append(f"    {ep}: " + ", ".join(f"{c} conn p50 {m['p50_ms']:.1f} ms, p99 {m['p99_ms']:.1f} ms, "
+                                                f"{m['req_per_s']:.0f} req/s" for c, m in h[ep].items()))
+    if "rss_after_lineage_mb" in h:
+        lines.append(f"    RSS after {h['lineage_random']['requests']} random lineages: {h['rss_after_lineage_mb']:.0f} MB")
+    if "export" in h:
+        e = h["export"]
+        lines.append(f"    export: {e['bytes'] / 2**20:.0f} MB in {e['seconds']:.1f} s, RSS {e['rss_before_mb']:.0f} -> "
+                     f"{e['peak_rss_mb']:.0f} MB, complete {e['complete']}")
+    return lines
