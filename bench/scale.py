@@ -421,6 +421,19 @@ def rss_mb(pid: int) -> float:
     return total / 1024
 
 
+def rss_kinds_mb(pid: int) -> dict:
+    """RssAnon, RssFile and RssShmem of a process and its descendants, MB: file-backed pages (mapped edge
+    indexes, libraries) are the page cache's, shared between workers and reclaimable; anonymous ones are the heap."""
+    total = {"RssAnon": 0, "RssFile": 0, "RssShmem": 0}
+    for p in _tree(pid):
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                key = line.split(":")[0]
+                if key in total:
+                    total[key] += int(line.split()[1])
+    return {k.removeprefix("Rss").lower() + "_mb": v / 1024 for k, v in total.items()}
+
+
 class Server:
     """`atlas serve --workers 2` on a free port, in its own process group, under an RSS watchdog that stops it
     past `limit_mb` (so a layout that cannot hold the atlas fails its row instead of the machine)."""
@@ -571,6 +584,7 @@ def measure_http(atlas_path: Path, pythonpath: Path, seconds: int, lineage_reque
         server.wait_ready()
         out["start_s"] = time.perf_counter() - t0
         out["rss_idle_mb"] = server.rss_mb()
+        out["rss_idle_kinds"] = rss_kinds_mb(server.proc.pid)
         picks = _features(atlas_path, 2000, 1)
         paths = {"feature_card": [f"/api/saes/{s}/features/{f}" for s, f in picks],
                  "lineage": [f"/api/saes/{s}/features/{f}/lineage" for s, f in picks]}
@@ -588,6 +602,7 @@ def measure_http(atlas_path: Path, pythonpath: Path, seconds: int, lineage_reque
         lin = [f"{server.base}/api/saes/{s}/features/{f}/lineage" for s, f in _features(atlas_path, lineage_requests, 2)]
         out["lineage_random"] = _bounded(lin, lineage_seconds)
         out["rss_after_lineage_mb"] = server.rss_mb()
+        out["rss_after_lineage_kinds"] = rss_kinds_mb(server.proc.pid)
         out["peak_rss_mb"] = server.peak_mb
         log(f"scale:   RSS after {out['lineage_random']['requests']} random lineages "
             f"({out['lineage_random']['req_per_s']:.0f} req/s): {out['rss_after_lineage_mb']:.0f} MB")
@@ -723,7 +738,8 @@ def _http_summary(h: dict) -> list[str]:
         lines.append(f"    {ep}: " + ", ".join(f"{c} conn p50 {m['p50_ms']:.1f} ms, p99 {m['p99_ms']:.1f} ms, "
                                                 f"{m['req_per_s']:.0f} req/s" for c, m in h[ep].items()))
     if "rss_after_lineage_mb" in h:
-        lines.append(f"    RSS after {h['lineage_random']['requests']} random lineages: {h['rss_after_lineage_mb']:.0f} MB")
+        lines.append(f"    RSS after {h['lineage_random']['requests']} random lineages: {h['rss_after_lineage_mb']:.0f} MB "
+                     f"({h.get('rss_after_lineage_kinds')})")
     if "export" in h:
         e = h["export"]
         lines.append(f"    export: {e['bytes'] / 2**20:.0f} MB in {e['seconds']:.1f} s, RSS {e['rss_before_mb']:.0f} -> "

@@ -38,9 +38,11 @@ def edge_kinds(assigned: np.ndarray, rank: np.ndarray, rank_b: np.ndarray) -> np
 
 class EdgeIndexCache:
     """Open edge indexes, least recently used first out, bounded by count and by mapped bytes (a closed
-    index unmaps its file once no lookup holds its arrays; the mapped pages are the OS's to evict)."""
+    index unmaps its file once no lookup holds its arrays; the mapped pages are the OS's to evict). Small
+    bounds cost little: reopening an index is an open, an mmap and a header parse (tens of microseconds),
+    its pages stay in the page cache; but a process's RSS counts the pages it has mapped and touched."""
 
-    def __init__(self, root: Path, max_open: int = 256, max_bytes: int = 512 << 20):
+    def __init__(self, root: Path, max_open: int = 128, max_bytes: int = 64 << 20):
         self.root = root
         self.max_open = max_open
         self.max_bytes = max_bytes
