@@ -29,6 +29,7 @@ from .common import SAE_COLUMNS
 from .records import NotFound
 
 EDGE_COLUMNS = ["feature_a", "feature_b", "score", "rank", "assigned", "rank_b"]
+NO_ROWS = Rows(*(np.empty(0, t) for t in (np.int64, np.int64, np.float32, np.int64, np.uint8)))
 
 
 def edge_kinds(assigned: np.ndarray, rank: np.ndarray, rank_b: np.ndarray) -> np.ndarray:
@@ -42,7 +43,7 @@ class EdgeIndexCache:
     bounds cost little: reopening an index is an open, an mmap and a header parse (tens of microseconds),
     its pages stay in the page cache; but a process's RSS counts the pages it has mapped and touched."""
 
-    def __init__(self, root: Path, max_open: int = 128, max_bytes: int = 64 << 20):
+    def __init__(self, root: Path, max_open: int = 256, max_bytes: int = 384 << 20):
         self.root = root
         self.max_open = max_open
         self.max_bytes = max_bytes
@@ -56,8 +57,10 @@ class EdgeIndexCache:
             if rel in self._open:
                 self._open.move_to_end(rel)
                 return self._open[rel]
-        path = self.root / index_name(rel)
-        index = EdgeIndex(path) if path.exists() else None
+        try:
+            index = EdgeIndex(self.root / index_name(rel))
+        except FileNotFoundError:
+            index = None
         with self._lock:
             if rel not in self._open:
                 self._open[rel] = index
@@ -148,7 +151,7 @@ class FileEdges:
         `features`. `bar`: the lowest score the caller keeps backward (lets a Parquet read use the reverse
         file; the index holds every row)."""
         if (sae_a, sae_b, method) not in self.pairs:
-            return _rows(_empty(EDGE_COLUMNS))
+            return NO_ROWS
         index = self.index(sae_a, sae_b, method)
         if index is not None:
             return index.forward(features) if forward else index.backward(features)
