@@ -177,10 +177,15 @@ def _scale_rss(v: dict) -> str:
     small = v["small"].get("http", {})
     at_small = (f"; at {_m(v['small']['match_rows'])} rows {small['rss_after_lineage_mb'] / 1024:.2f} GB after "
                 f"{small['lineage_random']['requests']:,}" if "rss_after_lineage_mb" in small else "")
-    return (f"**{h['rss_after_lineage_mb'] / 1024:.2f} GB** after {r['requests']:,} random lineages{cut} "
+    kinds = h.get("rss_after_lineage_kinds")
+    split = (f": heap **{kinds['anon_mb'] / 1024:.2f} GB**, file-backed pages {kinds['file_mb'] / 1024:.2f} GB (mapped "
+             f"edge indexes and libraries: shared, the page cache's to evict)" if kinds else "")
+    return (f"**{h['rss_after_lineage_mb'] / 1024:.2f} GB** after {r['requests']:,} random lineages{cut}{split} "
             f"(idle {h['rss_idle_mb'] / 1024:.2f} GB){at_small}"
             + _baseline(v, lambda b: f"{b['rss_after_lineage_mb'] / 1024:.2f} GB after "
-                                     f"{b['lineage_random']['requests']:,} (idle {b['rss_idle_mb'] / 1024:.2f} GB)")
+                                     f"{b['lineage_random']['requests']:,} (idle {b['rss_idle_mb'] / 1024:.2f} GB"
+                                     + (f", heap {b['rss_after_lineage_kinds']['anon_mb'] / 1024:.2f} GB"
+                                        if "rss_after_lineage_kinds" in b else "") + ")")
             + _old(v, lambda o: f"{o['http']['rss_after_lineage_mb'] / 1024:.2f} GB after "
                                 f"{o['http']['lineage_random']['requests']:,}"))
 
@@ -390,7 +395,10 @@ def scale_sentence(results: Path = RESULTS) -> str:
     text = (f"Measured (`{path.name}`, {_host(meta)}): a synthetic atlas of {_m(b['match_rows'])} match rows "
             f"({b['pairs']} pair-methods, {b['saes']} SAEs of {_k(b['shape']['d_sae'])} features) takes "
             f"{d['table_files_gb']:.1f} GB of table files ({d['bytes_per_row']:.1f} bytes per row, reverse files "
-            f"included) beside a {d['duckdb_file_mb']:.0f} MB DuckDB file; a job adding one pair-method takes "
+            f"included) beside a {d['duckdb_file_mb']:.0f} MB DuckDB file"
+            + (f", and {d['index_gb']:.1f} GB of edge indexes ({d['index_bytes_per_row']:.1f} bytes per row)"
+               if "index_gb" in d else "")
+            + f"; a job adding one pair-method (its edge index written) takes "
             f"{b['publish']['job_s']:.2f} s there and {s['publish']['job_s']:.2f} s at {_m(s['match_rows'])} rows")
     old = v.get("old")
     if old:

@@ -646,9 +646,13 @@ def run(args, log=print) -> dict:
             if name == "big" and args.baseline:  # the same atlas served by the table-file reads before edge indexes
                 log(f"scale: {name}: HTTP on the same atlas, served by commit {args.baseline} (Parquet reads)")
                 out["baseline_commit"] = args.baseline
-                res["http_baseline"] = measure_http(atlas.path, old_source(scale_dir, args.baseline), args.seconds,
-                                                    args.lineage_requests, args.export_seconds, args.rss_limit_mb, log,
-                                                    args.lineage_seconds)
+                try:
+                    src = old_source(scale_dir, args.baseline)
+                except subprocess.CalledProcessError as e:  # a checkout without that commit
+                    res["http_baseline"] = {"error": f"no source for {args.baseline}: {e.stderr.decode()[:200]}"}
+                else:
+                    res["http_baseline"] = measure_http(atlas.path, src, args.seconds, args.lineage_requests,
+                                                        args.export_seconds, args.rss_limit_mb, log, args.lineage_seconds)
         out[name] = res
     if args.old:
         src = old_source(scale_dir, OLD_COMMIT)
