@@ -124,7 +124,7 @@ def _random_atlas(path: Path, seed: int, layers: int, d: int, k: int) -> tuple[A
     return atlas, ids
 
 
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seed=st.integers(0, 2**31), layers=st.integers(2, 5), d=st.integers(3, 10), k=st.integers(1, 4))
 def test_lineage_from_the_index_equals_the_macro_on_random_atlases(seed, layers, d, k):
     k = min(k, d)
