@@ -183,6 +183,12 @@ class EdgeIndex:
 
 def _gather(ptr: np.ndarray, features) -> tuple[np.ndarray, np.ndarray]:
     """(the feature of each position, positions) of the CSR runs of `features` (unknown features: none)."""
+    if len(features) == 1:  # the common case (a card; a lineage step from one node): one slice
+        f = int(next(iter(features)))
+        if not 0 <= f < len(ptr) - 1:
+            return np.empty(0, np.int64), np.empty(0, np.int64)
+        lo, hi = int(ptr[f]), int(ptr[f + 1])
+        return np.full(hi - lo, f, np.int64), np.arange(lo, hi)
     f = np.unique(np.asarray(features, dtype=np.int64))
     f = f[(f >= 0) & (f < len(ptr) - 1)]
     lo, hi = ptr[f].astype(np.int64), ptr[f + 1].astype(np.int64)
