@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..match.methods import METHODS
-from ..store.edgeindex import KINDS, EdgeIndex, Rows, index_name, kind_codes
+from ..store.edgeindex import CARRY, KINDS, EdgeIndex, Rows, index_name, kind_codes
 from ..store.parts import PartReader, catalog
 from ..store.schema import files_root
 from .common import SAE_COLUMNS
@@ -197,7 +197,7 @@ class FileEdges:
         for other in targets:
             a, b = (sae, other) if forward else (other, sae)
             r = self.lookup(a, b, method, features, forward, bar)
-            out += [(a, fa, b, fb, method, s, rank, kind == 0, str(KINDS[kind])) for fa, fb, s, rank, kind in zip(
+            out += [(a, fa, b, fb, method, s, rank, kind == CARRY, str(KINDS[kind])) for fa, fb, s, rank, kind in zip(
                 r.feature_a.tolist(), r.feature_b.tolist(), r.score.tolist(), r.rank.tolist(), r.kind.tolist())]
         return out
 
@@ -207,7 +207,7 @@ class FileEdges:
         for other, method in self.out_of.get(sae, []):
             r = self.lookup(sae, other, method, [feature], True)
             r = r.take(r.rank <= top)
-            out += [(method, other, fb, s, rank, kind == 0, "out") for fb, s, rank, kind in zip(
+            out += [(method, other, fb, s, rank, kind == CARRY, "out") for fb, s, rank, kind in zip(
                 r.feature_b.tolist(), r.score.tolist(), r.rank.tolist(), r.kind.tolist())]
         return out
 
@@ -220,7 +220,7 @@ class FileEdges:
             r = self.lookup(other, sae, method, [feature], False, floor)
             if floor is not None:
                 r = r.take(r.score.astype(np.float64) >= floor)
-            out += [(method, other, fa, s, rank, kind == 0, "in") for fa, s, rank, kind in zip(
+            out += [(method, other, fa, s, rank, kind == CARRY, "in") for fa, s, rank, kind in zip(
                 r.feature_a.tolist(), r.score.tolist(), r.rank.tolist(), r.kind.tolist())]
         return out
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..store.edgeindex import KINDS
+from ..store.edgeindex import CANDIDATE, CARRY, KINDS
 from . import budget
 from .common import check_feature, check_fraction, check_method, sae_row, stack_saes
 from .neuronpedia import feature_url
@@ -174,10 +174,10 @@ def _step(files: FileEdges, ids, pos, nodes, forward, max_skip, method, low, bar
             continue
         score = r.score.astype(np.float64)  # compared as DOUBLE, as SQL compares a FLOAT column with tau
         keep = (score <= v) if distance else (score >= v)
-        if mode != "all":  # the kinds this step follows (_follows): carry/split/merge adjacent, carry across gaps
-            keep &= (r.kind != 3) if step == 1 else (r.kind == 0)
+        if mode != "all":  # the default lineage follows carry/split/merge to the next layer, only carries across gaps
+            keep &= (r.kind != CANDIDATE) if step == 1 else (r.kind == CARRY)
         r = r.take(keep)
-        out += [(Edge(a, fa, b, fb, method, s, rank, kind == 0, gap=0, kind=str(KINDS[kind])), step)
+        out += [(Edge(a, fa, b, fb, method, s, rank, kind == CARRY, gap=0, kind=str(KINDS[kind])), step)
                 for fa, fb, s, rank, kind in zip(r.feature_a.tolist(), r.feature_b.tolist(), r.score.tolist(),
                                                  r.rank.tolist(), r.kind.tolist())]
     return sorted(out, key=lambda x: (x[1], -x[0].score))  # nearest layers first

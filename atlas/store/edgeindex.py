@@ -35,13 +35,14 @@ SUFFIX = ".idx"
 COLUMNS = ["feature_a", "feature_b", "score", "rank", "assigned", "rank_b"]
 KINDS = np.array(["carry", "split", "merge", "candidate"])
 """Edge kinds by code (schema.py's edge_kind macro)."""
+CARRY, SPLIT, MERGE, CANDIDATE = range(4)
 _ALIGN = 64
 
 
 def kind_codes(assigned: np.ndarray, rank: np.ndarray, rank_b: np.ndarray) -> np.ndarray:
     """KINDS code of each edge, the edge_kind macro's rule: carry if assigned, else split if feature_a is
     feature_b's best parent (rank_b = 1), else merge if feature_b is feature_a's best child (rank = 1)."""
-    return np.select([assigned, rank_b == 1, rank == 1], [0, 1, 2], 3).astype(np.uint8)
+    return np.select([assigned, rank_b == 1, rank == 1], [CARRY, SPLIT, MERGE], CANDIDATE).astype(np.uint8)
 
 
 def index_name(rel: str) -> str:
