@@ -77,11 +77,17 @@ class Snapshot:
         return row
 
     def feature_row(self, sae_id: str, feature: int) -> tuple:
-        """(dec_norm, threshold, density, max_act, label) of one feature: one point query (features are
-        stored in (sae_id, feature) order, so it reads one block)."""
-        row = self.cursor().execute(f"SELECT {', '.join(FEATURE_COLUMNS)} FROM features WHERE sae_id = ? "
-                                    f"AND feature = ?", [sae_id, feature]).fetchone()
+        """(dec_norm, threshold, density, max_act, label) of one feature: one point query, narrowed to the SAE's
+        rowid span (a VARCHAR filter alone scans far more of `features`: 3.7 -> 0.75 ms at 1.3M rows)."""
+        lo, hi = self.feature_spans().get(sae_id, (0, -1))
+        row = self.cursor().execute(f"SELECT {', '.join(FEATURE_COLUMNS)} FROM features WHERE rowid BETWEEN ? AND ? "
+                                    f"AND sae_id = ? AND feature = ?", [lo, hi, sae_id, feature]).fetchone()
         return row if row is not None else (None,) * len(FEATURE_COLUMNS)
+
+    def feature_spans(self) -> dict[str, tuple[int, int]]:
+        """sae_id -> (first, last) rowid of its features in this snapshot (grows with SAEs)."""
+        return self._cached("spans", lambda: {s: (lo, hi) for s, lo, hi in self.cursor().execute(
+            "SELECT sae_id, min(rowid), max(rowid) FROM features GROUP BY sae_id").fetchall()})
 
     def with_examples(self) -> set[str]:
         """SAEs that have example contexts (so cards of the others skip that query)."""

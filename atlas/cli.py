@@ -98,11 +98,12 @@ def migrate(ctx):
     before = atlas.path.stat().st_size
     with atlas.write() as w:
         version = w.upgraded_from
+        indexed = w.build_edge_indexes()
         n, size = w.con.execute("SELECT count(*), coalesce(sum(bytes), 0) FROM parts").fetchone()
         stale = w.con.execute("SELECT count(*) FROM pair_stats WHERE starts_with(params_hash, 'stale-')").fetchone()[0]
     if version == SCHEMA_VERSION:
         click.echo(f"{atlas.path} is already at schema version {SCHEMA_VERSION}; its views name its {n} table files "
-                   f"in {atlas.tables_dir}")
+                   f"in {atlas.tables_dir}" + (f"; wrote {indexed} missing edge indexes" if indexed else ""))
     else:
         click.echo(f"migrated {atlas.path} from schema version {version} to {SCHEMA_VERSION}: {n} table files "
                    f"({size / 1e6:,.1f} MB) in {atlas.tables_dir}; DuckDB file {before / 1e6:,.1f} MB -> "

@@ -51,6 +51,8 @@ SPLIT = 0.03
 """Share of carried features whose rank-2 candidate is a split (feature_b's best parent, score >= 0.7)."""
 OLD_COMMIT = "cdd41c7"
 """The previous layout: matches inside DuckDB, publish copies the file, the server's in-memory EdgeIndex."""
+BASELINE_COMMIT = "cc84550"
+"""Table files read as Parquet (no edge index): the server this run's HTTP rows are compared with."""
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -368,15 +370,20 @@ def _publish_summary(runs: list[dict], duckdb_bytes: int) -> dict:
 
 
 def disk_new(atlas) -> dict:
-    """Bytes on disk per match row: the table files (forward, reverse) and the DuckDB file."""
+    """Bytes on disk per match row: the table files (forward, reverse), their edge indexes, the DuckDB file."""
+    from atlas.store.edgeindex import index_name
+
     with atlas.read() as con:
         rows, = con.execute("SELECT sum(n_rows) FROM parts WHERE table_name = 'matches'").fetchone()
         files = con.execute("SELECT file, reverse_file FROM parts WHERE table_name = 'matches'").fetchall()
     fwd = sum((atlas.tables_dir / f).stat().st_size for f, _ in files)
     rev = sum((atlas.tables_dir / r).stat().st_size for _, r in files if r)
+    idx = sum((atlas.tables_dir / index_name(f)).stat().st_size for f, _ in files
+              if (atlas.tables_dir / index_name(f)).exists())
     db = atlas.path.stat().st_size
     return {"match_rows": int(rows), "table_files_gb": (fwd + rev) / 1e9, "reverse_files_gb": rev / 1e9,
             "bytes_per_row": (fwd + rev) / rows, "forward_bytes_per_row": fwd / rows,
+            "index_gb": idx / 1e9, "index_bytes_per_row": idx / rows,
             "duckdb_file_mb": db / 2**20, "files": len(files) + sum(1 for _, r in files if r)}
 
 
@@ -412,6 +419,19 @@ def rss_mb(pid: int) -> float:
                 if line.startswith("VmRSS:"):
                     total += int(line.split()[1])
     return total / 1024
+
+
+def rss_kinds_mb(pid: int) -> dict:
+    """RssAnon, RssFile and RssShmem of a process and its descendants, MB: file-backed pages (mapped edge
+    indexes, libraries) are the page cache's, shared between workers and reclaimable; anonymous ones are the heap."""
+    total = {"RssAnon": 0, "RssFile": 0, "RssShmem": 0}
+    for p in _tree(pid):
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                key = line.split(":")[0]
+                if key in total:
+                    total[key] += int(line.split()[1])
+    return {k.removeprefix("Rss").lower() + "_mb": v / 1024 for k, v in total.items()}
 
 
 class Server:
@@ -563,6 +583,7 @@ def measure_http(atlas_path: Path, pythonpath: Path, seconds: int, lineage_reque
         server.wait_ready()
         out["start_s"] = time.perf_counter() - t0
         out["rss_idle_mb"] = server.rss_mb()
+        out["rss_idle_kinds"] = rss_kinds_mb(server.proc.pid)
         picks = _features(atlas_path, 2000, 1)
         paths = {"feature_card": [f"/api/saes/{s}/features/{f}" for s, f in picks],
                  "lineage": [f"/api/saes/{s}/features/{f}/lineage" for s, f in picks]}
@@ -580,6 +601,7 @@ def measure_http(atlas_path: Path, pythonpath: Path, seconds: int, lineage_reque
         lin = [f"{server.base}/api/saes/{s}/features/{f}/lineage" for s, f in _features(atlas_path, lineage_requests, 2)]
         out["lineage_random"] = _bounded(lin, lineage_seconds)
         out["rss_after_lineage_mb"] = server.rss_mb()
+        out["rss_after_lineage_kinds"] = rss_kinds_mb(server.proc.pid)
         out["peak_rss_mb"] = server.peak_mb
         log(f"scale:   RSS after {out['lineage_random']['requests']} random lineages "
             f"({out['lineage_random']['req_per_s']:.0f} req/s): {out['rss_after_lineage_mb']:.0f} MB")
@@ -621,6 +643,17 @@ def run(args, log=print) -> dict:
             res["http"] = measure_http(atlas.path, ROOT, args.seconds, args.lineage_requests, args.export_seconds,
                                        args.rss_limit_mb, log, args.lineage_seconds,
                                        args.load_client)
+            if name == "big" and args.baseline:  # the same atlas served by the table-file reads before edge indexes
+                log(f"scale: {name}: HTTP on the same atlas, served by commit {args.baseline} (Parquet reads)")
+                out["baseline_commit"] = args.baseline
+                try:
+                    src = old_source(scale_dir, args.baseline)
+                except subprocess.CalledProcessError as e:  # a checkout without that commit
+                    res["http_baseline"] = {"error": f"no source for {args.baseline}: {e.stderr.decode()[:200]}"}
+                else:
+                    res["http_baseline"] = measure_http(atlas.path, src, args.seconds, args.lineage_requests,
+                                                        args.export_seconds, args.rss_limit_mb, log, args.lineage_seconds,
+                                                        args.load_client)
         out[name] = res
     if args.old:
         src = old_source(scale_dir, OLD_COMMIT)
@@ -669,6 +702,9 @@ def add_arguments(p) -> None:
     g.add_argument("--export-seconds", type=float, default=240, help="Stop reading the export after this long.")
     g.add_argument("--rss-limit-mb", type=float, default=8000, help="Stop a server whose processes pass this RSS.")
     g.add_argument("--no-http", dest="http", action="store_false", help="Skip the HTTP measurements.")
+    g.add_argument("--baseline", default=BASELINE_COMMIT,
+                   help="Also serve the big atlas with this commit's code (table-file reads without edge indexes); "
+                        "'' to skip.")
     g.add_argument("--no-http-small", dest="http_small", action="store_false",
                    help="Skip HTTP on the small new-layout atlas (the size the previous layout is served at).")
     g.add_argument("--no-old", dest="old", action="store_false", help="Skip the previous layout.")
@@ -687,18 +723,31 @@ def summary(v: dict) -> str:
         lines.append(f"  {label}, {r['match_rows']:,} match rows: job adding one pair-method {r['publish']['job_s']:.2f} s "
                      f"(publish {r['publish']['publish_s']:.2f} s); {r['disk']['bytes_per_row']:.2f} bytes/row; "
                      f"DuckDB file {r['disk']['duckdb_file_mb']:.0f} MB")
+        if r["disk"].get("index_bytes_per_row") is not None:
+            lines.append(f"    edge indexes: {r['disk']['index_bytes_per_row']:.2f} bytes/row ({r['disk']['index_gb']:.2f} GB)")
+        for key, what in (("http", "edge indexes"), ("http_baseline", f"baseline {v.get('baseline_commit')}")):
+            h = r.get(key)
+            if key == "http_baseline" and h and "lineage" in h:
+                lines.append(f"    served by {what}:")
+            if h and "lineage" in h:
+                lines += _http_summary(h)
         h = r.get("http")
-        if h and "lineage" in h:
-            for ep in ("lineage", "feature_card"):
-                m = h[ep]["8"]
-                lines.append(f"    {ep}: 8 conn p50 {m['p50_ms']:.1f} ms, p99 {m['p99_ms']:.1f} ms, {m['req_per_s']:.0f} req/s")
-            if "rss_after_lineage_mb" in h:
-                lines.append(f"    RSS after {h['lineage_random']['requests']} random lineages: {h['rss_after_lineage_mb']:.0f} MB")
-            if "export" in h:
-                e = h["export"]
-                lines.append(f"    export: {e['bytes'] / 2**20:.0f} MB in {e['seconds']:.1f} s, RSS {e['rss_before_mb']:.0f} -> "
-                             f"{e['peak_rss_mb']:.0f} MB, complete {e['complete']}")
         if h and h.get("error"):
             lines.append(f"    HTTP: {h['error']}")
     lines.append(f"  section runtime {v['runtime_min']:.1f} min")
     return "\n".join(lines)
+
+
+def _http_summary(h: dict) -> list[str]:
+    lines = []
+    for ep in ("lineage", "feature_card"):
+        lines.append(f"    {ep}: " + ", ".join(f"{c} conn p50 {m['p50_ms']:.1f} ms, p99 {m['p99_ms']:.1f} ms, "
+                                                f"{m['req_per_s']:.0f} req/s" for c, m in h[ep].items()))
+    if "rss_after_lineage_mb" in h:
+        lines.append(f"    RSS after {h['lineage_random']['requests']} random lineages: {h['rss_after_lineage_mb']:.0f} MB "
+                     f"({h.get('rss_after_lineage_kinds')})")
+    if "export" in h:
+        e = h["export"]
+        lines.append(f"    export: {e['bytes'] / 2**20:.0f} MB in {e['seconds']:.1f} s, RSS {e['rss_before_mb']:.0f} -> "
+                     f"{e['peak_rss_mb']:.0f} MB, complete {e['complete']}")
+    return lines

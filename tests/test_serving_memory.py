@@ -54,8 +54,8 @@ def _atlas(path, folders, k: int) -> Atlas:
 
 
 def _held_after_requests(atlas: Atlas) -> tuple[int, set, int, int]:
-    """(Python bytes still held after 200 lineage + card requests, the snapshot's cache keys, open footers,
-    Arrow bytes still allocated) of a server over `atlas`."""
+    """(Python bytes still held after 200 lineage + card requests, the snapshot's cache keys, open edge indexes and
+    Parquet footers, Arrow bytes still allocated) of a server over `atlas`."""
     with TestClient(create_app(atlas.path)) as c:
         snap = c.app.dependencies["atlas"].dependency().snapshot()
         ids = list(snap.saes())
@@ -73,7 +73,8 @@ def _held_after_requests(atlas: Atlas) -> tuple[int, set, int, int]:
         gc.collect()
         held = sum(s.size_diff for s in tracemalloc.take_snapshot().compare_to(before, "filename"))
         tracemalloc.stop()
-        return held, set(snap._cache), len(snap.files().reader._meta), pa.total_allocated_bytes() - arrow0
+        files = snap.files()
+        return held, set(snap._cache), (len(files.indexes), len(files.reader._meta)), pa.total_allocated_bytes() - arrow0
 
 
 def test_server_memory_after_the_same_requests_does_not_grow_with_match_rows(stack, tmp_path):
@@ -85,7 +86,7 @@ def test_server_memory_after_the_same_requests_does_not_grow_with_match_rows(sta
         whole = con.cursor().sql("SELECT * FROM matches").to_arrow_table().nbytes  # what an in-memory index held
     held_n, keys_n, open_n, arrow_n = _held_after_requests(small)
     held_4n, keys_4n, open_4n, arrow_4n = _held_after_requests(big)
-    assert keys_n == keys_4n and open_n == open_4n  # the same caches, the same number of footers
+    assert keys_n == keys_4n and open_n == open_4n == (TINY.n_layers - 1, 0)  # one open index per pair, no footers
     assert max(arrow_n, arrow_4n) <= 0  # no Arrow buffers outlive a request
     # what stays behind (interned strings, DuckDB's Python objects) does not scale with the rows
     assert held_4n < max(2 * held_n, 256 * 1024) and held_4n < whole, (held_n, held_4n, whole)

@@ -1,15 +1,19 @@
-"""Matches of one snapshot read from its table files by point lookups (atlas.store.parts), for lineage,
-the feature card and feature-flow origins.
+"""Matches of one snapshot read by point lookups, for lineage, the feature card and feature-flow origins
+(docs/design.md, Serving memory).
 
-A pair's matches file is sorted by feature_a, so a feature's outgoing rows sit in one row group; similarity
-methods also have a reverse file (rows >= the method's index floor, sorted by feature_b) for incoming rows.
-Below the floor, and for distance methods (no reverse file), incoming rows come from a filtered read of the
-pair's own file: bounded by that pair, never by the atlas. Nothing here holds rows between requests: the
-catalog and the SAE rows grow with SAEs and pairs, the reader's cache of footers is a bounded LRU.
+Each pair-method's matches file has an edge index beside it (atlas.store.edgeindex): a lookup of some
+features' edges in either direction is a few slices of memory-mapped arrays. Files without one (an atlas
+from before edge indexes, until `atlas migrate` writes them) are read from Parquet as before: outgoing rows
+by feature_a in the pair's file (sorted by feature_a), incoming rows from its reverse file (rows >= the
+method's index floor, by feature_b) or a filtered read of the pair's file. Nothing here holds rows between
+requests: the catalog and the SAE rows grow with SAEs and pairs; open indexes and Parquet footers are LRUs
+bounded by count (and mapped bytes).
 """
 
 from __future__ import annotations
 
+import collections
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -18,29 +22,71 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..match.methods import METHODS
+from ..store.edgeindex import CARRY, KINDS, EdgeIndex, Rows, index_name, kind_codes
 from ..store.parts import PartReader, catalog
 from ..store.schema import files_root
 from .common import SAE_COLUMNS
 from .records import NotFound
 
 EDGE_COLUMNS = ["feature_a", "feature_b", "score", "rank", "assigned", "rank_b"]
-_KINDS = np.array(["carry", "split", "merge", "candidate"])
+NO_ROWS = Rows(*(np.empty(0, t) for t in (np.int64, np.int64, np.float32, np.int64, np.uint8)))
 
 
 def edge_kinds(assigned: np.ndarray, rank: np.ndarray, rank_b: np.ndarray) -> np.ndarray:
     """Kind of each edge (schema.py's edge_kind macro, vectorised): carry | split | merge | candidate."""
-    return _KINDS[np.select([assigned, rank_b == 1, rank == 1], [0, 1, 2], 3)]
+    return KINDS[kind_codes(assigned, rank, rank_b)]
+
+
+class EdgeIndexCache:
+    """Open edge indexes, least recently used first out, bounded by count and by mapped bytes (a closed
+    index unmaps its file once no lookup holds its arrays; the mapped pages are the OS's to evict). Small
+    bounds cost little: reopening an index is an open, an mmap and a header parse (tens of microseconds),
+    its pages stay in the page cache; but a process's RSS counts the pages it has mapped and touched."""
+
+    def __init__(self, root: Path, max_open: int = 256, max_bytes: int = 384 << 20):
+        self.root = root
+        self.max_open = max_open
+        self.max_bytes = max_bytes
+        self._open: collections.OrderedDict[str, EdgeIndex | None] = collections.OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def get(self, rel: str) -> EdgeIndex | None:
+        """The index of table file `rel` (None: it has none)."""
+        with self._lock:
+            if rel in self._open:
+                self._open.move_to_end(rel)
+                return self._open[rel]
+        try:
+            index = EdgeIndex(self.root / index_name(rel))
+        except FileNotFoundError:
+            index = None
+        with self._lock:
+            if rel not in self._open:
+                self._open[rel] = index
+                self._bytes += index.nbytes if index is not None else 0
+            while len(self._open) > self.max_open or (self._bytes > self.max_bytes and len(self._open) > 1):
+                _, old = self._open.popitem(last=False)
+                self._bytes -= old.nbytes if old is not None else 0
+        return index
+
+    @property
+    def mapped_bytes(self) -> int:
+        return self._bytes
+
+    def __len__(self) -> int:
+        return len(self._open)
 
 
 class FileEdges:
-    """The matches of one snapshot, looked up in its table files: outgoing rows by feature_a in the pair's file,
-    incoming rows by feature_b in its reverse file (or a filtered read of the pair's file)."""
+    """The matches of one snapshot, looked up by pair-method: in its edge index, or in its table files."""
 
     def __init__(self, root: str | Path | None, files: dict, saes: dict[str, dict] | None = None,
                  reader: PartReader | None = None, examples: set[str] | None = None,
                  labelled: set[str] | None = None):
         self.root = Path(root) if root is not None else None
         self.reader = reader if reader is not None or self.root is None else PartReader(self.root)
+        self.indexes = EdgeIndexCache(self.root) if self.root is not None else None
         self.saes = saes
         self.examples = examples
         """SAEs with example contexts (None: unknown, ask SQL), so lineages of the others skip that query."""
@@ -95,6 +141,34 @@ class FileEdges:
     def path(self, rel: str) -> Path:
         return self.root / rel
 
+    def index(self, sae_a: str, sae_b: str, method: str) -> EdgeIndex | None:
+        """The edge index of a pair-method (None: no such pair, or a file without one)."""
+        f = self.pairs.get((sae_a, sae_b, method))
+        return self.indexes.get(f[0]) if f is not None and self.indexes is not None else None
+
+    def lookup(self, sae_a: str, sae_b: str, method: str, features, forward: bool, bar: float | None = None) -> Rows:
+        """Edges of pair (sae_a, sae_b, method) whose feature_a (forward) or feature_b (backward) is one of
+        `features`. `bar`: the lowest score the caller keeps backward (lets a Parquet read use the reverse
+        file; the index holds every row)."""
+        if (sae_a, sae_b, method) not in self.pairs:
+            return NO_ROWS
+        index = self.index(sae_a, sae_b, method)
+        if index is not None:
+            return index.forward(features) if forward else index.backward(features)
+        t = self.forward(sae_a, sae_b, method, features) if forward else self.backward(sae_a, sae_b, method, features, bar)
+        return _rows(t)
+
+    def quantile(self, sae_a: str, sae_b: str, method: str, q: float, con) -> float | None:
+        """quantile_cont of a pair-method's assigned scores: from its index, else SQL over its one file."""
+        index = self.index(sae_a, sae_b, method)
+        if index is not None:
+            return index.quantile(q)
+        path = str(self.path(self.pairs[(sae_a, sae_b, method)][0]))
+        return con.execute("SELECT quantile_cont(score, ?) FROM read_parquet(?, hive_partitioning = false) "
+                           "WHERE assigned", [q, path]).fetchall()[0][0]
+
+    # Parquet reads, for table files without an edge index
+
     def forward(self, sae_a: str, sae_b: str, method: str, features, columns=EDGE_COLUMNS) -> pa.Table:
         """Rows of pair (sae_a, sae_b, method) whose feature_a is one of `features` (empty: no such pair)."""
         f = self.pairs.get((sae_a, sae_b, method))
@@ -118,26 +192,23 @@ class FileEdges:
     def edges(self, sae: str, features, targets: list[str], forward: bool, method: str,
               bar: float | None = None) -> list[tuple]:
         """(sae_a, feature_a, sae_b, feature_b, method, score, rank, assigned, kind) of the candidates between
-        `features` of `sae` and each SAE of `targets`, in the given direction (lineage's step)."""
+        `features` of `sae` and each SAE of `targets`, in the given direction."""
         out = []
         for other in targets:
             a, b = (sae, other) if forward else (other, sae)
-            t = self.forward(a, b, method, features) if forward else self.backward(a, b, method, features, bar)
-            if not t.num_rows:
-                continue
-            kinds = edge_kinds(t["assigned"].to_numpy(zero_copy_only=False), t["rank"].to_numpy(),
-                               t["rank_b"].fill_null(0).to_numpy())
-            out += [(a, fa, b, fb, method, score, rank, assigned, str(kind)) for fa, fb, score, rank, assigned, kind in
-                    zip(*(t[c].to_pylist() for c in EDGE_COLUMNS[:5]), kinds)]
+            r = self.lookup(a, b, method, features, forward, bar)
+            out += [(a, fa, b, fb, method, s, rank, kind == CARRY, str(KINDS[kind])) for fa, fb, s, rank, kind in zip(
+                r.feature_a.tolist(), r.feature_b.tolist(), r.score.tolist(), r.rank.tolist(), r.kind.tolist())]
         return out
 
     def outgoing(self, sae: str, feature: int, top: int) -> list[tuple]:
         """(method, sae_b, feature_b, score, rank, assigned, 'out') of a feature's candidates of rank <= top."""
         out = []
         for other, method in self.out_of.get(sae, []):
-            t = self.forward(sae, other, method, [feature], ["feature_b", "score", "rank", "assigned"])
-            out += [(method, other, fb, s, r, asg, "out") for fb, s, r, asg in zip(
-                *(t[c].to_pylist() for c in t.column_names)) if r <= top]
+            r = self.lookup(sae, other, method, [feature], True)
+            r = r.take(r.rank <= top)
+            out += [(method, other, fb, s, rank, kind == CARRY, "out") for fb, s, rank, kind in zip(
+                r.feature_b.tolist(), r.score.tolist(), r.rank.tolist(), r.kind.tolist())]
         return out
 
     def incoming(self, sae: str, feature: int) -> list[tuple]:
@@ -146,9 +217,11 @@ class FileEdges:
         out = []
         for other, method in self.into.get(sae, []):
             floor = METHODS[method].index_floor if method in METHODS else None
-            t = self.backward(other, sae, method, [feature], floor, ["feature_a", "score", "rank", "assigned"])
-            out += [(method, other, fa, s, r, asg, "in") for fa, s, r, asg in zip(
-                *(t[c].to_pylist() for c in t.column_names)) if floor is None or s >= floor]
+            r = self.lookup(other, sae, method, [feature], False, floor)
+            if floor is not None:
+                r = r.take(r.score.astype(np.float64) >= floor)
+            out += [(method, other, fa, s, rank, kind == CARRY, "in") for fa, s, rank, kind in zip(
+                r.feature_a.tolist(), r.score.tolist(), r.rank.tolist(), r.kind.tolist())]
         return out
 
     def files_of(self, table: str, pairs) -> list[str]:
@@ -176,6 +249,14 @@ def _scan(path: Path, column: str, values, columns: list[str]) -> pa.Table:
     read = columns if column in columns else [column, *columns]
     t = pf.read_row_groups(groups, columns=read, use_threads=False) if groups else _empty(read)
     return t.filter(pc.is_in(t[column], values)).select(columns)
+
+
+def _rows(t: pa.Table) -> Rows:
+    """Parquet rows (EDGE_COLUMNS) as index Rows."""
+    rank = t["rank"].to_numpy().astype(np.int64)
+    kind = kind_codes(t["assigned"].to_numpy(zero_copy_only=False), rank, t["rank_b"].fill_null(0).to_numpy())
+    return Rows(t["feature_a"].to_numpy().astype(np.int64), t["feature_b"].to_numpy().astype(np.int64),
+                t["score"].to_numpy(), rank, kind)
 
 
 def _empty(columns) -> pa.Table:

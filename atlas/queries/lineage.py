@@ -9,34 +9,35 @@ the last. Each edge has a kind (edge_kind; the SQL macros edge_kind / lineage_ed
 The default lineage follows these; edges='all' follows every passing candidate (ranks up to k), which
 on real families grows hairballs of near-parallel features. The bar is either a fixed `tau` (cosine) or
 a per-pair `quantile`: keep the best q fraction of that pair's assigned scores (SAE Match: MSE scales
-differ per layer pair). Edges are point lookups in the pairs' table files (edges.FileEdges): a server
-passes the one its snapshot holds, a library call reads the connection's catalog.
+differ per layer pair). The walk goes layer by layer, one lookup per pair for the whole frontier, in the pairs'
+edge indexes (edges.FileEdges): a server passes the one its snapshot holds, a library call reads the
+connection's catalog.
 """
 
 from __future__ import annotations
 
+import numpy as np
+
+from ..store.edgeindex import CANDIDATE, CARRY, KINDS
+from . import budget
 from .common import check_feature, check_fraction, check_method, sae_row, stack_saes
 from .neuronpedia import feature_url
-from . import budget
 from .edges import FileEdges, edge_kinds  # noqa: F401  (edge_kinds: the vectorised rule, re-exported)
 from .records import Edge, Lineage, Node, NotFound, OverBudget, QueryError
 
 MAX_NODES = 2000
 EDGE_MODES = ("default", "all")
+
+
 def edge_kind(assigned: bool, rank: int, rank_b: int) -> str:
     """The same rule for one edge (tests hold the two functions and the SQL macro to one answer)."""
     return "carry" if assigned else "split" if rank_b == 1 else "merge" if rank == 1 else "candidate"
 
 
-def _follows(kind: str, step: int, edges: str) -> bool:
-    """Whether a lineage follows an edge of this kind across `step` stack positions."""
-    return edges == "all" or (kind != "candidate" if step == 1 else kind == "carry")
-
-
 def pair_bars(con, saes: list[str], method: str, tau: float | None, quantile: float | None,
               files: FileEdges | None = None) -> dict | float:
-    """The score bar: one number (tau), or per (sae_a, sae_b) the quantile of assigned scores, read from
-    just those pairs' files."""
+    """The score bar: one number (tau), or per (sae_a, sae_b) the quantile of assigned scores, from just those
+    pairs' edge indexes (or files)."""
     if quantile is None:
         return tau
     q = quantile if check_method(method).is_distance else 1 - quantile
@@ -45,17 +46,8 @@ def pair_bars(con, saes: list[str], method: str, tau: float | None, quantile: fl
     for a in saes:
         for b, m in files.out_of.get(a, []):
             if m == method:
-                path = str(files.path(files.pairs[(a, b, m)][0]))
-                bars[(a, b)] = con.execute("SELECT quantile_cont(score, ?) FROM read_parquet(?, hive_partitioning = false) WHERE assigned",
-                                           [q, path]).fetchall()[0][0]
+                bars[(a, b)] = files.quantile(a, b, m, q, con)
     return {k: v for k, v in bars.items() if v is not None}
-
-
-def _passes(bar, a: str, b: str, score: float, distance: bool) -> bool:
-    v = bar if not isinstance(bar, dict) else bar.get((a, b))
-    if v is None:
-        return False
-    return score <= v if distance else score >= v
 
 
 def lineage(con, sae_id: str, feature: int, direction: str = "both", tau: float | None = 0.7,
@@ -96,10 +88,8 @@ def lineage(con, sae_id: str, feature: int, direction: str = "both", tau: float 
             nodes = frontier.pop(pos, set())
             if not nodes:
                 continue
-            for e, step in _step(files, ids, pos, nodes, forward, max_skip, method, low):
+            for e, step in _step(files, ids, pos, nodes, forward, max_skip, method, low, bar, mode, distance):
                 budget.check("lineage")
-                if not _follows(e.kind, step, mode) or not _passes(bar, e.sae_a, e.sae_b, e.score, distance):
-                    continue
                 src = (e.sae_a, e.feature_a) if forward else (e.sae_b, e.feature_b)
                 dst_pos = pos + step if forward else pos - step
                 dst = (ids[dst_pos], e.feature_b if forward else e.feature_a)
@@ -170,14 +160,26 @@ def _summary(edges: list[Edge], root: tuple, layer_of: dict, ids: list[str], dir
     return ending, " · ".join(parts)
 
 
-def _step(files: FileEdges, ids, pos, nodes, forward, max_skip, method, low):
-    """Candidate edges from `nodes` at stack position pos to the next 1 + max_skip positions."""
+def _step(files: FileEdges, ids, pos, nodes, forward, max_skip, method, low, bar, mode, distance):
+    """Edges from `nodes` at stack position pos to the next 1 + max_skip positions that pass the bar and that
+    the edge mode follows: one lookup per pair, filtered as arrays before any Edge is made."""
     targets = ids[pos + 1: pos + 2 + max_skip] if forward else ids[max(0, pos - 1 - max_skip): pos][::-1]
-    if not targets:
-        return []
-    rows = files.edges(ids[pos], sorted(nodes), targets, forward, method, low)
-    step_of = {s: i + 1 for i, s in enumerate(targets)}
-    out = [(Edge(*r[:8], gap=0, kind=r[8]), step_of[r[2] if forward else r[0]]) for r in rows]
+    features = sorted(nodes)
+    out = []
+    for step, other in enumerate(targets, 1):
+        a, b = (ids[pos], other) if forward else (other, ids[pos])
+        r = files.lookup(a, b, method, features, forward, low)
+        v = bar if not isinstance(bar, dict) else bar.get((a, b))
+        if not len(r) or v is None:
+            continue
+        score = r.score.astype(np.float64)  # compared as DOUBLE, as SQL compares a FLOAT column with tau
+        keep = (score <= v) if distance else (score >= v)
+        if mode != "all":  # the default lineage follows carry/split/merge to the next layer, only carries across gaps
+            keep &= (r.kind != CANDIDATE) if step == 1 else (r.kind == CARRY)
+        r = r.take(keep)
+        out += [(Edge(a, fa, b, fb, method, s, rank, kind == CARRY, gap=0, kind=str(KINDS[kind])), step)
+                for fa, fb, s, rank, kind in zip(r.feature_a.tolist(), r.feature_b.tolist(), r.score.tolist(),
+                                                 r.rank.tolist(), r.kind.tolist())]
     return sorted(out, key=lambda x: (x[1], -x[0].score))  # nearest layers first
 
 
@@ -246,8 +248,8 @@ def flow_origins(con, sae_id: str, features: list[int], method: str, tau: float 
         return {}
     best: dict[int, set[str]] = {f: set() for f in features}
     for src, kind in sources:
-        t = files.backward(src, sae_id, method, features, tau, ["feature_b", "score"])
-        for f, score in zip(t["feature_b"].to_pylist(), t["score"].to_pylist()):
+        r = files.lookup(src, sae_id, method, features, False, tau)
+        for f, score in zip(r.feature_b.tolist(), r.score.tolist()):
             if score >= tau:
                 best[f].add(kind)
     order = ("RES", "MLP", "ATT")

@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
-from . import parts, schema
+from . import edgeindex, parts, schema
 from .leases import leased_files
 
 ENV_VAR = "ATLAS_PATH"
@@ -246,20 +246,22 @@ def _runs(batch: pa.RecordBatch, keys: list[str]) -> list[tuple[tuple, pa.Record
 
 
 def referenced_files(con) -> set[str]:
-    """Table files a snapshot names: its parts (and their reverse files) and the dropped ones still kept."""
-    return {r[0] for r in con.execute(
+    """Files a snapshot names: its parts (their reverse files and edge indexes, named after the table file)
+    and the dropped ones still kept."""
+    named = {r[0] for r in con.execute(
         "SELECT f FROM (SELECT unnest([file, reverse_file]) AS f FROM parts UNION ALL SELECT file FROM dropped_parts) "
         "WHERE f IS NOT NULL").fetchall()}
+    return named | {edgeindex.index_name(f) for f in named}
 
 
 def sweep_table_files(root: Path, keep: set[str]) -> int:
-    """Remove table files (and temporary ones) that `keep` does not name: left by a killed or failed job.
-    Only a holder of the write lock calls this."""
+    """Remove every file under the tables folder that `keep` does not name: a killed or failed job's table
+    and index files, temporary files, anything else put there by hand. Only a holder of the write lock calls this."""
     removed = 0
     for folder, dirs, files in os.walk(root, topdown=False):  # one pass; pair folders left empty go too
         for name in files:
             p = Path(folder) / name
-            if p.suffix in (".parquet", ".tmp") and p.relative_to(root).as_posix() not in keep:
+            if p.relative_to(root).as_posix() not in keep:
                 p.unlink(missing_ok=True)
                 removed += 1
         if folder != str(root) and not dirs and not any(Path(folder).iterdir()):
@@ -300,6 +302,7 @@ class Writer:
             [grace]).fetchall() if r[0] not in leased]
         for rel in old:
             (self.atlas.tables_dir / rel).unlink(missing_ok=True)
+            (self.atlas.tables_dir / edgeindex.index_name(rel)).unlink(missing_ok=True)
         if old:
             self.con.execute("DELETE FROM dropped_parts WHERE file IN (SELECT unnest(?))", [old])
         sweep_table_files(self.atlas.tables_dir, referenced_files(self.con))
@@ -353,6 +356,15 @@ class Writer:
         os.replace(fresh, self.work)
         self.con = duckdb.connect(str(self.work), config=STORAGE)
         schema.create(self.con, self.atlas.tables_dir)
+
+    def build_edge_indexes(self) -> int:
+        """Write the edge index of each matches file that lacks one (an atlas from before edge indexes; `atlas
+        migrate`); how many. Readers serve such files from Parquet meanwhile (atlas.queries.edges)."""
+        missing = [r[0] for r in self.con.execute("SELECT file FROM parts WHERE table_name = 'matches'").fetchall()
+                   if not (self.atlas.tables_dir / edgeindex.index_name(r[0])).exists()]
+        for rel in tqdm(missing, desc="edge indexes", unit="file", disable=len(missing) < 2):
+            edgeindex.write_for(self.atlas.tables_dir / rel)
+        return len(missing)
 
     def _drop_stale_indexes(self) -> None:
         """Index files no published SAE names (left by a killed job or by --replace), unless a running
@@ -515,6 +527,8 @@ class Writer:
         for f, rel in zip(found, placed):
             os.replace(f.file, self.atlas.tables_dir / rel)
         done = [parts.PartFile(rel, f.rows, f.bytes) for f, rel in zip(found, placed)]
+        if table == "matches":  # its edge index, built from the placed file (named after it: swept with it)
+            done[0] = parts.PartFile(main, done[0].rows, done[0].bytes + edgeindex.write_for(self.atlas.tables_dir / main))
         self._swap_part(table, sae_a, sae_b, method, done[0], done[1] if len(done) > 1 else None, run_id)
 
     def _swap_part(self, table, sae_a, sae_b, method, main, reverse, run_id) -> None:

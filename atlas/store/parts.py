@@ -9,7 +9,8 @@ job writes new files and publishes by swapping the small DuckDB file, so publish
 any atlas size; files no snapshot names any more are collected after a grace period (atlas.py).
 
 Matches of similarity methods also get a reverse file: the rows with score >= the method's index floor,
-sorted by feature_b, so backward lineage and a card's incoming matches are point lookups too.
+sorted by feature_b (SQL and older readers use it). Every matches file also gets its edge index
+(edgeindex.py, <uuid>.idx beside <uuid>.parquet), which the server's lineage and cards read.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from atlas.match.methods import METHODS
+
+from . import edgeindex
 
 ROW_GROUP = 4096
 """Rows per row group: at k = 16 candidates, 256 features; a point lookup decodes about this many rows."""
@@ -140,11 +143,13 @@ def reverse_name(rel: str) -> str:
 
 
 def write_part(root: Path, table: str, data: pa.Table, key: dict[str, str]) -> tuple[PartFile, PartFile | None]:
-    """Write one pair's rows (already conformed) as a table file, and the reverse file of matches."""
+    """Write one pair's rows (already conformed) as a table file, and of matches the reverse file and the
+    edge index (its bytes count in the table file's)."""
     rel = new_name(table, key)
     main = PartFile(rel, data.num_rows, write_file(root / rel, data))
     reverse = None
     if table == "matches" and data.num_rows:
+        main = PartFile(rel, main.rows, main.bytes + edgeindex.write(root / edgeindex.index_name(rel), data))
         rows = reverse_rows(data["method"][0].as_py(), data)
         if rows is not None:
             rrel = reverse_name(rel)
