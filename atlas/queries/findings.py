@@ -59,7 +59,7 @@ SELECT p.sae_a, p.sae_b, a.layer,
        CASE WHEN a.dataset IS NOT DISTINCT FROM b.dataset THEN 'seed' ELSE 'dataset' END AS relation,
        p.pw_mcc, p.pw_mcc_random, p.mmcs, p.mmcs_random
 FROM pair_stats p JOIN saes a ON a.sae_id = p.sae_a JOIN saes b ON b.sae_id = p.sae_b
-WHERE p.method = 'decoder_cos' AND (p.pw_mcc IS NOT NULL OR p.mmcs IS NOT NULL) AND a.layer = b.layer
+WHERE p.method = 'decoder_cos' AND (p.pw_mcc IS NOT NULL OR p.mmcs IS NOT NULL) AND a.layer = b.layer AND a.site = b.site
   AND a.stack <> b.stack
   AND a.d_sae = b.d_sae AND a.model LIKE ?
 ORDER BY a.layer, p.sae_a, p.sae_b
