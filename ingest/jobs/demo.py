@@ -98,15 +98,21 @@ class Server:
 
 
 @contextmanager
-def _sigterm_as_interrupt():
-    """`kill` stops the demo like Ctrl-C does (server stopped, status written), not half-way."""
-    def stop(*_):
+def _stop_signals():
+    """Ctrl-C and `kill` stop the demo (server stopped, status written), not half-way. The flag it yields
+    says a stop was asked for: a library may turn the interrupt into its own error (DuckDB raises
+    InterruptException for a SIGINT during a query), which is still a stop, not a failure."""
+    asked: list[int] = []
+
+    def stop(signum, _frame):
+        asked.append(signum)
         raise KeyboardInterrupt
-    old = signal.signal(signal.SIGTERM, stop)
+    old = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        yield
+        yield asked
     finally:
-        signal.signal(signal.SIGTERM, old)
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
 
 
 def run_demo(atlas: Atlas, cache: Path, size: str = "default", host: str = "127.0.0.1", port: int = 8000,
@@ -125,7 +131,7 @@ def run_demo(atlas: Atlas, cache: Path, size: str = "default", host: str = "127.
         f"built beside it, progress on that page; Ctrl-C stops both, a rerun resumes from {cache})")
     status = StatusWriter(atlas.path, [*PLANTED, *(f"MiniLM {s}" for s in STEPS)])
     server = None
-    with _sigterm_as_interrupt():
+    with _stop_signals() as asked:
         try:
             build_planted(atlas, synth_cfg, cache / "synth", status)
             server = Server(atlas, host, port)
@@ -142,6 +148,10 @@ def run_demo(atlas: Atlas, cache: Path, size: str = "default", host: str = "127.
                 status.finish("stopped", f"stopped by Ctrl-C; a rerun resumes from {cache}")
             raise
         except BaseException as e:
+            if asked:  # interrupted inside a library that reported it as its own error
+                if status.status.state == "running":
+                    status.finish("stopped", f"stopped by Ctrl-C; a rerun resumes from {cache}")
+                raise KeyboardInterrupt from None
             if status.status.state == "running":
                 status.finish("failed", " ".join(str(e).split())[:300])
             raise
