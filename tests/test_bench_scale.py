@@ -18,7 +18,7 @@ TINY = ["--rows", str(3 * 512 * 16), "--small-rows", str(512 * 16), "--scale-d-s
 def _bench(tmp_path, *extra) -> subprocess.CompletedProcess:
     # the Python load client: `make test` needs nothing outside the venv (wrk is `make bench`'s)
     return subprocess.run([sys.executable, "-m", "bench", "scale", *TINY, "--scale-dir", str(tmp_path / "scale"),
-                           "--results", str(tmp_path / "results"), "--no-old", "--load-client", "python", *extra],
+                           "--results", str(tmp_path / "results"), "--load-client", "python", *extra],
                           cwd=ROOT, capture_output=True, text=True, timeout=600)
 
 
