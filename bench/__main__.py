@@ -30,15 +30,12 @@ def timed(fn, repeat: int = 1):
     return best, out
 
 
-def unit(x):
-    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
-
-
 def bench_candidates(n: int, d: int) -> dict:
     import faiss
     import torch
 
     from atlas.match.candidates import topk_both
+    from atlas.synth import _unit as unit
 
     rng = np.random.default_rng(0)
     a = unit(rng.standard_normal((n, d), dtype=np.float32))
@@ -59,6 +56,7 @@ def bench_assignment(n: int) -> dict:
     from atlas.match.assign import assign_sparse
     from atlas.match.candidates import topk_both
     from atlas.match.candidates import edges as _edges
+    from atlas.synth import _unit as unit
 
     rng = np.random.default_rng(1)
     d = 256
