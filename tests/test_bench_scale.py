@@ -101,5 +101,7 @@ def test_load_client_counts_failures_and_falls_back_to_python_without_wrk(monkey
         bad = load.http_load(["/missing"], base, 0.5, 2, "python")
         assert bad["non_2xx"] == bad["requests"] > 0  # every answer was a 404
         assert good["requests"] > 0
+        once = load.http_load(["/ok"] * 7, base, 30, 2, once=True)  # each path once, then done
+        assert (once["requests"], once["asked"], once["client"]) == (7, 7, "python threads")
     finally:
         server.shutdown()
