@@ -122,17 +122,6 @@ def match_candidates(cand: Candidates, a: SAEWeights, b: SAEWeights, sae_a: str,
     return _result(a, b, sae_a, sae_b, params, fa, fb, score, ra, rb, score >= params.tau)
 
 
-def match_scores(scores: np.ndarray, a: SAEWeights, b: SAEWeights, sae_a: str, sae_b: str,
-                 params: MatchParams) -> PairResult:
-    """Same output from a given [n_a, n_b] similarity matrix (small pairs, tests)."""
-    n_a, n_b = scores.shape
-    k_a, k_b = min(params.k, n_b), min(params.k, n_a)
-    top_b = np.argsort(-scores, axis=1, kind="stable")[:, :k_a]
-    top_a = np.argsort(-scores, axis=0, kind="stable")[:k_b].T
-    cand = Candidates(np.take_along_axis(scores, top_b, 1), top_b, np.take_along_axis(scores.T, top_a, 1), top_a)
-    return match_candidates(cand, a, b, sae_a, sae_b, params, full=lambda: scores)
-
-
 def _result(a, b, sae_a, sae_b, params, fa, fb, score, ra, rb, matched_edge) -> PairResult:
     """Flag the assigned edges, compute the pair statistics, build the matches table."""
     method, distance = params.method, method_info(params.method).is_distance
