@@ -94,14 +94,6 @@ class SAERecord:
 
 # Architectures. Encoders map the pre-activation (x − b_dec) @ W_enc + b_enc, a torch tensor [T, d_sae], to
 # activations with tensor methods only, so this module needs no torch; atlas.encode runs them.
-def _relu(w: SAEWeights, pre, k: int | None):
-    return pre.relu()
-
-
-def _jumprelu(w: SAEWeights, pre, k: int | None):
-    return pre * (pre > pre.new_tensor(w.threshold))
-
-
 def _topk(w: SAEWeights, pre, k: int | None):
     acts = pre.relu()
     vals, idx = acts.topk(k, dim=1)
@@ -158,15 +150,14 @@ class Architecture:
 
 # One registry: readers, validation and atlas.encode all look architectures up here.
 ARCHS = {a.name: a for a in (
-    Architecture("standard", _relu, aliases=("relu", "autoencoder", "p_anneal")),
-    Architecture("jumprelu", _jumprelu, tensors=("threshold",), aliases=("jumpreluautoencoder",),
-                 check=_jumprelu_check),
+    Architecture("standard", lambda w, pre, k: pre.relu(), aliases=("relu", "autoencoder", "p_anneal")),
+    Architecture("jumprelu", lambda w, pre, k: pre * (pre > pre.new_tensor(w.threshold)), tensors=("threshold",),
+                 aliases=("jumpreluautoencoder",), check=_jumprelu_check),
     Architecture("topk", _topk, needs_k=True, aliases=("autoencodertopk",)),
     Architecture("batchtopk", _batchtopk, needs_k=True, aliases=("batchtopksae", "matryoshkabatchtopksae")),
     Architecture("gated", _gated, tensors=("b_mag", "r_mag"), aliases=("gatedautoencoder",)),
     Architecture("groupmax", _groupmax, needs_k=True, check=_groupmax_check),
 )}
-ARCHITECTURES = tuple(ARCHS)
 _ALIASES = {alias: a.name for a in ARCHS.values() for alias in (a.name, *a.aliases)}
 
 
@@ -204,7 +195,7 @@ def parse_hook(hook: str) -> tuple[str | None, int | None]:
 def normalise_arch(arch: str, where: str) -> str:
     a = str(arch).lower().replace("-", "").replace("_", "")
     if a not in _ALIASES:
-        raise SAEError(f"{where}: unknown architecture {arch!r}; known: {', '.join(ARCHITECTURES)}")
+        raise SAEError(f"{where}: unknown architecture {arch!r}; known: {', '.join(ARCHS)}")
     return _ALIASES[a]
 
 
