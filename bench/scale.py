@@ -149,7 +149,7 @@ def pair_sql(shape: Shape, stack: int, la: int, lb: int, run_id: str, path: Path
 
 def write_shard(gen, shape: Shape, stack: int, la: int, lb: int, run_id: str, folder: Path) -> tuple[Path, dict]:
     """A task-like shard (and its .by_b reverse file) of one pair, and its pair_stats row."""
-    from atlas.match.methods import METHODS
+    from atlas.methods import METHODS
 
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{sae_id(stack, la)}--{sae_id(stack, lb)}.parquet"

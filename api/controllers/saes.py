@@ -9,7 +9,7 @@ from litestar.di import NamedDependency
 from litestar.params import FromQuery, QueryParameter
 
 from atlas import queries as q
-from atlas.match.methods import method as method_info
+from atlas.methods import method as method_info
 from atlas.queries.checks import attach_checks
 from atlas.queries.common import SAE_COLUMNS, check_feature, check_method, check_tau, sae_row
 from atlas.queries.computed import require_stack_method
