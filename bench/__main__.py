@@ -35,7 +35,7 @@ def bench_candidates(n: int, d: int) -> dict:
     import torch
 
     from atlas.match.candidates import topk_both
-    from atlas.synth import _unit as unit
+    from atlas.synth import unit
 
     rng = np.random.default_rng(0)
     a = unit(rng.standard_normal((n, d), dtype=np.float32))
@@ -56,7 +56,7 @@ def bench_assignment(n: int) -> dict:
     from atlas.match.assign import assign_sparse
     from atlas.match.candidates import topk_both
     from atlas.match.candidates import edges as _edges
-    from atlas.synth import _unit as unit
+    from atlas.synth import unit
 
     rng = np.random.default_rng(1)
     d = 256

@@ -155,7 +155,7 @@ def _minilm(tokens: int, d_sae: int, d_in: int = 384) -> dict:
 
     from atlas.encode import encode
     from atlas.sae import SAEWeights
-    from atlas.synth import _unit as unit
+    from atlas.synth import unit
     from ingest.correlate import accumulate
 
     torch.manual_seed(0)

@@ -46,11 +46,11 @@ def check_faiss(report: dict) -> None:
     """faiss-gpu vs faiss-cpu exact inner-product top-16 on the same vectors."""
     import faiss
 
-    from atlas.synth import _unit
+    from atlas.synth import unit
 
     rng = np.random.default_rng(0)
-    base = _unit(rng.standard_normal((16384, 2304), dtype=np.float32))
-    queries = _unit(base[:4096] + 0.5 * rng.standard_normal((4096, 2304), dtype=np.float32) / np.sqrt(2304))
+    base = unit(rng.standard_normal((16384, 2304), dtype=np.float32))
+    queries = unit(base[:4096] + 0.5 * rng.standard_normal((4096, 2304), dtype=np.float32) / np.sqrt(2304))
     cpu = faiss.IndexFlatIP(2304)
     cpu.add(base)
     t_cpu, (d_cpu, i_cpu) = _timed(lambda: cpu.search(queries, 16))
@@ -67,11 +67,11 @@ def check_candidates(report: dict) -> None:
     import torch
 
     from atlas.match.candidates import topk_both
-    from atlas.synth import _unit
+    from atlas.synth import unit
 
     rng = np.random.default_rng(1)
-    a = _unit(rng.standard_normal((16384, 2304), dtype=np.float32))
-    b = _unit(a[rng.permutation(16384)] + 0.3 * rng.standard_normal((16384, 2304), dtype=np.float32) / np.sqrt(2304))
+    a = unit(rng.standard_normal((16384, 2304), dtype=np.float32))
+    b = unit(a[rng.permutation(16384)] + 0.3 * rng.standard_normal((16384, 2304), dtype=np.float32) / np.sqrt(2304))
     ta, tb = torch.from_numpy(a).cuda(), torch.from_numpy(b).cuda()
     _timed(lambda: ta @ tb.T)  # warm-up
     t_mm, _ = _timed(lambda: ta @ tb.T)

@@ -42,7 +42,7 @@ def split_server(tmp_path_factory):
     near-parallel copies at each of 4 later layers (a 53-node lineage with every candidate followed)."""
     import numpy as np
 
-    from atlas.synth import SynthConfig, _noisy, _unit, generate, write_sae
+    from atlas.synth import SynthConfig, noisy, unit, generate, write_sae
     from ingest.jobs.widths import run_widths
 
     from .conftest import build_atlas
@@ -52,12 +52,12 @@ def split_server(tmp_path_factory):
                                    widths=(256, 512), seed=5), root / "synth")
     rng = np.random.default_rng(0)
     d = 256
-    r = _unit(rng.standard_normal(d, dtype=np.float32))
+    r = unit(rng.standard_normal(d, dtype=np.float32))
     for layer in range(5):
-        dec = _unit(rng.standard_normal((64, d), dtype=np.float32))
+        dec = unit(rng.standard_normal((64, d), dtype=np.float32))
         dec[0] = r
         if layer:
-            dec[:13] = _noisy(rng, np.repeat(r[None], 13, 0), 0.5)
+            dec[:13] = noisy(rng, np.repeat(r[None], 13, 0), 0.5)
         folders.append(root / f"hairball/layer_{layer}")
         write_sae(folders[-1], dec, dec, np.ones(64, np.float32), layer, 0, "H")
     atlas = build_atlas(root / "split.duckdb", folders)
