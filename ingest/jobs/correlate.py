@@ -31,7 +31,7 @@ from ingest.examples import Examples
 from ingest.executors import InProcess
 from ingest.quality import Quality
 from ingest.sources import read_sae
-from ingest.tasks import SAERef
+from ingest.tasks import SAERef, require_saes
 
 
 @dataclass(frozen=True)
@@ -295,9 +295,7 @@ def correlate(atlas: Atlas, pairs: list[tuple[str, str]], activations: Path | Ac
                                                      [dataset]).fetchall()}
         tasks, claimed = [], set(have_examples)
         for a, b in pairs:
-            for s in (a, b):
-                if s not in rows:
-                    raise KeyError(f"unknown SAE {s!r}: see `atlas saes`")
+            require_saes(rows, (a, b))
             assignments = []
             for method, in w.con.execute("SELECT method FROM pair_stats WHERE sae_a = ? AND sae_b = ? AND method <> "
                                          "'activation_corr' ORDER BY method", [a, b]).fetchall():
