@@ -203,20 +203,9 @@ def iter_hooks(folder: Path, hooks: list[str], batch: int = 4096,
         yield {h: torch.from_numpy(np.concatenate(carry[h]).astype(np.float32)) for h in hooks}
 
 
-def iter_hook(folder: Path, hook: str, batch: int = 4096, max_tokens: int | None = None) -> Iterator[torch.Tensor]:
-    """One hook's activations [≤ batch, d] float32, in storage order (see iter_hooks)."""
-    for b in iter_hooks(folder, [hook], batch, max_tokens):
-        yield b[hook]
-
-
 def load_hook(folder: Path, hook: str) -> torch.Tensor:
     """All tokens' activations at one hook [T, d] as float32 (small corpora; jobs stream with iter_hooks)."""
-    return torch.cat(list(iter_hook(folder, hook, batch=1 << 30)))
-
-
-def load_layer(folder: Path, layer: int) -> torch.Tensor:
-    """The residual stream after block `layer` (blocks.L.hook_resid_post) [T, d] float32."""
-    return load_hook(folder, resid_post(layer))
+    return torch.cat([b[hook] for b in iter_hooks(folder, [hook], batch=1 << 30)])
 
 
 def load_tokens(folder: Path) -> dict[str, np.ndarray]:
