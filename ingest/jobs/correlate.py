@@ -106,10 +106,6 @@ def _unit_rows(w: np.ndarray) -> np.ndarray:
     return w / np.maximum(np.linalg.norm(w, axis=1, keepdims=True), 1e-12)
 
 
-def _sides(task: StackTask) -> dict[str, Side]:
-    return {s.ref.sae_id: s for t in task.pairs for s in (t.a, t.b)}
-
-
 def _stream(task: StackTask, hooks: list[str], batch: int, tokens: dict | None = None):
     """{hook: [t, d] float32} per batch over the source's tokens; with `tokens`, collects token_ids, doc
     and pos there (live model runs: the stored ones are read from the store)."""
@@ -135,7 +131,7 @@ def run_corr(task: StackTask, out_dir: str) -> list[CorrResult]:
     pair's co-firing state, the examples and the weight matches' checks; a second one counts the AND/OR
     candidates' joint firing (only for pairs across layers)."""
     t0 = time.perf_counter()
-    sides = _sides(task)
+    sides = {s.ref.sae_id: s for t in task.pairs for s in (t.a, t.b)}
     recs = {sid: read_sae(s.ref.source, fmt=s.ref.fmt, sae_id=sid, layer=s.layer) for sid, s in sides.items()}
     states = {t.key: new_state(recs[t.a.ref.sae_id].meta.d_sae, recs[t.b.ref.sae_id].meta.d_sae) for t in task.pairs}
     wanted = {sid for t in task.pairs for sid in t.examples_for}
