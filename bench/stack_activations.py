@@ -55,8 +55,8 @@ def run(tokens: int = 1_000_000, d_sae: int = 16384, ctx: int = 1024, seqs: int 
     batch, every adjacent pair's state updated; then each pair's top-16 both ways."""
     from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-    from ingest.correlate import DenseCoFiring, new_state
-    from ingest.dense_cofiring import _fp32_matmul
+    from ingest.cofiring import DenseCoFiring, new_state
+    from ingest.cofiring.dense import _fp32_matmul
 
     cuda = torch.cuda.is_available()
     smoke = (not cuda) if smoke is None else smoke
