@@ -2,7 +2,7 @@
 
 It reports faiss.get_num_gpus(); whether faiss-gpu and faiss-cpu return the same top-k; candidates
 16k × 16k × 2304 on the GPU (atlas.match.candidates.topk_both) against a bare torch.matmul of the same
-shapes; the dense co-firing state (ingest.dense_cofiring, bf16x3) of a synthetic 16k × 16k pair over 1M
+shapes; the dense co-firing state (ingest.cofiring.dense, bf16x3) of a synthetic 16k × 16k pair over 1M
 tokens against its two bare GEMMs (bf16 Aᵀ·B with float32 out, int8 1[A>0]ᵀ·1[B>0]) at the same
 precision and tiling, and against the GEMMs it runs; its |Δr| and counts against a float64 state on a
 slice; the same at 65k × 65k when it fits; the sparse path on CUDA equal to the CPU path on a slice and
