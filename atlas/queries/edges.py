@@ -32,11 +32,6 @@ EDGE_COLUMNS = ["feature_a", "feature_b", "score", "rank", "assigned", "rank_b"]
 NO_ROWS = Rows(*(np.empty(0, t) for t in (np.int64, np.int64, np.float32, np.int64, np.uint8)))
 
 
-def edge_kinds(assigned: np.ndarray, rank: np.ndarray, rank_b: np.ndarray) -> np.ndarray:
-    """Kind of each edge (schema.py's edge_kind macro, vectorised): carry | split | merge | candidate."""
-    return KINDS[kind_codes(assigned, rank, rank_b)]
-
-
 class EdgeIndexCache:
     """Open edge indexes, least recently used first out, bounded by count and by mapped bytes (a closed
     index unmaps its file once no lookup holds its arrays; the mapped pages are the OS's to evict). Small

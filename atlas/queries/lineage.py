@@ -1,7 +1,7 @@
 """Lineage of one feature within its stack: ancestors and descendants as a DAG (docs/design.md, Lineage).
 
 From (sae, i), follow matches whose score passes the bar backward to the first layer and forward to
-the last. Each edge has a kind (edge_kind; the SQL macros edge_kind / lineage_edges say the same):
+the last. Each edge has a kind (atlas.store.schema.EDGE_KIND; the SQL macro lineage_edges says the same):
   carry  the one-to-one assignment (SAE Match; Laptev et al. follow a feature's best match);
   split  feature_a is feature_b's best parent but not its assigned one: a parent with several children;
   merge  feature_b is feature_a's best child but assigned elsewhere: a child with several parents;
@@ -22,16 +22,11 @@ from ..store.edgeindex import CANDIDATE, CARRY, KINDS
 from . import budget
 from .common import check_feature, check_fraction, check_method, sae_row, stack_saes
 from .neuronpedia import feature_url
-from .edges import FileEdges, edge_kinds  # noqa: F401  (edge_kinds: the vectorised rule, re-exported)
+from .edges import FileEdges
 from .records import Edge, Lineage, Node, NotFound, OverBudget, QueryError
 
 MAX_NODES = 2000
 EDGE_MODES = ("default", "all")
-
-
-def edge_kind(assigned: bool, rank: int, rank_b: int) -> str:
-    """The same rule for one edge (tests hold the two functions and the SQL macro to one answer)."""
-    return "carry" if assigned else "split" if rank_b == 1 else "merge" if rank == 1 else "candidate"
 
 
 def pair_bars(con, saes: list[str], method: str, tau: float | None, quantile: float | None,
