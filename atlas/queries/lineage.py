@@ -20,8 +20,9 @@ import numpy as np
 
 from ..store.edgeindex import CANDIDATE, CARRY, KINDS
 from . import budget
-from .common import check_feature, check_fraction, check_method, sae_row, stack_saes
-from .neuronpedia import feature_url
+from .checks import attach_checks
+from .common import check_feature, check_fraction, check_method, check_tau, feature_url, sae_row
+from .computed import require_stack_method
 from .edges import FileEdges
 from .records import Edge, Lineage, Node, NotFound, OverBudget, QueryError
 
@@ -111,6 +112,19 @@ def lineage(con, sae_id: str, feature: int, direction: str = "both", tau: float 
     return Lineage(root=root, nodes=nodes, edges=out, birth_layer=birth, death_layer=death,
                    lifespan=death - birth + 1, method=method, threshold=threshold, edges_mode=mode,
                    ending=ending, summary=summary)
+
+
+def checked_lineage(con, sae_id: str, feature: int, direction: str = "both", tau: float | None = 0.7,
+                    quantile: float | None = None, max_skip: int = 1, method: str = "decoder_cos",
+                    include_sites: bool = True, files: FileEdges | None = None, edges: str = "default") -> Lineage:
+    """The lineage as the API serves it: tau checked, refused where the stack was never matched with `method`
+    (not a feature that "dies" where nothing was matched), each edge with its ablation check where stored."""
+    m = check_method(method)
+    if tau is not None and quantile is None and not m.is_distance:
+        check_tau(m, tau)
+    require_stack_method(con, sae_id, method)
+    return attach_checks(con, lineage(con, sae_id, feature, direction, tau, quantile, max_skip, method, include_sites,
+                                      files, edges))
 
 
 def _summary(edges: list[Edge], root: tuple, layer_of: dict, ids: list[str], direction: str) -> tuple[str, str]:
