@@ -121,7 +121,7 @@ class Reader:
         """Rows of any read-only SQL over the atlas (its views and macros too), as dicts."""
         cur = self.con.cursor().execute(query, params or [])
         names = [d[0] for d in cur.description]
-        return Table((dict(zip(names, r)) for r in cur.fetchall()), names)
+        return Table([dict(zip(names, r)) for r in cur.fetchall()], names)
 
 
 def open(path: str | Path = "atlas.duckdb") -> Reader:  # noqa: A001  (atlas.open, as files are opened)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..match.methods import method as method_info
-from .common import check_feature, feature_url
+from .common import check_feature, dict_rows, feature_url
 from .edges import FileEdges
 from .records import FeatureCard, MatchRef
 
@@ -38,10 +38,8 @@ def feature_card(con, sae_id: str, feature: int, top: int = 5, files: FileEdges 
         refs.sort(key=lambda m: (m.layer, m.sae_id, m.direction, m.rank))
     examples = []
     if files.examples is None or sae_id in files.examples:
-        cur = con.execute("SELECT kind, activation, tokens, highlight, dataset FROM examples WHERE sae_id = ? "
-                          "AND feature = ? ORDER BY kind = 'top' DESC, activation DESC LIMIT 20", [sae_id, feature])
-        names = [d[0] for d in cur.description]
-        examples = [dict(zip(names, r)) for r in cur.fetchall()]
+        examples = dict_rows(con, "SELECT kind, activation, tokens, highlight, dataset FROM examples WHERE sae_id = ? "
+                             "AND feature = ? ORDER BY kind = 'top' DESC, activation DESC LIMIT 20", [sae_id, feature])
     npid = sae["neuronpedia_id"]
     return FeatureCard(sae_id=sae_id, feature=feature, layer=sae["layer"], label=label, dec_norm=dec_norm,
                        threshold=threshold, density=density, max_act=max_act,

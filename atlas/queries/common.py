@@ -63,3 +63,24 @@ def feature_url(neuronpedia_id: str | None, feature: int, embed: bool = False) -
     if not neuronpedia_id:
         return None
     return f"{NEURONPEDIA}/{neuronpedia_id.strip('/')}/{feature}" + ("?embed=true" if embed else "")
+
+
+def dict_rows(con, sql: str, params=()) -> list[dict]:
+    """The rows of a query as dicts by column name."""
+    cur = con.execute(sql, list(params))
+    names = [d[0] for d in cur.description]
+    return [dict(zip(names, r)) for r in cur.fetchall()]
+
+
+def top_tokens(con, saes, feats, n: int = 3) -> dict[tuple[str, int], list[str]]:
+    """The firing tokens of each (sae, feature)'s top examples, distinct, best first (WordPiece '##' dropped)."""
+    rows = con.execute(
+        "SELECT e.sae_id, e.feature, list(e.tokens[e.highlight + 1] ORDER BY e.activation DESC) FROM examples e "
+        "JOIN (SELECT unnest(?) AS sae_id, unnest(?) AS feature) n USING (sae_id, feature) WHERE e.kind = 'top' "
+        "GROUP BY ALL", [list(saes), list(feats)]).fetchall()
+    out = {}
+    for s, f, toks in rows:
+        clean = list(dict.fromkeys(t.removeprefix("##").strip() for t in toks if t and t.strip()))
+        if clean:
+            out[(s, f)] = clean[:n]
+    return out

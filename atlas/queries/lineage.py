@@ -21,7 +21,7 @@ import numpy as np
 from ..store.edgeindex import CANDIDATE, CARRY, KINDS
 from . import budget
 from .checks import attach_checks
-from .common import check_feature, check_fraction, check_method, check_tau, feature_url, sae_row
+from .common import check_feature, check_fraction, check_method, check_tau, feature_url, sae_row, top_tokens
 from .computed import require_stack_method
 from .edges import FileEdges
 from .records import Edge, Lineage, Node, NotFound, OverBudget, QueryError
@@ -217,25 +217,12 @@ def _nodes(con, seen, layer_of, site, include_sites, method, files: FileEdges) -
         for s in set(saes):
             mine = [f for x, f in seen if x == s]
             origins.update({(s, f): o for f, o in flow_origins(con, s, mine, method, files=files).items()})
-    tokens = _top_tokens(con, saes, feats) if files.examples is None or files.examples & set(saes) else {}
+    tokens = top_tokens(con, saes, feats) if files.examples is None or files.examples & set(saes) else {}
     nodes = [Node(sae_id=s, feature=f, layer=layer_of[s], site=site, label=label,
                   neuronpedia_url=feature_url(files.saes[s]["neuronpedia_id"], f), origin=origins.get((s, f)),
                   top_tokens=tokens.get((s, f))) for s, f, label in rows]
     return sorted(nodes, key=lambda n: (n.layer, n.feature))
 
-
-def _top_tokens(con, saes, feats, n: int = 3) -> dict[tuple[str, int], list[str]]:
-    """The firing tokens of each node's top examples, distinct, best first (WordPiece '##' dropped)."""
-    rows = con.execute(
-        "SELECT e.sae_id, e.feature, list(e.tokens[e.highlight + 1] ORDER BY e.activation DESC) FROM examples e "
-        "JOIN (SELECT unnest(?) AS sae_id, unnest(?) AS feature) n USING (sae_id, feature) WHERE e.kind = 'top' "
-        "GROUP BY ALL", [list(saes), list(feats)]).fetchall()
-    out = {}
-    for s, f, toks in rows:
-        clean = list(dict.fromkeys(t.removeprefix("##").strip() for t in toks if t and t.strip()))
-        if clean:
-            out[(s, f)] = clean[:n]
-    return out
 
 
 def flow_origins(con, sae_id: str, features: list[int], method: str, tau: float = 0.5,
