@@ -24,7 +24,7 @@ from .checks import attach_checks
 from .common import check_feature, check_fraction, check_method, check_tau, feature_url, sae_row, top_tokens
 from .computed import require_stack_method
 from .edges import FileEdges
-from .records import Edge, Lineage, Node, NotFound, OverBudget, QueryError
+from .records import Edge, Lineage, Node, OverBudget, QueryError
 
 MAX_NODES = 2000
 EDGE_MODES = ("default", "all")
