@@ -155,13 +155,11 @@ def _minilm(tokens: int, d_sae: int, d_in: int = 384) -> dict:
 
     from atlas.encode import encode
     from atlas.sae import SAEWeights
+    from atlas.synth import unit
     from ingest.correlate import accumulate
 
     torch.manual_seed(0)
     rng = np.random.default_rng(2)
-
-    def unit(x):
-        return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
     def sae():  # ReLU SAE whose biases make about 3% of features fire per token, as trained SAEs do
         w = unit(rng.standard_normal((d_sae, d_in), dtype=np.float32))

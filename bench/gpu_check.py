@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import json
 import platform
-import subprocess
 import sys
 import time
 import traceback
 
 import numpy as np
+
+from bench import record
 
 BUDGET_S = 300.0
 """Wall-clock budget of the whole check; the correlation stops early (and says how far it got) to keep it."""
@@ -41,17 +42,15 @@ def _timed(fn):
     return time.perf_counter() - t0, out
 
 
-def _unit(x):
-    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
-
-
 def check_faiss(report: dict) -> None:
     """faiss-gpu vs faiss-cpu exact inner-product top-16 on the same vectors."""
     import faiss
 
+    from atlas.synth import unit
+
     rng = np.random.default_rng(0)
-    base, queries = _unit(rng.standard_normal((16384, 2304), dtype=np.float32)), None
-    queries = _unit(base[:4096] + 0.5 * rng.standard_normal((4096, 2304), dtype=np.float32) / np.sqrt(2304))
+    base = unit(rng.standard_normal((16384, 2304), dtype=np.float32))
+    queries = unit(base[:4096] + 0.5 * rng.standard_normal((4096, 2304), dtype=np.float32) / np.sqrt(2304))
     cpu = faiss.IndexFlatIP(2304)
     cpu.add(base)
     t_cpu, (d_cpu, i_cpu) = _timed(lambda: cpu.search(queries, 16))
@@ -68,10 +67,11 @@ def check_candidates(report: dict) -> None:
     import torch
 
     from atlas.match.candidates import topk_both
+    from atlas.synth import unit
 
     rng = np.random.default_rng(1)
-    a = _unit(rng.standard_normal((16384, 2304), dtype=np.float32))
-    b = _unit(a[rng.permutation(16384)] + 0.3 * rng.standard_normal((16384, 2304), dtype=np.float32) / np.sqrt(2304))
+    a = unit(rng.standard_normal((16384, 2304), dtype=np.float32))
+    b = unit(a[rng.permutation(16384)] + 0.3 * rng.standard_normal((16384, 2304), dtype=np.float32) / np.sqrt(2304))
     ta, tb = torch.from_numpy(a).cuda(), torch.from_numpy(b).cuda()
     _timed(lambda: ta @ tb.T)  # warm-up
     t_mm, _ = _timed(lambda: ta @ tb.T)
@@ -248,11 +248,7 @@ def check_correlation(report: dict, deadline: float) -> None:
 def main() -> int:
     t_start = time.perf_counter()
     report: dict = {"check": "gpu", "host": platform.node(), "python": platform.python_version()}
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10).stdout.strip()
-        report["commit"] = commit or None
-    except (OSError, subprocess.SubprocessError):
-        report["commit"] = None
+    report["commit"] = (record.commit()["commit"] or "")[:7] or None
     import torch
 
     report.update(torch=torch.__version__, torch_cuda=torch.version.cuda, cuda=torch.cuda.is_available())

@@ -79,16 +79,16 @@ def test_sql_macro_and_table_file_lineages_agree(synth_atlas, truth, mode):
 
 def test_gap_edges_bridge_a_missing_layer(tmp_path):
     """Feature 5 is missing at layer 1 and back at layer 2: its lineage is one gap edge, in SQL too."""
-    from atlas.synth import _noisy, _unit, write_sae
+    from atlas.synth import noisy, unit, write_sae
 
     from .conftest import build_atlas
 
     rng = np.random.default_rng(2)
-    base = _unit(rng.standard_normal((64, 128), dtype=np.float32))
-    mid = _noisy(rng, base, 0.1)
-    mid[5] = _unit(rng.standard_normal(128, dtype=np.float32))
+    base = unit(rng.standard_normal((64, 128), dtype=np.float32))
+    mid = noisy(rng, base, 0.1)
+    mid[5] = unit(rng.standard_normal(128, dtype=np.float32))
     folders = []
-    for layer, dec in enumerate([base, mid, _noisy(rng, base, 0.1)]):
+    for layer, dec in enumerate([base, mid, noisy(rng, base, 0.1)]):
         folders.append(tmp_path / f"l{layer}")
         write_sae(folders[-1], dec, dec, np.ones(64, np.float32), layer, 0, "A")
     atlas = build_atlas(tmp_path / "gap.duckdb", folders)

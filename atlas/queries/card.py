@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..match.methods import method as method_info
+from ..methods import method as method_info
 from .common import check_feature, dict_rows, feature_url
 from .edges import FileEdges
 from .records import FeatureCard, MatchRef

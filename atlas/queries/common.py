@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from ..match import methods
-from ..match.methods import Method
+from .. import methods
+from ..methods import Method
 from .records import NotFound, QueryError
 
 SAE_COLUMNS = ("sae_id", "model", "hook", "site", "layer", "d_in", "d_sae", "arch", "k", "seed", "dataset",

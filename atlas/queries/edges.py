@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ..match.methods import METHODS
+from ..methods import METHODS
 from ..store.edgeindex import CARRY, KINDS, EdgeIndex, Rows, index_name, kind_codes
 from ..store.parts import PartReader, catalog
 from ..store.schema import files_root

@@ -8,6 +8,7 @@ A pair (a, b) is permutation-only when its assignment matches ≥ min_frac of a'
 
 from __future__ import annotations
 
+from ..methods import SIMILARITY_METHODS
 from .common import check_fraction, check_method, check_tau, sae_row, stack_saes
 from .edges import FileEdges
 from .records import LayerFlow, LayerPair, Matrix, PairMatch, QueryError
@@ -67,7 +68,7 @@ def birth_death(con, stack: str, method: str = "decoder_cos", tau: float = 0.7) 
     m = check_method(method)
     if m.is_distance:
         raise QueryError(f"births and deaths are counted on similarity scores, not {method}; "
-                         f"use decoder_cos, encoder_cos or activation_corr")
+                         f"use {', '.join(SIMILARITY_METHODS[:-1])} or {SIMILARITY_METHODS[-1]}")
     check_tau(m, tau)
     stack_saes(con, stack)
     rows = con.execute("SELECT layer, sae_id, d_sae, births, deaths FROM birth_death(?, method_ := ?, tau_ := ?)",

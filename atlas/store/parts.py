@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from atlas.match.methods import METHODS
+from atlas.methods import METHODS
 
 from . import edgeindex
 

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import pyarrow as pa
 
-from atlas.match.methods import method as method_info
+from atlas.methods import method as method_info
 from atlas.store.edgeindex import KINDS as EDGE_KINDS, kind_codes
 from atlas.store import Atlas, record_run
 from ingest.ablation import Ablator, Windows
