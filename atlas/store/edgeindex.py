@@ -30,19 +30,21 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .schema import EDGE_KIND
+
 MAGIC = b"ATLASEI1"
 SUFFIX = ".idx"
 COLUMNS = ["feature_a", "feature_b", "score", "rank", "assigned", "rank_b"]
-KINDS = np.array(["carry", "split", "merge", "candidate"])
-"""Edge kinds by code (schema.py's edge_kind macro)."""
+KINDS = np.array([kind for kind, _ in EDGE_KIND] + ["candidate"])
+"""Edge kinds by code (schema.EDGE_KIND)."""
 CARRY, SPLIT, MERGE, CANDIDATE = range(4)
 _ALIGN = 64
 
 
 def kind_codes(assigned: np.ndarray, rank: np.ndarray, rank_b: np.ndarray) -> np.ndarray:
-    """KINDS code of each edge, the edge_kind macro's rule: carry if assigned, else split if feature_a is
-    feature_b's best parent (rank_b = 1), else merge if feature_b is feature_a's best child (rank = 1)."""
-    return np.select([assigned, rank_b == 1, rank == 1], [CARRY, SPLIT, MERGE], CANDIDATE).astype(np.uint8)
+    """KINDS code of each edge by schema.EDGE_KIND (`rank`: rank_a)."""
+    columns = {"assigned": np.asarray(assigned), "rank_a": np.asarray(rank), "rank_b": np.asarray(rank_b)}
+    return np.select([columns[c] == 1 for _, c in EDGE_KIND], range(len(EDGE_KIND)), CANDIDATE).astype(np.uint8)
 
 
 def index_name(rel: str) -> str:

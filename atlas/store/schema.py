@@ -227,6 +227,12 @@ FROM pair_stats p JOIN saes a ON a.sae_id = p.sae_a JOIN saes b ON b.sae_id = p.
 WHERE a.stack = b.stack;
 """
 
+EDGE_KIND = (("carry", "assigned"), ("split", "rank_b"), ("merge", "rank_a"))
+"""The kind of a lineage edge, defined once: the first kind whose column is 1 (true), else candidate. carry = in the
+one-to-one assignment; split = feature_a is feature_b's best parent (a parent with several children); merge =
+feature_b is feature_a's best child (a child with several parents); candidate: followed only with edges = 'all'.
+The edge_kind macro is written from it, edgeindex.kind_codes applies it to arrays (edge indexes store the codes)."""
+
 # Table macros: the query functions in atlas.queries call these, so SQL users get the same answers.
 MACROS = """
 CREATE OR REPLACE MACRO feature_sharing(sae_, tau_ := 0.7, by_ := 'any') AS TABLE
@@ -289,12 +295,9 @@ SELECT st.layer, st.sae_id, st.d_sae,
             THEN st.d_sae - coalesce((SELECT n_a FROM kept WHERE sae_a = st.sae_id AND sae_b = st.next_sae), 0) END AS deaths
 FROM st ORDER BY st.layer;
 
--- The kind of a lineage edge, one definition (atlas.queries.lineage.edge_kind and EdgeIndex agree):
--- carry = in the one-to-one assignment; split = feature_a is feature_b's best parent (a parent with
--- several children); merge = feature_b is feature_a's best child (a child with several parents);
--- candidate = anything else (followed only with edges = 'all'). A gap is a carry across skipped layers.
+-- The kind of a lineage edge (EDGE_KIND). A gap is a carry across skipped layers.
 CREATE OR REPLACE MACRO edge_kind(assigned, rank_a, rank_b) AS
-    CASE WHEN assigned THEN 'carry' WHEN rank_b = 1 THEN 'split' WHEN rank_a = 1 THEN 'merge' ELSE 'candidate' END;
+    CASE """ + " ".join(f"WHEN {column} = 1 THEN '{kind}'" for kind, column in EDGE_KIND) + """ ELSE 'candidate' END;
 
 -- Lineage edges of (sae_, feature_) within its stack, as lineage() in Python computes them: from each
 -- node, the passing (score >= tau_) carry/split/merge edges to the adjacent layer; where a node has none,
