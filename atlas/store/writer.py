@@ -73,11 +73,8 @@ class Writer:
             with contextlib.suppress(Exception):
                 self.con.close()
             self.con = None
-        self._remove_work()
-
-    def _remove_work(self) -> None:
-        compact = self.work.with_name(self.work.stem + "-compact.duckdb")
-        for p in (self.work, self.work.with_name(self.work.name + ".wal"), compact):
+        for p in (self.work, self.work.with_name(self.work.name + ".wal"),
+                  self.work.with_name(self.work.stem + "-compact.duckdb")):  # migration's compacted copy
             p.unlink(missing_ok=True)
 
     @contextlib.contextmanager
@@ -168,9 +165,7 @@ class Writer:
 
     def replace_examples(self, sae_id: str, dataset: str, rows: list[dict]) -> None:
         """One SAE's examples from `dataset` (dicts of examples columns), replacing earlier ones."""
-        with self.transaction() as con:
-            con.execute("DELETE FROM examples WHERE sae_id = ? AND dataset = ?", [sae_id, dataset])
-            self.insert_rows("examples", rows)
+        self._replace("examples", dict(sae_id=sae_id, dataset=dataset), rows)
 
     def finish_run(self, run_id: str, finished_at, status: str = "ok") -> None:
         self.con.execute("UPDATE runs SET status = ?, finished_at = ? WHERE run_id = ?", [status, finished_at, run_id])
@@ -182,56 +177,55 @@ class Writer:
             self._replace_stats(sae_a, sae_b, method, stats, run_id)
 
     def adopt_pair(self, sae_a: str, sae_b: str, method: str, shard: Path, stats: dict, run_id: str) -> None:
-        """The same as replace_pair for a task's finished shard (parts.write_part's format): it becomes the
-        table file by a rename, its reverse file (shard name + .by_b) too."""
+        """The same as replace_pair for a task's finished shard (put_part)."""
         with self.transaction():
-            self.adopt_part("matches", sae_a, sae_b, method, Path(shard), run_id)
+            self.put_part("matches", sae_a, sae_b, method, Path(shard), run_id)
             self._replace_stats(sae_a, sae_b, method, stats, run_id)
 
     def _replace_stats(self, sae_a: str, sae_b: str, method: str, stats: dict, run_id: str) -> None:
+        key = dict(sae_a=sae_a, sae_b=sae_b, method=method)
+        self._replace("pair_stats", key, [dict(stats, **key, run_id=run_id)])
+
+    def _replace(self, table: str, key: dict, rows) -> None:
+        """`table`'s rows of `key` (column -> value) replaced by `rows` (an Arrow table or dicts)."""
         with self.transaction() as con:
-            con.execute("DELETE FROM pair_stats WHERE sae_a = ? AND sae_b = ? AND method = ?", [sae_a, sae_b, method])
-            self.insert_rows("pair_stats", [dict(stats, sae_a=sae_a, sae_b=sae_b, method=method, run_id=run_id)])
+            con.execute(f"DELETE FROM {table} WHERE {' AND '.join(f'{c} = ?' for c in key)}", list(key.values()))
+            rows = pa.Table.from_pylist(rows) if isinstance(rows, list) else rows
+            if rows.num_rows:
+                self.insert_arrow(table, rows)
 
     # Table files (parts.py): the catalog rows naming them change in the caller's transaction; files a
     # transaction rolls back are orphans the next job sweeps away.
 
     def put_part(self, table: str, sae_a: str, sae_b: str, method: str, data, run_id: str) -> None:
-        """One pair's rows of a table-file table (method '' for correlations, compositions), replacing earlier ones."""
-        data = parts.conform(table, data, run_id=run_id)
-        parts.check_keys(table, data, dict(sae_a=sae_a, sae_b=sae_b, method=method))
-        if not data.num_rows:
-            self.drop_parts("table_name = ? AND sae_a = ? AND sae_b = ? AND method = ?", [table, sae_a, sae_b, method])
-            return
-        root = self.atlas.tables_dir
-        main, reverse = parts.write_part(root, table, data, dict(sae_a=sae_a, sae_b=sae_b, method=method))
-        if table == "matches":  # its edge index (named after the table file: swept with it)
-            main = parts.PartFile(main.file, main.rows, main.bytes + edgeindex.write(root / edgeindex.index_name(main.file),
-                                                                                      data))
-        self._swap_part(table, sae_a, sae_b, method, main, reverse, run_id)
-
-    def adopt_part(self, table: str, sae_a: str, sae_b: str, method: str, path: Path, run_id: str) -> None:
-        """A finished table file (conformed, sorted, with run_id) becomes `table`'s file of the pair by a rename."""
-        found = [parts.PartFile(path, *parts.size_of(path))]
-        rev = Path(parts.reverse_name(str(path)))
-        if rev.exists():
-            found.append(parts.PartFile(rev, *parts.size_of(rev)))
-        main = parts.new_name(table, dict(sae_a=sae_a, sae_b=sae_b, method=method))
-        placed = [main, parts.reverse_name(main)]
-        (self.atlas.tables_dir / main).parent.mkdir(parents=True, exist_ok=True)
-        for f, rel in zip(found, placed):
-            os.replace(f.file, self.atlas.tables_dir / rel)
-        done = [parts.PartFile(rel, f.rows, f.bytes) for f, rel in zip(found, placed)]
-        if table == "matches":  # its edge index, built from the placed file (named after it: swept with it)
-            done[0] = parts.PartFile(main, done[0].rows, done[0].bytes + edgeindex.write_for(self.atlas.tables_dir / main))
-        self._swap_part(table, sae_a, sae_b, method, done[0], done[1] if len(done) > 1 else None, run_id)
-
-    def _swap_part(self, table, sae_a, sae_b, method, main, reverse, run_id) -> None:
+        """One pair's rows of a table-file table (method '' for correlations, compositions), replacing earlier
+        ones: an Arrow table, or a task's finished table file (parts.write_file's format, run_id included) that
+        becomes the pair's file by a rename, its reverse file (name + .by_b) too. A matches file gets its edge
+        index (named after the table file: swept with it)."""
+        key, root = dict(sae_a=sae_a, sae_b=sae_b, method=method), self.atlas.tables_dir
+        where = ["table_name = ? AND sae_a = ? AND sae_b = ? AND method = ?", [table, sae_a, sae_b, method]]
+        if isinstance(data, Path):
+            rev = Path(parts.reverse_name(str(data)))
+            main = parts.PartFile(parts.new_name(table, key), *parts.size_of(data))
+            reverse = parts.PartFile(parts.reverse_name(main.file), *parts.size_of(rev)) if rev.exists() else None
+            (root / main.file).parent.mkdir(parents=True, exist_ok=True)
+            for f, placed in ((data, main), (rev, reverse)):
+                if placed is not None:
+                    os.replace(f, root / placed.file)
+            index = edgeindex.write_for(root / main.file) if table == "matches" else 0
+        else:
+            data = parts.conform(table, data, run_id=run_id)
+            parts.check_keys(table, data, key)
+            if not data.num_rows:
+                self.drop_parts(*where)
+                return
+            main, reverse = parts.write_part(root, table, data, key)
+            index = edgeindex.write(root / edgeindex.index_name(main.file), data) if table == "matches" else 0
         with self.transaction():
-            self.drop_parts("table_name = ? AND sae_a = ? AND sae_b = ? AND method = ?", [table, sae_a, sae_b, method])
-            self.insert_rows("parts", [dict(table_name=table, sae_a=sae_a, sae_b=sae_b, method=method, file=main.file,
-                                            reverse_file=reverse.file if reverse else None, n_rows=main.rows,
-                                            bytes=main.bytes + (reverse.bytes if reverse else 0), run_id=run_id)])
+            self.drop_parts(*where)
+            self.insert_rows("parts", [dict(key, table_name=table, file=main.file, reverse_file=reverse and reverse.file,
+                                            n_rows=main.rows, bytes=main.bytes + index + (reverse.bytes if reverse else 0),
+                                            run_id=run_id)])
 
     def pair_rows(self, table: str, sae_a: str, sae_b: str, method: str, sql: str) -> list[tuple]:
         """`sql` over one pair's table file only (as the relation `rows`), not the view over every file."""
@@ -266,12 +260,9 @@ class Writer:
             self.drop_parts("table_name IN ('correlations', 'compositions') AND sae_a = ? AND sae_b = ?", [sae_a, sae_b])
             self.drop_parts("table_name = 'matches' AND sae_a = ? AND sae_b = ? AND method = ?", [sae_a, sae_b, method])
             for name, table in tables:
-                key = method if name == "matches" else ""
-                if name in parts.PART_TABLES and isinstance(table, Path):  # a task's finished table file
-                    if parts.size_of(table)[0]:
-                        self.adopt_part(name, sae_a, sae_b, key, table, run_id)
-                elif name in parts.PART_TABLES:
-                    self.put_part(name, sae_a, sae_b, key, table, run_id)
+                if name in parts.PART_TABLES:
+                    if not isinstance(table, Path) or parts.size_of(table)[0]:  # an empty shard: nothing to adopt
+                        self.put_part(name, sae_a, sae_b, method if name == "matches" else "", table, run_id)
                 else:
                     table = pq.read_table(table) if isinstance(table, Path) else table
                     if table.num_rows:
@@ -293,13 +284,8 @@ class Writer:
 
     def replace_widths(self, sae_a: str, sae_b: str, rows) -> None:
         """Store one width pair's rows (an Arrow table of the widths columns), replacing earlier ones."""
-        with self.transaction() as con:
-            con.execute("DELETE FROM widths WHERE sae_a = ? AND sae_b = ?", [sae_a, sae_b])
-            self.insert_arrow("widths", rows)
+        self._replace("widths", dict(sae_a=sae_a, sae_b=sae_b), rows)
 
     def replace_edge_checks(self, sae_a: str, sae_b: str, method: str, rows) -> None:
         """One pair's ablation checks of `method`'s edges (an Arrow table of edge_checks columns), replacing earlier ones."""
-        with self.transaction() as con:
-            con.execute("DELETE FROM edge_checks WHERE sae_a = ? AND sae_b = ? AND method = ?", [sae_a, sae_b, method])
-            if rows.num_rows:
-                self.insert_arrow("edge_checks", rows)
+        self._replace("edge_checks", dict(sae_a=sae_a, sae_b=sae_b, method=method), rows)
