@@ -1,6 +1,6 @@
-"""Upgrading a job's working file (docs/design.md, Schema versions): the SQL steps of schema.MIGRATIONS, and
-version 5's job step, which moves the big tables of a version-4 atlas out into table files (one ordered pass
-per table, a file per pair) and then rewrites the file without the freed blocks.
+"""Upgrading a job's working file (docs/design.md, Tables: schema versions): the SQL steps of
+schema.MIGRATIONS, and version 5's job step, which moves the big tables of a version-4 atlas out into table
+files (one ordered pass per table, a file per pair) and then rewrites the file without the freed blocks.
 """
 
 from __future__ import annotations
