@@ -33,43 +33,26 @@ def move_tables_out(writer, con) -> None:
         if table not in present:
             continue
         keys = [k for k in ("sae_a", "sae_b", "method") if k in spec.keys]
-        n = con.execute(f"SELECT count(*) FROM (SELECT DISTINCT {', '.join(keys)} FROM {table})").fetchone()[0]
-        reader = con.cursor().sql(f"SELECT * FROM {table} ORDER BY {', '.join(keys)}").to_arrow_reader(1 << 16)
-        batches, current = [], None
-        with tqdm(total=n, desc=f"moving {table} into table files", unit="pair", disable=n < 2) as bar:
-            for batch in list(reader):  # all read before the first write
-                for key, piece in _runs(batch, keys):
-                    if current is not None and key != current:
-                        _move_group(writer, table, current, batches)
-                        batches = []
-                        bar.update()
-                    current = key
-                    batches.append(piece)
-            if current is not None:
-                _move_group(writer, table, current, batches)
-                bar.update()
+        runs = _runs(con.sql(f"SELECT * FROM {table} ORDER BY {', '.join(keys)}").to_arrow_table(), keys)
+        for key, rows in tqdm(runs, desc=f"moving {table} into table files", unit="pair", disable=len(runs) < 2):
+            a, b, method = key if len(key) == 3 else (*key, "")
+            writer.put_part(table, a, b, method, rows, rows["run_id"][0].as_py())
         con.execute(f"DROP TABLE {table}")
 
 
-def _runs(batch: pa.RecordBatch, keys: list[str]) -> list[tuple[tuple, pa.RecordBatch]]:
-    """A batch sorted by `keys` cut into its runs of equal keys: [(key values, rows), ...]."""
-    n = batch.num_rows
+def _runs(data: pa.Table, keys: list[str]) -> list[tuple[tuple, pa.Table]]:
+    """A table sorted by `keys` cut into its runs of equal keys: [(key values, rows), ...]."""
+    n = data.num_rows
     if n == 0:
         return []
     change = np.zeros(n, dtype=bool)
     change[0] = True
     for k in keys:
-        col = batch.column(k)
+        col = data.column(k)
         change[1:] |= pc.not_equal(col.slice(1), col.slice(0, n - 1)).to_numpy(zero_copy_only=False)
     starts = np.nonzero(change)[0].tolist() + [n]
-    return [(tuple(batch.column(k)[s].as_py() for k in keys), batch.slice(s, e - s))
+    return [(tuple(data.column(k)[s].as_py() for k in keys), data.slice(s, e - s))
             for s, e in zip(starts[:-1], starts[1:])]
-
-
-def _move_group(writer, table: str, key: tuple, batches: list) -> None:
-    data = pa.Table.from_batches(batches)
-    a, b, method = key if len(key) == 3 else (*key, "")
-    writer.put_part(table, a, b, method, data, data["run_id"][0].as_py())
 
 
 def _compact(writer) -> None:

@@ -382,13 +382,12 @@ class SchemaVersionError(ValueError):
 def create(con, tables_root: Path | None = None, move_tables_out=None) -> None:
     """Create or upgrade the schema of a writable connection. Upgrading a version-4 atlas moves its big
     tables into table files: `move_tables_out(con)` does that (migration.py)."""
-    fresh = not con.execute("SELECT count(*) FROM duckdb_tables() WHERE database_name = current_database() "
-                            "AND table_name = 'schema_version'").fetchone()[0]
+    version = version_of(con)
     con.execute(TABLES)
     con.execute(PART_DDL)
-    if fresh or con.execute("SELECT count(*) FROM schema_version").fetchone()[0] == 0:
-        con.execute("INSERT INTO schema_version VALUES (?)", [SCHEMA_VERSION])
-    version = con.execute("SELECT max(version) FROM schema_version").fetchone()[0]
+    if version is None:  # a new file
+        version = SCHEMA_VERSION
+        con.execute("INSERT INTO schema_version VALUES (?)", [version])
     if version > SCHEMA_VERSION:
         raise SchemaVersionError(f"atlas schema version {version} is newer than this code's {SCHEMA_VERSION}: upgrade feature-atlas")
     for v in range(version + 1, SCHEMA_VERSION + 1):

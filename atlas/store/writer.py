@@ -147,9 +147,7 @@ class Writer:
 
     def update_sae(self, sae_id: str, values: dict, only_missing: bool = False) -> None:
         """Set columns of one SAE's row (only where NULL with only_missing)."""
-        names = self._checked("saes", values)
-        sets = ", ".join(f"{n} = coalesce({n}, ?)" if only_missing else f"{n} = ?" for n in names)
-        self.con.execute(f"UPDATE saes SET {sets} WHERE sae_id = ?", [values[n] for n in names] + [sae_id])
+        self._update("saes", dict(sae_id=sae_id), values, only_missing)
 
     def update_features(self, sae_id: str, values) -> int:
         """Set columns of one SAE's features from an Arrow table (`feature` and the columns to set), keeping the
@@ -186,10 +184,16 @@ class Writer:
         key = dict(sae_a=sae_a, sae_b=sae_b, method=method)
         self._replace("pair_stats", key, [dict(stats, **key, run_id=run_id)])
 
+    def _update(self, table: str, key: dict, values: dict, only_missing: bool = False) -> None:
+        """Set columns of `table`'s rows of `key` (column -> value); with only_missing, only where NULL."""
+        names = self._checked(table, values)
+        sets = ", ".join(f"{n} = coalesce({n}, ?)" if only_missing else f"{n} = ?" for n in names)
+        self.con.execute(f"UPDATE {table} SET {sets} WHERE {_where(key)}", [values[n] for n in names] + list(key.values()))
+
     def _replace(self, table: str, key: dict, rows) -> None:
         """`table`'s rows of `key` (column -> value) replaced by `rows` (an Arrow table or dicts)."""
         with self.transaction() as con:
-            con.execute(f"DELETE FROM {table} WHERE {' AND '.join(f'{c} = ?' for c in key)}", list(key.values()))
+            con.execute(f"DELETE FROM {table} WHERE {_where(key)}", list(key.values()))
             rows = pa.Table.from_pylist(rows) if isinstance(rows, list) else rows
             if rows.num_rows:
                 self.insert_arrow(table, rows)
@@ -246,9 +250,7 @@ class Writer:
 
     def update_pair_stats(self, sae_a: str, sae_b: str, method: str, values: dict) -> None:
         """Set columns of one pair-method's stats row (e.g. activation checks of a weight method)."""
-        names = self._checked("pair_stats", values)
-        self.con.execute(f"UPDATE pair_stats SET {', '.join(f'{n} = ?' for n in names)} WHERE sae_a = ? AND sae_b = ? "
-                         f"AND method = ?", [values[n] for n in names] + [sae_a, sae_b, method])
+        self._update("pair_stats", dict(sae_a=sae_a, sae_b=sae_b, method=method), values)
 
     def replace_activation_pair(self, sae_a: str, sae_b: str, method: str, tables, stats: dict,
                                 quality: dict[str, dict], run_id: str) -> None:
@@ -289,3 +291,8 @@ class Writer:
     def replace_edge_checks(self, sae_a: str, sae_b: str, method: str, rows) -> None:
         """One pair's ablation checks of `method`'s edges (an Arrow table of edge_checks columns), replacing earlier ones."""
         self._replace("edge_checks", dict(sae_a=sae_a, sae_b=sae_b, method=method), rows)
+
+
+def _where(key: dict) -> str:
+    """SQL condition `c = ? AND ...` over the columns of `key` (values passed as parameters)."""
+    return " AND ".join(f"{c} = ?" for c in key)
