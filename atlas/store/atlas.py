@@ -1,14 +1,8 @@
-"""The atlas on disk: one small DuckDB file (SAEs, features, stats, the catalog of table files) plus
-atlas.files/ with the table files (parts.py) and FAISS indexes, written by snapshot-and-publish
+"""The atlas on disk: one small DuckDB file (SAEs, features, stats, the catalog of table files) plus atlas.files/
+with the table files (parts.py) and FAISS indexes. DuckDB lets one process write a file and then nobody else may
+open it, so one job at a time (a lock file) writes a private copy (writer.py) and publishes it by an atomic rename;
+readers keep the snapshot they opened (snapshot.py), and a killed job leaves the published atlas as it was
 (docs/design.md, Snapshots; docs/storage.md).
-
-DuckDB lets one process write a file and then nobody else may open it. So a job never writes the
-published file: it copies it to a private working file, writes there (one transaction per unit of
-work), and publishes with an atomic rename (writer.py). Big tables never pass through that copy: a job writes
-new, immutable table files and the catalog rows naming them, so a publish costs the same at any atlas size.
-Readers (the API, the duckdb CLI) keep the snapshot they opened (snapshot.py) and see the next one when they
-reopen; nobody ever sees a half-written job, and a killed job leaves the published atlas exactly as it was. A
-lock file keeps to one writing job at a time.
 """
 
 from __future__ import annotations
