@@ -75,9 +75,9 @@ def test_every_write_form_is_refused_and_the_files_stay_identical(synth_atlas, t
 _SANDBOXED = """
 import sys, duckdb
 from api.sandbox import deny_writes
-from atlas.store.atlas import open_snapshot
+from atlas.store import Snapshot
 how = deny_writes()
-con, _ = open_snapshot(sys.argv[1])
+con = Snapshot(sys.argv[1]).con
 refused = 0
 for sql in sys.argv[2:]:
     try:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import mmap
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +29,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .parts import write_atomic
 from .schema import EDGE_KIND
 
 MAGIC = b"ATLASEI1"
@@ -87,7 +87,7 @@ def build(data: pa.Table) -> dict[str, np.ndarray]:
 
 
 def write(path: Path, data: pa.Table) -> int:
-    """Write the index of `data` at `path` (temporary name, fsync, rename, as table files); its size."""
+    """Write the index of `data` at `path` (parts.write_atomic, as table files); its size."""
     arrays = build(data)
     layout, offset = {}, 0
     for name, a in arrays.items():
@@ -95,22 +95,15 @@ def write(path: Path, data: pa.Table) -> int:
         offset += -(-a.nbytes // _ALIGN) * _ALIGN
     header = json.dumps({"format": 1, "rows": data.num_rows, "arrays": layout}).encode()
     start = -(-(len(MAGIC) + 8 + len(header)) // _ALIGN) * _ALIGN
-    path = Path(path)
-    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-    try:
+
+    def write_to(tmp: Path) -> None:
         with open(tmp, "wb") as f:
             f.write(MAGIC + np.uint64(len(header)).tobytes() + header)
             for name, a in arrays.items():
                 f.seek(start + layout[name]["offset"])
                 f.write(np.ascontiguousarray(a).tobytes())
             f.truncate(start + offset)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path.stat().st_size
+    return write_atomic(path, write_to)
 
 
 def write_for(table_file: Path) -> int:
