@@ -15,19 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
-from bench import correlation, pwmcc, record, scale
+from bench import correlation, pwmcc, readme, record, scale
 from bench.load import CLIENTS
+from bench.timing import timed
 
 RESULTS = Path(__file__).parent / "results"
-
-
-def timed(fn, repeat: int = 1):
-    best = float("inf")
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t0)
-    return best, out
 
 
 def bench_candidates(n: int, d: int) -> dict:
@@ -80,20 +72,32 @@ def bench_assignment(n: int) -> dict:
             "identical_at_score_0.5": same, "target": ">= 20x at 16k, >= 0.999 identical"}
 
 
-def bench_stack(layers: int, d_sae: int, d_in: int, workdir: Path) -> dict:
-    from atlas.match.pair import MatchParams
-    from atlas.store import Atlas
+def _family(layers: int, d_sae: int, d_in: int, folder: Path) -> list[Path]:
+    """A synthetic stack of `layers` SAEs (one seed, one dataset) written under `folder`."""
     from atlas.synth import SynthConfig, generate
+
+    return generate(SynthConfig(d_in=d_in, d_sae=d_sae, n_layers=layers, n_seeds=1, second_dataset=False), folder)
+
+
+def _ingested(path: Path, folders: list[Path]):
+    """(the atlas at `path` holding the SAEs of `folders`, the ingest summary, its adjacent + distance-2 pairs)."""
+    from atlas.store import Atlas
     from ingest.jobs.ingest import ingest
-    from ingest.jobs.match import run_match, select_pairs
+    from ingest.jobs.match import select_pairs
     from ingest.sources import read_sae
 
-    cfg = SynthConfig(d_in=d_in, d_sae=d_sae, n_layers=layers, n_seeds=1, second_dataset=False)
-    t_gen, folders = timed(lambda: generate(cfg, workdir / "family"))
-    atlas = Atlas(workdir / "bench.duckdb")
-    t_ingest, summary = timed(lambda: ingest(atlas, [lambda f=f: read_sae(f) for f in folders]))
+    atlas = Atlas(path)
+    summary = ingest(atlas, [lambda f=f: read_sae(f) for f in folders])
     with atlas.read() as con:
-        pairs = select_pairs(con, "distance", distance=2)
+        return atlas, summary, select_pairs(con, "distance", distance=2)
+
+
+def bench_stack(layers: int, d_sae: int, d_in: int, workdir: Path) -> dict:
+    from atlas.match.pair import MatchParams
+    from ingest.jobs.match import run_match
+
+    t_gen, folders = timed(lambda: _family(layers, d_sae, d_in, workdir / "family"))
+    t_ingest, (atlas, summary, pairs) = timed(lambda: _ingested(workdir / "bench.duckdb", folders))
     t_match, _ = timed(lambda: run_match(atlas, pairs, ["decoder_cos"], MatchParams(), publish_every=600))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"layers": layers, "d_sae": d_sae, "d_in": d_in, "pairs": len(pairs), "generate_s": t_gen,
@@ -105,21 +109,13 @@ def bench_stack(layers: int, d_sae: int, d_in: int, workdir: Path) -> dict:
 def bench_ray(layers: int, d_sae: int, d_in: int, workdir: Path) -> dict:
     """The same 26-layer stack matched in-process and on a local 2-worker Ray cluster."""
     from atlas.match.pair import MatchParams
-    from atlas.store import Atlas
-    from atlas.synth import SynthConfig, generate
     from ingest.executors import RayExecutor
-    from ingest.jobs.ingest import ingest
-    from ingest.jobs.match import run_match, select_pairs
-    from ingest.sources import read_sae
+    from ingest.jobs.match import run_match
 
-    cfg = SynthConfig(d_in=d_in, d_sae=d_sae, n_layers=layers, n_seeds=1, second_dataset=False)
-    folders = generate(cfg, workdir / "ray-family")
+    folders = _family(layers, d_sae, d_in, workdir / "ray-family")
     atlases = {}
     for name in ("in-process", "ray"):
-        atlases[name] = Atlas(workdir / f"ray-{name}.duckdb")
-        ingest(atlases[name], [lambda f=f: read_sae(f) for f in folders])
-    with atlases["ray"].read() as con:
-        pairs = select_pairs(con, "distance", distance=2)
+        atlases[name], _, pairs = _ingested(workdir / f"ray-{name}.duckdb", folders)
     t_local, _ = timed(lambda: run_match(atlases["in-process"], pairs, ["decoder_cos"], MatchParams()))
     ex = RayExecutor(num_cpus=2)
     try:
@@ -192,8 +188,9 @@ def main(argv=None):
     for section, value in results.items():
         if section == "meta":
             continue
-        if section == "scale":
-            print("\n== scale\n" + scale.summary(value))
+        if section == "scale":  # nested: printed as its README rows
+            print("\n== scale", *(f"  {r.label(value)}: {r.measured(value)}" for r in readme.ROWS
+                                   if r.section == "scale" and r.pick(value)), sep="\n")
             continue
         print(f"\n== {section}")
         for row in value if isinstance(value, list) else [value]:

@@ -18,6 +18,8 @@ import time
 import numpy as np
 import scipy.sparse as sp
 
+from bench.timing import timed
+
 
 def _peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -111,9 +113,7 @@ def _ours(d_a, d_b, tokens, seed, max_pairs, sample) -> dict:
     st.finish()
     w1, c1 = _clock()
     wall, cpu = wall + w1 - w0, cpu + c1 - c0
-    t0 = time.perf_counter()
-    cand = st.topk(16)
-    t_topk = time.perf_counter() - t0
+    t_topk, cand = timed(lambda: st.topk(16))
     # exact r of the sampled rows, from the same moments
     n = st.n
     cov = ref.T - np.outer(st.s_a[rows], st.s_b) / n
@@ -175,13 +175,12 @@ def _minilm(tokens: int, d_sae: int, d_in: int = 384) -> dict:
         st = accumulate(acts_a.split(8192), acts_b.split(8192))
         return st, st.topk(16)
 
-    t0 = time.perf_counter()
-    st, cand = ours()
-    t_sparse = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    r = torch.corrcoef(torch.cat([acts_a, acts_b], 1).T)[:d_sae, d_sae:]
-    top_d = r.nan_to_num(0.0).topk(16, dim=1).indices.numpy()
-    t_dense = time.perf_counter() - t0
+    def dense():
+        r = torch.corrcoef(torch.cat([acts_a, acts_b], 1).T)[:d_sae, d_sae:]
+        return r, r.nan_to_num(0.0).topk(16, dim=1).indices.numpy()
+
+    t_sparse, (st, cand) = timed(ours)
+    t_dense, (r, top_d) = timed(dense)
     r = r.nan_to_num(0.0).double().numpy()
     fired = st.f_a > 0
     same = float((np.sort(cand.a2b_index, 1) == np.sort(top_d, 1)).all(1)[fired].mean())

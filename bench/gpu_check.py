@@ -22,24 +22,10 @@ import traceback
 import numpy as np
 
 from bench import record
+from bench.timing import timed
 
 BUDGET_S = 300.0
 """Wall-clock budget of the whole check; the correlation stops early (and says how far it got) to keep it."""
-
-
-def _sync():
-    import torch
-
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
-def _timed(fn):
-    _sync()
-    t0 = time.perf_counter()
-    out = fn()
-    _sync()
-    return time.perf_counter() - t0, out
 
 
 def check_faiss(report: dict) -> None:
@@ -53,10 +39,10 @@ def check_faiss(report: dict) -> None:
     queries = unit(base[:4096] + 0.5 * rng.standard_normal((4096, 2304), dtype=np.float32) / np.sqrt(2304))
     cpu = faiss.IndexFlatIP(2304)
     cpu.add(base)
-    t_cpu, (d_cpu, i_cpu) = _timed(lambda: cpu.search(queries, 16))
+    t_cpu, (d_cpu, i_cpu) = timed(lambda: cpu.search(queries, 16))
     res = faiss.StandardGpuResources()
     gpu = faiss.index_cpu_to_gpu(res, 0, cpu)
-    t_gpu, (d_gpu, i_gpu) = _timed(lambda: gpu.search(queries, 16))
+    t_gpu, (d_gpu, i_gpu) = timed(lambda: gpu.search(queries, 16))
     report["faiss_topk_identical_rows"] = float((i_cpu == i_gpu).all(1).mean())
     report["faiss_topk_max_score_diff"] = float(np.abs(d_cpu - d_gpu).max())
     report["faiss_cpu_s"], report["faiss_gpu_s"] = t_cpu, t_gpu
@@ -73,10 +59,10 @@ def check_candidates(report: dict) -> None:
     a = unit(rng.standard_normal((16384, 2304), dtype=np.float32))
     b = unit(a[rng.permutation(16384)] + 0.3 * rng.standard_normal((16384, 2304), dtype=np.float32) / np.sqrt(2304))
     ta, tb = torch.from_numpy(a).cuda(), torch.from_numpy(b).cuda()
-    _timed(lambda: ta @ tb.T)  # warm-up
-    t_mm, _ = _timed(lambda: ta @ tb.T)
+    timed(lambda: ta @ tb.T)  # warm-up
+    t_mm, _ = timed(lambda: ta @ tb.T)
     topk_both(a, b, 16)  # warm-up
-    t_ours, _ = _timed(lambda: topk_both(a, b, 16))
+    t_ours, _ = timed(lambda: topk_both(a, b, 16))
     report["candidates_16k_matmul_s"], report["candidates_16k_topk_both_s"] = t_mm, t_ours
     report["candidates_ratio_vs_matmul"] = t_ours / t_mm
 
@@ -142,7 +128,7 @@ def _bare_gemms(st, pair: GpuPair, blocks: int) -> dict:
     out = {}
     for name, fn in (("bare_two_gemms_s", plain), ("bare_state_kernels_s", kernels)):
         fn()  # warm-up
-        t, _ = _timed(lambda fn=fn: [fn() for _ in range(min(blocks, 8))])
+        t, _ = timed(lambda fn=fn: [fn() for _ in range(min(blocks, 8))])
         out[name] = t * blocks / min(blocks, 8)
     return out
 
@@ -168,10 +154,10 @@ def check_dense(report: dict, d: int, tokens: int, deadline: float, dev: str = "
     t_ours = 0.0
     while st.n < tokens and time.perf_counter() < deadline:
         A, B = pair.block(st.block_tokens)
-        t, _ = _timed(lambda: st.add(A, B))
+        t, _ = timed(lambda: st.add(A, B))
         t_ours += t
         del A, B
-    t_topk, cand = _timed(lambda: st.finish().topk(16))
+    t_topk, cand = timed(lambda: st.finish().topk(16))
     blocks = max(1, st.n // st.block_tokens)
     bare = _bare_gemms(st, pair, blocks)
     planted = dict(zip(pair.pa.tolist(), pair.pb.tolist()))

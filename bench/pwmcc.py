@@ -4,9 +4,9 @@ random decoders, with MMCS and both random baselines beside them (atlas/match/co
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
+
+from bench.timing import timed
 
 SIZES = (4096, 16384)
 KINDS = {"seed sibling (70% shared)": 0.7, "dataset sibling (40% shared)": 0.4, "random": 0.0}
@@ -27,15 +27,9 @@ def measure(n: int, d: int, shared: float, k: int = 16) -> dict:
     from atlas.match.consistency import mmcs, mmcs_random, pw_mcc_dense, pw_mcc_random, pw_mcc_sparse
 
     a, b = _pair(n, d, shared, seed=n)
-    t0 = time.perf_counter()
-    cand = topk_both(a, b, k, absmax=True)
-    t_cand = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    sparse = pw_mcc_sparse(*edges(cand), a, b)
-    t_sparse = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    dense = pw_mcc_dense(full_scores(a, b).astype(np.float64))
-    t_dense = time.perf_counter() - t0
+    t_cand, cand = timed(lambda: topk_both(a, b, k, absmax=True))
+    t_sparse, sparse = timed(lambda: pw_mcc_sparse(*edges(cand), a, b))
+    t_dense, dense = timed(lambda: pw_mcc_dense(full_scores(a, b).astype(np.float64)))
     return {"n": n, "d_in": d, "shared": shared, "k": k, "pw_mcc_dense": dense, "pw_mcc_sparse": sparse,
             "deviation": sparse - dense, "mmcs": mmcs(cand.a_absmax, cand.b_absmax),
             "pw_mcc_random": pw_mcc_random(n, n, d, k), "mmcs_random": mmcs_random(n, n, d),

@@ -477,29 +477,3 @@ def add_arguments(p) -> None:
     g.add_argument("--no-http", dest="http", action="store_false", help="Skip the HTTP measurements.")
     g.add_argument("--no-http-small", dest="http_small", action="store_false", help="Skip HTTP on the small atlas.")
 
-
-def summary(v: dict) -> str:
-    """The section's numbers as a few printed lines."""
-    lines = []
-    for name in ("small", "big"):
-        r = v[name]
-        lines.append(f"  {r['match_rows']:,} match rows: job adding one pair-method {r['publish']['job_s']:.2f} s "
-                     f"(publish {r['publish']['publish_s']:.2f} s); {r['disk']['bytes_per_row']:.2f} bytes/row; "
-                     f"edge indexes {r['disk']['index_bytes_per_row']:.2f} bytes/row ({r['disk']['index_gb']:.2f} GB); "
-                     f"DuckDB file {r['disk']['duckdb_file_mb']:.0f} MB")
-        h = r.get("http", {})
-        if h.get("error"):
-            lines.append(f"    HTTP: {h['error']}")
-        if "lineage" in h:
-            for ep in ("lineage", "feature_card"):
-                lines.append(f"    {ep}: " + ", ".join(f"{c} conn p50 {m['p50_ms']:.1f} ms, p99 {m['p99_ms']:.1f} ms, "
-                                                        f"{m['req_per_s']:.0f} req/s" for c, m in h[ep].items()))
-        if "rss_after_lineage_mb" in h:
-            lines.append(f"    RSS after {h['lineage_random']['requests']} random lineages: {h['rss_after_lineage_mb']:.0f} "
-                         f"MB ({h['rss_after_lineage_kinds']})")
-        if "export" in h:
-            e = h["export"]
-            lines.append(f"    export: {e['bytes'] / 2**20:.0f} MB in {e['seconds']:.1f} s, RSS {e['rss_before_mb']:.0f} -> "
-                         f"{e['peak_rss_mb']:.0f} MB, complete {e['complete']}")
-    lines.append(f"  section runtime {v['runtime_min']:.1f} min")
-    return "\n".join(lines)

@@ -16,6 +16,8 @@ import time
 
 import torch
 
+from bench.timing import timed
+
 GEMMA_2_2B = dict(d_model=2304, d_head=256, n_heads=8, d_mlp=9216, n_layers=26, n_ctx=8192, eps=1e-6,
                   d_vocab=256000, act_fn="gelu_pytorch_tanh", initializer_range=0.02, normalization_type="RMS",
                   rotary_base=10000.0, positional_embedding_type="rotary", use_attn_scale=True, n_key_value_heads=4,
@@ -27,11 +29,6 @@ SMOKE = dict(d_model=64, d_head=16, n_heads=4, d_mlp=128, n_layers=3, n_ctx=256,
              window_size=64, attn_types=["local", "global", "local"])
 L0 = 70
 """Features firing per token in each synthetic SAE (its threshold is set on the first batch)."""
-
-
-def _sync(dev: torch.device) -> None:
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
 
 
 class SyntheticSAE:
@@ -67,10 +64,7 @@ def run(tokens: int = 1_000_000, d_sae: int = 16384, ctx: int = 1024, seqs: int 
     torch.manual_seed(0)
     cfg = HookedTransformerConfig(**cfg_dict, device=str(dev), dtype=torch.bfloat16 if cuda else torch.float32,
                                   seed=0)
-    t0 = time.perf_counter()
-    model = HookedTransformer(cfg)
-    model.eval()
-    t_build = time.perf_counter() - t0
+    t_build, model = timed(lambda: HookedTransformer(cfg).eval())
     layers = cfg.n_layers
     hooks = [f"blocks.{layer}.hook_resid_post" for layer in range(layers)]
     gen = torch.Generator(device=dev).manual_seed(1)
@@ -88,32 +82,19 @@ def run(tokens: int = 1_000_000, d_sae: int = 16384, ctx: int = 1024, seqs: int 
         while done < tokens:
             n_seq = min(seqs, -(-(tokens - done) // ctx))
             toks = torch.randint(0, cfg.d_vocab, (n_seq, ctx), generator=gen, device=dev)
-            _sync(dev)
-            t = time.perf_counter()
-            _, cache = model.run_with_cache(toks, names_filter=hooks, stop_at_layer=layers)
-            _sync(dev)
-            parts["forward_s"] += time.perf_counter() - t
+            t, (_, cache) = timed(lambda: model.run_with_cache(toks, names_filter=hooks, stop_at_layer=layers))
+            parts["forward_s"] += t
             prev = None
             for layer, hook in enumerate(hooks):  # each SAE's activations live until the next pair has used them
-                t = time.perf_counter()
-                acts = saes[layer](cache[hook].reshape(-1, cfg.d_model))
-                _sync(dev)
-                parts["encode_s"] += time.perf_counter() - t
+                t, acts = timed(lambda: saes[layer](cache[hook].reshape(-1, cfg.d_model)))
+                parts["encode_s"] += t
                 if prev is not None:
-                    t = time.perf_counter()
-                    states[layer - 1].add(prev, acts)
-                    _sync(dev)
-                    parts["statistics_s"] += time.perf_counter() - t
+                    parts["statistics_s"] += timed(lambda: states[layer - 1].add(prev, acts))[0]
                 prev = acts
             del cache, prev, acts
             done += n_seq * ctx
-        t = time.perf_counter()
         l0 = float(states[0].f_a.sum() / max(states[0].n, 1))
-        for st in states:
-            st.finish()
-            st.topk(16)
-        _sync(dev)
-        parts["topk_s"] = time.perf_counter() - t
+        parts["topk_s"], _ = timed(lambda: [st.finish().topk(16) for st in states])
     total = time.perf_counter() - t_start
     out = {"cuda": cuda, "smoke": smoke, "device": torch.cuda.get_device_name(0) if cuda else "cpu",
            "layers": layers, "d_model": cfg.d_model, "d_sae": d_sae, "pairs": len(states), "tokens": done,
