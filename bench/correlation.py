@@ -150,7 +150,8 @@ def bench_cofiring(d: int, tokens: int, bound: bool = True, max_pairs: int | Non
     return out
 
 
-def _minilm(tokens: int, d_sae: int, d_in: int = 384) -> dict:
+def _minilm(tokens: int = 300_000, d_sae: int = 768, d_in: int = 384) -> dict:
+    """MiniLM-sized: synthetic ReLU activations of that shape (the real cache is not needed)."""
     import torch
 
     from atlas.encode import encode
@@ -191,18 +192,13 @@ def _minilm(tokens: int, d_sae: int, d_in: int = 384) -> dict:
             "error_bound": st.error_bound, "target": ">= 10x, identical top-16"}
 
 
-def bench_minilm(tokens: int = 300_000, d_sae: int = 768) -> dict:
-    """MiniLM-sized: synthetic ReLU activations of that shape (the real cache is not needed)."""
-    return _in_process(_minilm, tokens, d_sae)
-
-
 SECTIONS = ("correlation", "cofiring", "stack-activations")
 
 
 def run(sections: list[str], save, tokens: int = 1_000_000) -> None:
     """The correlation sections `python -m bench` asked for; `save(section, value)` stores each as it ends."""
     if "correlation" in sections:
-        save("correlation", bench_minilm())
+        save("correlation", _in_process(_minilm))
     if "cofiring" in sections:
         rows = [bench_cofiring(16384, tokens)]
         save("cofiring", rows)

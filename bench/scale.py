@@ -281,22 +281,16 @@ def disk(atlas) -> dict:
 # ---- HTTP: the server as the README starts it, RSS from /proc ---------------------------------------------------
 
 def rss(pid: int, fields: tuple[str, ...] = ("VmRSS",)) -> dict[str, float]:
-    """/proc status `fields` (resident memory, kB there) of a process and all its descendants, summed, in MB."""
-    children: dict[int, list[int]] = {}
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            with contextlib.suppress(OSError, ValueError, IndexError):
-                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
-                children.setdefault(ppid, []).append(int(d.name))
-    total, todo = dict.fromkeys(fields, 0), [pid]
-    while todo:
-        p = todo.pop()
-        todo += children.get(p, [])
-        with contextlib.suppress(OSError):
-            for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                key = line.split(":")[0]
-                if key in total:
-                    total[key] += int(line.split()[1])
+    """/proc status `fields` (resident memory, kB there) summed over the process group of `pid` (the server
+    runs in its own session: it and its workers), in MB."""
+    total = dict.fromkeys(fields, 0)
+    for d in Path("/proc").glob("[0-9]*"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            if int((d / "stat").read_text().rsplit(")", 1)[1].split()[2]) == pid:
+                for line in (d / "status").read_text().splitlines():
+                    key, _, value = line.partition(":")
+                    if key in total:
+                        total[key] += int(value.split()[0])
     return {k: v / 1024 for k, v in total.items()}
 
 
