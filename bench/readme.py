@@ -22,11 +22,6 @@ README = Path(__file__).resolve().parent.parent / "README.md"
 PLAN_PFLOP = {"gemma-2-2b": 30, "gemma-2-9b": 75}  # the scale plan's GEMM estimate (README table)
 
 
-def pair_flop(n: int, d: int) -> float:
-    """One A·Bᵀ of an n × n × d pair (both directions come from it)."""
-    return 2.0 * n * n * d
-
-
 def _k(n: int) -> str:
     return f"{n // 1024}k" if n % 1024 == 0 else str(n)
 
@@ -45,12 +40,17 @@ class Row:
     met: Callable[[dict], bool] | None = None  # whether the target is met ("(missed)" is added when not)
 
 
-def _stack(v: dict) -> str:
+def _pair_rate(v: dict) -> tuple[float, float]:
+    """(seconds per pair, FLOP/s) of the stack section's matching: one A·Bᵀ of an n × n × d pair per pair."""
     per_pair = v["match_s"] / v["pairs"]
+    return per_pair, 2.0 * v["d_sae"] ** 2 * v["d_in"] / per_pair
+
+
+def _stack(v: dict) -> str:
+    per_pair, rate = _pair_rate(v)
     return (f"**{v['end_to_end_min']:.1f} min** (ingest {v['ingest_s']:.1f} s = {v['ingest_features_per_s'] / 1e3:.0f}k "
-            f"features/s; match {v['match_s']:.0f} s = {per_pair:.1f} s/pair ≈ "
-            f"{pair_flop(v['d_sae'], v['d_in']) / per_pair / 1e9:.0f} GFLOP/s); peak RSS {v['peak_rss_mb'] / 1024:.1f} GiB; "
-            f"atlas {v['atlas_mb']:.0f} MB")
+            f"features/s; match {v['match_s']:.0f} s = {per_pair:.1f} s/pair ≈ {rate / 1e9:.0f} GFLOP/s); peak RSS "
+            f"{v['peak_rss_mb'] / 1024:.1f} GiB; atlas {v['atlas_mb']:.0f} MB")
 
 
 def _ray(v: dict) -> str:
@@ -278,8 +278,7 @@ def plan_sentence(results: Path = RESULTS) -> str:
     if found is None:
         return "No stack benchmark has run yet."
     path, v, meta = found
-    per_pair = v["match_s"] / v["pairs"]
-    rate = pair_flop(v["d_sae"], v["d_in"]) / per_pair
+    per_pair, rate = _pair_rate(v)
     days = sum(PLAN_PFLOP.values()) * 1e15 / rate / 86400
     cores = meta.get("host", {}).get("cores")
     where = f"{cores} CPU cores" if cores else "host not recorded"
