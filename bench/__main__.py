@@ -185,9 +185,7 @@ def main(argv=None):
         save("scale", scale.run(args, log=lambda line: print(line, flush=True)))
     if "pwmcc" in args.sections:  # not in the default list: about 4 minutes of dense 16k assignments
         save("pwmcc", pwmcc.run(log=lambda line: print(line, flush=True)))
-    for section, value in results.items():
-        if section == "meta":
-            continue
+    for section, value in list(results.items())[1:]:  # after meta
         if section == "scale":  # nested: printed as its README rows
             print("\n== scale", *(f"  {r.label(value)}: {r.measured(value)}" for r in readme.ROWS
                                    if r.section == "scale" and r.pick(value)), sep="\n")

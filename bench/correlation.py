@@ -25,9 +25,11 @@ def _peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _clock() -> tuple[float, float]:
-    """(wall, CPU) seconds: on a shared machine CPU time is the steadier of the two (scipy runs one thread)."""
-    return time.perf_counter(), time.process_time()
+def _clocked(fn) -> tuple[np.ndarray, object]:
+    """([wall, CPU] seconds, fn()): on a shared machine CPU time is the steadier of the two (scipy runs one thread)."""
+    w0, c0 = time.perf_counter(), time.process_time()
+    out = fn()
+    return np.array([time.perf_counter() - w0, time.process_time() - c0]), out
 
 
 class Synthetic:
@@ -81,10 +83,8 @@ def _bound(d_a, d_b, tokens, seed) -> dict:
     B = sp.vstack([p[1] for p in parts], format="csr")
     del parts
     At = A.T.tocsr()
-    w0, c0 = _clock()
-    C = At @ B
-    w1, c1 = _clock()
-    return {"bound_s": w1 - w0, "bound_cpu_s": c1 - c0, "bound_pairs": int(C.nnz), "bound_peak_mb": _peak_mb(), "l0_a": A.nnz / tokens,
+    (wall, cpu), C = _clocked(lambda: At @ B)
+    return {"bound_s": wall, "bound_cpu_s": cpu, "bound_pairs": int(C.nnz), "bound_peak_mb": _peak_mb(), "l0_a": A.nnz / tokens,
             "l0_b": B.nnz / tokens, "pair_events": int(np.dot(np.diff(A.indptr).astype(np.int64), np.diff(B.indptr)))}
 
 
@@ -102,17 +102,11 @@ def _ours(d_a, d_b, tokens, seed, max_pairs, sample) -> dict:
     rng = np.random.default_rng(seed + 1)
     rows = np.sort(np.r_[rng.choice(data.planted_a, sample // 2, replace=False), rng.choice(d_a, sample // 2, replace=False)])
     ref = np.zeros((d_b, len(rows)))  # exact Σab of the sampled a-features with every b (dense reference)
-    wall = cpu = 0.0
+    spent = np.zeros(2)  # wall, CPU
     for A, B in data:
-        w0, c0 = _clock()
-        st.add(A, B)
-        w1, c1 = _clock()
-        wall, cpu = wall + w1 - w0, cpu + c1 - c0
+        spent += _clocked(lambda: st.add(A, B))[0]
         ref += B.T @ A[:, rows].toarray()
-    w0, c0 = _clock()
-    st.finish()
-    w1, c1 = _clock()
-    wall, cpu = wall + w1 - w0, cpu + c1 - c0
+    wall, cpu = spent + _clocked(st.finish)[0]
     t_topk, cand = timed(lambda: st.topk(16))
     # exact r of the sampled rows, from the same moments
     n = st.n

@@ -1,12 +1,8 @@
 """`python -m bench scale`: the atlas at release scale (issue 16). A synthetic atlas of >= 300M match rows in
-the table-file layout, and the numbers that layout promises:
-
-- publish time of a job that adds ONE pair-method, at two sizes (target <= 1 s, independent of size);
-- lineage and feature card over HTTP with `atlas serve --workers 2` (bench/load.py), random features of the
-  whole atlas;
-- server RSS (all its processes) after 10k random lineage requests;
-- bytes on disk per match row (table files incl. reverse files; the DuckDB file separately);
-- export of `matches` over HTTP with the server's peak RSS meanwhile.
+the table-file layout, and the numbers that layout promises: the time of a job that adds ONE pair-method, at
+two sizes (target <= 1 s, independent of size); lineage and feature card of random features over HTTP with
+`atlas serve --workers 2` (bench/load.py); the server's RSS (all its processes) after 10k random lineages;
+bytes on disk per match row; the export of `matches` over HTTP with the server's peak RSS meanwhile.
 
 The generator measures storage, not matching: per pair-method one DuckDB `COPY (SELECT ... FROM range())`
 writes the table file in the matches schema and sort order, and its reverse file; the store adopts them by a
@@ -294,10 +290,6 @@ def rss(pid: int, fields: tuple[str, ...] = ("VmRSS",)) -> dict[str, float]:
     return {k: v / 1024 for k, v in total.items()}
 
 
-def rss_mb(pid: int) -> float:
-    return rss(pid)["VmRSS"]
-
-
 def rss_kinds_mb(pid: int) -> dict:
     """Anonymous, file-backed and shared pages, MB: file-backed ones (mapped edge indexes, libraries) are the
     page cache's, shared between workers and reclaimable; anonymous ones are the heap."""
@@ -315,14 +307,14 @@ class Watchdog:
 
     def _watch(self):
         while not self._stop.wait(0.1):
-            now = rss_mb(self.server.proc.pid)
+            now = rss(self.server.proc.pid)["VmRSS"]
             self.peak_mb = max(self.peak_mb, now)
             if now > self.limit_mb and self.killed is None:
                 self.killed = f"stopped by the bench at {now:.0f} MB RSS (limit {self.limit_mb:.0f} MB)"
                 self.server.stop()
 
     def reset_peak(self) -> None:
-        self.peak_mb = rss_mb(self.server.proc.pid)
+        self.peak_mb = rss(self.server.proc.pid)["VmRSS"]
 
     def close(self) -> None:
         self._stop.set()
@@ -401,13 +393,13 @@ def measure_http(atlas_path: Path, args, log=print) -> dict:
             watch = Watchdog(server, args.rss_limit_mb)
             pid = server.proc.pid
             out["start_s"] = time.perf_counter() - t0
-            out["rss_idle_mb"] = rss_mb(pid)
+            out["rss_idle_mb"] = rss(pid)["VmRSS"]
             out["rss_idle_kinds"] = rss_kinds_mb(pid)
             out.update(card_and_lineage(server.base, random_features(atlas_path, 2000, 1), args.seconds,
                                         args.load_client, lambda line: log(f"scale: {line}")))
             lin = [f"/api/saes/{s}/features/{f}/lineage" for s, f in random_features(atlas_path, args.lineage_requests, 2)]
             out["lineage_random"] = http_load(lin, server.base, args.lineage_seconds, 4, once=True)
-            out["rss_after_lineage_mb"] = rss_mb(pid)
+            out["rss_after_lineage_mb"] = rss(pid)["VmRSS"]
             out["rss_after_lineage_kinds"] = rss_kinds_mb(pid)
             out["peak_rss_mb"] = watch.peak_mb
             log(f"scale:   RSS after {out['lineage_random']['requests']} random lineages "
