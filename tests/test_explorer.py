@@ -42,7 +42,7 @@ def server(synth_atlas):
 
 def _serve(path: str):
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "atlas.cli", "--atlas", path, "serve",
+    proc = subprocess.Popen([sys.executable, "-m", "cli", "--atlas", path, "serve",
                              "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     base = f"http://127.0.0.1:{port}"
     for _ in range(150):

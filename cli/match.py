@@ -1,0 +1,65 @@
+"""atlas match: SAE pairs by weights (and, with --pairs widths, narrow features against wider SAEs)."""
+
+from __future__ import annotations
+
+import click
+
+from atlas.match.methods import WEIGHT_METHODS
+
+from .group import main
+from .options import SAEPair, Selection, bar, executor_options, opened_executor
+
+
+@main.command()
+@click.option("--pairs", "selection", type=Selection(), default="adjacent", show_default=True,
+              help="Which SAE pairs to match; widths: each SAE with its next wider sibling (feature splitting); "
+                   "flow: MLP/attention-out SAEs with the residual SAE of their layer.")
+@click.option("--distance", type=int, default=2, show_default=True, help="Largest layer distance for --pairs distance.")
+@click.option("--stack", default=None, help="Only pairs in (or, for siblings, touching) this stack.")
+@click.option("--pair", "explicit", type=SAEPair(), multiple=True, help="SAE_A:SAE_B, repeatable (implies --pairs list).")
+@click.option("--method", "methods", multiple=True, type=click.Choice(WEIGHT_METHODS),
+              help="Repeatable [default: decoder_cos; siblings also encoder_cos].")
+@click.option("-k", "k", type=int, default=16, show_default=True, help="Candidates kept per feature and direction.")
+@click.option("--floor", type=float, default=0.3, show_default=True, help="Below this cosine a feature stays unassigned.")
+@click.option("--tau", type=float, default=None,
+              help="Score at which an assigned pair counts as matched [default: 0.7]; with --pairs widths the "
+                   "least cosine of a child to its parent [default: 0.5].")
+@click.option("--solver", type=click.Choice(["auto", "dense", "sparse"]), default="auto", show_default=True)
+@click.option("--publish-every", type=float, default=60.0, show_default=True,
+              help="Seconds between publishing finished pairs to readers (a kill loses at most this much).")
+@executor_options("Where pair tasks run; ray needs `pip install .[distributed]`.")
+@click.pass_obj
+def match(atlas, selection, distance, stack, explicit, methods, k, floor, tau, solver, publish_every, executor, address):
+    """Match SAE pairs by weight similarity (candidates -> one-to-one assignment -> pair stats)."""
+    from atlas.match.pair import MatchParams
+    from ingest.jobs.match import run_match, select_pairs
+
+    widths = selection == "widths"
+    if explicit:
+        selection = "list"
+    with atlas.read() as con:
+        pairs = select_pairs(con, selection, distance, stack, list(explicit))
+    methods = list(methods) or (["decoder_cos", "encoder_cos"] if selection == "siblings" else ["decoder_cos"])
+    if not pairs:
+        raise ValueError(f"no pairs selected ({selection}); see `atlas saes`")
+    if widths:
+        _match_widths(atlas, pairs, tau)
+        return
+    params = MatchParams(k=k, floor=floor, tau=0.7 if tau is None else tau, solver=solver)
+    with opened_executor(executor, address) as ex, bar(len(pairs) * len(methods), "match") as b:
+        summary = run_match(atlas, pairs, methods, params, publish_every, progress=lambda *_: b.update(), executor=ex)
+    click.echo(f"matched {len(summary.computed)} pair-methods, skipped {len(summary.skipped)} already done "
+               f"({summary.seconds:.1f} s)")
+    if summary.results:
+        click.echo(summary.report())
+
+
+def _match_widths(atlas, pairs, tau):
+    from atlas.match.widths import WidthParams
+    from ingest.jobs.widths import run_widths
+
+    params = WidthParams() if tau is None else WidthParams(tau=tau)
+    with bar(len(pairs), "widths") as b:
+        s = run_widths(atlas, pairs, params, progress=lambda *_: b.update())
+    click.echo(f"matched {len(s.computed)} width pairs, skipped {len(s.skipped)} already done ({s.seconds:.1f} s); "
+               f"narrow features: " + ", ".join(f"{n} {c}" for c, n in sorted(s.classes.items())))
