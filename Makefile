@@ -6,11 +6,9 @@ ATLAS ?= atlas.duckdb
 HOST ?= 127.0.0.1
 PORT ?= 8000
 FAISS_GPU ?= faiss-gpu-cu12
-DUCKLAKE_VENV ?= .venv-ducklake
-DUCKLAKE_DUCKDB ?= 1.5.5
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-gpu gpu-check browser wrk demo serve test bench bench-engine readme-bench findings clean
+.PHONY: help install install-gpu gpu-check browser wrk demo serve test bench readme-bench findings clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -53,22 +51,11 @@ test: install browser ## Install and run the test suite (needs nothing else: pro
 bench: install wrk ## Benchmarks at real sizes (prints ratios, writes bench/results/*.json)
 	$(BIN)/python -m bench
 
-# DuckLake's extension exists on PyPI only for older duckdb: a venv of its own (duckdb, the extension, the CLI)
-$(DUCKLAKE_VENV)/bin/duckdb:
-	$(PY) -m venv $(DUCKLAKE_VENV)
-	$(DUCKLAKE_VENV)/bin/pip install -q duckdb==$(DUCKLAKE_DUCKDB) duckdb-extension-ducklake==$(DUCKLAKE_DUCKDB) \
-	  duckdb-cli==1.5.6 pyarrow numpy
-	@touch $@
-
-bench-engine: install $(DUCKLAKE_VENV)/bin/duckdb ## Manifest views vs DuckLake side by side (docs/storage.md; ~5 min)
-	DUCKDB_CLI=$(DUCKLAKE_VENV)/bin/duckdb $(BIN)/python -m bench.engine --engine manifest
-	DUCKDB_CLI=$(DUCKLAKE_VENV)/bin/duckdb $(DUCKLAKE_VENV)/bin/python -m bench.engine --engine ducklake
-
 readme-bench: install ## Write the README's benchmark, scale-plan and findings numbers from bench/results/*.json
 	$(BIN)/python -m bench.readme
 
 findings: install ## Keep `atlas findings --json` of $(ATLAS) as bench/results/findings-<time>.json
 	$(BIN)/python -m bench.findings --atlas $(ATLAS)
 
-clean: ## Remove the venvs, demo data and the default atlas
-	rm -rf $(VENV) $(DUCKLAKE_VENV) demo-data $(ATLAS) $(basename $(ATLAS)).files
+clean: ## Remove the venv, demo data and the default atlas
+	rm -rf $(VENV) demo-data $(ATLAS) $(basename $(ATLAS)).files

@@ -10,7 +10,7 @@ from litestar.params import PathParameter, QueryParameter
 from litestar.plugins import OpenAPISchemaPlugin
 from litestar.typing import FieldDefinition
 
-from atlas.match.methods import METHODS, NAMES, SIMILARITY_METHODS
+from atlas.methods import METHODS, NAMES, SIMILARITY_METHODS
 from atlas.queries.pairs import STATS
 
 MethodName = Literal[NAMES]  # type: ignore[valid-type]

@@ -50,17 +50,17 @@ _KINDS = {c.__name__: c for c in (QueryError, NotAllowed, NotFound, OverBudget, 
 def _serve(conn, atlas_path: str, memory_limit: str, threads: int) -> None:
     """Worker loop: (sql, limit, timeout_s, max_bytes) in, ('ok', result) or ('error', kind, message, bound) out."""
     from atlas.queries.sqlguard import run_sql
-    from atlas.store.atlas import open_snapshot
+    from atlas.store import Snapshot
 
     from .sandbox import address_space, cap_address_space, deny_writes, limit_malloc_arenas
 
-    con, stamp = None, None
+    snap = None
     try:
         deny_writes()
         limit_malloc_arenas()
         os.nice(NICE)
-        con, stamp = open_snapshot(atlas_path, memory_limit, threads)
-        con.execute("SELECT count(*) FROM range(100000)").fetchall()  # DuckDB's threads are up: VM is near its base
+        snap = Snapshot(atlas_path, memory_limit, threads)
+        snap.con.execute("SELECT count(*) FROM range(100000)").fetchall()  # DuckDB's threads are up: VM is near its base
         cap_address_space(address_space() + parse_bytes(memory_limit) + HEADROOM)
         conn.send(("ready", _rss(os.getpid())))
     except Exception as e:  # noqa: BLE001  (the server reports it on the request that waited for this worker)
@@ -75,13 +75,11 @@ def _serve(conn, atlas_path: str, memory_limit: str, threads: int) -> None:
         except (EOFError, OSError):
             return
         try:
-            st = os.stat(atlas_path)
-            if stamp != (st.st_ino, st.st_mtime_ns):
-                # DuckDB hands back the open instance of a path while a connection to it lives: close first
-                con.close()
-                con, stamp = None, None
-                con, stamp = open_snapshot(atlas_path, memory_limit, threads)
-            conn.send(("ok", run_sql(con.cursor(), sql, limit, timeout_s, max_bytes)))
+            if not snap.is_current():
+                snap.close()  # DuckDB hands back the open instance of a path while a connection to it lives
+                snap = None
+                snap = Snapshot(atlas_path, memory_limit, threads)
+            conn.send(("ok", run_sql(snap.con.cursor(), sql, limit, timeout_s, max_bytes)))
         except QueryError as e:
             conn.send(("error", type(e).__name__, str(e), getattr(e, "bound", None)))
         except MemoryError:
@@ -89,7 +87,7 @@ def _serve(conn, atlas_path: str, memory_limit: str, threads: int) -> None:
                        f"({memory_limit}); ask for less (filters, a LIMIT)", "memory_limit"))
         except Exception as e:  # noqa: BLE001  (reported as one line; the worker stays up)
             conn.send(("error", "QueryError", f"SQL error: {type(e).__name__}: {e}", None))
-        if con is None:  # the snapshot could not be reopened: a fresh worker tries again
+        if snap is None:  # the snapshot could not be reopened: a fresh worker tries again
             return
 
 
@@ -132,7 +130,7 @@ class SQLPool:
         self.limit_bytes = parse_bytes(memory_limit) // max(size, 1)
         self.memory_limit = f"{self.limit_bytes // 2**20}MiB"
         self.ctx = mp.get_context("forkserver")
-        self.ctx.set_forkserver_preload(["api.sqlpool", "api.sandbox", "atlas.queries.sqlguard", "atlas.store.atlas"])
+        self.ctx.set_forkserver_preload(["api.sqlpool", "api.sandbox", "atlas.queries.sqlguard", "atlas.store.snapshot"])
         self.idle: queue.LifoQueue[_Worker] = queue.LifoQueue()
         self.lock = threading.Lock()
         self.count = 0

@@ -10,7 +10,6 @@ feature rows: lineage and cards read the table files by point lookups (atlas/que
 
 from __future__ import annotations
 
-import os
 import threading
 from pathlib import Path
 
@@ -18,10 +17,8 @@ from atlas.queries import IndexCache, budget
 from atlas.queries.common import SAE_COLUMNS
 from atlas.queries.edges import FileEdges
 from atlas.queries.records import NotFound
-from atlas.store import Atlas
-from atlas.store.atlas import open_snapshot
+from atlas.store import Atlas, snapshot
 from atlas.store.leases import Lease
-from atlas.store.schema import check_version
 
 from .settings import Settings
 from .sqlpool import SQLPool, Unavailable
@@ -31,13 +28,12 @@ RETRY_S = 5  # Retry-After of a 503 while the atlas is not where the server was 
 FEATURE_COLUMNS = ("dec_norm", "threshold", "density", "max_act", "label")
 
 
-class Snapshot:
-    """One published atlas file, open read-only on its own DuckDB instance."""
+class Snapshot(snapshot.Snapshot):
+    """One published atlas file, open read-only on its own DuckDB instance, with the caches of its answers."""
 
     def __init__(self, path: Path, settings: Settings):
-        self.con, self.stamp = open_snapshot(path, settings.memory_limit, settings.threads)
+        super().__init__(path, settings.memory_limit, settings.threads, check=True)
         self.id = f"{self.stamp[0]}-{self.stamp[1]}"
-        check_version(self.con, str(path))
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
         self._cache: dict[str, object] = {}
@@ -120,13 +116,12 @@ class AtlasState:
         self._lease = Lease(self.atlas.dir)
         self.sql = SQLPool(str(self.atlas.path), settings.sql_workers, settings.memory_limit, settings.threads)
 
-    def _stamp(self) -> tuple[int, int]:
+    def _is_current(self, snap: Snapshot | None) -> bool:
         try:
-            st = os.stat(self.atlas.path)
+            return snap is not None and snap.is_current()
         except OSError:
             raise self._gone("its DuckDB file is not there; if it was moved, move it back with its .files/ folder")\
                 from None
-        return st.st_ino, st.st_mtime_ns
 
     def _gone(self, why: str) -> Unavailable:
         return Unavailable(f"the atlas at {self.atlas.path} cannot be served now: {why} (this server tries again on "
@@ -137,14 +132,13 @@ class AtlasState:
 
         An atlas that moved (file gone, or views naming another folder) is a 503 on each request, never a
         snapshot kept: once it is back or `atlas migrate` has run, the next request opens it."""
-        stamp = self._stamp()
         current = self._current
-        if current is not None and current.stamp == stamp:
+        if self._is_current(current):
             return current
         with self._lock:
-            if self._current is None or self._current.stamp != stamp:
+            if not self._is_current(self._current):
                 try:
-                    snap = Snapshot(self.atlas.path, self.settings)  # the file there now (maybe newer than stamp)
+                    snap = Snapshot(self.atlas.path, self.settings)  # the file there now
                 except FileNotFoundError as e:  # the file went, or its views name table files elsewhere
                     raise self._gone(str(e)) from None
                 self._lease.hold(snap.index_files | (self._current.index_files if self._current else set()))

@@ -1,0 +1,10 @@
+"""Feature Atlas: how SAE features survive, change, split, die and are born across layers and seeds.
+
+`atlas.open(path)` reads an atlas from Python (atlas/reader.py); importing `atlas` alone loads nothing else."""
+
+
+def open(path="atlas.duckdb"):  # noqa: A001  (atlas.open, as files are opened)
+    """A Reader on the atlas at `path`: its query functions answer with the API's typed records."""
+    from .reader import Reader
+
+    return Reader(path)

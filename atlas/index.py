@@ -35,10 +35,9 @@ def default_factory(n: int) -> str:
     return "Flat" if n < APPROX_FROM else APPROX_FACTORY
 
 
-def unit_rows(x: np.ndarray) -> np.ndarray:
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.maximum(norms, 1e-12)
+def unit_rows(x: np.ndarray, dtype=np.float32) -> np.ndarray:
+    x = np.ascontiguousarray(x, dtype=dtype)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
 def build(vectors: np.ndarray, factory: str | None = None):

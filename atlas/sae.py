@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -12,27 +13,6 @@ SITES = ("resid", "mlp", "attn")
 KINDS = ("sae", "transcoder", "skip_transcoder")
 
 
-@dataclass(frozen=True)
-class Architecture:
-    """What an architecture needs beyond W_enc, W_dec, b_enc, b_dec; its encoder lives in atlas.encode."""
-
-    name: str
-    tensors: tuple[str, ...] = ()  # required extra tensors, [d_sae] each
-    needs_k: bool = False
-    aliases: tuple[str, ...] = ()
-
-
-# One registry, as SAELens keeps one: readers, validation and atlas.encode all look architectures up here.
-ARCHS = {a.name: a for a in (
-    Architecture("standard", aliases=("relu", "autoencoder", "p_anneal")),
-    Architecture("jumprelu", tensors=("threshold",), aliases=("jumpreluautoencoder",)),
-    Architecture("topk", needs_k=True, aliases=("autoencodertopk",)),
-    Architecture("batchtopk", needs_k=True, aliases=("batchtopksae", "matryoshkabatchtopksae")),
-    Architecture("gated", tensors=("b_mag", "r_mag"), aliases=("gatedautoencoder",)),
-    Architecture("groupmax", needs_k=True),
-)}
-ARCHITECTURES = tuple(ARCHS)
-_ALIASES = {alias: a.name for a in ARCHS.values() for alias in (a.name, *a.aliases)}
 _ID_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -112,6 +92,75 @@ class SAERecord:
     weights: SAEWeights
 
 
+# Architectures. Encoders map the pre-activation (x − b_dec) @ W_enc + b_enc, a torch tensor [T, d_sae], to
+# activations with tensor methods only, so this module needs no torch; atlas.encode runs them.
+def _topk(w: SAEWeights, pre, k: int | None):
+    acts = pre.relu()
+    vals, idx = acts.topk(k, dim=1)
+    return acts.new_zeros(acts.shape).scatter_(1, idx, vals)
+
+
+def _batchtopk(w: SAEWeights, pre, k: int | None):
+    """At inference batch-top-k SAEs use the threshold learnt in training where they have one
+    (dictionary_learning), else the per-token top-k."""
+    if w.threshold is not None:
+        acts = pre.relu()
+        return acts * (acts > pre.new_tensor(w.threshold))
+    return _topk(w, pre, k)
+
+
+def _gated(w: SAEWeights, pre, k: int | None):
+    """Gated SAE (Rajamanoharan et al. 2024): the gate (W_enc, b_enc = b_gate) decides which features
+    fire, the magnitude path (W_enc · exp(r_mag), b_mag) how strongly."""
+    mag = (pre - pre.new_tensor(w.b_enc)) * pre.new_tensor(w.extra["r_mag"]).exp() + pre.new_tensor(w.extra["b_mag"])
+    return (pre > 0) * mag.relu()
+
+
+def _groupmax(w: SAEWeights, pre, k: int | None):
+    """sparsify's groupmax: latents split into k equal groups, the largest of each group is kept."""
+    groups = pre.relu().unflatten(-1, (k, -1))
+    vals, idx = groups.max(dim=-1, keepdim=True)
+    return groups.new_zeros(groups.shape).scatter_(-1, idx, vals).flatten(-2)
+
+
+def _jumprelu_check(w: SAEWeights, meta: SAEMeta) -> str | None:
+    if w.threshold is not None and (w.threshold < 0).any():
+        return f"tensor threshold has {int((w.threshold < 0).sum())} negative values (JumpReLU thresholds are >= 0)"
+    return None
+
+
+def _groupmax_check(w: SAEWeights, meta: SAEMeta) -> str | None:
+    d_sae = len(w.W_dec)
+    return f"groupmax needs d_sae ({d_sae}) divisible by k ({meta.k})" if d_sae % meta.k else None
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """What an architecture adds to W_enc, W_dec, b_enc, b_dec, and its encoder (SAELens keeps one class each)."""
+
+    name: str
+    encoder: Callable
+    """(weights, pre-activation [T, d_sae] torch tensor, k) → activations; atlas.encode runs it."""
+    tensors: tuple[str, ...] = ()  # required extra tensors, [d_sae] each
+    needs_k: bool = False
+    aliases: tuple[str, ...] = ()
+    check: Callable[[SAEWeights, SAEMeta], str | None] | None = None
+    """What no trained SAE of this architecture has: a message, or None where the weights are fine."""
+
+
+# One registry: readers, validation and atlas.encode all look architectures up here.
+ARCHS = {a.name: a for a in (
+    Architecture("standard", lambda w, pre, k: pre.relu(), aliases=("relu", "autoencoder", "p_anneal")),
+    Architecture("jumprelu", lambda w, pre, k: pre * (pre > pre.new_tensor(w.threshold)), tensors=("threshold",),
+                 aliases=("jumpreluautoencoder",), check=_jumprelu_check),
+    Architecture("topk", _topk, needs_k=True, aliases=("autoencodertopk",)),
+    Architecture("batchtopk", _batchtopk, needs_k=True, aliases=("batchtopksae", "matryoshkabatchtopksae")),
+    Architecture("gated", _gated, tensors=("b_mag", "r_mag"), aliases=("gatedautoencoder",)),
+    Architecture("groupmax", _groupmax, needs_k=True, check=_groupmax_check),
+)}
+_ALIASES = {alias: a.name for a in ARCHS.values() for alias in (a.name, *a.aliases)}
+
+
 def slug(text: str) -> str:
     return _ID_UNSAFE.sub("_", text).strip("_")
 
@@ -146,7 +195,7 @@ def parse_hook(hook: str) -> tuple[str | None, int | None]:
 def normalise_arch(arch: str, where: str) -> str:
     a = str(arch).lower().replace("-", "").replace("_", "")
     if a not in _ALIASES:
-        raise SAEError(f"{where}: unknown architecture {arch!r}; known: {', '.join(ARCHITECTURES)}")
+        raise SAEError(f"{where}: unknown architecture {arch!r}; known: {', '.join(ARCHS)}")
     return _ALIASES[a]
 
 
@@ -189,12 +238,12 @@ def validate(rec: SAERecord, where: str) -> SAERecord:
     if m.d_in and m.d_in != d_in or m.d_sae and m.d_sae != d_sae:
         raise SAEError(f"{where}: config says d_in={m.d_in}, d_sae={m.d_sae} but W_enc is {w.W_enc.shape}")
     if "threshold" in arch.tensors and w.threshold is None:
-        raise SAEError(f"{where}: architecture jumprelu needs tensor 'threshold' [d_sae], none found")
-    _check_sane(w, m.arch, where)
+        raise SAEError(f"{where}: architecture {m.arch} needs tensor 'threshold' [d_sae], none found")
+    _check_dead(w, where)
     if arch.needs_k and not m.k:
         raise SAEError(f"{where}: architecture {m.arch} needs k (top-k) in its config")
-    if m.arch == "groupmax" and d_sae % m.k:
-        raise SAEError(f"{where}: groupmax needs d_sae ({d_sae}) divisible by k ({m.k})")
+    if arch.check and (problem := arch.check(w, m)) is not None:
+        raise SAEError(f"{where}: {problem}")
     site, layer = parse_hook(m.hook_out or m.hook)
     m = replace(m, d_in=d_in, d_sae=d_sae, d_out=d_out if m.kind != "sae" else None,
                 site=m.site or site, layer=m.layer if m.layer is not None else layer)
@@ -207,17 +256,14 @@ def validate(rec: SAERecord, where: str) -> SAERecord:
     return SAERecord(m, w)
 
 
-def _check_sane(w: SAEWeights, arch: str, where: str) -> None:
-    """Refuse weights no trained SAE has: a dead decoder, negative JumpReLU thresholds."""
+def _check_dead(w: SAEWeights, where: str) -> None:
+    """Refuse a dead decoder: no trained SAE has one."""
     dead = int((~w.W_dec.any(axis=1)).sum())
     if dead == len(w.W_dec):
         raise SAEError(f"{where}: tensor W_dec is all zeros (an untrained or broken file)")
     if dead > MAX_DEAD_ROWS * len(w.W_dec):
         raise SAEError(f"{where}: tensor W_dec has {dead} of {len(w.W_dec)} decoder rows all zero "
                        f"(more than {MAX_DEAD_ROWS:.0%}: an untrained or broken file)")
-    if arch == "jumprelu" and w.threshold is not None and (w.threshold < 0).any():
-        bad = int((w.threshold < 0).sum())
-        raise SAEError(f"{where}: tensor threshold has {bad} negative values (JumpReLU thresholds are >= 0)")
 
 
 def as_f32(t, where: str, name: str) -> np.ndarray:

@@ -71,19 +71,20 @@ class SynthConfig:
     seed: int = 0
 
 
-def _unit(x: np.ndarray) -> np.ndarray:
+def unit(x: np.ndarray) -> np.ndarray:
+    """x scaled to unit length along its last axis (rows of a matrix, or one vector), as float32."""
     return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
 
 
-def _noisy(rng, x: np.ndarray, eps: float) -> np.ndarray:
+def noisy(rng, x: np.ndarray, eps: float) -> np.ndarray:
     d = x.shape[-1]
-    return _unit(x + eps * rng.standard_normal(x.shape, dtype=np.float32) / np.sqrt(d))
+    return unit(x + eps * rng.standard_normal(x.shape, dtype=np.float32) / np.sqrt(d))
 
 
 def evolve(cfg: SynthConfig, rng) -> tuple[list[np.ndarray], list[np.ndarray], list[dict]]:
     """Base stack: per-layer unit decoders [d_sae, d_in], concept ids per slot, and the truth edges."""
     n, d = cfg.d_sae, cfg.d_in
-    dirs = _unit(rng.standard_normal((n, d), dtype=np.float32))
+    dirs = unit(rng.standard_normal((n, d), dtype=np.float32))
     concepts = np.arange(n)
     next_concept = n
     decs, ids, truth = [dirs], [concepts], []
@@ -99,17 +100,17 @@ def evolve(cfg: SynthConfig, rng) -> tuple[list[np.ndarray], list[np.ndarray], l
         merge = order[n_death + n_split:n_death + n_split + 2 * n_merge].reshape(-1, 2)
         carry = order[n_death + n_split + 2 * n_merge:]
         children: list[tuple[np.ndarray, list[int], str]] = []  # (direction, parents, kind)
-        new = _noisy(rng, dirs[carry], cfg.drift)
+        new = noisy(rng, dirs[carry], cfg.drift)
         children += [(new[j], [int(i)], "carry") for j, i in enumerate(carry)]
         for i in split:
-            for c in _noisy(rng, np.repeat(dirs[i][None], 2, 0), cfg.split_noise):
+            for c in noisy(rng, np.repeat(dirs[i][None], 2, 0), cfg.split_noise):
                 children.append((c, [int(i)], "split"))
         for i, j in merge:
-            children.append((_unit(dirs[i] + dirs[j]), [int(i), int(j)], "merge"))
+            children.append((unit(dirs[i] + dirs[j]), [int(i), int(j)], "merge"))
         n_birth = n - len(children)
         if n_birth < 0:
             raise ValueError("split_frac too large for death_frac + merge_frac: no room for children")
-        births = _unit(rng.standard_normal((n_birth, d), dtype=np.float32))
+        births = unit(rng.standard_normal((n_birth, d), dtype=np.float32))
         children += [(b, [], "birth") for b in births]
         slot = rng.permutation(n)  # child c lands in slot slot[c]: layer l+1 is a relabelling
         new_dirs = np.empty_like(dirs)
@@ -139,13 +140,13 @@ def sibling(cfg: SynthConfig, rng, base: np.ndarray, shared: float) -> tuple[np.
     """A sibling layer: (decoder, encoder directions, slot -> base feature or -1, encoder-agrees flag)."""
     n, d = base.shape
     keep = rng.permutation(n)[: round(shared * n)]
-    dec = _unit(rng.standard_normal((n, d), dtype=np.float32))  # orphans everywhere first
+    dec = unit(rng.standard_normal((n, d), dtype=np.float32))  # orphans everywhere first
     slots = rng.permutation(n)[: len(keep)]
-    dec[slots] = _noisy(rng, base[keep], cfg.seed_noise)
+    dec[slots] = noisy(rng, base[keep], cfg.seed_noise)
     enc = dec.copy()
     agree = np.ones(len(keep), dtype=bool)
     agree[: round(cfg.enc_disagree_frac * len(keep))] = False
-    enc[slots[~agree]] = _noisy(rng, dec[slots[~agree]], 2.0)  # cosine about 0.45 with the decoder
+    enc[slots[~agree]] = noisy(rng, dec[slots[~agree]], 2.0)  # cosine about 0.45 with the decoder
     origin = np.full(n, -1, dtype=np.int64)
     origin[slots] = keep
     enc_ok = np.zeros(n, dtype=bool)
@@ -166,7 +167,7 @@ def widen(cfg: SynthConfig, rng, narrow: np.ndarray, width: int) -> tuple[np.nda
     if n_novel < n_abs:
         raise ValueError(f"width {width} is too small to grow {n} features (needs {width - n_novel + n_abs})")
     children: list[tuple[np.ndarray, int | None, str]] = []  # (direction, narrow parent, kind)
-    children += [(v, int(i), "kept") for v, i in zip(_noisy(rng, narrow[kept], cfg.width_drift), kept)]
+    children += [(v, int(i), "kept") for v, i in zip(noisy(rng, narrow[kept], cfg.width_drift), kept)]
     for i, g in zip(split, groups):
         # r_k = cos(2πk/g) u + sin(2πk/g) v with u, v orthonormal and ⟂ parent: equal norms, Σ r_k = 0,
         # so Σ children ∝ parent exactly
@@ -177,17 +178,17 @@ def widen(cfg: SynthConfig, rng, narrow: np.ndarray, width: int) -> tuple[np.nda
         v /= np.linalg.norm(v)
         for k in range(g):
             r = np.cos(2 * np.pi * k / g) * u + np.sin(2 * np.pi * k / g) * v
-            children.append((_unit(narrow[i] + cfg.width_spread * r), int(i), "split"))
-    novel = _unit(rng.standard_normal((n_novel, d), dtype=np.float32))
+            children.append((unit(narrow[i] + cfg.width_spread * r), int(i), "split"))
+    novel = unit(rng.standard_normal((n_novel, d), dtype=np.float32))
     for j, i in enumerate(absorbed):  # a novel feature carries a little of the absorbed narrow one
-        novel[j] = _unit(novel[j] + 0.3 * narrow[i])
+        novel[j] = unit(novel[j] + 0.3 * narrow[i])
     # duplicates from their own stream, written over novel slots: the rest of the family is drawn as before
     dup_rng = np.random.default_rng([cfg.seed, 3, width])
     dup = dup_rng.choice(kept, round(cfg.width_duplicate_frac * n), replace=False)
     copies = np.repeat(dup, dup_rng.integers(1, 3, len(dup)))
     if n_abs + len(copies) > n_novel:
         raise ValueError(f"width {width} is too small to grow {n} features (needs {width - n_novel + n_abs + len(copies)})")
-    novel[n_abs:n_abs + len(copies)] = _noisy(dup_rng, narrow[copies], cfg.width_drift)
+    novel[n_abs:n_abs + len(copies)] = noisy(dup_rng, narrow[copies], cfg.width_drift)
     parent_of, twice = {n_abs + j: int(i) for j, i in enumerate(copies)}, set(dup.tolist())
     children = [(v, i, "duplicate" if k == "kept" and i in twice else k) for v, i, k in children]
     children += [(v, parent_of.get(j), "duplicate" if j in parent_of else "novel") for j, v in enumerate(novel)]
@@ -302,9 +303,9 @@ def _flow_saes(cfg: SynthConfig, decs: list[np.ndarray], truth: list[dict], base
         origin.update({int(f): "MLP" for f in by_mlp} | {int(f): "ATT" for f in by_attn}
                       | {int(f): "RES&MLP" for f in processed})
         for site, held in (("mlp", np.concatenate([by_mlp, processed])), ("attn", by_attn)):
-            dec = _unit(rng.standard_normal((cfg.d_sae, cfg.d_in), dtype=np.float32))
+            dec = unit(rng.standard_normal((cfg.d_sae, cfg.d_in), dtype=np.float32))
             slots = rng.permutation(cfg.d_sae)[: len(held)]
-            dec[slots] = _noisy(rng, decs[layer][held.astype(int)], cfg.drift)
+            dec[slots] = noisy(rng, decs[layer][held.astype(int)], cfg.drift)
             folder = out / f"A-s0-{site}/layer_{layer}"
             theta = (0.5 * rng.lognormal(0.0, 0.3, cfg.d_sae)).astype(np.float32)
             sid = write_sae(folder, dec, dec, theta, layer, 0, "A", site)

@@ -9,8 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -18,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from bench import correlation, pwmcc, record, scale
-from bench.load import CLIENTS, http_load
+from bench.load import CLIENTS
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -32,15 +30,12 @@ def timed(fn, repeat: int = 1):
     return best, out
 
 
-def unit(x):
-    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
-
-
 def bench_candidates(n: int, d: int) -> dict:
     import faiss
     import torch
 
     from atlas.match.candidates import topk_both
+    from atlas.synth import unit
 
     rng = np.random.default_rng(0)
     a = unit(rng.standard_normal((n, d), dtype=np.float32))
@@ -61,6 +56,7 @@ def bench_assignment(n: int) -> dict:
     from atlas.match.assign import assign_sparse
     from atlas.match.candidates import topk_both
     from atlas.match.candidates import edges as _edges
+    from atlas.synth import unit
 
     rng = np.random.default_rng(1)
     d = 256
@@ -144,37 +140,13 @@ def bench_ray(layers: int, d_sae: int, d_in: int, workdir: Path) -> dict:
             "in_process_s_per_pair": per_pair, "ray_report": summary.report(), "target": "ray <= 1.3x in-process"}
 
 
-def bench_api(atlas_path: Path, port: int = 8765, seconds: int = 10, client: str = "auto") -> dict:
+def bench_api(atlas_path: Path, seconds: int = 10, client: str = "auto") -> dict:
     """Feature card and lineage under load on loopback: `atlas serve --workers 2`, bounded in time."""
-    import httpx
+    from bench.server import serving
 
-    from atlas.store import Atlas
-
-    with Atlas(atlas_path).read() as con:
-        saes = con.execute("SELECT sae_id, d_sae FROM saes ORDER BY stack, layer").fetchall()
-    server = subprocess.Popen([sys.executable, "-m", "atlas.cli", "--atlas", str(atlas_path), "serve",
-                               "--port", str(port), "--workers", "2"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(100):
-            try:
-                if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
-        rng = np.random.default_rng(0)
-        picks = [(saes[i][0], int(f)) for i, f in zip(rng.integers(0, len(saes), 500), rng.integers(0, saes[0][1], 500))]
-        out = {}
-        for name, fmt_ in (("feature_card", "/api/saes/{}/features/{}"), ("lineage", "/api/saes/{}/features/{}/lineage")):
-            paths = [fmt_.format(s, f) for s, f in picks]
-            for p in paths[:20]:  # warm both workers (lineage builds its edge index once per snapshot)
-                httpx.get(base + p, timeout=60)
-            out[name] = {c: http_load(paths, base, seconds, c, client) for c in (2, 8)}
-        out["target"] = "p50 < 10 ms, p99 < 50 ms, >= 500 req/s"
-        return out
-    finally:
-        server.terminate()
-        server.wait(10)
+    with serving(atlas_path, "--workers", "2") as server:
+        out = scale.card_and_lineage(server.base, scale.random_features(atlas_path, 500, 0), seconds, client)
+    return dict(out, target="p50 < 10 ms, p99 < 50 ms, >= 500 req/s")
 
 
 def main(argv=None):

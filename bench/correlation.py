@@ -87,7 +87,7 @@ def _bound(d_a, d_b, tokens, seed) -> dict:
 
 
 def _ours(d_a, d_b, tokens, seed, max_pairs, sample) -> dict:
-    from ingest.correlate import CoFiring
+    from ingest.cofiring import CoFiring
 
     data = Synthetic(d_a, d_b, tokens, seed=seed)
     t0 = time.perf_counter()  # load (or compile) the CPU kernels once, outside the measured time
@@ -139,7 +139,7 @@ def _ours(d_a, d_b, tokens, seed, max_pairs, sample) -> dict:
 
 def bench_cofiring(d: int, tokens: int, bound: bool = True, max_pairs: int | None = None, seed: int = 0) -> dict:
     """Co-firing statistics of a d × d pair over `tokens` synthetic tokens, each side in its own process."""
-    from ingest.correlate import MAX_PAIRS
+    from ingest.cofiring import MAX_PAIRS
 
     out = _in_process(_ours, d, d, tokens, seed, max_pairs or MAX_PAIRS, 64)
     if bound:
@@ -155,13 +155,11 @@ def _minilm(tokens: int, d_sae: int, d_in: int = 384) -> dict:
 
     from atlas.encode import encode
     from atlas.sae import SAEWeights
-    from ingest.correlate import accumulate
+    from atlas.synth import unit
+    from ingest.cofiring import accumulate
 
     torch.manual_seed(0)
     rng = np.random.default_rng(2)
-
-    def unit(x):
-        return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
     def sae():  # ReLU SAE whose biases make about 3% of features fire per token, as trained SAEs do
         w = unit(rng.standard_normal((d_sae, d_in), dtype=np.float32))

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from bench import record
 from bench.readme import RESULTS
+from bench.server import ATLAS
 
 
 def _ranges(values: list[float], fmt: str) -> str:
@@ -56,7 +57,7 @@ def main(argv=None) -> int:
     cmd = ["atlas", "--atlas", str(args.atlas), "findings", "--json", "--model", args.model, "--stack", args.stack]
     if args.lineage_of:
         cmd += ["--lineage-of", args.lineage_of]
-    out = subprocess.run([sys.executable, "-m", "atlas.cli", *cmd[1:]], capture_output=True, text=True)
+    out = subprocess.run([*ATLAS, *cmd[1:]], capture_output=True, text=True)
     if out.returncode:
         sys.exit(out.stderr.strip() or f"atlas findings exited {out.returncode}")
     meta = record.metadata(vars(args))

@@ -2,7 +2,7 @@
 
 It reports faiss.get_num_gpus(); whether faiss-gpu and faiss-cpu return the same top-k; candidates
 16k × 16k × 2304 on the GPU (atlas.match.candidates.topk_both) against a bare torch.matmul of the same
-shapes; the dense co-firing state (ingest.dense_cofiring, bf16x3) of a synthetic 16k × 16k pair over 1M
+shapes; the dense co-firing state (ingest.cofiring.dense, bf16x3) of a synthetic 16k × 16k pair over 1M
 tokens against its two bare GEMMs (bf16 Aᵀ·B with float32 out, int8 1[A>0]ᵀ·1[B>0]) at the same
 precision and tiling, and against the GEMMs it runs; its |Δr| and counts against a float64 state on a
 slice; the same at 65k × 65k when it fits; the sparse path on CUDA equal to the CPU path on a slice and
@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import json
 import platform
-import subprocess
 import sys
 import time
 import traceback
 
 import numpy as np
+
+from bench import record
 
 BUDGET_S = 300.0
 """Wall-clock budget of the whole check; the correlation stops early (and says how far it got) to keep it."""
@@ -41,17 +42,15 @@ def _timed(fn):
     return time.perf_counter() - t0, out
 
 
-def _unit(x):
-    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
-
-
 def check_faiss(report: dict) -> None:
     """faiss-gpu vs faiss-cpu exact inner-product top-16 on the same vectors."""
     import faiss
 
+    from atlas.synth import unit
+
     rng = np.random.default_rng(0)
-    base, queries = _unit(rng.standard_normal((16384, 2304), dtype=np.float32)), None
-    queries = _unit(base[:4096] + 0.5 * rng.standard_normal((4096, 2304), dtype=np.float32) / np.sqrt(2304))
+    base = unit(rng.standard_normal((16384, 2304), dtype=np.float32))
+    queries = unit(base[:4096] + 0.5 * rng.standard_normal((4096, 2304), dtype=np.float32) / np.sqrt(2304))
     cpu = faiss.IndexFlatIP(2304)
     cpu.add(base)
     t_cpu, (d_cpu, i_cpu) = _timed(lambda: cpu.search(queries, 16))
@@ -68,10 +67,11 @@ def check_candidates(report: dict) -> None:
     import torch
 
     from atlas.match.candidates import topk_both
+    from atlas.synth import unit
 
     rng = np.random.default_rng(1)
-    a = _unit(rng.standard_normal((16384, 2304), dtype=np.float32))
-    b = _unit(a[rng.permutation(16384)] + 0.3 * rng.standard_normal((16384, 2304), dtype=np.float32) / np.sqrt(2304))
+    a = unit(rng.standard_normal((16384, 2304), dtype=np.float32))
+    b = unit(a[rng.permutation(16384)] + 0.3 * rng.standard_normal((16384, 2304), dtype=np.float32) / np.sqrt(2304))
     ta, tb = torch.from_numpy(a).cuda(), torch.from_numpy(b).cuda()
     _timed(lambda: ta @ tb.T)  # warm-up
     t_mm, _ = _timed(lambda: ta @ tb.T)
@@ -117,7 +117,7 @@ def _bare_gemms(st, pair: GpuPair, blocks: int) -> dict:
     precision"), and the GEMMs the state's precision runs (bf16x3: K = 3 × tokens)."""
     import torch
 
-    from ingest import dense_cofiring
+    from ingest.cofiring import dense as dense_cofiring
 
     A, B = pair.block(st.block_tokens)
     fa, fb = ((m > 0).T.contiguous().to(torch.int8) for m in (A, B))
@@ -153,8 +153,8 @@ def check_dense(report: dict, d: int, tokens: int, deadline: float, dev: str = "
     "cpu" runs the same steps at toy sizes, for the tests.)"""
     import torch
 
-    from ingest import dense_cofiring
-    from ingest.dense_cofiring import DenseCoFiring
+    from ingest.cofiring import dense as dense_cofiring
+    from ingest.cofiring import DenseCoFiring
 
     key = f"dense_{d}"
     if dev == "cuda" and not dense_cofiring.fits(d, d, torch.device(dev)):
@@ -190,7 +190,7 @@ def check_dense_exact(report: dict, d: int = 16384, tokens: int = 32768, dev: st
     counts equal, top-16 identical."""
     import torch
 
-    from ingest.dense_cofiring import DenseCoFiring
+    from ingest.cofiring import DenseCoFiring
 
     pair = GpuPair(d, seed=7, dev=dev)
     fast = DenseCoFiring(d, d, dev=torch.device(dev), precision="bf16x3")
@@ -218,7 +218,7 @@ def check_correlation(report: dict, deadline: float) -> None:
     import torch
 
     from bench.correlation import Synthetic
-    from ingest.correlate import CoFiring
+    from ingest.cofiring import CoFiring
 
     small = list(Synthetic(16384, 16384, 20_000, seed=3))
     out = {}
@@ -248,11 +248,7 @@ def check_correlation(report: dict, deadline: float) -> None:
 def main() -> int:
     t_start = time.perf_counter()
     report: dict = {"check": "gpu", "host": platform.node(), "python": platform.python_version()}
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10).stdout.strip()
-        report["commit"] = commit or None
-    except (OSError, subprocess.SubprocessError):
-        report["commit"] = None
+    report["commit"] = (record.commit()["commit"] or "")[:7] or None
     import torch
 
     report.update(torch=torch.__version__, torch_cuda=torch.version.cuda, cuda=torch.cuda.is_available())

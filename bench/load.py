@@ -22,16 +22,17 @@ from urllib.parse import urlsplit
 CLIENTS = ("auto", "wrk", "python")
 
 
-def http_load(paths: list[str], base: str, seconds: float, connections: int, client: str = "auto") -> dict:
+def http_load(paths: list[str], base: str, seconds: float, connections: int, client: str = "auto",
+              once: bool = False) -> dict:
     """GET random `paths` of `base` from `connections` connections for `seconds`. client: 'wrk', 'python',
-    or 'auto' (wrk when it is on the PATH)."""
+    or 'auto' (wrk when it is on the PATH). `once`: each path once, until the deadline (the Python client)."""
     if client not in CLIENTS:
         raise ValueError(f"unknown load client {client!r}; known: {', '.join(CLIENTS)}")
     wrk = shutil.which("wrk")
     if client == "wrk" and wrk is None:
         raise FileNotFoundError("no wrk on the PATH: `make wrk` installs it (as root), or use the python client")
-    if client == "python" or wrk is None:
-        return python_load(paths, base, seconds, connections)
+    if client == "python" or wrk is None or once:
+        return python_load(paths, base, seconds, connections, once)
     return wrk_load(wrk, paths, base, seconds, connections)
 
 
@@ -53,8 +54,9 @@ def wrk_load(wrk: str, paths: list[str], base: str, seconds: float, connections:
             "non_2xx": int(errors.group(1)) if errors else 0, "connections": connections, "client": "wrk"}
 
 
-def python_load(paths: list[str], base: str, seconds: float, connections: int) -> dict:
-    """One thread per connection, each a keep-alive http.client connection, until the deadline."""
+def python_load(paths: list[str], base: str, seconds: float, connections: int, once: bool = False) -> dict:
+    """One thread per connection, each a keep-alive http.client connection, until the deadline (or, `once`,
+    until its share of the paths was asked)."""
     url = urlsplit(base)
     lat: list[list[float]] = [[] for _ in range(connections)]
     bad = [0] * connections
@@ -62,11 +64,14 @@ def python_load(paths: list[str], base: str, seconds: float, connections: int) -
 
     def worker(i: int) -> None:
         rng = random.Random(i)
+        todo = iter(paths[i::connections]) if once else iter(lambda: rng.choice(paths), None)
         con = http.client.HTTPConnection(url.hostname, url.port, timeout=60)
-        while time.perf_counter() < deadline:
+        for path in todo:
+            if time.perf_counter() >= deadline:
+                break
             t0 = time.perf_counter()
             try:
-                con.request("GET", rng.choice(paths))
+                con.request("GET", path)
                 r = con.getresponse()
                 r.read()
             except (OSError, http.client.HTTPException):  # a dropped connection counts as a failed request
@@ -89,4 +94,4 @@ def python_load(paths: list[str], base: str, seconds: float, connections: int) -
         raise RuntimeError(f"no request to {base} finished in {seconds} s")
     return {"p50_ms": 1000 * every[len(every) // 2], "p99_ms": 1000 * every[int(0.99 * (len(every) - 1))],
             "req_per_s": len(every) / wall, "requests": len(every), "non_2xx": sum(bad), "connections": connections,
-            "client": "python threads"}
+            "client": "python threads", **({"asked": len(paths), "time_limit_s": seconds} if once else {})}

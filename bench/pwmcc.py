@@ -13,12 +13,12 @@ KINDS = {"seed sibling (70% shared)": 0.7, "dataset sibling (40% shared)": 0.4, 
 
 
 def _pair(n: int, d: int, shared: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    from atlas.synth import SynthConfig, _unit, sibling
+    from atlas.synth import SynthConfig, unit, sibling
 
     rng = np.random.default_rng(seed)
-    base = _unit(rng.standard_normal((n, d), dtype=np.float32))
+    base = unit(rng.standard_normal((n, d), dtype=np.float32))
     if shared == 0:
-        return base, _unit(rng.standard_normal((n, d), dtype=np.float32))
+        return base, unit(rng.standard_normal((n, d), dtype=np.float32))
     return base, sibling(SynthConfig(d_in=d, d_sae=n), rng, base, shared)[0]
 
 

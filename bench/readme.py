@@ -49,22 +49,6 @@ def _assignment(n_index: int):
     return lambda v: v[n_index] if isinstance(v, list) and len(v) > n_index else None
 
 
-def _api_met(endpoint: str, conns: str):
-    def met(v: dict) -> bool:
-        m = v[endpoint][conns]
-        return m["p50_ms"] < 10 and m["p99_ms"] < 50 and m["req_per_s"] >= 500
-    return met
-
-
-def _api(endpoint: str, main: str, other: str):
-    def fmt(v: dict) -> str:
-        m, o = v[endpoint][main], v[endpoint][other]
-        return (f"{main} connections: p50 **{m['p50_ms']:.1f} ms**, p99 **{m['p99_ms']:.1f} ms**, "
-                f"**{m['req_per_s']:.0f} req/s** ({other}: {o['p50_ms']:.1f} / {o['p99_ms']:.1f} ms, "
-                f"{o['req_per_s']:.0f} req/s; client {m.get('client', 'wrk')})")
-    return fmt
-
-
 def _stack(v: dict) -> str:
     per_pair = v["match_s"] / v["pairs"]
     return (f"**{v['end_to_end_min']:.1f} min** (ingest {v['ingest_s']:.1f} s = {v['ingest_features_per_s'] / 1e3:.0f}k "
@@ -106,26 +90,11 @@ def _failed(endpoint: str):
     return wrap
 
 
-def _old(v: dict, fmt: Callable[[dict], str]) -> str:
-    """`fmt` of the previous layout's result, as a trailing clause (empty when it did not run)."""
-    old = v.get("old")
-    if not old:
-        return ""
-    try:
-        return f"; previous layout ({v.get('old_commit')}) at {_m(old['match_rows'])} rows: " + fmt(old)
-    except (KeyError, TypeError):
-        return f"; previous layout at {_m(old['match_rows'])} rows: {old.get('http', {}).get('error', 'not measured')}"
-
-
 def _scale_publish(v: dict) -> str:
     b, s = v["big"]["publish"], v["small"]["publish"]
     return (f"**{b['job_s']:.2f} s** at {_m(v['big']['match_rows'])} rows (opening the job {b['open_s']:.2f} s, publish "
             f"step {b['publish_s']:.2f} s; DuckDB file {b['duckdb_file_mb']:.0f} MB), {s['job_s']:.2f} s at "
-            f"{_m(v['small']['match_rows'])}"
-            + _old(v, lambda o: f"**{o['publish']['job_s']:.1f} s** (copies its {o['publish']['duckdb_file_mb']:.0f} MB "
-                                f"file)" + (f", **{ob['publish']['job_s']:.1f} s** at {_m(ob['match_rows'])} "
-                                            f"({ob['publish']['duckdb_file_mb'] / 1024:.1f} GB file)"
-                                            if (ob := v.get("old_big")) else "")))
+            f"{_m(v['small']['match_rows'])}")
 
 
 def _http_line(h: dict, endpoint: str) -> str:
@@ -152,8 +121,7 @@ def _scale_http(endpoint: str):
         at_small = (f"; at {_m(v['small']['match_rows'])} rows: {_http_line(small, endpoint)}".replace("**", "")
                     if endpoint in small else "")
         return (f"2 connections: {_http_line(v['big']['http'], endpoint)}{at_small}"
-                + _baseline(v, lambda h: _http_line(h, endpoint).replace("**", ""))
-                + _old(v, lambda o: _http_line(o["http"], endpoint).replace("**", "")))
+                + _baseline(v, lambda h: _http_line(h, endpoint).replace("**", "")))
     return fmt
 
 
@@ -185,9 +153,7 @@ def _scale_rss(v: dict) -> str:
             + _baseline(v, lambda b: f"{b['rss_after_lineage_mb'] / 1024:.2f} GB after "
                                      f"{b['lineage_random']['requests']:,} (idle {b['rss_idle_mb'] / 1024:.2f} GB"
                                      + (f", heap {b['rss_after_lineage_kinds']['anon_mb'] / 1024:.2f} GB"
-                                        if "rss_after_lineage_kinds" in b else "") + ")")
-            + _old(v, lambda o: f"{o['http']['rss_after_lineage_mb'] / 1024:.2f} GB after "
-                                f"{o['http']['lineage_random']['requests']:,}"))
+                                        if "rss_after_lineage_kinds" in b else "") + ")"))
 
 
 def _scale_disk(v: dict) -> str:
@@ -196,8 +162,7 @@ def _scale_disk(v: dict) -> str:
             f"({d['table_files_gb']:.1f} GB, reverse files {d['reverse_files_gb']:.2f} GB of it)"
             + (f"; edge indexes **{d['index_bytes_per_row']:.1f} bytes** per match row ({d['index_gb']:.2f} GB)"
                if "index_bytes_per_row" in d else "")
-            + f"; DuckDB file {d['duckdb_file_mb']:.0f} MB" + _old(v, lambda o: f"{o['disk']['bytes_per_row']:.1f} bytes per row "
-                                                                f"inside DuckDB"))
+            + f"; DuckDB file {d['duckdb_file_mb']:.0f} MB")
 
 
 def _export_line(e: dict) -> str:
@@ -207,7 +172,7 @@ def _export_line(e: dict) -> str:
 
 
 def _scale_export(v: dict) -> str:
-    return "**" + _export_line(v["big"]["http"]["export"]) + "**" + _old(v, lambda o: _export_line(o["http"]["export"]))
+    return "**" + _export_line(v["big"]["http"]["export"]) + "**"
 
 
 def _pwmcc(v: list) -> str:
@@ -450,19 +415,10 @@ def scale_sentence(results: Path = RESULTS) -> str:
                if "index_gb" in d else "")
             + f"; a job adding one pair-method (its edge index written) takes "
             f"{b['publish']['job_s']:.2f} s there and {s['publish']['job_s']:.2f} s at {_m(s['match_rows'])} rows")
-    old = v.get("old")
-    if old:
-        text += (f", where the previous layout (everything inside DuckDB) took {old['publish']['job_s']:.1f} s to copy "
-                 f"and publish its {old['publish']['duckdb_file_mb']:.0f} MB file at {_m(old['match_rows'])} rows")
-        if ob := v.get("old_big"):
-            text += f" and {ob['publish']['job_s']:.1f} s at {_m(ob['match_rows'])} rows"
     h = b.get("http", {})
     if "rss_after_lineage_mb" in h:
         text += (f". Served with `--workers 2`, its processes hold {h['rss_after_lineage_mb'] / 1024:.2f} GB after "
                  f"{h['lineage_random']['requests']:,} random lineages")
-        if old and "rss_after_lineage_mb" in old.get("http", {}):
-            text += (f" (the previous layout's in-memory edge index: {old['http']['rss_after_lineage_mb'] / 1024:.2f} GB "
-                     f"at {_m(old['match_rows'])} rows)")
     return text + ". The benchmark table above has the rest (`python -m bench scale`)."
 
 

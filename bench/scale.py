@@ -1,9 +1,9 @@
 """`python -m bench scale`: the atlas at release scale (issue 16). A synthetic atlas of >= 300M match rows in
-the table-file layout, and the numbers that layout promises, side by side with the previous layout (every
-table inside DuckDB, publish = copy the whole file, in-memory edge index) at a size that one still handles:
+the table-file layout, and the numbers that layout promises:
 
 - publish time of a job that adds ONE pair-method, at two sizes (target <= 1 s, independent of size);
-- lineage and feature card over HTTP with `atlas serve --workers 2` (wrk), random features of the whole atlas;
+- lineage and feature card over HTTP with `atlas serve --workers 2` (bench/load.py), random features of the
+  whole atlas;
 - server RSS (all its processes) after 10k random lineage requests;
 - bytes on disk per match row (table files incl. reverse files; the DuckDB file separately);
 - export of `matches` over HTTP with the server's peak RSS meanwhile.
@@ -12,8 +12,8 @@ The generator measures storage, not matching: per pair-method one DuckDB `COPY (
 writes the table file in the matches schema and sort order, and its reverse file; the store adopts them by a
 rename (Writer.adopt_pair), SAE and feature rows through the store's API, all in one job. The data looks like
 a matched family: each feature has k = 16 candidates, rank 1 assigned to a permutation of the next layer's
-features, ~1.6 edges per feature pass 0.5 (10% of rows: the reverse files), carry chains run across layers with random breaks, a few percent
-of features split, so lineages have a few to tens of nodes. Feature 0 of every stack's first layer is a
+features, ~1.6 edges per feature pass 0.5 (10% of rows: the reverse files), carry chains run across layers with
+random breaks, a few percent of features split, so lineages have a few to tens of nodes. Feature 0 of every stack's first layer is a
 planted chain carried through every layer (planted_chain()).
 
 Generated atlases are cached under --scale-dir (default /tmp/scale/), keyed by their shape and GEN_VERSION.
@@ -24,12 +24,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -49,11 +44,6 @@ GAP_ALIVE = 0.4
 """The same for distance-2 carries (the gaps lineage takes where a chain breaks)."""
 SPLIT = 0.03
 """Share of carried features whose rank-2 candidate is a split (feature_b's best parent, score >= 0.7)."""
-OLD_COMMIT = "cdd41c7"
-"""The previous layout: matches inside DuckDB, publish copies the file, the server's in-memory EdgeIndex."""
-BASELINE_COMMIT = "cc84550"
-"""Table files read as Parquet (no edge index): the server this run's HTTP rows are compared with."""
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @dataclass(frozen=True)
@@ -121,10 +111,14 @@ def planted_chain(shape: Shape, stack: int = 0) -> list[tuple[str, int]]:
     return out
 
 
-def pair_sql(shape: Shape, stack: int, la: int, lb: int, run_id: str, path: Path, method: str = METHOD) -> str:
-    """COPY one pair-method's table file: columns, types and sort order of the matches table (parts.py)."""
+def _copy_options() -> str:
     from atlas.store.parts import ROW_GROUP
 
+    return f"(FORMAT parquet, ROW_GROUP_SIZE {ROW_GROUP}, COMPRESSION zstd, PARQUET_VERSION v2)"
+
+
+def pair_sql(shape: Shape, stack: int, la: int, lb: int, run_id: str, path: Path, method: str = METHOD) -> str:
+    """COPY one pair-method's table file: columns, types and sort order of the matches table (parts.py)."""
     n, d = shape.d_sae, lb - la
     m, c = carry(n, d)
     planted = planted_chain(shape, stack)[la][1]
@@ -150,22 +144,19 @@ def pair_sql(shape: Shape, stack: int, la: int, lb: int, run_id: str, path: Path
              r::SMALLINT AS rank, r = 1 AS assigned, '{run_id}' AS run_id,
              (CASE WHEN r = 1 OR (r = 2 AND alive AND split) THEN 1 ELSE 2 + floor(u3 * 15) END)::SMALLINT AS rank_b
       FROM u ORDER BY feature_a, rank
-    ) TO '{path}' (FORMAT parquet, ROW_GROUP_SIZE {ROW_GROUP}, COMPRESSION zstd, PARQUET_VERSION v2)"""
+    ) TO '{path}' {_copy_options()}"""
 
 
 def write_shard(gen, shape: Shape, stack: int, la: int, lb: int, run_id: str, folder: Path) -> tuple[Path, dict]:
     """A task-like shard (and its .by_b reverse file) of one pair, and its pair_stats row."""
-    from atlas.match.methods import METHODS
+    from atlas.methods import METHODS
 
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{sae_id(stack, la)}--{sae_id(stack, lb)}.parquet"
     gen.execute(pair_sql(shape, stack, la, lb, run_id, path))
-    from atlas.store.parts import ROW_GROUP
-
     floor = METHODS[METHOD].index_floor
     gen.execute(f"COPY (SELECT * FROM read_parquet('{path}') WHERE score >= {floor} ORDER BY feature_b, feature_a) "
-                f"TO '{path.with_name(path.stem + '.by_b.parquet')}' "
-                f"(FORMAT parquet, ROW_GROUP_SIZE {ROW_GROUP}, COMPRESSION zstd, PARQUET_VERSION v2)")
+                f"TO '{path.with_name(path.stem + '.by_b.parquet')}' {_copy_options()}")
     n_matched, mean, median = gen.execute(
         f"SELECT count(*) FILTER (score >= 0.7), avg(score), median(score) FROM read_parquet('{path}') "
         f"WHERE assigned").fetchone()
@@ -201,7 +192,7 @@ def feature_rows(gen, shape: Shape, stack: int):
 
 
 def generate(shape: Shape, folder: Path, log=print) -> tuple["object", dict]:
-    """The new-layout atlas of `shape` under `folder` (built once; cached while scale.json says it is complete)."""
+    """The atlas of `shape` under `folder` (built once; cached while scale.json says it is complete)."""
     from tqdm.auto import tqdm
 
     from atlas.store import Atlas
@@ -240,85 +231,12 @@ def generate(shape: Shape, folder: Path, log=print) -> tuple["object", dict]:
     return atlas, dict(info, cached=False)
 
 
-# ---- the previous layout (commit OLD_COMMIT), run from its own source tree ----------------------------------
-
-def old_source(scale_dir: Path, commit: str = OLD_COMMIT) -> Path:
-    """The previous layout's code, exported once with `git archive` (no worktree is registered)."""
-    out = scale_dir / f"old-{commit}"
-    if (out / "atlas" / "store" / "atlas.py").exists():
-        return out
-    out.mkdir(parents=True, exist_ok=True)
-    archive = subprocess.run(["git", "-C", str(ROOT), "archive", commit], capture_output=True, check=True).stdout
-    subprocess.run(["tar", "-x", "-C", str(out)], input=archive, check=True)
-    return out
-
-
-def _old_env(src: Path) -> dict:
-    """Its code first on the path (the subprocess also runs in src: `python -m` puts the working folder first)."""
-    return dict(os.environ, PYTHONPATH=str(src))
-
-
-def build_old(new_atlas, shape: Shape, folder: Path, src: Path, log=print) -> tuple[Path, dict]:
-    """The same rows in the previous layout: that code's `atlas init`, then SQL INSERT of the new atlas's rows."""
-    import duckdb
-
-    path = folder / "atlas.duckdb"
-    marker = folder / "scale.json"
-    if marker.exists() and path.exists():
-        info = json.loads(marker.read_text())
-        if info.get("shape") == asdict(shape) and info.get("version") == GEN_VERSION:
-            log(f"scale: using the cached previous-layout atlas {path}")
-            return path, dict(info, cached=True)
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True)
-    t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "atlas.cli", "--atlas", str(path), "init"], env=_old_env(src), cwd=src, check=True,
-                   capture_output=True)
-    log(f"scale: filling the previous-layout atlas {path} with the same {shape.match_rows:,} rows")
-    with duckdb.connect(str(new_atlas.path), read_only=True) as src_con:
-        files = [str(new_atlas.tables_dir / r[0]) for r in src_con.execute(
-            "SELECT file FROM parts WHERE table_name = 'matches' ORDER BY sae_a, sae_b").fetchall()]
-    con = duckdb.connect(str(path))
-    try:
-        con.execute(f"ATTACH '{new_atlas.path}' AS new (READ_ONLY)")
-        for table in ("runs", "saes", "features", "pair_stats"):
-            con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM new.{table}")
-        con.execute("INSERT INTO matches BY NAME SELECT * FROM read_parquet(?)", [files])
-        con.execute("DETACH new")
-        con.execute("CHECKPOINT")
-    finally:
-        con.close()
-    info = {"shape": asdict(shape), "version": GEN_VERSION, "match_rows": shape.match_rows,
-            "build_s": time.perf_counter() - t0}
-    marker.write_text(json.dumps(info))
-    return path, dict(info, cached=False)
-
-
-OLD_JOB = """
-import json, sys, time
-import pyarrow.parquet as pq
-from atlas.store import Atlas
-path, shard, a, b, stats = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], json.loads(sys.argv[5])
-rows = pq.read_table(shard).drop(["run_id"])
-t0 = time.perf_counter()
-with Atlas(path).write() as w:
-    t1 = time.perf_counter()
-    w.replace_pair(a, b, "decoder_cos", rows, stats, "scale-publish")
-    t2 = time.perf_counter()
-t3 = time.perf_counter()
-print(json.dumps({"job_s": t3 - t0, "open_s": t1 - t0, "write_s": t2 - t1, "publish_s": t3 - t2}))
-"""
-
 
 # ---- measurements -----------------------------------------------------------------------------------------
 
-def _new_pairs(shape: Shape, repeats: int) -> list[tuple[int, int, int]]:
-    """Pairs no atlas of this shape holds (distance 3 in stack 0), one per publish measurement."""
-    return [(0, i, i + 3) for i in range(repeats) if i + 3 < shape.layers] or [(0, 0, 0)] * repeats
-
-
-def publish_new(atlas, shape: Shape, work: Path, repeats: int = 3) -> dict:
-    """Jobs that each add ONE pair-method to a hard-link copy of the atlas: open, adopt the shard, publish."""
+def publish(atlas, shape: Shape, work: Path, repeats: int = 3) -> dict:
+    """Jobs that each add ONE pair-method (distance 3 in stack 0: no atlas of this shape holds it) to a
+    hard-link copy of the atlas: open, adopt the shard, publish; medians of `repeats` runs."""
     copy_dir = work / "publish-copy"
     shutil.rmtree(copy_dir, ignore_errors=True)
     copy_dir.mkdir(parents=True)
@@ -326,7 +244,7 @@ def publish_new(atlas, shape: Shape, work: Path, repeats: int = 3) -> dict:
     gen = _gen_connection()
     runs = []
     try:
-        for stack, la, lb in _new_pairs(shape, repeats):
+        for stack, la, lb in [(0, i, i + 3) for i in range(repeats) if i + 3 < shape.layers] or [(0, 0, 0)] * repeats:
             shard, stats = write_shard(gen, shape, stack, la, lb, "scale-publish", copy.dir / "staging")
             t0 = time.perf_counter()
             with copy.write() as w:
@@ -335,41 +253,14 @@ def publish_new(atlas, shape: Shape, work: Path, repeats: int = 3) -> dict:
                 t2 = time.perf_counter()
             t3 = time.perf_counter()
             runs.append({"job_s": t3 - t0, "open_s": t1 - t0, "write_s": t2 - t1, "publish_s": t3 - t2})
-        return _publish_summary(runs, copy.path.stat().st_size)
+        return {**{k: float(np.median([r[k] for r in runs])) for k in runs[0]}, "runs": runs,
+                "duckdb_file_mb": copy.path.stat().st_size / 2**20}
     finally:
         gen.close()
         shutil.rmtree(copy_dir, ignore_errors=True)
 
 
-def publish_old(path: Path, shape: Shape, src: Path, work: Path, repeats: int = 3) -> dict:
-    """The same jobs in the previous layout (its Writer copies the whole file, inserts, publishes)."""
-    copy_dir = work / "publish-copy-old"
-    shutil.rmtree(copy_dir, ignore_errors=True)
-    copy_dir.mkdir(parents=True)
-    copy = copy_dir / "atlas.duckdb"
-    shutil.copyfile(path, copy)
-    gen = _gen_connection()
-    runs = []
-    try:
-        for stack, la, lb in _new_pairs(shape, repeats):
-            shard, stats = write_shard(gen, shape, stack, la, lb, "scale-publish", copy_dir / "staging")
-            out = subprocess.run([sys.executable, "-c", OLD_JOB, str(copy), str(shard), sae_id(stack, la),
-                                  sae_id(stack, lb), json.dumps(stats)], env=_old_env(src), cwd=src, capture_output=True,
-                                 text=True, check=True)
-            runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
-        return _publish_summary(runs, copy.stat().st_size)
-    finally:
-        gen.close()
-        shutil.rmtree(copy_dir, ignore_errors=True)
-
-
-def _publish_summary(runs: list[dict], duckdb_bytes: int) -> dict:
-    med = {k: float(np.median([r[k] for r in runs])) for k in runs[0]}
-    return {"job_s": med["job_s"], "publish_s": med["publish_s"], "open_s": med["open_s"], "write_s": med["write_s"],
-            "runs": runs, "duckdb_file_mb": duckdb_bytes / 2**20}
-
-
-def disk_new(atlas) -> dict:
+def disk(atlas) -> dict:
     """Bytes on disk per match row: the table files (forward, reverse), their edge indexes, the DuckDB file."""
     from atlas.store.edgeindex import index_name
 
@@ -387,119 +278,64 @@ def disk_new(atlas) -> dict:
             "duckdb_file_mb": db / 2**20, "files": len(files) + sum(1 for _, r in files if r)}
 
 
-def disk_old(path: Path, rows: int) -> dict:
-    db = path.stat().st_size
-    return {"match_rows": rows, "duckdb_file_mb": db / 2**20, "bytes_per_row": db / rows}
+# ---- HTTP: the server as the README starts it, RSS from /proc ---------------------------------------------------
 
-
-# ---- HTTP: the server as the README starts it, wrk, RSS from /proc ----------------------------------------------
-
-def _tree(pid: int) -> list[int]:
-    """pid and all its descendants."""
+def rss(pid: int, fields: tuple[str, ...] = ("VmRSS",)) -> dict[str, float]:
+    """/proc status `fields` (resident memory, kB there) of a process and all its descendants, summed, in MB."""
     children: dict[int, list[int]] = {}
     for d in Path("/proc").iterdir():
         if d.name.isdigit():
             with contextlib.suppress(OSError, ValueError, IndexError):
                 ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
                 children.setdefault(ppid, []).append(int(d.name))
-    out, todo = [], [pid]
+    total, todo = dict.fromkeys(fields, 0), [pid]
     while todo:
         p = todo.pop()
-        out.append(p)
         todo += children.get(p, [])
-    return out
-
-
-def rss_mb(pid: int) -> float:
-    """Resident memory of a process and its descendants (VmRSS summed), MB."""
-    total = 0
-    for p in _tree(pid):
-        with contextlib.suppress(OSError):
-            for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
-    return total / 1024
-
-
-def rss_kinds_mb(pid: int) -> dict:
-    """RssAnon, RssFile and RssShmem of a process and its descendants, MB: file-backed pages (mapped edge
-    indexes, libraries) are the page cache's, shared between workers and reclaimable; anonymous ones are the heap."""
-    total = {"RssAnon": 0, "RssFile": 0, "RssShmem": 0}
-    for p in _tree(pid):
         with contextlib.suppress(OSError):
             for line in Path(f"/proc/{p}/status").read_text().splitlines():
                 key = line.split(":")[0]
                 if key in total:
                     total[key] += int(line.split()[1])
-    return {k.removeprefix("Rss").lower() + "_mb": v / 1024 for k, v in total.items()}
+    return {k: v / 1024 for k, v in total.items()}
 
 
-class Server:
-    """`atlas serve --workers 2` on a free port, in its own process group, under an RSS watchdog that stops it
-    past `limit_mb` (so a layout that cannot hold the atlas fails its row instead of the machine)."""
+def rss_mb(pid: int) -> float:
+    return rss(pid)["VmRSS"]
 
-    def __init__(self, atlas_path: Path, pythonpath: Path, limit_mb: float):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.base = f"http://127.0.0.1:{self.port}"
-        self.limit_mb = limit_mb
-        self.peak_mb = 0.0
-        self.killed: str | None = None
-        self.log = tempfile.NamedTemporaryFile(prefix="scale-serve-", suffix=".log", delete=False)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "atlas.cli", "--atlas", str(atlas_path), "serve", "--port", str(self.port),
-             "--workers", "2"], env=dict(os.environ, PYTHONPATH=str(pythonpath)), cwd=pythonpath, stdout=self.log,
-            stderr=subprocess.STDOUT, start_new_session=True)
+
+def rss_kinds_mb(pid: int) -> dict:
+    """Anonymous, file-backed and shared pages, MB: file-backed ones (mapped edge indexes, libraries) are the
+    page cache's, shared between workers and reclaimable; anonymous ones are the heap."""
+    return {k.removeprefix("Rss").lower() + "_mb": v for k, v in rss(pid, ("RssAnon", "RssFile", "RssShmem")).items()}
+
+
+class Watchdog:
+    """The peak RSS of a server's processes, sampled every 0.1 s; stops the server past `limit_mb`, so an atlas
+    the server cannot hold fails its row instead of the machine."""
+
+    def __init__(self, server, limit_mb: float):
+        self.server, self.limit_mb, self.peak_mb, self.killed = server, limit_mb, 0.0, None
         self._stop = threading.Event()
-        self._watch = threading.Thread(target=self._watchdog, daemon=True)
-        self._watch.start()
+        threading.Thread(target=self._watch, daemon=True).start()
 
-    def _watchdog(self):
+    def _watch(self):
         while not self._stop.wait(0.1):
-            now = rss_mb(self.proc.pid)
+            now = rss_mb(self.server.proc.pid)
             self.peak_mb = max(self.peak_mb, now)
             if now > self.limit_mb and self.killed is None:
                 self.killed = f"stopped by the bench at {now:.0f} MB RSS (limit {self.limit_mb:.0f} MB)"
-                self.stop()
+                self.server.stop()
 
     def reset_peak(self) -> None:
-        self.peak_mb = rss_mb(self.proc.pid)
-
-    def rss_mb(self) -> float:
-        return rss_mb(self.proc.pid)
-
-    def wait_ready(self, timeout: float = 120) -> None:
-        import httpx
-
-        t0 = time.monotonic()
-        while time.monotonic() - t0 < timeout:
-            if self.proc.poll() is not None or self.killed:
-                break
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{self.base}/health", timeout=2).status_code == 200:
-                    return
-            time.sleep(0.3)
-        raise RuntimeError(f"server did not come up: {self.killed or Path(self.log.name).read_text()[-2000:]}")
-
-    def stop(self) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
+        self.peak_mb = rss_mb(self.server.proc.pid)
 
     def close(self) -> None:
         self._stop.set()
-        self.stop()
-        Path(self.log.name).unlink(missing_ok=True)
 
 
-def _features(path: Path, n: int, seed: int) -> list[tuple[str, int]]:
-    """n random (sae, feature) over the whole atlas (a plain read-only connection: either layout)."""
+def random_features(path: Path, n: int, seed: int) -> list[tuple[str, int]]:
+    """n random (sae, feature) over the whole atlas."""
     import duckdb
 
     with duckdb.connect(str(path), read_only=True) as con:
@@ -509,17 +345,39 @@ def _features(path: Path, n: int, seed: int) -> list[tuple[str, int]]:
     return [(saes[i][0], int(rng.integers(0, saes[i][1]))) for i in picks]
 
 
-def _export(server: Server, limit_s: float) -> dict:
+def card_and_lineage(base: str, picks: list[tuple[str, int]], seconds: float, client: str, log=print) -> dict:
+    """The feature card and lineage of random `picks` under load (bench/load.py) at 2 and 8 connections, after
+    4 first requests each, timed apart (they build whatever a snapshot caches, in both workers)."""
+    import httpx
+
+    from bench.load import http_load
+
+    out: dict = {}
+    paths = {"feature_card": [f"/api/saes/{s}/features/{f}" for s, f in picks],
+             "lineage": [f"/api/saes/{s}/features/{f}/lineage" for s, f in picks]}
+    for name, urls in paths.items():
+        t0 = time.perf_counter()
+        out[f"{name}_first_status"] = [httpx.get(base + u, timeout=300).status_code for u in urls[:4]]
+        out[f"{name}_first_s"] = time.perf_counter() - t0
+        log(f"  first {name} requests {out[f'{name}_first_status']} in {out[f'{name}_first_s']:.1f} s")
+    for name, urls in paths.items():
+        out[name] = {str(c): http_load(urls, base, seconds, c, client) for c in (2, 8)}
+        log(f"  {name}: " + ", ".join(f"{c} conn p50 {v['p50_ms']:.1f} ms p99 {v['p99_ms']:.1f} ms "
+                                      f"{v['req_per_s']:.0f} req/s" for c, v in out[name].items()))
+    return out
+
+
+def _export(base: str, watch: Watchdog, limit_s: float) -> dict:
     """GET /api/export/matches.parquet, read as it comes, with the server's RSS before and at its peak."""
     import httpx
 
-    before = server.rss_mb()
-    server.reset_peak()
+    watch.reset_peak()
+    before = watch.peak_mb
     t0 = time.perf_counter()
     first = None
     size, status, complete, error = 0, None, False, None
     try:
-        with httpx.stream("GET", f"{server.base}/api/export/matches.parquet", timeout=httpx.Timeout(30, read=300)) as r:
+        with httpx.stream("GET", f"{base}/api/export/matches.parquet", timeout=httpx.Timeout(30, read=300)) as r:
             status = r.status_code
             for chunk in r.iter_bytes(1 << 20):
                 first = first or time.perf_counter() - t0
@@ -532,153 +390,70 @@ def _export(server: Server, limit_s: float) -> dict:
         error = f"{type(e).__name__}: {e}"[:200]
     wall = time.perf_counter() - t0
     return {"status": status, "complete": complete, "bytes": size, "seconds": wall, "mb_per_s": size / 2**20 / wall,
-            "first_byte_s": first, "rss_before_mb": before, "peak_rss_mb": server.peak_mb,
-            "error": error or server.killed, "time_limit_s": limit_s}
+            "first_byte_s": first, "rss_before_mb": before, "peak_rss_mb": watch.peak_mb,
+            "error": error or watch.killed, "time_limit_s": limit_s}
 
 
-def _bounded(urls: list[str], seconds: float, threads: int = 4) -> dict:
-    """GET each URL once from `threads` clients, stopping at the deadline: latencies, rate, how many were done."""
-    import httpx
-
-    lat: list[float] = []
-    bad = [0]
-    lock = threading.Lock()
-    deadline = time.perf_counter() + seconds
-
-    def worker(chunk):
-        with httpx.Client(timeout=60) as c:
-            for u in chunk:
-                if time.perf_counter() > deadline:
-                    return
-                t0 = time.perf_counter()
-                ok = c.get(u).status_code == 200
-                with lock:
-                    lat.append(time.perf_counter() - t0)
-                    bad[0] += not ok
-
-    pool = [threading.Thread(target=worker, args=(urls[i::threads],)) for i in range(threads)]
-    t0 = time.perf_counter()
-    for t in pool:
-        t.start()
-    for t in pool:
-        t.join()
-    wall = time.perf_counter() - t0
-    lat.sort()
-    return {"requests": len(lat), "asked": len(urls), "non_200": bad[0], "seconds": wall, "req_per_s": len(lat) / wall,
-            "p50_ms": 1000 * lat[len(lat) // 2], "p99_ms": 1000 * lat[int(0.99 * (len(lat) - 1))],
-            "connections": threads, "client": "httpx threads", "time_limit_s": seconds}
-
-
-def measure_http(atlas_path: Path, pythonpath: Path, seconds: int, lineage_requests: int, export_s: float,
-                 limit_mb: float, log=print, lineage_seconds: float = 240, client: str = "auto") -> dict:
-    """Card and lineage under load (bench/load.py), RSS after `lineage_requests` random lineages, the export."""
-    import httpx
-
+def measure_http(atlas_path: Path, args, log=print) -> dict:
+    """Card and lineage under load, RSS after --lineage-requests random lineages, the export."""
     from bench.load import http_load
+    from bench.server import serving
 
-    out: dict = {"server": "atlas serve --workers 2", "rss_limit_mb": limit_mb}
-    server = Server(atlas_path, pythonpath, limit_mb)
+    out: dict = {"server": "atlas serve --workers 2", "rss_limit_mb": args.rss_limit_mb}
+    watch = None
+    t0 = time.perf_counter()
     try:
-        t0 = time.perf_counter()
-        server.wait_ready()
-        out["start_s"] = time.perf_counter() - t0
-        out["rss_idle_mb"] = server.rss_mb()
-        out["rss_idle_kinds"] = rss_kinds_mb(server.proc.pid)
-        picks = _features(atlas_path, 2000, 1)
-        paths = {"feature_card": [f"/api/saes/{s}/features/{f}" for s, f in picks],
-                 "lineage": [f"/api/saes/{s}/features/{f}/lineage" for s, f in picks]}
-        for name, urls in paths.items():  # first requests build whatever a snapshot caches, in both workers
-            t0 = time.perf_counter()
-            codes = [httpx.get(server.base + u, timeout=300).status_code for u in urls[:4]]
-            out[f"{name}_first_s"] = time.perf_counter() - t0
-            out[f"{name}_first_status"] = codes
-            log(f"scale:   first {name} requests {codes} in {out[f'{name}_first_s']:.1f} s, "
-                f"server RSS {server.rss_mb():.0f} MB")
-        for name, urls in paths.items():
-            out[name] = {str(c): http_load(urls, server.base, seconds, c, client) for c in (2, 8)}
-            log(f"scale:   {name}: " + ", ".join(f"{c} conn p50 {v['p50_ms']:.1f} ms p99 {v['p99_ms']:.1f} ms "
-                                                 f"{v['req_per_s']:.0f} req/s" for c, v in out[name].items()))
-        lin = [f"{server.base}/api/saes/{s}/features/{f}/lineage" for s, f in _features(atlas_path, lineage_requests, 2)]
-        out["lineage_random"] = _bounded(lin, lineage_seconds)
-        out["rss_after_lineage_mb"] = server.rss_mb()
-        out["rss_after_lineage_kinds"] = rss_kinds_mb(server.proc.pid)
-        out["peak_rss_mb"] = server.peak_mb
-        log(f"scale:   RSS after {out['lineage_random']['requests']} random lineages "
-            f"({out['lineage_random']['req_per_s']:.0f} req/s): {out['rss_after_lineage_mb']:.0f} MB")
-        out["export"] = _export(server, export_s)
-        e = out["export"]
-        log(f"scale:   export: status {e['status']}, {e['bytes'] / 2**20:.0f} MB in {e['seconds']:.1f} s, RSS "
-            f"{e['rss_before_mb']:.0f} -> peak {e['peak_rss_mb']:.0f} MB" + (f" ({e['error']})" if e["error"] else ""))
-    except Exception as e:  # noqa: BLE001 -- a layout that cannot serve the atlas gets its failure recorded
-        out["error"] = server.killed or f"{type(e).__name__}: {e}"[:500]
+        with serving(atlas_path, "--workers", "2") as server:
+            watch = Watchdog(server, args.rss_limit_mb)
+            pid = server.proc.pid
+            out["start_s"] = time.perf_counter() - t0
+            out["rss_idle_mb"] = rss_mb(pid)
+            out["rss_idle_kinds"] = rss_kinds_mb(pid)
+            out.update(card_and_lineage(server.base, random_features(atlas_path, 2000, 1), args.seconds,
+                                        args.load_client, lambda line: log(f"scale: {line}")))
+            lin = [f"/api/saes/{s}/features/{f}/lineage" for s, f in random_features(atlas_path, args.lineage_requests, 2)]
+            out["lineage_random"] = http_load(lin, server.base, args.lineage_seconds, 4, once=True)
+            out["rss_after_lineage_mb"] = rss_mb(pid)
+            out["rss_after_lineage_kinds"] = rss_kinds_mb(pid)
+            out["peak_rss_mb"] = watch.peak_mb
+            log(f"scale:   RSS after {out['lineage_random']['requests']} random lineages "
+                f"({out['lineage_random']['req_per_s']:.0f} req/s): {out['rss_after_lineage_mb']:.0f} MB")
+            out["export"] = e = _export(server.base, watch, args.export_seconds)
+            log(f"scale:   export: status {e['status']}, {e['bytes'] / 2**20:.0f} MB in {e['seconds']:.1f} s, RSS "
+                f"{e['rss_before_mb']:.0f} -> peak {e['peak_rss_mb']:.0f} MB" + (f" ({e['error']})" if e["error"] else ""))
+    except Exception as e:  # noqa: BLE001 -- a server that cannot serve the atlas gets its failure recorded
+        out["error"] = (watch and watch.killed) or f"{type(e).__name__}: {e}"[:500]
         log(f"scale:   HTTP stopped: {out['error']}")
     finally:
-        server.close()
+        if watch:
+            watch.close()
     return out
 
 
 # ---- the section ------------------------------------------------------------------------------------------
 
 def run(args, log=print) -> dict:
-    """Everything above at --rows (and --small-rows) in the new layout, and at --old-rows in the previous one."""
+    """Everything above at --rows and --small-rows."""
     big = Shape(args.rows, args.scale_d_sae, args.scale_layers)
     small = Shape(args.small_rows or max(big.per_pair, args.rows // 10), args.scale_d_sae, args.scale_layers)
     scale_dir = Path(args.scale_dir)
     scale_dir.mkdir(parents=True, exist_ok=True)
-    free = shutil.disk_usage(scale_dir).free / 1e9
-    log(f"scale: {free:.0f} GB free under {scale_dir}")
+    log(f"scale: {shutil.disk_usage(scale_dir).free / 1e9:.0f} GB free under {scale_dir}")
     t_start = time.perf_counter()
-    out: dict = {"k": K, "method": METHOD, "scale_dir": str(scale_dir), "old_commit": None}
+    out: dict = {"k": K, "method": METHOD, "scale_dir": str(scale_dir)}
     for name, shape in (("small", small), ("big", big)):
         atlas, info = generate(shape, scale_dir / f"new-{shape.key}", log)
         res = {"shape": asdict(shape), "match_rows": shape.match_rows, "pairs": shape.n_pairs,
-               "saes": shape.stacks * shape.layers, "generate": info, "disk": disk_new(atlas)}
+               "saes": shape.stacks * shape.layers, "generate": info, "disk": disk(atlas)}
         log(f"scale: {name}: {res['disk']['bytes_per_row']:.2f} bytes per match row, DuckDB file "
             f"{res['disk']['duckdb_file_mb']:.0f} MB")
-        res["publish"] = publish_new(atlas, shape, scale_dir)
+        res["publish"] = publish(atlas, shape, scale_dir)
         log(f"scale: {name}: a job adding one pair-method: {res['publish']['job_s']:.2f} s (publish "
             f"{res['publish']['publish_s']:.2f} s)")
         if args.http and (name == "big" or args.http_small):
             log(f"scale: {name}: HTTP on {shape.match_rows:,} rows")
-            res["http"] = measure_http(atlas.path, ROOT, args.seconds, args.lineage_requests, args.export_seconds,
-                                       args.rss_limit_mb, log, args.lineage_seconds,
-                                       args.load_client)
-            if name == "big" and args.baseline:  # the same atlas served by the table-file reads before edge indexes
-                log(f"scale: {name}: HTTP on the same atlas, served by commit {args.baseline} (Parquet reads)")
-                out["baseline_commit"] = args.baseline
-                try:
-                    src = old_source(scale_dir, args.baseline)
-                except subprocess.CalledProcessError as e:  # a checkout without that commit
-                    res["http_baseline"] = {"error": f"no source for {args.baseline}: {e.stderr.decode()[:200]}"}
-                else:
-                    res["http_baseline"] = measure_http(atlas.path, src, args.seconds, args.lineage_requests,
-                                                        args.export_seconds, args.rss_limit_mb, log, args.lineage_seconds,
-                                                        args.load_client)
+            res["http"] = measure_http(atlas.path, args, log)
         out[name] = res
-    if args.old:
-        src = old_source(scale_dir, OLD_COMMIT)
-        out["old_commit"] = OLD_COMMIT
-        shape = Shape(args.old_rows or small.rows, args.scale_d_sae, args.scale_layers)
-        atlas, _ = generate(shape, scale_dir / f"new-{shape.key}", log)
-        path, info = build_old(atlas, shape, scale_dir / f"old-{shape.key}", src, log)
-        res = {"shape": asdict(shape), "match_rows": shape.match_rows, "pairs": shape.n_pairs, "build": info,
-               "disk": disk_old(path, shape.match_rows)}
-        res["publish"] = publish_old(path, shape, src, scale_dir)
-        log(f"scale: previous layout: a job adding one pair-method: {res['publish']['job_s']:.2f} s "
-            f"(publish {res['publish']['publish_s']:.2f} s); {res['disk']['bytes_per_row']:.2f} bytes per row")
-        if args.http:
-            log(f"scale: previous layout: HTTP on {shape.match_rows:,} rows")
-            res["http"] = measure_http(path, src, args.seconds, args.lineage_requests, args.export_seconds,
-                                       args.rss_limit_mb, log, args.lineage_seconds,
-                                       args.load_client)
-        out["old"] = res
-        if args.old_big:  # publish and disk only: its server is measured at the small size
-            atlas = generate(big, scale_dir / f"new-{big.key}", log)[0]
-            path, info = build_old(atlas, big, scale_dir / f"old-{big.key}", src, log)
-            out["old_big"] = {"shape": asdict(big), "match_rows": big.match_rows, "build": info,
-                              "disk": disk_old(path, big.match_rows), "publish": publish_old(path, big, src, scale_dir)}
-            log(f"scale: previous layout at {big.match_rows:,} rows: a job adding one pair-method: "
-                f"{out['old_big']['publish']['job_s']:.2f} s")
     out["runtime_min"] = (time.perf_counter() - t_start) / 60
     out["target"] = ("publish <= 1 s at both sizes; p50 < 10 ms, p99 < 50 ms, >= 500 req/s; RSS <= 2 GB after "
                      "10k lineages; export with flat memory")
@@ -689,8 +464,6 @@ def add_arguments(p) -> None:
     g = p.add_argument_group("scale section")
     g.add_argument("--rows", type=int, default=300_000_000, help="Match rows of the big synthetic atlas (>= 300M).")
     g.add_argument("--small-rows", type=int, default=None, help="Match rows of the second size (default rows / 10).")
-    g.add_argument("--old-rows", type=int, default=None,
-                   help="Match rows of the previous-layout atlas (default: the small size).")
     g.add_argument("--scale-d-sae", type=int, default=16384, help="Features per SAE of the scale atlas.")
     g.add_argument("--scale-layers", type=int, default=26, help="Layers per stack of the scale atlas.")
     g.add_argument("--scale-dir", type=Path, default=Path(tempfile.gettempdir()) / "scale",
@@ -702,52 +475,31 @@ def add_arguments(p) -> None:
     g.add_argument("--export-seconds", type=float, default=240, help="Stop reading the export after this long.")
     g.add_argument("--rss-limit-mb", type=float, default=8000, help="Stop a server whose processes pass this RSS.")
     g.add_argument("--no-http", dest="http", action="store_false", help="Skip the HTTP measurements.")
-    g.add_argument("--baseline", default=BASELINE_COMMIT,
-                   help="Also serve the big atlas with this commit's code (table-file reads without edge indexes); "
-                        "'' to skip.")
-    g.add_argument("--no-http-small", dest="http_small", action="store_false",
-                   help="Skip HTTP on the small new-layout atlas (the size the previous layout is served at).")
-    g.add_argument("--no-old", dest="old", action="store_false", help="Skip the previous layout.")
-    g.add_argument("--no-old-big", dest="old_big", action="store_false",
-                   help="Skip the previous layout's publish at --rows (it copies the whole file).")
+    g.add_argument("--no-http-small", dest="http_small", action="store_false", help="Skip HTTP on the small atlas.")
 
 
 def summary(v: dict) -> str:
     """The section's numbers as a few printed lines."""
     lines = []
-    for name in ("small", "big", "old", "old_big"):
-        r = v.get(name)
-        if not r:
-            continue
-        label = "previous layout" if name.startswith("old") else "table files"
-        lines.append(f"  {label}, {r['match_rows']:,} match rows: job adding one pair-method {r['publish']['job_s']:.2f} s "
+    for name in ("small", "big"):
+        r = v[name]
+        lines.append(f"  {r['match_rows']:,} match rows: job adding one pair-method {r['publish']['job_s']:.2f} s "
                      f"(publish {r['publish']['publish_s']:.2f} s); {r['disk']['bytes_per_row']:.2f} bytes/row; "
+                     f"edge indexes {r['disk']['index_bytes_per_row']:.2f} bytes/row ({r['disk']['index_gb']:.2f} GB); "
                      f"DuckDB file {r['disk']['duckdb_file_mb']:.0f} MB")
-        if r["disk"].get("index_bytes_per_row") is not None:
-            lines.append(f"    edge indexes: {r['disk']['index_bytes_per_row']:.2f} bytes/row ({r['disk']['index_gb']:.2f} GB)")
-        for key, what in (("http", "edge indexes"), ("http_baseline", f"baseline {v.get('baseline_commit')}")):
-            h = r.get(key)
-            if key == "http_baseline" and h and "lineage" in h:
-                lines.append(f"    served by {what}:")
-            if h and "lineage" in h:
-                lines += _http_summary(h)
-        h = r.get("http")
-        if h and h.get("error"):
+        h = r.get("http", {})
+        if h.get("error"):
             lines.append(f"    HTTP: {h['error']}")
+        if "lineage" in h:
+            for ep in ("lineage", "feature_card"):
+                lines.append(f"    {ep}: " + ", ".join(f"{c} conn p50 {m['p50_ms']:.1f} ms, p99 {m['p99_ms']:.1f} ms, "
+                                                        f"{m['req_per_s']:.0f} req/s" for c, m in h[ep].items()))
+        if "rss_after_lineage_mb" in h:
+            lines.append(f"    RSS after {h['lineage_random']['requests']} random lineages: {h['rss_after_lineage_mb']:.0f} "
+                         f"MB ({h['rss_after_lineage_kinds']})")
+        if "export" in h:
+            e = h["export"]
+            lines.append(f"    export: {e['bytes'] / 2**20:.0f} MB in {e['seconds']:.1f} s, RSS {e['rss_before_mb']:.0f} -> "
+                         f"{e['peak_rss_mb']:.0f} MB, complete {e['complete']}")
     lines.append(f"  section runtime {v['runtime_min']:.1f} min")
     return "\n".join(lines)
-
-
-def _http_summary(h: dict) -> list[str]:
-    lines = []
-    for ep in ("lineage", "feature_card"):
-        lines.append(f"    {ep}: " + ", ".join(f"{c} conn p50 {m['p50_ms']:.1f} ms, p99 {m['p99_ms']:.1f} ms, "
-                                                f"{m['req_per_s']:.0f} req/s" for c, m in h[ep].items()))
-    if "rss_after_lineage_mb" in h:
-        lines.append(f"    RSS after {h['lineage_random']['requests']} random lineages: {h['rss_after_lineage_mb']:.0f} MB "
-                     f"({h.get('rss_after_lineage_kinds')})")
-    if "export" in h:
-        e = h["export"]
-        lines.append(f"    export: {e['bytes'] / 2**20:.0f} MB in {e['seconds']:.1f} s, RSS {e['rss_before_mb']:.0f} -> "
-                     f"{e['peak_rss_mb']:.0f} MB, complete {e['complete']}")
-    return lines

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from atlas.match.methods import WEIGHT_METHODS
+from atlas.methods import WEIGHT_METHODS
 
 from .group import main
 from .options import SAEPair, Selection, bar, executor_options, opened_executor

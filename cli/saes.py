@@ -79,13 +79,14 @@ def saes(ctx, stack):
     from rich.console import Console
     from rich.table import Table
 
+    from atlas.queries.saes import list_saes
+
     cols = ("sae_id", "model", "site", "layer", "kind", "d_in", "d_sae", "arch", "variant", "seed", "dataset", "stack")
     with ctx.obj.read() as con:
-        rows = con.execute(f"SELECT {', '.join(cols)} FROM saes WHERE ? IS NULL OR stack = ? ORDER BY stack, layer",
-                           [stack, stack]).fetchall()
+        rows = list_saes(con, stack)
     table = Table(*cols)
     for r in rows:
-        table.add_row(*("" if v is None else str(v) for v in r))
+        table.add_row(*("" if getattr(r, c) is None else str(getattr(r, c)) for c in cols))
     Console().print(table)
 
 
@@ -118,16 +119,12 @@ def saes_reroot(atlas, old, new):
 @click.pass_obj
 def info(atlas, sae):
     """Show one SAE's metadata, feature summary and stored pairs."""
+    from atlas.queries.saes import sae_summary
+
     with atlas.read() as con:
-        cur = con.execute("SELECT * FROM saes WHERE sae_id = ?", [sae])
-        row = cur.fetchone()
-        if row is None:
-            raise KeyError(f"unknown SAE {sae!r}: see `atlas saes`")
-        for name, value in zip([d[0] for d in cur.description], row):
-            click.echo(f"{name:>15}: {value}")
-        n, thr, dens, lab = con.execute("SELECT count(*), avg(threshold), avg(density), count(label) "
-                                        "FROM features WHERE sae_id = ?", [sae]).fetchone()
-        click.echo(f"{'features':>15}: {n} (mean threshold {thr}, mean density {dens}, {lab} labelled)")
-        pairs = con.execute("SELECT method, count(*) FROM pair_stats WHERE sae_a = ? OR sae_b = ? GROUP BY 1",
-                            [sae, sae]).fetchall()
-        click.echo(f"{'pairs':>15}: {dict(pairs) or 'none yet (atlas match)'}")
+        s = sae_summary(con, sae)
+    for name, value in s.row.items():
+        click.echo(f"{name:>15}: {value}")
+    click.echo(f"{'features':>15}: {s.n_features} (mean threshold {s.mean_threshold}, mean density {s.mean_density}, "
+               f"{s.n_labelled} labelled)")
+    click.echo(f"{'pairs':>15}: {s.pairs or 'none yet (atlas match)'}")

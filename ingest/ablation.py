@@ -42,7 +42,7 @@ def heldout_windows(model: str, corpus: str, skip_tokens: int, n_windows: int, w
     correlated on, in `atlas minilm`'s order), tokenised for the model ([CLS]/[SEP] or BOS around each)."""
     from transformers import AutoTokenizer
 
-    from .activations import model_path, windows
+    from .activations import model_path, pad_windows, windows
     from .corpora import load
 
     tok = AutoTokenizer.from_pretrained(model_path(model))
@@ -56,18 +56,7 @@ def heldout_windows(model: str, corpus: str, skip_tokens: int, n_windows: int, w
         seen += len(chunk)
     if not chunks:
         raise ValueError(f"corpus {corpus!r} has no tokens after the first {skip_tokens:,} (lower --skip-tokens)")
-    first = [t for t in (tok.cls_token_id if tok.cls_token_id is not None else tok.bos_token_id,) if t is not None]
-    last = [tok.sep_token_id] if tok.sep_token_id is not None and tok.cls_token_id is not None else []
-    length = max(len(c) for c in chunks) + len(first) + len(last)
-    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-    ids = torch.full((len(chunks), length), pad, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    keep = torch.zeros_like(ids, dtype=torch.bool)
-    for i, c in enumerate(chunks):
-        row = [*first, *c, *last]
-        ids[i, :len(row)] = torch.tensor(row)
-        mask[i, :len(row)] = 1
-        keep[i, len(first):len(first) + len(c)] = True
+    ids, mask, keep = pad_windows(tok, chunks)
     return Windows({"input_ids": ids, "attention_mask": mask}, keep)
 
 
@@ -89,6 +78,11 @@ def load_model(model: str) -> torch.nn.Module:
     from transformer_lens import HookedTransformer
 
     return HookedTransformer.from_pretrained(model).eval()
+
+
+def _encode(rec: SAERecord, x: torch.Tensor) -> torch.Tensor:
+    """Feature activations of `rec` on x [t, d_in] (a transcoder reads its input without b_dec)."""
+    return encode(rec.weights, x, rec.meta.arch, rec.meta.k, apply_b_dec_to_input=rec.meta.kind == "sae")
 
 
 @dataclass
@@ -116,10 +110,6 @@ class Ablator:
         runner.check({r.meta.hook for r in saes.values()})
         self.acts = self._clean()
 
-    def _encode(self, sae_id: str, x: torch.Tensor) -> torch.Tensor:
-        rec = self.saes[sae_id]
-        return encode(rec.weights, x, rec.meta.arch, rec.meta.k, apply_b_dec_to_input=rec.meta.kind == "sae")
-
     def _clean(self) -> dict[str, sp.csc_matrix]:
         """Each SAE's activations [n · L, d_sae] (row = window · L + position; zero where not kept), sparse."""
         hooks = sorted({r.meta.hook for r in self.saes.values()})
@@ -129,7 +119,7 @@ class Ablator:
             got = self.runner.run(w.inputs, capture=hooks)
             for sid, rec in self.saes.items():
                 x = got[rec.meta.hook]
-                acts = self._encode(sid, x.reshape(-1, x.shape[-1])) * w.keep.reshape(-1, 1)
+                acts = _encode(rec, x.reshape(-1, x.shape[-1])) * w.keep.reshape(-1, 1)
                 parts[sid].append(sp.csr_matrix(acts.numpy()))
         return {s: sp.vstack(p).tocsc() for s, p in parts.items()}
 
@@ -169,7 +159,7 @@ class Ablator:
         out, encoded = [], {}
         for sae_b, feature_b in targets:
             if sae_b not in encoded:
-                encoded[sae_b] = self._encode(sae_b, got[self.saes[sae_b].meta.hook][fired])
+                encoded[sae_b] = _encode(self.saes[sae_b], got[self.saes[sae_b].meta.hook][fired])
             clean = float(self.acts[sae_b][flat, feature_b].sum())
             out.append(Checked(int(fired.sum()), clean, float(encoded[sae_b][:, feature_b].sum())))
         return out
@@ -192,7 +182,5 @@ def steering_rise(runner: HookedRunner, windows: Windows, saes: dict[str, SAERec
     out = {}
     for name, edit in runs.items():
         got = runner.run(windows.inputs, capture=hooks, edit=edit)
-        out[name] = [float(encode(saes[s].weights, got[h][windows.keep], saes[s].meta.arch, saes[s].meta.k,
-                                  apply_b_dec_to_input=saes[s].meta.kind == "sae")[:, f].mean())
-                     for (s, f, _), h in zip(members, hooks)]
+        out[name] = [float(_encode(saes[s], got[h][windows.keep])[:, f].mean()) for (s, f, _), h in zip(members, hooks)]
     return out

@@ -70,6 +70,23 @@ def windows(tokenizer, docs: list[str], window: int, max_tokens: int) -> Iterato
                 return
 
 
+def pad_windows(tok, chunks: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Token windows as one padded batch for the model: input_ids and attention_mask [n, L], each window
+    between [CLS] and [SEP] (or after BOS), and `keep` [n, L], the positions of the windows' own tokens."""
+    first = [t for t in (tok.cls_token_id if tok.cls_token_id is not None else tok.bos_token_id,) if t is not None]
+    last = [tok.sep_token_id] if tok.sep_token_id is not None and tok.cls_token_id is not None else []
+    length = max(len(c) for c in chunks) + len(first) + len(last)
+    ids = torch.full((len(chunks), length), tok.pad_token_id if tok.pad_token_id is not None else 0, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    keep = torch.zeros_like(ids, dtype=torch.bool)
+    for i, c in enumerate(chunks):
+        row = [*first, *c, *last]
+        ids[i, :len(row)] = torch.tensor(row)
+        mask[i, :len(row)] = 1
+        keep[i, len(first):len(first) + len(c)] = True
+    return ids, mask, keep
+
+
 def model_batches(cfg: ActivationConfig, progress=None, info: dict | None = None) -> Iterator[dict[str, torch.Tensor]]:
     """Run the model over the corpus window batch by window batch: {hook: [t, d] float32, token_ids, doc,
     pos: [t]} for the batch's tokens ([CLS], [SEP] and padding dropped). Nothing is kept between batches.
@@ -90,16 +107,8 @@ def model_batches(cfg: ActivationConfig, progress=None, info: dict | None = None
         info.update(n_docs=len(docs), d_model=runner.model.config.hidden_size)
 
     def run(batch):
-        length = max(len(c) for _, _, c in batch) + 2
-        ids = torch.full((len(batch), length), tok.pad_token_id, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for i, (_, _, c) in enumerate(batch):
-            ids[i, : len(c) + 2] = torch.tensor([tok.cls_token_id, *c, tok.sep_token_id])
-            mask[i, : len(c) + 2] = 1
+        ids, mask, keep = pad_windows(tok, [c for _, _, c in batch])  # keep drops [CLS], [SEP] and padding
         acts = runner.run({"input_ids": ids.to(dev), "attention_mask": mask.to(dev)}, capture=hooks)
-        keep = torch.zeros_like(mask, dtype=torch.bool)
-        for i, (_, _, c) in enumerate(batch):
-            keep[i, 1: len(c) + 1] = True  # drop [CLS], [SEP] and padding
         out = {h: acts[h][keep.to(dev)].float().cpu() for h in hooks}  # SAEs encode on the CPU (atlas.encode)
         out["token_ids"] = ids[keep].int()
         out["doc"] = torch.from_numpy(np.concatenate([np.full(len(c), d, np.int32) for d, _, c in batch]))
@@ -194,20 +203,9 @@ def iter_hooks(folder: Path, hooks: list[str], batch: int = 4096,
         yield {h: torch.from_numpy(np.concatenate(carry[h]).astype(np.float32)) for h in hooks}
 
 
-def iter_hook(folder: Path, hook: str, batch: int = 4096, max_tokens: int | None = None) -> Iterator[torch.Tensor]:
-    """One hook's activations [≤ batch, d] float32, in storage order (see iter_hooks)."""
-    for b in iter_hooks(folder, [hook], batch, max_tokens):
-        yield b[hook]
-
-
 def load_hook(folder: Path, hook: str) -> torch.Tensor:
     """All tokens' activations at one hook [T, d] as float32 (small corpora; jobs stream with iter_hooks)."""
-    return torch.cat(list(iter_hook(folder, hook, batch=1 << 30)))
-
-
-def load_layer(folder: Path, layer: int) -> torch.Tensor:
-    """The residual stream after block `layer` (blocks.L.hook_resid_post) [T, d] float32."""
-    return load_hook(folder, resid_post(layer))
+    return torch.cat([b[hook] for b in iter_hooks(folder, [hook], batch=1 << 30)])
 
 
 def load_tokens(folder: Path) -> dict[str, np.ndarray]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -46,6 +48,34 @@ def build_atlas(path: Path, folders: list[Path], match: bool = True) -> Atlas:
 @pytest.fixture(scope="session")
 def synth_atlas(family, tmp_path_factory) -> Atlas:
     return build_atlas(tmp_path_factory.mktemp("atlas") / "atlas.duckdb", family[1])
+
+
+KILLED_JOB = """
+import os, signal, sys
+import numpy as np, pyarrow as pa
+from atlas.store import Atlas
+real = os.replace
+def dying(src, dst):
+    if str(dst).endswith(sys.argv[2]):  # die as this file is renamed into place
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real(src, dst)
+os.replace = dying
+n = 30
+t = pa.table({"sae_a": ["A"] * n, "feature_a": pa.array(np.arange(n), pa.int32()), "sae_b": ["C"] * n,
+              "feature_b": pa.array(np.arange(n), pa.int32()), "method": ["decoder_cos"] * n,
+              "score": pa.array(np.full(n, 0.9), pa.float32()), "rank": pa.array(np.ones(n), pa.int16()),
+              "assigned": pa.array(np.ones(n, bool)), "rank_b": pa.array(np.ones(n), pa.int16())})
+with Atlas(sys.argv[1]).write() as w:
+    w.replace_pair("A", "C", "decoder_cos", t, {"n_a": n, "n_b": n, "n_assigned": n, "n_matched": n,
+                   "matched_frac": 1.0, "tau": 0.7, "params_hash": "h"}, "r2")
+"""
+
+
+def kill_job_at(atlas: Atlas, at: str) -> None:
+    """A job adding pair A -> C to `atlas` in its own process, SIGKILLed as a file whose name ends with `at` is
+    renamed into place (its atlas file: while publishing)."""
+    proc = subprocess.run([sys.executable, "-c", KILLED_JOB, str(atlas.path), at], capture_output=True)
+    assert proc.returncode == -9, proc.stderr.decode()[-2000:]
 
 
 def planted_flow(truth: list[dict], stack_ids: list[str], d_sae: int) -> list[tuple[int, int | None, int | None]]:

@@ -18,7 +18,7 @@ TINY = ["--rows", str(3 * 512 * 16), "--small-rows", str(512 * 16), "--scale-d-s
 def _bench(tmp_path, *extra) -> subprocess.CompletedProcess:
     # the Python load client: `make test` needs nothing outside the venv (wrk is `make bench`'s)
     return subprocess.run([sys.executable, "-m", "bench", "scale", *TINY, "--scale-dir", str(tmp_path / "scale"),
-                           "--results", str(tmp_path / "results"), "--no-old", "--load-client", "python", *extra],
+                           "--results", str(tmp_path / "results"), "--load-client", "python", *extra],
                           cwd=ROOT, capture_output=True, text=True, timeout=600)
 
 
@@ -101,5 +101,7 @@ def test_load_client_counts_failures_and_falls_back_to_python_without_wrk(monkey
         bad = load.http_load(["/missing"], base, 0.5, 2, "python")
         assert bad["non_2xx"] == bad["requests"] > 0  # every answer was a 404
         assert good["requests"] > 0
+        once = load.http_load(["/ok"] * 7, base, 30, 2, once=True)  # each path once, then done
+        assert (once["requests"], once["asked"], once["client"]) == (7, 7, "python threads")
     finally:
         server.shutdown()

@@ -25,7 +25,7 @@ def test_disk_full_is_one_line_and_cleans_up(tmp_path, family, monkeypatch):
     def full(fd):
         raise OSError(errno.ENOSPC, "No space left on device", str(atlas) + ".publishing")
 
-    monkeypatch.setattr("atlas.store.atlas.os.fsync", full)  # the job fails while publishing
+    monkeypatch.setattr("atlas.store.writer.os.fsync", full)  # the job fails while publishing
     r = runner.invoke(main, ["--atlas", str(atlas), "ingest", str(family[1][1])])
     assert r.exit_code == 2
     lines = r.stderr.strip().splitlines() if hasattr(r, "stderr") else r.output.strip().splitlines()
@@ -42,7 +42,7 @@ def test_an_unexpected_failure_is_one_line_and_debug_shows_the_traceback(tmp_pat
     def boom(self, final=False):
         raise RuntimeError("something\nunexpected")
 
-    monkeypatch.setattr("atlas.store.atlas.Writer.publish", boom)
+    monkeypatch.setattr("atlas.store.writer.Writer.publish", boom)
     r = CliRunner().invoke(main, ["--atlas", str(atlas), "init"])
     assert r.exit_code == 1
     assert r.output.strip().splitlines() == [

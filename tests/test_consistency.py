@@ -14,7 +14,7 @@ from atlas.match.candidates import edges, topk_both
 from atlas.match.consistency import mmcs_random, pw_mcc, pw_mcc_dense, pw_mcc_random, pw_mcc_sparse
 from atlas.match.pair import MatchParams, match_pair
 from atlas.sae import SAEWeights
-from atlas.synth import SynthConfig, _unit, sibling
+from atlas.synth import SynthConfig, unit, sibling
 
 SPARSE_DEVIATION = 1e-4  # stated in atlas/match/consistency.py and the README; measured by `python -m bench pwmcc`
 
@@ -35,7 +35,7 @@ def _reference(a, b) -> float:
 def _planted(n: int, d: int, shared: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """A base SAE and a sibling sharing `shared` of its features (drifted), orphans elsewhere (atlas synth)."""
     rng = np.random.default_rng(seed)
-    base = _unit(rng.standard_normal((n, d), dtype=np.float32))
+    base = unit(rng.standard_normal((n, d), dtype=np.float32))
     return base, sibling(SynthConfig(d_in=d, d_sae=n), rng, base, shared)[0]
 
 

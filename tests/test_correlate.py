@@ -13,8 +13,9 @@ import torch
 
 from atlas.match.pair import MatchParams, match_candidates
 from atlas.sae import SAEWeights
-from ingest import correlate
-from ingest.correlate import CoFiring, Compositions, Examples, accumulate
+from ingest.cofiring import CoFiring, accumulate, sparse
+from ingest.compositions import Compositions
+from ingest.examples import Examples
 
 
 def sparse_acts(rng, t, d, density, scale=3.0):
@@ -48,7 +49,7 @@ def pair():
 @pytest.mark.parametrize("chunk, cells", [(10**8, 10**8), (900, 500)])
 def test_statistics_equal_a_dense_reference(pair, chunk, cells, monkeypatch):
     """One product over all tokens in one block, and many merges into blocks of 10 a-features."""
-    monkeypatch.setattr(correlate, "BLOCK_CELLS", cells)
+    monkeypatch.setattr(sparse, "BLOCK_CELLS", cells)
     A, B = pair
     st = CoFiring(A.shape[1], B.shape[1], chunk_nnz=chunk)
     for a, b in zip(batches(A, 333), batches(B, 333)):

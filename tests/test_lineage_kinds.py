@@ -10,7 +10,7 @@ import pytest
 
 from atlas.queries import lineage
 from atlas.queries.edges import FileEdges
-from atlas.queries.lineage import edge_kind, edge_kinds
+from atlas.store.edgeindex import KINDS, kind_codes
 
 from .conftest import TINY
 
@@ -20,15 +20,15 @@ def _id(layer):
 
 
 def test_edge_kind_has_one_definition(synth_atlas):
-    """The SQL macro, the scalar and vectorised Python functions and the table-file lookups give every row one kind."""
+    """The SQL macro, the Python function (both from schema.EDGE_KIND) and the table-file lookups give every row
+    one kind."""
     with synth_atlas.read() as con:
         rows = con.execute("SELECT sae_a, feature_a, sae_b, feature_b, assigned, rank, rank_b, "
                            "edge_kind(assigned, rank, rank_b) FROM matches WHERE method = 'decoder_cos'").fetchall()
         files = FileEdges.of(con)
     assert {r[7] for r in rows} == {"carry", "split", "merge", "candidate"}
-    vec = edge_kinds(np.array([r[4] for r in rows]), np.array([r[5] for r in rows]), np.array([r[6] for r in rows]))
+    vec = KINDS[kind_codes(np.array([r[4] for r in rows]), np.array([r[5] for r in rows]), np.array([r[6] for r in rows]))]
     assert list(vec) == [r[7] for r in rows]
-    assert all(edge_kind(r[4], r[5], r[6]) == r[7] for r in rows)
     by_key = {e[:4]: e[8] for a, b, m in files.pairs if m == "decoder_cos"
               for e in files.edges(a, range(TINY.d_sae), [b], True, m)}
     assert by_key == {r[:4]: r[7] for r in rows}
@@ -79,16 +79,16 @@ def test_sql_macro_and_table_file_lineages_agree(synth_atlas, truth, mode):
 
 def test_gap_edges_bridge_a_missing_layer(tmp_path):
     """Feature 5 is missing at layer 1 and back at layer 2: its lineage is one gap edge, in SQL too."""
-    from atlas.synth import _noisy, _unit, write_sae
+    from atlas.synth import noisy, unit, write_sae
 
     from .conftest import build_atlas
 
     rng = np.random.default_rng(2)
-    base = _unit(rng.standard_normal((64, 128), dtype=np.float32))
-    mid = _noisy(rng, base, 0.1)
-    mid[5] = _unit(rng.standard_normal(128, dtype=np.float32))
+    base = unit(rng.standard_normal((64, 128), dtype=np.float32))
+    mid = noisy(rng, base, 0.1)
+    mid[5] = unit(rng.standard_normal(128, dtype=np.float32))
     folders = []
-    for layer, dec in enumerate([base, mid, _noisy(rng, base, 0.1)]):
+    for layer, dec in enumerate([base, mid, noisy(rng, base, 0.1)]):
         folders.append(tmp_path / f"l{layer}")
         write_sae(folders[-1], dec, dec, np.ones(64, np.float32), layer, 0, "A")
     atlas = build_atlas(tmp_path / "gap.duckdb", folders)

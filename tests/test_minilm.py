@@ -7,7 +7,7 @@ import pytest
 
 from atlas.encode import encode
 from atlas.store import Atlas
-from ingest.activations import ActivationConfig, collect, load_hook, load_layer, load_tokens
+from ingest.activations import ActivationConfig, collect, load_hook, load_tokens, resid_post
 from ingest.jobs.family import FamilyPlan, build_family
 from ingest.sources import read_sae
 from ingest.training import TrainConfig
@@ -29,7 +29,7 @@ def small_family(tmp_path_factory):
 def test_activations_are_windowed_shards_with_metadata(tmp_path):
     m = collect(ActivationConfig(corpus="code", layers=[0, 5], max_tokens=700, window=62, shard_tokens=256, batch_windows=4), tmp_path)
     assert m["n_tokens"] >= 700 and m["d_model"] == 384 and len(m["shards"]) >= 2
-    x = load_layer(tmp_path, 5)
+    x = load_hook(tmp_path, resid_post(5))
     t = load_tokens(tmp_path)
     assert x.shape == (m["n_tokens"], 384) and len(t["token_ids"]) == m["n_tokens"]
     assert t["pos"].max() > 62  # documents are windowed, not truncated at the first window

@@ -210,8 +210,8 @@ def test_permutation_only_pairs(synth_atlas):
         sql = con.execute("SELECT layer_a, layer_b FROM permutation_pairs(stack_ := ?) ORDER BY ALL", [STACK]).fetchall()
         assert sql == [(p.layer_a, p.layer_b) for p in perm]
         m = pair_matrix(con, STACK)
-        assert m["layers"] == list(range(cfg.n_layers)) and m["values"][0][3] is None
-        assert m["values"][0][1] == m["values"][1][0] == adjacent[0].matched_frac
+        assert m.layers == list(range(cfg.n_layers)) and m.values[0][3] is None
+        assert m.values[0][1] == m.values[1][0] == adjacent[0].matched_frac
         far = [p for p in all_pairs if p.layer_b - p.layer_a == 2]
         assert max(p.matched_frac for p in far) < min(p.matched_frac for p in adjacent)  # farther = fewer matched
 
@@ -249,7 +249,7 @@ def test_births_and_deaths_per_layer_are_the_planted_ones(synth_atlas, truth):
         flow = birth_death(con, STACK, tau=0.8)
         sql = con.execute("SELECT layer, births, deaths FROM birth_death(?, tau_ := 0.8)", [STACK]).fetchall()
     expected = planted_flow(truth, [_ids(layer) for layer in range(TINY.n_layers)], TINY.d_sae)
-    assert [(r["layer"], r["births"], r["deaths"]) for r in flow] == expected == sql
+    assert [(r.layer, r.births, r.deaths) for r in flow] == expected == sql
     assert all(n > 0 for _, b, d in expected for n in (b, d) if n is not None)
 
 

@@ -7,7 +7,6 @@ import hashlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -19,6 +18,7 @@ from litestar.testing import TestClient
 
 from api.app import create_app
 from api.settings import Settings
+from bench.server import free_port
 
 SAE0 = "synth-resid0-w256-s0-A"
 SAE1 = "synth-resid1-w256-s0-A"
@@ -75,9 +75,9 @@ def test_every_write_form_is_refused_and_the_files_stay_identical(synth_atlas, t
 _SANDBOXED = """
 import sys, duckdb
 from api.sandbox import deny_writes
-from atlas.store.atlas import open_snapshot
+from atlas.store import Snapshot
 how = deny_writes()
-con, _ = open_snapshot(sys.argv[1])
+con = Snapshot(sys.argv[1]).con
 refused = 0
 for sql in sys.argv[2:]:
     try:
@@ -109,9 +109,7 @@ def test_the_sql_workers_connection_cannot_write_files_even_past_the_statement_c
 @pytest.fixture(scope="module")
 def server(synth_atlas):
     """The app under uvicorn on loopback (a real event loop and thread pool, as in production)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     settings = {"sql_time_limit_s": 1.0, "sql_workers": 1, "query_time_limit_s": 5.0}
     env = {**os.environ, "PYTHONPATH": os.getcwd(), "ATLAS_PATH": str(synth_atlas.path),
            "ATLAS_SETTINGS": json.dumps(settings)}

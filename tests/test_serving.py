@@ -76,7 +76,7 @@ def test_replace_then_any_job_keeps_search_working(served, new_weights):
 def test_feature_cards_from_table_files_equal_sql_over_the_views(synth_atlas, monkeypatch):
     """The card's candidates are point lookups in the table files; answering them by SQL over the `matches`
     view instead (today's reference) changes nothing."""
-    from atlas.match.methods import method as method_info
+    from atlas.methods import method as method_info
     from atlas.queries.edges import FileEdges
 
     with TestClient(create_app(synth_atlas.path)) as c:

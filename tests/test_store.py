@@ -13,7 +13,7 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 from atlas.sae import SAEError
-from atlas.store import SCHEMA_VERSION, Atlas, AtlasBusy
+from atlas.store import SCHEMA_VERSION, Atlas, AtlasBusy, Snapshot
 from ingest.jobs.ingest import ingest
 from ingest.sources import read_sae
 
@@ -116,6 +116,36 @@ def test_reader_keeps_its_snapshot_while_a_job_publishes(tmp_path, family):
     reader.close()
     with atlas.read() as fresh:
         assert fresh.execute("SELECT count(*) FROM saes").fetchone()[0] == 3
+
+
+
+def test_a_snapshot_says_when_a_job_has_published_another(tmp_path, family):
+    """The one "is this still the file I opened" the server and its SQL workers ask (store.Snapshot)."""
+    atlas = Atlas(tmp_path / "a.duckdb")
+    _ingest(atlas, family[1][:1])
+    snap = Snapshot(atlas.path, check=True)
+    assert snap.is_current()
+    _ingest(atlas, family[1][1:2])
+    assert not snap.is_current() and snap.con.execute("SELECT count(*) FROM saes").fetchone()[0] == 1
+    atlas.path.rename(tmp_path / "moved.duckdb")
+    with pytest.raises(OSError):
+        snap.is_current()
+    snap.close()
+
+
+
+def test_an_atomic_write_that_fails_leaves_no_file(tmp_path):
+    """parts.write_atomic, under every table file and edge index: a failed write leaves neither file nor temporary."""
+    from atlas.store.parts import write_atomic
+
+    def half(tmp):
+        tmp.write_bytes(b"half a file")
+        raise OSError("disk full")
+    with pytest.raises(OSError, match="disk full"):
+        write_atomic(tmp_path / "t.parquet", half)
+    assert list(tmp_path.iterdir()) == []
+    assert write_atomic(tmp_path / "t.parquet", lambda tmp: tmp.write_bytes(b"whole")) == 5
+    assert [p.name for p in tmp_path.iterdir()] == ["t.parquet"]
 
 
 KILL_INGEST = """

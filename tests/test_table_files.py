@@ -22,7 +22,7 @@ from cli import main
 from atlas.store import SCHEMA_VERSION, Atlas
 from atlas.store.parts import ROW_GROUP, PartReader
 
-from .conftest import build_atlas
+from .conftest import build_atlas, kill_job_at
 
 SAE0, SAE1, SAE2 = (f"synth-resid{i}-w256-s0-A" for i in range(3))
 
@@ -258,28 +258,6 @@ def test_migrate_moves_a_version_4_atlas_out_and_a_killed_migration_changes_noth
     assert r.exit_code == 0 and "already at schema version" in r.output
 
 
-KILL_PUBLISH = """
-import os, signal, sys
-import numpy as np, pyarrow as pa
-import atlas.store.atlas as store
-from atlas.store import Atlas
-real = os.replace
-def dying(src, dst):
-    if str(dst) == sys.argv[1]:  # the new catalog is complete under its temporary name: die before the rename
-        os.kill(os.getpid(), signal.SIGKILL)
-    return real(src, dst)
-store.os.replace = dying
-n = 200
-t = pa.table({"sae_a": ["A"] * n, "feature_a": pa.array(np.arange(n), pa.int32()), "sae_b": ["C"] * n,
-              "feature_b": pa.array(np.arange(n), pa.int32()), "method": ["decoder_cos"] * n,
-              "score": pa.array(np.full(n, 0.9), pa.float32()), "rank": pa.array(np.ones(n), pa.int16()),
-              "assigned": pa.array(np.ones(n, bool)), "rank_b": pa.array(np.ones(n), pa.int16())})
-with Atlas(sys.argv[1]).write() as w:
-    w.replace_pair("A", "C", "decoder_cos", t, {"n_a": n, "n_b": n, "n_assigned": n, "n_matched": n,
-                   "matched_frac": 1.0, "tau": 0.7, "params_hash": "h"}, "r2")
-"""
-
-
 def test_a_job_killed_while_publishing_leaves_the_atlas_and_its_files_as_they_were(tmp_path):
     atlas = Atlas(tmp_path / "a.duckdb")
     with atlas.write() as w:
@@ -288,8 +266,7 @@ def test_a_job_killed_while_publishing_leaves_the_atlas_and_its_files_as_they_we
     with atlas.read() as con:
         before = con.execute(q).fetchall()
     files = set(atlas.tables_dir.rglob("*.parquet"))
-    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(KILL_PUBLISH), str(atlas.path)], capture_output=True)
-    assert proc.returncode == -9, proc.stderr.decode()[-2000:]
+    kill_job_at(atlas, atlas.path.name)
     with atlas.read() as con:
         assert con.execute(q).fetchall() == before
         assert con.execute("SELECT count(*) FROM parts").fetchone()[0] == 1

@@ -23,8 +23,8 @@ class HealthController(Controller):
     def health(self, atlas: NamedDependency[AtlasState]) -> Health:
         """Whether the server is up, and which snapshot of which atlas it serves."""
         snap = atlas.snapshot()
-        n = snap.cursor().execute("SELECT count(*) FROM saes").fetchone()[0]
-        return Health(ok=True, atlas=str(atlas.atlas.path), saes=n, schema_version=SCHEMA_VERSION, snapshot=snap.id)
+        return Health(ok=True, atlas=str(atlas.atlas.path), saes=len(snap.saes()), schema_version=SCHEMA_VERSION,
+                      snapshot=snap.id)
 
     @get("/api/build", operation_id="getBuild", sync_to_thread=True)
     def build(self, atlas: NamedDependency[AtlasState]) -> BuildStatus:

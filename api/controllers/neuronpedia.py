@@ -12,8 +12,7 @@ from litestar.enums import MediaType
 from litestar.params import PathParameter, QueryParameter
 from litestar.response import Redirect
 
-from atlas.queries.neuronpedia import NeuronpediaList, lineage_list, orphans_list, pair_list
-from atlas.queries.records import NotFound
+from atlas.queries.neuronpedia import NeuronpediaList, lineage_list, orphans_list, pair_list, sae_of
 
 from ..errors import errors
 from ..params import FeatureIndex, Method, SaeId, Tau
@@ -34,15 +33,11 @@ class NeuronpediaController(Controller):
                          source_id: Part, index: FeatureIndex) -> Redirect:
         """A Neuronpedia feature path: browsers go to the explorer's feature page, JSON clients
         (Accept: application/json) to the feature's lineage."""
-        row = atlas.cursor().execute("SELECT sae_id FROM saes WHERE neuronpedia_id = ?",
-                                     [f"{model_id}/{source_id}"]).fetchone()
-        if row is None:
-            raise NotFound(f"no SAE in this atlas has neuronpedia_id {model_id}/{source_id}; "
-                           f"set one with `atlas saes set SAE --neuronpedia-id {model_id}/{source_id}`")
+        sae_id = sae_of(atlas.cursor(), model_id, source_id)
         # Browsers navigating name text/html; API clients (*/*, application/json) get the JSON lineage.
         if MediaType.HTML in request.headers.get("accept", ""):
-            return Redirect(f"/#/feature/{row[0]}/{index}")
-        return Redirect(f"/api/saes/{row[0]}/features/{index}/lineage")
+            return Redirect(f"/#/feature/{sae_id}/{index}")
+        return Redirect(f"/api/saes/{sae_id}/features/{index}/lineage")
 
     @get("/lists/lineage/{sae_id:str}/{feature:int}", operation_id="neuronpediaLineageList", sync_to_thread=True,
          responses=errors(404))

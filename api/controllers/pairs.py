@@ -9,12 +9,12 @@ from litestar.di import NamedDependency
 from litestar.params import FromQuery, QueryParameter
 
 from atlas import queries as q
-from atlas.queries.common import check_method
+from atlas.queries.records import LayerFlow, Matrix, PairMatch, SiblingGroup, Stack
 
 from ..errors import errors
 from ..params import Fraction, Limit, Method, Name, SaeId, Score, SimilarityMethod, Stat, StackName, Tau
 from ..state import AtlasState
-from ..structs import LayerFlow, LayerPairList, Matrix, PairMatch, SiblingGroup, Stack
+from ..structs import LayerPairList
 
 
 class PairsController(Controller):
@@ -24,8 +24,7 @@ class PairsController(Controller):
     @get("/stacks", operation_id="listStacks", sync_to_thread=True, responses=errors())
     def list_stacks(self, atlas: NamedDependency[AtlasState]) -> list[Stack]:
         """Stacks: SAEs of one model, site, width, seed and dataset across layers."""
-        rows = atlas.cursor().execute("SELECT * FROM stacks ORDER BY stack").fetchall()
-        return [Stack(*r) for r in rows]
+        return q.stacks(atlas.cursor())
 
     @get("/layer-pairs", operation_id="listLayerPairs", sync_to_thread=True, responses=errors(404))
     def get_layer_pairs(self, atlas: NamedDependency[AtlasState], stack: Name = None, method: Method = "decoder_cos",
@@ -39,7 +38,7 @@ class PairsController(Controller):
     def get_matrix(self, atlas: NamedDependency[AtlasState], stack: StackName, method: Method = "decoder_cos",
                    stat: Stat = "matched_frac", min_score: Score = 0.9) -> Matrix:
         """Layer x layer matrix of one pair statistic (for heatmaps)."""
-        return Matrix(**q.pair_matrix(atlas.cursor(), stack, method, stat, min_score))
+        return q.pair_matrix(atlas.cursor(), stack, method, stat, min_score)
 
     @get("/stacks/{stack:str}/communities", operation_id="getStackCommunities", sync_to_thread=True,
          responses=errors(404, 408, 422))
@@ -54,23 +53,16 @@ class PairsController(Controller):
     def get_flow(self, atlas: NamedDependency[AtlasState], stack: StackName, method: SimilarityMethod = "decoder_cos",
                  tau: Tau = 0.7) -> list[LayerFlow]:
         """Births and deaths per layer: features with no assigned match >= tau from the layer before / to the next."""
-        return [LayerFlow(**r) for r in q.birth_death(atlas.cursor(), stack, method, tau)]
+        return q.birth_death(atlas.cursor(), stack, method, tau)
 
     @get("/pairs/{sae_a:str}/{sae_b:str}", operation_id="getPairMatches", sync_to_thread=True, responses=errors(404))
     def get_pair(self, atlas: NamedDependency[AtlasState], sae_a: SaeId, sae_b: SaeId, method: Method = "decoder_cos",
                  limit: Limit = 100) -> list[PairMatch]:
         """Assigned matches of one SAE pair, best first."""
         snap = atlas.snapshot()
-        snap.sae(sae_a), snap.sae(sae_b)
-        order = check_method(method).sql_order
-        files = snap.files().files_of("matches", [(sae_a, sae_b, method)])  # the pair's own file, not the view
-        if not files:
-            return []
-        rows = snap.cursor().execute(f"SELECT feature_a, feature_b, score, rank FROM read_parquet(?, hive_partitioning = false) WHERE assigned "
-                                     f"ORDER BY score {order}, feature_a LIMIT ?", [files[0], limit]).fetchall()
-        return [PairMatch(*r) for r in rows]
+        return q.pair_matches(snap.cursor(), sae_a, sae_b, method, limit, snap.files())
 
     @get("/sibling-groups", operation_id="listSiblingGroups", sync_to_thread=True, responses=errors())
     def get_groups(self, atlas: NamedDependency[AtlasState]) -> list[SiblingGroup]:
         """SAEs of one model, hook and width side by side (seeds and datasets): where orphans are counted."""
-        return [SiblingGroup(**g) for g in q.sibling_groups(atlas.cursor())]
+        return q.sibling_groups(atlas.cursor())

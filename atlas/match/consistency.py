@@ -24,6 +24,7 @@ from scipy.optimize import linear_sum_assignment
 from scipy.sparse.csgraph import min_weight_full_bipartite_matching
 from scipy.special import betainc
 
+from ..index import unit_rows
 from .assign import DENSE_MAX
 from .candidates import edges as candidate_edges
 from .candidates import full_scores, topk_both
@@ -36,11 +37,6 @@ def pw_mcc_dense(cos: np.ndarray) -> float:
 
 
 WEAK = 0.3  # matched cosine below which a pair is random-level (the assignment floor of MatchParams)
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    x = x.astype(np.float64)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
 def _full_matching(fa, fb, cos, n_a: int, n_b: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -65,7 +61,7 @@ def pw_mcc_sparse(fa: np.ndarray, fb: np.ndarray, cos: np.ndarray, a: np.ndarray
     n_a, n_b = len(a), len(b)
     m = min(n_a, n_b)
     ident = np.arange(m)
-    diag = (_unit(a[:m]) * _unit(b[:m])).sum(1)
+    diag = (unit_rows(a[:m], np.float64) * unit_rows(b[:m], np.float64)).sum(1)
     rows, cols, got = _full_matching(np.concatenate([fa, ident]), np.concatenate([fb, ident]),
                                      np.concatenate([cos, diag]), n_a, n_b)
     weak = got < WEAK

@@ -13,12 +13,12 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pyarrow as pa
 
+from ..index import APPROX_FROM
+from ..methods import METHODS, WEIGHT_METHODS, folded_decoder, method as method_info
 from ..sae import SAEWeights
 from .assign import DENSE_MAX, assign_dense, assign_sparse
-from ..index import APPROX_FROM
 from .candidates import Candidates, edges, full_scores, topk_both, topk_faiss
 from .consistency import consistency
-from .fold import folded_decoder, is_distance, method_vectors
 from .stats import pair_stats
 
 
@@ -45,10 +45,10 @@ class PairResult:
     stats: dict
 
 
-def _gain(method: str, score: np.ndarray, sq_a: np.ndarray, sq_b: np.ndarray, floor: float, d: int):
+def _gain(distance: bool, score: np.ndarray, sq_a: np.ndarray, sq_b: np.ndarray, floor: float, d: int):
     """Worth of matching over leaving alone. MSE: match when mse < (1−floor)(‖a‖²+‖b‖²)/d, which for
     equal-norm rows is exactly cosine > floor."""
-    if is_distance(method):
+    if distance:
         return (1 - floor) * (sq_a + sq_b) / d - score
     return score - floor
 
@@ -65,21 +65,23 @@ def _ranks(fa: np.ndarray, score: np.ndarray, distance: bool) -> np.ndarray:
 
 
 def match_pair(a: SAEWeights, b: SAEWeights, sae_a: str, sae_b: str, params: MatchParams) -> PairResult:
-    method = params.method
-    va, vb = method_vectors(a, method), method_vectors(b, method)
+    method, m = params.method, METHODS.get(params.method)
+    if m is None or m.vectors is None:
+        raise ValueError(f"unknown method {method!r}; known: {', '.join(WEIGHT_METHODS)}")
+    va, vb = m.vectors(a), m.vectors(b)
     if va.shape[1] != vb.shape[1]:
         raise ValueError(f"{sae_a} (d_in {va.shape[1]}) and {sae_b} (d_in {vb.shape[1]}) live in spaces of "
                          f"different width: {method} cannot compare them")
-    distance = is_distance(method)
+    distance = m.is_distance
     n_a, n_b, d = len(va), len(vb), va.shape[1]
     sq_a = (va.astype(np.float64) ** 2).sum(1) if distance else np.zeros(n_a)
     sq_b = (vb.astype(np.float64) ** 2).sum(1) if distance else np.zeros(n_b)
     if not distance and min(n_a, n_b) >= APPROX_FROM:  # very wide SAEs: approximate (HNSW) search
         cand = topk_faiss(va, vb, params.k)
     else:
-        cand = topk_both(va, vb, params.k, kind="mse" if distance else "cos", absmax=method == "decoder_cos")
+        cand = topk_both(va, vb, params.k, kind="mse" if distance else "cos", absmax=m.consistency)
     fa, fb, score = edges(cand)
-    gain = _gain(method, score, sq_a[fa], sq_b[fb], params.floor, d)
+    gain = _gain(distance, score, sq_a[fa], sq_b[fb], params.floor, d)
 
     solver = params.solver if params.solver != "auto" else ("dense" if n_a * n_b <= DENSE_MAX else "sparse")
     full = None
@@ -87,15 +89,15 @@ def match_pair(a: SAEWeights, b: SAEWeights, sae_a: str, sae_b: str, params: Mat
         # the same torch products as the candidates, so both solvers see bit-identical scores and break
         # ties alike on any machine
         full = full_scores(va, vb, "mse" if distance else "cos").astype(np.float64)
-        dense_gain = _gain(method, full, sq_a[:, None], sq_b[None, :], params.floor, d)
+        dense_gain = _gain(distance, full, sq_a[:, None], sq_b[None, :], params.floor, d)
         ra, rb = assign_dense(dense_gain)
         # A dense assignment may pick a pair outside the candidate lists: keep it as an edge too.
         fa, fb, score = _add_edges(fa, fb, score, ra, rb, full[ra, rb], n_b)
     else:
         ra, rb = assign_sparse(fa, fb, gain, n_a, n_b)
-    matched = (_gain(method, score, sq_a[fa], sq_b[fb], params.tau, d) >= 0) if distance else score >= params.tau
+    matched = (_gain(distance, score, sq_a[fa], sq_b[fb], params.tau, d) >= 0) if distance else score >= params.tau
     result = _result(a, b, sae_a, sae_b, params, fa, fb, score, ra, rb, matched)
-    if cand.a_absmax is not None:  # decoder_cos: PW-MCC and MMCS with their baselines (consistency.py)
+    if cand.a_absmax is not None:  # m.consistency: PW-MCC and MMCS with their baselines (consistency.py)
         result.stats.update(consistency(va, vb, cand.a_absmax, cand.b_absmax, params.k, (fa, fb, score), full))
     return result
 
@@ -120,20 +122,9 @@ def match_candidates(cand: Candidates, a: SAEWeights, b: SAEWeights, sae_a: str,
     return _result(a, b, sae_a, sae_b, params, fa, fb, score, ra, rb, score >= params.tau)
 
 
-def match_scores(scores: np.ndarray, a: SAEWeights, b: SAEWeights, sae_a: str, sae_b: str,
-                 params: MatchParams) -> PairResult:
-    """Same output from a given [n_a, n_b] similarity matrix (small pairs, tests)."""
-    n_a, n_b = scores.shape
-    k_a, k_b = min(params.k, n_b), min(params.k, n_a)
-    top_b = np.argsort(-scores, axis=1, kind="stable")[:, :k_a]
-    top_a = np.argsort(-scores, axis=0, kind="stable")[:k_b].T
-    cand = Candidates(np.take_along_axis(scores, top_b, 1), top_b, np.take_along_axis(scores.T, top_a, 1), top_a)
-    return match_candidates(cand, a, b, sae_a, sae_b, params, full=lambda: scores)
-
-
 def _result(a, b, sae_a, sae_b, params, fa, fb, score, ra, rb, matched_edge) -> PairResult:
     """Flag the assigned edges, compute the pair statistics, build the matches table."""
-    method, distance = params.method, is_distance(params.method)
+    method, distance = params.method, method_info(params.method).is_distance
     n_a, n_b = len(a.W_dec), len(b.W_dec)
     assigned = np.zeros(len(fa), dtype=bool)
     keys = fa.astype(np.int64) * n_b + fb

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import duckdb
 
+from .common import dict_rows
 from .records import Lineage
 
 PAIR_SQL = """
@@ -30,11 +31,7 @@ def has_checks(con) -> bool:
 
 
 def _rows(con, sql, params) -> list[dict]:
-    if not has_checks(con):
-        return []
-    cur = con.execute(sql, params)
-    names = [d[0] for d in cur.description]
-    return [dict(zip(names, r)) for r in cur.fetchall()]
+    return dict_rows(con, sql, params) if has_checks(con) else []
 
 
 def pair_checks(con, method: str = "decoder_cos", stack: str | None = None) -> list[dict]:

@@ -1,9 +1,9 @@
-"""Lookups every query needs: an SAE's row, a feature's existence, a stack's SAEs in layer order."""
+"""Lookups every query needs: an SAE's row, a feature's existence, a stack's SAEs in layer order, a link."""
 
 from __future__ import annotations
 
-from ..match import methods
-from ..match.methods import Method
+from .. import methods
+from ..methods import Method
 from .records import NotFound, QueryError
 
 SAE_COLUMNS = ("sae_id", "model", "hook", "site", "layer", "d_in", "d_sae", "arch", "k", "seed", "dataset",
@@ -11,11 +11,18 @@ SAE_COLUMNS = ("sae_id", "model", "hook", "site", "layer", "d_in", "d_sae", "arc
                "release", "variant", "kind", "hook_out", "d_out", "l0")
 
 
-def sae_row(con, sae_id: str) -> dict:
-    row = con.execute(f"SELECT {', '.join(SAE_COLUMNS)} FROM saes WHERE sae_id = ?", [sae_id]).fetchone()
-    if row is None:
+NEURONPEDIA = "https://www.neuronpedia.org"
+
+
+def sae_row(con, sae_id: str, saes: dict[str, dict] | None = None) -> dict:
+    """An SAE's row (SAE_COLUMNS): from `saes`, the rows a snapshot holds, or one point query. The one place
+    an unknown SAE is refused."""
+    if saes is None:
+        row = con.execute(f"SELECT {', '.join(SAE_COLUMNS)} FROM saes WHERE sae_id = ?", [sae_id]).fetchone()
+        saes = {sae_id: dict(zip(SAE_COLUMNS, row))} if row is not None else {}
+    if sae_id not in saes:
         raise NotFound(f"unknown SAE {sae_id!r}: GET /api/saes lists the SAEs in this atlas")
-    return dict(zip(SAE_COLUMNS, row))
+    return saes[sae_id]
 
 
 def check_feature(sae: dict, feature: int) -> None:
@@ -23,8 +30,10 @@ def check_feature(sae: dict, feature: int) -> None:
         raise NotFound(f"SAE {sae['sae_id']!r} has features 0..{sae['d_sae'] - 1}; there is no feature {feature}")
 
 
-def stack_saes(con, stack: str) -> list[tuple[str, int]]:
-    rows = con.execute("SELECT sae_id, layer FROM saes WHERE stack = ? ORDER BY layer", [stack]).fetchall()
+def stack_saes(con, stack: str, stacks: dict[str, list] | None = None) -> list[tuple[str, int]]:
+    """(sae_id, layer) of a stack's SAEs in layer order: from `stacks`, as a snapshot holds them, or one query."""
+    rows = stacks.get(stack) if stacks is not None else con.execute(
+        "SELECT sae_id, layer FROM saes WHERE stack = ? ORDER BY layer", [stack]).fetchall()
     if not rows:
         raise NotFound(f"unknown stack {stack!r}: GET /api/stacks lists them")
     return rows
@@ -47,3 +56,31 @@ def check_tau(method: Method, tau: float, name: str = "tau") -> None:
 def check_fraction(name: str, value: float, lo: float = 0.0, hi: float = 1.0) -> None:
     if not lo <= value <= hi:
         raise QueryError(f"{name} must be between {lo} and {hi}, got {value}")
+
+
+def feature_url(neuronpedia_id: str | None, feature: int, embed: bool = False) -> str | None:
+    """The feature's Neuronpedia page (https://www.neuronpedia.org/{modelId}/{sourceId}/{index})."""
+    if not neuronpedia_id:
+        return None
+    return f"{NEURONPEDIA}/{neuronpedia_id.strip('/')}/{feature}" + ("?embed=true" if embed else "")
+
+
+def dict_rows(con, sql: str, params=()) -> list[dict]:
+    """The rows of a query as dicts by column name."""
+    cur = con.execute(sql, list(params))
+    names = [d[0] for d in cur.description]
+    return [dict(zip(names, r)) for r in cur.fetchall()]
+
+
+def top_tokens(con, saes, feats, n: int = 3) -> dict[tuple[str, int], list[str]]:
+    """The firing tokens of each (sae, feature)'s top examples, distinct, best first (WordPiece '##' dropped)."""
+    rows = con.execute(
+        "SELECT e.sae_id, e.feature, list(e.tokens[e.highlight + 1] ORDER BY e.activation DESC) FROM examples e "
+        "JOIN (SELECT unnest(?) AS sae_id, unnest(?) AS feature) n USING (sae_id, feature) WHERE e.kind = 'top' "
+        "GROUP BY ALL", [list(saes), list(feats)]).fetchall()
+    out = {}
+    for s, f, toks in rows:
+        clean = list(dict.fromkeys(t.removeprefix("##").strip() for t in toks if t and t.strip()))
+        if clean:
+            out[(s, f)] = clean[:n]
+    return out

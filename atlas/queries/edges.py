@@ -21,20 +21,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ..match.methods import METHODS
+from ..methods import METHODS
 from ..store.edgeindex import CARRY, KINDS, EdgeIndex, Rows, index_name, kind_codes
 from ..store.parts import PartReader, catalog
 from ..store.schema import files_root
-from .common import SAE_COLUMNS
-from .records import NotFound
+from .common import SAE_COLUMNS, sae_row, stack_saes
 
 EDGE_COLUMNS = ["feature_a", "feature_b", "score", "rank", "assigned", "rank_b"]
 NO_ROWS = Rows(*(np.empty(0, t) for t in (np.int64, np.int64, np.float32, np.int64, np.uint8)))
-
-
-def edge_kinds(assigned: np.ndarray, rank: np.ndarray, rank_b: np.ndarray) -> np.ndarray:
-    """Kind of each edge (schema.py's edge_kind macro, vectorised): carry | split | merge | candidate."""
-    return KINDS[kind_codes(assigned, rank, rank_b)]
 
 
 class EdgeIndexCache:
@@ -116,11 +110,8 @@ class FileEdges:
         return cls.of(con, {r[0]: dict(zip(SAE_COLUMNS, r)) for r in rows})
 
     def sae(self, sae_id: str) -> dict:
-        """The SAE's row in this snapshot (NotFound as sae_row says it)."""
-        row = (self.saes or {}).get(sae_id)
-        if row is None:
-            raise NotFound(f"unknown SAE {sae_id!r}: GET /api/saes lists the SAEs in this atlas")
-        return row
+        """The SAE's row in this snapshot."""
+        return sae_row(None, sae_id, self.saes or {})
 
     def stack(self, stack: str) -> list[tuple[str, int]]:
         """(sae_id, layer) of a stack's SAEs in layer order."""
@@ -129,9 +120,7 @@ class FileEdges:
             for row in sorted((self.saes or {}).values(), key=lambda r: (r["layer"], r["sae_id"])):
                 stacks.setdefault(row["stack"], []).append((row["sae_id"], row["layer"]))
             self._stacks = stacks
-        if stack not in self._stacks:
-            raise NotFound(f"unknown stack {stack!r}: GET /api/stacks lists them")
-        return self._stacks[stack]
+        return stack_saes(None, stack, self._stacks)
 
     @property
     def flow_sites(self) -> bool:

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 from .checks import ablation_findings
+from .common import dict_rows
 
 DISTANCE_SQL = """
 SELECT distance, count(*) AS pairs, avg(matched_frac) AS matched_frac, avg(mean_score) AS mean_score,
@@ -103,12 +104,6 @@ def flow(con, model: str = "%", tau: float = 0.5) -> list[dict]:
     return out
 
 
-def _rows(con, sql, params):
-    cur = con.execute(sql, params)
-    names = [d[0] for d in cur.description]
-    return [dict(zip(names, r)) for r in cur.fetchall()]
-
-
 def context(con, sae_id: str, feature: int, n: int = 2) -> list[str]:
     """The feature's top example contexts, the firing token in [brackets]."""
     rows = con.execute("SELECT tokens, highlight FROM examples WHERE sae_id = ? AND feature = ? AND kind = 'top' "
@@ -117,19 +112,19 @@ def context(con, sae_id: str, feature: int, n: int = 2) -> list[str]:
 
 
 def findings(con, model: str = "%", stack: str = "%", examples: int = 3) -> dict:
-    comps = _rows(con, COMPOSITIONS_SQL, [examples])
+    comps = dict_rows(con, COMPOSITIONS_SQL, [examples])
     for c in comps:
         c["child_context"] = context(con, c["sae_b"], c["feature_b"])
         c["parent_contexts"] = {p: context(con, c["sae_a"], p, 1) for p in c["parents"]}
     kinds = dict(con.execute("SELECT kind, count(*) FROM compositions GROUP BY 1").fetchall())
     return {
-        "distance": _rows(con, DISTANCE_SQL, ["decoder_cos", stack]),
-        "siblings": _rows(con, SIBLINGS_SQL, [model]),
-        "agreement": _rows(con, AGREEMENT_SQL, []),
+        "distance": dict_rows(con, DISTANCE_SQL, ["decoder_cos", stack]),
+        "siblings": dict_rows(con, SIBLINGS_SQL, [model]),
+        "agreement": dict_rows(con, AGREEMENT_SQL, []),
         "composition_counts": kinds,
         "compositions": comps,
-        "consistency": _rows(con, CONSISTENCY_SQL, [model]),
-        "widths": _rows(con, WIDTHS_SQL, [model]),
+        "consistency": dict_rows(con, CONSISTENCY_SQL, [model]),
+        "widths": dict_rows(con, WIDTHS_SQL, [model]),
         "ablation": ablation_findings(con, model),  # edges that hold under ablation (checks.py)
         "flow": flow(con, model),
     }

@@ -1,7 +1,7 @@
 """Lineage of one feature within its stack: ancestors and descendants as a DAG (docs/design.md, Lineage).
 
 From (sae, i), follow matches whose score passes the bar backward to the first layer and forward to
-the last. Each edge has a kind (edge_kind; the SQL macros edge_kind / lineage_edges say the same):
+the last. Each edge has a kind (atlas.store.schema.EDGE_KIND; the SQL macro lineage_edges says the same):
   carry  the one-to-one assignment (SAE Match; Laptev et al. follow a feature's best match);
   split  feature_a is feature_b's best parent but not its assigned one: a parent with several children;
   merge  feature_b is feature_a's best child but assigned elsewhere: a child with several parents;
@@ -20,18 +20,14 @@ import numpy as np
 
 from ..store.edgeindex import CANDIDATE, CARRY, KINDS
 from . import budget
-from .common import check_feature, check_fraction, check_method, sae_row, stack_saes
-from .neuronpedia import feature_url
-from .edges import FileEdges, edge_kinds  # noqa: F401  (edge_kinds: the vectorised rule, re-exported)
-from .records import Edge, Lineage, Node, NotFound, OverBudget, QueryError
+from .checks import attach_checks
+from .common import check_feature, check_fraction, check_method, check_tau, feature_url, sae_row, top_tokens
+from .computed import require_stack_method
+from .edges import FileEdges
+from .records import Edge, Lineage, Node, OverBudget, QueryError
 
 MAX_NODES = 2000
 EDGE_MODES = ("default", "all")
-
-
-def edge_kind(assigned: bool, rank: int, rank_b: int) -> str:
-    """The same rule for one edge (tests hold the two functions and the SQL macro to one answer)."""
-    return "carry" if assigned else "split" if rank_b == 1 else "merge" if rank == 1 else "candidate"
 
 
 def pair_bars(con, saes: list[str], method: str, tau: float | None, quantile: float | None,
@@ -116,6 +112,19 @@ def lineage(con, sae_id: str, feature: int, direction: str = "both", tau: float 
     return Lineage(root=root, nodes=nodes, edges=out, birth_layer=birth, death_layer=death,
                    lifespan=death - birth + 1, method=method, threshold=threshold, edges_mode=mode,
                    ending=ending, summary=summary)
+
+
+def checked_lineage(con, sae_id: str, feature: int, direction: str = "both", tau: float | None = 0.7,
+                    quantile: float | None = None, max_skip: int = 1, method: str = "decoder_cos",
+                    include_sites: bool = True, files: FileEdges | None = None, edges: str = "default") -> Lineage:
+    """The lineage as the API serves it: tau checked, refused where the stack was never matched with `method`
+    (not a feature that "dies" where nothing was matched), each edge with its ablation check where stored."""
+    m = check_method(method)
+    if tau is not None and quantile is None and not m.is_distance:
+        check_tau(m, tau)
+    require_stack_method(con, sae_id, method)
+    return attach_checks(con, lineage(con, sae_id, feature, direction, tau, quantile, max_skip, method, include_sites,
+                                      files, edges))
 
 
 def _summary(edges: list[Edge], root: tuple, layer_of: dict, ids: list[str], direction: str) -> tuple[str, str]:
@@ -208,25 +217,12 @@ def _nodes(con, seen, layer_of, site, include_sites, method, files: FileEdges) -
         for s in set(saes):
             mine = [f for x, f in seen if x == s]
             origins.update({(s, f): o for f, o in flow_origins(con, s, mine, method, files=files).items()})
-    tokens = _top_tokens(con, saes, feats) if files.examples is None or files.examples & set(saes) else {}
+    tokens = top_tokens(con, saes, feats) if files.examples is None or files.examples & set(saes) else {}
     nodes = [Node(sae_id=s, feature=f, layer=layer_of[s], site=site, label=label,
                   neuronpedia_url=feature_url(files.saes[s]["neuronpedia_id"], f), origin=origins.get((s, f)),
                   top_tokens=tokens.get((s, f))) for s, f, label in rows]
     return sorted(nodes, key=lambda n: (n.layer, n.feature))
 
-
-def _top_tokens(con, saes, feats, n: int = 3) -> dict[tuple[str, int], list[str]]:
-    """The firing tokens of each node's top examples, distinct, best first (WordPiece '##' dropped)."""
-    rows = con.execute(
-        "SELECT e.sae_id, e.feature, list(e.tokens[e.highlight + 1] ORDER BY e.activation DESC) FROM examples e "
-        "JOIN (SELECT unnest(?) AS sae_id, unnest(?) AS feature) n USING (sae_id, feature) WHERE e.kind = 'top' "
-        "GROUP BY ALL", [list(saes), list(feats)]).fetchall()
-    out = {}
-    for s, f, toks in rows:
-        clean = list(dict.fromkeys(t.removeprefix("##").strip() for t in toks if t and t.strip()))
-        if clean:
-            out[(s, f)] = clean[:n]
-    return out
 
 
 def flow_origins(con, sae_id: str, features: list[int], method: str, tau: float = 0.5,

@@ -10,10 +10,13 @@ from urllib.parse import quote
 
 import msgspec
 
-from .common import check_method, check_tau, sae_row
+from .common import NEURONPEDIA, check_method, check_tau, sae_row
+from .computed import NotComputed, command_for
 from .edges import FileEdges
+from .lineage import lineage
+from .orphans import orphans
+from .records import NotFound
 
-BASE = "https://www.neuronpedia.org"
 MAX_ITEMS = 500  # a quick list travels in its URL: keep it a size browsers and Neuronpedia accept
 
 
@@ -35,15 +38,18 @@ class NeuronpediaList(msgspec.Struct):
     truncated: bool
 
 
-def feature_url(neuronpedia_id: str | None, feature: int, embed: bool = False) -> str | None:
-    if not neuronpedia_id:
-        return None
-    return f"{BASE}/{neuronpedia_id.strip('/')}/{feature}" + ("?embed=true" if embed else "")
+def sae_of(con, model_id: str, source_id: str) -> str:
+    """The SAE whose neuronpedia_id is modelId/sourceId."""
+    row = con.execute("SELECT sae_id FROM saes WHERE neuronpedia_id = ?", [f"{model_id}/{source_id}"]).fetchone()
+    if row is None:
+        raise NotFound(f"no SAE in this atlas has neuronpedia_id {model_id}/{source_id}; "
+                       f"set one with `atlas saes set SAE --neuronpedia-id {model_id}/{source_id}`")
+    return row[0]
 
 
 def quick_list_url(name: str, items: list[ListItem]) -> str:
     features = [{"modelId": i.modelId, "layer": i.layer, "index": i.index, "description": i.description} for i in items]
-    return f"{BASE}/quick-list/?name={quote(name)}&features={quote(json.dumps(features, separators=(',', ':')))}"
+    return f"{NEURONPEDIA}/quick-list/?name={quote(name)}&features={quote(json.dumps(features, separators=(',', ':')))}"
 
 
 def as_list(con, name: str, features: list[tuple[str, int, str]]) -> NeuronpediaList:
@@ -66,8 +72,6 @@ def as_list(con, name: str, features: list[tuple[str, int, str]]) -> Neuronpedia
 
 def lineage_list(con, sae_id: str, feature: int, tau: float = 0.7, method: str = "decoder_cos") -> NeuronpediaList:
     """Every feature of a lineage, in layer order, described by layer and label."""
-    from .lineage import lineage
-
     lin = lineage(con, sae_id, feature, tau=tau, method=method)
     nodes = sorted(lin.nodes, key=lambda n: (n.layer, n.sae_id, n.feature))
     return as_list(con, f"lineage of {sae_id}/{feature}",
@@ -76,8 +80,6 @@ def lineage_list(con, sae_id: str, feature: int, tau: float = 0.7, method: str =
 
 def orphans_list(con, sae_id: str, tau: float = 0.7, by: str = "any") -> NeuronpediaList:
     """The orphans of an SAE: features shared with none of its matched siblings."""
-    from .orphans import orphans
-
     o = orphans(con, sae_id, tau, by=by)
     return as_list(con, f"orphans of {sae_id} ({by}, tau {tau})",
                    [(sae_id, s.feature, "orphan" + (f": {s.label}" if s.label else "")) for s in o.orphans])
@@ -99,8 +101,6 @@ def pair_list(con, sae_a: str, sae_b: str, method: str = "decoder_cos", tau: flo
         [files[0], tau, MAX_ITEMS // 2 + 1]).fetchall() if files else []
     if not rows and not con.execute("SELECT 1 FROM pair_stats WHERE sae_a = ? AND sae_b = ? AND method = ?",
                                     [sae_a, sae_b, method]).fetchone():
-        from .computed import NotComputed, command_for
-
         raise NotComputed(f"pair {sae_a} -> {sae_b} has no {method} matches: run "
                           f"`{command_for(method, 'list')} --pair {sae_a}:{sae_b}`")
     out = []

@@ -10,15 +10,13 @@ from __future__ import annotations
 
 from .common import check_fraction, sae_row
 from .computed import require_siblings_matched
-from .records import FeatureSharing, Orphans
+from .records import FeatureSharing, Orphans, QueryError
 
 
 def feature_sharing(con, sae_id: str, tau: float = 0.7, by: str = "any") -> list[FeatureSharing]:
     sae_row(con, sae_id)
     check_fraction("tau", tau, -1, 1)
     if by not in ("any", "seed", "dataset"):
-        from .records import QueryError
-
         raise QueryError(f"by must be any, seed or dataset, got {by!r}")
     rows = con.execute("SELECT * FROM feature_sharing(?, tau_ := ?, by_ := ?)", [sae_id, tau, by]).fetchall()
     return [FeatureSharing(*r) for r in rows]

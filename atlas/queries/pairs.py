@@ -1,4 +1,5 @@
-"""Layer pairs of a stack: permutation-only pairs and layer × layer matrices for heatmaps.
+"""Layer pairs of a stack: permutation-only pairs, layer × layer matrices for heatmaps, births and deaths, a
+pair's matches.
 
 A pair (a, b) is permutation-only when its assignment matches ≥ min_frac of a's features with score
 ≥ min_score: b is a relabelling of a with small changes. SQL: the macros `permutation_pairs(...)` and
@@ -7,8 +8,10 @@ A pair (a, b) is permutation-only when its assignment matches ≥ min_frac of a'
 
 from __future__ import annotations
 
-from .common import check_fraction, check_method, check_tau, stack_saes
-from .records import LayerPair, QueryError
+from ..methods import SIMILARITY_METHODS
+from .common import check_fraction, check_method, check_tau, sae_row, stack_saes
+from .edges import FileEdges
+from .records import LayerFlow, LayerPair, Matrix, PairMatch, QueryError
 
 STATS = ("matched_frac", "mean_score", "median_score", "mse_after_perm", "identity_frac", "frac_at_min_score")
 
@@ -43,8 +46,8 @@ def permutation_pairs(con, stack: str | None = None, min_frac: float = 0.9, min_
 
 
 def pair_matrix(con, stack: str, method: str = "decoder_cos", stat: str = "matched_frac",
-                min_score: float = 0.9) -> dict:
-    """{layers, values[i][j]} with values[i][j] the stat of pair (layer i, layer j), None where unmatched."""
+                min_score: float = 0.9) -> Matrix:
+    """Layers and values[i][j], the stat of pair (layer i, layer j), None where unmatched (for heatmaps)."""
     if stat not in STATS:
         raise QueryError(f"stat must be one of {', '.join(STATS)}, got {stat!r}")
     m = check_method(method)
@@ -56,35 +59,30 @@ def pair_matrix(con, stack: str, method: str = "decoder_cos", stat: str = "match
         v = getattr(p, stat)
         values[pos[p.layer_a]][pos[p.layer_b]] = v
         values[pos[p.layer_b]][pos[p.layer_a]] = v
-    return {"stack": stack, "method": method, "stat": stat, "layers": layers, "values": values}
+    return Matrix(stack=stack, method=method, stat=stat, layers=layers, values=values)
 
 
-def birth_death(con, stack: str, method: str = "decoder_cos", tau: float = 0.7) -> list[dict]:
+def birth_death(con, stack: str, method: str = "decoder_cos", tau: float = 0.7) -> list[LayerFlow]:
     """Per layer: features born (no assigned match ≥ tau from the layer before) and dying (none to the
     layer after); None where that pair was not matched. SQL: the macro `birth_death(stack_, ...)`."""
     m = check_method(method)
     if m.is_distance:
         raise QueryError(f"births and deaths are counted on similarity scores, not {method}; "
-                         f"use decoder_cos, encoder_cos or activation_corr")
+                         f"use {', '.join(SIMILARITY_METHODS[:-1])} or {SIMILARITY_METHODS[-1]}")
     check_tau(m, tau)
     stack_saes(con, stack)
-    cur = con.execute("SELECT * FROM birth_death(?, method_ := ?, tau_ := ?)", [stack, method, tau])
-    names = [d[0] for d in cur.description]
-    return [dict(zip(names, r)) for r in cur.fetchall()]
+    rows = con.execute("SELECT layer, sae_id, d_sae, births, deaths FROM birth_death(?, method_ := ?, tau_ := ?)",
+                       [stack, method, tau]).fetchall()
+    return [LayerFlow(*r) for r in rows]
 
 
-def sibling_groups(con) -> list[dict]:
-    """SAEs of one model, hook and width (seeds and datasets side by side): where orphans are counted."""
-    rows = con.execute("SELECT model, hook, d_sae, layer, list(sae_id ORDER BY dataset, seed) FROM saes "
-                       "GROUP BY ALL HAVING count(*) > 1 ORDER BY model, layer, hook, d_sae").fetchall()
-    return [{"model": m, "hook": h, "d_sae": d, "layer": layer, "saes": s} for m, h, d, layer, s in rows]
-
-
-def find_features(con, text: str, limit: int = 50) -> list[dict]:
-    """Features whose label contains `text` (case-insensitive)."""
-    if not text.strip():
-        raise QueryError("give some label text to look for")
-    rows = con.execute("SELECT f.sae_id, f.feature, s.layer, f.label FROM features f JOIN saes s USING (sae_id) "
-                       "WHERE f.label ILIKE '%' || ? || '%' ORDER BY s.stack, s.layer, f.feature LIMIT ?",
-                       [text, limit]).fetchall()
-    return [{"sae_id": s, "feature": f, "layer": layer, "label": lab} for s, f, layer, lab in rows]
+def pair_matches(con, sae_a: str, sae_b: str, method: str = "decoder_cos", limit: int = 100,
+                 files: FileEdges | None = None) -> list[PairMatch]:
+    """Assigned matches of one SAE pair, best first (read from the pair's own table file, not the view)."""
+    saes = files.saes if files is not None else None
+    sae_row(con, sae_a, saes), sae_row(con, sae_b, saes)
+    order = check_method(method).sql_order
+    paths = (files or FileEdges.of(con)).files_of("matches", [(sae_a, sae_b, method)])
+    rows = con.execute(f"SELECT feature_a, feature_b, score, rank FROM read_parquet(?, hive_partitioning = false) "
+                       f"WHERE assigned ORDER BY score {order}, feature_a LIMIT ?", [paths[0], limit]).fetchall() if paths else []
+    return [PairMatch(*r) for r in rows]

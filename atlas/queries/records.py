@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
 
 
@@ -38,6 +40,134 @@ class QueryTimeout(OverBudget):
 
 class Cancelled(QueryError):
     """The client went away; the work was stopped."""
+
+
+class SAE(msgspec.Struct):
+    sae_id: str
+    model: str
+    hook: str
+    site: str | None
+    layer: int
+    d_in: int
+    d_sae: int
+    arch: str
+    k: int | None
+    seed: int | None
+    dataset: str | None
+    stack: str
+    neuronpedia_id: str | None
+    source: str
+    sha256: str
+    kind: str | None = "sae"
+    """sae | transcoder | skip_transcoder (transcoders: site and layer are the output hook's)."""
+    release: str | None = None
+    variant: str | None = None
+    hook_out: str | None = None
+    d_out: int | None = None
+    l0: float | None = None
+
+    @classmethod
+    def of(cls, row: dict) -> "SAE":
+        """From an saes row (common.SAE_COLUMNS)."""
+        return cls(**{k: row[k] for k in cls.__struct_fields__})
+
+
+class SAEDetail(msgspec.Struct):
+    sae: SAE
+    n_labelled: int
+    mean_density: float | None
+    pairs: dict[str, int]
+
+
+class SAESummary(msgspec.Struct):
+    """One SAE as `atlas info` prints it: every saes column, its features in sum, its stored pairs."""
+
+    row: dict[str, Any]
+    n_features: int
+    mean_threshold: float | None
+    mean_density: float | None
+    n_labelled: int
+    pairs: dict[str, int]
+    """Stored pairs per method."""
+
+
+class Stack(msgspec.Struct):
+    stack: str
+    model: str
+    site: str | None
+    d_sae: int
+    arch: str
+    seed: int | None
+    dataset: str | None
+    n_saes: int
+    first_layer: int
+    last_layer: int
+
+
+class SiblingGroup(msgspec.Struct):
+    model: str
+    hook: str
+    d_sae: int
+    layer: int
+    saes: list[str]
+
+
+class FoundFeature(msgspec.Struct):
+    sae_id: str
+    feature: int
+    layer: int
+    label: str | None
+
+
+class MatchRef(msgspec.Struct):
+    sae_id: str
+    feature: int
+    layer: int
+    score: float
+    rank: int
+    assigned: bool
+    direction: str
+    """'out': this feature is sae_a (its top candidates); 'in': this feature is sae_b (candidates
+    pointing to it, from score 0.5 up for similarity methods)."""
+
+
+class FeatureCard(msgspec.Struct):
+    sae_id: str
+    feature: int
+    layer: int
+    label: str | None
+    dec_norm: float
+    threshold: float | None
+    density: float | None
+    max_act: float | None
+    neuronpedia_url: str | None
+    neuronpedia_embed: str | None
+    lineage_url: str
+    matches: dict[str, list[MatchRef]]
+    examples: list[dict[str, Any]]
+
+
+class PairMatch(msgspec.Struct):
+    feature_a: int
+    feature_b: int
+    score: float
+    rank: int
+
+
+class Matrix(msgspec.Struct):
+    stack: str
+    method: str
+    stat: str
+    layers: list[int]
+    values: list[list[float | None]]
+
+
+class LayerFlow(msgspec.Struct):
+    layer: int
+    sae_id: str
+    d_sae: int
+    births: int | None
+    deaths: int | None
 
 
 class Node(msgspec.Struct):

@@ -46,6 +46,8 @@ def nearest(cache: IndexCache, con, vector=None, sae_id: str | None = None, feat
     of that width; the query feature itself is left out)."""
     if not 1 <= k <= 1000:
         raise QueryError(f"k must be between 1 and 1000, got {k}")
+    if vector is not None and (sae_id is not None or feature is not None):
+        raise QueryError("give a vector, or an sae_id and a feature, not both")
     if vector is None:
         if sae_id is None or feature is None:
             raise QueryError("give a vector, or an sae_id and a feature")

@@ -22,7 +22,7 @@ import time
 import duckdb
 import msgspec
 
-from ..store.atlas import SERVING_CONFIG, connect_serving  # noqa: F401  (re-exported)
+from ..store.snapshot import SERVING_CONFIG, connect_serving  # noqa: F401  (re-exported)
 from .records import NotAllowed, OverBudget, QueryError, QueryTimeout
 
 ALLOWED = "only SELECT, WITH, DESCRIBE, SHOW, SUMMARIZE and EXPLAIN [ANALYZE] of a SELECT are allowed"

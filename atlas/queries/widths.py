@@ -6,9 +6,8 @@ consistency() are the tables `atlas findings` prints.
 
 from __future__ import annotations
 
-from .common import check_feature, sae_row
-from .findings import CONSISTENCY_SQL, WIDTHS_SQL, _rows
-from .lineage import _top_tokens
+from .common import check_feature, dict_rows, sae_row, top_tokens
+from .findings import CONSISTENCY_SQL, WIDTHS_SQL
 from .records import Consistency, WidthNode, WidthPair, WidthTree
 
 MAX_TREE = 1000  # nodes; a 16k -> 1M sweep splits a feature into tens of children, not thousands
@@ -20,7 +19,7 @@ def width_tree(con, sae_id: str, feature: int) -> WidthTree:
     check_feature(sae_row(con, sae_id), feature)
     rows = con.execute("SELECT depth, sae_id, d_sae, feature, parent_sae, parent_feature, score, class, n_children, "
                        "combo_cos, label, min_child_cos FROM width_tree(?, ?) LIMIT ?", [sae_id, feature, MAX_TREE]).fetchall()
-    tokens = _top_tokens(con, [r[1] for r in rows], [r[3] for r in rows])
+    tokens = top_tokens(con, [r[1] for r in rows], [r[3] for r in rows])
     nodes = [WidthNode(sae_id=s, d_sae=d, feature=f, depth=depth, parent_sae=ps, parent_feature=pf, score=sc, cls=c,
                        n_children=n, combo_cos=cc, label=lab, top_tokens=tokens.get((s, f)), min_child_cos=mc)
              for depth, s, d, f, ps, pf, sc, c, n, cc, lab, mc in rows]
@@ -54,8 +53,8 @@ def _summary(nodes: list[WidthNode], root: WidthNode) -> str:
 
 
 def width_pairs(con, model: str = "%") -> list[WidthPair]:
-    return [WidthPair(**r) for r in _rows(con, WIDTHS_SQL, [model])]
+    return [WidthPair(**r) for r in dict_rows(con, WIDTHS_SQL, [model])]
 
 
 def consistency(con, model: str = "%") -> list[Consistency]:
-    return [Consistency(**r) for r in _rows(con, CONSISTENCY_SQL, [model])]
+    return [Consistency(**r) for r in dict_rows(con, CONSISTENCY_SQL, [model])]

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import mmap
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,19 +29,22 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .parts import write_atomic
+from .schema import EDGE_KIND
+
 MAGIC = b"ATLASEI1"
 SUFFIX = ".idx"
 COLUMNS = ["feature_a", "feature_b", "score", "rank", "assigned", "rank_b"]
-KINDS = np.array(["carry", "split", "merge", "candidate"])
-"""Edge kinds by code (schema.py's edge_kind macro)."""
+KINDS = np.array([kind for kind, _ in EDGE_KIND] + ["candidate"])
+"""Edge kinds by code (schema.EDGE_KIND)."""
 CARRY, SPLIT, MERGE, CANDIDATE = range(4)
 _ALIGN = 64
 
 
 def kind_codes(assigned: np.ndarray, rank: np.ndarray, rank_b: np.ndarray) -> np.ndarray:
-    """KINDS code of each edge, the edge_kind macro's rule: carry if assigned, else split if feature_a is
-    feature_b's best parent (rank_b = 1), else merge if feature_b is feature_a's best child (rank = 1)."""
-    return np.select([assigned, rank_b == 1, rank == 1], [CARRY, SPLIT, MERGE], CANDIDATE).astype(np.uint8)
+    """KINDS code of each edge by schema.EDGE_KIND (`rank`: rank_a)."""
+    columns = {"assigned": np.asarray(assigned), "rank_a": np.asarray(rank), "rank_b": np.asarray(rank_b)}
+    return np.select([columns[c] == 1 for _, c in EDGE_KIND], range(len(EDGE_KIND)), CANDIDATE).astype(np.uint8)
 
 
 def index_name(rel: str) -> str:
@@ -85,7 +87,7 @@ def build(data: pa.Table) -> dict[str, np.ndarray]:
 
 
 def write(path: Path, data: pa.Table) -> int:
-    """Write the index of `data` at `path` (temporary name, fsync, rename, as table files); its size."""
+    """Write the index of `data` at `path` (parts.write_atomic, as table files); its size."""
     arrays = build(data)
     layout, offset = {}, 0
     for name, a in arrays.items():
@@ -93,22 +95,15 @@ def write(path: Path, data: pa.Table) -> int:
         offset += -(-a.nbytes // _ALIGN) * _ALIGN
     header = json.dumps({"format": 1, "rows": data.num_rows, "arrays": layout}).encode()
     start = -(-(len(MAGIC) + 8 + len(header)) // _ALIGN) * _ALIGN
-    path = Path(path)
-    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-    try:
+
+    def write_to(tmp: Path) -> None:
         with open(tmp, "wb") as f:
             f.write(MAGIC + np.uint64(len(header)).tobytes() + header)
             for name, a in arrays.items():
                 f.seek(start + layout[name]["offset"])
                 f.write(np.ascontiguousarray(a).tobytes())
             f.truncate(start + offset)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path.stat().st_size
+    return write_atomic(path, write_to)
 
 
 def write_for(table_file: Path) -> int:

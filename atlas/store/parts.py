@@ -6,11 +6,11 @@ DuckDB file: each pair (and method) gets one Parquet file under atlas.files/tabl
 one feature's rows are contiguous and row groups small enough that a point lookup reads one of them.
 The `parts` table of the DuckDB file lists them; views named like the tables read them (schema.py). A
 job writes new files and publishes by swapping the small DuckDB file, so publishing costs the same at
-any atlas size; files no snapshot names any more are collected after a grace period (atlas.py).
+any atlas size; files no snapshot names any more are collected after a grace period (collection.py).
 
 Matches of similarity methods also get a reverse file: the rows with score >= the method's index floor,
 sorted by feature_b (SQL and older readers use it). Every matches file also gets its edge index
-(edgeindex.py, <uuid>.idx beside <uuid>.parquet), which the server's lineage and cards read.
+(edgeindex.py, <uuid>.idx beside <uuid>.parquet; the writer adds it), which the server's lineage and cards read.
 """
 
 from __future__ import annotations
@@ -30,9 +30,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from atlas.match.methods import METHODS
+from atlas.methods import METHODS
 
-from . import edgeindex
+from .schema import PART_DDL
 
 ROW_GROUP = 4096
 """Rows per row group: at k = 16 candidates, 256 features; a point lookup decodes about this many rows."""
@@ -64,8 +64,6 @@ class PartFile:
 @functools.cache
 def arrow_schema(table: str) -> pa.Schema:
     """The Arrow schema of a table file, from the schema's own DDL (one definition of the columns)."""
-    from .schema import PART_DDL
-
     con = duckdb.connect(":memory:")
     con.execute(PART_DDL.replace("empty.", ""))
     return con.sql(f"SELECT * FROM {table} LIMIT 0").to_arrow_table().schema
@@ -113,13 +111,13 @@ def _encodings(schema: pa.Schema) -> dict:
     return dict(use_dictionary=strings, column_encoding=encoding)
 
 
-def write_file(path: Path, data: pa.Table) -> int:
-    """Write a table file under a temporary name, sync it, rename it into place; its size in bytes."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+def write_atomic(path: Path, write) -> int:
+    """Write a file with `write(tmp)` under a temporary name, sync it, rename it into place (the temporary goes
+    on any failure), so nobody, killed or reading, ever sees half a file; its size in bytes."""
+    path = Path(path)
     tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
     try:
-        pq.write_table(data, tmp, row_group_size=ROW_GROUP, compression="zstd", write_statistics=True,
-                       **_encodings(data.schema))
+        write(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -127,6 +125,13 @@ def write_file(path: Path, data: pa.Table) -> int:
         tmp.unlink(missing_ok=True)
         raise
     return path.stat().st_size
+
+
+def write_file(path: Path, data: pa.Table) -> int:
+    """Write a table file (write_atomic); its size in bytes."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return write_atomic(path, lambda tmp: pq.write_table(data, tmp, row_group_size=ROW_GROUP, compression="zstd",
+                                                        write_statistics=True, **_encodings(data.schema)))
 
 
 def new_name(table: str, key: dict[str, str], suffix: str = "") -> str:
@@ -143,13 +148,11 @@ def reverse_name(rel: str) -> str:
 
 
 def write_part(root: Path, table: str, data: pa.Table, key: dict[str, str]) -> tuple[PartFile, PartFile | None]:
-    """Write one pair's rows (already conformed) as a table file, and of matches the reverse file and the
-    edge index (its bytes count in the table file's)."""
+    """Write one pair's rows (already conformed) as a table file, and of matches the reverse file."""
     rel = new_name(table, key)
     main = PartFile(rel, data.num_rows, write_file(root / rel, data))
     reverse = None
     if table == "matches" and data.num_rows:
-        main = PartFile(rel, main.rows, main.bytes + edgeindex.write(root / edgeindex.index_name(rel), data))
         rows = reverse_rows(data["method"][0].as_py(), data)
         if rows is not None:
             rrel = reverse_name(rel)

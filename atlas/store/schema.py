@@ -7,6 +7,9 @@ matches, correlations and compositions are views over the table files the `parts
 from pathlib import Path
 
 SCHEMA_VERSION = 6
+STORAGE = {"storage_compatibility_version": "v1.4.0"}
+"""Jobs write atlas files in DuckDB 1.4's storage format, so DuckDB CLIs and clients from 1.4 on open them
+(duckdb 2.0 writes a newer format by default that, e.g., the `duckdb-cli` on PyPI cannot read)."""
 
 # Each step upgrades an atlas from the version before it (the tables it adds come from TABLES).
 MIGRATIONS = {
@@ -26,7 +29,7 @@ MIGRATIONS = {
        "ALTER TABLE pair_stats ADD COLUMN IF NOT EXISTS pw_mcc DOUBLE;"
        "ALTER TABLE pair_stats ADD COLUMN IF NOT EXISTS pw_mcc_random DOUBLE;",
     # matches, correlations, compositions move out of the DuckDB file into table files: a job step, not
-    # SQL (Writer.move_tables_out, run by `atlas migrate` or any job)
+    # SQL (migration.move_tables_out, run by `atlas migrate` or any job)
     5: None,
     # What versions 4-5 stored as pw_mcc is MMCS (mean best |cosine|, both ways): it moves to mmcs, and pw_mcc
     # (Song et al.'s assignment, which needs the weights) stays NULL until `atlas match` recomputes the pair:
@@ -227,6 +230,12 @@ FROM pair_stats p JOIN saes a ON a.sae_id = p.sae_a JOIN saes b ON b.sae_id = p.
 WHERE a.stack = b.stack;
 """
 
+EDGE_KIND = (("carry", "assigned"), ("split", "rank_b"), ("merge", "rank_a"))
+"""The kind of a lineage edge, defined once: the first kind whose column is 1 (true), else candidate. carry = in the
+one-to-one assignment; split = feature_a is feature_b's best parent (a parent with several children); merge =
+feature_b is feature_a's best child (a child with several parents); candidate: followed only with edges = 'all'.
+The edge_kind macro is written from it, edgeindex.kind_codes applies it to arrays (edge indexes store the codes)."""
+
 # Table macros: the query functions in atlas.queries call these, so SQL users get the same answers.
 MACROS = """
 CREATE OR REPLACE MACRO feature_sharing(sae_, tau_ := 0.7, by_ := 'any') AS TABLE
@@ -289,12 +298,9 @@ SELECT st.layer, st.sae_id, st.d_sae,
             THEN st.d_sae - coalesce((SELECT n_a FROM kept WHERE sae_a = st.sae_id AND sae_b = st.next_sae), 0) END AS deaths
 FROM st ORDER BY st.layer;
 
--- The kind of a lineage edge, one definition (atlas.queries.lineage.edge_kind and EdgeIndex agree):
--- carry = in the one-to-one assignment; split = feature_a is feature_b's best parent (a parent with
--- several children); merge = feature_b is feature_a's best child (a child with several parents);
--- candidate = anything else (followed only with edges = 'all'). A gap is a carry across skipped layers.
+-- The kind of a lineage edge (EDGE_KIND). A gap is a carry across skipped layers.
 CREATE OR REPLACE MACRO edge_kind(assigned, rank_a, rank_b) AS
-    CASE WHEN assigned THEN 'carry' WHEN rank_b = 1 THEN 'split' WHEN rank_a = 1 THEN 'merge' ELSE 'candidate' END;
+    CASE """ + " ".join(f"WHEN {column} = 1 THEN '{kind}'" for kind, column in EDGE_KIND) + """ ELSE 'candidate' END;
 
 -- Lineage edges of (sae_, feature_) within its stack, as lineage() in Python computes them: from each
 -- node, the passing (score >= tau_) carry/split/merge edges to the adjacent layer; where a node has none,
@@ -378,14 +384,13 @@ class SchemaVersionError(ValueError):
 
 def create(con, tables_root: Path | None = None, move_tables_out=None) -> None:
     """Create or upgrade the schema of a writable connection. Upgrading a version-4 atlas moves its big
-    tables into table files: `move_tables_out(con)` does that (Writer.move_tables_out)."""
-    fresh = not con.execute("SELECT count(*) FROM duckdb_tables() WHERE database_name = current_database() "
-                            "AND table_name = 'schema_version'").fetchone()[0]
+    tables into table files: `move_tables_out(con)` does that (migration.py)."""
+    version = version_of(con)
     con.execute(TABLES)
     con.execute(PART_DDL)
-    if fresh or con.execute("SELECT count(*) FROM schema_version").fetchone()[0] == 0:
-        con.execute("INSERT INTO schema_version VALUES (?)", [SCHEMA_VERSION])
-    version = con.execute("SELECT max(version) FROM schema_version").fetchone()[0]
+    if version is None:  # a new file
+        version = SCHEMA_VERSION
+        con.execute("INSERT INTO schema_version VALUES (?)", [version])
     if version > SCHEMA_VERSION:
         raise SchemaVersionError(f"atlas schema version {version} is newer than this code's {SCHEMA_VERSION}: upgrade feature-atlas")
     for v in range(version + 1, SCHEMA_VERSION + 1):
@@ -415,25 +420,27 @@ def version_of(con) -> int | None:
     return con.execute("SELECT max(version) FROM schema_version").fetchone()[0]
 
 
-def _quote(text: str) -> str:
+def literal(text: str) -> str:
+    """`text` as a SQL string literal, for the statements that take no parameters (SET, ATTACH, view bodies)."""
     return "'" + text.replace("'", "''") + "'"
 
 
 def part_views(con, tables_root: Path | None) -> None:
     """(Re)define the views matches, correlations, compositions over the files the catalog lists, by
     absolute path under `tables_root` (so `duckdb -readonly atlas.duckdb` reads them from any folder), and
-    record that folder in files_root (readers check it: a moved atlas needs its views rewritten)."""
-    from .parts import PART_TABLES
-
-    files: dict[str, list[str]] = {t: [] for t in PART_TABLES}
+    record that folder in files_root (readers check it: a moved atlas needs its views rewritten). The tables
+    are those of schema `empty` (PART_DDL)."""
+    files: dict[str, list[str]] = {r[0]: [] for r in con.execute(
+        "SELECT table_name FROM duckdb_tables() WHERE database_name = current_database() AND schema_name = 'empty' "
+        "ORDER BY table_name").fetchall()}
     root = str(Path(tables_root).resolve()) if tables_root is not None else None
     if root is not None:
         for table, file in con.execute("SELECT table_name, file FROM parts ORDER BY table_name, file").fetchall():
             files[table].append(f"{root}/{file}")
-    for table in PART_TABLES:
+    for table in files:
         # hive_partitioning: the files sit in sae_a=/sae_b=/method= folders (parts.new_name), so a filter on those
         # columns skips other pairs' files unopened; no autocast keeps an id like '12' a VARCHAR
-        body = (f"SELECT * FROM read_parquet([{', '.join(map(_quote, files[table]))}], hive_partitioning = true, "
+        body = (f"SELECT * FROM read_parquet([{', '.join(map(literal, files[table]))}], hive_partitioning = true, "
                 f"hive_types_autocast = false)" if files[table]
                 else f"SELECT * FROM empty.{table}")
         con.execute(f"CREATE OR REPLACE VIEW {table} AS {body}")

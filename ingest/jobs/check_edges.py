@@ -18,8 +18,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import pyarrow as pa
 
-from atlas.match.methods import method as method_info
-from atlas.queries.lineage import edge_kind
+from atlas.methods import method as method_info
+from atlas.store.edgeindex import KINDS as EDGE_KINDS, kind_codes
 from atlas.store import Atlas, record_run
 from ingest.ablation import Ablator, Windows
 from ingest.hooks import HookedRunner
@@ -66,19 +66,25 @@ def stack_pairs(con, method: str, max_step: int, stack: str | None = None) -> li
         ORDER BY a.stack, a.pos, b.pos""", [stack, stack, method, max_step]).fetchall()]
 
 
+def _kinds(rows) -> list[str]:
+    """The edge kind of each (feature_a, feature_b, score, rank, rank_b, assigned) row."""
+    rank, rank_b, assigned = (np.array([r[i] for r in rows]) for i in (3, 4, 5))
+    return EDGE_KINDS[kind_codes(assigned, rank, rank_b)].tolist() if rows else []
+
+
 def _edges(w, a: str, b: str, step: int, method: str, tau: float, next_of: dict) -> tuple[list, set[int]]:
     """The pair's lineage edges [(kind, feature_a, feature_b, score)] and every (feature_a, feature_b) scoring ≥ tau
     (no random control is drawn from those)."""
     rows = w.pair_rows("matches", a, b, method, "SELECT feature_a, feature_b, score, rank, rank_b, assigned FROM rows")
     passing = {(fa, fb) for fa, fb, s, *_ in rows if s >= tau}
     if step == 1:
-        kinds = [(edge_kind(assigned, rank, rank_b), fa, fb, s) for fa, fb, s, rank, rank_b, assigned in rows if s >= tau]
+        kinds = [(k, fa, fb, s) for k, (fa, fb, s, *_) in zip(_kinds(rows), rows) if s >= tau]
         return [k for k in kinds if k[0] != "candidate"], passing
     # across skipped layers lineage follows assigned edges only where the parent has no edge to the next layer
     nxt = next_of.get(a)
-    near = {fa for fa, _, s, rank, rank_b, assigned in (w.pair_rows("matches", a, nxt, method, "SELECT feature_a, "
-            "feature_b, score, rank, rank_b, assigned FROM rows") if nxt else [])
-            if s >= tau and edge_kind(assigned, rank, rank_b) != "candidate"}
+    near_rows = w.pair_rows("matches", a, nxt, method, "SELECT feature_a, feature_b, score, rank, rank_b, assigned "
+                            "FROM rows") if nxt else []
+    near = {fa for k, (fa, _, s, *_) in zip(_kinds(near_rows), near_rows) if s >= tau and k != "candidate"}
     return [("carry" if fa in near else "gap", fa, fb, s) for fa, fb, s, _, _, assigned in rows
             if assigned and s >= tau], passing
 

@@ -20,14 +20,18 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from atlas.encode import encode
 from atlas.match.pair import MatchParams, match_candidates
 from atlas.store import Atlas, parts, record_run
 from atlas.sae import SAERecord
 from ingest.activations import ActivationConfig, iter_hooks, load_tokens, model_batches, model_path, read_manifest, stored_hooks
-from ingest.correlate import Compositions, Examples, Quality, activation_batches, new_state
+from ingest.cofiring import new_state
+from ingest.compositions import Compositions
+from ingest.examples import Examples
 from ingest.executors import InProcess
+from ingest.quality import Quality
 from ingest.sources import read_sae
-from ingest.tasks import SAERef
+from ingest.tasks import SAERef, require_saes
 
 
 @dataclass(frozen=True)
@@ -80,7 +84,7 @@ class CorrResult:
     n_compositions: int
     seconds: float
     error_bound: float = 0.0
-    """Θ of the co-firing cap policy (ingest.correlate): 0.0 = every statistic exact."""
+    """Θ of the co-firing cap policy (ingest.cofiring.sparse): 0.0 = every statistic exact."""
 
 
 @dataclass
@@ -98,18 +102,8 @@ def _batch(d_sae: int) -> int:
     return max(256, min(8192, 2**25 // max(d_sae, 1)))
 
 
-def _state(d_a: int, d_b: int):
-    """The one place a pair's co-firing state is created: dense and exact when it fits the device, else
-    the sparse capped state (ingest.correlate.new_state)."""
-    return new_state(d_a, d_b)
-
-
 def _unit_rows(w: np.ndarray) -> np.ndarray:
     return w / np.maximum(np.linalg.norm(w, axis=1, keepdims=True), 1e-12)
-
-
-def _sides(task: StackTask) -> dict[str, Side]:
-    return {s.ref.sae_id: s for t in task.pairs for s in (t.a, t.b)}
 
 
 def _stream(task: StackTask, hooks: list[str], batch: int, tokens: dict | None = None):
@@ -126,19 +120,20 @@ def _stream(task: StackTask, hooks: list[str], batch: int, tokens: dict | None =
 
 
 def _encode(rec: SAERecord, x: torch.Tensor) -> torch.Tensor:
-    (acts,) = activation_batches(rec, [x])
-    return acts
+    """Feature activations [t, d_sae] of `rec` on model activations x [t, d_in]."""
+    m = rec.meta
+    return encode(rec.weights, x, m.arch, m.k, m.extra.get("apply_b_dec_to_input", True))
 
 
-def run_stack(task: StackTask, out_dir: str) -> list[CorrResult]:
-    """Everything about each pair's activations, written as shards under out_dir. One streamed pass
-    encodes every SAE on its own hook once per batch and feeds every pair's co-firing state, the examples
-    and the weight matches' checks; a second one counts the AND/OR candidates' joint firing (only for
-    pairs across layers)."""
+def run_corr(task: StackTask, out_dir: str) -> list[CorrResult]:
+    """One task on an executor (a pair, or a stack): everything about each pair's activations, written as
+    shards under out_dir. One streamed pass encodes every SAE on its own hook once per batch and feeds every
+    pair's co-firing state, the examples and the weight matches' checks; a second one counts the AND/OR
+    candidates' joint firing (only for pairs across layers)."""
     t0 = time.perf_counter()
-    sides = _sides(task)
+    sides = {s.ref.sae_id: s for t in task.pairs for s in (t.a, t.b)}
     recs = {sid: read_sae(s.ref.source, fmt=s.ref.fmt, sae_id=sid, layer=s.layer) for sid, s in sides.items()}
-    states = {t.key: _state(recs[t.a.ref.sae_id].meta.d_sae, recs[t.b.ref.sae_id].meta.d_sae) for t in task.pairs}
+    states = {t.key: new_state(recs[t.a.ref.sae_id].meta.d_sae, recs[t.b.ref.sae_id].meta.d_sae) for t in task.pairs}
     wanted = {sid for t in task.pairs for sid in t.examples_for}
     ex = {sid: Examples(recs[sid].meta.d_sae) for sid in wanted}
     quality = {t.key: {m: Quality(recs[t.b.ref.sae_id], np.array(f_a, np.int64), np.array(f_b, np.int64))
@@ -178,11 +173,6 @@ def run_stack(task: StackTask, out_dir: str) -> list[CorrResult]:
     for r in results:
         r.seconds = (time.perf_counter() - t0) / len(results)
     return results
-
-
-def run_corr(task: StackTask, out_dir: str) -> list[CorrResult]:
-    """One task on an executor (a pair, or a stack in one pass): see run_stack."""
-    return run_stack(task, out_dir)
 
 
 def _name(source) -> str:
@@ -301,9 +291,7 @@ def correlate(atlas: Atlas, pairs: list[tuple[str, str]], activations: Path | Ac
                                                      [dataset]).fetchall()}
         tasks, claimed = [], set(have_examples)
         for a, b in pairs:
-            for s in (a, b):
-                if s not in rows:
-                    raise KeyError(f"unknown SAE {s!r}: see `atlas saes`")
+            require_saes(rows, (a, b))
             assignments = []
             for method, in w.con.execute("SELECT method FROM pair_stats WHERE sae_a = ? AND sae_b = ? AND method <> "
                                          "'activation_corr' ORDER BY method", [a, b]).fetchall():

@@ -104,8 +104,8 @@ def _publish_sae(atlas: Atlas, folder: Path, q: dict) -> str:
     with atlas.write() as w:
         # sources are stored resolved (ingest.sources.read_sae)
         sid = w.con.execute("SELECT sae_id FROM saes WHERE source = ?", [str(Path(folder).resolve())]).fetchone()[0]
-        w.con.execute("INSERT OR REPLACE INTO training VALUES (?, ?, ?, ?, ?, ?)",
-                      [sid, q["fvu"], q["l0"], q["dead_frac"], q["samples"], q["tokens"]])
+        metrics = {k: q[k] for k in ("fvu", "l0", "dead_frac", "samples", "tokens")}
+        w.insert_rows("training", [dict(sae_id=sid, **metrics)], replace=True)
     return sid
 
 

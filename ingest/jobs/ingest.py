@@ -196,8 +196,9 @@ def reroot(atlas: Atlas, old: Path, new: Path) -> int:
         if missing:
             raise SAEError(f"{missing[0]}: not found after re-rooting ({len(missing)} of {len(moved)} missing); "
                            f"nothing changed")
-        with w.transaction() as con:
-            con.executemany("UPDATE saes SET source = ? WHERE sae_id = ?", moved)
+        with w.transaction():
+            for src, sid in moved:
+                w.update_sae(sid, {"source": src})
     return len(rows)
 
 

@@ -146,15 +146,19 @@ def import_labels(atlas: Atlas, root: Path, sae_id: str | None = None, explainer
         if explainer and not any(e == explainer for rows in explanations.values() for _, e, _ in rows):
             found = sorted({e for rows in explanations.values() for _, e, _ in rows})
             raise SAEError(f"{root}: no explanations by {explainer!r}; found: {', '.join(found) or 'none'}")
-        with w.transaction() as con:
+        with w.transaction():
             for sid, rows in explanations.items():
                 chosen, labels = choose_labels(rows, explainer)
-                summary.labels[sid] = _store_labels(con, sid, labels)
+                summary.labels[sid] = w.update_features(sid, pa.table({
+                    "feature": pa.array(list(labels), pa.int32()), "label": pa.array(list(labels.values()), pa.string())}))
                 summary.explainers[sid] = chosen
             for sid, rows in stats.items():
-                summary.stats[sid] = _store_stats(con, sid, rows)
+                summary.stats[sid] = w.update_features(sid, pa.table({
+                    "feature": pa.array([int(r["index"]) for r in rows], pa.int32()),
+                    "density": pa.array([r.get("frac_nonzero") for r in rows], pa.float32()),
+                    "max_act": pa.array([r.get("maxActApprox") for r in rows], pa.float32())}))
             for sid, rows in examples.items():
-                summary.examples[sid] = _store_examples(con, sid, rows, run)
+                summary.examples[sid] = _store_examples(w, sid, rows, run)
     return summary
 
 
@@ -173,32 +177,7 @@ def choose_labels(rows: list[tuple[int, str, str]], explainer: str | None) -> tu
     return order[0], labels
 
 
-def _store_labels(con, sid: str, labels: dict[int, str]) -> int:
-    data = pa.table({"feature": pa.array(list(labels), pa.int32()), "label": pa.array(list(labels.values()), pa.string())})
-    con.register("incoming", data)
-    try:
-        n = con.execute("UPDATE features f SET label = n.label FROM incoming n "
-                        "WHERE f.sae_id = ? AND f.feature = n.feature", [sid]).fetchone()[0]
-    finally:
-        con.unregister("incoming")
-    return int(n)
-
-
-def _store_stats(con, sid: str, rows: list[dict]) -> int:
-    data = pa.table({"feature": pa.array([int(r["index"]) for r in rows], pa.int32()),
-                     "density": pa.array([r.get("frac_nonzero") for r in rows], pa.float32()),
-                     "max_act": pa.array([r.get("maxActApprox") for r in rows], pa.float32())})
-    con.register("incoming", data)
-    try:
-        n = con.execute("UPDATE features f SET density = coalesce(n.density, f.density), "
-                        "max_act = coalesce(n.max_act, f.max_act) FROM incoming n "
-                        "WHERE f.sae_id = ? AND f.feature = n.feature", [sid]).fetchone()[0]
-    finally:
-        con.unregister("incoming")
-    return int(n)
-
-
-def _store_examples(con, sid: str, rows: list[dict], run_id: str) -> int:
+def _store_examples(w, sid: str, rows: list[dict], run_id: str) -> int:
     """Neuronpedia's top activations as `top` examples: the context's tokens, the firing position, its value."""
     out = []
     for r in rows:
@@ -207,10 +186,7 @@ def _store_examples(con, sid: str, rows: list[dict], run_id: str) -> int:
             continue
         at = r.get("maxValueTokenIndex")
         at = int(at) if isinstance(at, int) and 0 <= at < len(tokens) else max(range(len(values)), key=values.__getitem__)
-        out.append((sid, int(r["index"]), "top", float(r.get("maxValue", values[at])), -1, [str(t) for t in tokens],
-                    at, "neuronpedia", run_id))
-    con.execute("DELETE FROM examples WHERE sae_id = ? AND dataset = 'neuronpedia'", [sid])
-    if out:
-        con.executemany("INSERT INTO examples (sae_id, feature, kind, activation, token, tokens, highlight, dataset, run_id) "
-                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", out)
+        out.append(dict(sae_id=sid, feature=int(r["index"]), kind="top", activation=float(r.get("maxValue", values[at])),
+                        token=-1, tokens=[str(t) for t in tokens], highlight=at, dataset="neuronpedia", run_id=run_id))
+    w.replace_examples(sid, "neuronpedia", out)
     return len(out)

@@ -16,7 +16,7 @@ from pathlib import Path
 from atlas.match.pair import MatchParams
 from atlas.store import Atlas, record_run
 from ingest.executors import InProcess
-from ingest.tasks import PairTask, SAERef, TaskResult, run_pair, shard_stats
+from ingest.tasks import PairTask, SAERef, TaskResult, require_saes, run_pair, shard_stats
 
 SELECTIONS = ("adjacent", "distance", "siblings", "widths", "flow", "list")
 
@@ -46,11 +46,7 @@ def select_pairs(con, selection: str = "adjacent", distance: int = 1, stack: str
     hook, seed and dataset; each width with the next larger one, narrow first), flow (MLP/attention-out SAEs
     with the residual SAE of their layer, for feature-flow origins), or an explicit list."""
     if selection == "list":
-        known = {r[0] for r in con.execute("SELECT sae_id FROM saes").fetchall()}
-        for a, b in pairs or []:
-            for s in (a, b):
-                if s not in known:
-                    raise KeyError(f"unknown SAE {s!r}: see `atlas saes`")
+        require_saes({r[0] for r in con.execute("SELECT sae_id FROM saes").fetchall()}, (s for p in pairs or [] for s in p))
         return list(pairs or [])
     if selection in ("adjacent", "distance"):
         sql = """
@@ -112,10 +108,7 @@ def run_match(atlas: Atlas, pairs: list[tuple[str, str]], methods: list[str], pa
             shutil.rmtree(results_root)
         out_dir = results_root / run_id
         refs = {r[0]: SAERef(*r) for r in w.con.execute("SELECT sae_id, source, format, sha256 FROM saes").fetchall()}
-        for a, b in pairs:
-            for s in (a, b):
-                if s not in refs:
-                    raise KeyError(f"unknown SAE {s!r}: see `atlas saes`")
+        require_saes(refs, (s for p in pairs for s in p))
         done = {tuple(r) for r in w.con.execute("SELECT sae_a, sae_b, method, params_hash FROM pair_stats").fetchall()}
         tasks = []
         for a, b in pairs:

@@ -13,6 +13,7 @@ import pyarrow as pa
 from atlas.match.widths import WidthParams, match_widths
 from atlas.store import Atlas, record_run
 from ingest.sources import load_stored
+from ingest.tasks import require_saes
 
 
 @dataclass
@@ -39,9 +40,7 @@ def run_widths(atlas: Atlas, pairs: list[tuple[str, str]], params: WidthParams =
         shape = {r[0]: (r[4], r[5]) for r in rows}
         done = {tuple(r) for r in w.con.execute("SELECT DISTINCT sae_a, sae_b, params_hash FROM widths").fetchall()}
         for a, b in pairs:
-            for s in (a, b):
-                if s not in refs:
-                    raise KeyError(f"unknown SAE {s!r}: see `atlas saes`")
+            require_saes(refs, (a, b))
             if shape[a][0] != shape[b][0] or shape[a][1] >= shape[b][1]:
                 raise ValueError(f"{a} and {b} are not width siblings: the second must be wider with the same d_in")
         for a, b in pairs:

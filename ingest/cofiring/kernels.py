@@ -1,4 +1,4 @@
-"""Compiled loops of the sparse co-firing state on the CPU (ingest.correlate.CoFiring): one pass that
+"""Compiled loops of the sparse co-firing state on the CPU (ingest.cofiring.sparse.CoFiring): one pass that
 multiplies a token chunk out, merges it into a block of pairs and scores them for the cap policy, and the
 prune that keeps the pairs above a threshold.
 

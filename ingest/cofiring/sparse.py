@@ -9,11 +9,11 @@ co-firing pairs (a, b) are touched: the state is
 
 Each chunk of tokens adds `Aᵀ·B` and `1[A>0]ᵀ·1[B>0]` (sparse × sparse, cost tokens × L0_a × L0_b) into
 that matrix, block of a-features by block, so one product's output stays small: on the CPU both sums come
-out of one compiled pass that also merges and scores (ingest.cofiring_kernels), on CUDA from two torch
+out of one compiled pass that also merges and scores (ingest.cofiring.kernels), on CUDA from two torch
 products. Pearson r is exact for every pair, including pairs that never co-fire (Σab = 0, so r follows
 from the means alone); P(b|a) and Jaccard come from the counts. Where a pair's full [d_a, d_b] state fits
-a GPU, `new_state` gives the dense exact state instead (ingest.dense_cofiring; docs/design.md, Co-firing
-states).
+a GPU, `ingest.cofiring.new_state` gives the dense exact state instead (ingest.cofiring.dense; docs/design.md,
+Co-firing states).
 
 Cap policy (long corpora, wide SAEs): when a block holds more than its share of `max_pairs`, its pairs
 whose value cosine Σab/√(Σa²Σb²) AND firing cosine count/√(fires_a·fires_b) are both below θ are
@@ -25,23 +25,17 @@ at most Θ·√(fires_b/fires_a). `CoFiring.error_bound` is Θ (0.0 = exact); th
 
 from __future__ import annotations
 
+import contextlib
 import warnings
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 
-from atlas.encode import decode, encode
 from atlas.match.candidates import Candidates
-from atlas.sae import SAERecord
-from ingest import cofiring_kernels as kernels
-from ingest import dense_cofiring
-from ingest.dense_cofiring import DenseCoFiring
-
-warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
-warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly disabled")
+from ingest.cofiring import kernels
+from ingest.cofiring.dense import DENSE_LIMIT
 
 MAX_PAIRS = 32_000_000
 """Default cap on co-firing pairs held (20 bytes each: 0.64 GB at most)."""
@@ -49,8 +43,6 @@ CHUNK_NNZ = 8_000_000
 """Pending non-zeros multiplied out at once (about 0.3 GB with their copies; 57k tokens at L0 70 × 2)."""
 BLOCK_CELLS = 8_000_000
 """a-feature rows per product block: this many cells over d_b (bounds one product's output)."""
-DENSE_LIMIT = 4096 * 4096
-"""Widest d_a × d_b for which `CoFiring.dense` builds full matrices (tests, small pairs)."""
 
 
 def device() -> torch.device | None:
@@ -58,12 +50,21 @@ def device() -> torch.device | None:
     return torch.device("cuda") if torch.cuda.is_available() else None
 
 
+@contextlib.contextmanager
+def _torch_csr():
+    """torch warns on first use that its sparse CSR support is in beta: silenced around our calls only."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
+        yield
+
+
 def to_csr(x) -> sp.csr_matrix:
     """[t, d] activations (torch dense or sparse, numpy, scipy) as scipy CSR with int32 indices."""
     if sp.issparse(x):
         m = x.tocsr()
     elif isinstance(x, torch.Tensor):
-        c = x.detach().to_sparse_csr()
+        with _torch_csr():
+            c = x.detach().to_sparse_csr()
         m = sp.csr_matrix((c.values().cpu().numpy(), c.col_indices().cpu().numpy().astype(np.int32),
                            c.crow_indices().cpu().numpy().astype(np.int64)), shape=tuple(x.shape))
     else:
@@ -83,9 +84,10 @@ def _spgemm(x: sp.csr_matrix, y: sp.csr_matrix, dev: torch.device | None) -> sp.
 
     def t(m):
         return torch.sparse_csr_tensor(torch.from_numpy(m.indptr.astype(np.int64)), torch.from_numpy(m.indices.astype(np.int64)),
-                                       torch.from_numpy(m.data), m.shape, device=dev)
+                                       torch.from_numpy(m.data), m.shape, device=dev, check_invariants=False)
 
-    z = (t(x) @ t(y)).to_sparse_csr()
+    with _torch_csr():
+        z = (t(x) @ t(y)).to_sparse_csr()
     out = sp.csr_matrix((z.values().cpu().numpy(), z.col_indices().cpu().numpy(), z.crow_indices().cpu().numpy()),
                         shape=(x.shape[0], y.shape[1]))
     out.sort_indices()
@@ -141,7 +143,7 @@ class CoFiring:
     def flush(self) -> None:
         """Multiply the pending tokens out, one block of a-features at a time (so that each product
         sums over many tokens, yet its output stays within BLOCK_CELLS), and merge into the pair blocks:
-        on the CPU in one compiled pass per block (ingest.cofiring_kernels), on a device by two torch products."""
+        on the CPU in one compiled pass per block (ingest.cofiring.kernels), on a device by two torch products."""
         if not self._pending:
             return
         A = sp.vstack([p[0] for p in self._pending], format="csr")
@@ -305,28 +307,6 @@ def _row_topk(r: sp.csr_matrix, u_row: np.ndarray, u_col: np.ndarray, k: int) ->
     return score, index
 
 
-def new_state(d_a: int, d_b: int, dev: torch.device | None = None, dense: bool | None = None,
-              max_pairs: int = MAX_PAIRS) -> CoFiring | DenseCoFiring:
-    """The co-firing state of a d_a × d_b pair on dev (default: CUDA when torch sees it, else the CPU):
-    dense and exact (`DenseCoFiring`) when its accumulators fit the device's free memory, else the sparse
-    capped `CoFiring`, which is also the CPU's default; `dense` forces either."""
-    dev = dev if dev is not None else device()
-    if dense is None:
-        dense = dense_cofiring.fits(d_a, d_b, dev)
-    if dense:
-        return DenseCoFiring(d_a, d_b, dev=dev if dev is not None else torch.device("cpu"))
-    return CoFiring(d_a, d_b, max_pairs=max_pairs, dev=dev)
-
-
-# -- streams -------------------------------------------------------------------------------------
-
-def activation_batches(rec: SAERecord, xs: Iterable[torch.Tensor]) -> Iterator[torch.Tensor]:
-    """Feature activations [t, d_sae] of `rec`, one batch of model activations at a time."""
-    m = rec.meta
-    for x in xs:
-        yield encode(rec.weights, x, m.arch, m.k, m.extra.get("apply_b_dec_to_input", True))
-
-
 def accumulate(batches_a, batches_b, max_pairs: int = MAX_PAIRS, dev: torch.device | None = None,
                progress=None) -> CoFiring:
     """Co-firing state over paired activation batches (row t of both is the same token)."""
@@ -340,210 +320,3 @@ def accumulate(batches_a, batches_b, max_pairs: int = MAX_PAIRS, dev: torch.devi
     if state is None:
         raise ValueError("no activations to correlate")
     return state.finish()
-
-
-# -- compositions and examples: a second streamed pass over the same batches ---------------------
-
-@dataclass
-class Compositions:
-    """Counts behind AND / OR / PASS for each b-feature and its `parents` most correlated a-features."""
-
-    parents: np.ndarray  # [d_b, P] a-features, −1 where fewer
-    pairs: np.ndarray  # [Q, 2] slot pairs (p1, p2) with p1 < p2
-    f_b: np.ndarray
-    f_a: np.ndarray
-    single: np.ndarray  # [d_b, P] tokens where b and parent p fire
-    both: np.ndarray  # [d_b, Q] tokens where parents p1 and p2 fire
-    triple: np.ndarray  # [d_b, Q] tokens where b, p1 and p2 fire
-
-    @classmethod
-    def plan(cls, cand: Candidates, state: CoFiring, parents: int = 5, min_r: float = 0.05) -> Compositions:
-        par = cand.b2a_index[:, :parents].astype(np.int64).copy()
-        par[cand.b2a_score[:, :parents] <= min_r] = -1
-        P = par.shape[1]
-        pairs = np.array([(x, y) for x in range(P) for y in range(x + 1, P)], np.int64).reshape(-1, 2)
-        d_b = len(par)
-        return cls(par, pairs, state.f_b, state.f_a, np.zeros((d_b, P)), np.zeros((d_b, len(pairs))),
-                   np.zeros((d_b, len(pairs))))
-
-    def add(self, a, b) -> None:
-        """Count on one batch (the same tokens as the first pass, any batching)."""
-        A, B = to_csr(a), to_csr(b)
-        d_a = A.shape[1]
-        keys_a = np.repeat(np.arange(A.shape[0], dtype=np.int64), np.diff(A.indptr)) * d_a + A.indices
-        tok_b = np.repeat(np.arange(B.shape[0], dtype=np.int64), np.diff(B.indptr))
-        par = self.parents[B.indices]  # [nnz_b, P]: for each firing (token, b), its parents
-        q = tok_b[:, None] * d_a + par
-        pos = np.minimum(np.searchsorted(keys_a, q), max(len(keys_a) - 1, 0))
-        fires = (par >= 0) & (keys_a[pos] == q) if len(keys_a) else np.zeros_like(par, bool)
-        j = B.indices
-        for p in range(par.shape[1]):
-            self.single[:, p] += np.bincount(j, fires[:, p], len(self.parents))
-        for s, (p1, p2) in enumerate(self.pairs):
-            self.triple[:, s] += np.bincount(j, fires[:, p1] & fires[:, p2], len(self.parents))
-        # parents firing together regardless of b: walk the rarer parent's tokens, look up the other
-        csc = A.tocsc()
-        for s, (p1, p2) in enumerate(self.pairs):
-            x, y = self.parents[:, p1], self.parents[:, p2]
-            ok = (x >= 0) & (y >= 0)
-            swap = ok & (self.f_a[np.maximum(x, 0)] > self.f_a[np.maximum(y, 0)])
-            lo, hi = np.where(swap, y, x), np.where(swap, x, y)
-            self.both[:, s] += _co_count(csc, keys_a, lo, hi, ok)
-
-    def find(self, pearson_top: np.ndarray, dec_cos_top: np.ndarray, min_jaccard: float = 0.5,
-             margin: float = 0.15, pass_r: float = 0.9, pass_cos: float = 0.9) -> list[tuple]:
-        """(feature_b, kind, [parents], score) for layer-b features that act as a quasi-boolean combination
-        of layer-a features (Balcells et al.). On firing sets over the same tokens:
-        - PASS: the best parent has Pearson r ≥ 0.9 and decoder cosine ≥ 0.9 (the feature is carried through);
-        - AND:  two parents whose joint firing (both fire) has Jaccard ≥ 0.5 with b's firing and beats the
-                best single parent's Jaccard by ≥ 0.15;
-        - OR:   the same for the union of the two parents' firing (either fires).
-        Parents are b's most correlated a-features (r > 0.05); score is the Jaccard (r for PASS).
-        `pearson_top` and `dec_cos_top` are [d_b, P] for the planned parents."""
-        fb = self.f_b[:, None].astype(np.float64)
-        fpar = np.where(self.parents >= 0, self.f_a[np.maximum(self.parents, 0)], 0).astype(np.float64)
-        single = self.single / np.maximum(fb + fpar - self.single, 1)
-        single = np.where(self.parents >= 0, single, 0.0)
-        p1, p2 = self.pairs[:, 0], self.pairs[:, 1]
-        valid = (self.parents[:, p1] >= 0) & (self.parents[:, p2] >= 0)
-        and_j = self.triple / np.maximum(fb + self.both - self.triple, 1)
-        inter_or = self.single[:, p1] + self.single[:, p2] - self.triple
-        union = fpar[:, p1] + fpar[:, p2] - self.both
-        or_j = inter_or / np.maximum(fb + union - inter_or, 1)
-        out = []
-        for j in np.flatnonzero(self.f_b > 0):
-            if self.parents[j, 0] >= 0 and pearson_top[j, 0] >= pass_r and dec_cos_top[j, 0] >= pass_cos:
-                out.append((int(j), "PASS", [int(self.parents[j, 0])], float(pearson_top[j, 0])))
-                continue
-            best_single = single[j].max(initial=0.0)
-            found = None
-            for s in np.flatnonzero(valid[j]):
-                for kind, jac in (("AND", and_j[j, s]), ("OR", or_j[j, s])):
-                    if jac >= min_jaccard and jac >= best_single + margin and (found is None or jac > found[3]):
-                        found = (int(j), kind, sorted([int(self.parents[j, p1[s]]), int(self.parents[j, p2[s]])]),
-                                 float(jac))
-            if found:
-                out.append(found)
-        return out
-
-
-def _co_count(csc: sp.csc_matrix, keys_a: np.ndarray, lo: np.ndarray, hi: np.ndarray, ok: np.ndarray) -> np.ndarray:
-    """For each slot j (where ok): tokens of this batch where features lo[j] and hi[j] both fire
-    (csc: the batch [t, d_a]; keys_a: its sorted token * d_a + feature keys)."""
-    out = np.zeros(len(lo))
-    if not ok.any() or not len(keys_a):
-        return out
-    slots = np.flatnonzero(ok)
-    starts, ends = csc.indptr[lo[slots]], csc.indptr[lo[slots] + 1]
-    n = ends - starts
-    if n.sum() == 0:
-        return out
-    owner = np.repeat(np.arange(len(slots)), n)
-    offs = np.arange(n.sum()) - np.repeat(np.cumsum(n) - n, n)
-    toks = csc.indices[np.repeat(starts, n) + offs].astype(np.int64)
-    q = toks * csc.shape[1] + hi[slots][owner]
-    pos = np.minimum(np.searchsorted(keys_a, q), len(keys_a) - 1)
-    out[slots] = np.bincount(owner, keys_a[pos] == q, len(slots))
-    return out
-
-
-@dataclass
-class TopTokens:
-    """The n highest-keyed firing tokens per feature over a stream: a bounded heap per feature, kept
-    as [d, n] arrays and merged batch by batch (only entries that beat a feature's current n-th pass)."""
-
-    d: int
-    n: int
-    key: np.ndarray = field(init=False)
-    value: np.ndarray = field(init=False)
-    token: np.ndarray = field(init=False)
-
-    def __post_init__(self):
-        self.key = np.full((self.d, self.n), -np.inf)
-        self.value = np.zeros((self.d, self.n), np.float32)
-        self.token = np.full((self.d, self.n), -1, np.int64)
-
-    def push(self, feature: np.ndarray, key: np.ndarray, value: np.ndarray, token: np.ndarray) -> None:
-        beat = key > self.key[feature, -1]
-        if not beat.any():
-            return
-        feature, key, value, token = feature[beat], key[beat], value[beat], token[beat]
-        touched = np.unique(feature)
-        f = np.concatenate([np.repeat(touched, self.n), feature])
-        k = np.concatenate([self.key[touched].ravel(), key])
-        v = np.concatenate([self.value[touched].ravel(), value])
-        t = np.concatenate([self.token[touched].ravel(), token])
-        order = np.lexsort((t, -k, f))
-        f, k, v, t = f[order], k[order], v[order], t[order]
-        start = np.searchsorted(f, touched)
-        rank = np.arange(len(f)) - np.repeat(start, np.diff(np.r_[start, len(f)]))
-        keep = rank < self.n
-        self.key[f[keep], rank[keep]] = k[keep]
-        self.value[f[keep], rank[keep]] = v[keep]
-        self.token[f[keep], rank[keep]] = t[keep]
-
-
-class Examples:
-    """Top activations and a uniform random sample of firing tokens per feature, from streamed batches.
-    The random sample is the n_random firing tokens with the smallest hash of (feature, token): a
-    bottom-k sketch, so it needs no second pass and is the same however the stream is batched."""
-
-    def __init__(self, d: int, n_top: int = 8, n_random: int = 3, seed: int = 0):
-        self.top, self.rand = TopTokens(d, n_top), TopTokens(d, n_random + n_top)
-        self.n_random, self.seed, self.offset = n_random, seed, 0
-
-    def add(self, acts) -> None:
-        m = to_csr(acts)
-        tok = np.repeat(np.arange(m.shape[0], dtype=np.int64), np.diff(m.indptr)) + self.offset
-        f = m.indices.astype(np.int64)
-        self.top.push(f, m.data.astype(np.float64), m.data.astype(np.float32), tok)
-        h = (tok * 0x9E3779B1 + f * 0x85EBCA77 + self.seed) * 0xC2B2AE3D % (2**31 - 1)
-        self.rand.push(f, -h.astype(np.float64), m.data.astype(np.float32), tok)
-        self.offset += m.shape[0]
-
-    def rows(self, tokens: dict[str, np.ndarray], tokenizer, context: int = 6) -> list[tuple]:
-        """(feature, kind, activation, token index, context tokens, highlight position) per example."""
-        docs, ids = tokens["doc"], tokens["token_ids"]
-        out = []
-        for j in range(self.top.d):
-            top = [("top", v, t) for v, t in zip(self.top.value[j], self.top.token[j]) if t >= 0]
-            chosen = {t for _, _, t in top}
-            rand = [("random", v, t) for v, t in zip(self.rand.value[j], self.rand.token[j]) if t >= 0 and t not in chosen]
-            for kind, v, t in top + rand[:self.n_random]:
-                t = int(t)
-                lo, hi = max(0, t - context), min(len(ids), t + context + 1)
-                span = [i for i in range(lo, hi) if docs[i] == docs[t]]
-                words = tokenizer.convert_ids_to_tokens([int(ids[i]) for i in span])
-                out.append((j, kind, float(v), t, words, span.index(t)))
-        return out
-
-
-class Quality:
-    """SAE Match's checks of a weight-based assignment fa[i] → fb[i] on real activations, streamed:
-    matching score = mean P(b_j fires | a_i fires) over assigned pairs whose a fires at all, and the
-    explained variance of encode_a(x_a) → permute → decode_b against x_b."""
-
-    def __init__(self, b: SAERecord, fa: np.ndarray, fb: np.ndarray):
-        self.b, self.fa, self.fb = b, torch.from_numpy(fa), torch.from_numpy(fb)
-        self.sse = self.sx = self.sxx = 0.0
-        self.sum_x = None
-        self.n = 0
-
-    @torch.no_grad()
-    def add(self, acts_a: torch.Tensor, xb: torch.Tensor) -> None:
-        moved = torch.zeros((len(xb), self.b.meta.d_sae))
-        moved[:, self.fb] = acts_a[:, self.fa]
-        recon = decode(self.b.weights, moved)
-        xb = xb.double()
-        self.sse += float(((xb - recon.double()) ** 2).sum())
-        self.sxx += float((xb * xb).sum())
-        self.sum_x = xb.sum(0) if self.sum_x is None else self.sum_x + xb.sum(0)
-        self.n += len(xb)
-
-    def result(self, state: CoFiring) -> dict:
-        fa, fb = self.fa.numpy(), self.fb.numpy()
-        fired = state.f_a[fa] > 0
-        _, cnt = state.lookup(fa, fb)
-        matching = float((cnt[fired] / state.f_a[fa][fired]).mean()) if fired.any() else None
-        sst = self.sxx - float((self.sum_x ** 2).sum()) / max(self.n, 1) if self.sum_x is not None else 0.0
-        return {"matching_score": matching, "explained_variance": 1 - self.sse / sst if sst > 0 else None}

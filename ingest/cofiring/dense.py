@@ -70,7 +70,7 @@ def _dense(x, dev: torch.device, dtype: torch.dtype) -> torch.Tensor:
 @dataclass
 class DenseCoFiring:
     """Streaming co-firing state of one SAE pair as full [d_a, d_b] accumulators (see the module docstring).
-    Same interface as `ingest.correlate.CoFiring`: add, flush, finish, n, stats, lookup, dense, topk."""
+    Same interface as `ingest.cofiring.sparse.CoFiring`: add, flush, finish, n, stats, lookup, dense, topk."""
 
     d_a: int
     d_b: int

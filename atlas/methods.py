@@ -1,0 +1,90 @@
+"""The one registry of matching methods: the vectors each compares, which way is better, its name in the atlas.
+
+Adding a method is one entry in METHODS (docs/design.md, Methods); matching, the store, the queries, the API
+and the CLI read everything else from it. Weight methods compare `vectors` rows (cosine where higher is
+better, ‖a−b‖²/d where lower is); activation methods get their candidates from `atlas correlate`.
+
+Folding (Mechanistic Permutability): W_enc' = W_enc diag(1/θ), b_enc' = b_enc/θ, W_dec' = diag(θ) W_dec,
+θ' = 1 leaves a JumpReLU SAE's output unchanged, so decoder row i becomes θ_i · W_dec[i]: a feature that only
+fires at large magnitudes is compared at that magnitude. decoder_mse is then
+    mse(i, j) = ‖θ_a,i W_dec(A)[i] − θ_b,j W_dec(B)[j]‖² / d_in
+and the assignment minimises its sum. SAEs without thresholds are compared on raw decoder rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from .sae import SAEWeights
+
+
+def folded_decoder(w: SAEWeights) -> np.ndarray:
+    """[d_sae, d_in]: row i scaled by threshold i (unchanged without thresholds)."""
+    if w.threshold is None:
+        return w.W_dec
+    return w.W_dec * w.threshold[:, None]
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    """Its name in the atlas (matches.method, pair_stats.method), the API and the CLI."""
+    description: str
+    higher_is_better: bool
+    """Similarities (cosine, correlation) rank high first; distances (MSE) low first."""
+    lo: float
+    hi: float
+    """The range a score (and so a threshold tau) can take."""
+    index_floor: float | None
+    """Scores kept in a pair's reverse table file, by feature_b (>= floor); None: distances have none."""
+    vectors: Callable[[SAEWeights], np.ndarray] | None = None
+    """The rows a weight method compares, [d_sae, d]; None: scores come from activations (atlas correlate)."""
+    consistency: bool = False
+    """Its pairs also get PW-MCC and MMCS (docs/design.md, Consistency)."""
+
+    @property
+    def source(self) -> str:
+        """'weights' (atlas match) or 'activations' (atlas correlate)."""
+        return "weights" if self.vectors else "activations"
+
+    @property
+    def is_distance(self) -> bool:
+        return not self.higher_is_better
+
+    def sort_key(self, score: float) -> float:
+        """Ascending key that puts the best score first."""
+        return -score if self.higher_is_better else score
+
+    @property
+    def sql_order(self) -> str:
+        """ORDER BY direction that puts the best score first."""
+        return "DESC" if self.higher_is_better else "ASC"
+
+
+METHODS: dict[str, Method] = {m.name: m for m in (
+    Method("decoder_cos", "cosine of decoder rows", True, -1.0, 1.0, 0.5,
+           vectors=lambda w: w.W_dec, consistency=True),
+    Method("decoder_mse", "mean squared difference of threshold-folded decoder rows (SAE Match)", False,
+           0.0, float("inf"), None, vectors=folded_decoder),
+    Method("encoder_cos", "cosine of encoder columns", True, -1.0, 1.0, 0.5,
+           vectors=lambda w: np.ascontiguousarray(w.W_enc.T)),
+    Method("activation_corr", "Pearson correlation of activations over shared tokens", True, -1.0, 1.0, 0.5),
+)}
+NAMES: tuple[str, ...] = tuple(METHODS)
+SIMILARITY_METHODS: tuple[str, ...] = tuple(n for n, m in METHODS.items() if m.higher_is_better)
+WEIGHT_METHODS: tuple[str, ...] = tuple(n for n, m in METHODS.items() if m.source == "weights")
+
+
+class UnknownMethod(ValueError):
+    pass
+
+
+def method(name: str) -> Method:
+    """The registry entry of `name`; UnknownMethod (a ValueError) names the known ones."""
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise UnknownMethod(f"unknown method {name!r}; known: {', '.join(NAMES)}") from None

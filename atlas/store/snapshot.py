@@ -1,0 +1,108 @@
+"""Reader snapshots: the published catalog file as it was when opened, read-only and locked down, with the
+table files its views name (docs/design.md, Snapshots). Readers keep the snapshot they opened; `is_current`
+says when a job has published another.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+from pathlib import Path
+
+import duckdb
+
+from . import schema
+
+# Every reader (API, user SQL, CLI, tests) opens the file the same locked-down way: read-only, no file
+# system or network access but the atlas's own table files, no extension installs, no Python replacement
+# scans, no spilling to disk, configuration locked last.
+SERVING_CONFIG = {
+    "enable_external_access": False,
+    "autoinstall_known_extensions": False,
+    "autoload_known_extensions": False,
+    "python_enable_replacements": False,
+}
+
+_opened = itertools.count()
+
+
+def tables_dir(path: str | Path) -> Path:
+    """atlas.duckdb -> atlas.files/tables/ (absolute): where the table files live."""
+    path = Path(path).resolve()
+    return path.with_name(path.stem + ".files") / "tables"
+
+
+class Snapshot:
+    """The catalog file now at `path`, open read-only on a DuckDB instance of its own (`con`); with check, one
+    of this code's schema version (SchemaVersionError otherwise)."""
+
+    def __init__(self, path: str | Path, memory_limit: str = "2GB", threads: int = 2, check: bool = False):
+        self.path = Path(path)
+        self.con, self.stamp = _open(self.path, memory_limit, threads)
+        if check:
+            try:
+                schema.check_version(self.con, str(path))
+            except BaseException:
+                self.con.close()
+                raise
+
+    def is_current(self) -> bool:
+        """Whether the file at `path` is still the one this snapshot opened (OSError: no file there now)."""
+        st = os.stat(self.path)
+        return (st.st_ino, st.st_mtime_ns) == self.stamp
+
+    def close(self) -> None:
+        self.con.close()
+
+
+def connect_serving(path: str, memory_limit: str = "2GB", threads: int = 2) -> duckdb.DuckDBPyConnection:
+    """A read-only, locked-down connection on the file now at `path`, on a DuckDB instance of its own."""
+    return Snapshot(path, memory_limit, threads).con
+
+
+def _open(path: Path, memory_limit: str, threads: int) -> tuple[duckdb.DuckDBPyConnection, tuple[int, int]]:
+    """(connection, (inode, mtime_ns) of the file it opened) for the snapshot now at `path`.
+
+    DuckDB keeps one instance per path and hands it back while any connection to it lives, so reopening a
+    path whose file a job has since replaced would return the old, replaced database. Opening through a
+    hard link of a name used once (atlas.files/open/<unique>/<name>) gives a fresh instance on exactly the
+    file that was there when linked, under the usual catalog name; the link goes as soon as it is open.
+    """
+    path = path.resolve()
+    # allowed_directories can only be set on a running database, before external access is turned off
+    config = {k: v for k, v in SERVING_CONFIG.items() if k != "enable_external_access"}
+    config.update(memory_limit=memory_limit, threads=threads, temp_directory="")
+    tables = tables_dir(path)
+    folder = path.with_name(path.stem + ".files") / "open" / f"{os.getpid()}-{next(_opened)}"
+    target = folder / path.name
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        os.link(path, target)
+    except FileNotFoundError:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise FileNotFoundError(f"no atlas at {path}: run `atlas init` or `atlas ingest` first") from None
+    except OSError:  # a read-only folder or a file system without links: no job can replace the file there
+        shutil.rmtree(folder, ignore_errors=True)
+        target = path
+    try:
+        st = os.stat(target)
+        con = duckdb.connect(str(target), read_only=True, config=config)
+        try:
+            con.execute(f"SET allowed_directories = [{schema.literal(str(tables) + os.sep)}]")
+            con.execute("SET enable_external_access = false")
+            named = schema.files_root(con)
+            if named is not None and named != str(tables) and schema.version_of(con) == schema.SCHEMA_VERSION and \
+                    con.execute("SELECT count(*) FROM parts").fetchone()[0]:
+                raise FileNotFoundError(f"{path}: its views name table files under {named}, but the atlas is now "
+                                        f"here: run `atlas migrate` once to point them at {tables} (an atlas is the "
+                                        f"DuckDB file and its {tables.parent.name}/ folder: copy or move them together)")
+            con.execute("SET lock_configuration = true")
+        except BaseException:
+            con.close()
+            raise
+        return con, (st.st_ino, st.st_mtime_ns)
+    finally:
+        if target != path:
+            target.unlink(missing_ok=True)
+            shutil.rmtree(folder, ignore_errors=True)
