@@ -48,6 +48,7 @@ def check_edges_cmd(atlas, stack, method, tau, per_kind, n_random, max_step, mod
     family, a few minutes on 2 cores. Results: `atlas findings`, lineage answers (causal_drop), SQL edge_checks.
     """
     from atlas.queries.checks import pair_checks
+    from atlas.queries.common import sae_row
     from ingest.ablation import heldout_windows, load_model
     from ingest.hooks import HookedRunner
     from ingest.jobs.check_edges import CheckParams, check_edges, stack_pairs
@@ -56,8 +57,7 @@ def check_edges_cmd(atlas, stack, method, tau, per_kind, n_random, max_step, mod
                          max_windows=max_windows, seed=seed)
     with atlas.read() as con:
         pairs = stack_pairs(con, method, max_step, stack)
-        models = sorted({r[0] for r in con.execute("SELECT DISTINCT model FROM saes WHERE sae_id IN (SELECT unnest(?))",
-                                                   [[a for a, _, _ in pairs]]).fetchall()})
+        models = sorted({sae_row(con, a)["model"] for a, _, _ in pairs})
     if not pairs:
         raise ValueError(f"no matched stack pairs of {method}{f' in stack {stack}' if stack else ''}: run `atlas match`")
     if model is None and len(models) > 1:

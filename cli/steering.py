@@ -28,19 +28,19 @@ def steering_cmd(atlas, sae, feature, out, tau, method, compare, alpha, n_window
     its carry chain across the stack, as JSON or (--out) a safetensors file a steering tool loads."""
     import msgspec
 
+    from atlas.queries.common import sae_row
     from atlas.queries.search import IndexCache
     from atlas.queries.steering import steering_set, to_safetensors
 
     with atlas.read() as con:
         s = steering_set(con, IndexCache(atlas.index_dir), sae, feature, tau=tau, method=method)
-        sources = {r[0]: r[1:] for r in con.execute("SELECT sae_id, source, format, layer FROM saes").fetchall()}
+        rows = {v.sae_id: sae_row(con, v.sae_id) for v in s.vectors}
     if compare:
         from ingest.ablation import heldout_windows, load_model, steering_rise
         from ingest.hooks import HookedRunner
         from ingest.sources import read_sae
 
-        saes = {v.sae_id: read_sae(sources[v.sae_id][0], fmt=sources[v.sae_id][1], sae_id=v.sae_id,
-                                   layer=sources[v.sae_id][2]) for v in s.vectors}
+        saes = {i: read_sae(r["source"], fmt=r["format"], sae_id=i, layer=r["layer"]) for i, r in rows.items()}
         rise = steering_rise(HookedRunner(load_model(s.model)), heldout_windows(s.model, "prose", 300_000, n_windows),
                              saes, [(v.sae_id, v.feature, v.direction) for v in s.vectors], alpha)
         click.echo(f"mean activation of the chain's features on {n_windows} held-out windows (alpha {alpha:g}): "
