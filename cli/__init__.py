@@ -4,7 +4,7 @@ The one package that wires atlas/, ingest/ and api/ together; jobs and the serve
 command, so `atlas --help` stays fast (docs/design.md, Layers).
 """
 
-from . import build, check_edges, correlate, findings, labels, match, neuronpedia, saes, serve, steering  # noqa: F401
+from . import ablation, build, findings, match, neuronpedia, saes, serve  # noqa: F401
 from .group import main
 
 __all__ = ["main"]
