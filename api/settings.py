@@ -1,4 +1,5 @@
-"""Server settings as data: one table of (name, default, help) read by the CLI, the docs and a test."""
+"""Server settings as data: one table of (name, default, help) that `atlas serve` makes its options from (under
+`flag` where the option is not --name-with-dashes) and a test reads."""
 
 from __future__ import annotations
 
@@ -7,20 +8,23 @@ from dataclasses import dataclass, field, fields
 
 @dataclass(frozen=True)
 class Settings:
-    sql_time_limit_s: float = field(default=5.0, metadata={"help": "User SQL is interrupted after this many seconds."})
+    sql_time_limit_s: float = field(default=5.0, metadata={
+        "help": "User SQL is interrupted after this many seconds.", "flag": "--sql-time-limit"})
     sql_max_rows: int = field(default=1000, metadata={"help": "Most rows /api/sql returns; a request may lower it."})
     sql_max_bytes: int = field(default=16 * 2**20, metadata={
         "help": "Largest /api/sql response body in bytes; rows past it are left out and `truncated` is true."})
     sql_workers: int = field(default=2, metadata={
         "help": "Processes that run user SQL (each under memory_limit; killed and restarted past a limit)."})
     query_time_limit_s: float = field(default=10.0, metadata={
-        "help": "Any other request is stopped after this many seconds (408), or when its client disconnects."})
+        "help": "Any other request is stopped after this many seconds (408), or when its client disconnects.",
+        "flag": "--query-time-limit"})
     page_size: int = field(default=100, metadata={"help": "Items per page of list endpoints (next token for more)."})
     memory_limit: str = field(default="2GB", metadata={
         "help": "DuckDB memory limit of the serving connection; the SQL processes share it (each gets memory_limit / sql_workers)."})
-    threads: int = field(default=2, metadata={"help": "DuckDB threads per server worker (--threads)."})
+    threads: int = field(default=2, metadata={"help": "DuckDB threads per server worker."})
     cors_origins: tuple[str, ...] = field(default=(), metadata={
-        "help": "Origins allowed to call the API from a browser (CORS off when empty; '*' for any)."})
+        "help": "Origins allowed to call the API from a browser (repeatable; CORS off when none; '*' for any).",
+        "flag": "--cors"})
 
 
 def settings_table() -> list[tuple[str, object, str]]:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-ATLAS = [sys.executable, "-m", "atlas.cli"]
+ATLAS = [sys.executable, "-m", "cli"]
 """The `atlas` command as the bench and the tests run it in a subprocess."""
 
 

@@ -187,7 +187,7 @@ def test_lineage_of_an_atlas_without_edge_checks_is_answered_unchanged(planted):
 def test_steering_file_loads_and_raises_the_chain(planted, tmp_path):
     from click.testing import CliRunner
 
-    from atlas.cli import main
+    from cli import main
     from atlas.encode import encode
     from atlas.queries.steering import load_safetensors
     from ingest.hooks import HookedRunner
@@ -285,7 +285,7 @@ def test_readme_testing_lineage_commands_run_as_written(tmp_path, monkeypatch):
     from litestar.testing import TestClient
 
     from api.app import create_app
-    from atlas.cli import main
+    from cli import main
     from tests.conftest import build_atlas
     from tests.minilm_saes import write_minilm_saes
 

@@ -7,7 +7,7 @@ import os
 
 from click.testing import CliRunner
 
-from atlas.cli import main
+from cli import main
 
 
 def _files(atlas_path):

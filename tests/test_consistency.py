@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 from scipy.optimize import linear_sum_assignment
 
-from atlas.cli import main
+from cli import main
 from atlas.match.candidates import edges, topk_both
 from atlas.match.consistency import mmcs_random, pw_mcc, pw_mcc_dense, pw_mcc_random, pw_mcc_sparse
 from atlas.match.pair import MatchParams, match_pair

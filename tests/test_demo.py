@@ -30,7 +30,7 @@ class Demo:
     def __init__(self, tmp_path: Path, port: int):
         self.base = f"http://127.0.0.1:{port}"
         self.err = open(tmp_path / f"demo-{time.monotonic_ns()}.err", "w+")
-        self.proc = subprocess.Popen([sys.executable, "-m", "atlas.cli", "--atlas", str(tmp_path / "atlas.duckdb"),
+        self.proc = subprocess.Popen([sys.executable, "-m", "cli", "--atlas", str(tmp_path / "atlas.duckdb"),
                                       "demo", "--size", "tiny", "--cache", str(tmp_path / "cache"), "--port", str(port)],
                                      cwd=tmp_path, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self.err,
                                      text=True, start_new_session=True)

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from atlas.cli import main
+from cli import main
 from atlas.queries import lineage
 from atlas.queries.edges import EdgeIndexCache, FileEdges
 from atlas.store import Atlas

@@ -77,7 +77,7 @@ def test_an_export_keeps_its_files_while_a_later_job_collects(copy, monkeypatch)
 def test_a_moved_atlas_is_one_clear_503_and_the_server_recovers_after_migrate(synth_atlas, tmp_path):
     from click.testing import CliRunner
 
-    from atlas.cli import main
+    from cli import main
 
     (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
     served = synth_atlas.copy_to(tmp_path / "a" / "atlas.duckdb")

@@ -132,7 +132,7 @@ def test_a_store_without_an_sae_hook_is_refused_naming_it(planted, tmp_path):
 def test_cli_refuses_an_sae_whose_hook_the_store_lacks(planted, tmp_path):
     from click.testing import CliRunner
 
-    from atlas.cli import main
+    from cli import main
 
     root, acts, folders, _ = planted
     store = write_store(tmp_path / "store", {R1: acts[R1]})
@@ -208,7 +208,7 @@ def test_readme_live_run_equals_the_stored_activations_and_refuses_a_missing_hoo
 
     from click.testing import CliRunner
 
-    from atlas.cli import main
+    from cli import main
     from ingest.activations import ActivationConfig, collect
 
     monkeypatch.chdir(tmp_path)
@@ -252,7 +252,7 @@ def test_readme_live_run_equals_the_stored_activations_and_refuses_a_missing_hoo
 def test_minilm_flow_layers_are_checked_before_any_work(tmp_path):
     from click.testing import CliRunner
 
-    from atlas.cli import main
+    from cli import main
 
     base = ["--atlas", str(tmp_path / "a.duckdb"), "minilm", "--cache", str(tmp_path / "cache")]
     r = CliRunner().invoke(main, [*base, "--flow-layers", "x"])

@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 from safetensors.numpy import save_file
 
-from atlas.cli import main
+from cli import main
 from atlas.store import Atlas
 
 

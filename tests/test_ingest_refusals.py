@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from atlas.cli import main
+from cli import main
 from tests.test_ingest_errors import _saelens, _weights
 
 

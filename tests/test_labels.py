@@ -63,7 +63,7 @@ def test_real_export_layouts_explainers_and_examples(tmp_path, family):
     activations/: rows go by their own modelId/layer, one explainer per SAE, the count is features labelled."""
     from click.testing import CliRunner
 
-    from atlas.cli import main
+    from cli import main
 
     atlas = Atlas(tmp_path / "a.duckdb")
     ingest(atlas, [lambda: read_sae(family[1][0]), lambda: read_sae(family[1][1])])

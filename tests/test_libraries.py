@@ -8,7 +8,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from atlas.cli import main
+from cli import main
 from atlas.encode import decode, encode
 from atlas.store import Atlas
 from ingest.sources import read_sae

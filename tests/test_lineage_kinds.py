@@ -124,7 +124,7 @@ def test_summary_line_says_how_a_feature_ends(synth_atlas, truth):
 def test_findings_measure_lineage_size_before_and_after_typed_edges(synth_atlas):
     from click.testing import CliRunner
 
-    from atlas.cli import main
+    from cli import main
     from atlas.queries.lineage import lineage_shape
 
     r = CliRunner().invoke(main, ["--atlas", str(synth_atlas.path), "findings", "--lineage-of", _id(1), "--features", "48"])

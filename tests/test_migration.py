@@ -9,7 +9,7 @@ import duckdb
 import pytest
 from click.testing import CliRunner
 
-from atlas.cli import main
+from cli import main
 from atlas.queries import layer_pairs, lineage
 from atlas.store import SCHEMA_VERSION, Atlas
 from atlas.store.schema import SchemaVersionError, check_version

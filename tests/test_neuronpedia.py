@@ -8,7 +8,7 @@ from urllib.parse import parse_qs, urlparse
 
 from click.testing import CliRunner
 
-from atlas.cli import main
+from cli import main
 from atlas.store import Atlas
 
 

@@ -9,7 +9,7 @@ import duckdb
 import numpy as np
 from click.testing import CliRunner
 
-from atlas.cli import main
+from cli import main
 from atlas.queries.findings import findings
 from atlas.store import Atlas
 

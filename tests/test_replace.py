@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 from safetensors.numpy import load_file
 
-from atlas.cli import main
+from cli import main
 from atlas.match.pair import MatchParams
 from atlas.store import Atlas
 from ingest.jobs.match import run_match, select_pairs

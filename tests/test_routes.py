@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from litestar.testing import TestClient
 
 from api.app import create_app
-from atlas.cli import main
+from cli import main
 
 from .conftest import TINY, planted_flow
 

@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-from atlas.cli import main
+from cli import main
 from atlas.match.widths import match_widths
 from atlas.store import Atlas
 from atlas.synth import GROUND_TRUTH

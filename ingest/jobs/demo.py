@@ -69,7 +69,7 @@ class Server:
     def __init__(self, atlas: Atlas, host: str, port: int):
         self.url = f"http://{host}:{port}/"
         # its own session: Ctrl-C reaches the demo only, which stops the server with SIGTERM (a clean shutdown)
-        self.proc = subprocess.Popen([sys.executable, "-m", "atlas.cli", "--atlas", str(atlas.path), "serve",
+        self.proc = subprocess.Popen([sys.executable, "-m", "cli", "--atlas", str(atlas.path), "serve",
                                       "--host", host, "--port", str(port)], stdout=subprocess.DEVNULL,
                                      start_new_session=True)
 

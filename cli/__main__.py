@@ -1,0 +1,5 @@
+"""`python -m cli`: the `atlas` command."""
+
+from cli import main
+
+main()

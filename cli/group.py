@@ -1,0 +1,56 @@
+"""The `atlas` group: --atlas and --debug, and every failure as one line on stderr."""
+
+from __future__ import annotations
+
+import errno
+import os
+import sys
+from pathlib import Path
+
+import click
+
+
+class AtlasGroup(click.Group):
+    """Every failure is one line on stderr (`error: ...`): exit 2 for bad input or a busy atlas, 1 for the
+    rest. `atlas --debug ...` (or ATLAS_DEBUG=1) shows the traceback instead."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.ClickException, click.Abort, KeyboardInterrupt):
+            raise
+        except Exception as e:  # noqa: BLE001  (one line for whatever went wrong; --debug for the rest)
+            if ctx.params.get("debug") or os.environ.get("ATLAS_DEBUG"):
+                raise
+            message, code = explain(e)
+            click.secho(f"error: {message}", fg="red", err=True)
+            sys.exit(code)
+
+
+def explain(e: BaseException) -> tuple[str, int]:
+    """(one line, exit code) for a failure of a command."""
+    from atlas.queries.records import QueryError
+    from atlas.sae import SAEError
+    from atlas.store import AtlasBusy
+
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT) or "No space left on device" in str(e):
+        where = getattr(e, "filename", None) or "the atlas folder"
+        return (f"disk full writing {where}: free some space (or point --atlas elsewhere) and rerun; "
+                f"nothing was published and the job's working files were removed"), 2
+    if isinstance(e, (SAEError, AtlasBusy, KeyError, FileNotFoundError, ValueError, QueryError)):
+        text = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        return " ".join(str(text).split()), 2
+    first = " ".join(str(e).split())[:300]
+    return f"{type(e).__name__}: {first} (run `atlas --debug ...` for the traceback)", 1
+
+
+@click.group(cls=AtlasGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--atlas", "atlas_path", type=click.Path(path_type=Path), default=None,
+              help="Atlas DuckDB file [default: $ATLAS_PATH or ./atlas.duckdb].")
+@click.option("--debug", is_flag=True, help="Show the full traceback of a failure instead of one line.")
+@click.pass_context
+def main(ctx, atlas_path, debug):
+    """Feature Atlas: how SAE features survive, change, split, die and are born across layers and seeds."""
+    from atlas.store import Atlas, default_path
+
+    ctx.obj = Atlas(atlas_path or default_path())  # what every command's @click.pass_obj receives

@@ -1,0 +1,104 @@
+"""Matching SAE pairs: by weights (atlas match; --pairs widths: narrow features against wider SAEs) and by
+activations (atlas correlate, each SAE encoded on its own hook)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from atlas.methods import WEIGHT_METHODS
+
+from .group import main
+from .options import SAEPair, Selection, bar, executor_options, opened_executor
+
+
+@main.command()
+@click.option("--pairs", "selection", type=Selection(), default="adjacent", show_default=True,
+              help="Which SAE pairs to match; widths: each SAE with its next wider sibling (feature splitting); "
+                   "flow: MLP/attention-out SAEs with the residual SAE of their layer.")
+@click.option("--distance", type=int, default=2, show_default=True, help="Largest layer distance for --pairs distance.")
+@click.option("--stack", default=None, help="Only pairs in (or, for siblings, touching) this stack.")
+@click.option("--pair", "explicit", type=SAEPair(), multiple=True, help="SAE_A:SAE_B, repeatable (implies --pairs list).")
+@click.option("--method", "methods", multiple=True, type=click.Choice(WEIGHT_METHODS),
+              help="Repeatable [default: decoder_cos; siblings also encoder_cos].")
+@click.option("-k", "k", type=int, default=16, show_default=True, help="Candidates kept per feature and direction.")
+@click.option("--floor", type=float, default=0.3, show_default=True, help="Below this cosine a feature stays unassigned.")
+@click.option("--tau", type=float, default=None,
+              help="Score at which an assigned pair counts as matched [default: 0.7]; with --pairs widths the "
+                   "least cosine of a child to its parent [default: 0.5].")
+@click.option("--solver", type=click.Choice(["auto", "dense", "sparse"]), default="auto", show_default=True)
+@click.option("--publish-every", type=float, default=60.0, show_default=True,
+              help="Seconds between publishing finished pairs to readers (a kill loses at most this much).")
+@executor_options("Where pair tasks run; ray needs `pip install .[distributed]`.")
+@click.pass_obj
+def match(atlas, selection, distance, stack, explicit, methods, k, floor, tau, solver, publish_every, executor, address):
+    """Match SAE pairs by weight similarity (candidates -> one-to-one assignment -> pair stats)."""
+    from atlas.match.pair import MatchParams
+    from ingest.jobs.match import run_match, select_pairs
+
+    widths = selection == "widths"
+    if explicit:
+        selection = "list"
+    with atlas.read() as con:
+        pairs = select_pairs(con, selection, distance, stack, list(explicit))
+    methods = list(methods) or (["decoder_cos", "encoder_cos"] if selection == "siblings" else ["decoder_cos"])
+    if not pairs:
+        raise ValueError(f"no pairs selected ({selection}); see `atlas saes`")
+    if widths:
+        _match_widths(atlas, pairs, tau)
+        return
+    params = MatchParams(k=k, floor=floor, tau=0.7 if tau is None else tau, solver=solver)
+    with opened_executor(executor, address) as ex, bar(len(pairs) * len(methods), "match") as b:
+        summary = run_match(atlas, pairs, methods, params, publish_every, progress=lambda *_: b.update(), executor=ex)
+    click.echo(f"matched {len(summary.computed)} pair-methods, skipped {len(summary.skipped)} already done "
+               f"({summary.seconds:.1f} s)")
+    if summary.results:
+        click.echo(summary.report())
+
+
+def _match_widths(atlas, pairs, tau):
+    from atlas.match.widths import WidthParams
+    from ingest.jobs.widths import run_widths
+
+    params = WidthParams() if tau is None else WidthParams(tau=tau)
+    with bar(len(pairs), "widths") as b:
+        s = run_widths(atlas, pairs, params, progress=lambda *_: b.update())
+    click.echo(f"matched {len(s.computed)} width pairs, skipped {len(s.skipped)} already done ({s.seconds:.1f} s); "
+               f"narrow features: " + ", ".join(f"{n} {c}" for c, n in sorted(s.classes.items())))
+
+
+@main.command()
+@click.option("--activations", type=click.Path(exists=True, path_type=Path), default=None,
+              help="Folder of activation shards keyed by hook (written by the minilm job or ingest.activations.collect).")
+@click.option("--model", "live_model", default=None,
+              help="Instead of --activations: run this model (all-MiniLM-L6-v2, an HF path) over --corpus and "
+                   "correlate in one pass, writing no activations.")
+@click.option("--corpus", default="prose", show_default=True, help="Corpus for --model (prose, code).")
+@click.option("--pairs", "selection", type=Selection(leave_out=("distance", "widths")), default="adjacent",
+              show_default=True, help="flow: MLP/attention-out SAEs and transcoders with the residual SAE of their layer.")
+@click.option("--stack", default=None, help="Only pairs in (or, for siblings, touching) this stack.")
+@click.option("--pair", "explicit", type=SAEPair(), multiple=True, help="SAE_A:SAE_B, repeatable.")
+@click.option("--max-tokens", type=int, default=None, help="Use only the first N tokens [--model: 100,000].")
+@click.option("--one-pass", is_flag=True, help="All pairs in one pass over the tokens, each SAE encoded once per batch.")
+@executor_options()
+@click.pass_obj
+def correlate(atlas, activations, live_model, corpus, selection, stack, explicit, max_tokens, one_pass, executor, address):
+    """Activation correlation of SAE pairs, each SAE encoded on its own hook: correlations, activation_corr
+    matches, compositions (AND/OR/PASS), examples, and SAE Match's checks of the weight matches."""
+    from ingest.activations import ActivationConfig
+    from ingest.jobs.correlate import correlate as run
+    from ingest.jobs.match import select_pairs
+
+    if (activations is None) == (live_model is None):
+        raise ValueError("give either --activations FOLDER or --model NAME (a live run)")
+    source = activations if live_model is None else ActivationConfig(model=live_model, corpus=corpus,
+                                                                     max_tokens=max_tokens or 100_000)
+    with atlas.read() as con:
+        pairs = select_pairs(con, "list" if explicit else selection, 1, stack, list(explicit))
+    if not pairs:
+        raise ValueError(f"no pairs selected ({selection}); see `atlas saes`")
+    with opened_executor(executor, address) as ex, bar(len(pairs), "correlate") as b:
+        s = run(atlas, pairs, source, progress=lambda *_: b.update(), max_tokens=max_tokens, executor=ex,
+                one_pass=one_pass)
+    click.echo(f"correlated {len(s.pairs)} pairs in {s.seconds:.1f} s; compositions {sum(s.compositions.values())}")

@@ -1,0 +1,68 @@
+"""What the job commands share: the --executor/--address options and the executor they open, the --pairs
+choices and SAE_A:SAE_B parameters, and the progress bar."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import click
+
+
+def executor_options(where: str | None = None):
+    """--executor and --address: where tasks run (the atlas is written here either way)."""
+    def decorate(f):
+        f = click.option("--address", default=None,
+                         help="Ray cluster: auto, ray://host:10001 [default: start a local one].")(f)
+        return click.option("--executor", type=click.Choice(["in-process", "ray"]), default="in-process",
+                            show_default=True, help=where)(f)
+    return decorate
+
+
+@contextmanager
+def opened_executor(executor: str, address: str | None):
+    """The executor of --executor/--address, closed (a local Ray cluster stopped) when the job ends."""
+    from ingest.executors import make_executor
+
+    ex = make_executor(executor, address)
+    try:
+        yield ex
+    finally:
+        ex.close()
+
+
+class Selection(click.Choice):
+    """--pairs: the pair selections of the match job (ingest.jobs.match.SELECTIONS), less those a command
+    leaves out; read when a command parses or shows its help, so `atlas --help` does not import the job."""
+
+    def __init__(self, leave_out: tuple[str, ...] = ()):
+        self.leave_out = leave_out
+        super().__init__(())
+
+    @property
+    def choices(self):
+        from ingest.jobs.match import SELECTIONS
+
+        return tuple(s for s in SELECTIONS if s not in self.leave_out)
+
+    @choices.setter
+    def choices(self, _):
+        pass
+
+
+class SAEPair(click.ParamType):
+    """SAE_A:SAE_B, as the tuple (SAE_A, SAE_B)."""
+
+    name = "text"
+
+    def convert(self, value, param, ctx):
+        a, colon, b = value.partition(":")
+        if not (colon and a and b):
+            self.fail(f"--pair takes SAE_A:SAE_B, got {value!r}", param, ctx)
+        return a, b
+
+
+def bar(total: int | None, desc: str, unit: str = "pair"):
+    """A tqdm progress bar on stderr (silent when stderr is not a terminal)."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, disable=None, dynamic_ncols=True)
