@@ -169,15 +169,10 @@ class Writer:
         self.con.execute("UPDATE runs SET status = ?, finished_at = ? WHERE run_id = ?", [status, finished_at, run_id])
 
     def replace_pair(self, sae_a: str, sae_b: str, method: str, matches, stats: dict, run_id: str) -> None:
-        """One pair-method's matches (Arrow; written as a table file) and stats row, replacing earlier ones."""
+        """One pair-method's matches (Arrow, or a task's finished shard: put_part) and stats row, replacing
+        earlier ones."""
         with self.transaction():
             self.put_part("matches", sae_a, sae_b, method, matches, run_id)
-            self._replace_stats(sae_a, sae_b, method, stats, run_id)
-
-    def adopt_pair(self, sae_a: str, sae_b: str, method: str, shard: Path, stats: dict, run_id: str) -> None:
-        """The same as replace_pair for a task's finished shard (put_part)."""
-        with self.transaction():
-            self.put_part("matches", sae_a, sae_b, method, Path(shard), run_id)
             self._replace_stats(sae_a, sae_b, method, stats, run_id)
 
     def _replace_stats(self, sae_a: str, sae_b: str, method: str, stats: dict, run_id: str) -> None:
