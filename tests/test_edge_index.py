@@ -175,7 +175,7 @@ def test_open_indexes_are_bounded_by_count_and_mapped_bytes(synth_atlas):
         files.indexes = cache
         for a, b, m in files.pairs:
             assert files.index(a, b, m) is not None
-            assert len(cache) <= 3 and cache.mapped_bytes <= max(cache.max_bytes, size)
+            assert len(cache) <= 3 and cache._bytes <= max(cache.max_bytes, size)
         assert len(cache) <= 3
 
 

@@ -64,10 +64,6 @@ class EdgeIndexCache:
                 self._bytes -= old.nbytes if old is not None else 0
         return index
 
-    @property
-    def mapped_bytes(self) -> int:
-        return self._bytes
-
     def __len__(self) -> int:
         return len(self._open)
 

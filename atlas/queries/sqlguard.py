@@ -6,7 +6,7 @@ what it wraps, and the parser does not say what that is, so the text after EXPLA
 again on its own. The SQL worker also cannot write any file (api/sandbox.py): a statement that slipped past
 this check still could not change the atlas.
 
-The connection (atlas.store.connect_serving) is opened read_only with external access (files, network), extension install/load and
+The connection (atlas.store.snapshot) is opened read_only with external access (files, network), extension install/load and
 Python replacement scans off, memory and threads capped, then the configuration is locked so no query
 can undo it. DuckDB has no statement timeout, so a timer interrupts the cursor; DuckDB neither checks
 interrupts inside every function nor counts every allocation, so the server also runs this in a worker
@@ -22,16 +22,9 @@ import time
 import duckdb
 import msgspec
 
-from ..store.snapshot import SERVING_CONFIG, connect_serving  # noqa: F401  (re-exported)
 from .records import NotAllowed, OverBudget, QueryError, QueryTimeout
 
 ALLOWED = "only SELECT, WITH, DESCRIBE, SHOW, SUMMARIZE and EXPLAIN [ANALYZE] of a SELECT are allowed"
-
-
-def serving_settings(con) -> dict:
-    names = list(SERVING_CONFIG) + ["memory_limit", "threads", "lock_configuration"]
-    rows = con.execute("SELECT name, value FROM duckdb_settings() WHERE name IN (SELECT unnest(?))", [names]).fetchall()
-    return dict(rows)
 
 
 def check_statement(con, sql: str) -> None:
