@@ -68,10 +68,7 @@ def _explained(sql: str) -> str | None:
         off, word, _ = words[i]
         if depth == 0 and word in ("ANALYZE", "ANALYSE", "VERBOSE"):
             i += 1
-        elif word.startswith("(") and (depth or i == 1 or words[i - 1][1] in ("ANALYZE", "ANALYSE", "VERBOSE")):
-            depth += word.count("(") - word.count(")")
-            i += 1
-        elif depth > 0:
+        elif depth > 0 or word.startswith("(") and (i == 1 or words[i - 1][1] in ("ANALYZE", "ANALYSE", "VERBOSE")):
             depth += word.count("(") - word.count(")")
             i += 1
         else:
