@@ -243,10 +243,6 @@ class Writer:
                         f"FROM parts WHERE {where}) WHERE f IS NOT NULL", params)
             con.execute(f"DELETE FROM parts WHERE {where}", params)
 
-    def update_pair_stats(self, sae_a: str, sae_b: str, method: str, values: dict) -> None:
-        """Set columns of one pair-method's stats row (e.g. activation checks of a weight method)."""
-        self._update("pair_stats", dict(sae_a=sae_a, sae_b=sae_b, method=method), values)
-
     def replace_activation_pair(self, sae_a: str, sae_b: str, method: str, tables, stats: dict,
                                 quality: dict[str, dict], run_id: str) -> None:
         """A pair's activation results, replacing earlier ones: (name, Arrow table or a task's Parquet shard)
@@ -266,7 +262,7 @@ class Writer:
                         self.insert_arrow(name, table.append_column("run_id", pa.repeat(run_id, table.num_rows)))
             self._replace_stats(sae_a, sae_b, method, stats, run_id)
             for weight_method, values in quality.items():
-                self.update_pair_stats(sae_a, sae_b, weight_method, values)
+                self._update("pair_stats", dict(sae_a=sae_a, sae_b=sae_b, method=weight_method), values)
 
     def insert_arrow(self, table: str, data, replace: bool = False) -> None:
         """Bulk insert an Arrow table (columns by name) into `table`; with replace, a row whose primary key is
