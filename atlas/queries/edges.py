@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..methods import METHODS
-from ..store.edgeindex import CARRY, COLUMNS, KINDS, EdgeIndex, Rows, index_name, kind_codes
+from ..store.edgeindex import CARRY, COLUMNS, EdgeIndex, Rows, index_name, kind_codes
 from ..store.parts import PartReader, arrow_like, catalog
 from ..store.schema import files_root
 from .common import SAE_COLUMNS, sae_row, stack_saes
@@ -161,18 +161,6 @@ class FileEdges:
         if f[1] is not None and floor is not None and bar is not None and bar >= floor:
             return self.reader.rows(f[1], "feature_b", features, COLUMNS)
         return _scan(self.path(f[0]), "feature_b", features)
-
-    def edges(self, sae: str, features, targets: list[str], forward: bool, method: str,
-              bar: float | None = None) -> list[tuple]:
-        """(sae_a, feature_a, sae_b, feature_b, method, score, rank, assigned, kind) of the candidates between
-        `features` of `sae` and each SAE of `targets`, in the given direction."""
-        out = []
-        for other in targets:
-            a, b = (sae, other) if forward else (other, sae)
-            r = self.lookup(a, b, method, features, forward, bar)
-            out += [(a, fa, b, fb, method, s, rank, kind == CARRY, str(KINDS[kind])) for fa, fb, s, rank, kind in zip(
-                r.feature_a.tolist(), r.feature_b.tolist(), r.score.tolist(), r.rank.tolist(), r.kind.tolist())]
-        return out
 
     def outgoing(self, sae: str, feature: int, top: int) -> list[tuple]:
         """(method, sae_b, feature_b, score, rank, assigned, 'out') of a feature's candidates of rank <= top."""
