@@ -71,10 +71,9 @@ class FileEdges:
     """The matches of one snapshot, looked up by pair-method: in its edge index, or in its table files."""
 
     def __init__(self, root: str | Path | None, files: dict, saes: dict[str, dict] | None = None,
-                 reader: PartReader | None = None, examples: set[str] | None = None,
-                 labelled: set[str] | None = None):
+                 examples: set[str] | None = None, labelled: set[str] | None = None):
         self.root = Path(root) if root is not None else None
-        self.reader = reader if reader is not None or self.root is None else PartReader(self.root)
+        self.reader = PartReader(self.root) if self.root is not None else None
         self.indexes = EdgeIndexCache(self.root) if self.root is not None else None
         self.saes = saes
         self.examples = examples
@@ -92,11 +91,11 @@ class FileEdges:
             self.into.setdefault(b, []).append((a, m))
 
     @classmethod
-    def of(cls, con, saes: dict[str, dict] | None = None, reader: PartReader | None = None,
-           examples: set[str] | None = None, labelled: set[str] | None = None) -> "FileEdges":
+    def of(cls, con, saes: dict[str, dict] | None = None, examples: set[str] | None = None,
+           labelled: set[str] | None = None) -> "FileEdges":
         """The table files a connection's snapshot names (an atlas without any: no edges)."""
         root = files_root(con)
-        return cls(root, catalog(con) if root is not None else {}, saes, reader, examples, labelled)
+        return cls(root, catalog(con) if root is not None else {}, saes, examples, labelled)
 
     @classmethod
     def with_saes(cls, con) -> "FileEdges":
