@@ -38,11 +38,7 @@ def pair_bars(con, saes: list[str], method: str, tau: float | None, quantile: fl
         return tau
     q = quantile if check_method(method).is_distance else 1 - quantile
     files = files if files is not None else FileEdges.of(con)
-    bars = {}
-    for a in saes:
-        for b, m in files.out_of.get(a, []):
-            if m == method:
-                bars[(a, b)] = files.quantile(a, b, m, q, con)
+    bars = {(a, b): files.quantile(a, b, m, q, con) for a in saes for b, m in files.out_of.get(a, []) if m == method}
     return {k: v for k, v in bars.items() if v is not None}
 
 
@@ -194,12 +190,8 @@ def _step(files: FileEdges, ids, pos, nodes, forward, max_skip, method, low, bar
 
 def _has_nearer(edges, src, forward, step, ids, pos) -> bool:
     """True when src already has a passing edge to a nearer layer (a gap is only for missing matches)."""
-    for e in edges.values():
-        if forward and (e.sae_a, e.feature_a) == src and ids.index(e.sae_b) - pos < step:
-            return True
-        if not forward and (e.sae_b, e.feature_b) == src and pos - ids.index(e.sae_a) < step:
-            return True
-    return False
+    return any((e.sae_a, e.feature_a) == src and ids.index(e.sae_b) - pos < step if forward else
+               (e.sae_b, e.feature_b) == src and pos - ids.index(e.sae_a) < step for e in edges.values())
 
 
 def _nodes(con, seen, layer_of, site, include_sites, method, files: FileEdges) -> list[Node]:
