@@ -232,8 +232,8 @@ def write_sae(folder: Path, dec: np.ndarray, enc: np.ndarray, theta: np.ndarray,
     return default_sae_id(meta)
 
 
-def generate(cfg: SynthConfig, out: Path, progress=None) -> list[Path]:
-    """Write the family under `out`; return the SAE folders in ingest order."""
+def generate(cfg: SynthConfig, out: Path, progress=lambda: None) -> list[Path]:
+    """Write the family under `out`; return the SAE folders in ingest order. `progress()` is called after each SAE."""
     sizes = (cfg.d_sae, *cfg.widths)
     for narrow, wide in zip(sizes, sizes[1:]):
         if wide <= narrow:  # checked before anything is written
@@ -241,7 +241,6 @@ def generate(cfg: SynthConfig, out: Path, progress=None) -> list[Path]:
     rng = np.random.default_rng(cfg.seed)
     decs, concepts, truth = evolve(cfg, rng)
     scale = rng.lognormal(0.0, 0.3, cfg.d_sae * (cfg.n_layers + 2) * 2)
-    rows: list[dict] = []
     folders: list[Path] = []
     base_ids = []
     for layer, dec in enumerate(decs):
@@ -249,11 +248,9 @@ def generate(cfg: SynthConfig, out: Path, progress=None) -> list[Path]:
         theta = thresholds(scale, concepts[layer], layer)
         base_ids.append(write_sae(folder, dec, dec, theta, layer, 0, "A"))
         folders.append(folder)
-        if progress:
-            progress()
-    for t in truth:
-        rows.append(dict(t, sae_a=None if t["layer_a"] is None else base_ids[t["layer_a"]],
-                         sae_b=None if t["layer_b"] is None else base_ids[t["layer_b"]]))
+        progress()
+    rows = [dict(t, sae_a=None if t["layer_a"] is None else base_ids[t["layer_a"]],
+                 sae_b=None if t["layer_b"] is None else base_ids[t["layer_b"]]) for t in truth]
     siblings = [(s, "A", cfg.seed_shared) for s in range(1, cfg.n_seeds)]
     if cfg.second_dataset:
         siblings.append((0, "B", cfg.dataset_shared))
@@ -268,8 +265,7 @@ def generate(cfg: SynthConfig, out: Path, progress=None) -> list[Path]:
                 kind = "orphan" if origin[slot] < 0 else ("shared" if enc_ok[slot] else "decoder_only")
                 rows.append(dict(layer_a=layer, feature_a=None if origin[slot] < 0 else int(origin[slot]),
                                  layer_b=layer, feature_b=slot, kind=kind, sae_a=base_ids[layer], sae_b=sid))
-            if progress:
-                progress()
+            progress()
     if cfg.flow:
         rows += _flow_saes(cfg, decs, truth, base_ids, out, folders, progress)
     if cfg.widths:
@@ -284,7 +280,7 @@ def generate(cfg: SynthConfig, out: Path, progress=None) -> list[Path]:
 
 
 def _flow_saes(cfg: SynthConfig, decs: list[np.ndarray], truth: list[dict], base_ids: list[str], out: Path,
-               folders: list[Path], progress=None) -> list[dict]:
+               folders: list[Path], progress) -> list[dict]:
     """MLP-out and attention-out SAEs for layers 1.. of the base stack. Of the features born at layer L,
     half are written by the MLP, a quarter by attention, the rest come from nowhere; 15% of the carried
     ones are also in the MLP's output (processed: RES&MLP). Truth rows: kind 'origin:<class>'."""
@@ -313,15 +309,14 @@ def _flow_saes(cfg: SynthConfig, decs: list[np.ndarray], truth: list[dict], base
             for slot, f in zip(slots, held):
                 rows.append(dict(kind=f"{site}_copy", sae_a=sid, feature_a=int(slot), layer_a=layer,
                                  sae_b=base_ids[layer], feature_b=int(f), layer_b=layer))
-            if progress:
-                progress()
+            progress()
         rows += [dict(kind=f"origin:{o}", sae_a=None, feature_a=None, layer_a=None, sae_b=base_ids[layer],
                       feature_b=f, layer_b=layer) for f, o in sorted(origin.items())]
     return rows
 
 
 def _width_family(cfg: SynthConfig, base: np.ndarray, base_id: str, out: Path, folders: list[Path],
-                  progress=None) -> list[dict]:
+                  progress) -> list[dict]:
     """Write layer `width_layer` at each of cfg.widths, each grown from the one before; truth rows."""
     if not 0 <= cfg.width_layer < cfg.n_layers:
         raise ValueError(f"width_layer {cfg.width_layer} is not a layer of the stack (0..{cfg.n_layers - 1})")
@@ -336,8 +331,7 @@ def _width_family(cfg: SynthConfig, base: np.ndarray, base_id: str, out: Path, f
         for t in truth:
             rows.append(dict(t, sae_a=narrow_id, layer_a=cfg.width_layer, sae_b=wide_id, layer_b=cfg.width_layer))
         narrow, narrow_id = wide, wide_id
-        if progress:
-            progress()
+        progress()
     return rows
 
 

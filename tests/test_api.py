@@ -161,7 +161,8 @@ def test_serving_connection_is_locked_down(synth_atlas, tmp_path):
     synth_atlas.copy_to(tmp_path / "copy.duckdb")
     con = Snapshot(tmp_path / "copy.duckdb", memory_limit="1GB", threads=1).con
     names = list(SERVING_CONFIG) + ["memory_limit", "threads", "lock_configuration"]
-    s = dict(con.execute("SELECT name, value FROM duckdb_settings() WHERE name IN (SELECT unnest(?))", [names]).fetchall())
+    s = dict(con.execute("SELECT name, value FROM duckdb_settings() WHERE name IN (SELECT unnest(?))",
+                         [names]).fetchall())
     assert s["enable_external_access"] == "false" and s["lock_configuration"] == "true"
     assert s["autoinstall_known_extensions"] == "false" and s["autoload_known_extensions"] == "false"
     assert s["python_enable_replacements"] == "false" and s["threads"] == "1"

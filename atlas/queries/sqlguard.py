@@ -6,9 +6,9 @@ what it wraps, and the parser does not say what that is, so the text after EXPLA
 again on its own. The SQL worker also cannot write any file (api/sandbox.py): a statement that slipped past
 this check still could not change the atlas.
 
-The connection (atlas.store.snapshot) is opened read_only with external access (files, network), extension install/load and
-Python replacement scans off, memory and threads capped, then the configuration is locked so no query
-can undo it. DuckDB has no statement timeout, so a timer interrupts the cursor; DuckDB neither checks
+The connection (atlas.store.snapshot) is opened read_only with external access (files, network), extension
+install/load and Python replacement scans off, memory and threads capped, then the configuration is locked so
+no query can undo it. DuckDB has no statement timeout, so a timer interrupts the cursor; DuckDB neither checks
 interrupts inside every function nor counts every allocation, so the server also runs this in a worker
 process it kills past the limits (api/sqlpool.py). Rows are fetched in chunks up to the row and byte caps,
 which set `truncated` without rewriting the user's query.
