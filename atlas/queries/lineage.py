@@ -203,18 +203,16 @@ def _nodes(con, seen, layer_of, site, include_sites, method, files: FileEdges) -
     labels = {(s, f): lab for s, f, lab in con.execute(
         "SELECT f.sae_id, f.feature, f.label FROM (SELECT unnest(?) AS sae_id, unnest(?) AS feature) n "
         "JOIN features f USING (sae_id, feature)", [[s for s, _ in ask], [f for _, f in ask]]).fetchall()} if ask else {}
-    rows = [(s, f, labels.get((s, f))) for s, f in zip(saes, feats)]
     origins: dict[tuple[str, int], str] = {}
     if include_sites and site == "resid" and files.flow_sites:
         for s in set(saes):
             mine = [f for x, f in seen if x == s]
             origins.update({(s, f): o for f, o in flow_origins(con, s, mine, method, files=files).items()})
     tokens = top_tokens(con, saes, feats) if files.examples is None or files.examples & set(saes) else {}
-    nodes = [Node(sae_id=s, feature=f, layer=layer_of[s], site=site, label=label,
+    nodes = [Node(sae_id=s, feature=f, layer=layer_of[s], site=site, label=labels.get((s, f)),
                   neuronpedia_url=feature_url(files.saes[s]["neuronpedia_id"], f), origin=origins.get((s, f)),
-                  top_tokens=tokens.get((s, f))) for s, f, label in rows]
+                  top_tokens=tokens.get((s, f))) for s, f in zip(saes, feats)]
     return sorted(nodes, key=lambda n: (n.layer, n.feature))
-
 
 
 def flow_origins(con, sae_id: str, features: list[int], method: str, tau: float = 0.5,
