@@ -136,7 +136,7 @@ class FileEdges:
         f = self.pairs.get((sae_a, sae_b, method))
         if f is None:
             return NO_ROWS
-        index = self.indexes.get(f[0]) if self.indexes is not None else None
+        index = self.index(sae_a, sae_b, method)
         if index is not None:
             return index.forward(features) if forward else index.backward(features)
         return _rows(self._parquet(f, method, features, forward, bar))

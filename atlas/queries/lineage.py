@@ -190,8 +190,8 @@ def _step(files: FileEdges, ids, pos, nodes, forward, max_skip, method, low, bar
 
 def _has_nearer(edges, src, forward, step, ids, pos) -> bool:
     """True when src already has a passing edge to a nearer layer (a gap is only for missing matches)."""
-    return any((e.sae_a, e.feature_a) == src and ids.index(e.sae_b) - pos < step if forward else
-               (e.sae_b, e.feature_b) == src and pos - ids.index(e.sae_a) < step for e in edges.values())
+    return any(((e.sae_a, e.feature_a) == src and ids.index(e.sae_b) - pos < step) if forward else
+               ((e.sae_b, e.feature_b) == src and pos - ids.index(e.sae_a) < step) for e in edges.values())
 
 
 def _nodes(con, seen, layer_of, site, include_sites, method, files: FileEdges) -> list[Node]:
