@@ -95,11 +95,8 @@ def run_sql(con, sql: str, limit: int, timeout_s: float, max_bytes: int | None =
             if not chunk:
                 break
             for row in chunk:
-                if len(rows) == limit:
-                    truncated = True
-                    break
                 size += len(msgspec.json.encode(row, enc_hook=str)) if max_bytes is not None else 0
-                if max_bytes is not None and size > max_bytes:
+                if len(rows) == limit or max_bytes is not None and size > max_bytes:
                     truncated = True
                     break
                 rows.append(row)
