@@ -14,9 +14,9 @@ import threading
 from pathlib import Path
 
 from atlas.queries import IndexCache, budget
+from atlas.queries.card import FEATURE_COLUMNS
 from atlas.queries.common import SAE_COLUMNS
 from atlas.queries.edges import FileEdges
-from atlas.queries.records import NotFound
 from atlas.store import Atlas, snapshot
 from atlas.store.leases import Lease
 
@@ -24,8 +24,6 @@ from .settings import Settings
 from .sqlpool import SQLPool, Unavailable
 
 RETRY_S = 5  # Retry-After of a 503 while the atlas is not where the server was started on
-
-FEATURE_COLUMNS = ("dec_norm", "threshold", "density", "max_act", "label")
 
 
 class Snapshot(snapshot.Snapshot):
@@ -54,23 +52,12 @@ class Snapshot(snapshot.Snapshot):
                 self._cache[key] = build()
             return self._cache[key]
 
-    def layers(self) -> dict[str, int]:
-        """sae_id -> layer."""
-        return self._cached("layers", lambda: dict(self.cursor().execute("SELECT sae_id, layer FROM saes").fetchall()))
-
     def saes(self) -> dict[str, dict]:
         """sae_id -> its saes row (all columns of SAE_COLUMNS)."""
         def build():
             cur = self.cursor().execute(f"SELECT {', '.join(SAE_COLUMNS)} FROM saes")
             return {r[0]: dict(zip(SAE_COLUMNS, r)) for r in cur.fetchall()}
         return self._cached("saes", build)
-
-    def sae(self, sae_id: str) -> dict:
-        """One SAE's row; NotFound names the listing to look at."""
-        row = self.saes().get(sae_id)
-        if row is None:
-            raise NotFound(f"unknown SAE {sae_id!r}: GET /api/saes lists the SAEs in this atlas")
-        return row
 
     def feature_row(self, sae_id: str, feature: int) -> tuple:
         """(dec_norm, threshold, density, max_act, label) of one feature: one point query, narrowed to the SAE's
@@ -89,11 +76,6 @@ class Snapshot(snapshot.Snapshot):
         """SAEs that have example contexts (so cards of the others skip that query)."""
         return self._cached("examples", lambda: {r[0] for r in self.cursor().execute(
             "SELECT DISTINCT sae_id FROM examples").fetchall()})
-
-    def methods(self) -> list[str]:
-        """Matching methods present in this snapshot."""
-        return self._cached("methods", lambda: [r[0] for r in self.cursor().execute(
-            "SELECT DISTINCT method FROM pair_stats ORDER BY 1").fetchall()])
 
     def files(self) -> FileEdges:
         """The snapshot's matches as table files: catalog, SAE rows and a bounded cache of file footers."""

@@ -3,6 +3,7 @@ the API calls, so it answers with the same typed records; list answers also conv
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import msgspec
@@ -45,8 +46,6 @@ class Reader:
     def __init__(self, path: str | Path):
         self.atlas = Atlas(Path(path))
         self.con = self.atlas.read()
-        self._files: FileEdges | None = None
-        self._indexes: q.IndexCache | None = None
 
     def __enter__(self) -> "Reader":
         return self
@@ -57,12 +56,15 @@ class Reader:
     def close(self) -> None:
         self.con.close()
 
-    @property
+    @functools.cached_property
     def files(self) -> FileEdges:
         """The snapshot's edge indexes and SAE rows (what the server holds per snapshot)."""
-        if self._files is None:
-            self._files = FileEdges.with_saes(self.con)
-        return self._files
+        return FileEdges.with_saes(self.con)
+
+    @functools.cached_property
+    def _indexes(self) -> q.IndexCache:
+        """The atlas's FAISS indexes, loaded on first use."""
+        return q.IndexCache(self.atlas.index_dir)
 
     def saes(self, stack: str | None = None, model: str | None = None) -> Records:
         """SAEs by stack and layer (records.SAE)."""
@@ -106,8 +108,6 @@ class Reader:
     def search(self, sae_id: str | None = None, feature: int | None = None, vector=None, k: int = 10,
                saes: list[str] | None = None) -> Records:
         """The k features nearest by decoder direction to (sae_id, feature) or to a vector."""
-        if self._indexes is None:
-            self._indexes = q.IndexCache(self.atlas.index_dir)
         return Records.of(q.nearest(self._indexes, self.con, vector, sae_id, feature, k, saes), q.Hit)
 
     def find(self, label: str, limit: int = 50) -> Records:
@@ -123,8 +123,3 @@ class Reader:
         cur = self.con.cursor().execute(query, params or [])
         names = [d[0] for d in cur.description]
         return Records([dict(zip(names, r)) for r in cur.fetchall()], names)
-
-
-def open(path: str | Path = "atlas.duckdb") -> Reader:  # noqa: A001  (atlas.open, as files are opened)
-    """A Reader on the atlas at `path`."""
-    return Reader(path)

@@ -239,7 +239,12 @@ def validate(rec: SAERecord, where: str) -> SAERecord:
         raise SAEError(f"{where}: config says d_in={m.d_in}, d_sae={m.d_sae} but W_enc is {w.W_enc.shape}")
     if "threshold" in arch.tensors and w.threshold is None:
         raise SAEError(f"{where}: architecture {m.arch} needs tensor 'threshold' [d_sae], none found")
-    _check_dead(w, where)
+    dead = int((~w.W_dec.any(axis=1)).sum())  # no trained SAE has a dead decoder
+    if dead == d_sae:
+        raise SAEError(f"{where}: tensor W_dec is all zeros (an untrained or broken file)")
+    if dead > MAX_DEAD_ROWS * d_sae:
+        raise SAEError(f"{where}: tensor W_dec has {dead} of {d_sae} decoder rows all zero "
+                       f"(more than {MAX_DEAD_ROWS:.0%}: an untrained or broken file)")
     if arch.needs_k and not m.k:
         raise SAEError(f"{where}: architecture {m.arch} needs k (top-k) in its config")
     if arch.check and (problem := arch.check(w, m)) is not None:
@@ -254,16 +259,6 @@ def validate(rec: SAERecord, where: str) -> SAERecord:
     m.sha256 = w.sha256()
     m.sae_id = slug(m.sae_id) if m.sae_id else default_sae_id(m)
     return SAERecord(m, w)
-
-
-def _check_dead(w: SAEWeights, where: str) -> None:
-    """Refuse a dead decoder: no trained SAE has one."""
-    dead = int((~w.W_dec.any(axis=1)).sum())
-    if dead == len(w.W_dec):
-        raise SAEError(f"{where}: tensor W_dec is all zeros (an untrained or broken file)")
-    if dead > MAX_DEAD_ROWS * len(w.W_dec):
-        raise SAEError(f"{where}: tensor W_dec has {dead} of {len(w.W_dec)} decoder rows all zero "
-                       f"(more than {MAX_DEAD_ROWS:.0%}: an untrained or broken file)")
 
 
 def as_f32(t, where: str, name: str) -> np.ndarray:

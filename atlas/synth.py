@@ -99,9 +99,8 @@ def evolve(cfg: SynthConfig, rng) -> tuple[list[np.ndarray], list[np.ndarray], l
         split = order[n_death:n_death + n_split]
         merge = order[n_death + n_split:n_death + n_split + 2 * n_merge].reshape(-1, 2)
         carry = order[n_death + n_split + 2 * n_merge:]
-        children: list[tuple[np.ndarray, list[int], str]] = []  # (direction, parents, kind)
-        new = noisy(rng, dirs[carry], cfg.drift)
-        children += [(new[j], [int(i)], "carry") for j, i in enumerate(carry)]
+        # (direction, parents, kind) of each feature of layer l+1
+        children = [(v, [int(i)], "carry") for v, i in zip(noisy(rng, dirs[carry], cfg.drift), carry)]
         for i in split:
             for c in noisy(rng, np.repeat(dirs[i][None], 2, 0), cfg.split_noise):
                 children.append((c, [int(i)], "split"))
@@ -124,12 +123,11 @@ def evolve(cfg: SynthConfig, rng) -> tuple[list[np.ndarray], list[np.ndarray], l
             else:
                 new_ids[slot[c]] = next_concept
                 next_concept += 1
-            for p in parents:
-                truth.append(dict(layer_a=layer, feature_a=p, layer_b=layer + 1, feature_b=int(slot[c]), kind=kind))
+            truth += [dict(layer_a=layer, feature_a=p, layer_b=layer + 1, feature_b=int(slot[c]), kind=kind)
+                      for p in parents]
             if kind == "birth":
                 truth.append(dict(layer_a=None, feature_a=None, layer_b=layer + 1, feature_b=int(slot[c]), kind=kind))
-        for p in dead:
-            truth.append(dict(layer_a=layer, feature_a=int(p), layer_b=None, feature_b=None, kind="death"))
+        truth += [dict(layer_a=layer, feature_a=int(p), layer_b=None, feature_b=None, kind="death") for p in dead]
         dirs, plain = new_dirs, new_plain
         decs.append(dirs)
         ids.append(new_ids)
@@ -166,8 +164,8 @@ def widen(cfg: SynthConfig, rng, narrow: np.ndarray, width: int) -> tuple[np.nda
     n_novel = width - len(kept) - int(groups.sum())
     if n_novel < n_abs:
         raise ValueError(f"width {width} is too small to grow {n} features (needs {width - n_novel + n_abs})")
-    children: list[tuple[np.ndarray, int | None, str]] = []  # (direction, narrow parent, kind)
-    children += [(v, int(i), "kept") for v, i in zip(noisy(rng, narrow[kept], cfg.width_drift), kept)]
+    # (direction, narrow parent, kind) of each wide feature
+    children = [(v, int(i), "kept") for v, i in zip(noisy(rng, narrow[kept], cfg.width_drift), kept)]
     for i, g in zip(split, groups):
         # r_k = cos(2πk/g) u + sin(2πk/g) v with u, v orthonormal and ⟂ parent: equal norms, Σ r_k = 0,
         # so Σ children ∝ parent exactly
@@ -232,8 +230,8 @@ def write_sae(folder: Path, dec: np.ndarray, enc: np.ndarray, theta: np.ndarray,
     return default_sae_id(meta)
 
 
-def generate(cfg: SynthConfig, out: Path, progress=None) -> list[Path]:
-    """Write the family under `out`; return the SAE folders in ingest order."""
+def generate(cfg: SynthConfig, out: Path, progress=lambda: None) -> list[Path]:
+    """Write the family under `out`; return the SAE folders in ingest order. `progress()` is called after each SAE."""
     sizes = (cfg.d_sae, *cfg.widths)
     for narrow, wide in zip(sizes, sizes[1:]):
         if wide <= narrow:  # checked before anything is written
@@ -241,7 +239,6 @@ def generate(cfg: SynthConfig, out: Path, progress=None) -> list[Path]:
     rng = np.random.default_rng(cfg.seed)
     decs, concepts, truth = evolve(cfg, rng)
     scale = rng.lognormal(0.0, 0.3, cfg.d_sae * (cfg.n_layers + 2) * 2)
-    rows: list[dict] = []
     folders: list[Path] = []
     base_ids = []
     for layer, dec in enumerate(decs):
@@ -249,11 +246,9 @@ def generate(cfg: SynthConfig, out: Path, progress=None) -> list[Path]:
         theta = thresholds(scale, concepts[layer], layer)
         base_ids.append(write_sae(folder, dec, dec, theta, layer, 0, "A"))
         folders.append(folder)
-        if progress:
-            progress()
-    for t in truth:
-        rows.append(dict(t, sae_a=None if t["layer_a"] is None else base_ids[t["layer_a"]],
-                         sae_b=None if t["layer_b"] is None else base_ids[t["layer_b"]]))
+        progress()
+    rows = [dict(t, sae_a=None if t["layer_a"] is None else base_ids[t["layer_a"]],
+                 sae_b=None if t["layer_b"] is None else base_ids[t["layer_b"]]) for t in truth]
     siblings = [(s, "A", cfg.seed_shared) for s in range(1, cfg.n_seeds)]
     if cfg.second_dataset:
         siblings.append((0, "B", cfg.dataset_shared))
@@ -268,8 +263,7 @@ def generate(cfg: SynthConfig, out: Path, progress=None) -> list[Path]:
                 kind = "orphan" if origin[slot] < 0 else ("shared" if enc_ok[slot] else "decoder_only")
                 rows.append(dict(layer_a=layer, feature_a=None if origin[slot] < 0 else int(origin[slot]),
                                  layer_b=layer, feature_b=slot, kind=kind, sae_a=base_ids[layer], sae_b=sid))
-            if progress:
-                progress()
+            progress()
     if cfg.flow:
         rows += _flow_saes(cfg, decs, truth, base_ids, out, folders, progress)
     if cfg.widths:
@@ -284,7 +278,7 @@ def generate(cfg: SynthConfig, out: Path, progress=None) -> list[Path]:
 
 
 def _flow_saes(cfg: SynthConfig, decs: list[np.ndarray], truth: list[dict], base_ids: list[str], out: Path,
-               folders: list[Path], progress=None) -> list[dict]:
+               folders: list[Path], progress) -> list[dict]:
     """MLP-out and attention-out SAEs for layers 1.. of the base stack. Of the features born at layer L,
     half are written by the MLP, a quarter by attention, the rest come from nowhere; 15% of the carried
     ones are also in the MLP's output (processed: RES&MLP). Truth rows: kind 'origin:<class>'."""
@@ -310,18 +304,16 @@ def _flow_saes(cfg: SynthConfig, decs: list[np.ndarray], truth: list[dict], base
             theta = (0.5 * rng.lognormal(0.0, 0.3, cfg.d_sae)).astype(np.float32)
             sid = write_sae(folder, dec, dec, theta, layer, 0, "A", site)
             folders.append(folder)
-            for slot, f in zip(slots, held):
-                rows.append(dict(kind=f"{site}_copy", sae_a=sid, feature_a=int(slot), layer_a=layer,
-                                 sae_b=base_ids[layer], feature_b=int(f), layer_b=layer))
-            if progress:
-                progress()
+            rows += [dict(kind=f"{site}_copy", sae_a=sid, feature_a=int(slot), layer_a=layer, sae_b=base_ids[layer],
+                          feature_b=int(f), layer_b=layer) for slot, f in zip(slots, held)]
+            progress()
         rows += [dict(kind=f"origin:{o}", sae_a=None, feature_a=None, layer_a=None, sae_b=base_ids[layer],
                       feature_b=f, layer_b=layer) for f, o in sorted(origin.items())]
     return rows
 
 
 def _width_family(cfg: SynthConfig, base: np.ndarray, base_id: str, out: Path, folders: list[Path],
-                  progress=None) -> list[dict]:
+                  progress) -> list[dict]:
     """Write layer `width_layer` at each of cfg.widths, each grown from the one before; truth rows."""
     if not 0 <= cfg.width_layer < cfg.n_layers:
         raise ValueError(f"width_layer {cfg.width_layer} is not a layer of the stack (0..{cfg.n_layers - 1})")
@@ -333,11 +325,10 @@ def _width_family(cfg: SynthConfig, base: np.ndarray, base_id: str, out: Path, f
         theta = (0.5 * (1 + 0.1 * cfg.width_layer) * rng.lognormal(0.0, 0.3, width)).astype(np.float32)
         wide_id = write_sae(folder, wide, wide, theta, cfg.width_layer, 0, "A")
         folders.append(folder)
-        for t in truth:
-            rows.append(dict(t, sae_a=narrow_id, layer_a=cfg.width_layer, sae_b=wide_id, layer_b=cfg.width_layer))
+        rows += [dict(t, sae_a=narrow_id, layer_a=cfg.width_layer, sae_b=wide_id, layer_b=cfg.width_layer)
+                 for t in truth]
         narrow, narrow_id = wide, wide_id
-        if progress:
-            progress()
+        progress()
     return rows
 
 

@@ -6,7 +6,7 @@ bytes on disk per match row; the export of `matches` over HTTP with the server's
 
 The generator measures storage, not matching: per pair-method one DuckDB `COPY (SELECT ... FROM range())`
 writes the table file in the matches schema and sort order, and its reverse file; the store adopts them by a
-rename (Writer.adopt_pair), SAE and feature rows through the store's API, all in one job. The data looks like
+rename (Writer.replace_pair), SAE and feature rows through the store's API, all in one job. The data looks like
 a matched family: each feature has k = 16 candidates, rank 1 assigned to a permutation of the next layer's
 features, ~1.6 edges per feature pass 0.5 (10% of rows: the reverse files), carry chains run across layers with
 random breaks, a few percent of features split, so lineages have a few to tens of nodes. Feature 0 of every stack's first layer is a
@@ -217,7 +217,7 @@ def generate(shape: Shape, folder: Path, log=print) -> tuple["object", dict]:
         staging = atlas.dir / "staging"
         for stack, la, lb in tqdm(shape.pairs(), desc="scale: pair-methods", unit="pair", mininterval=5):
             path, stats = write_shard(gen, shape, stack, la, lb, run_id, staging)
-            w.adopt_pair(sae_id(stack, la), sae_id(stack, lb), METHOD, path, stats, run_id)
+            w.replace_pair(sae_id(stack, la), sae_id(stack, lb), METHOD, path, stats, run_id)
         w.finish_run(run_id, time.strftime("%Y-%m-%d %H:%M:%S"))
         shutil.rmtree(staging, ignore_errors=True)
     info = {"shape": asdict(shape), "version": GEN_VERSION, "match_rows": shape.match_rows, "pairs": shape.n_pairs,
@@ -245,7 +245,7 @@ def publish(atlas, shape: Shape, work: Path, repeats: int = 3) -> dict:
             t0 = time.perf_counter()
             with copy.write() as w:
                 t1 = time.perf_counter()
-                w.adopt_pair(sae_id(stack, la), sae_id(stack, lb), METHOD, shard, stats, "scale-publish")
+                w.replace_pair(sae_id(stack, la), sae_id(stack, lb), METHOD, shard, stats, "scale-publish")
                 t2 = time.perf_counter()
             t3 = time.perf_counter()
             runs.append({"job_s": t3 - t0, "open_s": t1 - t0, "write_s": t2 - t1, "publish_s": t3 - t2})

@@ -90,3 +90,17 @@ def planted_flow(truth: list[dict], stack_ids: list[str], d_sae: int) -> list[tu
         out.append((layer, None if layer == 0 else d_sae - len(coming),
                     None if layer == len(stack_ids) - 1 else d_sae - len(going)))
     return out
+
+
+def file_edges(files, sae: str, features, targets: list[str], forward: bool, method: str, bar=None) -> list[tuple]:
+    """(sae_a, feature_a, sae_b, feature_b, method, score, rank, assigned, kind) of the candidates between
+    `features` of `sae` and each SAE of `targets` in the given direction, by FileEdges.lookup."""
+    from atlas.store.edgeindex import CARRY, KINDS
+
+    out = []
+    for other in targets:
+        a, b = (sae, other) if forward else (other, sae)
+        r = files.lookup(a, b, method, features, forward, bar)
+        out += [(a, fa, b, fb, method, s, rank, kind == CARRY, str(KINDS[kind])) for fa, fb, s, rank, kind in zip(
+            r.feature_a.tolist(), r.feature_b.tolist(), r.score.tolist(), r.rank.tolist(), r.kind.tolist())]
+    return out

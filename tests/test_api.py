@@ -13,7 +13,7 @@ from litestar.testing import TestClient
 from api.app import create_app
 from api.settings import Settings, settings_table
 from atlas.queries import QueryError, lineage, orphans
-from atlas.queries.sqlguard import connect_serving, serving_settings
+from atlas.store.snapshot import SERVING_CONFIG, Snapshot
 
 STACK = "synth-resid-w256-jumprelu-s0-A"
 SAE0 = "synth-resid0-w256-s0-A"
@@ -28,7 +28,7 @@ def client(synth_atlas):
 
 def _reader(atlas):
     """The server holds the file open; in one process DuckDB shares it only with the same configuration."""
-    return connect_serving(str(atlas.path))
+    return Snapshot(atlas.path).con
 
 
 def test_health_and_listing_with_pagination(client):
@@ -159,8 +159,10 @@ def test_export_parquet(client):
 
 def test_serving_connection_is_locked_down(synth_atlas, tmp_path):
     synth_atlas.copy_to(tmp_path / "copy.duckdb")
-    con = connect_serving(str(tmp_path / "copy.duckdb"), memory_limit="1GB", threads=1)
-    s = serving_settings(con)
+    con = Snapshot(tmp_path / "copy.duckdb", memory_limit="1GB", threads=1).con
+    names = list(SERVING_CONFIG) + ["memory_limit", "threads", "lock_configuration"]
+    s = dict(con.execute("SELECT name, value FROM duckdb_settings() WHERE name IN (SELECT unnest(?))",
+                         [names]).fetchall())
     assert s["enable_external_access"] == "false" and s["lock_configuration"] == "true"
     assert s["autoinstall_known_extensions"] == "false" and s["autoload_known_extensions"] == "false"
     assert s["python_enable_replacements"] == "false" and s["threads"] == "1"

@@ -19,7 +19,7 @@ from atlas.queries.edges import EdgeIndexCache, FileEdges
 from atlas.store import Atlas
 from atlas.store.edgeindex import EdgeIndex, index_name
 
-from .conftest import TINY, kill_job_at
+from .conftest import TINY, file_edges, kill_job_at
 
 STATS = {"n_a": 8, "n_b": 8, "n_assigned": 8, "n_matched": 1, "matched_frac": 0.0, "tau": 0.7, "params_hash": "h"}
 
@@ -53,10 +53,10 @@ def test_every_matches_file_has_its_index_and_lookups_equal_the_rows(synth_atlas
     for (a, b, m), expect in want.items():
         assert (synth_atlas.tables_dir / index_name(files.pairs[(a, b, m)][0])).exists()
         every = range(TINY.d_sae + 3)  # and features past the SAE's width: no rows
-        fwd = {(e[1], e[3], e[5], e[6], e[7], e[8]) for e in files.edges(a, every, [b], True, m)}
-        bwd = {(e[1], e[3], e[5], e[6], e[7], e[8]) for e in files.edges(b, every, [a], False, m)}
+        fwd = {(e[1], e[3], e[5], e[6], e[7], e[8]) for e in file_edges(files, a, every, [b], True, m)}
+        bwd = {(e[1], e[3], e[5], e[6], e[7], e[8]) for e in file_edges(files, b, every, [a], False, m)}
         assert fwd == bwd == expect, (a, b, m)
-        one = files.edges(b, [7], [a], False, m)  # backward: exactly feature_b 7's rows
+        one = file_edges(files, b, [7], [a], False, m)  # backward: exactly feature_b 7's rows
         assert sorted((e[1], e[3]) for e in one) == sorted((fa, fb) for fa, fb, *_ in expect if fb == 7)
 
 
@@ -175,7 +175,7 @@ def test_open_indexes_are_bounded_by_count_and_mapped_bytes(synth_atlas):
         files.indexes = cache
         for a, b, m in files.pairs:
             assert files.index(a, b, m) is not None
-            assert len(cache) <= 3 and cache.mapped_bytes <= max(cache.max_bytes, size)
+            assert len(cache) <= 3 and cache._bytes <= max(cache.max_bytes, size)
         assert len(cache) <= 3
 
 

@@ -12,7 +12,7 @@ from atlas.queries import lineage
 from atlas.queries.edges import FileEdges
 from atlas.store.edgeindex import KINDS, kind_codes
 
-from .conftest import TINY
+from .conftest import TINY, file_edges
 
 
 def _id(layer):
@@ -30,7 +30,7 @@ def test_edge_kind_has_one_definition(synth_atlas):
     vec = KINDS[kind_codes(np.array([r[4] for r in rows]), np.array([r[5] for r in rows]), np.array([r[6] for r in rows]))]
     assert list(vec) == [r[7] for r in rows]
     by_key = {e[:4]: e[8] for a, b, m in files.pairs if m == "decoder_cos"
-              for e in files.edges(a, range(TINY.d_sae), [b], True, m)}
+              for e in file_edges(files, a, range(TINY.d_sae), [b], True, m)}
     assert by_key == {r[:4]: r[7] for r in rows}
 
 

@@ -25,8 +25,6 @@ from scipy.optimize import nnls
 
 from .candidates import topk_both
 
-CLASSES = ("kept", "split", "duplicate", "absent")
-
 
 @dataclass(frozen=True)
 class WidthParams:

@@ -6,11 +6,11 @@ from .communities import Community, communities
 from .lineage import checked_lineage, flow_origins, lineage
 from .orphans import feature_sharing, orphans
 from .pairs import birth_death, layer_pairs, pair_matches, pair_matrix, permutation_pairs
-from .records import Edge, FeatureSharing, LayerPair, Lineage, Node, NotFound, Orphans, QueryError
-from .saes import find_features, list_saes, sae_detail, sae_summary, sibling_groups, stacks
+from .records import LayerPair, Lineage, NotFound, Orphans, QueryError
+from .saes import find_features, list_saes, sae_detail, sibling_groups, stacks
 from .search import Hit, IndexCache, nearest
 
-__all__ = ["Community", "Edge", "FeatureSharing", "Hit", "IndexCache", "LayerPair", "Lineage", "Node", "NotFound",
-           "Orphans", "QueryError", "birth_death", "checked_lineage", "communities", "feature_card", "feature_sharing",
-           "find_features", "flow_origins", "layer_pairs", "lineage", "list_saes", "nearest", "orphans",
-           "pair_matches", "pair_matrix", "permutation_pairs", "sae_detail", "sae_summary", "sibling_groups", "stacks"]
+__all__ = ["Community", "Hit", "IndexCache", "LayerPair", "Lineage", "NotFound", "Orphans", "QueryError", "birth_death",
+           "checked_lineage", "communities", "feature_card", "feature_sharing", "find_features", "flow_origins",
+           "layer_pairs", "lineage", "list_saes", "nearest", "orphans", "pair_matches", "pair_matrix",
+           "permutation_pairs", "sae_detail", "sibling_groups", "stacks"]

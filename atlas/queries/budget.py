@@ -7,6 +7,7 @@ Outside a request there is no budget and check() costs nothing.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import threading
 import time
@@ -38,10 +39,8 @@ class Budget:
         with self._lock:
             cursors = list(self._cursors)
         for c in cursors:
-            try:
+            with contextlib.suppress(Exception):  # a closed cursor has nothing left to stop
                 c.interrupt()
-            except Exception:  # noqa: BLE001  (a closed cursor has nothing left to stop)
-                pass
 
     def expire(self) -> None:
         self.expired = True

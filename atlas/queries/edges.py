@@ -22,12 +22,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..methods import METHODS
-from ..store.edgeindex import CARRY, KINDS, EdgeIndex, Rows, index_name, kind_codes
-from ..store.parts import PartReader, catalog
+from ..store.edgeindex import CARRY, COLUMNS, EdgeIndex, Rows, index_name, kind_codes
+from ..store.parts import PartReader, arrow_like, catalog
 from ..store.schema import files_root
 from .common import SAE_COLUMNS, sae_row, stack_saes
 
-EDGE_COLUMNS = ["feature_a", "feature_b", "score", "rank", "assigned", "rank_b"]
 NO_ROWS = Rows(*(np.empty(0, t) for t in (np.int64, np.int64, np.float32, np.int64, np.uint8)))
 
 
@@ -64,10 +63,6 @@ class EdgeIndexCache:
                 self._bytes -= old.nbytes if old is not None else 0
         return index
 
-    @property
-    def mapped_bytes(self) -> int:
-        return self._bytes
-
     def __len__(self) -> int:
         return len(self._open)
 
@@ -76,10 +71,9 @@ class FileEdges:
     """The matches of one snapshot, looked up by pair-method: in its edge index, or in its table files."""
 
     def __init__(self, root: str | Path | None, files: dict, saes: dict[str, dict] | None = None,
-                 reader: PartReader | None = None, examples: set[str] | None = None,
-                 labelled: set[str] | None = None):
+                 examples: set[str] | None = None, labelled: set[str] | None = None):
         self.root = Path(root) if root is not None else None
-        self.reader = reader if reader is not None or self.root is None else PartReader(self.root)
+        self.reader = PartReader(self.root) if self.root is not None else None
         self.indexes = EdgeIndexCache(self.root) if self.root is not None else None
         self.saes = saes
         self.examples = examples
@@ -97,11 +91,11 @@ class FileEdges:
             self.into.setdefault(b, []).append((a, m))
 
     @classmethod
-    def of(cls, con, saes: dict[str, dict] | None = None, reader: PartReader | None = None,
-           examples: set[str] | None = None, labelled: set[str] | None = None) -> "FileEdges":
+    def of(cls, con, saes: dict[str, dict] | None = None, examples: set[str] | None = None,
+           labelled: set[str] | None = None) -> "FileEdges":
         """The table files a connection's snapshot names (an atlas without any: no edges)."""
         root = files_root(con)
-        return cls(root, catalog(con) if root is not None else {}, saes, reader, examples, labelled)
+        return cls(root, catalog(con) if root is not None else {}, saes, examples, labelled)
 
     @classmethod
     def with_saes(cls, con) -> "FileEdges":
@@ -139,13 +133,13 @@ class FileEdges:
         """Edges of pair (sae_a, sae_b, method) whose feature_a (forward) or feature_b (backward) is one of
         `features`. `bar`: the lowest score the caller keeps backward (lets a Parquet read use the reverse
         file; the index holds every row)."""
-        if (sae_a, sae_b, method) not in self.pairs:
+        f = self.pairs.get((sae_a, sae_b, method))
+        if f is None:
             return NO_ROWS
         index = self.index(sae_a, sae_b, method)
         if index is not None:
             return index.forward(features) if forward else index.backward(features)
-        t = self.forward(sae_a, sae_b, method, features) if forward else self.backward(sae_a, sae_b, method, features, bar)
-        return _rows(t)
+        return _rows(self._parquet(f, method, features, forward, bar))
 
     def quantile(self, sae_a: str, sae_b: str, method: str, q: float, con) -> float | None:
         """quantile_cont of a pair-method's assigned scores: from its index, else SQL over its one file."""
@@ -156,39 +150,16 @@ class FileEdges:
         return con.execute("SELECT quantile_cont(score, ?) FROM read_parquet(?, hive_partitioning = false) "
                            "WHERE assigned", [q, path]).fetchall()[0][0]
 
-    # Parquet reads, for table files without an edge index
-
-    def forward(self, sae_a: str, sae_b: str, method: str, features, columns=EDGE_COLUMNS) -> pa.Table:
-        """Rows of pair (sae_a, sae_b, method) whose feature_a is one of `features` (empty: no such pair)."""
-        f = self.pairs.get((sae_a, sae_b, method))
-        if f is None:
-            return _empty(columns)
-        return _lookup(self.reader, f[0], "feature_a", features, columns)
-
-    def backward(self, sae_a: str, sae_b: str, method: str, features, bar: float | None = None,
-                 columns=EDGE_COLUMNS) -> pa.Table:
-        """Rows of pair (sae_a, sae_b, method) whose feature_b is one of `features`. `bar`: the lowest score
-        the caller keeps (None: every row). From the reverse file when it holds every row the caller keeps,
-        else a filtered read of the pair's file (distance methods, or a bar below the index floor)."""
-        f = self.pairs.get((sae_a, sae_b, method))
-        if f is None:
-            return _empty(columns)
+    def _parquet(self, f: tuple[str, str | None], method: str, features, forward: bool, bar: float | None) -> pa.Table:
+        """Rows of a pair's table file without an edge index whose feature_a (forward) or feature_b is one of
+        `features`. Backward, from the reverse file when it holds every row the caller keeps (`bar` at least the
+        method's index floor), else a filtered read of the pair's file (distance methods, or a lower bar)."""
+        if forward:
+            return self.reader.rows(f[0], "feature_a", features, COLUMNS)
         floor = METHODS[method].index_floor if method in METHODS else None
         if f[1] is not None and floor is not None and bar is not None and bar >= floor:
-            return _lookup(self.reader, f[1], "feature_b", features, columns)
-        return _scan(self.path(f[0]), "feature_b", features, columns)
-
-    def edges(self, sae: str, features, targets: list[str], forward: bool, method: str,
-              bar: float | None = None) -> list[tuple]:
-        """(sae_a, feature_a, sae_b, feature_b, method, score, rank, assigned, kind) of the candidates between
-        `features` of `sae` and each SAE of `targets`, in the given direction."""
-        out = []
-        for other in targets:
-            a, b = (sae, other) if forward else (other, sae)
-            r = self.lookup(a, b, method, features, forward, bar)
-            out += [(a, fa, b, fb, method, s, rank, kind == CARRY, str(KINDS[kind])) for fa, fb, s, rank, kind in zip(
-                r.feature_a.tolist(), r.feature_b.tolist(), r.score.tolist(), r.rank.tolist(), r.kind.tolist())]
-        return out
+            return self.reader.rows(f[1], "feature_b", features, COLUMNS)
+        return _scan(self.path(f[0]), "feature_b", features)
 
     def outgoing(self, sae: str, feature: int, top: int) -> list[tuple]:
         """(method, sae_b, feature_b, score, rank, assigned, 'out') of a feature's candidates of rank <= top."""
@@ -219,13 +190,7 @@ class FileEdges:
         return [str(self.path(self.pairs[p][0])) for p in pairs if p in self.pairs] if table == "matches" else []
 
 
-def _lookup(reader: PartReader, rel: str, column: str, values, columns: list[str]) -> pa.Table:
-    """reader.rows with just `columns` (it filters on `column`, so that one is read too)."""
-    t = reader.rows(rel, column, values, columns if column in columns else [column, *columns])
-    return t.select(columns)
-
-
-def _scan(path: Path, column: str, values, columns: list[str]) -> pa.Table:
+def _scan(path: Path, column: str, values) -> pa.Table:
     """Rows of one file whose `column` (not its sort column) is one of `values`: read that column, then only
     the row groups holding a hit (3x faster than a filtered read of every column)."""
     values = pa.array(np.unique(np.asarray(list(values), np.int64)), pa.int32())
@@ -235,21 +200,15 @@ def _scan(path: Path, column: str, values, columns: list[str]) -> pa.Table:
     meta = pf.metadata
     starts = np.cumsum([0] + [meta.row_group(i).num_rows for i in range(meta.num_row_groups)])
     groups = np.unique(np.searchsorted(starts, hits, side="right") - 1).tolist()
-    read = columns if column in columns else [column, *columns]
-    t = pf.read_row_groups(groups, columns=read, use_threads=False) if groups else _empty(read)
-    return t.filter(pc.is_in(t[column], values)).select(columns)
+    if not groups:
+        return arrow_like(meta, COLUMNS)
+    t = pf.read_row_groups(groups, columns=COLUMNS, use_threads=False)
+    return t.filter(pc.is_in(t[column], values))
 
 
 def _rows(t: pa.Table) -> Rows:
-    """Parquet rows (EDGE_COLUMNS) as index Rows."""
+    """Parquet rows (edgeindex.COLUMNS) as index Rows."""
     rank = t["rank"].to_numpy().astype(np.int64)
     kind = kind_codes(t["assigned"].to_numpy(zero_copy_only=False), rank, t["rank_b"].fill_null(0).to_numpy())
     return Rows(t["feature_a"].to_numpy().astype(np.int64), t["feature_b"].to_numpy().astype(np.int64),
                 t["score"].to_numpy(), rank, kind)
-
-
-def _empty(columns) -> pa.Table:
-    from ..store.parts import arrow_schema
-
-    schema = arrow_schema("matches")
-    return pa.schema([schema.field(c) for c in columns]).empty_table()

@@ -38,11 +38,7 @@ def pair_bars(con, saes: list[str], method: str, tau: float | None, quantile: fl
         return tau
     q = quantile if check_method(method).is_distance else 1 - quantile
     files = files if files is not None else FileEdges.of(con)
-    bars = {}
-    for a in saes:
-        for b, m in files.out_of.get(a, []):
-            if m == method:
-                bars[(a, b)] = files.quantile(a, b, m, q, con)
+    bars = {(a, b): files.quantile(a, b, m, q, con) for a in saes for b, m in files.out_of.get(a, []) if m == method}
     return {k: v for k, v in bars.items() if v is not None}
 
 
@@ -194,12 +190,8 @@ def _step(files: FileEdges, ids, pos, nodes, forward, max_skip, method, low, bar
 
 def _has_nearer(edges, src, forward, step, ids, pos) -> bool:
     """True when src already has a passing edge to a nearer layer (a gap is only for missing matches)."""
-    for e in edges.values():
-        if forward and (e.sae_a, e.feature_a) == src and ids.index(e.sae_b) - pos < step:
-            return True
-        if not forward and (e.sae_b, e.feature_b) == src and pos - ids.index(e.sae_a) < step:
-            return True
-    return False
+    return any(((e.sae_a, e.feature_a) == src and ids.index(e.sae_b) - pos < step) if forward else
+               ((e.sae_b, e.feature_b) == src and pos - ids.index(e.sae_a) < step) for e in edges.values())
 
 
 def _nodes(con, seen, layer_of, site, include_sites, method, files: FileEdges) -> list[Node]:
@@ -211,18 +203,16 @@ def _nodes(con, seen, layer_of, site, include_sites, method, files: FileEdges) -
     labels = {(s, f): lab for s, f, lab in con.execute(
         "SELECT f.sae_id, f.feature, f.label FROM (SELECT unnest(?) AS sae_id, unnest(?) AS feature) n "
         "JOIN features f USING (sae_id, feature)", [[s for s, _ in ask], [f for _, f in ask]]).fetchall()} if ask else {}
-    rows = [(s, f, labels.get((s, f))) for s, f in zip(saes, feats)]
     origins: dict[tuple[str, int], str] = {}
     if include_sites and site == "resid" and files.flow_sites:
         for s in set(saes):
             mine = [f for x, f in seen if x == s]
             origins.update({(s, f): o for f, o in flow_origins(con, s, mine, method, files=files).items()})
     tokens = top_tokens(con, saes, feats) if files.examples is None or files.examples & set(saes) else {}
-    nodes = [Node(sae_id=s, feature=f, layer=layer_of[s], site=site, label=label,
+    nodes = [Node(sae_id=s, feature=f, layer=layer_of[s], site=site, label=labels.get((s, f)),
                   neuronpedia_url=feature_url(files.saes[s]["neuronpedia_id"], f), origin=origins.get((s, f)),
-                  top_tokens=tokens.get((s, f))) for s, f, label in rows]
+                  top_tokens=tokens.get((s, f))) for s, f in zip(saes, feats)]
     return sorted(nodes, key=lambda n: (n.layer, n.feature))
-
 
 
 def flow_origins(con, sae_id: str, features: list[int], method: str, tau: float = 0.5,

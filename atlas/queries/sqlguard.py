@@ -6,9 +6,9 @@ what it wraps, and the parser does not say what that is, so the text after EXPLA
 again on its own. The SQL worker also cannot write any file (api/sandbox.py): a statement that slipped past
 this check still could not change the atlas.
 
-The connection (atlas.store.connect_serving) is opened read_only with external access (files, network), extension install/load and
-Python replacement scans off, memory and threads capped, then the configuration is locked so no query
-can undo it. DuckDB has no statement timeout, so a timer interrupts the cursor; DuckDB neither checks
+The connection (atlas.store.snapshot) is opened read_only with external access (files, network), extension
+install/load and Python replacement scans off, memory and threads capped, then the configuration is locked so
+no query can undo it. DuckDB has no statement timeout, so a timer interrupts the cursor; DuckDB neither checks
 interrupts inside every function nor counts every allocation, so the server also runs this in a worker
 process it kills past the limits (api/sqlpool.py). Rows are fetched in chunks up to the row and byte caps,
 which set `truncated` without rewriting the user's query.
@@ -22,16 +22,9 @@ import time
 import duckdb
 import msgspec
 
-from ..store.snapshot import SERVING_CONFIG, connect_serving  # noqa: F401  (re-exported)
 from .records import NotAllowed, OverBudget, QueryError, QueryTimeout
 
 ALLOWED = "only SELECT, WITH, DESCRIBE, SHOW, SUMMARIZE and EXPLAIN [ANALYZE] of a SELECT are allowed"
-
-
-def serving_settings(con) -> dict:
-    names = list(SERVING_CONFIG) + ["memory_limit", "threads", "lock_configuration"]
-    rows = con.execute("SELECT name, value FROM duckdb_settings() WHERE name IN (SELECT unnest(?))", [names]).fetchall()
-    return dict(rows)
 
 
 def check_statement(con, sql: str) -> None:
@@ -75,10 +68,7 @@ def _explained(sql: str) -> str | None:
         off, word, _ = words[i]
         if depth == 0 and word in ("ANALYZE", "ANALYSE", "VERBOSE"):
             i += 1
-        elif word.startswith("(") and (depth or i == 1 or words[i - 1][1] in ("ANALYZE", "ANALYSE", "VERBOSE")):
-            depth += word.count("(") - word.count(")")
-            i += 1
-        elif depth > 0:
+        elif depth > 0 or word.startswith("(") and (i == 1 or words[i - 1][1] in ("ANALYZE", "ANALYSE", "VERBOSE")):
             depth += word.count("(") - word.count(")")
             i += 1
         else:
@@ -105,11 +95,8 @@ def run_sql(con, sql: str, limit: int, timeout_s: float, max_bytes: int | None =
             if not chunk:
                 break
             for row in chunk:
-                if len(rows) == limit:
-                    truncated = True
-                    break
                 size += len(msgspec.json.encode(row, enc_hook=str)) if max_bytes is not None else 0
-                if max_bytes is not None and size > max_bytes:
+                if len(rows) == limit or max_bytes is not None and size > max_bytes:
                     truncated = True
                     break
                 rows.append(row)

@@ -53,15 +53,11 @@ def carry_chain(lin) -> list[tuple[str, int]]:
     """(sae_id, feature) of the root's carry chain in a Lineage, first layer first."""
     into = {(e.sae_b, e.feature_b): (e.sae_a, e.feature_a) for e in lin.edges if e.kind in CARRIED}
     out = {(e.sae_a, e.feature_a): (e.sae_b, e.feature_b) for e in lin.edges if e.kind in CARRIED}
-    node = (lin.root.sae_id, lin.root.feature)
-    back = []
-    while node in into:
-        node = into[node]
-        back.append(node)
-    chain, node = back[::-1] + [(lin.root.sae_id, lin.root.feature)], (lin.root.sae_id, lin.root.feature)
-    while node in out:
-        node = out[node]
-        chain.append(node)
+    chain = [(lin.root.sae_id, lin.root.feature)]
+    while chain[0] in into:
+        chain.insert(0, into[chain[0]])
+    while chain[-1] in out:
+        chain.append(out[chain[-1]])
     return chain
 
 

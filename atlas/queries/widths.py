@@ -6,6 +6,8 @@ consistency() are the tables `atlas findings` prints.
 
 from __future__ import annotations
 
+from collections import Counter
+
 from .common import check_feature, dict_rows, sae_row, top_tokens
 from .findings import CONSISTENCY_SQL, WIDTHS_SQL
 from .records import Consistency, WidthNode, WidthPair, WidthTree
@@ -31,13 +33,9 @@ def _summary(nodes: list[WidthNode], root: WidthNode) -> str:
     """Walk from the root through the wider SAEs: at each width, how many descendants it has."""
     if all(n.depth == 0 for n in nodes) and root.cls is None:
         return f"no wider or narrower sibling of {root.sae_id} has been matched (atlas match --pairs widths)"
-    parts = []
     up = sorted((n for n in nodes if n.depth < 0), key=lambda n: n.depth)
-    parts.append(f"descends from {up[0].sae_id}/{up[0].feature} (width {up[0].d_sae})" if up else f"width {root.d_sae}")
-    by_width: dict[int, int] = {}
-    for n in nodes:
-        if n.depth > 0:
-            by_width[n.d_sae] = by_width.get(n.d_sae, 0) + 1
+    parts = [f"descends from {up[0].sae_id}/{up[0].feature} (width {up[0].d_sae})" if up else f"width {root.d_sae}"]
+    by_width = Counter(n.d_sae for n in nodes if n.depth > 0)
     if root.cls == "absent":
         parts.append("absent from the next wider SAE")
     for k, (width, count) in enumerate(sorted(by_width.items())):

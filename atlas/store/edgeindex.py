@@ -131,7 +131,6 @@ class Rows:
 class EdgeIndex:
     """One index file, memory-mapped read-only: lookups copy out just the rows asked for."""
 
-
     def __init__(self, path: Path):
         with open(path, "rb") as f:  # the mapping outlives the file object
             raw = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)

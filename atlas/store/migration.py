@@ -8,9 +8,6 @@ from __future__ import annotations
 import os
 
 import duckdb
-import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 from tqdm.auto import tqdm
 
 from . import parts, schema
@@ -32,27 +29,16 @@ def move_tables_out(writer, con) -> None:
     for table, spec in parts.PART_TABLES.items():
         if table not in present:
             continue
-        keys = [k for k in ("sae_a", "sae_b", "method") if k in spec.keys]
-        runs = _runs(con.sql(f"SELECT * FROM {table} ORDER BY {', '.join(keys)}").to_arrow_table(), keys)
-        for key, rows in tqdm(runs, desc=f"moving {table} into table files", unit="pair", disable=len(runs) < 2):
+        keys = ", ".join(k for k in ("sae_a", "sae_b", "method") if k in spec.keys)
+        # one ordered read, cut into each pair's run of rows by the counts of the same order
+        data = con.sql(f"SELECT * FROM {table} ORDER BY {keys}").to_arrow_table()
+        runs = con.execute(f"SELECT {keys}, count(*) FROM {table} GROUP BY ALL ORDER BY {keys}").fetchall()
+        start = 0
+        for *key, n in tqdm(runs, desc=f"moving {table} into table files", unit="pair", disable=len(runs) < 2):
+            rows, start = data.slice(start, n), start + n
             a, b, method = key if len(key) == 3 else (*key, "")
             writer.put_part(table, a, b, method, rows, rows["run_id"][0].as_py())
         con.execute(f"DROP TABLE {table}")
-
-
-def _runs(data: pa.Table, keys: list[str]) -> list[tuple[tuple, pa.Table]]:
-    """A table sorted by `keys` cut into its runs of equal keys: [(key values, rows), ...]."""
-    n = data.num_rows
-    if n == 0:
-        return []
-    change = np.zeros(n, dtype=bool)
-    change[0] = True
-    for k in keys:
-        col = data.column(k)
-        change[1:] |= pc.not_equal(col.slice(1), col.slice(0, n - 1)).to_numpy(zero_copy_only=False)
-    starts = np.nonzero(change)[0].tolist() + [n]
-    return [(tuple(data.column(k)[s].as_py() for k in keys), data.slice(s, e - s))
-            for s, e in zip(starts[:-1], starts[1:])]
 
 
 def _compact(writer) -> None:

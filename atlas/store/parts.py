@@ -181,12 +181,10 @@ class PartReader:
                 return hit
         meta = pq.read_metadata(self.root / rel)
         col = meta.schema.to_arrow_schema().get_field_index(column)
-        lo = np.empty(meta.num_row_groups, np.int64)
-        hi = np.empty(meta.num_row_groups, np.int64)
-        for i in range(meta.num_row_groups):
-            st = meta.row_group(i).column(col).statistics
-            lo[i], hi[i] = (st.min, st.max) if st is not None and st.has_min_max else (np.iinfo(np.int64).min,
-                                                                                        np.iinfo(np.int64).max)
+        stats = [meta.row_group(i).column(col).statistics for i in range(meta.num_row_groups)]
+        unknown = (np.iinfo(np.int64).min, np.iinfo(np.int64).max)  # no statistics: any value may be there
+        lo, hi = np.array([(st.min, st.max) if st is not None and st.has_min_max else unknown for st in stats],
+                          np.int64).reshape(-1, 2).T
         hit = (meta, lo, hi)
         with self._lock:
             self._meta[key] = hit

@@ -56,11 +56,6 @@ class Snapshot:
         self.con.close()
 
 
-def connect_serving(path: str, memory_limit: str = "2GB", threads: int = 2) -> duckdb.DuckDBPyConnection:
-    """A read-only, locked-down connection on the file now at `path`, on a DuckDB instance of its own."""
-    return Snapshot(path, memory_limit, threads).con
-
-
 def _open(path: Path, memory_limit: str, threads: int) -> tuple[duckdb.DuckDBPyConnection, tuple[int, int]]:
     """(connection, (inode, mtime_ns) of the file it opened) for the snapshot now at `path`.
 

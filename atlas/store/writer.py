@@ -169,15 +169,10 @@ class Writer:
         self.con.execute("UPDATE runs SET status = ?, finished_at = ? WHERE run_id = ?", [status, finished_at, run_id])
 
     def replace_pair(self, sae_a: str, sae_b: str, method: str, matches, stats: dict, run_id: str) -> None:
-        """One pair-method's matches (Arrow; written as a table file) and stats row, replacing earlier ones."""
+        """One pair-method's matches (Arrow, or a task's finished shard: put_part) and stats row, replacing
+        earlier ones."""
         with self.transaction():
             self.put_part("matches", sae_a, sae_b, method, matches, run_id)
-            self._replace_stats(sae_a, sae_b, method, stats, run_id)
-
-    def adopt_pair(self, sae_a: str, sae_b: str, method: str, shard: Path, stats: dict, run_id: str) -> None:
-        """The same as replace_pair for a task's finished shard (put_part)."""
-        with self.transaction():
-            self.put_part("matches", sae_a, sae_b, method, Path(shard), run_id)
             self._replace_stats(sae_a, sae_b, method, stats, run_id)
 
     def _replace_stats(self, sae_a: str, sae_b: str, method: str, stats: dict, run_id: str) -> None:
@@ -248,10 +243,6 @@ class Writer:
                         f"FROM parts WHERE {where}) WHERE f IS NOT NULL", params)
             con.execute(f"DELETE FROM parts WHERE {where}", params)
 
-    def update_pair_stats(self, sae_a: str, sae_b: str, method: str, values: dict) -> None:
-        """Set columns of one pair-method's stats row (e.g. activation checks of a weight method)."""
-        self._update("pair_stats", dict(sae_a=sae_a, sae_b=sae_b, method=method), values)
-
     def replace_activation_pair(self, sae_a: str, sae_b: str, method: str, tables, stats: dict,
                                 quality: dict[str, dict], run_id: str) -> None:
         """A pair's activation results, replacing earlier ones: (name, Arrow table or a task's Parquet shard)
@@ -271,7 +262,7 @@ class Writer:
                         self.insert_arrow(name, table.append_column("run_id", pa.repeat(run_id, table.num_rows)))
             self._replace_stats(sae_a, sae_b, method, stats, run_id)
             for weight_method, values in quality.items():
-                self.update_pair_stats(sae_a, sae_b, weight_method, values)
+                self._update("pair_stats", dict(sae_a=sae_a, sae_b=sae_b, method=weight_method), values)
 
     def insert_arrow(self, table: str, data, replace: bool = False) -> None:
         """Bulk insert an Arrow table (columns by name) into `table`; with replace, a row whose primary key is

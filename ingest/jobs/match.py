@@ -144,7 +144,7 @@ def _commit(w, tasks: list[PairTask], results: list[TaskResult], run_id: str, su
     with w.transaction():
         for task, result in zip(tasks, results):
             a, b, method = task.a.sae_id, task.b.sae_id, task.params.method
-            w.adopt_pair(a, b, method, Path(result.shard), shard_stats(result.shard), run_id)
+            w.replace_pair(a, b, method, Path(result.shard), shard_stats(result.shard), run_id)
             summary.computed.append((a, b, method))
     for result in results:
         Path(result.shard).unlink(missing_ok=True)
