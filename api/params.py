@@ -33,12 +33,8 @@ Cursor = Annotated[str | None, QueryParameter(pattern=r"^[0-9]{1,9}$", descripti
 Name = Annotated[str | None, QueryParameter(min_length=1, max_length=512)]
 
 
-def page_token(offset: int | None) -> str | None:
-    """The `next` of a page: where the following page starts (a plain offset, so any valid token is valid)."""
-    return str(offset) if offset is not None else None
-
-
 def page_offset(token: str | None) -> int:
+    """Where a page starts: its token is the `next` of the previous page, a plain offset (so any valid token is valid)."""
     return int(token) if token else 0
 
 

@@ -10,7 +10,6 @@ in-process or on Ray, and only this driver writes DuckDB, one transaction per pa
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from dataclasses import dataclass, field, replace
@@ -21,6 +20,7 @@ import pyarrow as pa
 import torch
 
 from atlas.encode import encode
+from atlas.index import unit_rows
 from atlas.match.pair import MatchParams, match_candidates
 from atlas.store import Atlas, parts, record_run
 from atlas.sae import SAERecord
@@ -100,10 +100,6 @@ class CorrelateSummary:
 def _batch(d_sae: int) -> int:
     """Tokens per streamed batch: the dense encoder output stays near 128 MB at any width."""
     return max(256, min(8192, 2**25 // max(d_sae, 1)))
-
-
-def _unit_rows(w: np.ndarray) -> np.ndarray:
-    return w / np.maximum(np.linalg.norm(w, axis=1, keepdims=True), 1e-12)
 
 
 def _stream(task: StackTask, hooks: list[str], batch: int, tokens: dict | None = None):
@@ -223,7 +219,8 @@ def _write_pair(task: CorrTask, recs, state, cand, plan, ex, quality, tokens, to
     comps = []
     if plan is not None:
         par = np.maximum(plan.parents, 0)
-        dec_cos = np.einsum("jpd,jd->jp", _unit_rows(ra.weights.W_dec)[par], _unit_rows(rb.weights.W_dec))
+        wa, wb = ra.weights.W_dec, rb.weights.W_dec  # in their own dtype (Gemma Scope's may be float64)
+        dec_cos = np.einsum("jpd,jd->jp", unit_rows(wa, wa.dtype)[par], unit_rows(wb, wb.dtype))
         comps = plan.find(cand.b2a_score[:, :par.shape[1]], dec_cos)
     write("compositions", pa.table({
         "sae_b": pa.repeat(b, len(comps)), "feature_b": pa.array([c[0] for c in comps], pa.int32()),

@@ -13,6 +13,7 @@ import pyarrow as pa
 from atlas import index as fx
 from atlas.sae import SAEError, SAEMeta, SAERecord
 from atlas.store import Atlas, Writer, record_run
+from ingest.tasks import require_saes
 
 
 @dataclass
@@ -177,8 +178,7 @@ def set_neuronpedia_id(atlas: Atlas, sae_id: str, neuronpedia_id: str | None) ->
         raise SAEError(f"neuronpedia id {neuronpedia_id!r}: expected modelId/sourceId, "
                        f"e.g. gemma-2-2b/20-gemmascope-res-16k")
     with atlas.write() as w, record_run(w, "saes-set", {"sae_id": sae_id, "neuronpedia_id": neuronpedia_id}):
-        if w.con.execute("SELECT 1 FROM saes WHERE sae_id = ?", [sae_id]).fetchone() is None:
-            raise KeyError(f"unknown SAE {sae_id!r}: see `atlas saes`")
+        require_saes({r[0] for r in w.con.execute("SELECT sae_id FROM saes").fetchall()}, [sae_id])
         w.update_sae(sae_id, {"neuronpedia_id": neuronpedia_id})
 
 

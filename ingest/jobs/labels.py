@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import gzip
 import json
-from collections import Counter, defaultdict
+from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +23,7 @@ import pyarrow as pa
 from atlas.queries.records import NotFound
 from atlas.sae import SAEError
 from atlas.store import Atlas, record_run
+from ingest.tasks import require_saes
 
 KINDS = ("explanations", "features", "activations")
 
@@ -106,8 +107,7 @@ class _Resolver:
 
     def __init__(self, con, sae_id: str | None):
         self.fixed = sae_id
-        if sae_id and con.execute("SELECT 1 FROM saes WHERE sae_id = ?", [sae_id]).fetchone() is None:
-            raise NotFound(f"unknown SAE {sae_id!r}: see `atlas saes`")
+        require_saes({r[0] for r in con.execute("SELECT sae_id FROM saes").fetchall()}, [sae_id] if sae_id else [])
         self.by_npid = dict(con.execute("SELECT neuronpedia_id, sae_id FROM saes WHERE neuronpedia_id IS NOT NULL").fetchall())
 
     def __call__(self, row: dict, f: ExportFile) -> str:
