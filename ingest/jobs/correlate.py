@@ -82,7 +82,6 @@ class CorrResult:
     stats: dict
     quality: dict[str, dict]
     n_compositions: int
-    seconds: float
     error_bound: float = 0.0
     """Θ of the co-firing cap policy (ingest.cofiring.sparse): 0.0 = every statistic exact."""
 
@@ -126,7 +125,6 @@ def run_corr(task: StackTask, out_dir: str) -> list[CorrResult]:
     shards under out_dir. One streamed pass encodes every SAE on its own hook once per batch and feeds every
     pair's co-firing state, the examples and the weight matches' checks; a second one counts the AND/OR
     candidates' joint firing (only for pairs across layers)."""
-    t0 = time.perf_counter()
     sides = {s.ref.sae_id: s for t in task.pairs for s in (t.a, t.b)}
     recs = {sid: read_sae(s.ref.source, fmt=s.ref.fmt, sae_id=sid, layer=s.layer) for sid, s in sides.items()}
     states = {t.key: new_state(recs[t.a.ref.sae_id].meta.d_sae, recs[t.b.ref.sae_id].meta.d_sae) for t in task.pairs}
@@ -161,14 +159,8 @@ def run_corr(task: StackTask, out_dir: str) -> list[CorrResult]:
             for t in across:
                 plans[t.key].add(acts[t.a.ref.sae_id], acts[t.b.ref.sae_id])
     tokens, tokenizer, dataset = _tokens(task, live_tokens) if ex else (None, None, None)
-    results = []
-    for t in task.pairs:
-        results.append(_write_pair(t, recs, states[t.key], cands[t.key], plans.get(t.key),
-                                   {sid: ex[sid] for sid in t.examples_for}, quality[t.key], tokens, tokenizer,
-                                   dataset, Path(out_dir)))
-    for r in results:
-        r.seconds = (time.perf_counter() - t0) / len(results)
-    return results
+    return [_write_pair(t, recs, states[t.key], cands[t.key], plans.get(t.key), {sid: ex[sid] for sid in t.examples_for},
+                        quality[t.key], tokens, tokenizer, dataset, Path(out_dir)) for t in task.pairs]
 
 
 def _name(source) -> str:
@@ -236,7 +228,7 @@ def _write_pair(task: CorrTask, recs, state, cand, plan, ex, quality, tokens, to
             "dataset": pa.repeat(dataset, len(rows)).cast(pa.string())}))
     stats = dict(result.stats, params_hash=task.params.hash(task.a.ref.sha256, task.b.ref.sha256))
     return CorrResult(task.key, shards, stats, {m: q.result(state) for m, q in quality.items()}, len(comps),
-                      0.0, state.error_bound)
+                      state.error_bound)
 
 
 def _hook_check(source):

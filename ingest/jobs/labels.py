@@ -45,14 +45,10 @@ class ExportFile:
     npid: str | None  # modelId/sourceId from the folder names, where they say it
 
 
-def _opener(path: Path):
-    return gzip.open if path.suffix == ".gz" else open
-
-
 def read_rows(path: Path) -> list[dict]:
     """JSON lines, or one JSON array (the export API), plain or gzipped; each row must be an object."""
     try:
-        with _opener(path)(path, "rt", encoding="utf-8") as f:
+        with (gzip.open if path.suffix == ".gz" else open)(path, "rt", encoding="utf-8") as f:
             text = f.read()
     except (OSError, EOFError, UnicodeDecodeError) as e:
         raise SAEError(f"{path}: not a readable export file ({e})") from None
