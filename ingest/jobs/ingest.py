@@ -11,6 +11,7 @@ import numpy as np
 import pyarrow as pa
 
 from atlas import index as fx
+from atlas.queries.common import SAE_COLUMNS
 from atlas.sae import SAEError, SAEMeta, SAERecord
 from atlas.store import Atlas, Writer, record_run
 from ingest.tasks import require_saes
@@ -150,11 +151,8 @@ def commit_sae(w: Writer, p: Prepared, replace: bool) -> str:
         what = "d_in" if m.kind == "sae" else "d_out"
         raise SAEError(f"{m.source}: {what} {m.d_out or m.d_in} differs from {other[0]} ({what} {other[1]}) "
                        f"in stack {m.stack}")
-    row = {"sae_id": m.sae_id, "model": m.model, "hook": m.hook, "site": m.site, "layer": m.layer, "d_in": m.d_in,
-           "d_sae": m.d_sae, "arch": m.arch, "k": m.k, "seed": m.seed, "dataset": m.dataset, "stack": m.stack,
-           "source": m.source, "format": m.fmt, "sha256": m.sha256, "neuronpedia_id": m.neuronpedia_id,
-           "index_file": p.index_file, "index_factory": p.factory, "release": m.release, "variant": m.variant,
-           "kind": m.kind, "hook_out": m.hook_out, "d_out": m.d_out, "l0": m.l0}
+    row = {c: getattr(m, c) for c in SAE_COLUMNS if c not in ("format", "index_file", "index_factory", "created_at")}
+    row |= {"format": m.fmt, "index_file": p.index_file, "index_factory": p.factory}
     w.put_sae(row, p.features, replace=bool(old))
     return "replaced" if old else "added"
 
