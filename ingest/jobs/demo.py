@@ -144,11 +144,12 @@ def run_demo(atlas: Atlas, cache: Path, size: str = "default", host: str = "127.
             server.proc.wait()
             raise RuntimeError(f"the server stopped (exit {server.proc.returncode})")
         except BaseException as e:
-            # `asked`: interrupted inside a library that reported it as its own error
-            stopped = isinstance(e, KeyboardInterrupt) or bool(asked)
+            stopped = isinstance(e, KeyboardInterrupt) or asked  # asked: a library reported the interrupt as its error
             if status.status.state == "running":
-                status.finish(*(("stopped", f"stopped by Ctrl-C; a rerun resumes from {cache}") if stopped
-                                else ("failed", " ".join(str(e).split())[:300])))
+                if stopped:
+                    status.finish("stopped", f"stopped by Ctrl-C; a rerun resumes from {cache}")
+                else:
+                    status.finish("failed", " ".join(str(e).split())[:300])
             if stopped and not isinstance(e, KeyboardInterrupt):
                 raise KeyboardInterrupt from None
             raise
