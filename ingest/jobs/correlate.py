@@ -211,7 +211,7 @@ def _write_pair(task: CorrTask, recs, state, cand, plan, ex, quality, tokens, to
     comps = []
     if plan is not None:
         par = np.maximum(plan.parents, 0)
-        wa, wb = ra.weights.W_dec, rb.weights.W_dec  # in their own dtype (Gemma Scope's may be float64)
+        wa, wb = ra.weights.W_dec, rb.weights.W_dec  # in their own dtype, not cast to float32 first
         dec_cos = np.einsum("jpd,jd->jp", unit_rows(wa, wa.dtype)[par], unit_rows(wb, wb.dtype))
         comps = plan.find(cand.b2a_score[:, :par.shape[1]], dec_cos)
     write("compositions", pa.table({
