@@ -58,16 +58,12 @@ def errors(*codes: int) -> dict[int, ResponseSpec]:
             for c in sorted({400, *codes})}
 
 
-def status_of(exc: QueryError) -> int:
-    return next(code for cls, code in STATUS if isinstance(exc, cls))
-
-
 def error_response(status: int, message: str) -> Response:
     return Response(Error(ok=False, error=message, status=status), status_code=status)
 
 
 def on_query_error(_: Request, exc: QueryError) -> Response:
-    response = error_response(status_of(exc), str(exc))
+    response = error_response(next(code for cls, code in STATUS if isinstance(exc, cls)), str(exc))
     if getattr(exc, "retry_after", None) is not None:
         response.headers["Retry-After"] = str(exc.retry_after)
     return response

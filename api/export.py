@@ -62,27 +62,25 @@ def parquet_stream(schema: pa.Schema, batches: Iterable[pa.RecordBatch]) -> Iter
     yield sink.drain()
 
 
-def table_batches(snap, table: str, atlas_dir: Path | None = None) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
+def table_batches(snap, table: str, atlas_dir: Path) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
     """(schema, record batches) of a whole table of the snapshot, never more than a batch in memory.
 
-    With `atlas_dir`, the table files stay leased (atlas/store/leases.py) until the stream ends, so a job that
+    The table files stay leased (atlas/store/leases.py) until the stream ends, so a job that
     publishes meanwhile cannot collect a file half-way through an export (a lease of a server that died, or
     of a stream never started, goes with its process or its garbage-collected file handle)."""
     if table in PART_TABLES:
         files = snap.files()
         names = sorted(f for (t, *_), (f, _) in files.catalog.items() if t == table)
         schema = arrow_schema(table)
-        lease = Lease(atlas_dir) if atlas_dir is not None else None
-        if lease is not None:
-            lease.hold(set(names))
+        lease = Lease(atlas_dir)
+        lease.hold(set(names))
 
         def from_files():
             try:
                 for rel in names:
                     yield from pq.ParquetFile(files.path(rel)).iter_batches(batch_size=BATCH_ROWS)
             finally:
-                if lease is not None:
-                    lease.release()
+                lease.release()
         return schema, from_files()
     # an export is bounded in memory, not time: its cursor is not stopped at the request's time limit
     cur = snap.con.cursor()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Literal
 
 import msgspec
@@ -33,12 +34,8 @@ Cursor = Annotated[str | None, QueryParameter(pattern=r"^[0-9]{1,9}$", descripti
 Name = Annotated[str | None, QueryParameter(min_length=1, max_length=512)]
 
 
-def page_token(offset: int | None) -> str | None:
-    """The `next` of a page: where the following page starts (a plain offset, so any valid token is valid)."""
-    return str(offset) if offset is not None else None
-
-
 def page_offset(token: str | None) -> int:
+    """Where a page starts: its token is the `next` of the previous page, a plain offset (so any valid token is valid)."""
     return int(token) if token else 0
 
 
@@ -59,15 +56,10 @@ class StrictBodySchema(OpenAPISchemaPlugin):
         return _schema({**doc, **self.extra.get(field_definition.annotation, {})})
 
 
-_RENAMED = {"$ref": "ref", "anyOf": "any_of", "oneOf": "one_of", "allOf": "all_of", "additionalProperties": "additional_properties",
-            "minLength": "min_length", "maxLength": "max_length", "minItems": "min_items", "maxItems": "max_items",
-            "exclusiveMinimum": "exclusive_minimum", "exclusiveMaximum": "exclusive_maximum"}
-
-
 def _schema(doc: dict) -> Schema:
     kwargs = {}
     for key, value in doc.items():
-        name = _RENAMED.get(key, key)
+        name = "ref" if key == "$ref" else re.sub("([A-Z])", r"_\1", key).lower()  # JSON Schema's camelCase
         if key in ("items", "additionalProperties") and isinstance(value, dict):
             value = _schema(value)
         elif key in ("anyOf", "oneOf", "allOf"):

@@ -68,10 +68,10 @@ def limit_malloc_arenas() -> None:
         pass
 
 
-def address_space() -> int:
-    """This process's virtual size in bytes (0 where /proc is not there)."""
+def statm(pid: int | str = "self", field: int = 0) -> int:
+    """A process's virtual size (field 0) or resident size (field 1) in bytes (0 where /proc is not there)."""
     try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+        with open(f"/proc/{pid}/statm") as f:
+            return int(f.read().split()[field]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, IndexError):
         return 0

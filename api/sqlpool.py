@@ -30,6 +30,8 @@ import anyio.to_thread
 
 from atlas.queries.records import Cancelled, NotAllowed, NotFound, OverBudget, QueryError, QueryTimeout
 
+from .sandbox import statm
+
 GRACE_S = 1.0  # the worker's own interrupt gets this long before the kill
 QUEUE_PER_WORKER = 4  # statements that may wait per worker before new ones are refused (503)
 HEADROOM = 256 * 2**20  # address space / resident size a worker may use past memory_limit (Python, buffers)
@@ -52,7 +54,7 @@ def _serve(conn, atlas_path: str, memory_limit: str, threads: int) -> None:
     from atlas.queries.sqlguard import run_sql
     from atlas.store import Snapshot
 
-    from .sandbox import address_space, cap_address_space, deny_writes, limit_malloc_arenas
+    from .sandbox import cap_address_space, deny_writes, limit_malloc_arenas
 
     snap = None
     try:
@@ -61,8 +63,8 @@ def _serve(conn, atlas_path: str, memory_limit: str, threads: int) -> None:
         os.nice(NICE)
         snap = Snapshot(atlas_path, memory_limit, threads)
         snap.con.execute("SELECT count(*) FROM range(100000)").fetchall()  # DuckDB's threads are up: VM is near its base
-        cap_address_space(address_space() + parse_bytes(memory_limit) + HEADROOM)
-        conn.send(("ready", _rss(os.getpid())))
+        cap_address_space(statm() + parse_bytes(memory_limit) + HEADROOM)
+        conn.send(("ready", statm(os.getpid(), 1)))
     except Exception as e:  # noqa: BLE001  (the server reports it on the request that waited for this worker)
         try:
             conn.send(("failed", f"{type(e).__name__}: {e}"))
@@ -89,15 +91,6 @@ def _serve(conn, atlas_path: str, memory_limit: str, threads: int) -> None:
             conn.send(("error", "QueryError", f"SQL error: {type(e).__name__}: {e}", None))
         if snap is None:  # the snapshot could not be reopened: a fresh worker tries again
             return
-
-
-def _rss(pid: int) -> int:
-    """Resident bytes of a process (0 where /proc is not there)."""
-    try:
-        with open(f"/proc/{pid}/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return 0
 
 
 def parse_bytes(text: str) -> int:
@@ -159,6 +152,20 @@ class SQLPool:
         # DuckDB's own limit and the address-space cap stop most big queries first; the kill is the last guard.
         return _Worker(p, mine, reply[1] + self.limit_bytes + HEADROOM)
 
+    def _grow(self) -> _Worker | None:
+        """A new worker while fewer than `size` run, else None; a start that fails gives its place back."""
+        with self.lock:
+            grow = self.count < self.size
+            self.count += grow
+        if not grow:
+            return None
+        try:
+            return self._start()
+        except BaseException:
+            with self.lock:
+                self.count -= 1
+            raise
+
     def _acquire(self, wait_s: float, budget=None) -> _Worker:
         """An idle live worker, a new one while fewer than `size` run, or the next one freed (within wait_s).
 
@@ -173,16 +180,9 @@ class SQLPool:
                 continue
             except queue.Empty:
                 pass
-            with self.lock:
-                grow = self.count < self.size
-                self.count += grow
-            if grow:
-                try:
-                    return self._start()
-                except BaseException:
-                    with self.lock:
-                        self.count -= 1
-                    raise
+            w = self._grow()
+            if w is not None:
+                return w
             if time.monotonic() > end:
                 raise OverBudget(f"all {self.size} SQL workers stayed busy for {wait_s:g} s; try again",
                                  f"sql_workers={self.size}")
@@ -213,7 +213,7 @@ class SQLPool:
                     raise Cancelled("the client went away; the query was stopped")
                 if time.monotonic() > deadline:
                     raise QueryTimeout(timeout_s)
-                if _rss(w.process.pid) > w.cap:
+                if statm(w.process.pid, 1) > w.cap:
                     raise OverBudget(f"the query used more than a SQL worker's memory_limit ({self.memory_limit}) "
                                      f"and was stopped; ask for less (filters, a LIMIT)", "memory_limit")
             try:
@@ -240,20 +240,13 @@ class SQLPool:
         """Start one worker in the background while fewer than `size` run (the forkserver's first start imports
         DuckDB: about a second; later ones take milliseconds)."""
         def start():
-            with self.lock:
-                grow = self.count < self.size and not self.closed
-                self.count += grow
-            if not grow:
-                return
             try:
-                w = self._start()
+                w = None if self.closed else self._grow()
             except Exception:  # noqa: BLE001  (the next query reports it)
-                with self.lock:
-                    self.count -= 1
                 return
-            if self.closed:
+            if w is not None and self.closed:
                 self._drop(w, replace=False)
-            else:
+            elif w is not None:
                 self.idle.put(w)
         threading.Thread(target=start, daemon=True, name="atlas-sql-warm").start()
 

@@ -152,8 +152,7 @@ def collect(cfg: ActivationConfig, out: Path, progress=None) -> dict:
         if sum(len(x) for x in buf["doc"]) >= cfg.shard_tokens:
             flush()
     flush()
-    path = model_path(cfg.model)
-    manifest = {"config": asdict(cfg), "model_path": path, "d_model": info["d_model"], "hooks": hooks,
+    manifest = {"config": asdict(cfg), "model_path": model_path(cfg.model), "d_model": info["d_model"], "hooks": hooks,
                 "n_tokens": n_tokens, "shards": shards, "n_docs": info["n_docs"]}
     (out / MANIFEST).write_text(json.dumps(manifest, indent=1))
     return manifest

@@ -16,7 +16,7 @@ class Quality:
 
     def __init__(self, b: SAERecord, fa: np.ndarray, fb: np.ndarray):
         self.b, self.fa, self.fb = b, torch.from_numpy(fa), torch.from_numpy(fb)
-        self.sse = self.sx = self.sxx = 0.0
+        self.sse = self.sxx = 0.0
         self.sum_x = None
         self.n = 0
 

@@ -10,5 +10,3 @@ from .widths import WidthsController
 
 CONTROLLERS = [HealthController, SaesController, PairsController, SearchController, SqlController,
                NeuronpediaController, WidthsController]
-
-__all__ = ["CONTROLLERS"]

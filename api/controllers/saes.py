@@ -13,7 +13,7 @@ from atlas.queries.records import FeatureCard, FoundFeature, SAEDetail
 from atlas.queries.steering import SteeringSet, steering_set, to_safetensors
 
 from ..errors import errors
-from ..params import Cursor, FeatureIndex, Method, Name, SaeId, Tau, page_offset, page_token
+from ..params import Cursor, FeatureIndex, Method, Name, SaeId, Tau, page_offset
 from ..settings import Settings
 from ..state import AtlasState
 from ..structs import OrphanPage, SAEPage
@@ -29,7 +29,7 @@ class SaesController(Controller):
         """SAEs of the atlas, by stack and layer, one page at a time."""
         off, size = page_offset(cursor), settings.page_size
         items = q.list_saes(atlas.cursor(), stack, model, size + 1, off)
-        return SAEPage(items=items[:size], next=page_token(off + size) if len(items) > size else None)
+        return SAEPage(items=items[:size], next=str(off + size) if len(items) > size else None)
 
     @get("/saes/{sae_id:str}", operation_id="getSae", sync_to_thread=True, responses=errors(404))
     def get_sae(self, atlas: NamedDependency[AtlasState], sae_id: SaeId) -> SAEDetail:
@@ -92,7 +92,7 @@ class SaesController(Controller):
         off, size = page_offset(cursor), settings.page_size
         return OrphanPage(sae_id=o.sae_id, siblings=o.siblings, n_features=o.n_features, n_orphans=o.n_orphans,
                           orphan_frac=o.orphan_frac, orphans=o.orphans[off:off + size],
-                          next=page_token(off + size) if off + size < len(o.orphans) else None)
+                          next=str(off + size) if off + size < len(o.orphans) else None)
 
     @get("/features", operation_id="findFeatures", sync_to_thread=True, responses=errors())
     def find(self, atlas: NamedDependency[AtlasState],
@@ -101,5 +101,3 @@ class SaesController(Controller):
         """Features whose label contains the text (case-insensitive)."""
         return q.find_features(atlas.cursor(), label, limit)
 
-
-__all__ = ["SaesController"]

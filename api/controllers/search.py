@@ -33,5 +33,3 @@ class SearchController(Controller):
         """The k features most cosine-similar to (sae_id, feature)."""
         return q.nearest(atlas.indexes, atlas.cursor(), None, sae_id, feature, k)
 
-
-__all__ = ["SearchController"]

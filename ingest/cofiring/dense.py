@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
+from typing import Self
 
 import numpy as np
 import scipy.sparse as sp
@@ -67,8 +68,31 @@ def _dense(x, dev: torch.device, dtype: torch.dtype) -> torch.Tensor:
     return torch.as_tensor(np.asarray(x), dtype=dtype).to(dev)
 
 
+class PairState:
+    """What both co-firing states share: the statistics of given pairs from their (Σab, count) lookup, Pearson r
+    of pairs (`_pair_r`) and firing counts (f_a, f_b)."""
+
+    def finish(self) -> Self:
+        """Multiply out what is pending."""
+        self.flush()
+        return self
+
+    def stats(self, rows, cols) -> dict[str, np.ndarray]:
+        """Pearson r, co-firing count, P(b fires | a fires) and Jaccard of firing sets for given pairs."""
+        rows, cols = np.asarray(rows, np.int64), np.asarray(cols, np.int64)
+        sab, cnt = self.lookup(rows, cols)
+        fa, fb = self.f_a[rows].astype(np.float64), self.f_b[cols].astype(np.float64)
+        return {"pearson": self._pair_r(rows, cols, sab), "cofire": cnt, "p_b_given_a": cnt / np.maximum(fa, 1),
+                "jaccard": cnt / np.maximum(fa + fb - cnt, 1)}
+
+    def _check_dense(self) -> None:
+        """dense() returns full host matrices: refused past DENSE_LIMIT cells."""
+        if self.d_a * self.d_b > DENSE_LIMIT:
+            raise ValueError(f"{self.d_a} x {self.d_b} is too wide for dense statistics; use stats() or topk()")
+
+
 @dataclass
-class DenseCoFiring:
+class DenseCoFiring(PairState):
     """Streaming co-firing state of one SAE pair as full [d_a, d_b] accumulators (see the module docstring).
     Same interface as `ingest.cofiring.sparse.CoFiring`: add, flush, finish, n, stats, lookup, dense, topk."""
 
@@ -202,11 +226,6 @@ class DenseCoFiring:
         self.kernels["count"] = self.kernels["count"] or str(self.dtype).removeprefix("torch.")
         return (x.to(self.dtype) @ y.to(self.dtype).T).to(torch.int32)
 
-    def finish(self) -> DenseCoFiring:
-        """Multiply out what is pending."""
-        self.flush()
-        return self
-
     # -- statistics ------------------------------------------------------------------------------
     def _inv_sd(self, i: int) -> torch.Tensor:
         """1/√(var·n) per feature, 0 for features that never vary (dead): their r is 0 with everything."""
@@ -231,20 +250,12 @@ class DenseCoFiring:
         r, c = (torch.as_tensor(np.asarray(x, np.int64), device=self.dev) for x in (rows, cols))
         return self.sab[r, c].double().cpu().numpy(), self.cnt[r, c].double().cpu().numpy()
 
-    def stats(self, rows, cols) -> dict[str, np.ndarray]:
-        """Pearson r, co-firing count, P(b fires | a fires) and Jaccard of firing sets for given pairs."""
-        rows, cols = np.asarray(rows, np.int64), np.asarray(cols, np.int64)
-        sab, cnt = self.lookup(rows, cols)
-        r = self._r(torch.as_tensor(rows, device=self.dev), torch.as_tensor(cols, device=self.dev),
-                    torch.as_tensor(sab, device=self.dev)).cpu().numpy()
-        fa, fb = self.f_a[rows].astype(np.float64), self.f_b[cols].astype(np.float64)
-        return {"pearson": r, "cofire": cnt, "p_b_given_a": cnt / np.maximum(fa, 1),
-                "jaccard": cnt / np.maximum(fa + fb - cnt, 1)}
+    def _pair_r(self, rows: np.ndarray, cols: np.ndarray, sab: np.ndarray) -> np.ndarray:
+        return self._r(*(torch.as_tensor(x, device=self.dev) for x in (rows, cols, sab))).cpu().numpy()
 
     def dense(self) -> dict[str, np.ndarray]:
         """The same statistics for every pair as [d_a, d_b] host matrices; only for small widths."""
-        if self.d_a * self.d_b > DENSE_LIMIT:
-            raise ValueError(f"{self.d_a} x {self.d_b} is too wide for dense statistics; use stats() or topk()")
+        self._check_dense()
         all_ = slice(None)
         cnt = self.cnt.double()
         fa, fb = self._f[0].double()[:, None], self._f[1].double()[None, :]

@@ -35,7 +35,7 @@ import torch
 
 from atlas.match.candidates import Candidates
 from ingest.cofiring import kernels
-from ingest.cofiring.dense import DENSE_LIMIT
+from ingest.cofiring.dense import PairState
 
 MAX_PAIRS = 32_000_000
 """Default cap on co-firing pairs held (20 bytes each: 0.64 GB at most)."""
@@ -95,7 +95,7 @@ def _spgemm(x: sp.csr_matrix, y: sp.csr_matrix, dev: torch.device | None) -> sp.
 
 
 @dataclass
-class CoFiring:
+class CoFiring(PairState):
     """Streaming co-firing state of one SAE pair (see the module docstring)."""
 
     d_a: int
@@ -198,11 +198,6 @@ class CoFiring:
         self.thetas[k].append(theta)
         self.prunes += 1
 
-    def finish(self) -> CoFiring:
-        """Multiply out what is pending."""
-        self.flush()
-        return self
-
     @property
     def pairs(self) -> sp.csr_matrix:
         """All pairs as one [d_a, d_b] CSR of Σab + i·count, rows' columns sorted. The blocks become this one
@@ -234,7 +229,7 @@ class CoFiring:
             out.append((inv, s * inv / np.sqrt(n)))
         return out
 
-    def _r(self, rows, cols, sab) -> np.ndarray:
+    def _pair_r(self, rows, cols, sab) -> np.ndarray:
         (inv_a, _), (inv_b, _) = self._moments()
         return (sab - self.s_a[rows] * self.s_b[cols] / max(self.n, 1)) * inv_a[rows] * inv_b[cols]
 
@@ -252,18 +247,9 @@ class CoFiring:
             vals[hit] = p.data[pos[hit]]
         return vals.real, vals.imag
 
-    def stats(self, rows, cols) -> dict[str, np.ndarray]:
-        """Pearson r, co-firing count, P(b fires | a fires) and Jaccard of firing sets for given pairs."""
-        rows, cols = np.asarray(rows, np.int64), np.asarray(cols, np.int64)
-        sab, cnt = self.lookup(rows, cols)
-        fa, fb = self.f_a[rows].astype(np.float64), self.f_b[cols].astype(np.float64)
-        return {"pearson": self._r(rows, cols, sab), "cofire": cnt, "p_b_given_a": cnt / np.maximum(fa, 1),
-                "jaccard": cnt / np.maximum(fa + fb - cnt, 1)}
-
     def dense(self) -> dict[str, np.ndarray]:
         """The same statistics for every pair as [d_a, d_b] matrices; only for small widths."""
-        if self.d_a * self.d_b > DENSE_LIMIT:
-            raise ValueError(f"{self.d_a} x {self.d_b} is too wide for dense statistics; use stats() or topk()")
+        self._check_dense()
         rows, cols = np.divmod(np.arange(self.d_a * self.d_b), self.d_b)
         return {k: v.reshape(self.d_a, self.d_b) for k, v in self.stats(rows, cols).items()}
 
@@ -277,7 +263,7 @@ class CoFiring:
         for r0 in range(0, self.d_a, step):  # by row blocks, so the temporaries stay small
             lo, hi = p.indptr[r0], p.indptr[min(r0 + step, self.d_a)]
             rows = np.repeat(np.arange(r0, min(r0 + step, self.d_a)), np.diff(p.indptr[r0:r0 + step + 1]))
-            r[lo:hi] = self._r(rows, p.indices[lo:hi], p.data[lo:hi].real)
+            r[lo:hi] = self._pair_r(rows, p.indices[lo:hi], p.data[lo:hi].real)
         r = sp.csr_matrix((r, p.indices, p.indptr), shape=p.shape)
         a2b = _row_topk(r, u_a, u_b, min(k, self.d_b))
         b2a = _row_topk(r.T.tocsr(), u_b, u_a, min(k, self.d_a))
@@ -307,16 +293,13 @@ def _row_topk(r: sp.csr_matrix, u_row: np.ndarray, u_col: np.ndarray, k: int) ->
     return score, index
 
 
-def accumulate(batches_a, batches_b, max_pairs: int = MAX_PAIRS, dev: torch.device | None = None,
-               progress=None) -> CoFiring:
+def accumulate(batches_a, batches_b, max_pairs: int = MAX_PAIRS, dev: torch.device | None = None) -> CoFiring:
     """Co-firing state over paired activation batches (row t of both is the same token)."""
     state = None
     for A, B in zip(batches_a, batches_b, strict=True):
         if state is None:
             state = CoFiring(A.shape[1], B.shape[1], max_pairs=max_pairs, dev=dev if dev is not None else device())
         state.add(A, B)
-        if progress:
-            progress(A.shape[0])
     if state is None:
         raise ValueError("no activations to correlate")
     return state.finish()

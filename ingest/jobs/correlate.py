@@ -10,7 +10,6 @@ in-process or on Ray, and only this driver writes DuckDB, one transaction per pa
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from dataclasses import dataclass, field, replace
@@ -21,6 +20,7 @@ import pyarrow as pa
 import torch
 
 from atlas.encode import encode
+from atlas.index import unit_rows
 from atlas.match.pair import MatchParams, match_candidates
 from atlas.store import Atlas, parts, record_run
 from atlas.sae import SAERecord
@@ -82,7 +82,6 @@ class CorrResult:
     stats: dict
     quality: dict[str, dict]
     n_compositions: int
-    seconds: float
     error_bound: float = 0.0
     """Θ of the co-firing cap policy (ingest.cofiring.sparse): 0.0 = every statistic exact."""
 
@@ -100,10 +99,6 @@ class CorrelateSummary:
 def _batch(d_sae: int) -> int:
     """Tokens per streamed batch: the dense encoder output stays near 128 MB at any width."""
     return max(256, min(8192, 2**25 // max(d_sae, 1)))
-
-
-def _unit_rows(w: np.ndarray) -> np.ndarray:
-    return w / np.maximum(np.linalg.norm(w, axis=1, keepdims=True), 1e-12)
 
 
 def _stream(task: StackTask, hooks: list[str], batch: int, tokens: dict | None = None):
@@ -130,7 +125,6 @@ def run_corr(task: StackTask, out_dir: str) -> list[CorrResult]:
     shards under out_dir. One streamed pass encodes every SAE on its own hook once per batch and feeds every
     pair's co-firing state, the examples and the weight matches' checks; a second one counts the AND/OR
     candidates' joint firing (only for pairs across layers)."""
-    t0 = time.perf_counter()
     sides = {s.ref.sae_id: s for t in task.pairs for s in (t.a, t.b)}
     recs = {sid: read_sae(s.ref.source, fmt=s.ref.fmt, sae_id=sid, layer=s.layer) for sid, s in sides.items()}
     states = {t.key: new_state(recs[t.a.ref.sae_id].meta.d_sae, recs[t.b.ref.sae_id].meta.d_sae) for t in task.pairs}
@@ -165,14 +159,8 @@ def run_corr(task: StackTask, out_dir: str) -> list[CorrResult]:
             for t in across:
                 plans[t.key].add(acts[t.a.ref.sae_id], acts[t.b.ref.sae_id])
     tokens, tokenizer, dataset = _tokens(task, live_tokens) if ex else (None, None, None)
-    results = []
-    for t in task.pairs:
-        results.append(_write_pair(t, recs, states[t.key], cands[t.key], plans.get(t.key),
-                                   {sid: ex[sid] for sid in t.examples_for}, quality[t.key], tokens, tokenizer,
-                                   dataset, Path(out_dir)))
-    for r in results:
-        r.seconds = (time.perf_counter() - t0) / len(results)
-    return results
+    return [_write_pair(t, recs, states[t.key], cands[t.key], plans.get(t.key), {sid: ex[sid] for sid in t.examples_for},
+                        quality[t.key], tokens, tokenizer, dataset, Path(out_dir)) for t in task.pairs]
 
 
 def _name(source) -> str:
@@ -223,7 +211,8 @@ def _write_pair(task: CorrTask, recs, state, cand, plan, ex, quality, tokens, to
     comps = []
     if plan is not None:
         par = np.maximum(plan.parents, 0)
-        dec_cos = np.einsum("jpd,jd->jp", _unit_rows(ra.weights.W_dec)[par], _unit_rows(rb.weights.W_dec))
+        wa, wb = ra.weights.W_dec, rb.weights.W_dec  # in their own dtype, not cast to float32 first
+        dec_cos = np.einsum("jpd,jd->jp", unit_rows(wa, wa.dtype)[par], unit_rows(wb, wb.dtype))
         comps = plan.find(cand.b2a_score[:, :par.shape[1]], dec_cos)
     write("compositions", pa.table({
         "sae_b": pa.repeat(b, len(comps)), "feature_b": pa.array([c[0] for c in comps], pa.int32()),
@@ -239,7 +228,7 @@ def _write_pair(task: CorrTask, recs, state, cand, plan, ex, quality, tokens, to
             "dataset": pa.repeat(dataset, len(rows)).cast(pa.string())}))
     stats = dict(result.stats, params_hash=task.params.hash(task.a.ref.sha256, task.b.ref.sha256))
     return CorrResult(task.key, shards, stats, {m: q.result(state) for m, q in quality.items()}, len(comps),
-                      0.0, state.error_bound)
+                      state.error_bound)
 
 
 def _hook_check(source):

@@ -143,17 +143,15 @@ def run_demo(atlas: Atlas, cache: Path, size: str = "default", host: str = "127.
             log(f"MiniLM family ready; serving {url} until Ctrl-C")
             server.proc.wait()
             raise RuntimeError(f"the server stopped (exit {server.proc.returncode})")
-        except KeyboardInterrupt:
-            if status.status.state == "running":
-                status.finish("stopped", f"stopped by Ctrl-C; a rerun resumes from {cache}")
-            raise
         except BaseException as e:
-            if asked:  # interrupted inside a library that reported it as its own error
-                if status.status.state == "running":
-                    status.finish("stopped", f"stopped by Ctrl-C; a rerun resumes from {cache}")
-                raise KeyboardInterrupt from None
+            stopped = isinstance(e, KeyboardInterrupt) or asked  # asked: a library reported the interrupt as its error
             if status.status.state == "running":
-                status.finish("failed", " ".join(str(e).split())[:300])
+                if stopped:
+                    status.finish("stopped", f"stopped by Ctrl-C; a rerun resumes from {cache}")
+                else:
+                    status.finish("failed", " ".join(str(e).split())[:300])
+            if stopped and not isinstance(e, KeyboardInterrupt):
+                raise KeyboardInterrupt from None
             raise
         finally:
             if server is not None:

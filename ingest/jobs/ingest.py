@@ -11,8 +11,10 @@ import numpy as np
 import pyarrow as pa
 
 from atlas import index as fx
+from atlas.queries.common import SAE_COLUMNS
 from atlas.sae import SAEError, SAEMeta, SAERecord
 from atlas.store import Atlas, Writer, record_run
+from ingest.tasks import require_saes
 
 
 @dataclass
@@ -149,11 +151,8 @@ def commit_sae(w: Writer, p: Prepared, replace: bool) -> str:
         what = "d_in" if m.kind == "sae" else "d_out"
         raise SAEError(f"{m.source}: {what} {m.d_out or m.d_in} differs from {other[0]} ({what} {other[1]}) "
                        f"in stack {m.stack}")
-    row = {"sae_id": m.sae_id, "model": m.model, "hook": m.hook, "site": m.site, "layer": m.layer, "d_in": m.d_in,
-           "d_sae": m.d_sae, "arch": m.arch, "k": m.k, "seed": m.seed, "dataset": m.dataset, "stack": m.stack,
-           "source": m.source, "format": m.fmt, "sha256": m.sha256, "neuronpedia_id": m.neuronpedia_id,
-           "index_file": p.index_file, "index_factory": p.factory, "release": m.release, "variant": m.variant,
-           "kind": m.kind, "hook_out": m.hook_out, "d_out": m.d_out, "l0": m.l0}
+    row = {c: getattr(m, c) for c in SAE_COLUMNS if c not in ("format", "index_file", "index_factory", "created_at")}
+    row |= {"format": m.fmt, "index_file": p.index_file, "index_factory": p.factory}
     w.put_sae(row, p.features, replace=bool(old))
     return "replaced" if old else "added"
 
@@ -177,8 +176,7 @@ def set_neuronpedia_id(atlas: Atlas, sae_id: str, neuronpedia_id: str | None) ->
         raise SAEError(f"neuronpedia id {neuronpedia_id!r}: expected modelId/sourceId, "
                        f"e.g. gemma-2-2b/20-gemmascope-res-16k")
     with atlas.write() as w, record_run(w, "saes-set", {"sae_id": sae_id, "neuronpedia_id": neuronpedia_id}):
-        if w.con.execute("SELECT 1 FROM saes WHERE sae_id = ?", [sae_id]).fetchone() is None:
-            raise KeyError(f"unknown SAE {sae_id!r}: see `atlas saes`")
+        require_saes({r[0] for r in w.con.execute("SELECT sae_id FROM saes").fetchall()}, [sae_id])
         w.update_sae(sae_id, {"neuronpedia_id": neuronpedia_id})
 
 

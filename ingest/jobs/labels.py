@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import gzip
 import json
-from collections import Counter, defaultdict
+from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +23,7 @@ import pyarrow as pa
 from atlas.queries.records import NotFound
 from atlas.sae import SAEError
 from atlas.store import Atlas, record_run
+from ingest.tasks import require_saes
 
 KINDS = ("explanations", "features", "activations")
 
@@ -44,14 +45,10 @@ class ExportFile:
     npid: str | None  # modelId/sourceId from the folder names, where they say it
 
 
-def _opener(path: Path):
-    return gzip.open if path.suffix == ".gz" else open
-
-
 def read_rows(path: Path) -> list[dict]:
     """JSON lines, or one JSON array (the export API), plain or gzipped; each row must be an object."""
     try:
-        with _opener(path)(path, "rt", encoding="utf-8") as f:
+        with (gzip.open if path.suffix == ".gz" else open)(path, "rt", encoding="utf-8") as f:
             text = f.read()
     except (OSError, EOFError, UnicodeDecodeError) as e:
         raise SAEError(f"{path}: not a readable export file ({e})") from None
@@ -106,8 +103,7 @@ class _Resolver:
 
     def __init__(self, con, sae_id: str | None):
         self.fixed = sae_id
-        if sae_id and con.execute("SELECT 1 FROM saes WHERE sae_id = ?", [sae_id]).fetchone() is None:
-            raise NotFound(f"unknown SAE {sae_id!r}: see `atlas saes`")
+        require_saes({r[0] for r in con.execute("SELECT sae_id FROM saes").fetchall()}, [sae_id] if sae_id else [])
         self.by_npid = dict(con.execute("SELECT neuronpedia_id, sae_id FROM saes WHERE neuronpedia_id IS NOT NULL").fetchall())
 
     def __call__(self, row: dict, f: ExportFile) -> str:

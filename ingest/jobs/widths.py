@@ -6,6 +6,7 @@ Incremental: a pair already stored with the same parameters and weights (params_
 from __future__ import annotations
 
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 
 import pyarrow as pa
@@ -20,7 +21,7 @@ from ingest.tasks import require_saes
 class WidthSummary:
     computed: list[tuple[str, str]] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
-    classes: dict[str, int] = field(default_factory=dict)
+    classes: Counter[str] = field(default_factory=Counter)
     seconds: float = 0.0
 
 
@@ -49,14 +50,11 @@ def run_widths(atlas: Atlas, pairs: list[tuple[str, str]], params: WidthParams =
                 summary.skipped.append((a, b))
             else:
                 t = match_widths(_decoder(refs[a]), _decoder(refs[b]), params)
-                n = t.num_rows
-                t = t.append_column("sae_a", pa.repeat(a, n)).append_column("sae_b", pa.repeat(b, n))
-                for name, value in (("tau", params.tau), ("params_hash", h), ("run_id", run_id)):
-                    t = t.append_column(name, pa.repeat(value, n))
+                for name, value in (("sae_a", a), ("sae_b", b), ("tau", params.tau), ("params_hash", h), ("run_id", run_id)):
+                    t = t.append_column(name, pa.repeat(value, t.num_rows))
                 w.replace_widths(a, b, t)
                 summary.computed.append((a, b))
-                for c in t["class"].to_pylist():
-                    summary.classes[c] = summary.classes.get(c, 0) + 1
+                summary.classes.update(t["class"].to_pylist())
             if progress:
                 progress(a, b)
     summary.seconds = time.perf_counter() - t0

@@ -138,6 +138,3 @@ def find_sae_folders(root: Path) -> list[Path]:
     # sparsify's best/ copies come after the run's own folders, so shared weights keep their run's name
     return sorted(found, key=lambda p: ("best" in p.relative_to(root).parts, p))
 
-
-__all__ = ["FORMATS", "READERS", "SAEError", "detect_format", "find_sae_folders", "load_stored",
-           "read_sae", "release_names"]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from atlas.sae import SAEError, SAEMeta, SAERecord, SAEWeights
+from atlas.sae import ARCHS, SAEError, SAEMeta, SAERecord, SAEWeights
 
 from .files import load_json, load_safetensors, need
 
@@ -15,10 +15,8 @@ CFG_FILENAME = "cfg.json"
 WEIGHTS_FILENAME = "sae_weights.safetensors"
 SPARSITY_FILENAME = "sparsity.safetensors"
 
-# sae_lens architecture name -> (our architecture, kind); sae_lens's own registry names.
+# sae_lens's transcoder architecture names -> (our architecture, kind); any other name is an SAE's architecture.
 ARCH_NAMES = {
-    "standard": ("standard", "sae"), "jumprelu": ("jumprelu", "sae"), "topk": ("topk", "sae"),
-    "batchtopk": ("batchtopk", "sae"), "gated": ("gated", "sae"),
     "transcoder": ("standard", "transcoder"), "skip_transcoder": ("standard", "skip_transcoder"),
     "jumprelu_transcoder": ("jumprelu", "transcoder"), "jumprelu_skip_transcoder": ("jumprelu", "skip_transcoder"),
 }
@@ -44,7 +42,7 @@ def record_from_state(cfg: dict, t: dict[str, np.ndarray], wfile: Path | str, so
     meta.source = str(source)
     wfile = Path(wfile)
     gated = meta.arch == "gated"
-    extra = {"b_mag": need(t, "b_mag", wfile), "r_mag": need(t, "r_mag", wfile)} if gated else {}
+    extra = {n: need(t, n, wfile) for n in ARCHS[meta.arch].tensors if n != "threshold"} if meta.arch in ARCHS else {}
     if meta.kind == "skip_transcoder":
         extra["W_skip"] = need(t, "W_skip", wfile)
     weights = SAEWeights(W_enc=need(t, "W_enc", wfile), W_dec=need(t, "W_dec", wfile),
