@@ -83,7 +83,7 @@ def _ingested(path: Path, folders: list[Path]):
     """(the atlas at `path` holding the SAEs of `folders`, the ingest summary, its adjacent + distance-2 pairs)."""
     from atlas.store import Atlas
     from ingest.jobs.ingest import ingest
-    from ingest.jobs.match import select_pairs
+    from atlas.queries.selection import select_pairs
     from ingest.sources import read_sae
 
     atlas = Atlas(path)

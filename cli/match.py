@@ -35,7 +35,8 @@ from .options import SAEPair, Selection, bar, executor_options, opened_executor
 def match(atlas, selection, distance, stack, explicit, methods, k, floor, tau, solver, publish_every, executor, address):
     """Match SAE pairs by weight similarity (candidates -> one-to-one assignment -> pair stats)."""
     from atlas.match.pair import MatchParams
-    from ingest.jobs.match import run_match, select_pairs
+    from ingest.jobs.match import run_match
+    from atlas.queries.selection import select_pairs
 
     widths = selection == "widths"
     if explicit:
@@ -88,7 +89,7 @@ def correlate(atlas, activations, live_model, corpus, selection, stack, explicit
     matches, compositions (AND/OR/PASS), examples, and SAE Match's checks of the weight matches."""
     from ingest.activations import ActivationConfig
     from ingest.jobs.correlate import correlate as run
-    from ingest.jobs.match import select_pairs
+    from atlas.queries.selection import select_pairs
 
     if (activations is None) == (live_model is None):
         raise ValueError("give either --activations FOLDER or --model NAME (a live run)")

@@ -31,8 +31,8 @@ def opened_executor(executor: str, address: str | None):
 
 
 class Selection(click.Choice):
-    """--pairs: the pair selections of the match job (ingest.jobs.match.SELECTIONS), less those a command
-    leaves out; read when a command parses or shows its help, so `atlas --help` does not import the job."""
+    """--pairs: the pair selections (atlas.queries.selection.SELECTIONS), less those a command
+    leaves out; read when a command parses or shows its help, so `atlas --help` stays light."""
 
     def __init__(self, leave_out: tuple[str, ...] = ()):
         self.leave_out = leave_out
@@ -40,7 +40,7 @@ class Selection(click.Choice):
 
     @property
     def choices(self):
-        from ingest.jobs.match import SELECTIONS
+        from atlas.queries.selection import SELECTIONS
 
         return tuple(s for s in SELECTIONS if s not in self.leave_out)
 

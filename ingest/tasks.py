@@ -29,13 +29,6 @@ class SAERef:
     sha256: str
 
 
-def require_saes(known, ids) -> None:
-    """Refuse (KeyError) the first of `ids` that is not among the atlas's SAEs `known`."""
-    for s in ids:
-        if s not in known:
-            raise KeyError(f"unknown SAE {s!r}: see `atlas saes`")
-
-
 @dataclass(frozen=True)
 class PairTask:
     a: SAERef

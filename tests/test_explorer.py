@@ -61,7 +61,7 @@ def split_server(tmp_path_factory):
         folders.append(root / f"hairball/layer_{layer}")
         write_sae(folders[-1], dec, dec, np.ones(64, np.float32), layer, 0, "H")
     atlas = build_atlas(root / "split.duckdb", folders)
-    from ingest.jobs.match import select_pairs
+    from atlas.queries.selection import select_pairs
 
     with atlas.read() as con:
         run_widths(atlas, select_pairs(con, "widths"))

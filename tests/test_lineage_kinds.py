@@ -149,7 +149,8 @@ def test_flow_origins_equal_planted_mlp_and_attention_truth(tmp_path):
     from atlas.match.pair import MatchParams
     from atlas.queries import flow_origins
     from atlas.synth import GROUND_TRUTH, SynthConfig, generate
-    from ingest.jobs.match import run_match, select_pairs
+    from ingest.jobs.match import run_match
+    from atlas.queries.selection import select_pairs
 
     from .conftest import build_atlas
 

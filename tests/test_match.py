@@ -14,7 +14,8 @@ from atlas.match.candidates import topk_both
 from atlas.match.pair import MatchParams, match_pair
 from atlas.sae import SAEWeights
 from atlas.store import Atlas
-from ingest.jobs.match import run_match, select_pairs
+from ingest.jobs.match import run_match
+from atlas.queries.selection import select_pairs
 from ingest.sources import read_sae
 
 from .conftest import TINY, build_atlas
@@ -157,6 +158,7 @@ import os, signal, sys
 import ingest.tasks as tasks
 import ingest.jobs.match as job
 from atlas.match.pair import MatchParams
+from atlas.queries.selection import select_pairs
 from atlas.store import Atlas
 calls = 0
 real = tasks.match_pair
@@ -169,7 +171,7 @@ def dying(*a, **k):
 tasks.match_pair = dying
 atlas = Atlas(sys.argv[1])
 with atlas.read() as con:
-    pairs = job.select_pairs(con, "distance", distance=2)
+    pairs = select_pairs(con, "distance", distance=2)
 job.run_match(atlas, pairs, ["decoder_cos"], MatchParams(), publish_every=0, batch=1)
 """
 

@@ -12,7 +12,8 @@ import pytest
 
 from atlas.match.pair import MatchParams
 from atlas.synth import SynthConfig, generate
-from ingest.jobs.match import run_match, select_pairs
+from ingest.jobs.match import run_match
+from atlas.queries.selection import select_pairs
 
 from .conftest import build_atlas
 

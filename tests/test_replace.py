@@ -14,7 +14,8 @@ from safetensors.numpy import load_file
 from cli import main
 from atlas.match.pair import MatchParams
 from atlas.store import Atlas
-from ingest.jobs.match import run_match, select_pairs
+from ingest.jobs.match import run_match
+from atlas.queries.selection import select_pairs
 
 from .conftest import build_atlas
 

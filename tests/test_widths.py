@@ -174,7 +174,7 @@ def test_width_pairs_take_the_next_width_and_the_nearest_l0(tmp_path):
     import duckdb
 
     from atlas.store.schema import create
-    from ingest.jobs.match import select_pairs
+    from atlas.queries.selection import select_pairs
 
     con = duckdb.connect()
     create(con)

@@ -14,6 +14,13 @@ SAE_COLUMNS = ("sae_id", "model", "hook", "site", "layer", "d_in", "d_sae", "arc
 NEURONPEDIA = "https://www.neuronpedia.org"
 
 
+def require_saes(known, ids) -> None:
+    """Refuse (KeyError) the first of `ids` that is not among the atlas's SAEs `known`."""
+    for s in ids:
+        if s not in known:
+            raise KeyError(f"unknown SAE {s!r}: see `atlas saes`")
+
+
 def sae_row(con, sae_id: str, saes: dict[str, dict] | None = None) -> dict:
     """An SAE's row (SAE_COLUMNS): from `saes`, the rows a snapshot holds, or one point query. The one place
     an unknown SAE is refused."""

@@ -31,7 +31,8 @@ from ingest.examples import Examples
 from ingest.executors import InProcess
 from ingest.quality import Quality
 from ingest.sources import read_sae
-from ingest.tasks import SAERef, require_saes
+from ingest.tasks import SAERef
+from atlas.queries.common import require_saes
 
 
 @dataclass(frozen=True)

@@ -47,7 +47,8 @@ def build_planted(atlas: Atlas, cfg: SynthConfig, out: Path, status: StatusWrite
     siblings; a rerun finds it stored and matched."""
     from atlas.match.pair import MatchParams
     from ingest.jobs.ingest import ingest_paths
-    from ingest.jobs.match import run_match, select_pairs
+    from ingest.jobs.match import run_match
+    from atlas.queries.selection import select_pairs
 
     total, count = n_saes(cfg), itertools.count(1)
     folders = generate(cfg, out)

@@ -114,7 +114,8 @@ def build_family(atlas: Atlas, plan: FamilyPlan, cache: Path, log=print, progres
     published when it is trained, each pair when it is matched, each dataset's correlations after their one
     pass, so a server shows the family growing; `progress(step, done, total, item)` reports each of STEPS."""
     from ingest.jobs.correlate import correlate
-    from ingest.jobs.match import run_match, select_pairs
+    from ingest.jobs.match import run_match
+    from atlas.queries.selection import select_pairs
 
     def step(name, done, total, item=None):
         if progress:

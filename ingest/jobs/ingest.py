@@ -14,7 +14,7 @@ from atlas import index as fx
 from atlas.queries.common import SAE_COLUMNS
 from atlas.sae import SAEError, SAEMeta, SAERecord
 from atlas.store import Atlas, Writer, record_run
-from ingest.tasks import require_saes
+from atlas.queries.common import require_saes
 
 
 @dataclass

@@ -23,7 +23,7 @@ import pyarrow as pa
 from atlas.queries.records import NotFound
 from atlas.sae import SAEError
 from atlas.store import Atlas, record_run
-from ingest.tasks import require_saes
+from atlas.queries.common import require_saes
 
 KINDS = ("explanations", "features", "activations")
 

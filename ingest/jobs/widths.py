@@ -14,7 +14,7 @@ import pyarrow as pa
 from atlas.match.widths import WidthParams, match_widths
 from atlas.store import Atlas, record_run
 from ingest.sources import load_stored
-from ingest.tasks import require_saes
+from atlas.queries.common import require_saes
 
 
 @dataclass
