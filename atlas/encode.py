@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .sae import ARCHS, SAEWeights
+from .sae import ARCHS, SAERecord, SAEWeights
 
 
 def _t(a: np.ndarray) -> torch.Tensor:
@@ -23,6 +23,13 @@ def encode(w: SAEWeights, x: torch.Tensor, arch: str, k: int | None = None,
     x = x.float()
     pre = (x - b_dec if apply_b_dec_to_input else x) @ W_enc + b_enc
     return ARCHS[arch].encoder(w, pre, k)
+
+
+def encode_record(rec: SAERecord, x: torch.Tensor) -> torch.Tensor:
+    """[T, d_sae] activations of an SAE as its reader returns it: whether it subtracts b_dec from its input is
+    the reader's `apply_b_dec_to_input` (SAELens's flag; Gemma Scope and transcoders never do)."""
+    m = rec.meta
+    return encode(rec.weights, x, m.arch, m.k, m.extra.get("apply_b_dec_to_input", m.kind == "sae"))
 
 
 @torch.no_grad()

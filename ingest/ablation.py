@@ -16,7 +16,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from atlas.encode import encode
+from atlas.encode import encode_record
 from atlas.sae import SAERecord
 
 from .hooks import HookedRunner, subtract
@@ -80,11 +80,6 @@ def load_model(model: str) -> torch.nn.Module:
     return HookedTransformer.from_pretrained(model).eval()
 
 
-def _encode(rec: SAERecord, x: torch.Tensor) -> torch.Tensor:
-    """Feature activations of `rec` on x [t, d_in] (a transcoder reads its input without b_dec)."""
-    return encode(rec.weights, x, rec.meta.arch, rec.meta.k, apply_b_dec_to_input=rec.meta.kind == "sae")
-
-
 @dataclass
 class Checked:
     """One (a → b) check: tokens where a fired, b's summed activation there clean and with a ablated."""
@@ -119,7 +114,7 @@ class Ablator:
             got = self.runner.run(w.inputs, capture=hooks)
             for sid, rec in self.saes.items():
                 x = got[rec.meta.hook]
-                acts = _encode(rec, x.reshape(-1, x.shape[-1])) * w.keep.reshape(-1, 1)
+                acts = encode_record(rec, x.reshape(-1, x.shape[-1])) * w.keep.reshape(-1, 1)
                 parts[sid].append(sp.csr_matrix(acts.numpy()))
         return {s: sp.vstack(p).tocsc() for s, p in parts.items()}
 
@@ -159,7 +154,7 @@ class Ablator:
         out, encoded = [], {}
         for sae_b, feature_b in targets:
             if sae_b not in encoded:
-                encoded[sae_b] = _encode(self.saes[sae_b], got[self.saes[sae_b].meta.hook][fired])
+                encoded[sae_b] = encode_record(self.saes[sae_b], got[self.saes[sae_b].meta.hook][fired])
             clean = float(self.acts[sae_b][flat, feature_b].sum())
             out.append(Checked(int(fired.sum()), clean, float(encoded[sae_b][:, feature_b].sum())))
         return out
@@ -182,5 +177,5 @@ def steering_rise(runner: HookedRunner, windows: Windows, saes: dict[str, SAERec
     out = {}
     for name, edit in runs.items():
         got = runner.run(windows.inputs, capture=hooks, edit=edit)
-        out[name] = [float(_encode(saes[s], got[h][windows.keep])[:, f].mean()) for (s, f, _), h in zip(members, hooks)]
+        out[name] = [float(encode_record(saes[s], got[h][windows.keep])[:, f].mean()) for (s, f, _), h in zip(members, hooks)]
     return out

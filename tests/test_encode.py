@@ -7,17 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from atlas.encode import decode, encode
+from atlas.encode import decode, encode, encode_record
 from atlas.sae import SAEError
 from ingest.sources import read_sae
 
 D_IN, D_SAE, K = 24, 48, 6
-
-
-def _encode(rec, x: torch.Tensor) -> torch.Tensor:
-    """The atlas's encoder for a record as the readers return it (the one place this test calls it)."""
-    m = rec.meta
-    return encode(rec.weights, x, m.arch, m.k, m.extra.get("apply_b_dec_to_input", True))
 
 
 def _randomise(sae, seed: int) -> None:
@@ -78,7 +72,7 @@ def test_encode_equals_sae_lens(case, tmp_path):
     x = torch.randn(300, D_IN, generator=torch.Generator().manual_seed(1)) * 2
     with torch.no_grad():
         expected = sae.encode(x)
-    got = _encode(rec, x)
+    got = encode_record(rec, x)
     assert got.shape == expected.shape == (300, D_SAE)
     fires = (expected > 0).float().mean().item()
     assert 0.02 < fires < 0.9, fires  # a real mix of firing and silent features, not all zeros
@@ -103,7 +97,7 @@ def test_batchtopk_saved_for_inference_encodes_as_sae_lens_loads_it(tmp_path):
     with torch.no_grad():
         expected = loaded.encode(x)
     assert rec.meta.arch == "jumprelu" and (expected > 0).any()
-    torch.testing.assert_close(_encode(rec, x), expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(encode_record(rec, x), expected, rtol=1e-5, atol=1e-5)
 
 
 # --- Quality: SAE Match's matching score and explained variance of an assignment ---

@@ -9,7 +9,7 @@ import torch
 from click.testing import CliRunner
 
 from cli import main
-from atlas.encode import decode, encode
+from atlas.encode import decode, encode_record
 from atlas.store import Atlas
 from ingest.sources import read_sae
 
@@ -18,11 +18,6 @@ D_IN = 16
 
 def _x(n=64, d=D_IN, seed=0):
     return torch.from_numpy(np.random.default_rng(seed).standard_normal((n, d), np.float32))
-
-
-def _acts(rec, x):
-    m = rec.meta
-    return encode(rec.weights, x, m.arch, m.k, m.extra.get("apply_b_dec_to_input", True))
 
 
 def _randomise(module, seed=0, positive=("threshold",)):
@@ -76,7 +71,7 @@ def test_sparsify_run_folders_keep_model_dataset_seed(tmp_path):
     sae, x = saes["layers.2/seed1"], _x()
     out = sae.encode(x)
     want = torch.zeros(len(x), 64).scatter_(1, out.top_indices, out.top_acts)
-    torch.testing.assert_close(_acts(rec, x), want)
+    torch.testing.assert_close(encode_record(rec, x), want)
 
 
 @pytest.mark.parametrize("cfg, kind", [({"activation": "groupmax"}, "sae"),
@@ -95,7 +90,7 @@ def test_sparsify_groupmax_and_transcoders(tmp_path, cfg, kind):
     x = _x()
     out = sae.encode(x)
     acts = torch.zeros(len(x), 64).scatter_(1, out.top_indices, out.top_acts)
-    torch.testing.assert_close(_acts(rec, x), acts)
+    torch.testing.assert_close(encode_record(rec, x), acts)
     if kind != "sae":
         assert rec.meta.extra["apply_b_dec_to_input"] is False and rec.meta.hook_out == "layers.3.mlp"
         from sparsify.utils import eager_decode  # sparsify's CPU decoder (its Triton one needs a GPU)
@@ -158,7 +153,7 @@ def test_dictionary_learning_sweep_all_architectures(tmp_path):
         folder = sweep / f"trainer_{i}"
         rec, ae = read_sae(folder), _dl_module(folder)
         with torch.no_grad():
-            torch.testing.assert_close(_acts(rec, x), ae.encode(x), atol=1e-5, rtol=1e-5, msg=f"trainer_{i}")
+            torch.testing.assert_close(encode_record(rec, x), ae.encode(x), atol=1e-5, rtol=1e-5, msg=f"trainer_{i}")
 
 
 # --- sae_lens: gated and transcoders ----------------------------------------------------------------
@@ -182,12 +177,12 @@ def test_sae_lens_gated_and_transcoders(tmp_path, arch):
     loaded = SAE.load_from_disk(str(tmp_path), device="cpu")
     x = _x()
     with torch.no_grad():
-        torch.testing.assert_close(_acts(rec, x), loaded.encode(x), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(encode_record(rec, x), loaded.encode(x), atol=1e-5, rtol=1e-5)
     if "transcoder" in arch:
         assert (rec.meta.kind, rec.meta.site, rec.meta.layer, rec.meta.d_out) == (
             arch.replace("jumprelu_", ""), "mlp", 4, 12)
         with torch.no_grad():
             want = loaded(x)
-        torch.testing.assert_close(decode(rec.weights, _acts(rec, x), x), want, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(decode(rec.weights, encode_record(rec, x), x), want, atol=1e-4, rtol=1e-4)
     else:
         assert (rec.meta.arch, rec.meta.kind) == ("gated", "sae")

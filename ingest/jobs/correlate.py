@@ -19,11 +19,10 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from atlas.encode import encode
+from atlas.encode import encode_record
 from atlas.index import unit_rows
 from atlas.match.pair import MatchParams, match_candidates
 from atlas.store import Atlas, parts, record_run
-from atlas.sae import SAERecord
 from ingest.activations import ActivationConfig, iter_hooks, load_tokens, model_batches, model_path, read_manifest, stored_hooks
 from ingest.cofiring import new_state
 from ingest.compositions import Compositions
@@ -115,12 +114,6 @@ def _stream(task: StackTask, hooks: list[str], batch: int, tokens: dict | None =
     yield from iter_hooks(Path(task.source), hooks, batch, task.pairs[0].max_tokens)
 
 
-def _encode(rec: SAERecord, x: torch.Tensor) -> torch.Tensor:
-    """Feature activations [t, d_sae] of `rec` on model activations x [t, d_in]."""
-    m = rec.meta
-    return encode(rec.weights, x, m.arch, m.k, m.extra.get("apply_b_dec_to_input", True))
-
-
 def run_corr(task: StackTask, out_dir: str) -> list[CorrResult]:
     """One task on an executor (a pair, or a stack): everything about each pair's activations, written as
     shards under out_dir. One streamed pass encodes every SAE on its own hook once per batch and feeds every
@@ -138,7 +131,7 @@ def run_corr(task: StackTask, out_dir: str) -> list[CorrResult]:
     batch = _batch(max(r.meta.d_sae for r in recs.values()))
     live_tokens: dict[str, list] = {}
     for xs in _stream(task, hooks, batch, live_tokens):
-        acts = {sid: _encode(recs[sid], xs[s.hook]) for sid, s in sides.items()}
+        acts = {sid: encode_record(recs[sid], xs[s.hook]) for sid, s in sides.items()}
         for t in task.pairs:
             A, B = acts[t.a.ref.sae_id], acts[t.b.ref.sae_id]
             states[t.key].add(A, B)
@@ -156,7 +149,7 @@ def run_corr(task: StackTask, out_dir: str) -> list[CorrResult]:
     if across:
         need = {s.ref.sae_id: s for t in across for s in (t.a, t.b)}
         for xs in _stream(task, list(dict.fromkeys(s.hook for s in need.values())), batch):
-            acts = {sid: _encode(recs[sid], xs[s.hook]) for sid, s in need.items()}
+            acts = {sid: encode_record(recs[sid], xs[s.hook]) for sid, s in need.items()}
             for t in across:
                 plans[t.key].add(acts[t.a.ref.sae_id], acts[t.b.ref.sae_id])
     tokens, tokenizer, dataset = _tokens(task, live_tokens) if ex else (None, None, None)

@@ -205,8 +205,6 @@ def check_table_files(atlas: Atlas) -> None:
     without its .files/ folder): no job, migrate included, can rebuild them."""
     import duckdb
 
-    from atlas.store import schema
-
     con = duckdb.connect(str(atlas.path), read_only=True)
     try:
         # a version-4 atlas (or one whose migration was killed) has no catalog yet: nothing to check
