@@ -14,7 +14,7 @@ from pathlib import Path
 
 from bench import record
 from bench.readme import RESULTS
-from bench.server import ATLAS
+from ingest.serving import ATLAS
 
 
 def _ranges(values: list[float], fmt: str) -> str:

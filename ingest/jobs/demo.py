@@ -11,11 +11,6 @@ from __future__ import annotations
 import itertools
 import signal
 import socket
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -23,6 +18,7 @@ from atlas.status import StatusWriter
 from atlas.store import Atlas
 from atlas.synth import SynthConfig, generate, n_saes
 from ingest.jobs.family import STEPS, FamilyPlan, build_family
+from ingest.serving import Server
 from ingest.training import TrainConfig
 
 SIZES = ("tiny", "default", "full")
@@ -64,40 +60,6 @@ def build_planted(atlas: Atlas, cfg: SynthConfig, out: Path, status: StatusWrite
         run_match(atlas, pairs, methods, MatchParams(), progress=lambda *_: status.update(PLANTED[1], next(count), n))
 
 
-class Server:
-    """`atlas serve` in a child process: started, waited for, stopped."""
-
-    def __init__(self, atlas: Atlas, host: str, port: int):
-        self.url = f"http://{host}:{port}/"
-        # its own session: Ctrl-C reaches the demo only, which stops the server with SIGTERM (a clean shutdown)
-        self.proc = subprocess.Popen([sys.executable, "-m", "cli", "--atlas", str(atlas.path), "serve",
-                                      "--host", host, "--port", str(port)], stdout=subprocess.DEVNULL,
-                                     start_new_session=True)
-
-    def wait_ready(self, timeout: float = 120) -> None:
-        t0 = time.monotonic()
-        while time.monotonic() - t0 < timeout:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"the server stopped at start (exit {self.proc.returncode}; its error is above); "
-                                   f"if the port is taken, pick another: `make demo PORT=8001`")
-            try:
-                with urllib.request.urlopen(self.url + "health", timeout=2) as r:
-                    if r.status == 200:
-                        return
-            except (urllib.error.URLError, OSError):
-                time.sleep(0.2)
-        raise RuntimeError(f"the server did not answer {self.url}health within {timeout:.0f} s")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-
 @contextmanager
 def _stop_signals():
     """Ctrl-C and `kill` stop the demo (server stopped, status written), not half-way. The flag it yields
@@ -135,8 +97,11 @@ def run_demo(atlas: Atlas, cache: Path, size: str = "default", host: str = "127.
     with _stop_signals() as asked:
         try:
             build_planted(atlas, synth_cfg, cache / "synth", status)
-            server = Server(atlas, host, port)
-            server.wait_ready()
+            server = Server(atlas.path, host, port)
+            try:
+                server.wait_ready()
+            except RuntimeError as e:  # its own error is above, on stderr
+                raise RuntimeError(f"{e}; if the port is taken, pick another: `make demo PORT=8001`") from None
             log(f"serving {url} (API under /api, docs at /schema); building the MiniLM family ({size})")
             build_family(atlas, plan, cache / "minilm", log=log,
                          progress=lambda step, done, total, item: status.update(f"MiniLM {step}", done, total, item))
