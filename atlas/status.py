@@ -10,8 +10,11 @@ from __future__ import annotations
 import json
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from .store.parts import write_atomic
 
 FILE = "build.json"
 STATES = ("running", "done", "stopped", "failed")
@@ -69,12 +72,25 @@ class StatusWriter:
         self.status.state, self.status.message = state, message
         self._write()
 
+    @contextmanager
+    def running(self, stopped: str, asked=()):
+        """The build's body: done when it returns; on Ctrl-C (or when `asked` is non-empty: a library reported
+        the interrupt as its own error) stopped with the message `stopped`; failed on any other error."""
+        try:
+            yield self
+        except BaseException as e:
+            if self.status.state == "running":
+                if isinstance(e, KeyboardInterrupt) or asked:
+                    self.finish("stopped", stopped)
+                else:
+                    self.finish("failed", " ".join(str(e).split())[:300])
+            raise
+        self.finish("done", "every step is built and served")
+
     def _write(self) -> None:
         self.status.updated = time.time()
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f"{FILE}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(asdict(self.status)))
-        os.replace(tmp, self.path)
+        write_atomic(self.path, lambda tmp: tmp.write_text(json.dumps(asdict(self.status))))
         self._written = time.monotonic()
 
 

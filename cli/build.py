@@ -118,14 +118,8 @@ def minilm(atlas, full, cache, samples, max_tokens, d_sae, widths, width_layer, 
     flow = plan.flow_layers if flow_layers is None else _ints(flow_layers, "--flow-layers", "layers")
     plan = replace(plan, max_tokens=max_tokens or plan.max_tokens, train=train, widths=sizes, flow_layers=flow,
                    width_layer=plan.width_layer if width_layer is None else width_layer)
-    status = StatusWriter(atlas.path, [f"MiniLM {s}" for s in STEPS])
-    try:
+    with StatusWriter(atlas.path, [f"MiniLM {s}" for s in STEPS]).running("stopped by Ctrl-C; a rerun resumes from "
+                                                                          "the cache") as status:
         build_family(atlas, plan, cache, log=click.echo,
                      progress=lambda step, done, total, item: status.update(f"MiniLM {step}", done, total, item))
-    except BaseException as e:
-        stopped = isinstance(e, KeyboardInterrupt)
-        status.finish("stopped" if stopped else "failed",
-                      "stopped by Ctrl-C; a rerun resumes from the cache" if stopped else " ".join(str(e).split())[:300])
-        raise
-    status.finish("done", "every step is built and served")
     click.echo(f"MiniLM family ready in {atlas.path}")

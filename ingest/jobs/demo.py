@@ -96,27 +96,21 @@ def run_demo(atlas: Atlas, cache: Path, size: str = "default", host: str = "127.
     server = None
     with _stop_signals() as asked:
         try:
-            build_planted(atlas, synth_cfg, cache / "synth", status)
-            server = Server(atlas.path, host, port)
-            try:
-                server.wait_ready()
-            except RuntimeError as e:  # its own error is above, on stderr
-                raise RuntimeError(f"{e}; if the port is taken, pick another: `make demo PORT=8001`") from None
-            log(f"serving {url} (API under /api, docs at /schema); building the MiniLM family ({size})")
-            build_family(atlas, plan, cache / "minilm", log=log,
-                         progress=lambda step, done, total, item: status.update(f"MiniLM {step}", done, total, item))
-            status.finish("done", "every step is built and served")
+            with status.running(f"stopped by Ctrl-C; a rerun resumes from {cache}", asked):
+                build_planted(atlas, synth_cfg, cache / "synth", status)
+                server = Server(atlas.path, host, port)
+                try:
+                    server.wait_ready()
+                except RuntimeError as e:  # its own error is above, on stderr
+                    raise RuntimeError(f"{e}; if the port is taken, pick another: `make demo PORT=8001`") from None
+                log(f"serving {url} (API under /api, docs at /schema); building the MiniLM family ({size})")
+                build_family(atlas, plan, cache / "minilm", log=log,
+                             progress=lambda step, done, total, item: status.update(f"MiniLM {step}", done, total, item))
             log(f"MiniLM family ready; serving {url} until Ctrl-C")
             server.proc.wait()
             raise RuntimeError(f"the server stopped (exit {server.proc.returncode})")
         except BaseException as e:
-            stopped = isinstance(e, KeyboardInterrupt) or asked  # asked: a library reported the interrupt as its error
-            if status.status.state == "running":
-                if stopped:
-                    status.finish("stopped", f"stopped by Ctrl-C; a rerun resumes from {cache}")
-                else:
-                    status.finish("failed", " ".join(str(e).split())[:300])
-            if stopped and not isinstance(e, KeyboardInterrupt):
+            if asked and not isinstance(e, KeyboardInterrupt):  # a library reported the interrupt as its own error
                 raise KeyboardInterrupt from None
             raise
         finally:
