@@ -46,8 +46,8 @@ def bench_assignment(n: int) -> dict:
     from scipy.optimize import linear_sum_assignment
 
     from atlas.match.assign import assign_sparse
-    from atlas.match.candidates import topk_both
     from atlas.match.candidates import edges as _edges
+    from atlas.match.candidates import topk_both
     from atlas.synth import unit
 
     rng = np.random.default_rng(1)
@@ -81,9 +81,9 @@ def _family(layers: int, d_sae: int, d_in: int, folder: Path) -> list[Path]:
 
 def _ingested(path: Path, folders: list[Path]):
     """(the atlas at `path` holding the SAEs of `folders`, the ingest summary, its adjacent + distance-2 pairs)."""
+    from atlas.queries.selection import select_pairs
     from atlas.store import Atlas
     from ingest.jobs.ingest import ingest
-    from atlas.queries.selection import select_pairs
     from ingest.sources import read_sae
 
     atlas = Atlas(path)

@@ -35,8 +35,8 @@ from .options import SAEPair, Selection, bar, executor_options, opened_executor
 def match(atlas, selection, distance, stack, explicit, methods, k, floor, tau, solver, publish_every, executor, address):
     """Match SAE pairs by weight similarity (candidates -> one-to-one assignment -> pair stats)."""
     from atlas.match.pair import MatchParams
-    from ingest.jobs.match import run_match
     from atlas.queries.selection import select_pairs
+    from ingest.jobs.match import run_match
 
     widths = selection == "widths"
     if explicit:
@@ -87,9 +87,9 @@ def _match_widths(atlas, pairs, tau):
 def correlate(atlas, activations, live_model, corpus, selection, stack, explicit, max_tokens, one_pass, executor, address):
     """Activation correlation of SAE pairs, each SAE encoded on its own hook: correlations, activation_corr
     matches, compositions (AND/OR/PASS), examples, and SAE Match's checks of the weight matches."""
+    from atlas.queries.selection import select_pairs
     from ingest.activations import ActivationConfig
     from ingest.jobs.correlate import correlate as run
-    from atlas.queries.selection import select_pairs
 
     if (activations is None) == (live_model is None):
         raise ValueError("give either --activations FOLDER or --model NAME (a live run)")

@@ -30,9 +30,9 @@ def truth(family) -> list[dict]:
 
 
 def build_atlas(path: Path, folders: list[Path], match: bool = True) -> Atlas:
+    from atlas.queries.selection import select_pairs
     from ingest.jobs.ingest import ingest
     from ingest.jobs.match import run_match
-    from atlas.queries.selection import select_pairs
     from ingest.sources import read_sae
 
     atlas = Atlas(path)

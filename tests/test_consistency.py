@@ -9,12 +9,12 @@ import pytest
 from click.testing import CliRunner
 from scipy.optimize import linear_sum_assignment
 
-from cli import main
 from atlas.match.candidates import edges, topk_both
 from atlas.match.consistency import mmcs_random, pw_mcc, pw_mcc_dense, pw_mcc_random, pw_mcc_sparse
 from atlas.match.pair import MatchParams, match_pair
 from atlas.sae import SAEWeights
-from atlas.synth import SynthConfig, unit, sibling
+from atlas.synth import SynthConfig, sibling, unit
+from cli import main
 
 SPARSE_DEVIATION = 1e-4  # stated in atlas/match/consistency.py and the README; measured by `python -m bench pwmcc`
 

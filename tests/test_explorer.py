@@ -42,7 +42,7 @@ def split_server(tmp_path_factory):
     near-parallel copies at each of 4 later layers (a 53-node lineage with every candidate followed)."""
     import numpy as np
 
-    from atlas.synth import SynthConfig, noisy, unit, generate, write_sae
+    from atlas.synth import SynthConfig, generate, noisy, unit, write_sae
     from ingest.jobs.widths import run_widths
 
     from .conftest import build_atlas

@@ -124,8 +124,8 @@ def test_summary_line_says_how_a_feature_ends(synth_atlas, truth):
 def test_findings_measure_lineage_size_before_and_after_typed_edges(synth_atlas):
     from click.testing import CliRunner
 
-    from cli import main
     from atlas.queries.lineage import lineage_shape
+    from cli import main
 
     r = CliRunner().invoke(main, ["--atlas", str(synth_atlas.path), "findings", "--lineage-of", _id(1), "--features", "48"])
     assert r.exit_code == 0, r.output
@@ -148,9 +148,9 @@ def test_flow_origins_equal_planted_mlp_and_attention_truth(tmp_path):
 
     from atlas.match.pair import MatchParams
     from atlas.queries import flow_origins
+    from atlas.queries.selection import select_pairs
     from atlas.synth import GROUND_TRUTH, SynthConfig, generate
     from ingest.jobs.match import run_match
-    from atlas.queries.selection import select_pairs
 
     from .conftest import build_atlas
 

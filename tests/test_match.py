@@ -12,10 +12,10 @@ from scipy.optimize import linear_sum_assignment
 
 from atlas.match.candidates import topk_both
 from atlas.match.pair import MatchParams, match_pair
+from atlas.queries.selection import select_pairs
 from atlas.sae import SAEWeights
 from atlas.store import Atlas
 from ingest.jobs.match import run_match
-from atlas.queries.selection import select_pairs
 from ingest.sources import read_sae
 
 from .conftest import TINY, build_atlas

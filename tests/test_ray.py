@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from atlas.match.pair import MatchParams
+from atlas.queries.selection import select_pairs
 from atlas.synth import SynthConfig, generate
 from ingest.jobs.match import run_match
-from atlas.queries.selection import select_pairs
 
 from .conftest import build_atlas
 

@@ -11,11 +11,11 @@ import pytest
 from click.testing import CliRunner
 from safetensors.numpy import load_file
 
-from cli import main
 from atlas.match.pair import MatchParams
-from atlas.store import Atlas
-from ingest.jobs.match import run_match
 from atlas.queries.selection import select_pairs
+from atlas.store import Atlas
+from cli import main
+from ingest.jobs.match import run_match
 
 from .conftest import build_atlas
 

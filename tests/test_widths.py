@@ -9,10 +9,10 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-from cli import main
 from atlas.match.widths import match_widths
 from atlas.store import Atlas
 from atlas.synth import GROUND_TRUTH
+from cli import main
 
 NARROW, MID, WIDE = "synth-resid1-w256-s0-A", "synth-resid1-w512-s0-A", "synth-resid1-w1024-s0-A"
 
@@ -173,8 +173,8 @@ def test_width_pairs_take_the_next_width_and_the_nearest_l0(tmp_path):
     of nearest L0, never with its own width."""
     import duckdb
 
-    from atlas.store.schema import create
     from atlas.queries.selection import select_pairs
+    from atlas.store.schema import create
 
     con = duckdb.connect()
     create(con)

@@ -22,6 +22,7 @@ import torch
 from atlas.encode import encode_record
 from atlas.index import unit_rows
 from atlas.match.pair import MatchParams, match_candidates
+from atlas.queries.common import require_saes
 from atlas.store import Atlas, parts, record_run
 from ingest.activations import ActivationConfig, iter_hooks, load_tokens, model_batches, model_path, read_manifest, stored_hooks
 from ingest.cofiring import new_state
@@ -31,7 +32,6 @@ from ingest.executors import InProcess
 from ingest.quality import Quality
 from ingest.sources import read_sae
 from ingest.tasks import SAERef
-from atlas.queries.common import require_saes
 
 
 @dataclass(frozen=True)

@@ -42,9 +42,9 @@ def build_planted(atlas: Atlas, cfg: SynthConfig, out: Path, status: StatusWrite
     """The planted-truth family (as `atlas synth` writes it), matched at layer distance <= 2 and between
     siblings; a rerun finds it stored and matched."""
     from atlas.match.pair import MatchParams
+    from atlas.queries.selection import select_pairs
     from ingest.jobs.ingest import ingest_paths
     from ingest.jobs.match import run_match
-    from atlas.queries.selection import select_pairs
 
     total, count = n_saes(cfg), itertools.count(1)
     folders = generate(cfg, out)

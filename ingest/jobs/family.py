@@ -16,7 +16,6 @@ from atlas.store import Atlas
 from ingest.activations import MANIFEST, ActivationConfig, collect, load_hook, read_manifest, resid_post, stored_hooks
 from ingest.training import TrainConfig, train_sae
 
-
 FLOW_HOOKS = ("hook_mlp_out", "hook_attn_out")
 """Sub-layer outputs the flow SAEs read (MiniLM: before the add + LayerNorm; docs/design.md, Hooks on a
 post-LN BERT). attn_out rather than attn.hook_z, so its decoder lives where the residual SAE's does and the
@@ -113,9 +112,9 @@ def build_family(atlas: Atlas, plan: FamilyPlan, cache: Path, log=print, progres
     """Everything in order; each step skips what its cache or the atlas already holds. Each SAE is
     published when it is trained, each pair when it is matched, each dataset's correlations after their one
     pass, so a server shows the family growing; `progress(step, done, total, item)` reports each of STEPS."""
+    from atlas.queries.selection import select_pairs
     from ingest.jobs.correlate import correlate
     from ingest.jobs.match import run_match
-    from atlas.queries.selection import select_pairs
 
     def step(name, done, total, item=None):
         if progress:

@@ -11,10 +11,9 @@ import numpy as np
 import pyarrow as pa
 
 from atlas import index as fx
-from atlas.queries.common import SAE_COLUMNS
+from atlas.queries.common import SAE_COLUMNS, require_saes
 from atlas.sae import SAEError, SAEMeta, SAERecord
 from atlas.store import Atlas, Writer, record_run
-from atlas.queries.common import require_saes
 
 
 @dataclass

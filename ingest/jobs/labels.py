@@ -20,10 +20,10 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from atlas.queries.common import require_saes
 from atlas.queries.records import NotFound
 from atlas.sae import SAEError
 from atlas.store import Atlas, record_run
-from atlas.queries.common import require_saes
 
 KINDS = ("explanations", "features", "activations")
 

@@ -12,13 +12,11 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-
 from atlas.match.pair import MatchParams
+from atlas.queries.common import require_saes
 from atlas.store import Atlas, record_run
 from ingest.executors import InProcess
 from ingest.tasks import PairTask, SAERef, TaskResult, run_pair, shard_stats
-from atlas.queries.common import require_saes
-
 
 
 @dataclass

@@ -12,9 +12,9 @@ from dataclasses import asdict, dataclass, field
 import pyarrow as pa
 
 from atlas.match.widths import WidthParams, match_widths
+from atlas.queries.common import require_saes
 from atlas.store import Atlas, record_run
 from ingest.sources import load_stored
-from atlas.queries.common import require_saes
 
 
 @dataclass
