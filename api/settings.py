@@ -1,9 +1,9 @@
-"""Server settings as data: one table of (name, default, help) that `atlas serve` makes its options from (under
-`flag` where the option is not --name-with-dashes) and a test reads."""
+"""Server settings as data: one table of fields (default, help) that `atlas serve` makes its options from (under
+`flag` where the option is not --name-with-dashes)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
@@ -26,6 +26,3 @@ class Settings:
         "help": "Origins allowed to call the API from a browser (repeatable; CORS off when none; '*' for any).",
         "flag": "--cors"})
 
-
-def settings_table() -> list[tuple[str, object, str]]:
-    return [(f.name, f.default, f.metadata["help"]) for f in fields(Settings)]
