@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from ingest.sources import READERS
+
 from .group import main
 from .options import bar, executor_options, opened_executor
 
@@ -24,8 +26,8 @@ def ingest_paths(atlas, paths, overrides, replace, factory, fmt=None, executor="
 
 @main.command("ingest")
 @click.argument("sources", nargs=-1, required=True)
-@click.option("--format", "fmt", type=click.Choice(["saelens", "gemmascope", "sparsify", "dictionary_learning"]),
-              default=None, help="Layout of the files [default: detected].")
+@click.option("--format", "fmt", type=click.Choice([n for n, r in READERS.items() if r.detect]), default=None,
+              help="Layout of the files [default: detected].")
 @click.option("--recursive", "-r", is_flag=True, help="Ingest every SAE folder found under each SOURCE.")
 @click.option("--release", is_flag=True,
               help="SOURCES are sae_lens releases: RELEASE:SAE_ID for one SAE, RELEASE for all it lists "
