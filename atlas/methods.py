@@ -76,6 +76,9 @@ METHODS: dict[str, Method] = {m.name: m for m in (
 NAMES: tuple[str, ...] = tuple(METHODS)
 SIMILARITY_METHODS: tuple[str, ...] = tuple(n for n, m in METHODS.items() if m.higher_is_better)
 WEIGHT_METHODS: tuple[str, ...] = tuple(n for n, m in METHODS.items() if m.source == "weights")
+SIBLING_METHODS = ("decoder_cos", "encoder_cos")
+"""What siblings are matched by: a feature is shared when both assignments agree (Paulo & Belrose; the
+feature_sharing macro; docs/design.md, Words)."""
 
 
 class UnknownMethod(ValueError):

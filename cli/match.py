@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from atlas.methods import WEIGHT_METHODS
+from atlas.methods import SIBLING_METHODS, WEIGHT_METHODS
 
 from .group import main
 from .options import SAEPair, Selection, bar, executor_options, opened_executor
@@ -43,7 +43,7 @@ def match(atlas, selection, distance, stack, explicit, methods, k, floor, tau, s
         selection = "list"
     with atlas.read() as con:
         pairs = select_pairs(con, selection, distance, stack, list(explicit))
-    methods = list(methods) or (["decoder_cos", "encoder_cos"] if selection == "siblings" else ["decoder_cos"])
+    methods = list(methods) or (list(SIBLING_METHODS) if selection == "siblings" else ["decoder_cos"])
     if not pairs:
         raise ValueError(f"no pairs selected ({selection}); see `atlas saes`")
     if widths:

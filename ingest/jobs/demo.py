@@ -14,6 +14,7 @@ import socket
 from contextlib import contextmanager
 from pathlib import Path
 
+from atlas.methods import SIBLING_METHODS
 from atlas.status import StatusWriter
 from atlas.store import Atlas
 from atlas.synth import SynthConfig, generate, n_saes
@@ -53,7 +54,7 @@ def build_planted(atlas: Atlas, cfg: SynthConfig, out: Path, status: StatusWrite
     ours = set(done.added + done.replaced + done.unchanged + done.merged)
     with atlas.read() as con:
         jobs = [([p for p in select_pairs(con, sel, distance=2) if p[0] in ours and p[1] in ours], methods)
-                for sel, methods in (("distance", ["decoder_cos"]), ("siblings", ["decoder_cos", "encoder_cos"]))]
+                for sel, methods in (("distance", ["decoder_cos"]), ("siblings", list(SIBLING_METHODS)))]
     n, count = sum(len(p) * len(m) for p, m in jobs), itertools.count(1)
     status.update(PLANTED[1], 0, n)
     for pairs, methods in jobs:

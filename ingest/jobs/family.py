@@ -12,6 +12,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from atlas.match.pair import MatchParams
+from atlas.methods import SIBLING_METHODS
 from atlas.store import Atlas
 from ingest.activations import MANIFEST, ActivationConfig, collect, load_hook, read_manifest, resid_post, stored_hooks
 from ingest.training import TrainConfig, train_sae
@@ -170,7 +171,7 @@ def build_family(atlas: Atlas, plan: FamilyPlan, cache: Path, log=print, progres
         s = run_widths(atlas, width_pairs,
                        progress=lambda a, b: step("widths", next(count), len(width_pairs), f"{a} / {b}"))
         log(f"widths: {len(width_pairs)} pairs; narrow features " + ", ".join(f"{n} {c}" for c, n in sorted(s.classes.items())))
-    jobs = ((layer_pairs, ["decoder_cos", "decoder_mse"]), (siblings, ["decoder_cos", "encoder_cos"]),
+    jobs = ((layer_pairs, ["decoder_cos", "decoder_mse"]), (siblings, list(SIBLING_METHODS)),
             (flow, ["decoder_cos"]))
     total = sum(len(p) * len(m) for p, m in jobs)
     count = itertools.count(1)
