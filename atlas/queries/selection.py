@@ -1,5 +1,6 @@
 """Which SAE pairs a job compares: layer neighbours of a stack, siblings, widths, flow, or a given list
-(docs/design.md, Words: stack, siblings). Reads only the saes table, so the CLI lists the choices without loading a job."""
+(docs/design.md, Words: stack, siblings). Reads only the saes table, so the CLI lists the choices without
+loading a job."""
 
 from __future__ import annotations
 
