@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from atlas.store.parts import write_atomic
+
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 MANIFEST = "manifest.json"
 
@@ -154,7 +156,7 @@ def collect(cfg: ActivationConfig, out: Path, progress=None) -> dict:
     flush()
     manifest = {"config": asdict(cfg), "model_path": model_path(cfg.model), "d_model": info["d_model"], "hooks": hooks,
                 "n_tokens": n_tokens, "shards": shards, "n_docs": info["n_docs"]}
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=1))
+    write_atomic(out / MANIFEST, lambda tmp: tmp.write_text(json.dumps(manifest, indent=1)))  # marks the folder complete
     return manifest
 
 

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import torch
 
+from atlas.store.parts import write_atomic
+
 from .activations import DEFAULT_MODEL
 
 
@@ -88,6 +90,8 @@ def train_sae(acts: torch.Tensor, layer: int, seed: int, dataset: str, out_root:
     cfg_path = folder / "cfg.json"
     saved = json.loads(cfg_path.read_text())
     saved["metadata"]["seed"] = seed
-    cfg_path.write_text(json.dumps(saved, indent=1))
-    metrics_file.write_text(json.dumps(metrics, indent=1))
+    write_atomic(cfg_path, lambda tmp: tmp.write_text(json.dumps(saved, indent=1)))
+    # the metrics file marks the folder complete: written whole or not at all, so a Ctrl-C never leaves a
+    # marker a rerun trusts but cannot read
+    write_atomic(metrics_file, lambda tmp: tmp.write_text(json.dumps(metrics, indent=1)))
     return folder, metrics

@@ -165,3 +165,32 @@ def test_findings_report_on_the_real_family(small_family):
         w, a = (flow_origins(con, row["sae_id"], list(range(64)), m) for m in ("decoder_cos", "activation_corr"))
     assert row["agree"] == pytest.approx(np.mean([w[i] == a[i] for i in range(64)]))
     assert set(row["activations"]) <= {"RES", "MLP", "ATT", "RES&MLP", "RES&ATT", "MLP&ATT", "RES&MLP&ATT", "from nowhere"}
+
+
+def test_a_ctrl_c_while_a_trained_sae_is_saved_leaves_no_marker_a_rerun_trusts(tmp_path, monkeypatch):
+    """Ctrl-C while the metrics file (the folder's "complete" marker) is written: nothing half-written is left,
+    so a rerun (`atlas demo` resuming) trains again instead of failing on an empty file."""
+    import json
+    from pathlib import Path
+
+    import torch
+
+    from ingest.training import train_sae
+
+    acts = torch.randn(3000, 16, generator=torch.Generator().manual_seed(0))
+    cfg = TrainConfig(d_sae=32, samples=4096, batch=512, eval_tokens=300)
+    real = Path.write_text
+
+    def interrupted(self, data, *args, **kw):
+        if self.name.startswith("atlas_training.json"):
+            real(self, "")  # the file is open and empty when the interrupt lands
+            raise KeyboardInterrupt
+        return real(self, data, *args, **kw)
+
+    monkeypatch.setattr(Path, "write_text", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train_sae(acts, 0, 0, "prose", tmp_path, cfg)
+    monkeypatch.undo()
+    assert not list(tmp_path.rglob("atlas_training.json*"))
+    folder, metrics = train_sae(acts, 0, 0, "prose", tmp_path, cfg)
+    assert json.loads((folder / "atlas_training.json").read_text()) == metrics and 0 <= metrics["fvu"] < 2
