@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 from pathlib import Path
 
 import numpy as np
+
+from .store.parts import write_atomic
 
 APPROX_FROM = 262_144  # features; at and above this width the default index is approximate
 APPROX_FACTORY = "HNSW32"
@@ -53,11 +54,9 @@ def build(vectors: np.ndarray, factory: str | None = None):
 
 
 def save(index, path: Path, factory: str) -> None:
-    """Write to a temporary name and rename, so a killed job never leaves a half-written index."""
+    """Write atomically (parts.write_atomic), so a killed job never leaves a half-written index."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    faiss().write_index(index, str(tmp))
-    os.replace(tmp, path)
+    write_atomic(path, lambda tmp: faiss().write_index(index, str(tmp)))
     path.with_suffix(".json").write_text(json.dumps({"factory": factory, "ntotal": index.ntotal, "d": index.d}))
 
 
