@@ -1,6 +1,6 @@
 """A fresh machine runs `make test` with nothing installed by hand.
 
-Every program the code looks up by name (`shutil.which("x")`, `subprocess.run(["x", ...])`, across atlas/,
+Every program the code looks up by name (`shutil.which(NAME)`, `subprocess.run([NAME, ...])`, across atlas/,
 ingest/, api/, bench/ and tests/) must come from somewhere a fresh clone gets it: the venv (a pip package
 of pyproject.toml's extras), the base system (named below with the reason), or a Makefile target that
 `make test` reaches (`make bench` for bench/ code). Makefile targets install system packages only as root,
