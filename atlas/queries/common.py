@@ -15,10 +15,11 @@ NEURONPEDIA = "https://www.neuronpedia.org"
 
 
 def require_saes(known, ids) -> None:
-    """Refuse (KeyError) the first of `ids` that is not among the atlas's SAEs `known`."""
+    """Refuse (NotFound, as sae_row does) the first of `ids` that is not among the atlas's SAEs `known`: the
+    jobs' check, worded for the command line."""
     for s in ids:
         if s not in known:
-            raise KeyError(f"unknown SAE {s!r}: see `atlas saes`")
+            raise NotFound(f"unknown SAE {s!r}: see `atlas saes`")
 
 
 def sae_row(con, sae_id: str, saes: dict[str, dict] | None = None) -> dict:
