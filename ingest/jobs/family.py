@@ -5,7 +5,6 @@ dictionary sizes, matched across widths (feature splitting). Cached throughout."
 from __future__ import annotations
 
 import itertools
-import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -130,7 +129,7 @@ def build_family(atlas: Atlas, plan: FamilyPlan, cache: Path, log=print, progres
     for i, d in enumerate(datasets):
         acts_dir[d] = activations_for(plan, d, cache,
                                       lambda n, i=i: step("activations", i * plan.max_tokens + n, tokens, d))
-        log(f"activations {d}: {json.loads((acts_dir[d] / MANIFEST).read_text())['n_tokens']} tokens")
+        log(f"activations {d}: {read_manifest(acts_dir[d])['n_tokens']} tokens")
         step("activations", (i + 1) * plan.max_tokens, tokens, d)
     quality, family = {}, set()
     held: dict[tuple[str, str], object] = {}
