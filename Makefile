@@ -8,7 +8,7 @@ PORT ?= 8000
 FAISS_GPU ?= faiss-gpu-cu12
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-gpu gpu-check browser wrk demo serve test bench readme-bench findings clean
+.PHONY: help install wheel install-gpu gpu-check browser wrk demo serve test bench readme-bench findings clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -20,6 +20,9 @@ $(BIN)/atlas: pyproject.toml
 	@touch $@
 
 install: $(BIN)/atlas ## Create .venv and install the atlas, test tools and Ray (torch as PyPI serves it, faiss-cpu)
+
+wheel: install ## Build the sdist and, from it, the wheel into dist/ (`pip install dist/*.whl` installs the tool anywhere)
+	$(BIN)/python -m build --no-isolation --outdir dist .
 
 install-gpu: $(BIN)/atlas ## Swap faiss-cpu for faiss-gpu in .venv (FAISS_GPU=faiss-gpu-cu12; never both), then `make gpu-check`
 	$(BIN)/pip uninstall -y -q faiss-cpu

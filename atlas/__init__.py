@@ -2,6 +2,8 @@
 
 `atlas.open(path)` reads an atlas from Python (atlas/reader.py); importing `atlas` alone loads nothing else."""
 
+__version__ = "0.1.0"  # the package version (pyproject.toml reads it; `atlas --version` prints it)
+
 
 def open(path="atlas.duckdb"):  # noqa: A001  (atlas.open, as files are opened)
     """A Reader on the atlas at `path`: its query functions answer with the API's typed records."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -44,7 +45,46 @@ def explain(e: BaseException) -> tuple[str, int]:
     return f"{type(e).__name__}: {first} (run `atlas --debug ...` for the traceback)", 1
 
 
+def checkout_commit(package_dir: Path) -> str | None:
+    """The commit of the git checkout the code runs from ('<sha>', '<sha> with uncommitted changes'), or None
+    for an installed wheel: the package folder must sit at the top of the work tree (a venv inside a checkout
+    does not count)."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(package_dir), *args], capture_output=True, text=True, timeout=10,
+                              check=True).stdout.strip()
+    try:
+        if Path(git("rev-parse", "--show-toplevel")).resolve() != package_dir.resolve().parent:
+            return None
+        sha = git("rev-parse", "--short=12", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.SubprocessError):  # no git, not a checkout, an unborn branch
+        return None
+    return f"{sha} with uncommitted changes" if dirty else sha
+
+
+def version_lines() -> list[str]:
+    """What `atlas --version` prints: the package, the checkout's commit, the atlas schema versions handled."""
+    import atlas
+    from atlas.store.schema import MIGRATIONS, SCHEMA_VERSION
+
+    lines = [f"feature-atlas {atlas.__version__}"]
+    if commit := checkout_commit(Path(atlas.__file__).parent):
+        lines.append(f"commit {commit}")
+    oldest = min(MIGRATIONS) - 1
+    lines.append(f"atlas schema: writes and serves version {SCHEMA_VERSION}; upgrades versions "
+                 f"{oldest}-{SCHEMA_VERSION - 1} in place (`atlas migrate`, or any job)")
+    return lines
+
+
+def print_version(ctx: click.Context, _param, value: bool) -> None:
+    if value and not ctx.resilient_parsing:
+        click.echo("\n".join(version_lines()))
+        ctx.exit()
+
+
 @click.group(cls=AtlasGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=print_version,
+              help="Show the version, the commit of a checkout and the atlas schema versions, and exit.")
 @click.option("--atlas", "atlas_path", type=click.Path(path_type=Path), default=None,
               help="Atlas DuckDB file [default: $ATLAS_PATH or ./atlas.duckdb].")
 @click.option("--debug", is_flag=True, help="Show the full traceback of a failure instead of one line.")
