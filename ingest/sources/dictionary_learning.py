@@ -12,7 +12,7 @@ import numpy as np
 
 from atlas.sae import SAEError, SAEMeta, SAERecord, SAEWeights
 
-from .files import Count, Int32, Text, load_json, load_torch, need
+from .files import Count, Int32, Layer, Text, load_json, load_torch, need
 
 WEIGHTS_FILENAME = "ae.pt"
 
@@ -34,7 +34,7 @@ class Trainer(msgspec.Struct):
     activation_dim: Count | None = None
     dict_size: Count | None = None
     k: Count | None = None
-    layer: Int32 | None = None
+    layer: Layer | None = None
     lm_name: Text | None = None
     submodule_name: Text | None = None
     seed: Int32 | None = None

@@ -32,6 +32,7 @@ ZIP_RATIO_FROM = 1 << 20
 # Field types of the readers' config schemas: what the atlas stores them as (saes' INTEGER and VARCHAR columns).
 Int32 = Annotated[int, msgspec.Meta(ge=INT32[0], le=INT32[1])]
 Count = Annotated[int, msgspec.Meta(ge=0, le=INT32[1])]
+Layer = Annotated[int, msgspec.Meta(ge=-1, le=INT32[1])]  # -1: the embedding
 Text = Annotated[str, msgspec.Meta(max_length=MAX_TEXT)]
 
 _KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
