@@ -36,9 +36,33 @@ def default_factory(n: int) -> str:
     return "Flat" if n < APPROX_FROM else APPROX_FACTORY
 
 
+NORM_BLOCK = 1 << 22  # entries per block of row_norms: its float64 temporaries stay at 32 MB for any SAE
+
+
+def row_norms(x: np.ndarray) -> np.ndarray:
+    """[n] float64 Euclidean norms of the rows of x [n, d], right for any finite float32 rows: each row is
+    scaled by its largest |entry| before squaring, so no square overflows (entries of 1e20) or underflows
+    (1e-30, subnormals), where np.linalg.norm in float32 gives inf or 0 (docs/design.md, Ingest refusals).
+    Entries below 1e-19 of their row's largest still vanish when squared: far under float32's precision."""
+    out = np.zeros(len(x), np.float64)
+    if x.ndim != 2 or not x.shape[1]:
+        return out
+    step = max(1, NORM_BLOCK // x.shape[1])
+    for s in range(0, len(x), step):
+        blk = x[s:s + step]
+        scale = np.maximum(blk.max(axis=1), -blk.min(axis=1))
+        y = blk / np.where(scale > 0, scale, 1)[:, None]  # largest entry ±1: its square is 1
+        out[s:s + step] = scale.astype(np.float64) * np.sqrt(np.einsum("ij,ij->i", y, y).astype(np.float64))
+    return out
+
+
 def unit_rows(x: np.ndarray, dtype=np.float32) -> np.ndarray:
+    """Rows of x scaled to unit length in `dtype` (all-zero rows stay zero), for any finite float32 rows."""
     x = np.ascontiguousarray(x, dtype=dtype)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    n = row_norms(x)
+    out = np.empty_like(x)
+    np.divide(x, np.where(n > 0, n, 1.0)[:, None], out=out, casting="unsafe")
+    return out
 
 
 def build(vectors: np.ndarray, factory: str | None = None):

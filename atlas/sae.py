@@ -202,10 +202,45 @@ def normalise_arch(arch: str, where: str) -> str:
 # More dead (all-zero) decoder rows than this fraction is a broken or untrained file, not an SAE.
 MAX_DEAD_ROWS = 0.5
 
+# Bounds of the metadata (docs/design.md, Ingest refusals): the saes table stores integers as INTEGER, and an
+# index file is named <sae_id>-<sha12>.faiss, which must fit a file name's 255 bytes.
+INT32 = (-2**31, 2**31 - 1)
+MAX_TEXT = 1024  # characters of a name, hook or dataset path
+MAX_ID = 200  # characters of an SAE id
+_TEXT_FIELDS = ("model", "hook", "hook_out", "arch", "kind", "site", "dataset", "release", "variant", "neuronpedia_id",
+                "sae_id")
+_INT_FIELDS = {"layer": -1, "seed": INT32[0], "k": 0, "d_in": 0, "d_sae": 0, "d_out": 0}  # field: least value
+
+
+def check_meta(m: SAEMeta, where: str) -> None:
+    """Types and ranges of the metadata, whichever route it came by (a config, a release, an override)."""
+    for name in _TEXT_FIELDS:
+        v = getattr(m, name)
+        if v is not None and not isinstance(v, str):
+            raise SAEError(f"{where}: {name} must be text, found {type(v).__name__} {str(v)[:40]!r}")
+        if v is not None and len(v) > MAX_TEXT:
+            raise SAEError(f"{where}: {name} is {len(v):,} characters long (at most {MAX_TEXT})")
+    for name, least in _INT_FIELDS.items():
+        v = getattr(m, name)
+        if v is None:
+            continue
+        if isinstance(v, bool) or not isinstance(v, int | np.integer):
+            raise SAEError(f"{where}: {name} must be an integer, found {type(v).__name__} {str(v)[:40]!r}")
+        if not least <= v <= INT32[1]:
+            raise SAEError(f"{where}: {name} {str(v)[:40]} is out of range ({least} to {INT32[1]})")
+    if m.l0 is not None and (isinstance(m.l0, bool) or not isinstance(m.l0, int | float | np.number)
+                             or not np.isfinite(m.l0)):
+        raise SAEError(f"{where}: l0 must be a finite number, found {str(m.l0)[:40]!r}")
+
 
 def validate(rec: SAERecord, where: str) -> SAERecord:
     """Check shapes, finiteness and sanity; fill d_in/d_sae/site/layer/sha256/sae_id. Raises SAEError."""
     w, m = rec.weights, rec.meta
+    check_meta(m, where)
+    for name, t in w.tensors().items():  # the loaders refuse these by file; this holds for every route
+        if not isinstance(t, np.ndarray) or t.dtype.kind != "f":
+            raise SAEError(f"{where}: tensor {name} has dtype {getattr(t, 'dtype', type(t).__name__)}; SAE weights "
+                           f"are floating point")
     if w.W_dec.ndim != 2 or w.W_enc.ndim != 2:
         raise SAEError(f"{where}: tensors W_enc and W_dec must be 2-D, got shapes {w.W_enc.shape} and {w.W_dec.shape}")
     d_sae, d_out = w.W_dec.shape
@@ -258,11 +293,9 @@ def validate(rec: SAERecord, where: str) -> SAERecord:
         raise SAEError(f"{where}: no layer in hook {m.hook!r}; pass --layer")
     m.sha256 = w.sha256()
     m.sae_id = slug(m.sae_id) if m.sae_id else default_sae_id(m)
+    if not m.sae_id:
+        raise SAEError(f"{where}: SAE id has no letter or digit; pass --id")
+    if len(m.sae_id) > MAX_ID:
+        raise SAEError(f"{where}: SAE id {m.sae_id[:40]}… is {len(m.sae_id):,} characters long (at most {MAX_ID}); "
+                       f"pass a shorter --id")
     return SAERecord(m, w)
-
-
-def as_f32(t, where: str, name: str) -> np.ndarray:
-    a = np.asarray(t)
-    if a.dtype.kind not in "fiu":
-        raise SAEError(f"{where}: tensor {name} has non-numeric dtype {a.dtype}")
-    return np.ascontiguousarray(a, dtype=np.float32)

@@ -42,7 +42,9 @@ def device() -> torch.device:
 
 def _prepare(x: np.ndarray, kind: str, dev) -> torch.Tensor:
     t = torch.as_tensor(np.ascontiguousarray(x, dtype=np.float32), device=dev)
-    if kind == "cos":
+    if kind == "cos":  # each row scaled by its largest |entry| first: no square overflows or underflows
+        scale = torch.maximum(t.amax(1, keepdim=True), -t.amin(1, keepdim=True)) if t.shape[1] else t[:, :1]
+        t = t / torch.where(scale > 0, scale, torch.ones_like(scale))  # (atlas.index.row_norms, on the device)
         t = t / t.norm(dim=1, keepdim=True).clamp_min(1e-12)
     return t
 

@@ -132,7 +132,7 @@ def _result(a, b, sae_a, sae_b, params, fa, fb, score, ra, rb, matched_edge) -> 
     assigned[order[np.searchsorted(keys[order], ra.astype(np.int64) * n_b + rb)]] = True
     a_score, a_fa, a_fb = score[assigned], fa[assigned], fb[assigned]
     dec_a, dec_b = folded_decoder(a), folded_decoder(b)
-    pair_mse = ((dec_a[a_fa] - dec_b[a_fb]) ** 2).mean(1)
+    pair_mse = ((dec_a[a_fa].astype(np.float64) - dec_b[a_fb]) ** 2).mean(1)  # float64: no square overflows
     stats = pair_stats(a_score, matched_edge[assigned], a_fa, a_fb, pair_mse, n_a, n_b, params.tau, distance)
     n = len(fa)
     table = pa.table({

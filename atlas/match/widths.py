@@ -23,6 +23,7 @@ import numpy as np
 import pyarrow as pa
 from scipy.optimize import nnls
 
+from ..index import unit_rows
 from .candidates import topk_both
 
 
@@ -66,8 +67,7 @@ def match_widths(narrow: np.ndarray, wide: np.ndarray, params: WidthParams = Wid
     kids = np.flatnonzero(ok)
     kids = kids[np.lexsort((-pscore[kids], parent[kids]))]  # by parent, best child first
     starts = np.searchsorted(parent[kids], np.arange(len(narrow) + 1))
-    unit_n = narrow / np.linalg.norm(narrow, axis=1, keepdims=True)
-    unit_w = wide / np.linalg.norm(wide, axis=1, keepdims=True)
+    unit_n, unit_w = unit_rows(narrow, narrow.dtype), unit_rows(wide, wide.dtype)
     children, scores, combo, twins, cls = [], [], [], [], []
     for i in range(len(narrow)):
         mine = kids[starts[i]:starts[i + 1]]

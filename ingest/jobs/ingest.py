@@ -162,7 +162,7 @@ def feature_rows(rec: SAERecord) -> pa.Table:
     return pa.table({
         "sae_id": pa.array([rec.meta.sae_id] * n, pa.string()),
         "feature": pa.array(np.arange(n), pa.int32()),
-        "dec_norm": pa.array(np.linalg.norm(w.W_dec, axis=1), pa.float32()),
+        "dec_norm": pa.array(fx.row_norms(w.W_dec), pa.float32()),  # no float32 squares: docs/design.md, Ingest refusals
         "threshold": pa.array(w.threshold, pa.float32()) if w.threshold is not None else pa.nulls(n, pa.float32()),
         "density": (pa.array(np.power(10.0, log_density), pa.float32()) if log_density is not None
                     else pa.nulls(n, pa.float32())),

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from atlas.index import row_norms
 from atlas.sae import SAEError, SAERecord, validate
 
 from . import dictionary_learning, gemmascope, release, saelens, sparsify
@@ -104,22 +105,40 @@ OVERFLOW = 1e4
 """A decoder entry larger than this many times the median decoder row norm is refused (docs/design.md, Ingest
 refusals): trained SAEs stay within a few times the median; a finite 3e38 gives dec_norm = inf downstream."""
 
+SCALE = (1e-15, 1e15)
+"""Decoder row norms, raw and threshold-folded, must stay within this range (the largest row at most SCALE[1],
+the median live row at least SCALE[0]): then decoder_mse's squared distances, stored as float32, neither
+overflow nor vanish (docs/design.md, Ingest refusals). Trained SAEs have rows of norm 0.01 to 100."""
+
 
 def check_magnitudes(rec: SAERecord, where: str) -> SAERecord:
-    """Refuse decoder rows whose norm is not a finite float32, or entries past OVERFLOW × the median row norm."""
+    """Refuse decoder rows whose norm is not a finite float32, entries past OVERFLOW × the median row norm,
+    and decoders whose scale (raw or threshold-folded) leaves SCALE."""
     w = rec.weights.W_dec
-    norms = np.sqrt(np.square(w, dtype=np.float64).sum(axis=1))
+    norms = row_norms(w)
     with np.errstate(over="ignore"):
         big = ~np.isfinite(norms.astype(np.float32))
     if big.any():
         raise SAEError(f"{where}: tensor W_dec row {int(np.argmax(big))} has a norm past float32's range "
                        f"({int(big.sum())} such rows): a broken or mis-scaled file")
     median = float(np.median(norms[norms > 0])) if (norms > 0).any() else 0.0
-    worst = float(np.abs(w).max())
+    worst = float(np.maximum(w.max(), -w.min()))
     if median and worst > OVERFLOW * median:
-        row = int(np.argmax(np.abs(w).max(axis=1)))
+        row = int(np.argmax(np.maximum(w.max(axis=1), -w.min(axis=1))))
         raise SAEError(f"{where}: tensor W_dec row {row} holds {worst:.3g}, more than {OVERFLOW:g} × the median "
                        f"decoder row norm ({median:.3g}): a broken or mis-scaled file")
+    theta = rec.weights.threshold
+    rows = {"W_dec": norms} | ({} if theta is None else {"threshold × W_dec": norms * np.abs(theta.astype(np.float64))})
+    for name, n in rows.items():
+        live = n[n > 0]
+        if not len(live):
+            continue
+        if live.max() > SCALE[1]:
+            raise SAEError(f"{where}: {name} row {int(np.argmax(n))} has norm {live.max():.3g}, above {SCALE[1]:g}: "
+                           f"decoder_mse's squared distances would overflow float32 (a broken or mis-scaled file)")
+        if np.median(live) < SCALE[0]:
+            raise SAEError(f"{where}: {name} has median row norm {np.median(live):.3g}, below {SCALE[0]:g}: "
+                           f"its squares vanish in float32 (a broken or mis-scaled file)")
     return rec
 
 

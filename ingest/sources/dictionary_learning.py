@@ -7,11 +7,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import msgspec
 import numpy as np
 
 from atlas.sae import SAEError, SAEMeta, SAERecord, SAEWeights
 
-from .files import load_json, load_torch, need
+from .files import Count, Int32, Layer, Text, load_json, load_torch, need
 
 WEIGHTS_FILENAME = "ae.pt"
 
@@ -26,13 +27,30 @@ LAYOUTS = {
 }
 
 
+class Trainer(msgspec.Struct):
+    """The fields of config.json's `trainer` the atlas reads, typed (files.check_config)."""
+
+    dict_class: Text | None = None
+    activation_dim: Count | None = None
+    dict_size: Count | None = None
+    k: Count | None = None
+    layer: Layer | None = None
+    lm_name: Text | None = None
+    submodule_name: Text | None = None
+    seed: Int32 | None = None
+
+
+class Config(msgspec.Struct):
+    trainer: Trainer | None = None
+
+
 def detect(path: Path) -> bool:
     return path.is_dir() and (path / WEIGHTS_FILENAME).exists()
 
 
 def read(path: Path) -> SAERecord:
     cfg_file, wfile = path / "config.json", path / WEIGHTS_FILENAME
-    trainer = load_json(cfg_file).get("trainer")
+    trainer = load_json(cfg_file, Config).get("trainer")
     if not isinstance(trainer, dict):
         raise SAEError(f"{cfg_file}: no 'trainer' section (dictionary_learning's trainSAE writes one)")
     dict_class = trainer.get("dict_class")

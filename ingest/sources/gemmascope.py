@@ -11,15 +11,23 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import msgspec
 import numpy as np
 
 from atlas.sae import SAEMeta, SAERecord, SAEWeights
 
-from .files import load_json, load_npz, load_safetensors, need
+from .files import Text, load_json, load_npz, load_safetensors, need
 
 _REPO = re.compile(r"gemma-scope-(\d+b)-(pt|it)-(res|mlp|att|transcoders)")
 _FOLDER = re.compile(r"(layer_\d+|embedding)/width_(\w+?)/([^/]+)$")
 _SITE_FROM_REPO = {"res": "resid", "mlp": "mlp", "att": "attn", "transcoders": "mlp"}
+
+
+class Config(msgspec.Struct):
+    """The fields of a v2 folder's config.json the atlas reads, typed (files.check_config)."""
+
+    model_name: Text | None = None
+    hook_name: Text | None = None
 
 
 def detect(path: Path) -> bool:
@@ -94,7 +102,7 @@ def read(path: Path) -> SAERecord:
     else:
         wfile = folder / "params.safetensors"
         t = load_safetensors(wfile)
-        cfg = load_json(folder / "config.json") if (folder / "config.json").exists() else {}
+        cfg = load_json(folder / "config.json", Config) if (folder / "config.json").exists() else {}
     info = parse_path(folder)
     kind = info.get("kind", "sae")
     lens = sae_lens_config(info["repo"], info["folder"], kind) if "repo" in info and "folder" in info else {}

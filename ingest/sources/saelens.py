@@ -5,11 +5,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import msgspec
 import numpy as np
 
+from atlas.index import row_norms
 from atlas.sae import ARCHS, SAEError, SAEMeta, SAERecord, SAEWeights
 
-from .files import load_json, load_safetensors, need
+from .files import Count, Int32, Text, check_config, load_json, load_safetensors, need
 
 CFG_FILENAME = "cfg.json"
 WEIGHTS_FILENAME = "sae_weights.safetensors"
@@ -20,6 +22,35 @@ ARCH_NAMES = {
     "transcoder": ("standard", "transcoder"), "skip_transcoder": ("standard", "skip_transcoder"),
     "jumprelu_transcoder": ("jumprelu", "transcoder"), "jumprelu_skip_transcoder": ("jumprelu", "skip_transcoder"),
 }
+
+
+class Names(msgspec.Struct):
+    """The fields sae_lens ≥ 6 nests under `metadata` (older configs keep them at top level)."""
+
+    model_name: Text | None = None
+    hook_name: Text | None = None
+    hook_name_out: Text | None = None
+    seed: Int32 | None = None
+    dataset_path: Text | None = None
+    neuronpedia_id: Text | None = None
+
+
+class TopKArgs(msgspec.Struct):
+    k: Count | None = None
+
+
+class Config(Names):
+    """The fields of a sae_lens config the atlas reads, typed (files.check_config); the rest are left alone."""
+
+    architecture: Text | None = None
+    activation_fn_str: Text | None = None
+    activation_fn_kwargs: TopKArgs | None = None
+    k: Count | None = None
+    d_in: Count | None = None
+    d_sae: Count | None = None
+    apply_b_dec_to_input: bool | None = None
+    rescale_acts_by_decoder_norm: bool | None = None
+    metadata: Names | None = None
 
 
 def detect(path: Path) -> bool:
@@ -47,7 +78,7 @@ def record_from_state(cfg: dict, t: dict[str, np.ndarray], wfile: Path | str, so
         extra["W_skip"] = need(t, "W_skip", wfile)
     weights = SAEWeights(W_enc=need(t, "W_enc", wfile), W_dec=need(t, "W_dec", wfile),
                          b_enc=need(t, "b_gate" if gated else "b_enc", wfile), b_dec=need(t, "b_dec", wfile),
-                         threshold=t.get("threshold"), extra=extra)
+                         threshold=need(t, "threshold", wfile) if "threshold" in t else None, extra=extra)
     if cfg.get("rescale_acts_by_decoder_norm"):
         weights = fold_decoder_norm(weights)
     return SAERecord(meta, weights)
@@ -57,16 +88,19 @@ def fold_decoder_norm(w: SAEWeights) -> SAEWeights:
     """sae_lens's `rescale_acts_by_decoder_norm` (top-k SAEs) multiplies pre-activations by ‖W_dec[i]‖ and
     divides them back before decoding. Folded as sae_lens's own fold_W_dec_norm does: unit decoder rows,
     encoder (and threshold) scaled up, the same activations for plain encode/decode."""
-    n = np.linalg.norm(w.W_dec, axis=1).astype(np.float32)
+    n = row_norms(w.W_dec).astype(np.float32)
+    n = np.where(n > 0, n, np.float32(1))  # a dead row stays zero
     return SAEWeights(W_enc=w.W_enc * n, W_dec=w.W_dec / n[:, None], b_enc=w.b_enc * n, b_dec=w.b_dec,
                       threshold=None if w.threshold is None else w.threshold * n, extra=w.extra)
 
 
 def meta_from_cfg(cfg: dict, path: Path) -> SAEMeta:
     """sae_lens ≥ 6 nests model/hook/dataset under `metadata`; older configs keep them at top level."""
+    where = path.parent / CFG_FILENAME if path.suffix else path
+    check_config(cfg, Config, where)
     md = {**cfg, **(cfg.get("metadata") or {})}
     if "architecture" not in cfg and "activation_fn_str" not in cfg:
-        raise SAEError(f"{path.parent / CFG_FILENAME if path.suffix else path}: no 'architecture' field")
+        raise SAEError(f"{where}: no 'architecture' field")
     name = cfg.get("architecture") or {"relu": "standard", "topk": "topk"}.get(cfg.get("activation_fn_str"), "standard")
     arch, kind = ARCH_NAMES.get(str(name), (name, "sae"))
     k = cfg.get("k") or (cfg.get("activation_fn_kwargs") or {}).get("k")

@@ -9,11 +9,33 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import msgspec
+
 from atlas.sae import SAEMeta, SAERecord, SAEWeights
 
-from .files import load_json, load_safetensors, need
+from .files import Count, Int32, Text, check_config, load_json, load_safetensors, need
 
 WEIGHTS_FILENAME = "sae.safetensors"
+
+
+class Config(msgspec.Struct):
+    """The fields of an SAE folder's cfg.json the atlas reads, typed (files.check_config)."""
+
+    activation: Text | None = None
+    k: Count | None = None
+    d_in: Count | None = None
+    num_latents: Count | None = None
+    transcode: bool | None = None
+    model: Text | None = None
+    model_name: Text | None = None
+
+
+class RunConfig(msgspec.Struct):
+    """The fields of the trainer run's config.json the atlas reads."""
+
+    model: Text | None = None
+    dataset: Text | None = None
+    init_seeds: list[Int32] | None = None
 
 
 def detect(path: Path) -> bool:
@@ -27,12 +49,13 @@ def run_root(path: Path) -> tuple[Path | None, dict]:
         if cfg_file.is_file():
             cfg = load_json(cfg_file)
             if isinstance(cfg.get("sae"), dict):
+                check_config(cfg, RunConfig, cfg_file)
                 return parent, cfg
     return None, {}
 
 
 def read(path: Path) -> SAERecord:
-    cfg = load_json(path / "cfg.json")
+    cfg = load_json(path / "cfg.json", Config)
     wfile = path / WEIGHTS_FILENAME
     t = load_safetensors(wfile)
     root, run = run_root(path)
