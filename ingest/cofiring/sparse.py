@@ -37,8 +37,10 @@ from atlas.match.candidates import Candidates
 from ingest.cofiring import kernels
 from ingest.cofiring.dense import PairState
 
+PAIR_BYTES = 20
+"""A stored pair: column index (int32) and Σab + i·count (complex128)."""
 MAX_PAIRS = 32_000_000
-"""Default cap on co-firing pairs held (20 bytes each: 0.64 GB at most)."""
+"""Default cap on co-firing pairs held (PAIR_BYTES each: 0.64 GB at most)."""
 CHUNK_NNZ = 8_000_000
 """Pending non-zeros multiplied out at once (about 0.3 GB with their copies; 57k tokens at L0 70 × 2)."""
 BLOCK_CELLS = 8_000_000
