@@ -6,7 +6,7 @@ matches, correlations and compositions are views over the table files the `parts
 
 from pathlib import Path
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 STORAGE = {"storage_compatibility_version": "v1.4.0"}
 """Jobs write atlas files in DuckDB 1.4's storage format, so DuckDB CLIs and clients from 1.4 on open them
 (duckdb 2.0 writes a newer format by default that, e.g., the `duckdb-cli` on PyPI cannot read)."""
@@ -40,6 +40,10 @@ MIGRATIONS = {
        "UPDATE pair_stats SET mmcs = pw_mcc, mmcs_random = pw_mcc_random, pw_mcc = NULL, pw_mcc_random = NULL, "
        "params_hash = 'stale-' || params_hash WHERE mmcs IS NULL AND pw_mcc IS NOT NULL;"
        "ALTER TABLE widths ADD COLUMN IF NOT EXISTS min_child_cos FLOAT;",
+    # Random baselines kept per shape: table random_baselines (TABLES creates it before the steps run; this one
+    # checks it is there). The views gain matches_by_b over the reverse files, which lineage_edges reads
+    # (create() rewrites the views of an atlas without it; docs/storage.md).
+    7: "SELECT count(*) FROM random_baselines;",
 }
 
 TABLES = """
@@ -174,6 +178,19 @@ CREATE TABLE IF NOT EXISTS edge_checks (
     run_id VARCHAR NOT NULL
 );
 
+-- Random baselines of the consistency measures (atlas/match/consistency.py), computed once per shape and kept:
+-- PW-MCC of two random unit dictionaries of n_a and n_b rows in d_in dims, by the code path of `version`.
+CREATE TABLE IF NOT EXISTS random_baselines (
+    method VARCHAR NOT NULL,      -- pw_mcc (MMCS's baseline is closed form: not kept)
+    n_a INTEGER NOT NULL, n_b INTEGER NOT NULL, d_in INTEGER NOT NULL,
+    k INTEGER NOT NULL,           -- candidates per feature of the sparse path
+    version INTEGER NOT NULL,     -- consistency.BASELINE_VERSION of the code that computed it
+    value DOUBLE NOT NULL,
+    seconds DOUBLE,               -- what computing it took
+    run_id VARCHAR NOT NULL,
+    PRIMARY KEY (method, n_a, n_b, d_in, k, version)
+);
+
 CREATE TABLE IF NOT EXISTS runs (
     run_id VARCHAR PRIMARY KEY,
     kind VARCHAR NOT NULL,
@@ -184,6 +201,9 @@ CREATE TABLE IF NOT EXISTS runs (
     status VARCHAR NOT NULL       -- running | ok | interrupted
 );
 """
+
+RANDOM_BASELINE_KEY = ("method", "n_a", "n_b", "d_in", "k", "version")
+"""The key columns of random_baselines, in the order atlas.match.consistency.baseline_key gives them."""
 
 # Column types of the table files; never written (the views read the files).
 PART_DDL = """
