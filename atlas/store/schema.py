@@ -464,7 +464,9 @@ def literal(text: str) -> str:
 
 
 REVERSE_VIEW = "matches_by_b"
-"""The view over the matches' reverse files: the rows at or above their method's index floor, sorted by feature_b."""
+"""The view over the matches' reverse files: the rows at or above their method's index floor, sorted by feature_b
+(a pair written without its reverse file: its pair file's rows above the floor)."""
+FLOORS = {m.name: m.index_floor for m in METHODS.values() if m.index_floor is not None}
 
 
 def part_views(con, tables_root: Path | None) -> None:
@@ -476,19 +478,27 @@ def part_views(con, tables_root: Path | None) -> None:
         "SELECT table_name FROM duckdb_tables() WHERE database_name = current_database() AND schema_name = 'empty' "
         "ORDER BY table_name").fetchall()}
     files[REVERSE_VIEW] = []
+    unreversed = []  # pair files of methods with a floor whose reverse file is missing: read with the floor's filter
     root = str(Path(tables_root).resolve()) if tables_root is not None else None
     if root is not None:
-        for table, file, reverse in con.execute(
-                "SELECT table_name, file, reverse_file FROM parts ORDER BY table_name, file").fetchall():
+        for table, file, reverse, method in con.execute(
+                "SELECT table_name, file, reverse_file, method FROM parts ORDER BY table_name, file").fetchall():
             files[table].append(f"{root}/{file}")
             if reverse is not None:
                 files[REVERSE_VIEW].append(f"{root}/{reverse}")
-    for table in files:
+            elif table == "matches" and method in FLOORS:
+                unreversed.append(f"{root}/{file}")
+
+    def read(paths):
         # hive_partitioning: the files sit in sae_a=/sae_b=/method= folders (parts.new_name), so a filter on those
         # columns skips other pairs' files unopened; no autocast keeps an id like '12' a VARCHAR
-        body = (f"SELECT * FROM read_parquet([{', '.join(map(literal, files[table]))}], hive_partitioning = true, "
-                f"hive_types_autocast = false)" if files[table]
-                else f"SELECT * FROM empty.{table.removesuffix('_by_b')}")
+        return (f"SELECT * FROM read_parquet([{', '.join(map(literal, paths))}], hive_partitioning = true, "
+                f"hive_types_autocast = false)")
+    for table in files:
+        body = read(files[table]) if files[table] else f"SELECT * FROM empty.{table.removesuffix('_by_b')}"
+        if table == REVERSE_VIEW and unreversed:
+            floor = "CASE method " + " ".join(f"WHEN '{m}' THEN {f}" for m, f in FLOORS.items()) + " END"
+            body = (f"{body} UNION ALL " if files[table] else "") + f"{read(unreversed)} WHERE score >= {floor}"
         con.execute(f"CREATE OR REPLACE VIEW {table} AS {body}")
     con.execute("CREATE OR REPLACE TABLE files_root AS SELECT ?::VARCHAR AS root", [root])
 
