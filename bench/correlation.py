@@ -90,7 +90,8 @@ def _bound(d_a, d_b, tokens, seed) -> dict:
             "l0_b": B.nnz / tokens, "pair_events": int(np.dot(np.diff(A.indptr).astype(np.int64), np.diff(B.indptr)))}
 
 
-def _ours(d_a, d_b, tokens, seed, max_pairs, sample, state: str = "auto", memory: int | None = None) -> dict:
+def _ours(d_a, d_b, tokens, seed, max_pairs, sample, state: str = "auto", memory: int | None = None,
+          chunk_nnz: int | None = None) -> dict:
     """Our state over the synthetic pair: `state` "auto" is what `new_state` picks on the CPU for this memory
     budget (exact where it fits), "capped" the sparse capped state, "exact" the exact one."""
     from ingest.cofiring import CoFiring, ExactCoFiring, memory_budget, new_state
@@ -104,7 +105,7 @@ def _ours(d_a, d_b, tokens, seed, max_pairs, sample, state: str = "auto", memory
     jit_s = time.perf_counter() - t0
     budget = memory if memory is not None else memory_budget()
     if state == "capped":
-        st = CoFiring(d_a, d_b, max_pairs=max_pairs, dev=None)
+        st = CoFiring(d_a, d_b, max_pairs=max_pairs, dev=None, **({"chunk_nnz": chunk_nnz} if chunk_nnz else {}))
     else:
         st = new_state(d_a, d_b, dev=None, dense=True if state == "exact" else None, max_pairs=max_pairs, memory=budget)
     exact = isinstance(st, ExactCoFiring)
@@ -116,7 +117,7 @@ def _ours(d_a, d_b, tokens, seed, max_pairs, sample, state: str = "auto", memory
         spent += _clocked(lambda: st.add(A, B))[0]
         ref += B.T @ A[:, rows].toarray()
     wall, cpu = spent + _clocked(st.finish)[0]
-    t_topk, cand = timed(lambda: st.topk(16))
+    (t_topk, topk_cpu), cand = _clocked(lambda: st.topk(16))
     # exact r of the sampled rows, from the same moments
     n = st.n
     s_a, q_a, s_b, q_b = st.s_a, st.q_a, st.s_b, st.q_b
@@ -134,7 +135,8 @@ def _ours(d_a, d_b, tokens, seed, max_pairs, sample, state: str = "auto", memory
     top1 = np.array([cand.a2b_index[i, 0] == planted_b[i] for i in data.planted_a])
     kept = int(np.count_nonzero(st.cnt.numpy())) if exact else int(st.pairs.nnz)  # numpy: torch's sum of bools is int64
     return {"d_a": d_a, "d_b": d_b, "tokens": n, "state": "exact" if exact else "capped",
-            "memory_budget_gb": budget / 2**30, "seconds": wall, "cpu_s": cpu, "topk_s": t_topk, "jit_s": jit_s,
+            "memory_budget_gb": budget / 2**30, "seconds": wall, "cpu_s": cpu, "topk_s": t_topk, "topk_cpu_s": topk_cpu,
+            "jit_s": jit_s,
             "peak_mb": _peak_mb(), "pairs_kept": kept, "peak_pairs": kept if exact else int(st.peak_pairs),
             "max_pairs": None if exact else max_pairs, "prunes": 0 if exact else st.prunes,
             "error_bound": st.error_bound,
