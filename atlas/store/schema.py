@@ -349,23 +349,29 @@ CREATE OR REPLACE MACRO lineage_edges(sae_, feature_, tau_ := 0.7, method_ := 'd
 WITH RECURSIVE
 st AS (SELECT sae_id, layer, dense_rank() OVER (ORDER BY layer)::INTEGER AS pos FROM saes
        WHERE stack = (SELECT stack FROM saes WHERE sae_id = sae_)),
+root AS (SELECT pos FROM st WHERE sae_id = sae_),
 e AS MATERIALIZED (
       SELECT a.pos AS pos_a, m.feature_a, b.pos AS pos_b, m.feature_b, m.score,
              edge_kind(m.assigned, m.rank, m.rank_b) AS kind, b.pos - a.pos AS step
       FROM matches_above(method_, tau_) m JOIN st a ON a.sae_id = m.sae_a JOIN st b ON b.sae_id = m.sae_b
       WHERE b.pos > a.pos AND b.pos - a.pos <= 1 + max_skip_
         AND (edges_ = 'all' OR (b.pos - a.pos = 1 AND kind <> 'candidate') OR kind = 'carry')),
-root AS (SELECT pos FROM st WHERE sae_id = sae_),
+-- the edges a forward walk can use (from the root's layer on) and a backward one (up to it): each step of a walk
+-- joins its frontier to all of them, so they are cut once here
+e_fwd AS MATERIALIZED (SELECT * FROM e WHERE pos_a >= (SELECT pos FROM root)),
+e_bwd AS MATERIALIZED (SELECT * FROM e WHERE pos_b <= (SELECT pos FROM root)),
 -- each reached node's edges of the least step it has (a gap only where no nearer edge passes)
 fwd(pos_a, feature_a, pos_b, feature_b, score, kind, step) AS (
     SELECT NULL::INTEGER, NULL::INTEGER, pos, feature_::INTEGER, NULL::FLOAT, NULL::VARCHAR, NULL::INTEGER FROM root
     UNION
-    SELECT e.* FROM (SELECT DISTINCT pos_b, feature_b FROM fwd) f JOIN e ON e.pos_a = f.pos_b AND e.feature_a = f.feature_b
+    SELECT e.* FROM (SELECT DISTINCT pos_b, feature_b FROM fwd) f JOIN e_fwd e
+      ON e.pos_a = f.pos_b AND e.feature_a = f.feature_b
     QUALIFY e.step = min(e.step) OVER (PARTITION BY e.pos_a, e.feature_a)),
 bwd(pos_a, feature_a, pos_b, feature_b, score, kind, step) AS (
     SELECT pos, feature_::INTEGER, NULL::INTEGER, NULL::INTEGER, NULL::FLOAT, NULL::VARCHAR, NULL::INTEGER FROM root
     UNION
-    SELECT e.* FROM (SELECT DISTINCT pos_a, feature_a FROM bwd) f JOIN e ON e.pos_b = f.pos_a AND e.feature_b = f.feature_a
+    SELECT e.* FROM (SELECT DISTINCT pos_a, feature_a FROM bwd) f JOIN e_bwd e
+      ON e.pos_b = f.pos_a AND e.feature_b = f.feature_a
     QUALIFY e.step = min(e.step) OVER (PARTITION BY e.pos_b, e.feature_b)),
 out AS (SELECT * FROM fwd WHERE pos_a IS NOT NULL UNION SELECT * FROM bwd WHERE pos_b IS NOT NULL)
 SELECT a.sae_id AS sae_a, o.feature_a, a.layer AS layer_a, b.sae_id AS sae_b, o.feature_b, b.layer AS layer_b, o.score,
