@@ -1,5 +1,5 @@
-"""`python -m bench [section ...]`: candidates, assignment, correlation, cofiring, stack, api, ray, scale; pwmcc on
-request. Prints a table, writes JSON.
+"""`python -m bench [section ...]`: candidates, assignment, correlation, cofiring, stack, match-one, api, ray, scale;
+pwmcc on request. Prints a table, writes JSON.
 
 Each section measures the thing and its baseline in the same run, so the ratio holds on a noisy machine.
 """
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench import correlation, pwmcc, readme, record, scale
+from bench import correlation, match_one, pwmcc, readme, record, scale
 from bench.load import CLIENTS
 from bench.timing import timed
 
@@ -147,7 +147,8 @@ def bench_api(atlas_path: Path, seconds: int = 10, client: str = "auto") -> dict
 
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    p.add_argument("sections", nargs="*", default=["candidates", "assignment", *correlation.SECTIONS, "stack", "api", "ray", "scale"])
+    p.add_argument("sections", nargs="*", default=["candidates", "assignment", *correlation.SECTIONS, "stack", "match-one",
+                                                  "api", "ray", "scale"])
     p.add_argument("--corr-tokens", type=int, default=1_000_000, help="Tokens of the cofiring section's pairs.")
     p.add_argument("--layers", type=int, default=26)
     p.add_argument("--d-sae", type=int, default=16384)
@@ -174,6 +175,8 @@ def main(argv=None):
     correlation.run(args.sections, save, tokens=args.corr_tokens)
     if "stack" in args.sections:
         save("stack", bench_stack(args.layers, args.d_sae, args.d_in, work))
+    if "match-one" in args.sections:
+        save("match-one", match_one.run(work, args.d_sae, args.d_in))
     if "ray" in args.sections:
         save("ray", bench_ray(args.layers, 4096, args.d_in, work))
     if "api" in args.sections:

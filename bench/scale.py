@@ -2,7 +2,9 @@
 the table-file layout, and the numbers that layout promises: the time of a job that adds ONE pair-method, at
 two sizes (target <= 1 s, independent of size); lineage and feature card of random features over HTTP with
 `atlas serve --workers 2` (bench/load.py); the server's RSS (all its processes) after 10k random lineages;
-bytes on disk per match row; the export of `matches` over HTTP with the server's peak RSS meanwhile.
+bytes on disk per match row; the export of `matches` over HTTP with the server's peak RSS meanwhile; the SQL
+macros a `duckdb -readonly` user calls (lineage_edges, lineage_nodes, point lookups) against the served lineage,
+on one connection (measure_sql).
 
 The generator measures storage, not matching: per pair-method one DuckDB `COPY (SELECT ... FROM range())`
 writes the table file in the matches schema and sort order, and its reverse file; the store adopts them by a
@@ -274,6 +276,90 @@ def disk(atlas) -> dict:
             "duckdb_file_mb": db / 2**20, "files": len(files) + sum(1 for _, r in files if r)}
 
 
+# ---- SQL: the macros a SQL user calls, against the served path ------------------------------------------------
+
+BEFORE_COMMIT = "a4ab3d6"
+"""The commit whose lineage_edges macro (below) scanned every passing row of the stack's pair files."""
+LINEAGE_EDGES_BEFORE = """
+CREATE OR REPLACE TEMP MACRO lineage_edges_before(sae_, feature_, tau_ := 0.7, method_ := 'decoder_cos', max_skip_ := 1,
+                                      edges_ := 'default') AS TABLE
+WITH RECURSIVE
+st AS (SELECT sae_id, layer, dense_rank() OVER (ORDER BY layer) AS pos FROM saes
+       WHERE stack = (SELECT stack FROM saes WHERE sae_id = sae_)),
+e AS (SELECT m.sae_a, m.feature_a, m.sae_b, m.feature_b, m.score, m.assigned,
+             edge_kind(m.assigned, m.rank, m.rank_b) AS kind, b.pos - a.pos AS step
+      FROM matches m JOIN st a ON a.sae_id = m.sae_a JOIN st b ON b.sae_id = m.sae_b
+      WHERE m.method = method_ AND m.score >= tau_ AND b.pos > a.pos AND b.pos - a.pos <= 1 + max_skip_),
+ok AS (SELECT * FROM e WHERE edges_ = 'all' OR (step = 1 AND kind <> 'candidate') OR kind = 'carry'),
+fwd_e AS (SELECT * FROM ok WHERE NOT EXISTS (SELECT 1 FROM ok x WHERE x.sae_a = ok.sae_a AND x.feature_a = ok.feature_a
+                                            AND x.step < ok.step)),
+bwd_e AS (SELECT * FROM ok WHERE NOT EXISTS (SELECT 1 FROM ok x WHERE x.sae_b = ok.sae_b AND x.feature_b = ok.feature_b
+                                            AND x.step < ok.step)),
+fwd(sae_id, feature) AS (
+    SELECT sae_, feature_
+    UNION
+    SELECT e.sae_b, e.feature_b FROM fwd JOIN fwd_e e ON e.sae_a = fwd.sae_id AND e.feature_a = fwd.feature),
+bwd(sae_id, feature) AS (
+    SELECT sae_, feature_
+    UNION
+    SELECT e.sae_a, e.feature_a FROM bwd JOIN bwd_e e ON e.sae_b = bwd.sae_id AND e.feature_b = bwd.feature),
+out AS (SELECT e.* FROM fwd_e e JOIN fwd ON e.sae_a = fwd.sae_id AND e.feature_a = fwd.feature
+        UNION
+        SELECT e.* FROM bwd_e e JOIN bwd ON e.sae_b = bwd.sae_id AND e.feature_b = bwd.feature)
+SELECT o.sae_a, o.feature_a, a.layer AS layer_a, o.sae_b, o.feature_b, b.layer AS layer_b, o.score,
+       CASE WHEN o.step > 1 AND o.kind = 'carry' THEN 'gap' ELSE o.kind END AS kind, o.step - 1 AS gap
+FROM out o JOIN st a ON a.sae_id = o.sae_a JOIN st b ON b.sae_id = o.sae_b
+ORDER BY layer_a, o.feature_a, layer_b, o.feature_b;
+"""
+
+
+def measure_sql(atlas, n: int = 40, before: int = 10, seed: int = 3) -> dict:
+    """p50 over `n` random features, on one read-only connection as a SQL user opens it: the served lineage
+    (atlas.queries.lineage with the snapshot's FileEdges, what the server runs), the lineage_edges and
+    lineage_nodes macros (their edges must equal it), the macro of BEFORE_COMMIT on `before` of them, and point
+    lookups by (sae, feature) in matches and matches_by_b."""
+    from atlas.queries.edges import FileEdges
+    from atlas.queries.lineage import lineage
+
+    picks = random_features(atlas.path, n, seed)
+    times: dict[str, list[float]] = {}
+
+    def clock(name, fn):
+        t0 = time.perf_counter()
+        out = fn()
+        times.setdefault(name, []).append(time.perf_counter() - t0)
+        return out
+
+    with atlas.read() as con:
+        con.execute(LINEAGE_EDGES_BEFORE)
+        files = FileEdges.with_saes(con)
+        for s, f in picks[:3]:  # open the files and indexes once
+            lineage(con, s, f, files=files)
+            con.execute("SELECT count(*) FROM lineage_edges(?, ?)", [s, f]).fetchall()
+        same, edges = 0, []
+        for s, f in picks:
+            lin = clock("served_lineage", lambda: lineage(con, s, f, files=files))
+            rows = clock("lineage_edges", lambda: con.execute("SELECT sae_a, feature_a, sae_b, feature_b, kind "
+                                                             "FROM lineage_edges(?, ?)", [s, f]).fetchall())
+            clock("lineage_nodes", lambda: con.execute("SELECT * FROM lineage_nodes(?, ?)", [s, f]).fetchall())
+            clock("point_matches", lambda: con.execute("SELECT * FROM matches WHERE sae_a = ? AND feature_a = ?",
+                                                       [s, f]).fetchall())
+            clock("point_matches_by_b", lambda: con.execute("SELECT * FROM matches_by_b WHERE sae_b = ? AND "
+                                                            "feature_b = ?", [s, f]).fetchall())
+            same += sorted(rows) == sorted((e.sae_a, e.feature_a, e.sae_b, e.feature_b, e.kind) for e in lin.edges)
+            edges.append(len(rows))
+        for s, f in picks[:before]:
+            clock("lineage_edges_before", lambda: con.execute("SELECT count(*) FROM lineage_edges_before(?, ?)",
+                                                              [s, f]).fetchall())
+    out = {f"{k}_p50_ms": float(np.median(v)) * 1e3 for k, v in times.items()}
+    out.update({"features": n, "before_features": before, "before_commit": BEFORE_COMMIT, "same_edges": same,
+                "median_edges": float(np.median(edges)),
+                "ratio": out["lineage_edges_p50_ms"] / out["served_lineage_p50_ms"],
+                "ratio_before": out["lineage_edges_before_p50_ms"] / out["served_lineage_p50_ms"],
+                "target": "lineage_edges <= 20x the served lineage"})
+    return out
+
+
 # ---- HTTP: the server as the README starts it, RSS from /proc ---------------------------------------------------
 
 def rss(pid: int, fields: tuple[str, ...] = ("VmRSS",)) -> dict[str, float]:
@@ -433,9 +519,15 @@ def run(args, log=print) -> dict:
                "saes": shape.stacks * shape.layers, "generate": info, "disk": disk(atlas)}
         log(f"scale: {name}: {res['disk']['bytes_per_row']:.2f} bytes per match row, DuckDB file "
             f"{res['disk']['duckdb_file_mb']:.0f} MB")
+        with atlas.write():  # an atlas cached by older code: the current views and macros (a job's migration)
+            pass
         res["publish"] = publish(atlas, shape, scale_dir)
         log(f"scale: {name}: a job adding one pair-method: {res['publish']['job_s']:.2f} s (publish "
             f"{res['publish']['publish_s']:.2f} s)")
+        res["sql"] = q = measure_sql(atlas)
+        log(f"scale: {name}: lineage_edges p50 {q['lineage_edges_p50_ms']:.0f} ms = {q['ratio']:.1f}x the served "
+            f"lineage ({q['served_lineage_p50_ms']:.1f} ms; the macro of {BEFORE_COMMIT}: {q['ratio_before']:.0f}x); "
+            f"same edges {q['same_edges']}/{q['features']}")
         if args.http and (name == "big" or args.http_small):
             log(f"scale: {name}: HTTP on {shape.match_rows:,} rows")
             res["http"] = measure_http(atlas.path, args, log)

@@ -70,7 +70,7 @@ def run(tokens: int = 1_000_000, d_sae: int = 16384, ctx: int = 1024, seqs: int 
     gen = torch.Generator(device=dev).manual_seed(1)
     saes = [SyntheticSAE(cfg.d_model, d_sae, gen, dev) for _ in range(layers)]
     # dense where it fits the GPU; the CPU smoke asks for dense states, to run the GPU's code path
-    states = [new_state(d_sae, d_sae, dev=dev if cuda else None, dense=None if cuda else True)
+    states = [new_state(d_sae, d_sae, dev=dev) if cuda else DenseCoFiring(d_sae, d_sae, dev=dev)
               for _ in range(layers - 1)]
     for st in states:  # multiply each batch out at once: pending batches would keep 26 SAEs' activations alive
         if isinstance(st, DenseCoFiring):

@@ -33,6 +33,8 @@ class PairTask:
     a: SAERef
     b: SAERef
     params: MatchParams
+    baselines: tuple = ()
+    """(key, value) of the random baselines the atlas keeps (atlas.match.consistency.baseline_key)."""
 
     @property
     def key(self) -> str:
@@ -75,9 +77,11 @@ def run_pair(task: PairTask, out_dir: str) -> TaskResult:
     its run_id, plus the reverse file), so the driver publishes it by a rename. out_dir is the run's
     results folder, atlas.files/results/<run_id>."""
     t0, c0 = time.perf_counter(), time.process_time()
-    result = match_pair(_weights(task.a), _weights(task.b), task.a.sae_id, task.b.sae_id, task.params)
+    result = match_pair(_weights(task.a), _weights(task.b), task.a.sae_id, task.b.sae_id, task.params,
+                        {tuple(k): v for k, v in task.baselines})
     out = Path(out_dir)
-    meta = {"stats": json.dumps(dict(result.stats, params_hash=task.params_hash)), "task": json.dumps(asdict(task))}
+    meta = {"stats": json.dumps(dict(result.stats, params_hash=task.params_hash)), "task": json.dumps(asdict(task)),
+            "baselines": json.dumps(result.baselines)}
     table = parts.conform("matches", result.matches, run_id=out.name).replace_schema_metadata(meta)
     shard = out / f"{task.key}.parquet"
     parts.write_file(shard, table)
@@ -93,3 +97,8 @@ def run_pair(task: PairTask, out_dir: str) -> TaskResult:
 def shard_stats(path: str) -> dict:
     """The pair stats a shard carries in its footer."""
     return json.loads(pq.read_schema(path).metadata[b"stats"])
+
+
+def shard_baselines(path: str) -> list[dict]:
+    """The random baselines its task computed (random_baselines rows), from a shard's footer."""
+    return json.loads(pq.read_schema(path).metadata.get(b"baselines", b"[]"))

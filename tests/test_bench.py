@@ -82,3 +82,32 @@ def test_findings_artifact_is_the_cli_output_and_feeds_the_table(synth_atlas, tm
     assert f"distance 1: **{readme._pct(d1['matched_frac'])}**" in table and "`findings-20260101T000000.json`" in table
     seed = next(x for x in art["findings"]["siblings"] if x["relation"] == "seed")
     assert readme._pct(seed["shared_frac"]) in table
+
+
+def test_match_one_bench_keeps_the_baseline_of_its_shape_for_the_second_job(tmp_path):
+    """`python -m bench match-one` at a toy size: the first job computes and keeps PW-MCC's random baseline,
+    the second (same shape) reads it; both are timed against one bare candidate search; its row renders."""
+    from bench import match_one
+
+    v = match_one.run(tmp_path, d_sae=256, d_in=48)
+    assert v["baselines_kept"] == 1 and v["baseline_s"] > 0 and 0 < v["pw_mcc_random"] < v["pw_mcc"]
+    assert v["known_vs_candidates"] == v["known_job_cpu_s"] / v["candidates_cpu_s"] > 0
+    _result(tmp_path, "20260101T000000", **{"match-one": v})
+    row = next(line for line in readme.bench_table(tmp_path).splitlines() if "one `atlas match` job" in line)
+    assert f"**{v['known_vs_candidates']:.2f}×**" in row
+
+
+def test_cofiring_rows_say_which_state_the_memory_budget_chose(tmp_path):
+    row = {"d_a": 16384, "d_b": 16384, "tokens": 1_000_000, "state": "exact", "memory_budget_gb": 4.0, "seconds": 90.0,
+           "cpu_s": 50.0, "topk_s": 4.0, "peak_mb": 4200.0, "pairs_kept": 243_900_000, "prunes": 0, "error_bound": 0.0,
+           "sample_features": 64, "recall_top16": 1.0, "recall_top16_r_ge_0.1": 1.0, "planted_top1": 1.0,
+           "bound_s": 100.0, "bound_cpu_s": 60.0, "bound_pairs": 243_900_000, "bound_peak_mb": 6000.0, "l0_a": 70.0,
+           "ratio_vs_bound": 50 / 60, "wall_ratio_vs_bound": 0.9}
+    capped = dict(row, state="capped", cpu_s=90.0, ratio_vs_bound=1.5, pairs_kept=16_000_000, prunes=17,
+                  error_bound=0.07, recall_top16=0.75)
+    _result(tmp_path, "20260101T000000", cofiring=[dict(row, tokens=100_000), row, capped])
+    lines = [line for line in readme.bench_table(tmp_path).splitlines() if "co-firing" in line]
+    assert len(lines) == 3
+    assert "100k tokens" in lines[0] and "1000k tokens" in lines[1] and "capped" in lines[2]
+    assert "**0.83×**" in lines[1] and "exact" in lines[1] and "(missed)" not in lines[1]
+    assert "**1.50×**" in lines[2] and "0.750" in lines[2] and "(missed)" not in lines[2]  # no target: the fallback

@@ -45,8 +45,14 @@ def test_bench_scale_measures_a_generated_atlas_whose_planted_chain_is_a_lineage
         assert http[endpoint]["8"]["client"] == "python threads" and http[endpoint]["8"]["p99_ms"] > 0
     assert http["lineage_random"]["requests"] == 40 and http["rss_after_lineage_mb"] > 0
     assert http["export"]["status"] == 200 and http["export"]["complete"] and http["export"]["bytes"] > 1000
+    for res in (big, small):  # the SQL macros against the served lineage, with the same edges
+        q = res["sql"]
+        assert q["same_edges"] == q["features"] == 40 and q["before_features"] == 10
+        assert q["ratio"] == q["lineage_edges_p50_ms"] / q["served_lineage_p50_ms"] > 0
+        assert q["lineage_edges_before_p50_ms"] > 0 and q["point_matches_by_b_p50_ms"] > 0
     table = readme.bench_table(tmp_path / "results")
     assert "scale: a job adding one pair-method" in table and "bytes** per match row" in table
+    assert "`lineage_edges` by SQL" in table
     assert f"`{out.name}`" in readme.scale_sentence(tmp_path / "results")
 
     shape = Shape(3 * 512 * 16, 512, 3)

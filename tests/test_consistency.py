@@ -10,9 +10,10 @@ from click.testing import CliRunner
 from scipy.optimize import linear_sum_assignment
 
 from atlas.match.candidates import edges, topk_both
-from atlas.match.consistency import mmcs_random, pw_mcc, pw_mcc_dense, pw_mcc_random, pw_mcc_sparse
+from atlas.match.consistency import baseline_key, mmcs_random, pw_mcc, pw_mcc_dense, pw_mcc_random, pw_mcc_sparse
 from atlas.match.pair import MatchParams, match_pair
 from atlas.sae import SAEWeights
+from atlas.store.schema import SCHEMA_VERSION
 from atlas.synth import SynthConfig, sibling, unit
 from cli import main
 
@@ -117,7 +118,7 @@ def test_a_version_5_atlas_keeps_its_value_as_mmcs_and_match_recomputes_pw_mcc(s
                     "ALTER TABLE widths DROP COLUMN min_child_cos; UPDATE schema_version SET version = 5")
     run = CliRunner().invoke
     r = run(main, ["--atlas", str(old.path), "migrate"])
-    assert r.exit_code == 0 and "from schema version 5 to 6" in r.output, r.output
+    assert r.exit_code == 0 and f"from schema version 5 to {SCHEMA_VERSION}" in r.output, r.output
     assert f"{len(fresh)} decoder_cos pairs keep their old consistency value as mmcs" in r.output
     with old.read() as con:
         moved = con.execute(q).fetchall()
@@ -157,3 +158,53 @@ def test_findings_table_shows_pw_mcc_and_mmcs_and_reads_old_artifacts_as_mmcs(sy
     out.write_text(json.dumps(art))
     table = readme.findings_table(tmp_path)
     assert "PW-MCC" in table and "not in this artifact" in table and mm.strip() in table
+
+
+def test_the_atlas_keeps_each_shapes_random_baseline_and_later_jobs_reuse_it(family, tmp_path, monkeypatch):
+    """pw_mcc_random costs a second candidate search at 16k: the first job of a shape computes it and the atlas
+    keeps it (random_baselines, keyed by shape and method); a later job of that shape reads it and computes
+    none; a value kept by another version of the code path is computed again."""
+    from atlas.match import consistency
+    from atlas.store import Atlas
+    from ingest.jobs.ingest import ingest
+    from ingest.jobs.match import run_match
+    from ingest.sources import read_sae
+
+    atlas = Atlas(tmp_path / "a.duckdb")
+    ingest(atlas, [lambda f=f: read_sae(f) for f in family[1][:3]])  # layers 0-2 of one stack: 256 x 512 each
+    with atlas.read() as con:
+        ids = [r[0] for r in con.execute("SELECT sae_id FROM saes ORDER BY layer").fetchall()]
+    calls = []
+    real = consistency.pw_mcc_random
+    monkeypatch.setattr(consistency, "pw_mcc_random", lambda *shape: calls.append(shape) or real(*shape))
+    q = "SELECT method, n_a, n_b, d_in, k, version, value, run_id IS NOT NULL FROM random_baselines"
+    run_match(atlas, [(ids[0], ids[1])], ["decoder_cos"], MatchParams())
+    assert calls == [(256, 256, 512, 16)]
+    want = ("pw_mcc", 256, 256, 512, 16, consistency.BASELINE_VERSION, real(256, 256, 512, 16), True)
+    with atlas.read() as con:
+        assert con.execute(q).fetchall() == [want]
+    run_match(atlas, [(ids[1], ids[2])], ["decoder_cos"], MatchParams())
+    assert len(calls) == 1  # the same shape: kept, not computed
+    with atlas.read() as con:
+        assert con.execute(q).fetchall() == [want]
+        stored = con.execute("SELECT pw_mcc_random FROM pair_stats WHERE method = 'decoder_cos'").fetchall()
+    assert stored == [(want[6],), (want[6],)]
+    with duckdb.connect(str(atlas.path)) as con:  # as if an older code path had kept it
+        con.execute("UPDATE random_baselines SET version = version - 1, value = 0.5")
+    run_match(atlas, [(ids[0], ids[2])], ["decoder_cos"], MatchParams())
+    assert len(calls) == 2
+    with atlas.read() as con:
+        assert sorted(con.execute(q).fetchall()) == sorted([want, want[:5] + (want[5] - 1, 0.5, True)])
+        assert con.execute("SELECT pw_mcc_random FROM pair_stats WHERE sae_a = ? AND sae_b = ?",
+                           [ids[0], ids[2]]).fetchall() == [(want[6],)]
+
+
+def test_match_pair_uses_a_kept_baseline_and_reports_the_ones_it_computed():
+    a, b = _random(300, 500, 32, 9)
+    fresh = match_pair(_weights(a), _weights(b), "a", "b", MatchParams())
+    assert fresh.stats["pw_mcc_random"] == pw_mcc_random(300, 500, 32, 16)
+    assert [{k: r[k] for k in ("method", "n_a", "n_b", "d_in", "k", "value")} for r in fresh.baselines] == [
+        {"method": "pw_mcc", "n_a": 300, "n_b": 500, "d_in": 32, "k": 16, "value": fresh.stats["pw_mcc_random"]}]
+    kept = match_pair(_weights(a), _weights(b), "a", "b", MatchParams(), {baseline_key(300, 500, 32, 16): 0.123})
+    assert kept.stats["pw_mcc_random"] == 0.123 and kept.baselines == []
+    assert kept.stats["pw_mcc"] == fresh.stats["pw_mcc"]

@@ -1,5 +1,6 @@
-"""The dense co-firing state (ingest.cofiring.dense) against the sparse one and a float64 reference: the
-same statistics and top-k in float64, the GPU precision within 1e-4 of float64, planted partners found."""
+"""The dense co-firing states (ingest.cofiring.dense; on the CPU ingest.cofiring.exact) against the sparse one
+and a float64 reference: the same statistics and top-k in float64, the GPU precision within 1e-4 of float64,
+planted partners found, the state new_state picks by device and memory budget."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from ingest.cofiring import CoFiring, DenseCoFiring, new_state
+from ingest.cofiring import CoFiring, DenseCoFiring, ExactCoFiring, new_state
 from ingest.cofiring import dense as dense_cofiring
+from ingest.cofiring import exact as exact_cofiring
 
 
 def planted(seed=0, t=5000, d_a=60, d_b=48):
@@ -97,11 +99,73 @@ def test_planted_partners_are_each_others_top_1_at_width_1024():
     assert (c.b2a_index[perm[fired], 0] == fired).all()
 
 
-def test_new_state_is_sparse_on_the_cpu_unless_asked():
-    assert isinstance(new_state(64, 64, dev=None), CoFiring)
-    assert isinstance(new_state(16384, 16384, dev=None), CoFiring)
-    assert isinstance(new_state(64, 64, dev=None, dense=True), DenseCoFiring)
+def test_new_state_on_the_cpu_is_exact_where_it_fits_the_memory_budget(monkeypatch):
+    """16k x 16k fits the default 4 GiB (3.2 GB of accumulators), 65k x 65k (51 GB) does not; a second 16k pair
+    while the first is alive does not either: the states of one process share the budget."""
+    assert exact_cofiring.memory_budget() == 4 * 2**30
+    first = new_state(16384, 16384, dev=None)
+    assert isinstance(first, ExactCoFiring) and first.error_bound == 0.0
+    assert type(new_state(16384, 16384, dev=None)) is CoFiring  # the first still holds 3.8 GB of the 4 GiB
+    del first
+    assert isinstance(new_state(16384, 16384, dev=None), ExactCoFiring)
+    assert type(new_state(65536, 65536, dev=None)) is CoFiring
+    assert type(new_state(64, 64, dev=None, dense=False)) is CoFiring
+    monkeypatch.setenv(exact_cofiring.MEMORY_ENV, "2G")  # below one 16k state
+    assert type(new_state(16384, 16384, dev=None)) is CoFiring
+    assert isinstance(new_state(16384, 16384, dev=None, memory=8 * 2**30), ExactCoFiring)
+    monkeypatch.setenv(exact_cofiring.MEMORY_ENV, "lots")
+    with pytest.raises(ValueError, match="ATLAS_COFIRING_MEMORY='lots'"):
+        new_state(64, 64, dev=None)
     assert dense_cofiring.state_bytes(16384, 16384, "bf16x3") == 16384 ** 2 * 8  # 2.1 GB on a GPU
+
+
+def test_exact_cpu_state_equals_the_sparse_and_dense_states():
+    """The exact CPU state (compiled scatter of sparse batches into dense accumulators) against the uncapped
+    sparse state and the float64 GEMM state: every statistic, and the top-k of its compiled pass, in both
+    directions (dead features' rows are all ties: the dense states agree on them, the sparse one orders them
+    its own way)."""
+    A, B, perm = planted(seed=5)
+    ex = stream(ExactCoFiring(60, 48, chunk_nnz=2500), A, B)  # several chunks
+    sparse = stream(CoFiring(60, 48, dev=None), A, B)
+    gemm = stream(DenseCoFiring(60, 48, dev="cpu"), A, B)
+    assert ex.error_bound == 0.0 and ex.n == len(A)
+    d_e, d_s = ex.dense(), sparse.dense()
+    for key in d_s:
+        assert np.abs(d_e[key] - d_s[key]).max() <= 1e-12, key
+    assert (ex.cnt.numpy() == np.round(d_s["cofire"])).all()
+    live_a, live_b = sparse.f_a > 0, sparse.f_b > 0
+    for k in (1, 8, 48, 60):
+        ce, cs, cg = ex.topk(k), sparse.topk(k), gemm.topk(k)
+        assert (ce.a2b_index == cg.a2b_index).all() and (ce.b2a_index == cg.b2a_index).all(), k
+        assert (ce.a2b_index == cs.a2b_index)[live_a].all() and (ce.b2a_index == cs.b2a_index)[live_b].all(), k
+        assert np.abs(ce.a2b_score - cs.a2b_score).max() <= 1e-12 and np.abs(ce.b2a_score - cs.b2a_score).max() <= 1e-12
+    assert (ex.topk(1).a2b_index[:24, 0] == perm).all()
+    rows, cols = np.array([0, 5, 59, 3]), np.array([7, 0, 2, 47])
+    for key, v in sparse.stats(rows, cols).items():
+        assert np.allclose(v, ex.stats(rows, cols)[key], rtol=0, atol=1e-12), key
+
+
+def test_exact_cpu_sums_do_not_depend_on_the_thread_count():
+    """Each a-feature's row is summed by one thread in token order: 1 and 2 numba threads give identical bits."""
+    import numba
+
+    A, B, _ = planted(seed=6, t=3000)
+    got = []
+    for threads in (1, min(2, numba.config.NUMBA_NUM_THREADS)):
+        numba.set_num_threads(threads)
+        try:
+            got.append(stream(ExactCoFiring(60, 48, chunk_nnz=4000), A, B))
+        finally:
+            numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+    assert (got[0].sab.numpy() == got[1].sab.numpy()).all() and (got[0].cnt.numpy() == got[1].cnt.numpy()).all()
+
+
+def test_exact_cpu_state_refuses_bad_batches():
+    st = ExactCoFiring(3, 2)
+    with pytest.raises(ValueError, match="non-negative"):
+        st.add(-np.ones((2, 3)), np.ones((2, 2)))
+    with pytest.raises(ValueError, match="batch shapes"):
+        st.add(np.ones((2, 3)), np.ones((3, 2)))
 
 
 def test_bad_batches_are_refused():

@@ -277,3 +277,58 @@ def test_a_job_killed_while_publishing_leaves_the_atlas_and_its_files_as_they_we
     assert not list(tmp_path.glob("*.publishing")) and not list(atlas.dir.glob("working-*"))
     with atlas.read() as con:
         assert con.execute(q).fetchall() == before
+
+
+def test_matches_by_b_and_matches_above_hold_what_a_filter_of_matches_gives(matched, tmp_path):
+    """matches_by_b is the reverse files: every row of a similarity method at or above its index floor, sorted by
+    feature_b; matches_above(method, s) equals `matches WHERE method AND score >= s` above the floor (read from
+    the reverse files), below it (the pair files), and for a pair whose reverse file the catalog lacks."""
+    from atlas.methods import METHODS
+
+    floor = METHODS["decoder_cos"].index_floor
+    cols = "sae_a, feature_a, sae_b, feature_b, method, score, rank, assigned, rank_b"
+
+    def rows(con, sql, *params):
+        return sorted(con.execute(f"SELECT {cols} FROM {sql}", list(params)).fetchall())
+
+    with matched.read() as con:
+        assert rows(con, "matches_by_b") == rows(con, "matches WHERE method = 'decoder_cos' AND score >= ?", floor) != []
+        assert con.execute("SELECT count(*) FROM matches WHERE method = 'decoder_mse'").fetchone()[0]  # no floor: none
+        for s in (floor, 0.7, 0.2):
+            assert rows(con, "matches_above('decoder_cos', ?)", s) == rows(
+                con, "matches WHERE method = 'decoder_cos' AND score >= ?", s) != []
+        first = con.execute(f"SELECT {cols} FROM matches_by_b WHERE sae_a = ? AND sae_b = ? AND method = "
+                            "'decoder_cos'", [SAE0, SAE1]).fetchall()
+    assert [r[3] for r in first] == sorted(r[3] for r in first)  # by feature_b
+    copy = matched.copy_to(tmp_path / "no-reverse.duckdb")
+    with duckdb.connect(str(copy.path)) as con:  # as if one pair had been written without its reverse file
+        con.execute("UPDATE parts SET reverse_file = NULL WHERE sae_a = ? AND sae_b = ? AND method = 'decoder_cos'",
+                    [SAE0, SAE1])
+    with copy.write():  # the views follow the catalog
+        pass
+    with copy.read() as con:
+        assert rows(con, "matches_by_b") == rows(con, "matches WHERE method = 'decoder_cos' AND score >= ?", floor)
+        assert rows(con, "matches_above('decoder_cos', 0.7)") == rows(
+            con, "matches WHERE method = 'decoder_cos' AND score >= 0.7")
+        assert rows(con, "matches_above('decoder_cos', 0.7) WHERE sae_a = ? AND sae_b = ?", SAE0, SAE1) != []
+
+
+def test_lineage_edges_reads_the_reverse_files_not_every_candidate(matched):
+    """At a bar at or above the index floor the macro reads the stack's reverse files (rows >= the floor), not the
+    pair files of every candidate as the macro before it did (bench/scale.py keeps that one): the same edges from
+    well under half the bytes; below the floor it reads the pair files and still agrees."""
+    import json
+
+    from bench.scale import LINEAGE_EDGES_BEFORE
+
+    def run(con, macro, tau):
+        sql = f"SELECT * FROM {macro}(?, 3, tau_ := ?)"
+        plan = json.loads(con.execute(f"EXPLAIN (ANALYZE, FORMAT json) {sql}", [SAE0, tau]).fetchall()[0][1])
+        return con.execute(sql, [SAE0, tau]).fetchall(), plan["io"]["total_bytes_read"]
+
+    with matched.read() as con:
+        con.execute(LINEAGE_EDGES_BEFORE)
+        (new, new_bytes), (old, old_bytes) = run(con, "lineage_edges", 0.7), run(con, "lineage_edges_before", 0.7)
+        assert new == old != [] and 0 < new_bytes < old_bytes / 2
+        (low, _), (low_old, _) = run(con, "lineage_edges", 0.3), run(con, "lineage_edges_before", 0.3)
+        assert low == low_old and len(low) >= len(new)

@@ -17,6 +17,8 @@ widths it is at least PW-MCC, since a feature's best partner need not be free.
 from __future__ import annotations
 
 import functools
+import time
+from collections.abc import Mapping
 
 import numpy as np
 import scipy.sparse as sp
@@ -25,6 +27,7 @@ from scipy.sparse.csgraph import min_weight_full_bipartite_matching
 from scipy.special import betainc
 
 from ..index import unit_rows
+from ..store.schema import RANDOM_BASELINE_KEY
 from .assign import DENSE_MAX
 from .candidates import edges as candidate_edges
 from .candidates import full_scores, topk_both
@@ -86,11 +89,22 @@ def pw_mcc(a: np.ndarray, b: np.ndarray, k: int = 16, edges=None, full: np.ndarr
     return pw_mcc_sparse(*edges, a, b, k)
 
 
+BASELINE_VERSION = 1
+"""Version of pw_mcc_random's code path (its draw, its solver): kept values of another version are computed again."""
+
+
+def baseline_key(n_a: int, n_b: int, d: int, k: int) -> tuple:
+    """The random_baselines key (schema.RANDOM_BASELINE_KEY) of pw_mcc_random(n_a, n_b, d, k) by this code."""
+    return ("pw_mcc", int(n_a), int(n_b), int(d), int(k), BASELINE_VERSION)
+
+
 @functools.lru_cache(maxsize=64)
 def pw_mcc_random(n_a: int, n_b: int, d: int, k: int = 16) -> float:
     """PW-MCC of two independent random unit dictionaries of these shapes, by the same code path (dense or
-    sparse). Simulated once per shape and process and cached: one draw, seeded by the shape, whose spread
-    between draws is 1.2e-3 at 400 x 800 features in 64 dims, 4e-4 at 1k x 1k in 384, 5e-5 at 4k x 4k in 512."""
+    sparse). One draw, seeded by the shape, whose spread between draws is 1.2e-3 at 400 x 800 features in 64
+    dims, 4e-4 at 1k x 1k in 384, 5e-5 at 4k x 4k in 512. At 16k it costs a second candidate search, so the
+    atlas keeps it (table random_baselines, keyed by baseline_key; `consistency` takes the kept ones) and a
+    process caches it."""
     rng = np.random.default_rng([n_a, n_b, d])
     a = rng.standard_normal((n_a, d), dtype=np.float32)
     b = rng.standard_normal((n_b, d), dtype=np.float32)
@@ -118,8 +132,17 @@ def mmcs_random(n_a: int, n_b: int, d: int) -> float:
 
 
 def consistency(a: np.ndarray, b: np.ndarray, a_absmax: np.ndarray, b_absmax: np.ndarray, k: int,
-                edges=None, full: np.ndarray | None = None) -> dict:
-    """The pair_stats consistency columns of decoders a and b: pw_mcc, mmcs and their random baselines."""
+                edges=None, full: np.ndarray | None = None,
+                baselines: Mapping[tuple, float] | None = None) -> tuple[dict, list[dict]]:
+    """(the pair_stats consistency columns of decoders a and b: pw_mcc, mmcs and their random baselines; the
+    baselines computed here, as random_baselines rows). `baselines`: the kept ones, by baseline_key."""
     (n_a, d), n_b = a.shape, len(b)
-    return dict(pw_mcc=pw_mcc(a, b, k, edges, full), pw_mcc_random=pw_mcc_random(n_a, n_b, d, k),
-                mmcs=mmcs(a_absmax, b_absmax), mmcs_random=mmcs_random(n_a, n_b, d))
+    key = baseline_key(n_a, n_b, d, k)
+    computed = []
+    random = (baselines or {}).get(key)
+    if random is None:
+        t0 = time.perf_counter()
+        random = pw_mcc_random(n_a, n_b, d, k)
+        computed.append(dict(zip(RANDOM_BASELINE_KEY, key), value=random, seconds=time.perf_counter() - t0))
+    return dict(pw_mcc=pw_mcc(a, b, k, edges, full), pw_mcc_random=random,
+                mmcs=mmcs(a_absmax, b_absmax), mmcs_random=mmcs_random(n_a, n_b, d)), computed

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import pyarrow as pa
@@ -43,6 +43,8 @@ class MatchParams:
 class PairResult:
     matches: pa.Table  # sae_a, feature_a, sae_b, feature_b, method, score, rank, assigned, rank_b
     stats: dict
+    baselines: list[dict] = field(default_factory=list)
+    """Random baselines computed for this pair (random_baselines rows): the atlas keeps them (consistency.py)."""
 
 
 def _gain(distance: bool, score: np.ndarray, sq_a: np.ndarray, sq_b: np.ndarray, floor: float, d: int):
@@ -64,7 +66,10 @@ def _ranks(fa: np.ndarray, score: np.ndarray, distance: bool) -> np.ndarray:
     return rank
 
 
-def match_pair(a: SAEWeights, b: SAEWeights, sae_a: str, sae_b: str, params: MatchParams) -> PairResult:
+def match_pair(a: SAEWeights, b: SAEWeights, sae_a: str, sae_b: str, params: MatchParams,
+               baselines: dict | None = None) -> PairResult:
+    """`baselines`: the random baselines the atlas keeps (consistency.baseline_key -> value), so that a
+    pair of a known shape does not compute its own."""
     method, m = params.method, METHODS.get(params.method)
     if m is None or m.vectors is None:
         raise ValueError(f"unknown method {method!r}; known: {', '.join(WEIGHT_METHODS)}")
@@ -98,7 +103,9 @@ def match_pair(a: SAEWeights, b: SAEWeights, sae_a: str, sae_b: str, params: Mat
     matched = (_gain(distance, score, sq_a[fa], sq_b[fb], params.tau, d) >= 0) if distance else score >= params.tau
     result = _result(a, b, sae_a, sae_b, params, fa, fb, score, ra, rb, matched)
     if cand.a_absmax is not None:  # m.consistency: PW-MCC and MMCS with their baselines (consistency.py)
-        result.stats.update(consistency(va, vb, cand.a_absmax, cand.b_absmax, params.k, (fa, fb, score), full))
+        stats, result.baselines = consistency(va, vb, cand.a_absmax, cand.b_absmax, params.k, (fa, fb, score), full,
+                                              baselines)
+        result.stats.update(stats)
     return result
 
 

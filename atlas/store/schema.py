@@ -6,7 +6,9 @@ matches, correlations and compositions are views over the table files the `parts
 
 from pathlib import Path
 
-SCHEMA_VERSION = 6
+from atlas.methods import METHODS
+
+SCHEMA_VERSION = 7
 STORAGE = {"storage_compatibility_version": "v1.4.0"}
 """Jobs write atlas files in DuckDB 1.4's storage format, so DuckDB CLIs and clients from 1.4 on open them
 (duckdb 2.0 writes a newer format by default that, e.g., the `duckdb-cli` on PyPI cannot read)."""
@@ -40,6 +42,10 @@ MIGRATIONS = {
        "UPDATE pair_stats SET mmcs = pw_mcc, mmcs_random = pw_mcc_random, pw_mcc = NULL, pw_mcc_random = NULL, "
        "params_hash = 'stale-' || params_hash WHERE mmcs IS NULL AND pw_mcc IS NOT NULL;"
        "ALTER TABLE widths ADD COLUMN IF NOT EXISTS min_child_cos FLOAT;",
+    # Random baselines kept per shape: table random_baselines (TABLES creates it before the steps run; this one
+    # checks it is there). The views gain matches_by_b over the reverse files, which lineage_edges reads
+    # (create() rewrites the views of an atlas without it; docs/storage.md).
+    7: "SELECT count(*) FROM random_baselines;",
 }
 
 TABLES = """
@@ -174,6 +180,19 @@ CREATE TABLE IF NOT EXISTS edge_checks (
     run_id VARCHAR NOT NULL
 );
 
+-- Random baselines of the consistency measures (atlas/match/consistency.py), computed once per shape and kept:
+-- PW-MCC of two random unit dictionaries of n_a and n_b rows in d_in dims, by the code path of `version`.
+CREATE TABLE IF NOT EXISTS random_baselines (
+    method VARCHAR NOT NULL,      -- pw_mcc (MMCS's baseline is closed form: not kept)
+    n_a INTEGER NOT NULL, n_b INTEGER NOT NULL, d_in INTEGER NOT NULL,
+    k INTEGER NOT NULL,           -- candidates per feature of the sparse path
+    version INTEGER NOT NULL,     -- consistency.BASELINE_VERSION of the code that computed it
+    value DOUBLE NOT NULL,
+    seconds DOUBLE,               -- what computing it took
+    run_id VARCHAR NOT NULL,
+    PRIMARY KEY (method, n_a, n_b, d_in, k, version)
+);
+
 CREATE TABLE IF NOT EXISTS runs (
     run_id VARCHAR PRIMARY KEY,
     kind VARCHAR NOT NULL,
@@ -184,6 +203,9 @@ CREATE TABLE IF NOT EXISTS runs (
     status VARCHAR NOT NULL       -- running | ok | interrupted
 );
 """
+
+RANDOM_BASELINE_KEY = ("method", "n_a", "n_b", "d_in", "k", "version")
+"""The key columns of random_baselines, in the order atlas.match.consistency.baseline_key gives them."""
 
 # Column types of the table files; never written (the views read the files).
 PART_DDL = """
@@ -238,6 +260,20 @@ The edge_kind macro is written from it, edgeindex.kind_codes applies it to array
 
 # Table macros: the query functions in atlas.queries call these, so SQL users get the same answers.
 MACROS = """
+-- The lowest score a method's reverse files (matches_by_b) hold: Method.index_floor; NULL where they hold none.
+CREATE OR REPLACE MACRO index_floor(method) AS
+    CASE method """ + " ".join(f"WHEN '{m.name}' THEN {m.index_floor}" for m in METHODS.values()
+                            if m.index_floor is not None) + """ END;
+
+-- Matches of method_ with score >= min_score_: from the reverse files (matches_by_b, about a tenth of the rows)
+-- when min_score_ is at least the method's index floor, else from the pair files (docs/storage.md).
+CREATE OR REPLACE MACRO matches_above(method_, min_score_) AS TABLE
+SELECT * FROM matches_by_b
+WHERE method = method_ AND score >= min_score_ AND coalesce(min_score_ >= index_floor(method_), false)
+UNION ALL
+SELECT * FROM matches
+WHERE method = method_ AND score >= min_score_ AND NOT coalesce(min_score_ >= index_floor(method_), false);
+
 CREATE OR REPLACE MACRO feature_sharing(sae_, tau_ := 0.7, by_ := 'any') AS TABLE
 WITH me AS (SELECT * FROM saes WHERE sae_id = sae_),
 siblings AS (
@@ -272,8 +308,8 @@ SELECT p.sae_a, p.sae_b, p.layer_a, p.layer_b, p.method, p.n_a, p.n_b, p.n_match
        coalesce(h.n_at, 0) / p.n_a AS frac_at_min_score, p.mean_score, p.median_score, p.mse_after_perm,
        p.identity_frac, coalesce(h.n_at, 0) / p.n_a >= min_frac_ AS permutation_only
 FROM layer_pairs p
-LEFT JOIN (SELECT sae_a, sae_b, method, count(*) AS n_at FROM matches
-           WHERE assigned AND score >= min_score_ AND method = method_ GROUP BY ALL) h
+LEFT JOIN (SELECT sae_a, sae_b, method, count(*) AS n_at FROM matches_above(method_, min_score_)
+           WHERE assigned GROUP BY ALL) h
   USING (sae_a, sae_b, method)
 WHERE p.method = method_ AND (stack_ IS NULL OR p.stack = stack_)
 ORDER BY p.stack, p.layer_a, p.layer_b;
@@ -288,8 +324,8 @@ WHERE permutation_only;
 CREATE OR REPLACE MACRO birth_death(stack_, method_ := 'decoder_cos', tau_ := 0.7) AS TABLE
 WITH st AS (SELECT sae_id, layer, d_sae, lead(sae_id) OVER w AS next_sae, lag(sae_id) OVER w AS prev_sae
             FROM saes WHERE stack = stack_ WINDOW w AS (ORDER BY layer)),
-kept AS (SELECT sae_a, sae_b, count(DISTINCT feature_a) AS n_a, count(DISTINCT feature_b) AS n_b FROM matches
-         WHERE method = method_ AND assigned AND score >= tau_ AND sae_a IN (SELECT sae_id FROM st) GROUP BY ALL),
+kept AS (SELECT sae_a, sae_b, count(DISTINCT feature_a) AS n_a, count(DISTINCT feature_b) AS n_b
+         FROM matches_above(method_, tau_) WHERE assigned AND sae_a IN (SELECT sae_id FROM st) GROUP BY ALL),
 done AS (SELECT sae_a, sae_b FROM pair_stats WHERE method = method_)
 SELECT st.layer, st.sae_id, st.d_sae,
        CASE WHEN (st.prev_sae, st.sae_id) IN (SELECT (sae_a, sae_b) FROM done)
@@ -305,34 +341,42 @@ CREATE OR REPLACE MACRO edge_kind(assigned, rank_a, rank_b) AS
 -- Lineage edges of (sae_, feature_) within its stack, as lineage() in Python computes them: from each
 -- node, the passing (score >= tau_) carry/split/merge edges to the adjacent layer; where a node has none,
 -- carry edges that skip up to max_skip_ layers (gaps). edges_ := 'all' follows every passing candidate.
+-- It reads the passing rows of the stack's pairs once (matches_above: the reverse files where they hold them;
+-- only the stack's files, pruned by their folders; docs/storage.md), then walks them in memory, layer positions
+-- and feature ids as integers, the gap rule applied per reached node.
 CREATE OR REPLACE MACRO lineage_edges(sae_, feature_, tau_ := 0.7, method_ := 'decoder_cos', max_skip_ := 1,
                                       edges_ := 'default') AS TABLE
 WITH RECURSIVE
-st AS (SELECT sae_id, layer, dense_rank() OVER (ORDER BY layer) AS pos FROM saes
+st AS (SELECT sae_id, layer, dense_rank() OVER (ORDER BY layer)::INTEGER AS pos FROM saes
        WHERE stack = (SELECT stack FROM saes WHERE sae_id = sae_)),
-e AS (SELECT m.sae_a, m.feature_a, m.sae_b, m.feature_b, m.score, m.assigned,
+root AS (SELECT pos FROM st WHERE sae_id = sae_),
+e AS MATERIALIZED (
+      SELECT a.pos AS pos_a, m.feature_a, b.pos AS pos_b, m.feature_b, m.score,
              edge_kind(m.assigned, m.rank, m.rank_b) AS kind, b.pos - a.pos AS step
-      FROM matches m JOIN st a ON a.sae_id = m.sae_a JOIN st b ON b.sae_id = m.sae_b
-      WHERE m.method = method_ AND m.score >= tau_ AND b.pos > a.pos AND b.pos - a.pos <= 1 + max_skip_),
-ok AS (SELECT * FROM e WHERE edges_ = 'all' OR (step = 1 AND kind <> 'candidate') OR kind = 'carry'),
-fwd_e AS (SELECT * FROM ok WHERE NOT EXISTS (SELECT 1 FROM ok x WHERE x.sae_a = ok.sae_a AND x.feature_a = ok.feature_a
-                                            AND x.step < ok.step)),
-bwd_e AS (SELECT * FROM ok WHERE NOT EXISTS (SELECT 1 FROM ok x WHERE x.sae_b = ok.sae_b AND x.feature_b = ok.feature_b
-                                            AND x.step < ok.step)),
-fwd(sae_id, feature) AS (
-    SELECT sae_, feature_
+      FROM matches_above(method_, tau_) m JOIN st a ON a.sae_id = m.sae_a JOIN st b ON b.sae_id = m.sae_b
+      WHERE b.pos > a.pos AND b.pos - a.pos <= 1 + max_skip_
+        AND (edges_ = 'all' OR (b.pos - a.pos = 1 AND kind <> 'candidate') OR kind = 'carry')),
+-- the edges a forward walk can use (from the root's layer on) and a backward one (up to it): each step of a walk
+-- joins its frontier to all of them, so they are cut once here
+e_fwd AS MATERIALIZED (SELECT * FROM e WHERE pos_a >= (SELECT pos FROM root)),
+e_bwd AS MATERIALIZED (SELECT * FROM e WHERE pos_b <= (SELECT pos FROM root)),
+-- each reached node's edges of the least step it has (a gap only where no nearer edge passes)
+fwd(pos_a, feature_a, pos_b, feature_b, score, kind, step) AS (
+    SELECT NULL::INTEGER, NULL::INTEGER, pos, feature_::INTEGER, NULL::FLOAT, NULL::VARCHAR, NULL::INTEGER FROM root
     UNION
-    SELECT e.sae_b, e.feature_b FROM fwd JOIN fwd_e e ON e.sae_a = fwd.sae_id AND e.feature_a = fwd.feature),
-bwd(sae_id, feature) AS (
-    SELECT sae_, feature_
+    SELECT e.* FROM (SELECT DISTINCT pos_b, feature_b FROM fwd) f JOIN e_fwd e
+      ON e.pos_a = f.pos_b AND e.feature_a = f.feature_b
+    QUALIFY e.step = min(e.step) OVER (PARTITION BY e.pos_a, e.feature_a)),
+bwd(pos_a, feature_a, pos_b, feature_b, score, kind, step) AS (
+    SELECT pos, feature_::INTEGER, NULL::INTEGER, NULL::INTEGER, NULL::FLOAT, NULL::VARCHAR, NULL::INTEGER FROM root
     UNION
-    SELECT e.sae_a, e.feature_a FROM bwd JOIN bwd_e e ON e.sae_b = bwd.sae_id AND e.feature_b = bwd.feature),
-out AS (SELECT e.* FROM fwd_e e JOIN fwd ON e.sae_a = fwd.sae_id AND e.feature_a = fwd.feature
-        UNION
-        SELECT e.* FROM bwd_e e JOIN bwd ON e.sae_b = bwd.sae_id AND e.feature_b = bwd.feature)
-SELECT o.sae_a, o.feature_a, a.layer AS layer_a, o.sae_b, o.feature_b, b.layer AS layer_b, o.score,
+    SELECT e.* FROM (SELECT DISTINCT pos_a, feature_a FROM bwd) f JOIN e_bwd e
+      ON e.pos_b = f.pos_a AND e.feature_b = f.feature_a
+    QUALIFY e.step = min(e.step) OVER (PARTITION BY e.pos_b, e.feature_b)),
+out AS (SELECT * FROM fwd WHERE pos_a IS NOT NULL UNION SELECT * FROM bwd WHERE pos_b IS NOT NULL)
+SELECT a.sae_id AS sae_a, o.feature_a, a.layer AS layer_a, b.sae_id AS sae_b, o.feature_b, b.layer AS layer_b, o.score,
        CASE WHEN o.step > 1 AND o.kind = 'carry' THEN 'gap' ELSE o.kind END AS kind, o.step - 1 AS gap
-FROM out o JOIN st a ON a.sae_id = o.sae_a JOIN st b ON b.sae_id = o.sae_b
+FROM out o JOIN st a ON a.pos = o.pos_a JOIN st b ON b.pos = o.pos_b
 ORDER BY layer_a, o.feature_a, layer_b, o.feature_b;
 
 -- That lineage with each edge's ablation check where one ran (edge_checks): rel_drop and holds, else NULL.
@@ -343,15 +387,15 @@ FROM lineage_edges(sae_, feature_, tau_ := tau_, method_ := method_, max_skip_ :
 LEFT JOIN (SELECT * FROM edge_checks WHERE method = method_ AND kind <> 'random') c
   USING (sae_a, feature_a, sae_b, feature_b);
 
--- The nodes of that lineage: the feature itself and every end of its edges.
+-- The nodes of that lineage: the feature itself and every end of its edges (the lineage walked once).
 CREATE OR REPLACE MACRO lineage_nodes(sae_, feature_, tau_ := 0.7, method_ := 'decoder_cos', max_skip_ := 1,
                                       edges_ := 'default') AS TABLE
+WITH l AS MATERIALIZED (SELECT sae_a, feature_a, sae_b, feature_b FROM lineage_edges(
+         sae_, feature_, tau_ := tau_, method_ := method_, max_skip_ := max_skip_, edges_ := edges_))
 SELECT n.sae_id, n.feature, s.layer FROM (
     SELECT sae_ AS sae_id, feature_ AS feature
-    UNION SELECT sae_a, feature_a FROM lineage_edges(sae_, feature_, tau_ := tau_, method_ := method_,
-                                                     max_skip_ := max_skip_, edges_ := edges_)
-    UNION SELECT sae_b, feature_b FROM lineage_edges(sae_, feature_, tau_ := tau_, method_ := method_,
-                                                     max_skip_ := max_skip_, edges_ := edges_)) n
+    UNION SELECT sae_a, feature_a FROM l
+    UNION SELECT sae_b, feature_b FROM l) n
 JOIN saes s USING (sae_id) ORDER BY s.layer, n.feature;
 
 -- The width tree of (sae_, feature_): its narrower ancestors (depth < 0) and wider descendants (depth > 0)
@@ -406,8 +450,8 @@ def create(con, tables_root: Path | None = None, move_tables_out=None) -> None:
     # (a new or moved atlas), since rewriting them costs time in the number of files
     named = files_root(con)
     if named is None or named != (str(Path(tables_root).resolve()) if tables_root else None) \
-            or not con.execute("SELECT count(*) FROM duckdb_views() WHERE view_name = 'matches' "
-                               "AND NOT internal AND database_name = current_database()").fetchone()[0]:
+            or con.execute("SELECT count(*) FROM duckdb_views() WHERE view_name IN ('matches', ?) "
+                           "AND NOT internal AND database_name = current_database()", [REVERSE_VIEW]).fetchone()[0] < 2:
         part_views(con, tables_root)
     con.execute(MACROS)
 
@@ -425,24 +469,42 @@ def literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
+REVERSE_VIEW = "matches_by_b"
+"""The view over the matches' reverse files: the rows at or above their method's index floor, sorted by feature_b
+(a pair written without its reverse file: its pair file's rows above the floor)."""
+FLOORS = {m.name: m.index_floor for m in METHODS.values() if m.index_floor is not None}
+
+
 def part_views(con, tables_root: Path | None) -> None:
-    """(Re)define the views matches, correlations, compositions over the files the catalog lists, by
-    absolute path under `tables_root` (so `duckdb -readonly atlas.duckdb` reads them from any folder), and
-    record that folder in files_root (readers check it: a moved atlas needs its views rewritten). The tables
-    are those of schema `empty` (PART_DDL)."""
+    """(Re)define the views matches, correlations, compositions over the files the catalog lists, and
+    matches_by_b over the matches' reverse files, by absolute path under `tables_root` (so `duckdb -readonly
+    atlas.duckdb` reads them from any folder), and record that folder in files_root (readers check it: a moved
+    atlas needs its views rewritten). The tables are those of schema `empty` (PART_DDL)."""
     files: dict[str, list[str]] = {r[0]: [] for r in con.execute(
         "SELECT table_name FROM duckdb_tables() WHERE database_name = current_database() AND schema_name = 'empty' "
         "ORDER BY table_name").fetchall()}
+    files[REVERSE_VIEW] = []
+    unreversed = []  # pair files of methods with a floor whose reverse file is missing: read with the floor's filter
     root = str(Path(tables_root).resolve()) if tables_root is not None else None
     if root is not None:
-        for table, file in con.execute("SELECT table_name, file FROM parts ORDER BY table_name, file").fetchall():
+        for table, file, reverse, method in con.execute(
+                "SELECT table_name, file, reverse_file, method FROM parts ORDER BY table_name, file").fetchall():
             files[table].append(f"{root}/{file}")
-    for table in files:
+            if reverse is not None:
+                files[REVERSE_VIEW].append(f"{root}/{reverse}")
+            elif table == "matches" and method in FLOORS:
+                unreversed.append(f"{root}/{file}")
+
+    def read(paths):
         # hive_partitioning: the files sit in sae_a=/sae_b=/method= folders (parts.new_name), so a filter on those
         # columns skips other pairs' files unopened; no autocast keeps an id like '12' a VARCHAR
-        body = (f"SELECT * FROM read_parquet([{', '.join(map(literal, files[table]))}], hive_partitioning = true, "
-                f"hive_types_autocast = false)" if files[table]
-                else f"SELECT * FROM empty.{table}")
+        return (f"SELECT * FROM read_parquet([{', '.join(map(literal, paths))}], hive_partitioning = true, "
+                f"hive_types_autocast = false)")
+    for table in files:
+        body = read(files[table]) if files[table] else f"SELECT * FROM empty.{table.removesuffix('_by_b')}"
+        if table == REVERSE_VIEW and unreversed:
+            floor = "CASE method " + " ".join(f"WHEN '{m}' THEN {f}" for m, f in FLOORS.items()) + " END"
+            body = (f"{body} UNION ALL " if files[table] else "") + f"{read(unreversed)} WHERE score >= {floor}"
         con.execute(f"CREATE OR REPLACE VIEW {table} AS {body}")
     con.execute("CREATE OR REPLACE TABLE files_root AS SELECT ?::VARCHAR AS root", [root])
 

@@ -279,6 +279,15 @@ class Writer:
         """Store one width pair's rows (an Arrow table of the widths columns), replacing earlier ones."""
         self._replace("widths", dict(sae_a=sae_a, sae_b=sae_b), rows)
 
+    def random_baselines(self) -> dict[tuple, float]:
+        """The kept random baselines (schema.RANDOM_BASELINE_KEY values -> value; atlas.match.consistency)."""
+        return {tuple(r[:-1]): r[-1] for r in self.con.execute(
+            f"SELECT {', '.join(schema.RANDOM_BASELINE_KEY)}, value FROM random_baselines").fetchall()}
+
+    def put_random_baselines(self, rows: list[dict], run_id: str) -> None:
+        """Keep random baselines (consistency.py rows: key columns, value, seconds), replacing a row of the same key."""
+        self.insert_rows("random_baselines", [dict(r, run_id=run_id) for r in rows], replace=True)
+
     def replace_edge_checks(self, sae_a: str, sae_b: str, method: str, rows) -> None:
         """One pair's ablation checks of `method`'s edges (an Arrow table of edge_checks columns), replacing earlier ones."""
         self._replace("edge_checks", dict(sae_a=sae_a, sae_b=sae_b, method=method), rows)

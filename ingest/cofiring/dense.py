@@ -271,10 +271,14 @@ class DenseCoFiring(PairState):
         b2a = self._topk_dir(k, self.d_b, self.d_a, lambda c0, c1: self._r(slice(None), slice(c0, c1)).T)
         return Candidates(a2b[0], a2b[1], b2a[0], b2a[1])
 
+    def _tile_bytes(self) -> int:
+        """Bytes of one float64 tile of r in top-k (a few temporaries of its size live at once)."""
+        return TILE_BYTES
+
     def _topk_dir(self, k: int, n_rows: int, n_cols: int, block) -> tuple[np.ndarray, np.ndarray]:
         k = min(k, n_cols)
         score, index = np.empty((n_rows, k)), np.empty((n_rows, k), np.int64)
-        step = max(1, TILE_BYTES // (8 * max(n_cols, 1)))
+        step = max(1, self._tile_bytes() // (8 * max(n_cols, 1)))
         for r0 in range(0, n_rows, step):
             r1 = min(r0 + step, n_rows)
             v, i = _topk_rows(block(r0, r1), k)

@@ -1,6 +1,7 @@
-"""Compiled loops of the sparse co-firing state on the CPU (ingest.cofiring.sparse.CoFiring): one pass that
-multiplies a token chunk out, merges it into a block of pairs and scores them for the cap policy, and the
-prune that keeps the pairs above a threshold.
+"""Compiled loops of the co-firing states on the CPU: for the capped sparse state (ingest.cofiring.sparse.CoFiring)
+one pass that multiplies a token chunk out, merges it into a block of pairs and scores them for the cap policy,
+and the prune that keeps the pairs above a threshold; for the exact state (ingest.cofiring.exact) the scatter
+of a token chunk's products into dense accumulators.
 
 `merge_products` is Gustavson's row-by-row sparse product (what scipy's `Aᵀ·B` runs) with two dense
 accumulators instead of one: for a-feature i it starts from the block's stored pairs of row i, then adds
@@ -84,3 +85,64 @@ def keep_above(ptr, idx, val, score, theta):
                 n += 1
         out_ptr[i + 1] = n
     return out_ptr, out_idx, out_val
+
+
+@numba.njit(cache=True, parallel=True)
+def _scatter(at_ptr, at_idx, at_val, b_ptr, b_idx, b_val, sab, cnt):
+    for i in numba.prange(len(at_ptr) - 1):  # a row per a-feature: no two threads write one cell
+        row_s, row_c = sab[i], cnt[i]
+        for p in range(at_ptr[i], at_ptr[i + 1]):
+            t = at_idx[p]
+            a = at_val[p]
+            for q in range(b_ptr[t], b_ptr[t + 1]):
+                j = b_idx[q]
+                row_s[j] += a * b_val[q]
+                row_c[j] += 1
+
+
+def scatter_products(At, B, sab: np.ndarray, cnt: np.ndarray) -> None:
+    """Add `At` [d_a, t] · `B` [t, d_b] (CSR, float64) into the dense Σab `sab` [d_a, d_b] (float64) and
+    1[At]ᵀ·1[B] into `cnt` [d_a, d_b] (int32): Gustavson's product whose output row is the accumulator row
+    itself (no symbolic pass, no merge). Each cell is summed in token order by one thread, so the sums do
+    not depend on the thread count."""
+    _scatter(At.indptr, At.indices, At.data, B.indptr, B.indices, B.data, sab, cnt)
+
+
+@numba.njit(cache=True, inline="always")
+def _insert(vals, idx, v, j):
+    """Put (v, j) into the descending list vals/idx, after the entries equal to v (their index is lower)."""
+    p = len(vals) - 1
+    while p > 0 and vals[p - 1] < v:
+        vals[p] = vals[p - 1]
+        idx[p] = idx[p - 1]
+        p -= 1
+    vals[p] = v
+    idx[p] = j
+
+
+@numba.njit(cache=True)
+def _topk_dense(sab, s_a, s_b, ia, ib, n, row_v, row_i, col_v, col_i):
+    d_a, d_b = sab.shape
+    k_a, k_b = row_v.shape[1], col_v.shape[1]
+    for i in range(d_a):
+        sa, a = s_a[i], ia[i]
+        rv, ri = row_v[i], row_i[i]
+        for j in range(d_b):
+            r = (sab[i, j] - sa * s_b[j] / n) * a * ib[j]
+            if r > rv[k_a - 1]:
+                _insert(rv, ri, r, j)
+            if r > col_v[j, k_b - 1]:
+                _insert(col_v[j], col_i[j], r, i)
+
+
+def topk_dense(sab: np.ndarray, s_a, s_b, inv_a, inv_b, n: int, k: int):
+    """Each row's and each column's k highest Pearson r of a dense state (Σab `sab` [d_a, d_b], per-feature sums
+    s and 1/√(var·n) `inv`), in one pass over the cells: ((a2b score, index), (b2a score, index)), best first,
+    equal scores by lower index (what a stable sort of a dense row gives)."""
+    d_a, d_b = sab.shape
+    k_a, k_b = min(k, d_b), min(k, d_a)
+    row_v, row_i = np.full((d_a, k_a), -np.inf), np.zeros((d_a, k_a), np.int64)
+    col_v, col_i = np.full((d_b, k_b), -np.inf), np.zeros((d_b, k_b), np.int64)
+    if k_a and k_b:
+        _topk_dense(sab, s_a, s_b, inv_a, inv_b, float(max(n, 1)), row_v, row_i, col_v, col_i)
+    return (row_v, row_i), (col_v, col_i)

@@ -12,8 +12,9 @@ that matrix, block of a-features by block, so one product's output stays small: 
 out of one compiled pass that also merges and scores (ingest.cofiring.kernels), on CUDA from two torch
 products. Pearson r is exact for every pair, including pairs that never co-fire (Σab = 0, so r follows
 from the means alone); P(b|a) and Jaccard come from the counts. Where a pair's full [d_a, d_b] state fits
-a GPU, `ingest.cofiring.new_state` gives the dense exact state instead (ingest.cofiring.dense; docs/design.md,
-Co-firing states).
+a GPU, or on the CPU the memory budget, `ingest.cofiring.new_state` gives a dense exact state instead
+(ingest.cofiring.dense, ingest.cofiring.exact; docs/design.md, Co-firing states): this one is for the pairs
+past those.
 
 Cap policy (long corpora, wide SAEs): when a block holds more than its share of `max_pairs`, its pairs
 whose value cosine Σab/√(Σa²Σb²) AND firing cosine count/√(fires_a·fires_b) are both below θ are
@@ -37,8 +38,10 @@ from atlas.match.candidates import Candidates
 from ingest.cofiring import kernels
 from ingest.cofiring.dense import PairState
 
+PAIR_BYTES = 20
+"""A stored pair: column index (int32) and Σab + i·count (complex128)."""
 MAX_PAIRS = 32_000_000
-"""Default cap on co-firing pairs held (20 bytes each: 0.64 GB at most)."""
+"""Default cap on co-firing pairs held (PAIR_BYTES each: 0.64 GB at most)."""
 CHUNK_NNZ = 8_000_000
 """Pending non-zeros multiplied out at once (about 0.3 GB with their copies; 57k tokens at L0 70 × 2)."""
 BLOCK_CELLS = 8_000_000

@@ -16,7 +16,7 @@ from atlas.match.pair import MatchParams
 from atlas.queries.common import require_saes
 from atlas.store import Atlas, record_run
 from ingest.executors import InProcess
-from ingest.tasks import PairTask, SAERef, TaskResult, run_pair, shard_stats
+from ingest.tasks import PairTask, SAERef, TaskResult, run_pair, shard_baselines, shard_stats
 
 
 @dataclass
@@ -55,10 +55,11 @@ def run_match(atlas: Atlas, pairs: list[tuple[str, str]], methods: list[str], pa
         refs = {r[0]: SAERef(*r) for r in w.con.execute("SELECT sae_id, source, format, sha256 FROM saes").fetchall()}
         require_saes(refs, (s for p in pairs for s in p))
         done = {tuple(r) for r in w.con.execute("SELECT sae_a, sae_b, method, params_hash FROM pair_stats").fetchall()}
+        baselines = tuple(w.random_baselines().items())  # kept per shape: no task computes a known one again
         tasks = []
         for a, b in pairs:
             for method in methods:
-                task = PairTask(refs[a], refs[b], replace(params, method=method))
+                task = PairTask(refs[a], refs[b], replace(params, method=method), baselines)
                 if (a, b, method, task.params_hash) in done:
                     summary.skipped.append((a, b, method))
                     if progress:
@@ -89,6 +90,7 @@ def _commit(w, tasks: list[PairTask], results: list[TaskResult], run_id: str, su
     with w.transaction():
         for task, result in zip(tasks, results):
             a, b, method = task.a.sae_id, task.b.sae_id, task.params.method
+            w.put_random_baselines(shard_baselines(result.shard), run_id)
             w.replace_pair(a, b, method, Path(result.shard), shard_stats(result.shard), run_id)
             summary.computed.append((a, b, method))
     for result in results:
