@@ -202,6 +202,17 @@ class Edge(msgspec.Struct):
     """That drop is beyond the 95th percentile of its pair's random pairs (checks.py)."""
 
 
+class LineageLayer(msgspec.Struct):
+    """One layer of a lineage: its nodes, and the edges into them by kind (what the summary line says)."""
+    layer: int
+    nodes: int
+    carry: int = 0
+    gap: int = 0
+    split: int = 0
+    merge: int = 0
+    candidate: int = 0
+
+
 class Lineage(msgspec.Struct):
     root: Node
     nodes: list[Node]
@@ -216,9 +227,12 @@ class Lineage(msgspec.Struct):
     edges_mode: str = "default"
     """default (carry, split, merge, gap) or all (every passing candidate)."""
     ending: str = ""
-    """How the root's line ends: survives to the last layer | dies | splits into k | merges into SAE/feature."""
+    """How the lineage ends: survives to the last layer | dies | not followed forward (direction=backward)."""
     summary: str = ""
-    """One line: born, splits, last seen, ending."""
+    """One line from exactly these nodes and edges: born, per layer its features and edges by kind, the last
+    layer with a node, how it ends."""
+    layers: list[LineageLayer] = []
+    """Per layer with a node, first to last: the counts the summary states."""
 
 
 class LayerPair(msgspec.Struct):
