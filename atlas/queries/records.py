@@ -129,6 +129,11 @@ class MatchRef(msgspec.Struct):
     direction: str
     """'out': this feature is sae_a (its top candidates); 'in': this feature is sae_b (candidates
     pointing to it, from score 0.5 up for similarity methods)."""
+    kind: str | None = None
+    """For decoder_cos matches with a neighbouring layer of the stack: carry | split | merge | candidate."""
+    lineage: str | None = None
+    """For decoder_cos matches: whether the default lineage (τ 0.7) follows this edge, and if not, why
+    (below τ, assigned elsewhere, another stack, a layer apart)."""
 
 
 class FeatureCard(msgspec.Struct):
@@ -145,6 +150,9 @@ class FeatureCard(msgspec.Struct):
     lineage_url: str
     matches: dict[str, list[MatchRef]]
     examples: list[dict[str, Any]]
+    lineage_notes: list[str] = []
+    """Where the carry goes to (or comes from) a partner that scores lower than another: why (the assignment is
+    one-to-one over the whole layer pair)."""
 
 
 class PairMatch(msgspec.Struct):
