@@ -267,6 +267,8 @@ class FeatureSharing(msgspec.Struct):
     n_shared: int
     n_siblings: int
     label: str | None = None
+    top_tokens: list[str] | None = None
+    """Firing tokens of its top examples (orphans only), as lineage nodes carry them."""
 
 
 class Orphans(msgspec.Struct):
@@ -318,6 +320,7 @@ class WidthPair(msgspec.Struct):
     absent: int
     mean_split_children: float | None
     mean_split_combo_cos: float | None
+    model: str | None = None
 
 
 class Consistency(msgspec.Struct):
@@ -325,7 +328,7 @@ class Consistency(msgspec.Struct):
     sae_b: str
     layer: int
     relation: str
-    """seed (same dataset) or dataset."""
+    """How the siblings differ: seed (same dataset), dataset (same seed), seed and dataset, or variant."""
     pw_mcc: float | None
     """PW-MCC (Song et al. 2025): mean decoder cosine of one one-to-one assignment of all features (over the
     min(n_a, n_b) pairs). None on an atlas migrated from before it was computed: rerun `atlas match`."""
@@ -335,3 +338,4 @@ class Consistency(msgspec.Struct):
     """MMCS (Sharkey et al. 2022): mean best |decoder cosine| in the other SAE, both directions."""
     mmcs_random: float | None
     """The same for random unit decoders of these widths and d_in (closed form)."""
+    model: str | None = None
