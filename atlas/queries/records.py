@@ -260,6 +260,8 @@ class LayerPair(msgspec.Struct):
     mse_after_perm: float | None
     identity_frac: float | None
     permutation_only: bool
+    stack: str | None = None
+    """The stack both SAEs belong to (None only from an atlas no job has opened since this column came)."""
 
 
 class FeatureSharing(msgspec.Struct):
