@@ -84,3 +84,17 @@ def test_a_budget_the_held_out_tokens_eat_is_refused_not_looped_on(tmp_path):
     with pytest.raises(ValueError, match="fewer than one batch"):
         next(_batches(torch.zeros(10, 4), 256, 0))
     assert not list((tmp_path).rglob("atlas_training.json"))
+
+
+def test_atlas_minilm_refuses_a_budget_the_held_out_tokens_eat_before_any_work(tmp_path):
+    from click.testing import CliRunner
+
+    from cli import main
+
+    r = CliRunner().invoke(main, ["--atlas", str(tmp_path / "a.duckdb"), "minilm", "--max-tokens", "20000",
+                                  "--cache", str(tmp_path / "cache")])
+    assert r.exit_code == 2
+    assert r.output.strip() == ("error: 20,000 tokens of each corpus: the last 20,000 are held out for FVU, L0 and dead "
+                                "fraction, which leaves 0 to train on, fewer than one batch (4,096); give at least "
+                                "24,096 tokens (--max-tokens)")
+    assert not (tmp_path / "cache").exists()  # no activations were computed
