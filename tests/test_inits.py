@@ -25,7 +25,7 @@ def _acts(n: int = 12_000, n_true: int = 40, seed: int = 0) -> torch.Tensor:
     return torch.from_numpy(codes @ dirs)
 
 
-def _family(tmp_path, shared: bool) -> dict[tuple, float]:
+def _family(tmp_path, shared: bool, extra=()) -> dict[tuple, float]:
     """Layers 0 and 1 (nearly the same data) at D_SAE and layer 0 at WIDE, seed 0, ingested and matched; same-index shares."""
     from atlas.queries.selection import select_pairs
     from ingest.jobs.ingest import ingest
@@ -40,14 +40,14 @@ def _family(tmp_path, shared: bool) -> dict[tuple, float]:
     folders.append(train_sae(x, 0, 0, "toy", tmp_path / "saes", TrainConfig(**{**cfg.__dict__, "d_sae": WIDE}),
                              model="toy")[0])
     atlas = Atlas(tmp_path / "a.duckdb")
-    ingest(atlas, [lambda f=f: read_sae(f) for f in folders])
+    ingest(atlas, [lambda f=f: read_sae(f) for f in [*folders, *extra]])
     with atlas.read() as con:
         adjacent, widths = select_pairs(con, "adjacent"), select_pairs(con, "widths")
-    assert len(adjacent) == 1 and len(widths) == 1
+    assert len(adjacent) == 1 + max(len(extra) - 1, 0) and len(widths) == 1
     run_match(atlas, adjacent, ["decoder_cos"], MatchParams())
     run_widths(atlas, widths)
     with atlas.read() as con:
-        rows = same_index(con)
+        rows = same_index(con, "toy")
     assert {r["kind"] for r in rows} == {"layers", "width children"} and all(r["assigned"] >= 10 for r in rows)
     return {r["kind"]: r["same_index"] for r in rows}
 
@@ -98,3 +98,24 @@ def test_atlas_minilm_refuses_a_budget_the_held_out_tokens_eat_before_any_work(t
                                 "fraction, which leaves 0 to train on, fewer than one batch (4,096); give at least "
                                 "24,096 tokens (--max-tokens)")
     assert not (tmp_path / "cache").exists()  # no activations were computed
+
+
+def test_findings_report_each_model_on_its_own(tmp_path, family):
+    """An atlas holding two families (toy SAEs trained here, a planted stack): one block per model, neither's pairs
+    in the other's, the same-index table in each."""
+    from click.testing import CliRunner
+
+    from cli import main
+
+    planted = [f for f in family[1] if f.parent.name == "A-s0"][:2]  # two layers of the planted base stack
+    assert len(planted) == 2
+    _family(tmp_path, False, extra=planted)
+    r = CliRunner().invoke(main, ["--atlas", str(tmp_path / "a.duckdb"), "findings"])
+    assert r.exit_code == 0, r.output
+    blocks = dict(b.split(" ==\n", 1) for b in r.output.split("== ")[1:])
+    assert set(blocks) == {"synth", "toy"}
+    for model, text in blocks.items():
+        assert "same index (" in text and "layers (distance 1): " in text
+        assert "over 1 pairs" in text.split("matched fraction")[1].split("siblings")[0]  # its own layer pair only
+    assert "width children" in blocks["toy"] and "width children" not in blocks["synth"]
+    assert "shared initialisation?" not in r.output
