@@ -50,7 +50,7 @@ class BuildStatus:
 
 class StatusWriter:
     """Keeps a BuildStatus and writes it beside the atlas at each change (at most every `every` seconds
-    within a step, always when a step completes or the build ends)."""
+    within a step, always when a step starts or completes and when the build ends)."""
 
     def __init__(self, atlas_path: str | Path, steps: list[str], every: float = 0.5):
         self.path = status_path(atlas_path)
@@ -64,9 +64,10 @@ class StatusWriter:
         if s is None:
             s = Step(step)
             self.status.steps.append(s)
-        s.done, s.total, s.item = done, total, item if item is not None else s.item
+        started = s.total != total  # a step that starts (or resizes) is always written: the throttle must not
+        s.done, s.total, s.item = done, total, item if item is not None else s.item  # hide it until its first item ends
         s.unit = unit if unit is not None else s.unit
-        if done == total or time.monotonic() - self._written >= self.every:
+        if started or done == total or time.monotonic() - self._written >= self.every:
             self._write()
 
     def finish(self, state: str, message: str = "") -> None:

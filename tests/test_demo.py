@@ -116,11 +116,15 @@ def test_make_demo_runs_the_demo_command():
 def test_status_file_is_whole_at_each_write_and_a_dead_build_reads_as_stopped(tmp_path):
     atlas_path = tmp_path / "a.duckdb"
     w = StatusWriter(atlas_path, ["one", "two"], every=3600)
+    w.update("one", 0, 4, "w")  # a step that starts is always written, however soon after the last write
+    assert read_status(atlas_path).steps[0].total == 4
     w.update("one", 1, 4, "x")  # within `every` of the last write: not written yet
     assert read_status(atlas_path).steps[0].done == 0
+    w.update("two", 0, 9, "z")  # another step starts: written, with the first step's progress so far
+    assert (read_status(atlas_path).steps[0].done, read_status(atlas_path).steps[1].total) == (1, 9)
     w.update("one", 4, 4, "y")  # a step that completes is always written
     s = read_status(atlas_path)
-    assert (s.state, s.steps[0].done, s.steps[0].item, s.steps[1].total) == ("running", 4, "y", None)
+    assert (s.state, s.steps[0].done, s.steps[0].item, s.steps[1].total) == ("running", 4, "y", 9)
     raw = json.loads((tmp_path / "a.files" / "build.json").read_text())
     raw["pid"] = 2**22 + 1  # above Linux's pid_max: no such process
     (tmp_path / "a.files" / "build.json").write_text(json.dumps(raw))
