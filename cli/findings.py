@@ -72,7 +72,7 @@ def _print(f: dict) -> None:
         f"distance {r['distance']}: {r['matched_frac']:.3f} over {r['pairs']} pairs, MSE after permutation "
         f"{r['mse_after_perm']:.2e}" + num(r["explained_variance"], ", explained variance {:.3f}", "")), always=True)
     section("siblings (same layer):", f["siblings"], lambda r: (
-        f"{r['relation']:>7}: decoder matched {r['decoder_matched_frac']:.3f}, shared (dec+enc) {r['shared_frac']:.3f} "
+        f"{r['relation']:>16}: decoder matched {r['decoder_matched_frac']:.3f}, shared (dec+enc) {r['shared_frac']:.3f} "
         f"over {r['pairs']} pairs"), always=True)
     if f["agreement"]:
         same = sum(r["same_partner"] * r["both_assigned"] for r in f["agreement"]) / sum(r["both_assigned"] for r in f["agreement"])
@@ -80,7 +80,7 @@ def _print(f: dict) -> None:
                    f"({len(f['agreement'])} pairs)")
     section("consistency, each against random decoders of the same shape: PW-MCC (mean cosine of one one-to-one "
             "assignment of all features) and MMCS (mean best |cosine| in the other SAE, both ways):", f["consistency"],
-            lambda r: (f"layer {r['layer']} {r['relation']:>7}: PW-MCC " + (
+            lambda r: (f"layer {r['layer']} {r['relation']:>16}: PW-MCC " + (
                 "not computed (rerun `atlas match`)" if r["pw_mcc"] is None else
                 f"{r['pw_mcc']:.3f} (random {r['pw_mcc_random']:.3f})") +
                 f", MMCS {r['mmcs']:.3f} (random {r['mmcs_random']:.3f})  {r['sae_a']} ~ {r['sae_b']}"))

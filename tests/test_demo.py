@@ -165,3 +165,25 @@ def test_a_family_built_under_another_plan_is_replaced_not_refused(tmp_path):
         assert con.execute("SELECT count(*) FROM saes").fetchone()[0] == 2
         stats = con.execute("SELECT method, count(*) FROM pair_stats GROUP BY 1 ORDER BY 1").fetchall()
     assert stats == [("activation_corr", 1), ("decoder_cos", 1), ("decoder_mse", 1)]  # recomputed for the new weights
+
+
+def test_the_planted_family_is_matched_across_its_widths(tmp_path):
+    """The demo's planted family has width siblings: the demo width-matches them, so the width tree, the
+    width-pairs route and the width_tree SQL answer on the atlas `make demo` builds."""
+    from atlas.queries.widths import width_pairs, width_tree
+    from atlas.store import Atlas
+    from atlas.synth import SynthConfig
+    from ingest.jobs.demo import PLANTED, build_planted
+
+    atlas = Atlas(tmp_path / "a.duckdb")
+    status = StatusWriter(atlas.path, list(PLANTED))
+    build_planted(atlas, SynthConfig(d_in=128, d_sae=64, n_layers=2, n_seeds=1, second_dataset=False, widths=(128, 256)),
+                  tmp_path / "synth", status)
+    steps = {s.name: s for s in read_status(atlas.path).steps}
+    assert (steps["planted widths"].done, steps["planted widths"].total, steps["planted widths"].unit) == (2, 2, "pairs")
+    with atlas.read() as con:
+        pairs = width_pairs(con)
+        assert [(p.d_a, p.d_b) for p in pairs] == [(64, 128), (128, 256)]
+        narrow = con.execute("SELECT sae_id FROM saes WHERE d_sae = 64 AND layer = 1").fetchone()[0]
+        split = con.execute("SELECT feature_a FROM widths WHERE sae_a = ? AND class = 'split' LIMIT 1", [narrow]).fetchone()[0]
+        assert len(width_tree(con, narrow, split).nodes) > 2

@@ -167,7 +167,6 @@ def findings(con, model: str = "%", stack: str = "%", examples: int = 3) -> dict
                              "WHERE s.model LIKE ? GROUP BY 1", [model]).fetchall())
     names = models(con, model)
     return {
-        "models": names,
         "distance": dict_rows(con, DISTANCE_SQL, ["decoder_cos", stack, model]),
         "siblings": dict_rows(con, SIBLINGS_SQL, [model]),
         "agreement": dict_rows(con, AGREEMENT_SQL, [model]),
