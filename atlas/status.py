@@ -33,7 +33,9 @@ class Step:
     total: int | None = None
     """None until the step starts and knows its size."""
     item: str | None = None
-    """The last thing it finished (an SAE, a pair)."""
+    """What it is at (an SAE being trained, the last pair matched)."""
+    unit: str | None = None
+    """What done and total count (tokens, samples, pairs, SAEs, ablations); None: items."""
 
 
 @dataclass
@@ -48,7 +50,7 @@ class BuildStatus:
 
 class StatusWriter:
     """Keeps a BuildStatus and writes it beside the atlas at each change (at most every `every` seconds
-    within a step, always when a step completes or the build ends)."""
+    within a step, always when a step starts or completes and when the build ends)."""
 
     def __init__(self, atlas_path: str | Path, steps: list[str], every: float = 0.5):
         self.path = status_path(atlas_path)
@@ -57,13 +59,15 @@ class StatusWriter:
         self._written = 0.0
         self._write()
 
-    def update(self, step: str, done: int, total: int | None, item: str | None = None) -> None:
+    def update(self, step: str, done: int, total: int | None, item: str | None = None, unit: str | None = None) -> None:
         s = next((s for s in self.status.steps if s.name == step), None)
         if s is None:
             s = Step(step)
             self.status.steps.append(s)
-        s.done, s.total, s.item = done, total, item if item is not None else s.item
-        if done == total or time.monotonic() - self._written >= self.every:
+        started = s.total != total  # a step that starts (or resizes) is always written: the throttle must not
+        s.done, s.total, s.item = done, total, item if item is not None else s.item  # hide it until its first item ends
+        s.unit = unit if unit is not None else s.unit
+        if started or done == total or time.monotonic() - self._written >= self.every:
             self._write()
 
     def finish(self, state: str, message: str = "") -> None:
@@ -112,7 +116,8 @@ def read_status(atlas_path: str | Path) -> BuildStatus | None:
         raw = json.loads(path.read_text())
     except FileNotFoundError:
         return None
-    status = BuildStatus(**{**raw, "steps": [Step(**s) for s in raw["steps"]]})
+    known = set(Step.__dataclass_fields__)  # a file written by another version: its fields that this one knows
+    status = BuildStatus(**{**raw, "steps": [Step(**{k: v for k, v in s.items() if k in known}) for s in raw["steps"]]})
     if status.state == "running" and not _alive(status.pid):
         status.state, status.message = "stopped", f"the build (process {status.pid}) ended without finishing"
     return status

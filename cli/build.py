@@ -102,8 +102,12 @@ def synth(atlas, out, d_in, d_sae, n_layers, n_seeds, no_second_dataset, seed, w
 @click.option("--flow-layers", default=None,
               help="Layers that also get an MLP-out and an attention-out SAE (feature-flow origins); '' for none "
                    "[default: 3, or 2,4 with --full].")
+@click.option("--shared-init", is_flag=True,
+              help="A control: every SAE of a seed starts from one initialisation (torch.manual_seed(seed)), as families "
+                   "trained before independent inits did; `atlas findings` shows what that does to the same-index share. "
+                   "Default: each SAE from its own (a seed from seed, model, hook, width and dataset).")
 @click.pass_obj
-def minilm(atlas, full, cache, samples, max_tokens, d_sae, widths, width_layer, flow_layers):
+def minilm(atlas, full, cache, samples, max_tokens, d_sae, widths, width_layer, flow_layers, shared_init):
     """Build the real family: MiniLM activations on prose and Python source, SAEs per layer x seed x
     dataset (sae_lens trainer), matched by weights and activations. Offline; cached for reruns. Progress
     is written beside the atlas, so a running `atlas serve` shows it on its home page."""
@@ -113,7 +117,8 @@ def minilm(atlas, full, cache, samples, max_tokens, d_sae, widths, width_layer, 
     from ingest.jobs.family import STEPS, FamilyPlan, build_family
 
     plan = FamilyPlan.full() if full else FamilyPlan()
-    train = replace(plan.train, d_sae=d_sae or plan.train.d_sae, samples=samples or plan.train.samples)
+    train = replace(plan.train, d_sae=d_sae or plan.train.d_sae, samples=samples or plan.train.samples,
+                    shared_init=shared_init)
     sizes = plan.widths if widths is None else _ints(widths, "--widths", "sizes")
     flow = plan.flow_layers if flow_layers is None else _ints(flow_layers, "--flow-layers", "layers")
     plan = replace(plan, max_tokens=max_tokens or plan.max_tokens, train=train, widths=sizes, flow_layers=flow,
@@ -121,5 +126,5 @@ def minilm(atlas, full, cache, samples, max_tokens, d_sae, widths, width_layer, 
     with StatusWriter(atlas.path, [f"MiniLM {s}" for s in STEPS]).running("stopped by Ctrl-C; a rerun resumes from "
                                                                           "the cache") as status:
         build_family(atlas, plan, cache, log=click.echo,
-                     progress=lambda step, done, total, item: status.update(f"MiniLM {step}", done, total, item))
+                     progress=lambda step, *progress: status.update(f"MiniLM {step}", *progress))
     click.echo(f"MiniLM family ready in {atlas.path}")

@@ -79,17 +79,50 @@ def saes(ctx, stack):
     if ctx.invoked_subcommand is not None:
         return
     from rich.console import Console
-    from rich.table import Table
 
     from atlas.queries.saes import list_saes
 
-    cols = ("sae_id", "model", "site", "layer", "kind", "d_in", "d_sae", "arch", "variant", "seed", "dataset", "stack")
     with ctx.obj.read() as con:
         rows = list_saes(con, stack)
-    table = Table(*cols)
-    for r in rows:
-        table.add_row(*("" if getattr(r, c) is None else str(getattr(r, c)) for c in cols))
-    Console().print(table)
+    cells = [{c: "" if getattr(r, c) is None else str(getattr(r, c)) for c in COLUMNS} for r in rows]
+    console = Console()
+    if not console.is_terminal:  # piped: every column, one tab-separated line per SAE
+        for line in [COLUMNS, *([r[c] for c in COLUMNS] for r in cells)]:
+            click.echo("\t".join(line))
+        return
+    shown, left = fit_columns(cells, console.width)
+    console.print(saes_table(cells, shown))
+    if left:
+        click.echo(f"(left out at this width: {', '.join(left)}; a wider terminal, or piped output, shows every column)")
+
+
+COLUMNS = ("sae_id", "layer", "d_sae", "seed", "dataset", "site", "kind", "arch", "variant", "d_in", "model", "stack")
+"""`atlas saes` columns, most telling first: a narrow terminal keeps a prefix of them, each cell whole."""
+
+
+def fit_columns(cells: list[dict], width: int) -> tuple[list[str], list[str]]:
+    """The columns that fit `width` whole (the id always), in COLUMNS order, and those left out; columns with no
+    value in any row are left out without a word."""
+    used = [c for c in COLUMNS if any(r[c] for r in cells)] or list(COLUMNS[:1])
+    shown, total = [], 1
+    for c in used:
+        need = max([len(c)] + [len(r[c]) for r in cells]) + 3  # padding and the border
+        if shown and total + need > width:
+            break
+        shown.append(c)
+        total += need
+    return shown, [c for c in used if c not in shown]
+
+
+def saes_table(cells: list[dict], shown: list[str]):
+    from rich.table import Table
+
+    table = Table(*shown)
+    for c in table.columns:
+        c.no_wrap, c.overflow = True, "fold"
+    for r in cells:
+        table.add_row(*(r[c] for c in shown))
+    return table
 
 
 @saes.command("set")

@@ -74,13 +74,15 @@ def test_demo_serves_at_once_shows_progress_stops_on_ctrl_c_and_resumes(tmp_path
     steps = _steps(build)
     assert steps["planted SAEs"]["done"] == steps["planted SAEs"]["total"] == 6  # 3 layers x 2 seeds
     assert steps["planted matches"]["done"] == steps["planted matches"]["total"] > 0
-    assert list(steps)[2:] == ["MiniLM activations", "MiniLM SAEs", "MiniLM widths", "MiniLM matches",
+    assert steps["planted widths"]["done"] == steps["planted widths"]["total"] == 0  # the tiny plan has no widths
+    assert list(steps)[3:] == ["MiniLM activations", "MiniLM SAEs", "MiniLM widths", "MiniLM matches",
                                "MiniLM correlations"]
     home = httpx.get(demo.base + "/").text
     assert "/static/app.js" in home
 
-    def landed():  # an SAE the build reports done is already served
-        done = _steps(demo.build())["MiniLM SAEs"]["done"]
+    def landed():  # an SAE the build reports done is already served (the step counts training samples)
+        s = _steps(demo.build())["MiniLM SAEs"]
+        done = s["done"] // 40_000 if s["total"] else 0  # the tiny plan: 40,000 samples per SAE
         minilm = httpx.get(f"{demo.base}/api/saes", params={"model": "all-MiniLM-L6-v2"}).json()["items"]
         return done >= 1 and len(minilm) >= done and (done, minilm)
     done, minilm = demo.wait(landed)
@@ -96,7 +98,8 @@ def test_demo_serves_at_once_shows_progress_stops_on_ctrl_c_and_resumes(tmp_path
     again = Demo(tmp_path, port)
     again.wait(lambda: again.build()["state"] == "done")
     steps = _steps(again.build())
-    assert all(s["done"] == s["total"] for s in steps.values()) and steps["MiniLM SAEs"]["total"] == 2
+    assert all(s["done"] == s["total"] for s in steps.values()) and steps["MiniLM SAEs"]["total"] == 2 * 40_000
+    assert steps["MiniLM activations"]["unit"] == "tokens" and steps["MiniLM SAEs"]["unit"] == "samples" and steps["MiniLM SAEs"]["item"] == "SAE 2 of 2: prose-s0-L1"
     assert steps["MiniLM matches"]["total"] > 0 and steps["MiniLM correlations"]["total"] > 0
     assert {p: p.stat().st_mtime_ns for p in trained} == stamps  # SAEs trained before Ctrl-C were reused
     pairs = httpx.get(f"{again.base}/api/layer-pairs", params={"stack": minilm[0]["stack"]}).json()["items"]
@@ -113,11 +116,15 @@ def test_make_demo_runs_the_demo_command():
 def test_status_file_is_whole_at_each_write_and_a_dead_build_reads_as_stopped(tmp_path):
     atlas_path = tmp_path / "a.duckdb"
     w = StatusWriter(atlas_path, ["one", "two"], every=3600)
+    w.update("one", 0, 4, "w")  # a step that starts is always written, however soon after the last write
+    assert read_status(atlas_path).steps[0].total == 4
     w.update("one", 1, 4, "x")  # within `every` of the last write: not written yet
     assert read_status(atlas_path).steps[0].done == 0
+    w.update("two", 0, 9, "z")  # another step starts: written, with the first step's progress so far
+    assert (read_status(atlas_path).steps[0].done, read_status(atlas_path).steps[1].total) == (1, 9)
     w.update("one", 4, 4, "y")  # a step that completes is always written
     s = read_status(atlas_path)
-    assert (s.state, s.steps[0].done, s.steps[0].item, s.steps[1].total) == ("running", 4, "y", None)
+    assert (s.state, s.steps[0].done, s.steps[0].item, s.steps[1].total) == ("running", 4, "y", 9)
     raw = json.loads((tmp_path / "a.files" / "build.json").read_text())
     raw["pid"] = 2**22 + 1  # above Linux's pid_max: no such process
     (tmp_path / "a.files" / "build.json").write_text(json.dumps(raw))
@@ -139,8 +146,18 @@ def test_a_family_built_under_another_plan_is_replaced_not_refused(tmp_path):
 
     atlas = Atlas(tmp_path / "a.duckdb")
     plan = FamilyPlan(layers=[0, 1], seeds=[], sibling_layers=[], code_layers=[], widths=[], flow_layers=[],
-                      max_tokens=1500, corr_tokens=None, train=TrainConfig(d_sae=32, samples=10_000, batch=512, eval_tokens=300))
-    build_family(atlas, plan, tmp_path / "cache", log=lambda *_: None)
+                      max_tokens=9000, corr_tokens=None, train=TrainConfig(d_sae=32, samples=10_000, batch=512, eval_tokens=300))
+    seen = []
+    build_family(atlas, plan, tmp_path / "cache", log=lambda *_: None, progress=lambda *a: seen.append(a))
+    # progress moves within the steps (no terminal here: tqdm's own count would stand still at 0)
+    for step, unit, total in (("activations", "tokens", 9000), ("SAEs", "samples", 20_000)):  # 3 batches of windows
+        mine = [a for a in seen if a[0] == step]
+        assert {a[4] for a in mine} == {unit} and {a[2] for a in mine} == {total}
+        assert any(0 < a[1] < total for a in mine) and mine[-1][1] == total
+        assert [a[1] for a in mine] == sorted(a[1] for a in mine)
+    with atlas.read() as con:  # every feature that fires is labelled by its tokens (docs/design.md, Labels)
+        labelled, n = con.execute("SELECT count(label), count(*) FROM features").fetchone()
+    assert labelled >= n // 2
     longer = replace(plan, train=replace(plan.train, samples=20_000))
     build_family(atlas, longer, tmp_path / "cache", log=lambda *_: None)
     with atlas.read() as con:
@@ -148,3 +165,25 @@ def test_a_family_built_under_another_plan_is_replaced_not_refused(tmp_path):
         assert con.execute("SELECT count(*) FROM saes").fetchone()[0] == 2
         stats = con.execute("SELECT method, count(*) FROM pair_stats GROUP BY 1 ORDER BY 1").fetchall()
     assert stats == [("activation_corr", 1), ("decoder_cos", 1), ("decoder_mse", 1)]  # recomputed for the new weights
+
+
+def test_the_planted_family_is_matched_across_its_widths(tmp_path):
+    """The demo's planted family has width siblings: the demo width-matches them, so the width tree, the
+    width-pairs route and the width_tree SQL answer on the atlas `make demo` builds."""
+    from atlas.queries.widths import width_pairs, width_tree
+    from atlas.store import Atlas
+    from atlas.synth import SynthConfig
+    from ingest.jobs.demo import PLANTED, build_planted
+
+    atlas = Atlas(tmp_path / "a.duckdb")
+    status = StatusWriter(atlas.path, list(PLANTED))
+    build_planted(atlas, SynthConfig(d_in=128, d_sae=64, n_layers=2, n_seeds=1, second_dataset=False, widths=(128, 256)),
+                  tmp_path / "synth", status)
+    steps = {s.name: s for s in read_status(atlas.path).steps}
+    assert (steps["planted widths"].done, steps["planted widths"].total, steps["planted widths"].unit) == (2, 2, "pairs")
+    with atlas.read() as con:
+        pairs = width_pairs(con)
+        assert [(p.d_a, p.d_b) for p in pairs] == [(64, 128), (128, 256)]
+        narrow = con.execute("SELECT sae_id FROM saes WHERE d_sae = 64 AND layer = 1").fetchone()[0]
+        split = con.execute("SELECT feature_a FROM widths WHERE sae_a = ? AND class = 'split' LIMIT 1", [narrow]).fetchone()[0]
+        assert len(width_tree(con, narrow, split).nodes) > 2

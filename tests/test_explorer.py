@@ -123,6 +123,12 @@ def test_walk_from_home_to_a_lineage_neighbour(page, server):
     outlined = outlined or page.eval_on_selector_all("svg.heatmap rect", "els => els.map(e => e.dataset.pair)")
     assert page.inner_text("#perm-count") == f"{len(perm)} permutation-only pairs"
     _shot(page, "stack")
+    # every bar's count is drawn whole inside the chart and clear of its neighbours' counts
+    boxes = page.eval_on_selector_all("svg.births-deaths text.bar-count", """ts => ts.filter(t => t.textContent).map(t => {
+        const b = t.getBBox(), s = t.ownerSVGElement; return [b.x, b.y, b.x + b.width, b.y + b.height,
+        +s.getAttribute('width'), +s.getAttribute('height')]; })""")
+    assert boxes and all(x1 >= 0 and y1 >= 0 and x2 <= w and y2 <= h for x1, y1, x2, y2, w, h in boxes)
+    assert all(a[2] <= b[0] or b[2] <= a[0] or a[3] <= b[1] or b[3] <= a[1] for i, a in enumerate(boxes) for b in boxes[i + 1:])
     page.click(f"svg.heatmap rect[data-pair='{outlined[0]}']")
     _ready(page, "#/pair/")
     first = page.get_attribute("a.feature-link", "href")
@@ -226,7 +232,11 @@ def test_lineage_is_readable_x_is_layer_and_labels_do_not_overlap(page, split_se
     widths = {k: w for k, w, _ in kinds}
     assert widths["carry"] > widths["split"]
     assert all(label for k, _, label in kinds if k == "split")  # splits carry their scores
-    assert page.inner_text("#lineage-summary") == lin["summary"] and "splits into" in lin["summary"]
+    assert page.inner_text("#lineage-summary") == lin["summary"] and " split)" in lin["summary"]
+    card = api.get(f"/api/saes/{sae}/features/{feature}").json()  # why the carry may go to a weaker child
+    assert page.eval_on_selector_all(".lineage-note", "ps => ps.map(p => p.innerText)") == card["lineage_notes"]
+    reasons = page.eval_on_selector_all(".card table tr td:last-child", "tds => tds.map(t => t.innerText)")
+    assert {m["lineage"] or "" for m in card["matches"]["decoder_cos"]} <= set(reasons)
     _shot(page, "lineage-hairball")
     assert page.errors == [] and page.offsite == []
 
@@ -243,7 +253,7 @@ def test_planted_split_reads_as_one_line_with_a_branch(page, split_server):
     _ready(page, "#/feature/")
     kinds = page.evaluate("window.atlasGraph.edges().map(e => e.data('kind'))")
     assert sorted(kinds) == sorted(e["kind"] for e in lin["edges"]) and "split" in kinds
-    assert "splits into 2 at layer 1" in page.inner_text("#lineage-summary")
+    assert "layer 1: 2 features (1 carry, 1 split)" in page.inner_text("#lineage-summary")
     assert _overlaps(page.evaluate(_GEOMETRY)) == []
     _shot(page, "lineage-split")
     assert page.errors == [] and page.offsite == []
@@ -293,7 +303,7 @@ def test_home_page_shows_what_the_build_has_done_and_what_is_coming(page, synth_
 
     atlas = synth_atlas.copy_to(tmp_path / "building.duckdb")
     status = StatusWriter(atlas.path, ["MiniLM activations", "MiniLM SAEs", "MiniLM matches"], every=0)
-    status.update("MiniLM activations", 400, 400, "prose")
+    status.update("MiniLM activations", 4000, 4000, "prose", "tokens")
     status.update("MiniLM SAEs", 1, 7, "prose-s0-L2")
     with serving(atlas.path) as s:
         base = s.base
@@ -302,7 +312,7 @@ def test_home_page_shows_what_the_build_has_done_and_what_is_coming(page, synth_
         assert page.get_attribute("#build", "data-state") == "running"
         rows = page.eval_on_selector_all("#build tr", "rs => rs.map(r => [r.dataset.step, r.innerText])")
         assert [step for step, _ in rows] == ["MiniLM activations", "MiniLM SAEs", "MiniLM matches"]
-        assert "400 / 400" in rows[0][1] and "1 / 7" in rows[1][1] and "prose-s0-L2" in rows[1][1]
+        assert "4,000 / 4,000 tokens" in rows[0][1] and "1 / 7" in rows[1][1] and "prose-s0-L2" in rows[1][1]
         assert "coming" in rows[2][1]
         assert page.locator("a.stack-link").count() > 0  # what is built is listed below it
         _shot(page, "home-building")

@@ -117,3 +117,36 @@ def test_real_export_layouts_explainers_and_examples(tmp_path, family):
     with atlas.read() as con:
         assert con.execute("SELECT feature, tokens, highlight, activation FROM examples WHERE sae_id = ?",
                            [sae1]).fetchall() == [(8, ["the", " cat", " sat"], 1, 2.5)]
+
+
+def test_token_labels_pick_the_tokens_a_feature_fires_on_beyond_their_corpus_share():
+    """Planted stream of 6000 tokens over ids 0..9 (id 0 half of them, id 7 a twentieth): feature 0 fires on every
+    id 7 and on a few id 0 (lift of 7: 20 × its share of 0's firings), feature 1 fires everywhere with its top at
+    position 100 (no token tells it apart: labelled by context), feature 2 never fires (no label), feature 3 fires
+    twice on id 9 (under the support floor: context)."""
+    import numpy as np
+    import torch
+
+    from ingest.token_labels import firing_counts, lift_labels
+
+    rng = np.random.default_rng(0)
+    ids = rng.choice(10, 6000, p=[0.5, 0.1, 0.1, 0.1, 0.05, 0.05, 0.05, 0.05, 0, 0]).astype(np.int64)
+    ids[[10, 20]] = 9
+    doc = np.arange(6000) // 300
+    acts = np.zeros((6000, 4), np.float32)
+    acts[ids == 7, 0] = 1.0
+    acts[np.nonzero(ids == 0)[0][:10], 0] = 0.5
+    acts[:, 1] = 0.1
+    acts[100, 1] = 5.0
+    acts[[10, 20], 3] = 1.0
+    x = torch.from_numpy(acts)  # the "encoder" is the identity: these are the feature activations
+    words = lambda toks: [f"t{t}" for t in toks]  # noqa: E731
+    feats, toks, counts, n_f, top, at = firing_counts(lambda chunk: chunk, x, ids, 4, chunk=1000)
+    assert n_f.tolist() == [int((ids == 7).sum()) + 10, 6000, 0, 2] and at[1] == 100 and top[1] == 5.0
+    labels = lift_labels(feats, toks, counts, n_f, at, ids, doc, words)
+    n7 = int((ids == 7).sum())
+    lift7 = (n7 / (n7 + 10)) / (n7 / 6000)
+    assert lift7 > 10 and labels[0] == f"“t7” ×{lift7:.0f}"  # a single token: the ids of 0 are below its lift
+    assert labels[1] == "context “" + " ".join(f"[t{ids[100]}]" if i == 100 else f"t{ids[i]}" for i in range(97, 103)) + "”"
+    assert 2 not in labels
+    assert labels[3].startswith("context “")

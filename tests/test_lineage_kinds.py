@@ -96,7 +96,7 @@ def test_gap_edges_bridge_a_missing_layer(tmp_path):
     with atlas.read() as con:
         lin = lineage(con, ids[0], 5, direction="forward")
         assert _edges(lin) == [(ids[0], 5, ids[2], 5, "gap", 1)]
-        assert "last seen at layer 2" in lin.summary
+        assert "last node at layer 2" in lin.summary and "layer 2: 1 feature (1 gap)" in lin.summary
         macro = con.execute("SELECT sae_a, feature_a, sae_b, feature_b, kind, gap FROM lineage_edges(?, 5)",
                             [ids[2]]).fetchall()
         assert macro == [(ids[0], 5, ids[2], 5, "gap", 1)]
@@ -106,19 +106,54 @@ def test_gap_edges_bridge_a_missing_layer(tmp_path):
 def test_summary_line_says_how_a_feature_ends(synth_atlas, truth):
     split = next(t for t in truth if t["kind"] == "split" and t["sae_a"] == _id(1))
     died = next(t for t in truth if t["kind"] == "death" and t["sae_a"] == _id(1))
-    merge = next(t for t in truth if t["kind"] == "merge" and t["sae_a"] == _id(0))
     with synth_atlas.read() as con:
         s = lineage(con, _id(1), split["feature_a"], tau=0.6, max_skip=0)
-        assert "splits into 2 at layer 2" in s.summary
+        at2 = next(x for x in s.layers if x.layer == 2)
+        assert (at2.nodes, at2.carry, at2.split) == (2, 1, 1)  # the planted split: one child carries on, one splits off
+        assert "layer 2: 2 features (1 carry, 1 split)" in s.summary
         d = lineage(con, _id(1), died["feature_a"], tau=0.6, max_skip=0)
-        assert d.ending == "dies" and "last seen at layer 1" in d.summary
-        m = lineage(con, _id(0), merge["feature_a"], tau=0.6, max_skip=0, direction="forward")
-        kinds = {e.kind for e in m.edges if e.sae_a == _id(0)}
-        assert kinds in ({"carry"}, {"merge"})
-        if kinds == {"merge"}:
-            assert m.ending == f"merges into {_id(1)}/{merge['feature_b']}"
+        assert d.ending == "dies" and d.death_layer == 1
+        assert d.summary.endswith("last node at layer 1 · dies: no edge from layer 1 passes tau=0.6 to layer 2")
+        back = lineage(con, _id(1), died["feature_a"], tau=0.6, direction="backward")
+        assert back.ending == "not followed forward"
         with pytest.raises(Exception, match="edges must be default or all"):
             lineage(con, _id(0), 0, edges="some")
+
+
+@pytest.mark.parametrize("mode", ["default", "all"])
+def test_summary_states_exactly_the_nodes_and_edges_it_comes_with(synth_atlas, mode):
+    """The summary, birth and death layers and per-layer counts are read off the answer's own nodes and edges: a
+    lineage whose carry chain ends early while split children go on (the old summary said 'last seen' at the
+    chain's end) says where its last node is."""
+    checked = lasting = 0
+    with synth_atlas.read() as con:
+        files = FileEdges.with_saes(con)
+        for layer in range(TINY.n_layers):
+            for f in range(0, TINY.d_sae, 5):
+                lin = lineage(con, _id(layer), f, tau=0.6, edges=mode, include_sites=False, files=files)
+                layers = sorted({n.layer for n in lin.nodes})
+                assert [x.layer for x in lin.layers] == layers
+                assert (lin.birth_layer, lin.death_layer) == (layers[0], layers[-1])
+                for x in lin.layers:
+                    assert x.nodes == sum(n.layer == x.layer for n in lin.nodes)
+                    into = [e.kind for e in lin.edges if int(e.sae_b.split("resid")[1].split("-")[0]) == x.layer]
+                    assert {k: getattr(x, k) for k in ("carry", "gap", "split", "merge", "candidate")} == \
+                        {k: into.count(k) for k in ("carry", "gap", "split", "merge", "candidate")}
+                assert f"last node at layer {lin.death_layer}" in lin.summary
+                assert lin.ending == ("survives to the last layer" if lin.death_layer == TINY.n_layers - 1 else "dies")
+                chain = _carry_chain_end(lin)
+                lasting += chain < lin.death_layer
+                checked += 1
+    assert checked >= 200 and lasting >= 1  # some lineages outlive their root's carry chain
+
+
+def _carry_chain_end(lin) -> int:
+    """The layer where the root's own carry chain (what the old summary followed) ends."""
+    node, layer = (lin.root.sae_id, lin.root.feature), lin.root.layer
+    while nxt := [e for e in lin.edges if (e.sae_a, e.feature_a) == node and e.kind in ("carry", "gap")]:
+        node = (nxt[0].sae_b, nxt[0].feature_b)
+        layer = int(node[0].split("resid")[1].split("-")[0])
+    return layer
 
 
 def test_findings_measure_lineage_size_before_and_after_typed_edges(synth_atlas):

@@ -141,7 +141,9 @@ def test_findings_report_on_the_real_family(small_family):
     assert [(r["distance"], r["pairs"]) for r in f["distance"]] == [(1, 4), (2, 2)]  # two 3-layer stacks
     for r in f["distance"]:
         assert r["matched_frac"] == pytest.approx(np.mean(by_distance[r["distance"]]))
-    assert {r["relation"]: r["pairs"] for r in f["siblings"]} == {"seed": 3, "dataset": 2}
+    # the code SAE of layer 1 is a dataset sibling of prose seed 0 and differs from prose seed 1 in both
+    assert {r["relation"]: r["pairs"] for r in f["siblings"]} == {"seed": 3, "dataset": 1, "seed and dataset": 1}
+    assert f["same_index"] and all(r["same_index"] < 0.1 for r in f["same_index"])  # each SAE from its own init
     assert len(f["agreement"]) == 11  # every correlated pair also has a decoder assignment
     for r in f["agreement"]:
         dec, act = kept[(r["sae_a"], r["sae_b"], "decoder_cos")], kept[(r["sae_a"], r["sae_b"], "activation_corr")]

@@ -214,6 +214,14 @@ def test_permutation_only_pairs(synth_atlas):
         assert m.values[0][1] == m.values[1][0] == adjacent[0].matched_frac
         far = [p for p in all_pairs if p.layer_b - p.layer_a == 2]
         assert max(p.matched_frac for p in far) < min(p.matched_frac for p in adjacent)  # farther = fewer matched
+        # every answer says whose layers these are: the API's rows, the macros, and the view (stack first)
+        everyone = layer_pairs(con) + layer_pairs(con, method="decoder_mse")
+        assert {p.stack for p in all_pairs} == {STACK} and len({p.stack for p in everyone}) > 1
+        stack_of = dict(con.execute("SELECT sae_id, stack FROM saes").fetchall())
+        assert all(p.stack == stack_of[p.sae_a] == stack_of[p.sae_b] for p in everyone)
+        view = con.execute("SELECT * FROM layer_pairs LIMIT 1")
+        assert view.description[0][0] == "stack"
+        assert con.execute("SELECT DISTINCT stack FROM permutation_pairs(stack_ := ?)", [STACK]).fetchall() == [(STACK,)]
 
 
 def _fate(truth, layer, feature):

@@ -24,6 +24,7 @@ function h(tag, attrs = {}, ...children) {
 }
 
 const link = (href, text, attrs = {}) => h("a", { href, ...attrs }, text);
+const num = x => Number(x).toLocaleString("en-US");  // 1,200,000: counts of tokens and samples read at a glance
 const featureHref = (sae, i) => `#/feature/${enc(sae)}/${i}`;
 const fmt = (x, d = 3) => (x === null || x === undefined ? "–"
   : typeof x === "number" ? (Number.isInteger(x) ? String(x) : Math.abs(x) < 0.01 && x !== 0 ? x.toExponential(2) : x.toFixed(d)) : x);
@@ -74,7 +75,7 @@ function buildPanel(b) {
     h("td", {}, s.total === null ? h("span", { class: "muted" }, "coming")
       : s.total === 0 ? h("span", { class: "muted" }, "none in this plan")
       : h("progress", { value: s.done, max: s.total })),
-    h("td", { class: "count" }, s.total ? `${s.done} / ${s.total}` : ""),
+    h("td", { class: "count" }, s.total ? `${num(s.done)} / ${num(s.total)}${s.unit ? " " + s.unit : ""}` : ""),
     h("td", { class: "muted" }, s.item || ""));
   return h("section", { id: "build", "data-state": b.state },
     h("h2", {}, title),
@@ -140,24 +141,28 @@ function heatmap(m, perm, onCell) {
 }
 
 function barChart(flow) {
-  const ns = "http://www.w3.org/2000/svg", w = 24, gap = 14, height = 160;
+  // each bar's count sits above it, inside the drawing: a top margin for the tallest bar's number and bars wide
+  // enough for five digits (16k-feature SAEs), so no label is cut off at the top or runs into its neighbour
+  const ns = "http://www.w3.org/2000/svg", w = 36, gap = 16, height = 160, top = 18, left = 20;
   const max = Math.max(1, ...flow.flatMap(f => [f.births || 0, f.deaths || 0]));
   const svg = document.createElementNS(ns, "svg");
-  svg.setAttribute("width", flow.length * (2 * w + gap) + 40); svg.setAttribute("height", height + 40);
+  svg.setAttribute("class", "births-deaths");
+  svg.setAttribute("width", left + flow.length * (2 * w + gap) + 20); svg.setAttribute("height", top + height + 30);
   flow.forEach((f, i) => {
     [["births", "#3b82f6"], ["deaths", "#ef4444"]].forEach(([k, colour], j) => {
-      const v = f[k] || 0, bh = (v / max) * height;
+      const v = f[k] || 0, bh = (v / max) * height, x = left + i * (2 * w + gap) + j * w;
       const r = document.createElementNS(ns, "rect");
-      r.setAttribute("x", 20 + i * (2 * w + gap) + j * w); r.setAttribute("y", height - bh + 10);
+      r.setAttribute("x", x); r.setAttribute("y", top + height - bh);
       r.setAttribute("width", w - 2); r.setAttribute("height", bh); r.setAttribute("fill", colour);
       const t = document.createElementNS(ns, "title"); t.textContent = `layer ${f.layer}: ${k} ${f[k] ?? "n/a"}`; r.append(t);
       const n = document.createElementNS(ns, "text");
-      n.setAttribute("x", 20 + i * (2 * w + gap) + j * w + w / 2 - 1); n.setAttribute("y", height - bh + 6);
-      n.setAttribute("text-anchor", "middle"); n.setAttribute("font-size", "10"); n.textContent = f[k] ?? "";
+      n.setAttribute("x", x + (w - 2) / 2); n.setAttribute("y", top + height - bh - 4);
+      n.setAttribute("text-anchor", "middle"); n.setAttribute("font-size", "10"); n.setAttribute("class", "bar-count");
+      n.textContent = f[k] ?? "";
       svg.append(r, n);
     });
     const label = document.createElementNS(ns, "text");
-    label.setAttribute("x", 20 + i * (2 * w + gap) + w); label.setAttribute("y", height + 28);
+    label.setAttribute("x", left + i * (2 * w + gap) + w - 1); label.setAttribute("y", top + height + 20);
     label.setAttribute("text-anchor", "middle"); label.textContent = `L${f.layer}`; svg.append(label);
   });
   return h("div", {}, svg, h("p", { class: "muted" }, "blue: born at this layer, red: gone by the next"));
@@ -204,7 +209,9 @@ async function featurePage(sae, i, params) {
     h("h2", {}, method), sortableTable([
       { key: "sae_id", label: "SAE", render: m => link(featureHref(m.sae_id, m.feature), `${m.sae_id}/${m.feature}`) },
       { key: "layer", label: "layer" }, { key: "score", label: "score" }, { key: "direction", label: "dir" },
-      { key: "assigned", label: "assigned", render: m => (m.assigned ? "✓" : "") }], refs)));
+      { key: "assigned", label: "assigned", render: m => (m.assigned ? "✓" : "") },
+      ...(refs.some(m => m.lineage) ? [{ key: "lineage", label: "in the lineage (τ 0.7)?", render: m => m.lineage || "" }] : [])],
+      refs)));
   const examples = card.examples.map(e => h("div", { class: "example" },
     h("span", { class: "tag" }, `${e.kind} ${fmt(e.activation, 2)}`),
     ...e.tokens.map((t, k) => (k === e.highlight ? h("b", {}, t) : t)).flatMap(x => [x, " "])));
@@ -216,10 +223,13 @@ async function featurePage(sae, i, params) {
     h("p", { id: "width-summary" }, tree.summary, " · ", link(`#/widths/${enc(sae)}/${i}`, "open the width tree"))] : [];
   view.replaceChildren(
     h("h1", {}, `${sae} / ${i}`, card.label ? h("span", { class: "muted" }, ` — ${card.label}`) : ""),
+    lin.root.top_tokens && lin.root.top_tokens.length
+      ? h("p", { id: "top-tokens", class: "muted" }, "top-activation tokens: ", lin.root.top_tokens.map(t => `“${t}”`).join(" ")) : "",
     h("p", {}, `layer ${card.layer} · decoder norm ${fmt(card.dec_norm)} · threshold ${fmt(card.threshold)} · density ${fmt(card.density, 4)} · `,
       card.neuronpedia_url ? link(card.neuronpedia_url, "Neuronpedia", { target: "_blank", rel: "noopener" }) : "no Neuronpedia id"),
     h("h2", {}, `Lineage (τ = ${tau}${edges === "all" ? ", every candidate" : ""})`),
     h("p", { id: "lineage-summary" }, lin.summary),
+    ...(card.lineage_notes || []).map(n => h("p", { class: "lineage-note" }, n)),
     graph,
     h("p", { id: "lineage-count", class: "muted" },
       `${lin.nodes.length} nodes, ${lin.edges.length} edges (${Object.entries(kinds).map(([k, n]) => `${n} ${k}`).join(", ") || "none"}) · `,
@@ -407,7 +417,7 @@ async function orphansPage(sae) {
   view.replaceChildren(h("h1", {}, `Orphans of ${sae}`),
     h("p", { id: "orphan-count" }, `${page.n_orphans} of ${page.n_features} features (${(100 * page.orphan_frac).toFixed(1)}%) are shared with none of: ${page.siblings.join(", ")}`),
     sortableTable([{ key: "feature", label: "feature", render: o => link(featureHref(sae, o.feature), o.feature) },
-      { key: "label", label: "label" }, { key: "n_siblings", label: "siblings" }], orphans));
+      { key: "label", label: "label", render: o => words(o) }, { key: "n_siblings", label: "siblings" }], orphans));
 }
 
 // ---- search and routing ----------------------------------------------------------------------------

@@ -8,7 +8,11 @@
   (mean best |cosine| both ways, Sharkey et al. 2022) of each sibling pair, each against its random baseline;
 - widths: per narrow/wide pair, how many narrow features are kept, split, duplicated or absent;
 - ablation: per edge kind and layer distance, the share of checked edges that hold under ablation;
-- flow: feature-flow origin classes of residual features, from weights and from activations, side by side.
+- flow: feature-flow origin classes of residual features, from weights and from activations, side by side;
+- same_index: per pair kind, the share of assigned pairs whose two features have the same index, beside chance
+  (an SAE family trained from one shared initialisation echoes it here; docs/design.md, Independent inits).
+
+Every row names its model, so an atlas holding several families (the planted one and MiniLM) reads per model.
 """
 
 from __future__ import annotations
@@ -16,17 +20,21 @@ from __future__ import annotations
 from .checks import ablation_findings
 from .common import dict_rows
 
+RELATION = """CASE WHEN a.dataset IS DISTINCT FROM b.dataset AND a.seed IS DISTINCT FROM b.seed THEN 'seed and dataset'
+     WHEN a.dataset IS DISTINCT FROM b.dataset THEN 'dataset'
+     WHEN a.seed IS DISTINCT FROM b.seed THEN 'seed' ELSE 'variant' END"""
+"""How two siblings (saes a and b: same model, hook and width) differ; one definition for every table that says it."""
+
 DISTANCE_SQL = """
-SELECT distance, count(*) AS pairs, avg(matched_frac) AS matched_frac, avg(mean_score) AS mean_score,
-       avg(mse_after_perm) AS mse_after_perm, avg(explained_variance) AS explained_variance
-FROM layer_pairs WHERE method = ? AND stack LIKE ? GROUP BY distance ORDER BY distance
+SELECT a.model, p.distance, count(*) AS pairs, avg(p.matched_frac) AS matched_frac, avg(p.mean_score) AS mean_score,
+       avg(p.mse_after_perm) AS mse_after_perm, avg(p.explained_variance) AS explained_variance
+FROM layer_pairs p JOIN saes a ON a.sae_id = p.sae_a
+WHERE p.method = ? AND p.stack LIKE ? AND a.model LIKE ? GROUP BY ALL ORDER BY a.model, p.distance
 """
 
 SIBLINGS_SQL = """
 WITH sib AS (
-    SELECT p.sae_a, p.sae_b, a.layer,
-           CASE WHEN a.dataset IS DISTINCT FROM b.dataset THEN 'dataset'
-                WHEN a.seed IS DISTINCT FROM b.seed THEN 'seed' ELSE 'variant' END AS relation
+    SELECT p.sae_a, p.sae_b, a.layer, a.model, """ + RELATION + """ AS relation
     FROM pair_stats p JOIN saes a ON a.sae_id = p.sae_a JOIN saes b ON b.sae_id = p.sae_b
     WHERE p.method = 'decoder_cos' AND a.layer = b.layer AND a.site = b.site AND a.stack <> b.stack AND a.model LIKE ?),
 shared AS (  -- Paulo & Belrose: same partner under decoder and encoder assignments, both cosines >= 0.7
@@ -34,53 +42,80 @@ shared AS (  -- Paulo & Belrose: same partner under decoder and encoder assignme
         SELECT sae_a, sae_b, feature_a, feature_b FROM matches
         WHERE assigned AND score >= 0.7 AND method IN ('decoder_cos', 'encoder_cos')
         GROUP BY ALL HAVING count(DISTINCT method) = 2) m GROUP BY ALL)
-SELECT relation, count(*) AS pairs, avg(ps.matched_frac) AS decoder_matched_frac,
+SELECT model, relation, count(*) AS pairs, avg(ps.matched_frac) AS decoder_matched_frac,
        avg(coalesce(sh.n, 0) / ps.n_a) AS shared_frac
 FROM sib JOIN pair_stats ps ON ps.sae_a = sib.sae_a AND ps.sae_b = sib.sae_b AND ps.method = 'decoder_cos'
 LEFT JOIN shared sh ON sh.sae_a = sib.sae_a AND sh.sae_b = sib.sae_b
-GROUP BY relation ORDER BY relation
+GROUP BY ALL ORDER BY model, relation
 """
 
 AGREEMENT_SQL = """
 WITH d AS (SELECT sae_a, sae_b, feature_a, feature_b FROM matches WHERE method = 'decoder_cos' AND assigned),
      c AS (SELECT sae_a, sae_b, feature_a, feature_b FROM matches WHERE method = 'activation_corr' AND assigned)
-SELECT d.sae_a, d.sae_b, count(*) AS both_assigned, avg((d.feature_b = c.feature_b)::INT) AS same_partner
-FROM d JOIN c USING (sae_a, sae_b, feature_a)
-GROUP BY ALL ORDER BY d.sae_a, d.sae_b
+SELECT s.model, d.sae_a, d.sae_b, count(*) AS both_assigned, avg((d.feature_b = c.feature_b)::INT) AS same_partner
+FROM d JOIN c USING (sae_a, sae_b, feature_a) JOIN saes s ON s.sae_id = d.sae_a
+WHERE s.model LIKE ?
+GROUP BY ALL ORDER BY s.model, d.sae_a, d.sae_b
 """
 
 COMPOSITIONS_SQL = """
-SELECT c.kind, c.sae_a, c.parents, c.sae_b, c.feature_b, c.score
-FROM compositions c WHERE c.kind IN ('AND', 'OR') ORDER BY c.score DESC LIMIT ?
+SELECT s.model, c.kind, c.sae_a, c.parents, c.sae_b, c.feature_b, c.score
+FROM compositions c JOIN saes s ON s.sae_id = c.sae_a
+WHERE c.kind IN ('AND', 'OR') AND s.model LIKE ? ORDER BY c.score DESC LIMIT ?
 """
 
 
 CONSISTENCY_SQL = """
-SELECT p.sae_a, p.sae_b, a.layer,
-       CASE WHEN a.dataset IS NOT DISTINCT FROM b.dataset THEN 'seed' ELSE 'dataset' END AS relation,
+SELECT a.model, p.sae_a, p.sae_b, a.layer, """ + RELATION + """ AS relation,
        p.pw_mcc, p.pw_mcc_random, p.mmcs, p.mmcs_random
 FROM pair_stats p JOIN saes a ON a.sae_id = p.sae_a JOIN saes b ON b.sae_id = p.sae_b
 WHERE p.method = 'decoder_cos' AND (p.pw_mcc IS NOT NULL OR p.mmcs IS NOT NULL) AND a.layer = b.layer AND a.site = b.site
   AND a.stack <> b.stack
   AND a.d_sae = b.d_sae AND a.model LIKE ?
-ORDER BY a.layer, p.sae_a, p.sae_b
+ORDER BY a.model, a.layer, p.sae_a, p.sae_b
 """
 
 WIDTHS_SQL = """
-SELECT w.sae_a, w.sae_b, a.layer, a.d_sae AS d_a, b.d_sae AS d_b,
+SELECT a.model, w.sae_a, w.sae_b, a.layer, a.d_sae AS d_a, b.d_sae AS d_b,
        count(*) FILTER (WHERE class = 'kept') AS kept, count(*) FILTER (WHERE class = 'split') AS split,
        count(*) FILTER (WHERE class = 'duplicate') AS duplicate, count(*) FILTER (WHERE class = 'absent') AS absent,
        avg(n_children) FILTER (WHERE class = 'split') AS mean_split_children,
        avg(combo_cos) FILTER (WHERE class = 'split') AS mean_split_combo_cos
 FROM widths w JOIN saes a ON a.sae_id = w.sae_a JOIN saes b ON b.sae_id = w.sae_b
-WHERE a.model LIKE ? GROUP BY ALL ORDER BY a.layer, d_a
+WHERE a.model LIKE ? GROUP BY ALL ORDER BY a.model, a.layer, d_a
 """
 
 
+SAME_INDEX_SQL = """
+WITH kinds AS (
+    SELECT a.model, p.n_a, p.n_b, p.n_assigned, p.identity_frac,
+           CASE WHEN a.stack = b.stack THEN 'layers'
+                WHEN a.hook = b.hook AND a.d_sae = b.d_sae THEN """ + RELATION + """ || ' siblings'
+                WHEN a.hook = b.hook THEN 'widths (assignment)'
+                WHEN a.layer = b.layer AND a.site <> b.site THEN 'flow'
+                ELSE 'other' END AS kind,
+           CASE WHEN a.stack = b.stack THEN b.layer - a.layer END AS distance
+    FROM pair_stats p JOIN saes a ON a.sae_id = p.sae_a JOIN saes b ON b.sae_id = p.sae_b
+    WHERE p.method = 'decoder_cos' AND p.n_assigned > 0 AND a.model LIKE ?)
+SELECT model, kind, distance, count(*) AS pairs, sum(n_assigned)::BIGINT AS assigned,
+       sum(identity_frac * n_assigned) / sum(n_assigned) AS same_index, avg(1 / greatest(n_a, n_b)) AS chance
+FROM kinds GROUP BY ALL
+UNION ALL  -- width children at their parent's index (widths table: a wide feature's parent is its best narrow one)
+SELECT a.model, 'width children', NULL, count(DISTINCT (w.sae_a, w.sae_b)), count(*)::BIGINT,
+       avg((c.child = w.feature_a)::INT), avg(1 / b.d_sae)
+FROM widths w, unnest(w.children) AS c(child), saes a, saes b
+WHERE a.sae_id = w.sae_a AND b.sae_id = w.sae_b AND a.model LIKE ?
+GROUP BY ALL
+ORDER BY model, kind, distance
+"""
+"""Per model and pair kind (cross-layer carries by layer distance, seed / dataset siblings, width children at their
+parent's index, flow pairs): the share of decoder_cos-assigned pairs whose two features have the same index, and
+chance (1 / the larger width). SAEs trained from one initialisation leave it far above chance."""
+
 FLOW_SQL = """
-SELECT DISTINCT r.sae_id, r.layer, r.d_sae FROM saes r JOIN saes x
+SELECT DISTINCT r.model, r.sae_id, r.layer, r.d_sae FROM saes r JOIN saes x
   ON x.model = r.model AND x.layer = r.layer AND x.d_in = r.d_in AND x.site IN ('mlp', 'attn')
-WHERE r.site = 'resid' AND r.model LIKE ? ORDER BY r.layer, r.sae_id
+WHERE r.site = 'resid' AND r.model LIKE ? ORDER BY r.model, r.layer, r.sae_id
 """
 
 
@@ -92,14 +127,14 @@ def flow(con, model: str = "%", tau: float = 0.5) -> list[dict]:
     from .lineage import flow_origins
 
     out = []
-    for sae_id, layer, d_sae in con.execute(FLOW_SQL, [model]).fetchall():
+    for model_, sae_id, layer, d_sae in con.execute(FLOW_SQL, [model]).fetchall():
         by = {m: flow_origins(con, sae_id, list(range(d_sae)), m, tau) for m in ("decoder_cos", "activation_corr")}
         if not any(by.values()):
             continue
         counts = {m: {c: list(o.values()).count(c) for c in sorted(set(o.values()))} for m, o in by.items()}
         w, a = by["decoder_cos"], by["activation_corr"]
         agree = sum(w[f] == a[f] for f in w) / len(w) if w and a else None
-        out.append({"sae_id": sae_id, "layer": layer, "weights": counts["decoder_cos"],
+        out.append({"model": model_, "sae_id": sae_id, "layer": layer, "weights": counts["decoder_cos"],
                     "activations": counts["activation_corr"], "agree": agree})
     return out
 
@@ -111,20 +146,36 @@ def context(con, sae_id: str, feature: int, n: int = 2) -> list[str]:
     return [" ".join(f"[{t}]" if i == h else t for i, t in enumerate(toks)).replace(" ##", "") for toks, h in rows]
 
 
+def same_index(con, model: str = "%") -> list[dict]:
+    """SAME_INDEX_SQL's rows: how far each pair kind's assignment echoes a shared initialisation."""
+    return dict_rows(con, SAME_INDEX_SQL, [model, model])
+
+
+def models(con, model: str = "%") -> list[str]:
+    """The models of the atlas's SAEs that match the LIKE pattern `model`, in name order."""
+    return [r[0] for r in con.execute("SELECT DISTINCT model FROM saes WHERE model LIKE ? ORDER BY 1", [model]).fetchall()]
+
+
 def findings(con, model: str = "%", stack: str = "%", examples: int = 3) -> dict:
-    comps = dict_rows(con, COMPOSITIONS_SQL, [examples])
+    """Every table of the module docstring for the models matching `model` (LIKE), each row naming its model;
+    `stack` (LIKE) narrows the distance table."""
+    comps = dict_rows(con, COMPOSITIONS_SQL, [model, examples])
     for c in comps:
         c["child_context"] = context(con, c["sae_b"], c["feature_b"])
         c["parent_contexts"] = {p: context(con, c["sae_a"], p, 1) for p in c["parents"]}
-    kinds = dict(con.execute("SELECT kind, count(*) FROM compositions GROUP BY 1").fetchall())
+    kinds = dict(con.execute("SELECT c.kind, count(*) FROM compositions c JOIN saes s ON s.sae_id = c.sae_a "
+                             "WHERE s.model LIKE ? GROUP BY 1", [model]).fetchall())
+    names = models(con, model)
     return {
-        "distance": dict_rows(con, DISTANCE_SQL, ["decoder_cos", stack]),
+        "distance": dict_rows(con, DISTANCE_SQL, ["decoder_cos", stack, model]),
         "siblings": dict_rows(con, SIBLINGS_SQL, [model]),
-        "agreement": dict_rows(con, AGREEMENT_SQL, []),
+        "agreement": dict_rows(con, AGREEMENT_SQL, [model]),
         "composition_counts": kinds,
         "compositions": comps,
         "consistency": dict_rows(con, CONSISTENCY_SQL, [model]),
         "widths": dict_rows(con, WIDTHS_SQL, [model]),
-        "ablation": ablation_findings(con, model),  # edges that hold under ablation (checks.py)
+        # edges that hold under ablation (checks.py), asked per model so each row can say which
+        "ablation": [dict(r, model=m) for m in names for r in ablation_findings(con, m)],
         "flow": flow(con, model),
+        "same_index": same_index(con, model),
     }

@@ -16,6 +16,8 @@ connection's catalog.
 
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 
 from ..store.edgeindex import CANDIDATE, CARRY, KINDS
@@ -24,7 +26,7 @@ from .checks import attach_checks
 from .common import check_feature, check_fraction, check_method, check_tau, feature_url, sae_row, top_tokens
 from .computed import require_stack_method
 from .edges import FileEdges
-from .records import Edge, Lineage, Node, OverBudget, QueryError
+from .records import Edge, Lineage, LineageLayer, Node, OverBudget, QueryError
 
 MAX_NODES = 2000
 EDGE_MODES = ("default", "all")
@@ -104,10 +106,10 @@ def lineage(con, sae_id: str, feature: int, direction: str = "both", tau: float 
     death = max(n.layer for n in nodes)
     threshold = f"quantile={quantile} per pair" if quantile is not None else f"tau={tau}"
     out = sorted(edges.values(), key=lambda e: (layer_of[e.sae_a], e.feature_a, layer_of[e.sae_b], e.feature_b))
-    ending, summary = _summary(out, (sae_id, feature), layer_of, ids, direction)
+    ending, summary, layers = _summary(nodes, out, layer_of, ids, direction, threshold)
     return Lineage(root=root, nodes=nodes, edges=out, birth_layer=birth, death_layer=death,
                    lifespan=death - birth + 1, method=method, threshold=threshold, edges_mode=mode,
-                   ending=ending, summary=summary)
+                   ending=ending, summary=summary, layers=layers)
 
 
 def checked_lineage(con, sae_id: str, feature: int, direction: str = "both", tau: float | None = 0.7,
@@ -123,46 +125,50 @@ def checked_lineage(con, sae_id: str, feature: int, direction: str = "both", tau
                                       files, edges))
 
 
-def _summary(edges: list[Edge], root: tuple, layer_of: dict, ids: list[str], direction: str) -> tuple[str, str]:
-    """How the root's line goes: born (first node on its carry chain backward), splits along the way,
-    last seen, and how it ends (survives / dies / splits into k / merges into another feature)."""
-    out: dict[tuple, list[Edge]] = {}
-    into: dict[tuple, list[Edge]] = {}
+KIND_ORDER = ("carry", "gap", "split", "merge", "candidate")
+
+
+def _summary(nodes: list[Node], edges: list[Edge], layer_of: dict, ids: list[str], direction: str,
+             threshold: str) -> tuple[str, str, list[LineageLayer]]:
+    """(ending, summary, per-layer counts) from exactly the nodes and edges the answer holds, so the line never
+    contradicts the graph drawn from them (docs/design.md, Lineage): where it is born, per layer how many features
+    and by which kinds of edge they are reached, the last layer with a node, and how it ends there."""
+    count = Counter(n.layer for n in nodes)
+    into: dict[int, Counter] = {}
     for e in edges:
-        out.setdefault((e.sae_a, e.feature_a), []).append(e)
-        into.setdefault((e.sae_b, e.feature_b), []).append(e)
-    carried = ("carry", "gap")
-    first = root
-    while direction != "forward" and (c := [e for e in into.get(first, []) if e.kind in carried]):
-        first = (c[0].sae_a, c[0].feature_a)
-    born = layer_of[first[0]]
-    parts = [f"followed from layer {born}" if direction == "forward" else
-             f"present from layer {born}" if first[0] == ids[0] else f"born at layer {born}"]
-    node, ending = root, "unknown"
-    while True:
-        nxt = out.get(node, [])
-        splits = [e for e in nxt if e.kind == "split"]
-        carry = [e for e in nxt if e.kind in carried]
-        if splits:
-            parts.append(f"splits into {len(splits) + len(carry)} at layer {layer_of[splits[0].sae_b]}")
-        if not carry:
-            break
-        node = (carry[0].sae_b, carry[0].feature_b)
-    last = layer_of[node[0]]
-    merge = [e for e in out.get(node, []) if e.kind == "merge"]
-    split_end = [e for e in out.get(node, []) if e.kind == "split"]
+        into.setdefault(layer_of[e.sae_b], Counter())[e.kind] += 1
+    layers = [LineageLayer(layer=layer, nodes=count[layer], **{k: into.get(layer, Counter())[k] for k in KIND_ORDER})
+              for layer in sorted(count)]
+    born, last = layers[0], layers[-1]
+    stack_layers = [layer_of[s] for s in ids]
+    start = (f"followed from layer {born.layer}" if direction == "forward" else
+             f"present from layer {born.layer}" if born.layer == stack_layers[0] else f"born at layer {born.layer}")
+    parts = [start + (f" as {born.nodes} features" if born.nodes > 1 else "")]
+    runs: list[list] = []  # [first layer, last layer, features, kinds]: equal neighbouring layers said once
+    for x in layers[1:]:
+        kinds = ", ".join(f"{getattr(x, k)} {k}" for k in KIND_ORDER if getattr(x, k))
+        if runs and runs[-1][2:] == [x.nodes, kinds] and _next(stack_layers, runs[-1][1]) == x.layer:
+            runs[-1][1] = x.layer
+        else:
+            runs.append([x.layer, x.layer, x.nodes, kinds])
+    parts += [(f"layer {a}: " if a == b else f"layers {a}–{b}: ") + f"{n} feature{'s' if n > 1 else ''}"
+              + ("" if a == b else " each") + f" ({kinds})" for a, b, n, kinds in runs]
+    parts.append(f"last node at layer {last.layer}")
     if direction == "backward":
         ending = "not followed forward"
-    elif merge:
-        ending = f"merges into {merge[0].sae_b}/{merge[0].feature_b}"
-    elif split_end:
-        ending = f"splits into {len(split_end)}"
-    elif node[0] == ids[-1]:
+        parts.append(ending)
+    elif last.layer == stack_layers[-1]:
         ending = "survives to the last layer"
+        parts.append(ending + (f" as {last.nodes} features" if last.nodes > 1 else ""))
     else:
         ending = "dies"
-    parts += [f"last seen at layer {last}", ending]
-    return ending, " · ".join(parts)
+        parts.append(f"dies: no edge from layer {last.layer} passes {threshold} to layer {_next(stack_layers, last.layer)}")
+    return ending, " · ".join(parts), layers
+
+
+def _next(stack_layers: list[int], layer: int) -> int | None:
+    """The stack's next layer after `layer` (stacks may skip layers)."""
+    return next((x for x in stack_layers if x > layer), None)
 
 
 def _step(files: FileEdges, ids, pos, nodes, forward, max_skip, method, low, bar, mode, distance):

@@ -8,7 +8,7 @@ k siblings a feature is "shared in n of k−1"; an orphan is shared in none. The
 
 from __future__ import annotations
 
-from .common import check_fraction, sae_row
+from .common import check_fraction, sae_row, top_tokens
 from .computed import require_siblings_matched
 from .records import FeatureSharing, Orphans, QueryError
 
@@ -36,5 +36,8 @@ def orphans(con, sae_id: str, tau: float = 0.7, min_siblings: int = 1, by: str =
     siblings = sibling_ids(con, sae_id)
     require_siblings_matched(con, sae_id, siblings, n_sib)
     lonely = [s for s in sharing if s.n_shared == 0] if n_sib >= min_siblings else []
+    tokens = top_tokens(con, [sae_id] * len(lonely), [s.feature for s in lonely]) if lonely else {}
+    for s in lonely:  # the raw top tokens beside the label (docs/design.md, Labels)
+        s.top_tokens = tokens.get((sae_id, s.feature))
     return Orphans(sae_id=sae_id, siblings=siblings, n_features=len(sharing), n_orphans=len(lonely),
                    orphan_frac=len(lonely) / len(sharing) if sharing else 0.0, orphans=lonely)

@@ -31,7 +31,7 @@ def layer_pairs(con, stack: str | None = None, method: str = "decoder_cos", min_
             return []
         rows = con.execute(
             "SELECT sae_a, sae_b, layer_a, layer_b, method, n_a, n_b, n_matched, matched_frac, NULL, mean_score, "
-            "median_score, mse_after_perm, identity_frac, false FROM layer_pairs WHERE (? IS NULL OR stack = ?) "
+            "median_score, mse_after_perm, identity_frac, false, stack FROM layer_pairs WHERE (? IS NULL OR stack = ?) "
             "AND method = ? ORDER BY stack, layer_a, layer_b", [stack, stack, method]).fetchall()
         return [LayerPair(*r) for r in rows]
     rows = con.execute("SELECT * FROM layer_pair_stats(method_ := ?, min_frac_ := ?, min_score_ := ?, stack_ := ?)",

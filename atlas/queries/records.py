@@ -129,6 +129,11 @@ class MatchRef(msgspec.Struct):
     direction: str
     """'out': this feature is sae_a (its top candidates); 'in': this feature is sae_b (candidates
     pointing to it, from score 0.5 up for similarity methods)."""
+    kind: str | None = None
+    """For decoder_cos matches with a neighbouring layer of the stack: carry | split | merge | candidate."""
+    lineage: str | None = None
+    """For decoder_cos matches: whether the default lineage (τ 0.7) follows this edge, and if not, why
+    (below τ, assigned elsewhere, another stack, a layer apart)."""
 
 
 class FeatureCard(msgspec.Struct):
@@ -145,6 +150,9 @@ class FeatureCard(msgspec.Struct):
     lineage_url: str
     matches: dict[str, list[MatchRef]]
     examples: list[dict[str, Any]]
+    lineage_notes: list[str] = []
+    """Where the carry goes to (or comes from) a partner that scores lower than another: why (the assignment is
+    one-to-one over the whole layer pair)."""
 
 
 class PairMatch(msgspec.Struct):
@@ -202,6 +210,17 @@ class Edge(msgspec.Struct):
     """That drop is beyond the 95th percentile of its pair's random pairs (checks.py)."""
 
 
+class LineageLayer(msgspec.Struct):
+    """One layer of a lineage: its nodes, and the edges into them by kind (what the summary line says)."""
+    layer: int
+    nodes: int
+    carry: int = 0
+    gap: int = 0
+    split: int = 0
+    merge: int = 0
+    candidate: int = 0
+
+
 class Lineage(msgspec.Struct):
     root: Node
     nodes: list[Node]
@@ -216,9 +235,12 @@ class Lineage(msgspec.Struct):
     edges_mode: str = "default"
     """default (carry, split, merge, gap) or all (every passing candidate)."""
     ending: str = ""
-    """How the root's line ends: survives to the last layer | dies | splits into k | merges into SAE/feature."""
+    """How the lineage ends: survives to the last layer | dies | not followed forward (direction=backward)."""
     summary: str = ""
-    """One line: born, splits, last seen, ending."""
+    """One line from exactly these nodes and edges: born, per layer its features and edges by kind, the last
+    layer with a node, how it ends."""
+    layers: list[LineageLayer] = []
+    """Per layer with a node, first to last: the counts the summary states."""
 
 
 class LayerPair(msgspec.Struct):
@@ -238,6 +260,8 @@ class LayerPair(msgspec.Struct):
     mse_after_perm: float | None
     identity_frac: float | None
     permutation_only: bool
+    stack: str | None = None
+    """The stack both SAEs belong to (None only from an atlas no job has opened since this column came)."""
 
 
 class FeatureSharing(msgspec.Struct):
@@ -245,6 +269,8 @@ class FeatureSharing(msgspec.Struct):
     n_shared: int
     n_siblings: int
     label: str | None = None
+    top_tokens: list[str] | None = None
+    """Firing tokens of its top examples (orphans only), as lineage nodes carry them."""
 
 
 class Orphans(msgspec.Struct):
@@ -296,6 +322,7 @@ class WidthPair(msgspec.Struct):
     absent: int
     mean_split_children: float | None
     mean_split_combo_cos: float | None
+    model: str | None = None
 
 
 class Consistency(msgspec.Struct):
@@ -303,7 +330,7 @@ class Consistency(msgspec.Struct):
     sae_b: str
     layer: int
     relation: str
-    """seed (same dataset) or dataset."""
+    """How the siblings differ: seed (same dataset), dataset (same seed), seed and dataset, or variant."""
     pw_mcc: float | None
     """PW-MCC (Song et al. 2025): mean decoder cosine of one one-to-one assignment of all features (over the
     min(n_a, n_b) pairs). None on an atlas migrated from before it was computed: rerun `atlas match`."""
@@ -313,3 +340,4 @@ class Consistency(msgspec.Struct):
     """MMCS (Sharkey et al. 2022): mean best |decoder cosine| in the other SAE, both directions."""
     mmcs_random: float | None
     """The same for random unit decoders of these widths and d_in (closed form)."""
+    model: str | None = None

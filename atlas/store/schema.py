@@ -246,8 +246,9 @@ SELECT stack, model, site, d_sae, arch, seed, dataset,
        count(*) AS n_saes, min(layer) AS first_layer, max(layer) AS last_layer
 FROM saes GROUP BY ALL;
 
+-- one row per matched (pair, method) within a stack; the stack first, so SELECT * says whose layers these are
 CREATE OR REPLACE VIEW layer_pairs AS
-SELECT p.*, a.stack, a.layer AS layer_a, b.layer AS layer_b, b.layer - a.layer AS distance
+SELECT a.stack, a.layer AS layer_a, b.layer AS layer_b, b.layer - a.layer AS distance, p.*
 FROM pair_stats p JOIN saes a ON a.sae_id = p.sae_a JOIN saes b ON b.sae_id = p.sae_b
 WHERE a.stack = b.stack;
 """
@@ -306,7 +307,7 @@ CREATE OR REPLACE MACRO layer_pair_stats(method_ := 'decoder_cos', min_frac_ := 
                                          stack_ := NULL) AS TABLE
 SELECT p.sae_a, p.sae_b, p.layer_a, p.layer_b, p.method, p.n_a, p.n_b, p.n_matched, p.matched_frac,
        coalesce(h.n_at, 0) / p.n_a AS frac_at_min_score, p.mean_score, p.median_score, p.mse_after_perm,
-       p.identity_frac, coalesce(h.n_at, 0) / p.n_a >= min_frac_ AS permutation_only
+       p.identity_frac, coalesce(h.n_at, 0) / p.n_a >= min_frac_ AS permutation_only, p.stack
 FROM layer_pairs p
 LEFT JOIN (SELECT sae_a, sae_b, method, count(*) AS n_at FROM matches_above(method_, min_score_)
            WHERE assigned GROUP BY ALL) h

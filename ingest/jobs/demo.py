@@ -23,7 +23,7 @@ from ingest.serving import Server
 from ingest.training import TrainConfig
 
 SIZES = ("tiny", "default", "full")
-PLANTED = ("planted SAEs", "planted matches")
+PLANTED = ("planted SAEs", "planted matches", "planted widths")
 
 
 def plans(size: str) -> tuple[SynthConfig, FamilyPlan]:
@@ -40,25 +40,30 @@ def plans(size: str) -> tuple[SynthConfig, FamilyPlan]:
 
 
 def build_planted(atlas: Atlas, cfg: SynthConfig, out: Path, status: StatusWriter) -> None:
-    """The planted-truth family (as `atlas synth` writes it), matched at layer distance <= 2 and between
-    siblings; a rerun finds it stored and matched."""
+    """The planted-truth family (as `atlas synth` writes it), matched at layer distance <= 2, between siblings
+    and across its widths (so the width tree answers on it); a rerun finds it stored and matched."""
     from atlas.match.pair import MatchParams
     from atlas.queries.selection import select_pairs
     from ingest.jobs.ingest import ingest_paths
     from ingest.jobs.match import run_match
+    from ingest.jobs.widths import run_widths
 
     total, count = n_saes(cfg), itertools.count(1)
     folders = generate(cfg, out)
-    done = ingest_paths(atlas, folders, progress=lambda *_: status.update(PLANTED[0], next(count), total))
+    done = ingest_paths(atlas, folders, progress=lambda *_: status.update(PLANTED[0], next(count), total, unit="SAEs"))
     status.update(PLANTED[0], total, total)
     ours = set(done.added + done.replaced + done.unchanged + done.merged)
     with atlas.read() as con:
         jobs = [([p for p in select_pairs(con, sel, distance=2) if p[0] in ours and p[1] in ours], methods)
                 for sel, methods in (("distance", ["decoder_cos"]), ("siblings", list(SIBLING_METHODS)))]
+        widths = [p for p in select_pairs(con, "widths") if p[0] in ours and p[1] in ours]
     n, count = sum(len(p) * len(m) for p, m in jobs), itertools.count(1)
-    status.update(PLANTED[1], 0, n)
+    status.update(PLANTED[1], 0, n, unit="pairs")
     for pairs, methods in jobs:
         run_match(atlas, pairs, methods, MatchParams(), progress=lambda *_: status.update(PLANTED[1], next(count), n))
+    count = itertools.count(1)
+    status.update(PLANTED[2], 0, len(widths), unit="pairs")
+    run_widths(atlas, widths, progress=lambda a, b: status.update(PLANTED[2], next(count), len(widths), f"{a} / {b}"))
 
 
 @contextmanager
@@ -106,7 +111,7 @@ def run_demo(atlas: Atlas, cache: Path, size: str = "default", host: str = "127.
                     raise RuntimeError(f"{e}; if the port is taken, pick another: `make demo PORT=8001`") from None
                 log(f"serving {url} (API under /api, docs at /schema); building the MiniLM family ({size})")
                 build_family(atlas, plan, cache / "minilm", log=log,
-                             progress=lambda step, done, total, item: status.update(f"MiniLM {step}", done, total, item))
+                             progress=lambda step, *progress: status.update(f"MiniLM {step}", *progress))
             log(f"MiniLM family ready; serving {url} until Ctrl-C")
             server.proc.wait()
             raise RuntimeError(f"the server stopped (exit {server.proc.returncode})")

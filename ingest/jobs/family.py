@@ -13,8 +13,9 @@ from tqdm import tqdm
 from atlas.match.pair import MatchParams
 from atlas.methods import SIBLING_METHODS
 from atlas.store import Atlas
-from ingest.activations import MANIFEST, ActivationConfig, collect, load_hook, read_manifest, resid_post, stored_hooks
-from ingest.training import TrainConfig, train_sae
+from ingest.activations import (MANIFEST, ActivationConfig, collect, load_hook, load_tokens, read_manifest, resid_post,
+                                 stored_hooks)
+from ingest.training import TrainConfig, check_tokens, train_sae
 
 FLOW_HOOKS = ("hook_mlp_out", "hook_attn_out")
 """Sub-layer outputs the flow SAEs read (MiniLM: before the add + LayerNorm; docs/design.md, Hooks on a
@@ -71,11 +72,14 @@ class FamilyPlan:
 
 
 STEPS = ("activations", "SAEs", "widths", "matches", "correlations")
-"""The steps of build_family, in order, as its `progress(step, done, total, item)` names them."""
+"""The steps of build_family, in order, as its `progress(step, done, total, item, unit)` names them."""
+UNITS = {"activations": "tokens", "SAEs": "samples", "widths": "pairs", "matches": "pairs", "correlations": "pairs"}
+"""What each step counts: progress moves within a step (tokens through the model, samples through the trainer)."""
 
 
 def activations_for(plan: FamilyPlan, dataset: str, cache: Path, progress=None) -> Path:
-    """The cached activations of `dataset` (computed first if missing); progress(tokens so far)."""
+    """The cached activations of `dataset` (computed first if missing); progress(tokens so far), counted here:
+    tqdm's own count stands still where tqdm is disabled (no terminal, as under `make demo`)."""
     cfg = ActivationConfig(model=plan.model, corpus=dataset,
                            layers=sorted(set(plan.layers) | set(plan.sibling_layers) | set(plan.code_layers)),
                            hooks=sorted(h for d, _, _, h in plan.flow_saes() if d == dataset),
@@ -83,11 +87,14 @@ def activations_for(plan: FamilyPlan, dataset: str, cache: Path, progress=None) 
     folder = cache / "activations" / f"{dataset}-{plan.max_tokens}"
     if (folder / MANIFEST).exists() and set(stored_hooks(read_manifest(folder))) >= set(cfg.all_hooks()):
         return folder
+    seen = 0
     with tqdm(total=plan.max_tokens or None, desc=f"activations {dataset}", unit="tok", disable=None) as bar:
         def tokens(n):
+            nonlocal seen
+            seen += n
             bar.update(n)
             if progress:
-                progress(bar.n)
+                progress(min(seen, plan.max_tokens) if plan.max_tokens else seen)  # the last window may overshoot
         collect(cfg, folder, progress=tokens)
     return folder
 
@@ -108,18 +115,40 @@ def _publish_sae(atlas: Atlas, folder: Path, q: dict) -> str:
     return sid
 
 
+def _label(atlas: Atlas, sae_id: str, folder: Path, x, acts_dir: Path) -> int:
+    """Label a trained SAE's features by the tokens they fire on (docs/design.md, Labels) unless it has labels."""
+    from transformers import AutoTokenizer
+
+    from atlas.encode import encode_record
+    from ingest.activations import model_path
+    from ingest.jobs.labels import label_by_tokens
+    from ingest.sources import read_sae
+
+    with atlas.read() as con:
+        if con.execute("SELECT count(label) FROM features WHERE sae_id = ?", [sae_id]).fetchone()[0]:
+            return 0
+    rec = read_sae(folder)
+    tokens = load_tokens(acts_dir)
+    tokenizer = AutoTokenizer.from_pretrained(model_path(read_manifest(acts_dir)["config"]["model"]))
+    return label_by_tokens(atlas, sae_id, lambda chunk: encode_record(rec, chunk), x, tokens["token_ids"],
+                           tokens["doc"], tokenizer, rec.meta.d_sae)
+
+
 def build_family(atlas: Atlas, plan: FamilyPlan, cache: Path, log=print, progress=None) -> dict:
     """Everything in order; each step skips what its cache or the atlas already holds. Each SAE is
     published when it is trained, each pair when it is matched, each dataset's correlations after their one
-    pass, so a server shows the family growing; `progress(step, done, total, item)` reports each of STEPS."""
+    pass, so a server shows the family growing; `progress(step, done, total, item, unit)` reports each of STEPS
+    as it moves (UNITS). Each SAE's features are labelled by their tokens' lift (ingest.token_labels) when trained."""
     from atlas.queries.selection import select_pairs
     from ingest.jobs.correlate import correlate
     from ingest.jobs.match import run_match
 
     def step(name, done, total, item=None):
         if progress:
-            progress(name, done, total, item)
+            progress(name, done, total, item, UNITS[name])
 
+    if plan.max_tokens:  # before any work: a budget the held-out tokens eat whole would train on nothing
+        check_tokens(plan.max_tokens, plan.train, "each corpus")
     if plan.widths and plan.width_layer not in plan.layers:
         raise ValueError(f"width layer {plan.width_layer} is not one of the family's layers {plan.layers}")
     if not set(plan.flow_layers) <= set(plan.layers):
@@ -144,13 +173,20 @@ def build_family(atlas: Atlas, plan: FamilyPlan, cache: Path, log=print, progres
     todo += [(d, s, layer, resid_post(layer), replace(plan.train, d_sae=w), f"{d}-s{s}-L{layer}-w{w}")
              for d, s, layer, w in plan.width_saes()]
     todo += [(d, s, layer, hook, plan.train, f"{d}-s{s}-{hook}") for d, s, layer, hook in plan.flow_saes()]
-    step("SAEs", 0, len(todo))
-    for dataset, seed, layer, hook, train, key in todo:
-        folder, q = train_sae(acts(dataset, hook), layer, seed, dataset, cache / "saes", train, plan.model, hook)
+    total, done = sum(t[4].samples for t in todo), 0
+    step("SAEs", 0, total)
+    for n, (dataset, seed, layer, hook, train, key) in enumerate(todo, 1):
+        what = f"SAE {n} of {len(todo)}: {key}"
+        step("SAEs", done, total, what)
+        folder, q = train_sae(acts(dataset, hook), layer, seed, dataset, cache / "saes", train, plan.model, hook,
+                              progress=lambda s, base=done, cap=train.samples: step("SAEs", base + min(s, cap), total, what))
+        done += train.samples
         quality[key] = q
-        family.add(_publish_sae(atlas, folder, q))
+        sid = _publish_sae(atlas, folder, q)
+        family.add(sid)
+        _label(atlas, sid, folder, acts(dataset, hook), acts_dir[dataset])
         log(f"SAE {key}: FVU {q['fvu']:.3f}, L0 {q['l0']:.1f}, dead {q['dead_frac']:.1%}")
-        step("SAEs", len(quality), len(todo), key)
+        step("SAEs", done, total, what)
     held.clear()
     with atlas.read() as con:
         def ours(pairs):

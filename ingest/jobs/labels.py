@@ -1,4 +1,5 @@
-"""Import Neuronpedia exports as feature labels, stats and top-activation examples.
+"""Feature labels: imported from Neuronpedia exports (with stats and top-activation examples), or made from the
+tokens a feature fires on (label_by_tokens, for SAEs no one has explained).
 
 Layouts read: the bulk export tree v1/{modelId}/{sourceId}/{explanations,features,activations}/*.jsonl[.gz],
 any of those folders synced alone, `explanations-<explainer>/` folders, and the JSON array that the
@@ -186,3 +187,21 @@ def _store_examples(w, sid: str, rows: list[dict], run_id: str) -> int:
                         token=-1, tokens=[str(t) for t in tokens], highlight=at, dataset="neuronpedia", run_id=run_id))
     w.replace_examples(sid, "neuronpedia", out)
     return len(out)
+
+
+def label_by_tokens(atlas: Atlas, sae_id: str, encode, x, token_ids, doc, tokenizer, d_sae: int) -> int:
+    """Label one SAE's features by the tokens they fire on far more than the corpus has them (ingest.token_labels),
+    from activations x [T, d_in] at its hook and the tokens they came from; features with a label (a Neuronpedia
+    import) keep it. Returns the features labelled."""
+    from ingest.token_labels import firing_counts, lift_labels
+
+    feats, toks, counts, n_f, _, at = firing_counts(encode, x, token_ids, d_sae)
+    labels = lift_labels(feats, toks, counts, n_f, at, token_ids, doc, tokenizer.convert_ids_to_tokens)
+    with atlas.write() as w, record_run(w, "token-labels", {"sae_id": sae_id, "tokens": len(token_ids)}):
+        have = {r[0] for r in w.con.execute("SELECT feature FROM features WHERE sae_id = ? AND label IS NOT NULL",
+                                            [sae_id]).fetchall()}
+        new = {f: text for f, text in labels.items() if f not in have}
+        if not new:
+            return 0
+        return w.update_features(sae_id, pa.table({"feature": pa.array(list(new), pa.int32()),
+                                                   "label": pa.array(list(new.values()), pa.string())}))
