@@ -15,10 +15,17 @@ from litestar.types import ASGIApp, Receive, Scope, Send
 
 from atlas.queries import budget as qb
 
+from .inflight import ClientStalled, InFlight, bounded_send
+from .paths import RETRY_S
+
 
 class BudgetMiddleware(ASGIMiddleware):
-    def __init__(self, seconds: float):
+    """A deadline and a disconnect watch per request; the answer's bytes held against the server's byte budget
+    (api/inflight.py) and sent as the client reads; OPTIONS answered with every method of its path."""
+
+    def __init__(self, seconds: float, max_bytes_in_flight: int):
         self.seconds = seconds
+        self.inflight = InFlight(max_bytes_in_flight)
 
     async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
         refusal = _refuse(scope)
@@ -41,12 +48,35 @@ class BudgetMiddleware(ASGIMiddleware):
         timer = loop.call_later(self.seconds, budget.expire)
         token = qb.use(budget)
         scope.setdefault("state", {})["budget"] = budget
+        send = bounded_send(_allow_all(scope, send), self.inflight, self.seconds, RETRY_S)
         try:
             await next_app(scope, messages.get, send)
+        except ClientStalled:  # its answer is dropped; the server closes the connection
+            pass
         finally:
             qb.reset(token)
             timer.cancel()
             reader.cancel()
+
+
+def _allow_all(scope: Scope, send: Send) -> Send:
+    """For OPTIONS: Allow lists every method of the path. Litestar's own OPTIONS answer names only the methods of
+    the handlers registered before it (GET and POST of one path in one controller: just the first), while its
+    405 names them all."""
+    if scope["method"] != "OPTIONS":
+        return send
+    handler = scope.get("route_handler")
+    paths = getattr(handler, "paths", None) or set()
+    methods = set()
+    for path in paths:
+        methods |= set(scope["app"].route_handler_method_map.get(path, {}))
+
+    async def allow(message) -> None:
+        if message["type"] == "http.response.start" and methods and message["status"] == 204:
+            headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"allow"]
+            message = {**message, "headers": [*headers, (b"allow", ", ".join(sorted(methods)).encode())]}
+        await send(message)
+    return allow
 
 
 def _refuse(scope: Scope):

@@ -22,6 +22,7 @@ SERVING_CONFIG = {
     "autoinstall_known_extensions": False,
     "autoload_known_extensions": False,
     "python_enable_replacements": False,
+    "home_directory": ".",  # settings then name no folder of the server's user (secret_directory follows it)
 }
 
 _opened = itertools.count()
@@ -69,15 +70,23 @@ def _open(path: Path, memory_limit: str, threads: int) -> tuple[duckdb.DuckDBPyC
     config = {k: v for k, v in SERVING_CONFIG.items() if k != "enable_external_access"}
     config.update(memory_limit=memory_limit, threads=threads, temp_directory="")
     tables = tables_dir(path)
-    folder = path.with_name(path.stem + ".files") / "open" / f"{os.getpid()}-{next(_opened)}"
+    files = tables.parent
+    folder = files / "open" / f"{os.getpid()}-{next(_opened)}"
     target = folder / path.name
+    if not path.exists():
+        raise FileNotFoundError(f"no atlas at {path}: run `atlas init` or `atlas ingest` first")
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        if not files.is_dir():  # moved away, or never made: a reader creates nothing there (its owner may come back)
+            raise NotADirectoryError(files)
+        (files / "open").mkdir(exist_ok=True)
+        folder.mkdir(exist_ok=True)
         os.link(path, target)
     except FileNotFoundError:
         shutil.rmtree(folder, ignore_errors=True)
-        raise FileNotFoundError(f"no atlas at {path}: run `atlas init` or `atlas ingest` first") from None
-    except OSError:  # a read-only folder or a file system without links: no job can replace the file there
+        if not path.exists():
+            raise FileNotFoundError(f"no atlas at {path}: run `atlas init` or `atlas ingest` first") from None
+        target = path
+    except OSError:  # no folder, a read-only one or a file system without links: no job can replace the file there
         shutil.rmtree(folder, ignore_errors=True)
         target = path
     try:
@@ -87,11 +96,16 @@ def _open(path: Path, memory_limit: str, threads: int) -> tuple[duckdb.DuckDBPyC
             con.execute(f"SET allowed_directories = [{schema.literal(str(tables) + os.sep)}]")
             con.execute("SET enable_external_access = false")
             named = schema.files_root(con)
-            if named is not None and named != str(tables) and schema.version_of(con) == schema.SCHEMA_VERSION and \
-                    con.execute("SELECT count(*) FROM parts").fetchone()[0]:
+            has_parts = named is not None and schema.version_of(con) == schema.SCHEMA_VERSION and \
+                con.execute("SELECT count(*) FROM parts").fetchone()[0]
+            if has_parts and named != str(tables):
                 raise FileNotFoundError(f"{path}: its views name table files under {named}, but the atlas is now "
                                         f"here: run `atlas migrate` once to point them at {tables} (an atlas is the "
                                         f"DuckDB file and its {tables.parent.name}/ folder: copy or move them together)")
+            if has_parts and not tables.is_dir():
+                raise FileNotFoundError(f"{path}: its table files are not there ({files.name}/tables/ is missing); if "
+                                        f"its {files.name}/ folder was moved, move it back beside {path.name} (an atlas "
+                                        f"is the DuckDB file and its {files.name}/ folder: copy or move them together)")
             con.execute("SET lock_configuration = true")
         except BaseException:
             con.close()
