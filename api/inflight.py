@@ -83,7 +83,8 @@ def bounded_send(send: Send, inflight: InFlight, stall_s: float, retry_after: in
             else:
                 for i in range(0, len(body), CHUNK):
                     last = i + CHUNK >= len(body)
-                    await piece({"type": "http.response.body", "body": body[i:i + CHUNK], "more_body": more or not last})
+                    await piece({"type": "http.response.body", "body": body[i:i + CHUNK],
+                                 "more_body": more or not last})
         finally:
             inflight.release(len(body))
 

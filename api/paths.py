@@ -19,11 +19,15 @@ class Relative:
         path = Path(atlas_path)
         roots = {str(path.parent.resolve()), str(path.absolute().parent), os.path.realpath(path.parent)}
         self.roots = sorted((r.rstrip(os.sep) + os.sep for r in roots if r not in ("", os.sep)), key=len, reverse=True)
+        # the folder itself too, where text names it without a separator after it (DuckDB's clipped echo of
+        # a statement): '.'
+        self._bare = re.compile("|".join(re.escape(r.rstrip(os.sep)) + r"(?![\w-])" for r in self.roots)) \
+            if self.roots else None
 
     def text(self, s: str) -> str:
         for root in self.roots:
             s = s.replace(root, "")
-        return s
+        return self._bare.sub(".", s) if self._bare is not None else s
 
     def value(self, v):
         """Strings anywhere in a result value (lists, structs, maps) made relative; other values as they are."""
@@ -54,6 +58,7 @@ def missing(rel: str) -> str:
     elif rel.endswith(".idx"):
         fix = "`atlas migrate` rewrites missing edge indexes"
     else:
-        fix = "`atlas migrate` names every missing table file (restore them: an atlas is its DuckDB file and its .files/ folder)"
+        fix = ("`atlas migrate` names every missing table file (restore them: an atlas is its DuckDB file and its "
+               ".files/ folder)")
     return (f"part of the atlas is not there: {rel} (moved or deleted?); if its .files/ folder was moved, move it "
             f"back beside the DuckDB file; {fix}")

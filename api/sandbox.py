@@ -65,10 +65,11 @@ class _PathBeneath(ctypes.Structure):
 
 
 def confine_reads(readable: list[Path]) -> bool:
-    """Take away this process's right to open, list or run any file outside `readable` (folders; Landlock,
-    a second layer over deny_writes). False where Landlock is missing. DuckDB lets a connection read its own
-    database file whatever allowed_directories says (docs/design.md, Read-only SQL): this stops that in the
-    kernel. Everything the process still imports or reads lazily must be loaded first."""
+    """Take away this process's right to open, list or run any file outside `readable` (folders, or single
+    files; Landlock, a second layer over deny_writes). False where Landlock is missing. DuckDB lets a connection
+    read its own database file whatever allowed_directories says (docs/design.md, Read-only SQL): this stops
+    that in the kernel. Like deny_writes it holds for this thread and the threads it starts from now on, so call
+    it before anything starts a thread (DuckDB starts its own at connect)."""
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         abi = libc.syscall(_CREATE_RULESET, None, ctypes.c_size_t(0), ctypes.c_uint32(1))
@@ -83,11 +84,12 @@ def confine_reads(readable: list[Path]) -> bool:
     try:
         for folder in readable:
             try:
-                parent = os.open(folder, os.O_PATH | os.O_DIRECTORY)
+                parent = os.open(folder, os.O_PATH)
             except OSError:
                 continue  # not there (an atlas without table files yet): nothing to grant
             try:
-                rule = _PathBeneath(_READ_FILE | _READ_DIR, parent)
+                rights = _READ_FILE | _READ_DIR if os.path.isdir(folder) else _READ_FILE
+                rule = _PathBeneath(rights, parent)
                 if libc.syscall(_ADD_RULE, fd, ctypes.c_uint32(_PATH_BENEATH), ctypes.byref(rule), ctypes.c_uint32(0)):
                     raise OSError(ctypes.get_errno(), f"Landlock refused a read rule for {folder}")
             finally:
@@ -124,10 +126,15 @@ def cpu_seconds(pid: int | str = "self") -> float:
         return 0.0
 
 
-def statm(pid: int | str = "self", field: int = 0) -> int:
-    """A process's virtual size (field 0) or resident size (field 1) in bytes (0 where /proc is not there)."""
+def statm(pid: int | str = "self", field: int = 0, fd: int | None = None) -> int:
+    """A process's virtual size (field 0) or resident size (field 1) in bytes (0 where /proc is not there);
+    `fd`: read from /proc/<pid>/statm opened before (a confined process cannot open it)."""
     try:
-        with open(f"/proc/{pid}/statm") as f:
-            return int(f.read().split()[field]) * os.sysconf("SC_PAGE_SIZE")
+        if fd is not None:
+            text = os.pread(fd, 256, 0).decode()
+        else:
+            with open(f"/proc/{pid}/statm") as f:
+                text = f.read()
+        return int(text.split()[field]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, IndexError):
         return 0

@@ -21,15 +21,19 @@ import multiprocessing as mp
 import os
 import queue
 import re
+import shutil
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import anyio
 import anyio.to_thread
 import duckdb
 
 from atlas.queries.records import Cancelled, NotAllowed, NotFound, OverBudget, QueryError, QueryTimeout
+from atlas.store.snapshot import tables_dir
 
 from .paths import RETRY_S
 from .sandbox import cpu_seconds, statm
@@ -63,38 +67,43 @@ _KINDS = {c.__name__: c for c in (QueryError, NotAllowed, NotFound, OverBudget, 
 
 def _serve(conn, atlas_path: str, memory_limit: str, threads: int) -> None:
     """Worker loop: (sql, limit, timeout_s, max_bytes, fmt) in; ('checked',) once the statement passed the
-    check, then ('ok', truncated) and the body's bytes, or ('error', kind, message, bound) out. ('stale',) and exit when a job
-    has published another snapshot: a worker cannot reopen the atlas (its reads are confined), a fresh one does."""
+    check, then ('ok', truncated) and the body's bytes, or ('error', kind, message, bound) out. ('stale',) and
+    exit when a job has published another snapshot: a worker cannot reopen the atlas (its reads are confined),
+    a fresh one does."""
     import duckdb
 
     from atlas.queries.sqlguard import check_statement, run_sql
-    from atlas.store.snapshot import Snapshot, tables_dir
+    from atlas.store.snapshot import Snapshot
 
-    from .sandbox import cap_address_space, confine_reads, deny_writes, limit_malloc_arenas
     from .paths import Relative
     from .paths import missing as missing_message
+    from .sandbox import cap_address_space, confine_reads, deny_writes, limit_malloc_arenas
     from .sqlanswer import encode, warm
 
-    snap = None
+    snap = opened = None
     relative = Relative(atlas_path)
     try:
         limit_malloc_arenas()
         os.nice(NICE)
-        # opened through a hard link removed once open, so the database file DuckDB lets a connection read
-        # whatever allowed_directories says is a name that no longer exists (atlas/store/snapshot.py)
-        snap = Snapshot(atlas_path, memory_limit, threads)
+        if len(os.listdir("/proc/self/task")) > 1:  # the sandbox holds for threads started after it only
+            raise RuntimeError("the SQL worker has threads before its sandbox")
+        # The catalog is opened by a name the server removes once the worker is ready (a hard link, or a private
+        # copy), so the database file DuckDB lets a connection read whatever allowed_directories says no longer
+        # exists, and the kernel lets the worker read only the table files, that name and its libraries.
+        target, stamp, opened = _private_catalog(atlas_path)
         tables = tables_dir(atlas_path)
+        proc = os.open("/proc/self/statm", os.O_RDONLY)
+        deny_writes()
+        confine_reads([tables, opened, *_libraries(atlas_path)])
+        snap = Snapshot(atlas_path, memory_limit, threads, through=(target, stamp))
         catalog = {str(tables / f) for r in snap.con.execute("SELECT file, reverse_file FROM parts").fetchall()
                    for f in r if f}
         warm(snap.con)  # DuckDB's threads are up and lazy imports done: VM is near its base
-        base, resident = statm(), statm(os.getpid(), 1)  # /proc is not readable once reads are confined
-        deny_writes()
-        confine_reads([tables, *_libraries(atlas_path)])
-        cap_address_space(base + parse_bytes(memory_limit) + HEADROOM)
-        conn.send(("ready", resident, snap.stamp))
+        cap_address_space(statm(fd=proc) + parse_bytes(memory_limit) + HEADROOM)
+        conn.send(("ready", statm(fd=proc, field=1), snap.stamp, str(opened)))
     except Exception as e:  # noqa: BLE001  (the server reports it on the request that waited for this worker)
         try:
-            conn.send(("failed", type(e).__name__, relative.text(str(e))))
+            conn.send(("failed", type(e).__name__, relative.text(str(e)), str(opened) if opened else None))
         except OSError:
             pass
         return
@@ -127,6 +136,23 @@ def _serve(conn, atlas_path: str, memory_limit: str, threads: int) -> None:
             conn.send(("error", "QueryError", relative.text(f"SQL error: {type(e).__name__}: {e}"), None))
 
 
+def _private_catalog(atlas_path: str) -> tuple[Path, tuple[int, int], Path]:
+    """(file to open the catalog by, stamp of the catalog file it stands for, folder the server removes once the
+    worker is ready): a hard link in atlas.files/open/, or where none can be made (a read-only folder) a copy."""
+    from atlas.store.snapshot import open_link
+
+    link = open_link(atlas_path)
+    if link is not None:
+        st = os.stat(link)
+        return link, (st.st_ino, st.st_mtime_ns), link.parent
+    path = Path(atlas_path).resolve()
+    folder = Path(tempfile.mkdtemp(prefix="atlas-sql-"))
+    with open(path, "rb") as src, open(folder / path.name, "wb") as dst:
+        st = os.fstat(src.fileno())  # the file copied, whatever a job renames over the name meanwhile
+        shutil.copyfileobj(src, dst, 2**20)
+    return folder / path.name, (st.st_ino, st.st_mtime_ns), folder
+
+
 def _current(snap) -> bool:
     try:
         return snap.is_current()
@@ -142,15 +168,17 @@ def _missing(e: QueryError, catalog: set[str]) -> str | None:
 
 
 def _libraries(atlas_path: str) -> list[str]:
-    """Folders the worker may still read from: Python's own and its packages', and the time zone database, less
-    any that holds the atlas (then only the table files and what was loaded before are readable)."""
+    """What the worker may still read: the folders of Python, its packages and the time zone database, less any
+    that holds the atlas (then only the table files and what was loaded before are readable), and its cgroup."""
     import sys
     import sysconfig
 
     atlas_dir = os.path.realpath(os.path.dirname(os.path.abspath(atlas_path)))
     folders = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix,
                                             *sysconfig.get_paths().values(), "/usr/share/zoneinfo") if p}
-    return sorted(f for f in folders if not (atlas_dir + os.sep).startswith(f.rstrip(os.sep) + os.sep))
+    # DuckDB reads the process's cgroup and its limits when it starts (CPU and memory it may use)
+    system = [f"/proc/{os.getpid()}/cgroup", "/sys/fs/cgroup"]
+    return [*sorted(f for f in folders if not (atlas_dir + os.sep).startswith(f.rstrip(os.sep) + os.sep)), *system]
 
 
 def parse_bytes(text: str) -> int:
@@ -211,11 +239,15 @@ class SQLPool:
             reply = mine.recv() if mine.poll(60) else ("failed", "TimeoutError", "it did not answer within 60 s")
         except (EOFError, OSError):
             reply = ("failed", "EOFError", "it exited at start")
+        # the name the worker opened the catalog by (it cannot remove files): gone, it opens nothing
+        left = [reply[-1]] if reply[0] in ("ready", "failed") and reply[-1] else []
+        for folder in [*left, *(tables_dir(self.atlas_path).parent / "open").glob(f"{p.pid}-*")]:
+            shutil.rmtree(folder, ignore_errors=True)
         if reply[0] != "ready":
             p.kill()
             p.join(5)
             mine.close()
-            _, kind, message = reply
+            _, kind, message, *_ = reply
             if kind == "FileNotFoundError":  # the atlas or its folder is not where the server found it
                 raise Unavailable(f"the atlas cannot be served now: {message} (this server tries again on every "
                                   f"request)", RETRY_S)
@@ -286,7 +318,8 @@ class SQLPool:
         check may use `parse_s` seconds of the worker's CPU (CPU, not wall time: on a loaded machine a worker at
         nice 5 waits for the CPU), and it and the query together `timeout_s` of wall time."""
         for _ in range(3):  # a worker open on a replaced snapshot says so before it runs anything
-            reply = self._run_once(sql, limit, timeout_s, max_bytes, budget, fmt, timeout_s if parse_s is None else parse_s)
+            reply = self._run_once(sql, limit, timeout_s, max_bytes, budget, fmt,
+                                   timeout_s if parse_s is None else parse_s)
             if reply[0] != "stale":
                 break
         if reply[0] == "ok":

@@ -36,7 +36,8 @@ class Snapshot(snapshot.Snapshot):
         self._cache: dict[str, object] = {}
         self.index_files = {r[0] for r in self.con.cursor().execute(
             "SELECT index_file FROM saes WHERE index_file IS NOT NULL").fetchall()}
-        self.names_files = bool(self.index_files) or bool(self.con.cursor().execute("SELECT count(*) FROM parts").fetchone()[0])
+        self.names_files = bool(self.index_files) or bool(
+            self.con.cursor().execute("SELECT count(*) FROM parts").fetchone()[0])
 
     def cursor(self):
         """A cursor for one request (DuckDB cursors are per thread), stopped with the request's budget."""

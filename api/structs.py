@@ -14,6 +14,7 @@ from atlas.queries.sqlguard import MAX_SQL_CHARS
 class Health(msgspec.Struct):
     ok: bool
     atlas: str
+    """The atlas file's name (paths the API shows are relative to the atlas's folder)."""
     saes: int
     schema_version: int
     snapshot: str

@@ -248,35 +248,46 @@ def test_sql_reads_only_the_table_files_and_shows_paths_relative_to_the_atlas(sy
 
 _CONFINED = """
 import sys, duckdb
+from pathlib import Path
 from api.sandbox import confine_reads, deny_writes
+from api.sqlpool import _libraries, _private_catalog
 from atlas.store.snapshot import tables_dir
-con = duckdb.connect(sys.argv[1], read_only=True)  # opened by its own name: DuckDB lets it read that file
-con.execute(f"SET allowed_directories = ['{tables_dir(sys.argv[1])}/']")
-con.execute("SET enable_external_access = false")
-before = con.execute(f"SELECT octet_length(content) FROM read_blob('{sys.argv[1]}')").fetchone()[0]
+import atlas.store.snapshot as snapshot
+if sys.argv[3] == "copy":  # as where no link can be made (a read-only folder)
+    snapshot.open_link = lambda path: None
+atlas = sys.argv[1]
+target, stamp, opened = _private_catalog(atlas)
+assert opened.name.startswith("atlas-sql-") == (sys.argv[3] == "copy")
 deny_writes()
-if not confine_reads([tables_dir(sys.argv[1])]):
+if not confine_reads([tables_dir(atlas), opened, *_libraries(atlas)]):
     print("no-landlock"); sys.exit()
+con = duckdb.connect()  # no DuckDB guard at all: only the kernel's
+out = []
+for path in (atlas, tables_dir(atlas) / "../../atlas.duckdb", "/etc/hostname", sys.argv[2]):
+    try:
+        out.append(str(con.execute(f"SELECT octet_length(content) > 0 FROM read_blob('{path}')").fetchone()[0]))
+    except duckdb.Error:
+        out.append("refused")
 try:
-    con.execute(f"SELECT octet_length(content) FROM read_blob('{sys.argv[1]}')").fetchall()
-    after = "read"
-except duckdb.Error as e:
-    after = "refused"
-n = con.execute("SELECT count(*) FROM matches").fetchone()[0]
-print(before > 0, after, n > 0)
+    open(atlas, "rb").read(16)
+    out.append("read")
+except PermissionError:
+    out.append("refused")
+print(*out)
 """
 
 
-def test_the_sql_workers_reads_are_confined_to_the_table_files_by_the_kernel(synth_atlas, tmp_path):
-    """The second guard on its own: a connection DuckDB lets read its database file (opened by that name) cannot,
-    once Landlock confines the process's reads to tables/; the table files stay readable."""
+@pytest.mark.parametrize("opened_by", ["link", "copy"])
+def test_the_sql_workers_reads_are_confined_to_the_table_files_by_the_kernel(synth_atlas, tmp_path, opened_by):
+    """The second guard on its own: a process confined as a SQL worker is, with a DuckDB connection that has no
+    guard of its own, reads a table file but neither the catalog (by any name) nor anything else outside."""
     atlas = synth_atlas.copy_to(tmp_path / "atlas.duckdb")
-    out = subprocess.run([sys.executable, "-c", _CONFINED, str(atlas.path)], capture_output=True, text=True,
-                         timeout=120, env={**os.environ, "PYTHONPATH": os.getcwd()})
+    out = subprocess.run([sys.executable, "-c", _CONFINED, str(atlas.path), str(_pair_file(atlas)), opened_by],
+                         capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": os.getcwd()})
     assert out.returncode == 0, out.stderr
     if out.stdout.strip() == "no-landlock":
         pytest.skip("no Landlock on this kernel: DuckDB's own allowed paths are the only guard")
-    assert out.stdout.split() == ["True", "refused", "True"], out.stdout
+    assert out.stdout.split() == ["refused", "refused", "refused", "True", "refused"], out.stdout
 
 
 def _rows(answer: tuple[bytes, bool]) -> list:
@@ -299,3 +310,15 @@ def test_a_slow_to_parse_statement_is_stopped_at_its_parse_time_limit(synth_atla
         assert _rows(pool.run("SELECT 7", 10, 5, 10_000)) == [[7]]
     finally:
         pool.close()
+
+
+def test_sql_answers_from_the_snapshot_a_job_just_published(synth_atlas, tmp_path):
+    """A worker cannot reopen the atlas once its reads are confined: it says it is stale and a fresh one serves."""
+    atlas = synth_atlas.copy_to(tmp_path / "atlas.duckdb")
+    count = {"sql": "SELECT count(*) FROM pair_stats"}
+    with TestClient(create_app(atlas.path, Settings(sql_workers=1))) as c:
+        before = c.get("/api/sql", params=count).json()["rows"][0][0]
+        with atlas.write() as w:
+            w.con.execute("DELETE FROM pair_stats WHERE method = 'encoder_cos'")
+        after = c.get("/api/sql", params=count).json()["rows"][0][0]
+        assert 0 < after < before
