@@ -8,6 +8,7 @@ request's DuckDB cursors and Python loops through the Budget (atlas/queries/budg
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from litestar import MediaType
 from litestar.middleware import ASGIMiddleware
@@ -15,7 +16,7 @@ from litestar.types import ASGIApp, Receive, Scope, Send
 
 from atlas.queries import budget as qb
 
-from .inflight import ClientStalled, InFlight, bounded_send
+from .inflight import BoundedSend, ClientStalled, InFlight
 from .paths import RETRY_S
 
 
@@ -48,15 +49,31 @@ class BudgetMiddleware(ASGIMiddleware):
         timer = loop.call_later(self.seconds, budget.expire)
         token = qb.use(budget)
         scope.setdefault("state", {})["budget"] = budget
-        send = bounded_send(_allow_all(scope, send), self.inflight, self.seconds, RETRY_S)
+        bounded = BoundedSend(_allow_all(scope, send), self.inflight, self.seconds, RETRY_S)
         try:
-            await next_app(scope, messages.get, send)
+            await next_app(scope, messages.get, bounded)
         except ClientStalled:  # its answer is dropped; the server closes the connection
             pass
+        except Exception as exc:  # a stream that failed before its first byte: still an answer in the envelope
+            if bounded.started:
+                raise
+            logging.getLogger("atlas.api").error("%s %s failed", scope["method"], scope["path"], exc_info=exc)
+            await _envelope(500, f"internal error ({type(_root(exc)).__name__}); please report it")(scope, receive, send)
         finally:
             qb.reset(token)
             timer.cancel()
             reader.cancel()
+
+
+def _root(exc: BaseException) -> BaseException:
+    """What failed, under the wrappers of Litestar (a failure once a response has begun) and anyio (groups)."""
+    while True:
+        if isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+            exc = exc.exceptions[0]
+        elif exc.__cause__ is not None:
+            exc = exc.__cause__
+        else:
+            return exc
 
 
 def _allow_all(scope: Scope, send: Send) -> Send:

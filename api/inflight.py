@@ -33,9 +33,11 @@ class InFlight:
         self.held = 0
 
     def hold(self, n: int, refuse: bool) -> bool:
-        """Count n more bytes; False (nothing counted) when `refuse` and they would pass the budget (a body
-        larger than the whole budget passes when nothing else is held, so any answer can be sent)."""
-        if refuse and self.held and self.held + n > self.max_bytes:
+        """Count n more bytes; False (nothing counted) when `refuse` and they would pass the budget. A body of at
+        most one chunk always passes (the transport holds that much per connection anyway: clients that do not
+        read big answers cannot starve /health), and so does one larger than the whole budget when nothing else
+        is held, so any answer can be sent."""
+        if refuse and n > CHUNK and self.held and self.held + n > self.max_bytes:
             return False
         self.held += n
         return True
@@ -44,9 +46,20 @@ class InFlight:
         self.held -= n
 
 
-def bounded_send(send: Send, inflight: InFlight, stall_s: float, retry_after: int) -> Send:
+class BoundedSend:
     """`send` with the response start held until the first body, bodies past the budget refused (503), and
-    each body written in CHUNK pieces, each within stall_s (ClientStalled past it)."""
+    each body written in CHUNK pieces, each within stall_s (ClientStalled past it). `started`: whether the
+    response has begun on the wire (before that, a failure can still be answered in the error envelope)."""
+
+    def __init__(self, send: Send, inflight: InFlight, stall_s: float, retry_after: int):
+        self.started = False
+        self._send = bounded_send(send, inflight, stall_s, retry_after, self)
+
+    async def __call__(self, message: Message) -> None:
+        await self._send(message)
+
+
+def bounded_send(send: Send, inflight: InFlight, stall_s: float, retry_after: int, state: BoundedSend) -> Send:
     start: Message | None = None
     started = refused = False
 
@@ -68,13 +81,13 @@ def bounded_send(send: Send, inflight: InFlight, stall_s: float, retry_after: in
             return
         body = message.get("body", b"")
         if not inflight.hold(len(body), refuse=not started):
-            started = refused = True
+            started = refused = state.started = True
             start = None
             await _busy(send, inflight, retry_after)
             return
         try:
             if not started:
-                started = True
+                started = state.started = True
                 await piece(start)
                 start = None
             more = message.get("more_body", False)

@@ -123,3 +123,74 @@ def test_clients_that_do_not_read_hold_at_most_the_byte_budget(server):
     moved = peak - before
     assert moved < BUDGET_MB + 30, f"RSS {before:.0f} -> peak {peak:.0f} MB with 16 clients not reading 6 MB answers"
     assert after - before < 15, f"RSS {before:.0f} -> {after:.0f} MB after the clients went"
+
+
+def test_the_byte_budget_refuses_big_answers_past_it_and_chunks_what_it_sends():
+    """api/inflight.py on its own: bodies go out in chunks; past the budget a big body is a 503 with Retry-After
+    and a small one still passes; a client that takes nothing for the stall time is dropped."""
+    import asyncio
+
+    from api.inflight import CHUNK, BoundedSend, ClientStalled, InFlight
+
+    async def scenario():
+        budget = InFlight(3 * CHUNK)
+        sent: list[dict] = []
+
+        async def fast(message):
+            sent.append(message)
+
+        reply = BoundedSend(fast, budget, 1.0, 5)
+        await reply({"type": "http.response.start", "status": 200, "headers": []})
+        assert sent == [] and not reply.started  # held until the first body
+        await reply({"type": "http.response.body", "body": b"x" * (2 * CHUNK + 5), "more_body": False})
+        bodies = [m for m in sent if m["type"] == "http.response.body"]
+        assert sent[0]["status"] == 200 and [len(m["body"]) for m in bodies] == [CHUNK, CHUNK, 5]
+        assert [m["more_body"] for m in bodies] == [True, True, False] and budget.held == 0
+
+        gate = asyncio.Event()
+
+        async def stalled(message):  # a client that reads nothing: the transport never drains
+            if message["type"] == "http.response.body":
+                await gate.wait()
+            sent.append(message)
+
+        slow = BoundedSend(stalled, budget, 0.3, 5)
+        await slow({"type": "http.response.start", "status": 200, "headers": []})
+        holding = asyncio.ensure_future(slow({"type": "http.response.body", "body": b"y" * (2 * CHUNK)}))
+        await asyncio.sleep(0.05)
+        assert budget.held == 2 * CHUNK
+        sent.clear()
+        big = BoundedSend(fast, budget, 1.0, 5)
+        await big({"type": "http.response.start", "status": 200, "headers": []})
+        await big({"type": "http.response.body", "body": b"z" * (2 * CHUNK)})
+        assert sent[0]["status"] == 503 and (b"retry-after", b"5") in sent[0]["headers"]
+        assert json.loads(sent[1]["body"])["ok"] is False and len(sent) == 2
+        sent.clear()
+        small = BoundedSend(fast, budget, 1.0, 5)
+        await small({"type": "http.response.start", "status": 200, "headers": []})
+        await small({"type": "http.response.body", "body": b"ok"})
+        assert sent[0]["status"] == 200 and sent[1]["body"] == b"ok"
+        with pytest.raises(ClientStalled):
+            await holding
+        assert budget.held == 0
+
+    asyncio.run(scenario())
+
+
+def test_a_stream_that_fails_before_its_first_byte_is_an_error_in_the_envelope(synth_atlas, monkeypatch):
+    """The response start is held until the first body, so a failure before it is still one JSON error, not a
+    200 header and a broken body."""
+    from litestar.testing import TestClient
+
+    from api.app import create_app
+    from api.controllers import sql
+
+    def broken(schema, batches):
+        raise OSError("disk went away")
+        yield b""  # a generator, as parquet_stream is
+
+    monkeypatch.setattr(sql, "parquet_stream", broken)
+    with TestClient(create_app(synth_atlas.path)) as c:
+        r = c.get("/api/export/saes.parquet")
+    assert r.status_code == 500 and r.json() == {"ok": False, "status": 500,
+                                                 "error": "internal error (OSError); please report it"}
