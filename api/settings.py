@@ -17,7 +17,7 @@ class Settings:
         "help": "CPU seconds a SQL worker may spend checking one statement (DuckDB's parser) before it is stopped "
                 "(408); the statement's whole time counts against --sql-time-limit.",
         "flag": "--sql-parse-time-limit"})
-    max_bytes_in_flight: int = field(default=64 * 2**20, metadata={
+    max_bytes_in_flight: int = field(default=48 * 2**20, metadata={
         "help": "Response bytes that all requests together may hold while their clients read them; past it an "
                 "answer is a 503 with Retry-After (a client that reads nothing for --query-time-limit is dropped)."})
     sql_workers: int = field(default=2, metadata={
