@@ -9,6 +9,7 @@ from pathlib import Path
 
 from litestar import Litestar
 from litestar.config.cors import CORSConfig
+from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
@@ -18,6 +19,7 @@ from . import errors
 from .budget import BudgetMiddleware
 from .controllers import CONTROLLERS
 from .params import StrictBodySchema
+from .paths import Relative
 from .settings import Settings
 from .state import AtlasState
 from .structs import SEARCH_REQUIRES, SearchRequest, SQLRequest
@@ -32,13 +34,15 @@ def create_app(atlas_path: str | Path, settings: Settings | None = None) -> Lite
     if not state.atlas.exists():
         raise FileNotFoundError(f"no atlas at {atlas_path}: build one first (make demo, or atlas synth)")
     state.snapshot()  # fail at start, with a clear message, on an atlas of another schema version
+    fixed_mmap_threshold()
 
     return Litestar(
         route_handlers=[*CONTROLLERS,
                         create_static_files_router(path="/static", directories=[STATIC], include_in_schema=False)],
         dependencies={"atlas": Provide(lambda: state, sync_to_thread=False),
                       "settings": Provide(lambda: settings, sync_to_thread=False)},
-        middleware=[BudgetMiddleware(settings.query_time_limit_s)],
+        middleware=[BudgetMiddleware(settings.query_time_limit_s, settings.max_bytes_in_flight)],
+        state=State({"paths": Relative(atlas_path)}),
         exception_handlers=errors.HANDLERS,
         on_startup=[state.sql.warm],
         on_shutdown=[state.close],
@@ -53,6 +57,19 @@ def create_app(atlas_path: str | Path, settings: Settings | None = None) -> Lite
                                allow_headers=["Content-Type"]) if settings.cors_origins else None,
         debug=False,
     )
+
+
+def fixed_mmap_threshold(nbytes: int = 2**20) -> None:
+    """Large buffers (answers, Arrow batches) from their own mappings, returned to the OS when freed. glibc
+    otherwise raises its mmap threshold to the largest block freed (up to 32 MB), and later answers come from
+    a heap that never shrinks: RSS stayed up after clients that do not read had gone (docs/design.md, Serving
+    memory)."""
+    import ctypes
+
+    try:
+        ctypes.CDLL(None).mallopt(-3, nbytes)  # M_MMAP_THRESHOLD; fixing it also stops the dynamic raise
+    except (OSError, AttributeError):  # not glibc
+        pass
 
 
 def app_from_env() -> Litestar:

@@ -6,6 +6,7 @@ atlas/ raises query errors by kind (records.py); this module is the one place th
 from __future__ import annotations
 
 import logging
+import os
 from http import HTTPStatus
 from typing import Literal, get_args, get_origin
 
@@ -17,6 +18,7 @@ from litestar.openapi.datastructures import ResponseSpec
 
 from atlas.queries.records import Cancelled, NotAllowed, NotFound, OverBudget, QueryError, QueryTimeout
 
+from .paths import RETRY_S, missing
 from .sqlpool import Unavailable
 
 
@@ -48,22 +50,31 @@ _WHEN = {
     413: "Request body too large",
     415: "Request body is not application/json",
     422: "The answer would exceed a bound (nodes, edges, bytes; the message names it)",
-    503: "Busy (the SQL queue is full) or the atlas is not there now: try again after Retry-After seconds",
+    503: "Busy (the SQL queue or the bytes in flight are full), or the atlas or a part of it is not there now "
+         "(the message names it): try again after Retry-After seconds",
 }
 
 
 def errors(*codes: int) -> dict[int, ResponseSpec]:
-    """OpenAPI responses of a route: the error envelope under each status it can answer (400 always)."""
+    """OpenAPI responses of a route: the error envelope under each status it can answer (400 always; 503 always:
+    every route reads the atlas, whose folder may be moved away while the server runs)."""
     return {c: ResponseSpec(Error, description=_WHEN.get(c, HTTPStatus(c).phrase), generate_examples=False)
-            for c in sorted({400, *codes})}
+            for c in sorted({400, 503, *codes})}
 
 
 def error_response(status: int, message: str) -> Response:
     return Response(Error(ok=False, error=message, status=status), status_code=status)
 
 
-def on_query_error(_: Request, exc: QueryError) -> Response:
-    response = error_response(next(code for cls, code in STATUS if isinstance(exc, cls)), str(exc))
+def _relative(request: Request):
+    """The app's Relative (api/paths.py): errors show paths relative to the atlas's folder."""
+    return request.app.state.get("paths")
+
+
+def on_query_error(request: Request, exc: QueryError) -> Response:
+    paths = _relative(request)
+    message = paths.text(str(exc)) if paths is not None else str(exc)
+    response = error_response(next(code for cls, code in STATUS if isinstance(exc, cls)), message)
     if getattr(exc, "retry_after", None) is not None:
         response.headers["Retry-After"] = str(exc.retry_after)
     return response
@@ -116,6 +127,16 @@ def on_too_deep(request: Request, exc: RecursionError) -> Response:
     return error_response(400, "the request body is nested too deeply")
 
 
+def on_missing_file(request: Request, exc: Exception) -> Response:
+    """A file of the atlas that is not there (its .files/ folder moved, a table or index file deleted) while a
+    request reads it: 503 naming it and what to do, never a 500 (docs/design.md, Honest answers)."""
+    paths = _relative(request)
+    path = paths.path_in(f"{getattr(exc, 'filename', '') or ''} {exc}") if paths is not None else None
+    if path is not None and not os.path.exists(path):
+        return on_query_error(request, Unavailable(missing(paths.text(path)), RETRY_S))
+    return on_crash(request, exc)
+
+
 def on_crash(request: Request, exc: Exception) -> Response:
     # No internals to the client: the type is enough to report it; the server log has the traceback.
     logging.getLogger("atlas.api").error("%s %s failed", request.method, request.url.path, exc_info=exc)
@@ -123,4 +144,5 @@ def on_crash(request: Request, exc: Exception) -> Response:
 
 
 HANDLERS = {QueryError: on_query_error, HTTPException: on_http_error, duckdb.InterruptException: on_interrupt,
-            duckdb.OutOfMemoryException: on_out_of_memory, RecursionError: on_too_deep, Exception: on_crash}
+            duckdb.OutOfMemoryException: on_out_of_memory, RecursionError: on_too_deep,
+            FileNotFoundError: on_missing_file, duckdb.IOException: on_missing_file, Exception: on_crash}

@@ -16,6 +16,9 @@ import pyarrow.parquet as pq
 from atlas.store.leases import Lease
 from atlas.store.parts import PART_TABLES, arrow_schema
 
+from .paths import RETRY_S, missing
+from .sqlpool import Unavailable
+
 BATCH_ROWS = 65_536
 """Rows per batch read and per row group written."""
 
@@ -71,6 +74,9 @@ def table_batches(snap, table: str, atlas_dir: Path) -> tuple[pa.Schema, Iterato
     if table in PART_TABLES:
         files = snap.files()
         names = sorted(f for (t, *_), (f, _) in files.catalog.items() if t == table)
+        gone = next((rel for rel in names if not files.path(rel).is_file()), None)
+        if gone is not None:  # checked before the 200 goes out: a stream cannot turn into an error half-way
+            raise Unavailable(missing(str(files.path(gone))), RETRY_S)  # made relative where errors are sent
         schema = arrow_schema(table)
         lease = Lease(atlas_dir)
         lease.hold(set(names))

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Annotated, Literal
 
 import msgspec
-from litestar.openapi.spec import OpenAPIType, Schema
+from litestar.openapi.spec import OpenAPIFormat, OpenAPIMediaType, OpenAPIType, Operation, Schema
 from litestar.params import PathParameter, QueryParameter
 from litestar.plugins import OpenAPISchemaPlugin
 from litestar.typing import FieldDefinition
@@ -70,3 +71,18 @@ def _schema(doc: dict) -> Schema:
             value = OpenAPIType(value)
         kwargs[name] = value
     return Schema(**kwargs)
+
+
+def also_answers(*media_types: str) -> type[Operation]:
+    """An operation class whose 200 also lists `media_types` (binary bodies: a safetensors file, CSV, Arrow,
+    Parquet), so the document names every Content-Type the route sends (Litestar lists only the declared one)."""
+
+    @dataclass
+    class AlsoAnswers(Operation):
+        def __post_init__(self) -> None:
+            ok = (self.responses or {}).get("200")
+            if ok is not None and not isinstance(ok, Schema):
+                ok.content = {**(ok.content or {}), **{m: OpenAPIMediaType(schema=Schema(
+                    type=OpenAPIType.STRING, format=OpenAPIFormat.BINARY)) for m in media_types}}
+
+    return AlsoAnswers

@@ -20,10 +20,9 @@ from atlas.queries.edges import FileEdges
 from atlas.store import Atlas, snapshot
 from atlas.store.leases import Lease
 
+from .paths import RETRY_S
 from .settings import Settings
 from .sqlpool import SQLPool, Unavailable
-
-RETRY_S = 5  # Retry-After of a 503 while the atlas is not where the server was started on
 
 
 class Snapshot(snapshot.Snapshot):
@@ -37,6 +36,8 @@ class Snapshot(snapshot.Snapshot):
         self._cache: dict[str, object] = {}
         self.index_files = {r[0] for r in self.con.cursor().execute(
             "SELECT index_file FROM saes WHERE index_file IS NOT NULL").fetchall()}
+        self.names_files = bool(self.index_files) or bool(
+            self.con.cursor().execute("SELECT count(*) FROM parts").fetchone()[0])
 
     def cursor(self):
         """A cursor for one request (DuckDB cursors are per thread), stopped with the request's budget."""
@@ -100,10 +101,26 @@ class AtlasState:
 
     def _is_current(self, snap: Snapshot | None) -> bool:
         try:
-            return snap is not None and snap.is_current()
+            current = snap is not None and snap.is_current()
         except OSError:
             raise self._gone("its DuckDB file is not there; if it was moved, move it back with its .files/ folder")\
                 from None
+        if current and snap.names_files:
+            self.check_folder()
+        return current
+
+    def check_folder(self) -> None:
+        """Unavailable unless the atlas's .files/ folder is there (one stat: the request would read from it)."""
+        if not self.atlas.dir.is_dir():
+            raise self._gone(f"its folder {self.atlas.dir.name}/ is not there; if it was moved, move it back beside "
+                             f"{self.atlas.path.name}")
+
+    def check_present(self) -> None:
+        """Unavailable unless the atlas file and its folder are where the server found them (two stats, no
+        DuckDB: cheap enough for the event loop)."""
+        if not self.atlas.path.exists():
+            raise self._gone("its DuckDB file is not there; if it was moved, move it back with its .files/ folder")
+        self.check_folder()
 
     def _gone(self, why: str) -> Unavailable:
         return Unavailable(f"the atlas at {self.atlas.path} cannot be served now: {why} (this server tries again on "

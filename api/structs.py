@@ -8,11 +8,13 @@ import msgspec
 
 from atlas.queries import LayerPair, Orphans
 from atlas.queries.records import SAE
+from atlas.queries.sqlguard import MAX_SQL_CHARS
 
 
 class Health(msgspec.Struct):
     ok: bool
     atlas: str
+    """The atlas file's name (paths the API shows are relative to the atlas's folder)."""
     saes: int
     schema_version: int
     snapshot: str
@@ -47,10 +49,12 @@ class SearchRequest(msgspec.Struct, forbid_unknown_fields=True):
     saes: Annotated[list[Annotated[str, msgspec.Meta(max_length=512)]], msgspec.Meta(max_length=1000)] | None = None
 
 
-# What msgspec cannot say: a search names a vector, or an SAE and a feature (non-null), not both.
+# What msgspec cannot say: a search names a vector (with a non-zero number: a direction), or an SAE and a
+# feature (non-null), not both.
 SEARCH_REQUIRES = {"oneOf": [
-    {"required": ["vector"], "properties": {"vector": {"type": "array"}, "sae_id": {"type": "null"},
-                                            "feature": {"type": "null"}}},
+    {"required": ["vector"], "properties": {
+        "vector": {"type": "array", "contains": {"anyOf": [{"exclusiveMinimum": 0}, {"exclusiveMaximum": 0}]}},
+        "sae_id": {"type": "null"}, "feature": {"type": "null"}}},
     {"required": ["sae_id", "feature"], "properties": {"sae_id": {"type": "string"}, "feature": {"type": "integer"},
                                                        "vector": {"type": "null"}}},
 ]}
@@ -61,7 +65,7 @@ SQLFormat = Literal["json", "csv", "arrow", "parquet"]
 class SQLRequest(msgspec.Struct, forbid_unknown_fields=True):
     """POST /api/sql body."""
 
-    sql: Annotated[str, msgspec.Meta(min_length=1, max_length=100_000)]
+    sql: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_SQL_CHARS)]
     format: SQLFormat = msgspec.field(default="json", name="_format")
     limit: Annotated[int, msgspec.Meta(ge=0)] | None = msgspec.field(default=None, name="_limit")
 

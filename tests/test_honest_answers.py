@@ -12,6 +12,7 @@ import pytest
 from litestar.testing import TestClient
 
 from api.app import create_app
+from api.settings import Settings
 
 SAE0 = "synth-resid0-w256-s0-A"
 
@@ -96,3 +97,131 @@ def test_a_moved_atlas_is_one_clear_503_and_the_server_recovers_after_migrate(sy
         assert out.exit_code == 0, out.output
         assert c.get(f"/api/saes/{SAE0}/features/5/lineage").status_code == 200
         assert c.get("/health").status_code == 200
+
+
+SAE1 = "synth-resid1-w256-s0-A"
+SAE3 = "synth-resid3-w256-s0-A"
+STACK = "synth-resid-w256-jumprelu-s0-A"
+PATH_VALUES = {"sae_id": SAE0, "feature": 5, "stack": STACK, "sae_a": SAE0, "sae_b": SAE1}
+
+
+def _method_routes(client) -> list[str]:
+    """Every GET path of the OpenAPI document with a `method` parameter, its path parameters filled in."""
+    spec = client.get("/schema/openapi.json").json()
+    return [path.format(**PATH_VALUES) for path, ops in spec["paths"].items() for verb, op in ops.items()
+            if verb == "get" and "method" in {p["name"] for p in op.get("parameters", [])}]
+
+
+@pytest.mark.parametrize("method, command", [("activation_corr", "atlas correlate --activations FOLDER"),
+                                             ("encoder_cos", "--method encoder_cos")])
+def test_every_route_with_a_method_refuses_one_never_run_naming_the_command(client, method, command):
+    """Issue 31: one check (atlas/queries/computed.py) behind every route that answers from computed pairs; on
+    today's main pairs, layer-pairs, matrix, communities, flow, steering and the Neuronpedia lineage list answer 200
+    from nothing. encoder_cos was run between siblings only, never along a stack."""
+    routes = _method_routes(client)
+    assert len(routes) >= 9, routes
+    for url in routes:
+        r = client.get(url, params={"method": method})
+        assert r.status_code == 404, (url, r.status_code, r.text[:300])
+        assert command in r.json()["error"], (url, r.json()["error"])
+        assert client.get(url, params={"method": "decoder_cos"}).status_code == 200, url
+
+
+def test_a_pair_never_matched_names_the_command_and_a_reversed_one_says_so(client):
+    r = client.get(f"/api/pairs/{SAE0}/{SAE3}")  # layer distance 3: never matched here
+    assert r.status_code == 404 and f"--pair {SAE0}:{SAE3}" in r.json()["error"], r.text
+    r = client.get(f"/api/pairs/{SAE1}/{SAE0}")
+    assert r.status_code == 404 and f"it was as {SAE0} -> {SAE1}" in r.json()["error"], r.text
+    r = client.get(f"/api/neuronpedia/lists/pair/{SAE0}/{SAE3}")
+    assert r.status_code == 404 and f"--pair {SAE0}:{SAE3}" in r.json()["error"], r.text
+    assert client.get(f"/api/pairs/{SAE0}/{SAE1}").json()  # matched: its assigned matches
+
+
+def test_width_and_sibling_answers_before_their_jobs_name_the_command(tmp_path):
+    from click.testing import CliRunner
+
+    from cli import main
+
+    atlas = tmp_path / "w.duckdb"
+    run = CliRunner().invoke
+    r = run(main, ["--atlas", str(atlas), "synth", "--out", str(tmp_path / "synth"), "--d-sae", "64", "--d-in", "128",
+                   "--layers", "1", "--seeds", "2", "--no-second-dataset", "--widths", "2x", "--seed", "5"])
+    assert r.exit_code == 0, r.output
+    narrow = "synth-resid0-w64-s0-A"
+    with TestClient(create_app(atlas)) as c:
+        for url, command in [(f"/api/saes/{narrow}/features/3/width-tree", "atlas match --pairs widths"),
+                             ("/api/width-pairs", "atlas match --pairs widths"),
+                             ("/api/consistency", "atlas match --pairs siblings"),
+                             (f"/api/orphans?sae={narrow}", "atlas match --pairs siblings")]:
+            r = c.get(url)
+            assert r.status_code == 404 and command in r.json()["error"], (url, r.text)
+        assert c.get("/api/width-pairs", params={"model": "gemma%"}).json() == []  # nothing to compute there
+        assert run(main, ["--atlas", str(atlas), "match", "--pairs", "widths"]).exit_code == 0
+        assert run(main, ["--atlas", str(atlas), "match", "--pairs", "siblings"]).exit_code == 0
+        for url in (f"/api/saes/{narrow}/features/3/width-tree", "/api/width-pairs", "/api/consistency",
+                    f"/api/orphans?sae={narrow}"):
+            assert c.get(url).status_code == 200, url
+
+
+ATLAS_ROUTES = [f"/api/saes/{SAE0}", f"/api/orphans?sae={SAE0}", f"/api/pairs/{SAE0}/{SAE1}",
+                f"/api/search?sae_id={SAE0}&feature=5", f"/api/saes/{SAE0}/features/5",
+                f"/api/saes/{SAE0}/features/5/lineage", f"/api/stacks/{STACK}/communities", f"/api/stacks/{STACK}/flow",
+                f"/api/saes/{SAE0}/features/5/steering", "/api/layer-pairs", "/api/export/matches.parquet",
+                "/api/sql?sql=SELECT%20count(*)%20FROM%20matches", "/health"]
+
+
+def _no_server_paths(r, root) -> None:
+    assert str(root) not in r.text, r.text[:400]
+
+
+def test_a_files_folder_moved_away_is_503_naming_it_and_nothing_is_made_at_the_old_place(copy, tmp_path):
+    """Issue 31: with atlas.files/ moved away main answered 500 (orphans, pairs, search), 400 with the absolute
+    table path (SQL) and a 200 header then an aborted stream (export), and re-created atlas.files/leases/ there,
+    so moving the folder back failed."""
+    with TestClient(create_app(copy.path, Settings(sql_workers=1))) as c:
+        assert c.get(f"/api/saes/{SAE0}/features/5/lineage").status_code == 200
+        away = tmp_path / "elsewhere.files"
+        copy.dir.rename(away)
+        for url in ATLAS_ROUTES:
+            r = c.get(url)
+            assert r.status_code == 503 and r.headers["retry-after"], (url, r.status_code, r.text[:300])
+            assert "atlas.files/" in r.json()["error"] and r.json()["ok"] is False, (url, r.text)
+            _no_server_paths(r, tmp_path)
+        assert not copy.dir.exists()  # nothing made where the folder was
+        away.rename(copy.dir)  # moved back: served again
+        for url in ATLAS_ROUTES:
+            assert c.get(url).status_code == 200, url
+
+
+def _matches_file(atlas, a=SAE0, b=SAE1) -> str:
+    with atlas.read() as con:
+        return con.execute("SELECT file FROM parts WHERE table_name = 'matches' AND sae_a = ? AND sae_b = ? AND "
+                           "method = 'decoder_cos'", [a, b]).fetchone()[0]
+
+
+def test_a_deleted_table_file_and_its_index_are_503_naming_them(copy, tmp_path):
+    """Issue 31: one matches file deleted made 6 routes answer 500 on main; its .idx too (after a restart), lineage
+    and the card. Every route that reads it now names the file and `atlas migrate`; export checks its files
+    before the 200 goes out."""
+    rel = _matches_file(copy)
+    parquet = copy.tables_dir / rel
+    reads_it = [f"/api/pairs/{SAE0}/{SAE1}", f"/api/saes/{SAE0}/features/5/lineage", f"/api/orphans?sae={SAE1}",
+                f"/api/stacks/{STACK}/communities", f"/api/layer-pairs?stack={STACK}", f"/api/stacks/{STACK}/flow",
+                f"/api/saes/{SAE0}/features/5/steering", "/api/export/matches.parquet",
+                "/api/sql?sql=SELECT%20count(*)%20FROM%20matches"]
+    parquet.unlink()
+    with TestClient(create_app(copy.path, Settings(sql_workers=1))) as c:
+        for url in reads_it:
+            r = c.get(url)
+            if r.status_code == 200:  # answered from the pair's edge index, which is still there
+                assert "lineage" in url or "steering" in url, url
+                continue
+            assert r.status_code == 503, (url, r.status_code, r.text[:300])
+            assert rel.split("/")[-1] in r.json()["error"] and "atlas migrate" in r.json()["error"], (url, r.text)
+            _no_server_paths(r, tmp_path)
+    parquet.with_suffix(".idx").unlink()
+    with TestClient(create_app(copy.path, Settings(sql_workers=1))) as c:  # a restart: the index is not open
+        for url in (f"/api/saes/{SAE0}/features/5/lineage", f"/api/saes/{SAE0}/features/5"):
+            r = c.get(url)
+            assert r.status_code == 503 and "atlas migrate" in r.json()["error"], (url, r.status_code, r.text[:300])
+            _no_server_paths(r, tmp_path)

@@ -18,6 +18,7 @@ from litestar.testing import TestClient
 
 from api.app import create_app
 from api.settings import Settings
+from bench.flood import slow_statement
 from bench.server import free_port
 
 SAE0 = "synth-resid0-w256-s0-A"
@@ -190,13 +191,13 @@ def test_a_killed_worker_is_replaced_at_once(synth_atlas):
 
     pool = SQLPool(str(synth_atlas.path), 1, "512MB", 1)
     try:
-        assert pool.run("SELECT 1", 10, 5, 10_000)[1] == [(1,)]
+        assert _rows(pool.run("SELECT 1", 10, 5, 10_000)) == [[1]]
         idle = pool.idle.get()
         pool.idle.put(idle)
         os.kill(idle.process.pid, signal.SIGKILL)  # killed while idle
         idle.process.join(5)
         t0 = time.perf_counter()
-        assert pool.run("SELECT 2", 10, 5, 10_000)[1] == [(2,)]
+        assert _rows(pool.run("SELECT 2", 10, 5, 10_000)) == [[2]]
         assert time.perf_counter() - t0 < 5
 
         got: list[Exception] = []
@@ -214,7 +215,110 @@ def test_a_killed_worker_is_replaced_at_once(synth_atlas):
         running.join(5)
         assert not running.is_alive() and isinstance(got[0], OverBudget) and "died" in str(got[0])
         t0 = time.perf_counter()
-        assert pool.run("SELECT 3", 10, 5, 10_000)[1] == [(3,)]  # not the old 10 s wait for a worker
+        assert _rows(pool.run("SELECT 3", 10, 5, 10_000)) == [[3]]  # not the old 10 s wait for a worker
         assert time.perf_counter() - t0 < 5 and pool.count == 1
     finally:
         pool.close()
+
+
+def test_sql_reads_only_the_table_files_and_shows_paths_relative_to_the_atlas(synth_atlas, tmp_path):
+    """Issue 31: on main `read_blob('…/tables/../../atlas.duckdb')` answered 200 with the whole catalog file (DuckDB
+    lets a connection read its own database file whatever allowed_directories says), and absolute server paths
+    showed in duckdb_settings(), glob, saes.source and error messages."""
+    atlas = synth_atlas.copy_to(tmp_path / "atlas.duckdb")
+    tables = atlas.tables_dir
+    catalog = [f"{tables}/../../atlas.duckdb", str(atlas.path), f"{tables}/../../atlas.duckdb.wal",
+               "/proc/self/fd/3", "/proc/self/fd/4", "/proc/self/fd/5"]
+    with TestClient(create_app(atlas.path, Settings(sql_workers=1))) as c:
+        for path in catalog:
+            for fn in ("read_blob", "read_text"):
+                r = c.get("/api/sql", params={"sql": f"SELECT octet_length(content::BLOB) FROM {fn}('{path}')"})
+                assert r.status_code in (400, 403), (path, fn, r.status_code, r.text[:300])
+        assert c.get("/api/sql", params={"sql": f"SELECT count(*) FROM glob('{tables}/../../*')"}).status_code == 403
+        for sql in ["SELECT * FROM duckdb_settings()", "SELECT * FROM duckdb_databases()", "SELECT source FROM saes",
+                    f"SELECT file FROM glob('{tables}/**')", "SELECT sql FROM duckdb_views()",
+                    f"SELECT * FROM read_parquet('{tables}/nope.parquet')", f"SELECT * FROM '{tables}/../x.csv'"]:
+            r = c.get("/api/sql", params={"sql": sql})
+            assert str(tmp_path) not in r.text and "/root" not in r.text, (sql, r.text[:400])
+            if sql.startswith("SELECT file FROM glob"):
+                assert r.json()["rows"] and all(f.startswith("atlas.files/tables/") for f, in r.json()["rows"])
+        rows = c.get("/api/sql", params={"sql": "SELECT count(*) FROM matches"}).json()["rows"]
+        assert rows[0][0] > 0  # the table files themselves stay readable
+
+
+_CONFINED = """
+import sys, duckdb
+from pathlib import Path
+from api.sandbox import confine_reads, deny_writes
+from api.sqlpool import _libraries, _private_catalog
+from atlas.store.snapshot import tables_dir
+import atlas.store.snapshot as snapshot
+if sys.argv[3] == "copy":  # as where no link can be made (a read-only folder)
+    snapshot.open_link = lambda path: None
+atlas = sys.argv[1]
+target, stamp, opened = _private_catalog(atlas)
+assert opened.name.startswith("atlas-sql-") == (sys.argv[3] == "copy")
+deny_writes()
+if not confine_reads([tables_dir(atlas), opened, *_libraries(atlas)]):
+    print("no-landlock"); sys.exit()
+con = duckdb.connect()  # no DuckDB guard at all: only the kernel's
+out = []
+for path in (atlas, tables_dir(atlas) / "../../atlas.duckdb", "/etc/hostname", sys.argv[2]):
+    try:
+        out.append(str(con.execute(f"SELECT octet_length(content) > 0 FROM read_blob('{path}')").fetchone()[0]))
+    except duckdb.Error:
+        out.append("refused")
+try:
+    open(atlas, "rb").read(16)
+    out.append("read")
+except PermissionError:
+    out.append("refused")
+print(*out)
+"""
+
+
+@pytest.mark.parametrize("opened_by", ["link", "copy"])
+def test_the_sql_workers_reads_are_confined_to_the_table_files_by_the_kernel(synth_atlas, tmp_path, opened_by):
+    """The second guard on its own: a process confined as a SQL worker is, with a DuckDB connection that has no
+    guard of its own, reads a table file but neither the catalog (by any name) nor anything else outside."""
+    atlas = synth_atlas.copy_to(tmp_path / "atlas.duckdb")
+    out = subprocess.run([sys.executable, "-c", _CONFINED, str(atlas.path), str(_pair_file(atlas)), opened_by],
+                         capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": os.getcwd()})
+    assert out.returncode == 0, out.stderr
+    if out.stdout.strip() == "no-landlock":
+        pytest.skip("no Landlock on this kernel: DuckDB's own allowed paths are the only guard")
+    assert out.stdout.split() == ["refused", "refused", "refused", "True", "refused"], out.stdout
+
+
+def _rows(answer: tuple[bytes, bool]) -> list:
+    """The rows of a SQL worker's JSON answer (body, truncated)."""
+    return json.loads(answer[0])["rows"]
+
+
+def test_a_slow_to_parse_statement_is_stopped_at_its_parse_time_limit(synth_atlas):
+    """The statement check runs on the worker, under a CPU-time limit of its own: past it the worker is replaced
+    and the answer is a 408 naming the parse."""
+    from api.sqlpool import ParseTimeout, SQLPool
+    from atlas.queries.records import QueryError
+
+    pool = SQLPool(str(synth_atlas.path), 1, "512MB", 1)
+    try:
+        with pytest.raises(ParseTimeout, match="to parse"):
+            pool.run(slow_statement(), 10, 30, 10_000, parse_s=0.02)
+        with pytest.raises(QueryError, match="characters; at most 100,000"):
+            pool.run("SELECT 1 -- " + "x" * 100_000, 10, 5, 10_000)
+        assert _rows(pool.run("SELECT 7", 10, 5, 10_000)) == [[7]]
+    finally:
+        pool.close()
+
+
+def test_sql_answers_from_the_snapshot_a_job_just_published(synth_atlas, tmp_path):
+    """A worker cannot reopen the atlas once its reads are confined: it says it is stale and a fresh one serves."""
+    atlas = synth_atlas.copy_to(tmp_path / "atlas.duckdb")
+    count = {"sql": "SELECT count(*) FROM pair_stats"}
+    with TestClient(create_app(atlas.path, Settings(sql_workers=1))) as c:
+        before = c.get("/api/sql", params=count).json()["rows"][0][0]
+        with atlas.write() as w:
+            w.con.execute("DELETE FROM pair_stats WHERE method = 'encoder_cos'")
+        after = c.get("/api/sql", params=count).json()["rows"][0][0]
+        assert 0 < after < before

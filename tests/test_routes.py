@@ -93,3 +93,13 @@ def test_features_finds_labels(client):
     assert client.get("/api/features", params={"label": "zebra"}).json() == []
     r = client.get("/api/features", params={"label": " "})
     assert r.status_code == 400 and r.json()["ok"] is False
+
+
+@pytest.mark.parametrize("path", ["/api/sql", "/api/search", "/health", f"/api/saes/{SAES[0]}"])
+def test_options_allow_names_the_methods_a_405_names(client, path):
+    """Issue 31: Litestar's own OPTIONS answer listed only the handlers registered before it (OPTIONS /api/sql:
+    `GET, OPTIONS`; its 405: `POST, GET, OPTIONS`)."""
+    allow = client.options(path).headers["allow"]
+    refused = client.request("PATCH", path)
+    assert refused.status_code == 405
+    assert sorted(allow.split(", ")) == sorted(refused.headers["allow"].split(", ")), (allow, refused.headers["allow"])

@@ -10,6 +10,7 @@ from litestar.di import NamedDependency
 from atlas.status import BuildStatus, read_status
 from atlas.store.schema import SCHEMA_VERSION
 
+from ..errors import errors
 from ..state import AtlasState
 from ..structs import Health
 
@@ -19,14 +20,14 @@ STATIC = Path(__file__).parent.parent / "static"
 class HealthController(Controller):
     tags = ["health"]
 
-    @get("/health", operation_id="health", sync_to_thread=True)
+    @get("/health", operation_id="health", sync_to_thread=True, responses=errors(503))
     def health(self, atlas: NamedDependency[AtlasState]) -> Health:
         """Whether the server is up, and which snapshot of which atlas it serves."""
         snap = atlas.snapshot()
-        return Health(ok=True, atlas=str(atlas.atlas.path), saes=len(snap.saes()), schema_version=SCHEMA_VERSION,
+        return Health(ok=True, atlas=atlas.atlas.path.name, saes=len(snap.saes()), schema_version=SCHEMA_VERSION,
                       snapshot=snap.id)
 
-    @get("/api/build", operation_id="getBuild", sync_to_thread=True)
+    @get("/api/build", operation_id="getBuild", sync_to_thread=True, responses=errors())
     def build(self, atlas: NamedDependency[AtlasState]) -> BuildStatus:
         """How far the build writing into this atlas has come (`atlas demo`, `atlas minilm`): each step's done
         of total (null: not started) and its last item; state running, done, stopped, failed, or none when no

@@ -13,10 +13,13 @@ from atlas.queries.records import FeatureCard, FoundFeature, SAEDetail
 from atlas.queries.steering import SteeringSet, steering_set, to_safetensors
 
 from ..errors import errors
-from ..params import Cursor, FeatureIndex, Method, Name, SaeId, Tau, page_offset
+from ..params import Cursor, FeatureIndex, Method, Name, SaeId, Tau, also_answers, page_offset
 from ..settings import Settings
 from ..state import AtlasState
 from ..structs import OrphanPage, SAEPage
+
+
+SAFETENSORS = "application/octet-stream"
 
 
 class SaesController(Controller):
@@ -67,7 +70,7 @@ class SaesController(Controller):
                                  include_sites, snap.files(), edges)
 
     @get("/saes/{sae_id:str}/features/{feature:int}/steering", operation_id="getSteeringSet", sync_to_thread=True,
-         responses=errors(404, 408, 422))
+         responses=errors(404, 408, 422), operation_class=also_answers(SAFETENSORS))
     def get_steering(self, atlas: NamedDependency[AtlasState], sae_id: SaeId, feature: FeatureIndex,
                      tau: Tau = 0.7, method: Method = "decoder_cos",
                      format: Annotated[Literal["json", "safetensors"], QueryParameter(
@@ -78,7 +81,7 @@ class SaesController(Controller):
         s = steering_set(snap.cursor(), atlas.indexes, sae_id, feature, tau=tau, method=method, files=snap.files())
         if format == "json":
             return Response(s)
-        return Response(to_safetensors(s), media_type="application/octet-stream",
+        return Response(to_safetensors(s), media_type=SAFETENSORS,
                         headers={"Content-Disposition": f'attachment; filename="steering-{feature}.safetensors"'})
 
     @get("/orphans", operation_id="getOrphans", sync_to_thread=True, responses=errors(404))

@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import csv
-import io
 from typing import Annotated
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 from litestar import Controller, Response, get, post
 from litestar.di import NamedDependency
 from litestar.params import JSONBody, PathParameter, QueryParameter
@@ -15,63 +11,50 @@ from litestar.response import Stream
 
 from atlas.queries.records import NotFound
 from atlas.queries import budget
-from atlas.queries.sqlguard import check_statement
+from atlas.queries.sqlguard import MAX_SQL_CHARS
 
 from ..errors import errors
 from ..export import parquet_stream, table_batches
+from ..params import also_answers
 from ..settings import Settings
+from ..sqlanswer import MEDIA
 from ..state import AtlasState
 from ..structs import SQLFormat, SQLRequest, SQLResult
 
+OTHER_FORMATS = also_answers(*(m for f, m in MEDIA.items() if f != "json"))
 EXPORTABLE = ("saes", "features", "matches", "pair_stats", "correlations", "compositions", "runs")
-MEDIA = {"json": "application/json", "csv": "text/csv", "arrow": "application/vnd.apache.arrow.stream",
-         "parquet": "application/vnd.apache.parquet"}
 
-SqlText = Annotated[str, QueryParameter(min_length=1, max_length=100_000, description="One SELECT statement.")]
+SqlText = Annotated[str, QueryParameter(min_length=1, max_length=MAX_SQL_CHARS, description="One SELECT statement.")]
 Format = Annotated[SQLFormat, QueryParameter(name="_format", description="Response format.")]
 RowLimit = Annotated[int | None, QueryParameter(name="_limit", ge=0, schema_extra={"minimum": 0},
                                                  description="Most rows; at most the server's cap [default: the cap].")]
 
 
 async def _sql(atlas: AtlasState, settings: Settings, sql: str, fmt: str, limit: int | None) -> Response:
-    """Check the statement, then run it on a worker through the SQL routes' own gate (api/sqlpool.py): a flood
-    of slow SQL waits there or is refused (503), never holding the threads other routes run on."""
+    """Run the statement on a worker through the SQL routes' own gate (api/sqlpool.py): the worker checks it
+    (DuckDB's parser, under a parse time limit of its own), runs it and encodes the answer. Nothing of it runs on
+    the event loop, and a flood of slow statements waits there or is refused (503), never holding the threads
+    other routes run on."""
     limit = settings.sql_max_rows if limit is None else min(limit, settings.sql_max_rows)  # the server's cap wins
-    check_statement(atlas.cursor(), sql)  # refuse here what the worker would refuse, without a round trip
-    names, rows, truncated, elapsed = await atlas.sql.submit(
-        atlas.sql.run, sql, limit, settings.sql_time_limit_s, settings.sql_max_bytes, budget.current(),
-        retry_after=settings.sql_time_limit_s)
-    headers = {"X-Truncated": str(truncated).lower()}
-    if fmt == "json":
-        return Response(SQLResult(columns=names, rows=[list(r) for r in rows], truncated=truncated, limit=limit,
-                                  elapsed_ms=elapsed * 1000), headers=headers)
-    if fmt == "csv":
-        buf = io.StringIO()
-        w = csv.writer(buf)
-        w.writerow(names)
-        w.writerows(rows)
-        return Response(buf.getvalue(), media_type=MEDIA[fmt], headers=headers)
-    table = pa.Table.from_pydict({n: [r[i] for r in rows] for i, n in enumerate(names)})
-    buf = io.BytesIO()
-    if fmt == "arrow":
-        with pa.ipc.new_stream(buf, table.schema) as w:
-            w.write_table(table)
-    else:
-        pq.write_table(table, buf)
-    return Response(buf.getvalue(), media_type=MEDIA[fmt], headers=headers)
+    atlas.check_present()
+    body, truncated = await atlas.sql.submit(
+        atlas.sql.run, sql, limit, settings.sql_time_limit_s, settings.sql_max_bytes, budget.current(), fmt,
+        settings.sql_parse_time_limit_s, retry_after=settings.sql_time_limit_s)
+    return Response(body, media_type=MEDIA[fmt], headers={"X-Truncated": str(truncated).lower()})
 
 
 class SqlController(Controller):
     path = "/api"
     tags = ["sql"]
 
-    @get("/sql", operation_id="runSql", responses=errors(403, 408, 422, 503))
+    @get("/sql", operation_id="runSql", responses=errors(403, 408, 422, 503), operation_class=OTHER_FORMATS)
     async def sql_get(self, atlas: NamedDependency[AtlasState], settings: NamedDependency[Settings], sql: SqlText,
                 fmt: Format = "json", limit: RowLimit = None) -> Response[SQLResult]:
         """Run one read-only SELECT; `truncated` says whether rows were left out by the row or byte cap."""
         return await _sql(atlas, settings, sql, fmt, limit)
 
-    @post("/sql", operation_id="runSqlPost", status_code=200, responses=errors(403, 408, 413, 415, 422, 503))
+    @post("/sql", operation_id="runSqlPost", status_code=200, responses=errors(403, 408, 413, 415, 422, 503),
+          operation_class=OTHER_FORMATS)
     async def sql_post(self, atlas: NamedDependency[AtlasState], settings: NamedDependency[Settings],
                  data: JSONBody[SQLRequest]) -> Response[SQLResult]:
         """The same as GET /api/sql, for long statements: {"sql": "...", "_format": "json", "_limit": 100}."""

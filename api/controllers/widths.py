@@ -30,13 +30,13 @@ class WidthsController(Controller):
         ancestors (depth < 0), descendants (depth > 0), each with its parent, cosine and class."""
         return width_tree(atlas.cursor(), sae_id, feature)
 
-    @get("/width-pairs", operation_id="listWidthPairs", sync_to_thread=True, responses=errors())
+    @get("/width-pairs", operation_id="listWidthPairs", sync_to_thread=True, responses=errors(404))
     def get_width_pairs(self, atlas: NamedDependency[AtlasState], model: ModelPattern = "%") -> list[WidthPair]:
         """Per narrow/wide SAE pair: how many narrow features are kept, split, duplicated (near-copy children)
         or absent in the wider one."""
         return width_pairs(atlas.cursor(), model)
 
-    @get("/consistency", operation_id="listConsistency", sync_to_thread=True, responses=errors())
+    @get("/consistency", operation_id="listConsistency", sync_to_thread=True, responses=errors(404))
     def get_consistency(self, atlas: NamedDependency[AtlasState], model: ModelPattern = "%") -> list[Consistency]:
         """Consistency of each sibling pair, two measures each beside what random decoders of the same widths
         and d_in give: PW-MCC (Song et al. 2025: mean decoder cosine of one one-to-one assignment of all

@@ -7,6 +7,7 @@ import networkx as nx
 
 from . import budget
 from .common import check_method, check_tau, stack_saes
+from .computed import require
 from .edges import FileEdges
 from .records import OverBudget
 
@@ -24,6 +25,7 @@ def communities(con, stack: str, method: str = "decoder_cos", tau: float = 0.7, 
                 assigned_only: bool = True) -> list[Community]:
     check_tau(check_method(method), tau)
     layer_of = dict(stack_saes(con, stack))
+    require(con, "stack", method, stack=stack)
     edges = FileEdges.of(con)  # just the stack's pair files, not the view over every file of the atlas
     files = edges.files_of("matches", [(a, b, m) for a, b, m in edges.pairs if m == method
                                        and a in layer_of and b in layer_of])

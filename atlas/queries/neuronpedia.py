@@ -10,12 +10,12 @@ from urllib.parse import quote
 
 import msgspec
 
-from .common import NEURONPEDIA, check_method, check_tau, sae_row
-from .computed import NotComputed, command_for
+from .common import NEURONPEDIA, check_method, sae_row
+from .computed import require, require_stack_method
 from .edges import FileEdges
 from .lineage import lineage
 from .orphans import orphans
-from .records import NotFound
+from .records import NotFound, QueryError
 
 MAX_ITEMS = 500  # a quick list travels in its URL: keep it a size browsers and Neuronpedia accept
 
@@ -72,6 +72,7 @@ def as_list(con, name: str, features: list[tuple[str, int, str]]) -> Neuronpedia
 
 def lineage_list(con, sae_id: str, feature: int, tau: float = 0.7, method: str = "decoder_cos") -> NeuronpediaList:
     """Every feature of a lineage, in layer order, described by layer and label."""
+    require_stack_method(con, sae_id, method)
     lin = lineage(con, sae_id, feature, tau=tau, method=method)
     nodes = sorted(lin.nodes, key=lambda n: (n.layer, n.sae_id, n.feature))
     return as_list(con, f"lineage of {sae_id}/{feature}",
@@ -90,7 +91,8 @@ def pair_list(con, sae_a: str, sae_b: str, method: str = "decoder_cos", tau: flo
     sae_row(con, sae_a)
     sae_row(con, sae_b)
     m = check_method(method)
-    check_tau(m, tau)
+    if tau != tau or abs(tau) == float("inf"):  # a finite bar past the method's scores is allowed: none pass it
+        raise QueryError(f"tau must be a finite number, got {tau}")
     op, order = (">=", "DESC") if m.higher_is_better else ("<=", "ASC")
     files = FileEdges.of(con).files_of("matches", [(sae_a, sae_b, method)])  # the pair's own file, not the view
     rows = con.execute(
@@ -99,10 +101,8 @@ def pair_list(con, sae_a: str, sae_b: str, method: str = "decoder_cos", tau: flo
         f"LEFT JOIN features fb ON fb.sae_id = m.sae_b AND fb.feature = m.feature_b "
         f"WHERE m.assigned AND m.score {op} ? ORDER BY m.score {order}, m.feature_a LIMIT ?",
         [files[0], tau, MAX_ITEMS // 2 + 1]).fetchall() if files else []
-    if not rows and not con.execute("SELECT 1 FROM pair_stats WHERE sae_a = ? AND sae_b = ? AND method = ?",
-                                    [sae_a, sae_b, method]).fetchone():
-        raise NotComputed(f"pair {sae_a} -> {sae_b} has no {method} matches: run "
-                          f"`{command_for(method, 'list')} --pair {sae_a}:{sae_b}`")
+    if not rows:
+        require(con, "pair", method, a=sae_a, b=sae_b)
     out = []
     for fa, fb, score, la, lb in rows:
         tag = f"{method} {score:.2f}"

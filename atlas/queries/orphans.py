@@ -34,7 +34,7 @@ def orphans(con, sae_id: str, tau: float = 0.7, min_siblings: int = 1, by: str =
     sharing = feature_sharing(con, sae_id, tau, by)
     n_sib = sharing[0].n_siblings if sharing else 0
     siblings = sibling_ids(con, sae_id)
-    require_siblings_matched(con, sae_id, siblings, n_sib)
+    require_siblings_matched(con, sae_id, by)
     lonely = [s for s in sharing if s.n_shared == 0] if n_sib >= min_siblings else []
     tokens = top_tokens(con, [sae_id] * len(lonely), [s.feature for s in lonely]) if lonely else {}
     for s in lonely:  # the raw top tokens beside the label (docs/design.md, Labels)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from ..methods import SIMILARITY_METHODS
 from .common import check_fraction, check_method, check_tau, sae_row, stack_saes
+from .computed import require
 from .edges import FileEdges
 from .records import LayerFlow, LayerPair, Matrix, PairMatch, QueryError
 
@@ -26,6 +27,9 @@ def layer_pairs(con, stack: str | None = None, method: str = "decoder_cos", min_
         check_tau(m, min_score, "min_score")
     if stack is not None:
         stack_saes(con, stack)
+        require(con, "stack", method, stack=stack)
+    else:
+        require(con, "layer_pairs", method)
     if m.is_distance:
         if permutation_only:  # defined on a score bar, which distances do not have
             return []
@@ -71,6 +75,7 @@ def birth_death(con, stack: str, method: str = "decoder_cos", tau: float = 0.7) 
                          f"use {', '.join(SIMILARITY_METHODS[:-1])} or {SIMILARITY_METHODS[-1]}")
     check_tau(m, tau)
     stack_saes(con, stack)
+    require(con, "stack", method, stack=stack)
     rows = con.execute("SELECT layer, sae_id, d_sae, births, deaths FROM birth_death(?, method_ := ?, tau_ := ?)",
                        [stack, method, tau]).fetchall()
     return [LayerFlow(*r) for r in rows]
@@ -83,6 +88,8 @@ def pair_matches(con, sae_a: str, sae_b: str, method: str = "decoder_cos", limit
     sae_row(con, sae_a, saes), sae_row(con, sae_b, saes)
     order = check_method(method).sql_order
     paths = (files or FileEdges.of(con)).files_of("matches", [(sae_a, sae_b, method)])
+    if not paths:
+        require(con, "pair", method, a=sae_a, b=sae_b)
     rows = con.execute(f"SELECT feature_a, feature_b, score, rank FROM read_parquet(?, hive_partitioning = false) "
                        f"WHERE assigned ORDER BY score {order}, feature_a LIMIT ?", [paths[0], limit]).fetchall() if paths else []
     return [PairMatch(*r) for r in rows]

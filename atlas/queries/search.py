@@ -53,9 +53,11 @@ def nearest(cache: IndexCache, con, vector=None, sae_id: str | None = None, feat
             raise QueryError("give a vector, or an sae_id and a feature")
         q = feature_vector(cache, con, sae_id, feature)
     else:
-        q = np.asarray(vector, dtype=np.float32).reshape(1, -1)
-        if not np.isfinite(q).all() or not q.any():
+        v = np.asarray(vector, dtype=np.float64).reshape(1, -1)
+        if not np.isfinite(v).all() or not v.any():
             raise QueryError("vector must be finite and non-zero")
+        v = v / np.abs(v).max()  # in float64 first: any finite non-zero vector has a float32 direction (1e-263 too)
+        q = (v / np.linalg.norm(v)).astype(np.float32)
     rows = con.execute("SELECT sae_id, layer, index_file, d_in FROM saes WHERE d_in = ? "
                        "AND (? IS NULL OR sae_id IN (SELECT unnest(?))) ORDER BY sae_id",
                        [q.shape[1], saes, saes or []]).fetchall()

@@ -25,12 +25,17 @@ import msgspec
 from .records import NotAllowed, OverBudget, QueryError, QueryTimeout
 
 ALLOWED = "only SELECT, WITH, DESCRIBE, SHOW, SUMMARIZE and EXPLAIN [ANALYZE] of a SELECT are allowed"
+MAX_SQL_CHARS = 100_000
+"""Longest statement accepted: DuckDB's parser is superlinear in some shapes (a chain of CTEs), so the
+length is capped before it parses, and the server gives the parse a time limit of its own (api/sqlpool.py)."""
 
 
 def check_statement(con, sql: str) -> None:
     """Refuse (QueryError, NotAllowed) anything but one read-only statement."""
     if not sql or not sql.strip():
         raise QueryError("empty SQL")
+    if len(sql) > MAX_SQL_CHARS:
+        raise QueryError(f"the statement has {len(sql):,} characters; at most {MAX_SQL_CHARS:,} are accepted")
     kind = _kind(con, sql)
     if kind == "EXPLAIN":
         inner = _explained(sql)
@@ -76,12 +81,15 @@ def _explained(sql: str) -> str | None:
     return None
 
 
-def run_sql(con, sql: str, limit: int, timeout_s: float, max_bytes: int | None = None):
-    """(column names, rows, truncated, elapsed seconds) of a checked, time-limited query on cursor `con`.
+def run_sql(con, sql: str, limit: int, timeout_s: float, max_bytes: int | None = None, checked: bool = False):
+    """(column names, rows, truncated, elapsed seconds) of a checked, time-limited query on cursor `con`
+    (`checked`: the caller has already passed `sql` through check_statement).
 
     Rows stop at `limit` or where their JSON size would pass `max_bytes`; `truncated` says either happened.
+    A file the query cannot read is a QueryError whose __cause__ is DuckDB's IOException.
     """
-    check_statement(con, sql)
+    if not checked:
+        check_statement(con, sql)
     timer = threading.Timer(timeout_s, con.interrupt)
     t0 = time.perf_counter()
     timer.start()
@@ -107,6 +115,8 @@ def run_sql(con, sql: str, limit: int, timeout_s: float, max_bytes: int | None =
                          "a LIMIT)", "memory_limit") from None
     except duckdb.PermissionException as e:
         raise NotAllowed(f"not allowed here: {e}") from None
+    except duckdb.IOException as e:
+        raise QueryError(f"SQL error: {e}") from e
     except duckdb.Error as e:
         raise QueryError(f"SQL error: {e}") from None
     finally:

@@ -15,6 +15,7 @@ import msgspec
 import numpy as np
 
 from .common import sae_row
+from .computed import require_stack_method
 from .edges import FileEdges
 from .lineage import lineage
 from .records import NotFound
@@ -65,6 +66,7 @@ def steering_set(con, indexes, sae_id: str, feature: int, tau: float | None = 0.
                  max_skip: int = 1, files: FileEdges | None = None) -> SteeringSet:
     """The steering set of (sae_id, feature): its carry chain's decoder directions, hooks and layers.
     `indexes`: an IndexCache over the atlas's FAISS folder (the unit decoder rows)."""
+    require_stack_method(con, sae_id, method)
     lin = lineage(con, sae_id, feature, tau=tau, method=method, max_skip=max_skip, include_sites=False, files=files)
     chain = carry_chain(lin)
     rows = {(s, f): (norm, label, max_act) for s, f, norm, label, max_act in con.execute(

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections import Counter
 
 from .common import check_feature, dict_rows, sae_row, top_tokens
+from .computed import require
 from .findings import CONSISTENCY_SQL, WIDTHS_SQL
 from .records import Consistency, WidthNode, WidthPair, WidthTree
 
@@ -19,6 +20,7 @@ def width_tree(con, sae_id: str, feature: int) -> WidthTree:
     """The feature's narrower ancestors and wider descendants (empty but for itself where no width
     siblings were matched: `atlas match --pairs widths`)."""
     check_feature(sae_row(con, sae_id), feature)
+    require(con, "widths", sae=sae_id)
     rows = con.execute("SELECT depth, sae_id, d_sae, feature, parent_sae, parent_feature, score, class, n_children, "
                        "combo_cos, label, min_child_cos FROM width_tree(?, ?) LIMIT ?", [sae_id, feature, MAX_TREE]).fetchall()
     tokens = top_tokens(con, [r[1] for r in rows], [r[3] for r in rows])
@@ -51,8 +53,10 @@ def _summary(nodes: list[WidthNode], root: WidthNode) -> str:
 
 
 def width_pairs(con, model: str = "%") -> list[WidthPair]:
+    require(con, "model_widths", model=model)
     return [WidthPair(**r) for r in dict_rows(con, WIDTHS_SQL, [model])]
 
 
 def consistency(con, model: str = "%") -> list[Consistency]:
+    require(con, "model_siblings", model=model)
     return [Consistency(**r) for r in dict_rows(con, CONSISTENCY_SQL, [model])]

@@ -25,7 +25,7 @@ class Lease:
 
     def hold(self, names: set[str]) -> None:
         try:
-            self.dir.mkdir(parents=True, exist_ok=True)
+            self.dir.mkdir(exist_ok=True)  # never the atlas folder itself: moved away, it is not this lease's to make
             if self._file is None:
                 self._file = open(self.path, "w")
                 fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
