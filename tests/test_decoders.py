@@ -12,22 +12,10 @@ import torch
 from ingest import models
 from ingest.hooks import HookedRunner, tl_hook
 from tests import tiny_lms
+from tests.tiny_lms import hub  # noqa: F401  (the offline HF cache fixture)
 
 HOOKS = ["hook_resid_pre", "hook_resid_mid", "hook_resid_post", "attn.hook_z", "hook_attn_out", "hook_mlp_out",
          "ln1.hook_normalized", "ln2.hook_normalized", "mlp.hook_post"]
-
-
-@pytest.fixture(scope="module")
-def hub(tmp_path_factory):
-    """HF_HOME holding the three tiny models, offline, for this module."""
-    from tests.hub import offline_hub
-
-    home = tmp_path_factory.mktemp("hf")
-    snaps = tiny_lms.cache_models(home)
-    with pytest.MonkeyPatch.context() as mp:
-        offline_hub(mp, home)
-        yield home, snaps
-    models.release()
 
 
 @pytest.mark.parametrize("family", list(tiny_lms.NAMES))

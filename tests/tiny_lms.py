@@ -5,8 +5,11 @@ the reference every hook is checked against."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import numpy as np
+import pytest
 import torch
 
 from tests.hub import snapshot
@@ -102,3 +105,44 @@ def hooked_transformer(family: str, hf):
     ht.load_and_process_state_dict(convert(hf, cfg), fold_ln=False, center_writing_weights=False, center_unembed=False,
                                    fold_value_biases=False, refactor_factored_attn_matrices=False)
     return ht.eval()
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory):
+    """HF_HOME holding the three tiny models, offline, for the module that imports this fixture."""
+    from ingest import models
+    from tests.hub import offline_hub
+
+    home = tmp_path_factory.mktemp("hf")
+    snaps = cache_models(home)
+    with pytest.MonkeyPatch.context() as mp:
+        offline_hub(mp, home)
+        yield home, snaps
+    models.release()
+
+
+def write_saes(out: Path, model: str, hooks: list[str], d: int, n: int = 16, seed: int = 0, noise: float = 0.15,
+               hook_out: dict[str, str] | None = None) -> list[Path]:
+    """sae_lens folders of untrained ReLU SAEs at `hooks` of `model` (W_enc = W_dec.T, unit rows, a bias that
+    lets each feature fire on a fraction of tokens). Every SAE's decoder is one shared set of directions plus
+    `noise`, so matching the stack gives carry edges."""
+    from safetensors.numpy import save_file
+
+    rng = np.random.default_rng(seed)
+    base = rng.standard_normal((n, d)).astype(np.float32)
+    folders = []
+    for i, hook in enumerate(hooks):
+        dec = base + noise * np.linalg.norm(base, axis=1, keepdims=True) * rng.standard_normal(base.shape) / np.sqrt(d)
+        dec = (dec / np.linalg.norm(dec, axis=1, keepdims=True)).astype(np.float32)
+        folder = out / f"{model.replace('/', '_')}-{i}-{hook}"
+        folder.mkdir(parents=True, exist_ok=True)
+        save_file({"W_enc": np.ascontiguousarray(dec.T), "W_dec": dec, "b_enc": np.full(n, -0.5, np.float32),
+                   "b_dec": np.zeros(d, np.float32)}, str(folder / "sae_weights.safetensors"))
+        md = {"model_name": model, "hook_name": hook, "dataset_path": "prose", "seed": seed}
+        if hook_out and hook in hook_out:
+            md["hook_name_out"] = hook_out[hook]
+        (folder / "cfg.json").write_text(json.dumps({
+            "d_in": d, "d_sae": n, "dtype": "float32", "architecture": "transcoder" if md.get("hook_name_out") else "standard",
+            "apply_b_dec_to_input": not md.get("hook_name_out"), "normalize_activations": "none", "metadata": md}))
+        folders.append(folder)
+    return folders
