@@ -119,7 +119,7 @@ def compare(runner: HookedRunner, tokenizer, windows: Windows, saes: dict[str, S
     n_keep, n_mask = int(keep.sum()), int((keep & rows[:, None]).sum())
     logprob = {name: v[0] / n_keep for name, v in sums.items()}
     kl = {name: v[1] / max(n_mask, 1) for name, v in sums.items()}
-    out = Comparison(alpha, activation, target, tokenizer.convert_ids_to_tokens(top.tolist()), logprob, kl, int(rows.sum()))
+    out = Comparison(alpha, activation, target, [tokenizer.decode([t]) for t in top.tolist()], logprob, kl, int(rows.sum()))
     ids = windows.inputs["input_ids"]
     first = int((~keep[0]).long().argmin())  # the BOS positions before each window's own tokens
     for i in range(min(prompts, len(ids))):
