@@ -41,7 +41,7 @@ class HookError(ValueError):
 
 # -- names ------------------------------------------------------------------------------------------------
 
-_TL_NAME = re.compile(r"blocks\.\d+\.(?:[a-z0-9_]+\.)?hook_[a-z0-9_]+|hook_embed|hook_pos_embed|hook_tokens"
+_TL_NAME = re.compile(r"blocks\.\d+\.(?:[a-z0-9_]+\.)*hook_[a-z0-9_]+|hook_embed|hook_pos_embed|hook_tokens"
                       r"|embed\.hook_out|ln_final\.hook_normalized")
 """A TransformerLens hook name (whether a given model has it is the runner's check)."""
 

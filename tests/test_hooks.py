@@ -220,3 +220,62 @@ def test_bert_module_paths_are_the_tensors_of_their_names(minilm):
     assert names["encoder.layer.2.output"] == "blocks.2.hook_normalized_resid_post"
     for p, name in names.items():
         torch.testing.assert_close(got[name], seen[p], rtol=0, atol=0, msg=p)
+
+
+@pytest.mark.parametrize("name, model, side, want", [
+    ("blocks.3.hook_resid_post", None, "out", "blocks.3.hook_resid_post"),
+    ("blocks.3.attn.q.hook_in", None, "out", "blocks.3.attn.q.hook_in"),  # TransformerLens names as written
+    ("encoder.layer.2.output", None, "out", "blocks.2.hook_normalized_resid_post"),
+    ("bert.encoder.layer.2", None, "out", "blocks.2.hook_normalized_resid_post"),
+    ("encoder.layer.2.output.dense", None, "out", "blocks.2.hook_mlp_out"),
+    ("encoder.layer.2.attention.output.dense", None, "out", "blocks.2.hook_attn_out"),
+    ("transformer.h.5", "gpt2", "out", "blocks.5.hook_resid_post"),
+    ("transformer.h.5.mlp", "gpt2", "out", "blocks.5.hook_mlp_out"),
+    ("transformer.h.5.attn", "gpt2", "out", "blocks.5.hook_attn_out"),
+    ("model.layers.12", "meta-llama/Llama-3.1-8B", "out", "blocks.12.hook_resid_post"),
+    ("model.layers.12.mlp", "Qwen/Qwen2.5-0.5B", "out", "blocks.12.hook_mlp_out"),
+    ("model.layers.12.self_attn", "Qwen/Qwen2.5-0.5B", "out", "blocks.12.hook_attn_out"),
+    ("model.layers.12.mlp", "google/gemma-2-2b", "out", "blocks.12.mlp.hook_out"),  # after the post-norm there
+    ("gpt_neox.layers.3.attention", "EleutherAI/pythia-70m", "out", "blocks.3.hook_attn_out"),
+    ("layers.6", "EleutherAI/pythia-70m", "out", "blocks.6.hook_resid_post"),
+    ("layers.6.mlp", "EleutherAI/pythia-70m", "in", "blocks.6.mlp.hook_in"),
+    ("mlp_out_layer_3", "pythia-70m-deduped", "out", "blocks.3.hook_mlp_out"),
+    ("model.embed_tokens", None, "out", "hook_embed"),
+])
+def test_module_paths_map_to_transformer_lens_names(name, model, side, want):
+    from ingest.hooks import tl_hook
+
+    assert tl_hook(name, model, side) == want
+
+
+def test_an_sae_named_by_module_path_gets_a_site_and_no_none_in_its_id(tmp_path):
+    """The issue's case: an sae_lens folder whose cfg says `encoder.layer.2.output` (MiniLM's layer 2 output) is
+    read as blocks.2.hook_normalized_resid_post, site resid, id ...-resid2-...; an unknown name is refused in one
+    line naming --hook, and --hook wins over the file's name."""
+    import json
+
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    from atlas.sae import SAEError
+    from ingest.sources import read_sae
+
+    rng = np.random.default_rng(0)
+    save_file({"W_enc": rng.standard_normal((16, 8), np.float32), "W_dec": rng.standard_normal((8, 16), np.float32),
+               "b_enc": np.zeros(8, np.float32), "b_dec": np.zeros(16, np.float32)}, str(tmp_path / "sae_weights.safetensors"))
+
+    def cfg(hook):
+        (tmp_path / "cfg.json").write_text(json.dumps({"d_in": 16, "d_sae": 8, "architecture": "standard", "metadata": {
+            "model_name": "all-MiniLM-L6-v2", "hook_name": hook, "dataset_path": "code", "seed": 0}}))
+
+    cfg("encoder.layer.2.output")
+    m = read_sae(tmp_path, layer=2).meta
+    assert (m.hook, m.site, m.layer, m.sae_id) == ("blocks.2.hook_normalized_resid_post", "resid", 2,
+                                                   "all-MiniLM-L6-v2-resid2-w8-s0-code")
+    assert "None" not in m.stack
+    cfg("encoder.layer.2.weird")
+    with pytest.raises(SAEError, match=r"hook 'encoder\.layer\.2\.weird'.*pass --hook") as e:
+        read_sae(tmp_path, layer=2)
+    assert "\n" not in str(e.value)
+    m = read_sae(tmp_path, hook="blocks.2.hook_mlp_out").meta
+    assert (m.hook, m.site, m.layer) == ("blocks.2.hook_mlp_out", "mlp", 2)

@@ -51,7 +51,7 @@ CREATE OR REPLACE TEMP MACRO atlas_path(h) AS
 CREATE OR REPLACE TEMP MACRO atlas_tl_hook(h, side, bert) AS CASE
     WHEN bert AND regexp_full_match(h, 'blocks\.\d+\.hook_resid_post')
         THEN regexp_replace(h, 'hook_resid_post$', 'hook_normalized_resid_post')
-    WHEN regexp_full_match(h, 'blocks\.\d+\.(?:[a-z0-9_]+\.)?hook_[a-z0-9_]+|hook_embed|hook_pos_embed') THEN h
+    WHEN regexp_full_match(h, 'blocks\.\d+\.(?:[a-z0-9_]+\.)*hook_[a-z0-9_]+|hook_embed|hook_pos_embed') THEN h
     WHEN side = 'in' AND regexp_full_match(atlas_path(h), '(?:layers|h)\.\d+\.mlp')
         THEN regexp_replace(atlas_path(h), '^(?:layers|h)\.(\d+)\.mlp$', 'blocks.\1.mlp.hook_in')
     WHEN regexp_full_match(atlas_path(h), '(?:layers|h)\.\d+')
