@@ -211,6 +211,8 @@ def _tokenizer(spec: Spec):
     from transformers import AutoTokenizer
 
     kw = {"gguf_file": spec.gguf_file} if spec.gguf_file else {}
+    if spec.causal:  # as TransformerLens wants it (else its bridge reads the tokenizer, a whole GGUF file, again)
+        kw["add_bos_token"] = True
     return AutoTokenizer.from_pretrained(spec.path, **kw)
 
 

@@ -105,15 +105,8 @@ def test_steering_compare_changes_text_against_a_random_direction(two_models):
     """On a causal LM `atlas steering --compare` steers with the set, its first direction and random directions
     of equal norm at the set's hooks: the set raises the target feature and its top tokens' log-probability
     far beyond the random control, moves the next-token distribution, and changes greedy continuations."""
-    from ingest import models
-    from ingest.ablation import heldout_windows
-    from ingest.hooks import HookedRunner
-    from ingest.sources import read_sae
-    from ingest.steering import Member, compare
-
     with two_models.read() as con:
         ids = [r[0] for r in con.execute("SELECT sae_id FROM saes WHERE model = ? ORDER BY layer", [GPT2]).fetchall()]
-        sources = dict(con.execute("SELECT sae_id, source FROM saes").fetchall())
     out = _cli(two_models.path, "steering", ids[2], "3", "--compare", "--windows", "4", "--skip-tokens", "0",
                "--alpha", "6")
     lines = out[out.index("steering "):].splitlines()
@@ -123,14 +116,12 @@ def test_steering_compare_changes_text_against_a_random_direction(two_models):
     assert table["set"][0] > table["random"][0] + 2 and table["set"][0] > table["clean"][0] + 2
     assert table["set"][1] > max(table["random"][1], table["clean"][1]) + 0.2  # a random model: small but clear
     assert table["clean"][2] == 0 and table["set"][2] > 0.01
-    assert sum("prompt" in line for line in lines) == 3
-    # the same comparison in Python: continuations differ from clean under the set
-    saes = {s: read_sae(sources[s]) for s in ids}
-    members = [Member(s, 3, saes[s].weights.W_dec[3], RESID[i]) for i, s in enumerate(ids)]
-    lm = models.load(GPT2)
-    c = compare(HookedRunner(lm.model), lm.tokenizer, heldout_windows(GPT2, "prose", 0, 4), saes, members, 2, 6.0)
-    assert any(outs["set"] != outs["clean"] for _, outs in c.continuations)
-    assert len(c.top_tokens) == 10 and c.activation["first"][0] > c.activation["clean"][0]
+    prompts = [i for i, line in enumerate(lines) if line.startswith("  prompt ")]
+    assert len(prompts) == 3
+    outs = [{line.split()[0]: line.split(None, 1)[1] for line in lines[i + 1:i + 5]} for i in prompts]
+    assert all(list(o) == ["clean", "first", "set", "random"] for o in outs)
+    assert any(o["set"] != o["clean"] for o in outs)  # the set changes the greedy text
+    assert re.search(r"top tokens \(.*\): (.+)", out)
 
 
 def test_every_job_reads_the_hook_the_atlas_stores(hub, tmp_path):
