@@ -19,6 +19,7 @@ One model is held per process (`load` keeps the last one), so a job loads each m
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 from dataclasses import dataclass
@@ -69,8 +70,10 @@ BUNDLED = {"all-MiniLM-L6-v2": _minilm, "SmolLM2-135M-Instruct": _smollm2}
 store as their model."""
 
 
+@functools.lru_cache(maxsize=64)
 def resolve(name: str) -> Spec:
-    """The Spec a model name points to (reads at most a config file). ValueError naming the model if none."""
+    """The Spec a model name points to (reads at most a config file; remembered per process). ValueError naming
+    the model if none."""
     if name in BUNDLED:
         return BUNDLED[name]()
     p = Path(name).expanduser()
