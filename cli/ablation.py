@@ -123,8 +123,8 @@ def check_edges_cmd(atlas, stack, method, tau, per_kind, n_random, max_step, mod
 @click.option("--method", default="decoder_cos", show_default=True)
 @click.option("--compare", is_flag=True, help="Steer the model on held-out text with the whole set, its first direction "
               "alone and (a causal LM) random directions of equal norm at the set's hooks; print each chain feature's "
-              "mean activation, and on a causal LM the log-probability of the feature's top tokens, the KL on "
-              "unrelated windows and greedy continuations.")
+              "mean activation, and on a causal LM the log-probability of the feature's top tokens, the KL at "
+              "unrelated tokens and greedy continuations.")
 @click.option("--alpha", type=float, default=8.0, show_default=True, help="--compare: added length of each unit direction.")
 @click.option("--windows", "n_windows", type=click.IntRange(min=1), default=16, show_default=True,
               help="--compare: held-out windows of --corpus (after the first --skip-tokens tokens).")
@@ -189,7 +189,7 @@ def _compare(s, rows, sae, feature, alpha, n_windows, corpus, skip_tokens):
         chain = " ".join(f"{a:.3f}" for a in c.activation[name])
         click.echo(f"  {name:<10} {c.activation[name][target]:>10.3f} {c.logprob[name]:>10.3f} {c.kl[name]:>10.4f}   {chain}")
     click.echo(f"  top tokens (its last direction through the unembedding): {' '.join(repr(t) for t in c.top_tokens)}")
-    click.echo(f"  KL on the {c.unrelated} windows where the feature never fires clean")
+    click.echo(f"  KL at the {c.unrelated} tokens where the feature is silent clean")
     for prompt, outs in c.continuations:
         click.echo(f"  prompt {prompt!r}")
         for name in CONDITIONS:

@@ -9,8 +9,8 @@ control). Measured per condition:
 - the mean log-probability of the target's top tokens (the 10 tokens its last chain direction promotes most
   directly: through the final norm and the unembedding, `unembed(ln_final(d)) − unembed(ln_final(−d))`, which
   cancels the norm's bias) as the next token, over the same windows;
-- the KL divergence of the next-token distribution from clean, on unrelated windows (where the target never
-  fires clean): what steering costs elsewhere;
+- the KL divergence of the next-token distribution from clean at unrelated tokens (those where the target is
+  silent clean): what steering costs elsewhere;
 - greedy continuations of a few prompts.
 """
 
@@ -52,9 +52,9 @@ class Comparison:
     logprob: dict[str, float]
     """Condition → mean log P(next token ∈ top tokens)."""
     kl: dict[str, float]
-    """Condition → mean KL(clean ‖ condition) of the next-token distribution on unrelated windows."""
+    """Condition → mean KL(clean ‖ condition) of the next-token distribution at unrelated tokens."""
     unrelated: int
-    """Windows the KL is measured on."""
+    """Tokens the KL is measured at: those where the target is silent clean."""
     continuations: list[tuple[str, dict[str, str]]] = field(default_factory=list)
     """(prompt, condition → greedy continuation)."""
 
@@ -103,23 +103,22 @@ def compare(runner: HookedRunner, tokenizer, windows: Windows, saes: dict[str, S
         activation[name] = [float(acts[m.sae_id][:, m.feature][keep.flatten()].mean()) for m in members]
         if name == "clean":
             clean_target = acts[t.sae_id][:, t.feature].reshape(keep.shape)
-    silent = ~((clean_target > 0) & keep).any(1)
-    rows = silent if silent.any() else torch.ones(len(keep), dtype=torch.bool)
+    unrelated = keep & (clean_target <= 0)
     sums = {name: [0.0, 0.0] for name in conds}  # Σ log P(top), Σ KL
     for start in range(0, len(keep), batch):  # logits [batch, L, vocab]: a few windows at a time
         part = windows.rows(slice(start, start + batch))
         k = part.keep
-        mask = k & rows[start:start + batch, None]
+        mask = unrelated[start:start + batch]
         clean = None
         for name, edit in conds.items():
             lp = torch.log_softmax(runner.logits(part.inputs, edit).float().cpu(), -1)
             clean = lp if name == "clean" else clean
             sums[name][0] += float(torch.logsumexp(lp[..., top], -1)[k].sum())
             sums[name][1] += float((clean.exp() * (clean - lp)).sum(-1)[mask].sum())
-    n_keep, n_mask = int(keep.sum()), int((keep & rows[:, None]).sum())
+    n_keep, n_mask = int(keep.sum()), int(unrelated.sum())
     logprob = {name: v[0] / n_keep for name, v in sums.items()}
     kl = {name: v[1] / max(n_mask, 1) for name, v in sums.items()}
-    out = Comparison(alpha, activation, target, [tokenizer.decode([t]) for t in top.tolist()], logprob, kl, int(rows.sum()))
+    out = Comparison(alpha, activation, target, [tokenizer.decode([t]) for t in top.tolist()], logprob, kl, n_mask)
     ids = windows.inputs["input_ids"]
     first = int((~keep[0]).long().argmin())  # the BOS positions before each window's own tokens
     for i in range(min(prompts, len(ids))):
