@@ -259,12 +259,32 @@ class HookedRunner:
         """The language model's logits [batch, pos, vocab] with each `edit` applied at its hook."""
         return self._run(inputs, [], dict(edit or {}), logits=True)[1]
 
+    def _mid_edits(self, edit: dict[str, Edit]) -> tuple[dict[str, Edit], list]:
+        """On a TransformerBridge `hook_resid_mid` is the input of the MLP's norm: an edit there changes what the
+        MLP reads but not the residual's skip path, where TransformerLens's edit changes both. As resid_mid =
+        resid_pre + attn_out, the edit is applied at attn_out instead, exactly: attn_out' = edit(resid_pre +
+        attn_out) − resid_pre (resid_pre read in the same pass). Returns the edits and the reader handles."""
+        mids = [h for h in edit if h.endswith(".hook_resid_mid") and getattr(self.model, "original_model", None)
+                is not None]
+        handles = []
+        for hook in mids:
+            block = hook.rsplit(".", 1)[0]
+            pre, out = f"{block}.hook_resid_pre", f"{block}.hook_attn_out"
+            if out in edit or pre in edit:
+                raise HookError(f"hook {hook!r}: an edit there cannot be combined with one at {out} or {pre}")
+            seen: dict = {}
+            handles.append(self.site(pre).module.register_forward_hook(
+                lambda m, a, o, seen=seen: seen.__setitem__("x", o[0] if isinstance(o, tuple) else o)))
+            fn = edit.pop(hook)
+            edit[out] = lambda a, fn=fn, seen=seen: fn(seen["x"] + a) - seen["x"]
+        return edit, handles
+
     def _run(self, inputs, capture: list[str], edit: dict[str, Edit], logits: bool):
         import torch
 
+        edit, handles = self._mid_edits(dict(edit))
         sites = {h: self.site(h) for h in [*capture, *edit]}
         got: dict[str, torch.Tensor] = {}
-        handles = []
 
         def make(hook: str, site: Site):
             def apply(x: torch.Tensor) -> torch.Tensor | None:

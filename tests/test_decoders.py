@@ -149,3 +149,36 @@ def test_the_hf_folder_route_equals_the_transformer_lens_name_route(hub):
     by_folder = HookedRunner(models.load(str(snaps["llama"])).model).run(ids, capture=["blocks.2.hook_resid_post"])
     torch.testing.assert_close(by_name["blocks.2.hook_resid_post"], by_folder["blocks.2.hook_resid_post"], rtol=0, atol=0)
     assert np.isfinite(by_folder["blocks.2.hook_resid_post"].numpy()).all()
+
+
+@pytest.mark.parametrize("family", list(tiny_lms.NAMES))
+def test_edits_flow_on_as_in_transformer_lens(hub, family):
+    """An edit at each hook reaches the later layers as TransformerLens's own edit does: on the Bridge,
+    resid_mid is the MLP norm's input, so its edit is applied through attn_out (ingest.hooks, _mid_edits)
+    to reach the residual's skip path too."""
+    from ingest.hooks import subtract
+
+    lm = models.load(tiny_lms.NAMES[family])
+    ref = tiny_lms.hooked_transformer(family, lm.model.original_model)
+    ids = torch.randint(3, tiny_lms.VOCAB, (2, 10))
+    where = torch.zeros(2, 10, dtype=torch.bool)
+    where[0, 3] = where[1, 5] = True
+    read = "blocks.2.hook_resid_post"
+    runner = HookedRunner(lm.model)
+    clean = runner.run(ids, capture=[read])[read]
+    for at in ("blocks.1.hook_resid_pre", "blocks.1.hook_resid_mid", "blocks.1.hook_resid_post", "blocks.1.hook_mlp_out",
+               "blocks.1.attn.hook_z", "blocks.1.ln2.hook_normalized"):
+        vec = torch.randn(32) * 3
+        got = runner.run(ids, capture=[read, at], edit={at: subtract(vec, where)})
+
+        def hook(x, hook):
+            if x.dim() == 4:  # TransformerLens's z: [batch, pos, head, d_head]
+                return x - where[..., None, None] * vec.view(x.shape[-2], x.shape[-1])
+            return x - where.unsqueeze(-1) * vec
+
+        with ref.hooks(fwd_hooks=[(at, hook)]):
+            _, cache = ref.run_with_cache(ids, names_filter=[read, at])
+        torch.testing.assert_close(got[read], cache[read], rtol=1e-4, atol=1e-5, msg=at)
+        want_at = cache[at].flatten(-2) if at.endswith("hook_z") else cache[at]
+        torch.testing.assert_close(got[at], want_at, rtol=1e-4, atol=1e-5, msg=at)  # a capture sees the edit
+        assert (got[read] - clean).abs().max() > 0.05, at
