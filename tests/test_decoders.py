@@ -22,7 +22,7 @@ HOOKS = ["hook_resid_pre", "hook_resid_mid", "hook_resid_post", "attn.hook_z", "
 def test_each_hook_equals_transformer_lens_on_its_tiny_model(hub, family):
     """The agreement table: every hook of a block, captured through the model `--model NAME` loads, equals
     TransformerLens's own HookedTransformer cache of the same weights; resid_post also equals HF's hidden state."""
-    lm = models.load(tiny_lms.NAMES[family])
+    lm = models.load(tiny_lms.NAMES[family], device="cpu")
     assert lm.spec.tl_name and lm.causal and type(lm.model).__name__ == "TransformerBridge"
     hf = lm.model.original_model
     ref = tiny_lms.hooked_transformer(family, hf)
@@ -60,7 +60,7 @@ def _module(hf, path: str):
 def test_module_path_hooks_equal_their_transformer_lens_names(hub, family):
     """An SAE whose file names its hook by HF module path reads, under the mapped name, the very tensor that
     module outputs (or, for a transcoder's `layers.K.mlp`, receives)."""
-    lm = models.load(tiny_lms.NAMES[family])
+    lm = models.load(tiny_lms.NAMES[family], device="cpu")
     hf = lm.model.original_model
     ids = torch.randint(3, tiny_lms.VOCAB, (2, 9))
     seen = {}
@@ -96,7 +96,7 @@ def test_windows_start_with_bos_and_leave_it_out(hub):
     own tokens, equal to the model run on [BOS] + window by hand."""
     from ingest.activations import ActivationConfig, model_batches
 
-    lm = models.load("gpt2")
+    lm = models.load("gpt2", device="cpu")
     cfg = ActivationConfig(model="gpt2", corpus="prose", layers=[1], hooks=["blocks.0.hook_mlp_out"], window=20,
                            max_tokens=200, batch_windows=4)
     assert cfg.all_hooks() == ["blocks.1.hook_resid_post", "blocks.0.hook_mlp_out"]
@@ -145,8 +145,8 @@ def test_the_hf_folder_route_equals_the_transformer_lens_name_route(hub):
     give what the TransformerLens name gives."""
     _, snaps = hub
     ids = torch.randint(3, tiny_lms.VOCAB, (1, 8))
-    by_name = HookedRunner(models.load("meta-llama/Llama-3.2-1B").model).run(ids, capture=["blocks.2.hook_resid_post"])
-    by_folder = HookedRunner(models.load(str(snaps["llama"])).model).run(ids, capture=["blocks.2.hook_resid_post"])
+    by_name = HookedRunner(models.load("meta-llama/Llama-3.2-1B", device="cpu").model).run(ids, capture=["blocks.2.hook_resid_post"])
+    by_folder = HookedRunner(models.load(str(snaps["llama"]), device="cpu").model).run(ids, capture=["blocks.2.hook_resid_post"])
     torch.testing.assert_close(by_name["blocks.2.hook_resid_post"], by_folder["blocks.2.hook_resid_post"], rtol=0, atol=0)
     assert np.isfinite(by_folder["blocks.2.hook_resid_post"].numpy()).all()
 
@@ -158,7 +158,7 @@ def test_edits_flow_on_as_in_transformer_lens(hub, family):
     to reach the residual's skip path too."""
     from ingest.hooks import subtract
 
-    lm = models.load(tiny_lms.NAMES[family])
+    lm = models.load(tiny_lms.NAMES[family], device="cpu")
     ref = tiny_lms.hooked_transformer(family, lm.model.original_model)
     ids = torch.randint(3, tiny_lms.VOCAB, (2, 10))
     where = torch.zeros(2, 10, dtype=torch.bool)
