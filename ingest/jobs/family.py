@@ -13,7 +13,7 @@ from tqdm import tqdm
 from atlas.match.pair import MatchParams
 from atlas.methods import SIBLING_METHODS
 from atlas.store import Atlas
-from ingest.activations import (MANIFEST, ActivationConfig, collect, load_hook, load_tokens, read_manifest, resid_post,
+from ingest.activations import (MANIFEST, ActivationConfig, block_output, collect, load_hook, load_tokens, read_manifest,
                                  stored_hooks)
 from ingest.training import TrainConfig, check_tokens, train_sae
 
@@ -169,8 +169,8 @@ def build_family(atlas: Atlas, plan: FamilyPlan, cache: Path, log=print, progres
             held[(dataset, hook)] = load_hook(acts_dir[dataset], hook)
         return held[(dataset, hook)]
 
-    todo = [(d, s, layer, resid_post(layer), plan.train, f"{d}-s{s}-L{layer}") for d, s, layer in plan.saes()]
-    todo += [(d, s, layer, resid_post(layer), replace(plan.train, d_sae=w), f"{d}-s{s}-L{layer}-w{w}")
+    todo = [(d, s, layer, block_output(plan.model, layer), plan.train, f"{d}-s{s}-L{layer}") for d, s, layer in plan.saes()]
+    todo += [(d, s, layer, block_output(plan.model, layer), replace(plan.train, d_sae=w), f"{d}-s{s}-L{layer}-w{w}")
              for d, s, layer, w in plan.width_saes()]
     todo += [(d, s, layer, hook, plan.train, f"{d}-s{s}-{hook}") for d, s, layer, hook in plan.flow_saes()]
     total, done = sum(t[4].samples for t in todo), 0

@@ -14,6 +14,7 @@ import numpy as np
 
 from atlas.index import row_norms
 from atlas.sae import SAEError, SAERecord, validate
+from ingest.hooks import HookError, sae_hooks
 
 from . import dictionary_learning, gemmascope, release, saelens, sparsify
 
@@ -98,7 +99,12 @@ def finish(rec: SAERecord, where: str, overrides: dict) -> SAERecord:
     if "hook" in given and "site" not in given:
         rec.meta.site = None  # re-derive site/layer from the new hook
         rec.meta.layer = given.get("layer")
-    return check_magnitudes(validate(SAERecord(replace(rec.meta, **given), rec.weights), where), where)
+    meta = replace(rec.meta, **given)
+    try:  # hooks as TransformerLens names, whatever the file called them (ingest.hooks.sae_hooks)
+        meta.hook, meta.hook_out = sae_hooks(meta.hook, meta.hook_out, meta.kind, meta.model)
+    except HookError as e:
+        raise SAEError(f"{where}: {e}") from None
+    return check_magnitudes(validate(SAERecord(meta, rec.weights), where), where)
 
 
 OVERFLOW = 1e4
