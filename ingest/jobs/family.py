@@ -117,10 +117,8 @@ def _publish_sae(atlas: Atlas, folder: Path, q: dict) -> str:
 
 def _label(atlas: Atlas, sae_id: str, folder: Path, x, acts_dir: Path) -> int:
     """Label a trained SAE's features by the tokens they fire on (docs/design.md, Labels) unless it has labels."""
-    from transformers import AutoTokenizer
-
     from atlas.encode import encode_record
-    from ingest.activations import model_path
+    from ingest import models
     from ingest.jobs.labels import label_by_tokens
     from ingest.sources import read_sae
 
@@ -129,7 +127,7 @@ def _label(atlas: Atlas, sae_id: str, folder: Path, x, acts_dir: Path) -> int:
             return 0
     rec = read_sae(folder)
     tokens = load_tokens(acts_dir)
-    tokenizer = AutoTokenizer.from_pretrained(model_path(read_manifest(acts_dir)["config"]["model"]))
+    tokenizer = models.tokenizer(read_manifest(acts_dir)["config"]["model"])
     return label_by_tokens(atlas, sae_id, lambda chunk: encode_record(rec, chunk), x, tokens["token_ids"],
                            tokens["doc"], tokenizer, rec.meta.d_sae)
 
