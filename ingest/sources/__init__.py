@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from atlas.index import row_norms
-from atlas.sae import SAEError, SAERecord, validate
+from atlas.sae import SAEError, SAERecord, check_meta, validate
 from ingest.hooks import HookError, sae_hooks
 
 from . import dictionary_learning, gemmascope, release, saelens, sparsify
@@ -100,6 +100,7 @@ def finish(rec: SAERecord, where: str, overrides: dict) -> SAERecord:
         rec.meta.site = None  # re-derive site/layer from the new hook
         rec.meta.layer = given.get("layer")
     meta = replace(rec.meta, **given)
+    check_meta(meta, where)  # bounded text before the hook rules read it
     try:  # hooks as TransformerLens names, whatever the file called them (ingest.hooks.sae_hooks)
         meta.hook, meta.hook_out = sae_hooks(meta.hook, meta.hook_out, meta.kind, meta.model)
     except HookError as e:
