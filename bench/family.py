@@ -20,7 +20,7 @@ from bench import record
 RESULTS = Path(__file__).parent / "results"
 
 
-def run(max_tokens: int, samples: int, out: Path | None = None) -> dict:
+def run(max_tokens: int, samples: int, keep: Path | None = None) -> dict:
     from atlas.store import Atlas
     from ingest.jobs.family import STEPS, FamilyPlan, build_family
     from ingest.training import TrainConfig
@@ -39,7 +39,8 @@ def run(max_tokens: int, samples: int, out: Path | None = None) -> dict:
     load0 = os.getloadavg()
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory() as tmp:
-        build_family(Atlas(Path(tmp) / "atlas.duckdb"), plan, Path(tmp) / "cache", log=lambda *_: None, progress=progress)
+        where = keep or Path(tmp)
+        build_family(Atlas(where / "atlas.duckdb"), plan, where / "cache", log=lambda *_: None, progress=progress)
     total = time.monotonic() - t0
     steps = {s: round(marks[s][1] - marks[s][0], 1) for s in STEPS if s in marks}
     n_saes = len(plan.saes()) + len(plan.width_saes()) + len(plan.flow_saes())
@@ -57,9 +58,10 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.family", description=__doc__.splitlines()[0])
     p.add_argument("--max-tokens", type=int, default=40_000)
     p.add_argument("--samples", type=int, default=100_000)
+    p.add_argument("--keep", type=Path, help="Build in this (new) folder and keep the atlas, e.g. for screenshots.")
     args = p.parse_args(argv)
     meta = record.metadata(vars(args))
-    result = {"family": run(args.max_tokens, args.samples)}
+    result = {"family": run(args.max_tokens, args.samples, args.keep)}
     path = RESULTS / time.strftime("family-%Y%m%dT%H%M%S.json", time.gmtime())
     path.write_text(json.dumps({"meta": meta, **result}, indent=1))
     print(json.dumps(result, indent=1))

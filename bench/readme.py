@@ -441,6 +441,28 @@ def findings_table(results: Path = RESULTS) -> str:
     return table
 
 
+def family_sentence(results: Path = RESULTS) -> str:
+    """The README's build time of the MiniLM family: the newest `python -m bench.family` run, and what its
+    per-step times scale to at the default budgets (activations with tokens, training with samples)."""
+    files = sorted(results.glob("family-*.json"), reverse=True)
+    if not files:
+        return "No family build has been timed yet: `python -m bench.family`."
+    data = json.loads(files[0].read_text())
+    v, meta, st = data["family"], data["meta"], data["family"]["steps_s"]
+    p, d = v["plan"], v["default_plan"]
+    act, train = st.get("activations", 0.0), st.get("SAEs", 0.0)
+    rest = v["total_s"] - act - train
+    scaled = act * d["max_tokens"] / p["max_tokens"] + train * d["samples"] / p["samples"] + rest
+    return (f"Measured (`{files[0].name}`, {_host(meta)}; load average {v['load_avg_before'][0]:.0f} → "
+            f"{v['load_avg_after'][0]:.0f}): the default family's {p['saes']} SAEs at {p['max_tokens'] // 1000}k tokens "
+            f"per corpus and {p['samples'] // 1000}k samples each, from a cold cache, took **{v['total_s'] / 60:.1f} min**: "
+            f"activations {act:.0f} s, SAE training {train:.0f} s ({v['training_samples_per_s'] / 1e3:.1f}k samples/s), "
+            + ", ".join(f"{k} {st[k]:.0f} s" for k in ("widths", "matches", "correlations") if k in st)
+            + f". Scaled to the default budgets ({d['max_tokens'] // 1000}k tokens, {d['samples'] // 1000}k samples: "
+            f"activations × {d['max_tokens'] / p['max_tokens']:.0f}, training × {d['samples'] / p['samples']:.0f}, the rest "
+            f"as measured) that is ≈ **{scaled / 60:.0f} min** on such a machine.")
+
+
 INITS = RESULTS / "inits"
 
 
@@ -513,7 +535,7 @@ def scale_sentence(results: Path = RESULTS) -> str:
 
 
 BLOCKS = {"bench-table": bench_table, "bench-plan": plan_sentence, "bench-scale": scale_sentence,
-          "findings": findings_table, "inits": inits_table}
+          "findings": findings_table, "inits": inits_table, "family": family_sentence}
 
 
 def render(text: str, results: Path = RESULTS) -> str:

@@ -16,7 +16,7 @@ def test_readme_numbers_are_the_newest_results():
     text = README.read_text()
     assert all(f"<!-- {name}:start -->" in text for name in readme.BLOCKS)
     assert readme.render(text) == text, "README.md is stale: run `make readme-bench`"
-    for name in re.findall(r"`((?:bench|findings)-\d{8}T\d{6}\.json)`", text):
+    for name in re.findall(r"`((?:bench|findings|family)-\d{8}T\d{6}\.json)`", text):
         assert (readme.RESULTS / name).exists(), name
 
 
