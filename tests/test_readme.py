@@ -27,12 +27,15 @@ ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 README = ROOT / "README.md"
 
+CHECK_EDGES = ["--per-kind", "4", "--random", "8", "--windows", "8"]
 SKIP = {  # a prefix of the example (after "$ ") -> why it is not run here
     "make ": "builds the whole family or the venv (minutes to an hour); tests/test_demo.py runs `atlas demo`",
     "python3 -m venv": "a fresh venv from the wheel: tests/test_package.py",
     "~/atlas-env/": "the wheel's venv: tests/test_package.py",
     "atlas ingest --release": "110 GB from the Hub: tests/test_releases.py runs it offline on a tiny cache",
     "atlas minilm": "a family build (30 min for the default, 1 h --full); this module builds it at tiny budgets",
+    "atlas check-edges": "its default sample (16 edges per pair and kind, 64 windows) ran past 5 min here at load 8; "
+                         "the fixture runs the same command at " + " ".join(CHECK_EDGES) + " for the lines after it",
 }
 SKIP_SECTIONS = {  # sections whose examples need files the README names and this atlas lacks
     "## Activations at any hook": "needs the minilm-saes/ folder it names: tests/test_hooked_correlate.py "
@@ -141,6 +144,8 @@ def demo(tmp_path_factory):
     build_family(atlas, tiny, root / "demo-data" / "minilm", log=lambda *_: None)
     port = free_port()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    out = _run([str(BIN / "atlas"), "check-edges", *CHECK_EDGES], root, env, timeout=600)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     err = open(root / "serve.err", "w")
     proc = subprocess.Popen([str(BIN / "atlas"), "serve", "--port", str(port)], cwd=root, env=env,
                             stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
