@@ -239,7 +239,7 @@ def test_readme_examples_run_as_written(demo):
     for ex, why in skipped:
         print(f"  skipped {ex}: {why}")
     assert not failures, "\n\n".join(failures)
-    assert sum(ran.values()) >= 40
+    assert sum(ran.values()) >= 30  # the extractor still finds the README's examples
 
 
 def test_the_extractor_finds_each_kind():
