@@ -41,6 +41,7 @@ SKIP_SECTIONS = {  # sections whose examples need files the README names and thi
     "## Activations at any hook": "needs the minilm-saes/ folder it names: tests/test_hooked_correlate.py "
                                   "(test_readme_live_run_...) runs these lines as written on one",
     "## A decoder LM family (SmolLM2)": "a SmolLM2 family, not make demo's",
+    "### A decoder LM family (SmolLM2)": "a SmolLM2 family, not make demo's",
 }
 PLACEHOLDER = re.compile(r"\[|\b(?:SAE|FEATURE|STACK|SAE_A|SAE_B|OLD|NEW|PATH|RELEASE)\b|path/to/|checkpoints/|/old/|^atlas labels import")
 """A synopsis line of "The command line" (placeholders, optional parts): its command and options are checked
@@ -64,7 +65,7 @@ def examples() -> list[Example]:
     for n, line in enumerate(README.read_text().splitlines(), 1):
         if block is None:
             if line.startswith("## ") or line.startswith("### "):
-                section = line if line.startswith("## ") else section
+                section = line  # the nearest heading, so a subsection can be skipped on its own
             if m := re.match(r"```(\w+)$", line):
                 block, kind, start = [], m.group(1), n
             elif line.startswith("```"):
