@@ -20,7 +20,7 @@ def small_family(tmp_path_factory):
     root = tmp_path_factory.mktemp("minilm")
     plan = FamilyPlan(layers=[0, 1, 2], seeds=[1], sibling_layers=[0, 1, 2], code_layers=[1], max_tokens=3000,
                       corr_tokens=2500, widths=[32, 128], width_layer=1, flow_layers=[1],
-                      train=TrainConfig(d_sae=64, samples=60_000, batch=1024, eval_tokens=500))
+                      train=TrainConfig(d_sae=64, samples=30_720, batch=1024, eval_tokens=500))
     atlas = Atlas(root / "minilm.duckdb")
     quality = build_family(atlas, plan, root / "cache", log=lambda *_: None)
     return atlas, plan, quality, root
