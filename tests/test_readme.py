@@ -27,7 +27,9 @@ ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 README = ROOT / "README.md"
 
-CHECK_EDGES = ["--per-kind", "4", "--random", "8", "--windows", "8"]
+TINY_TOKENS = 5000
+"""Tokens per corpus of the fixture's MiniLM family; check-edges holds out the windows after them."""
+CHECK_EDGES = ["--max-step", "1", "--per-kind", "2", "--random", "4", "--windows", "4", "--skip-tokens", str(TINY_TOKENS)]
 SKIP = {  # a prefix of the example (after "$ ") -> why it is not run here
     "make ": "builds the whole family or the venv (minutes to an hour); tests/test_demo.py runs `atlas demo`",
     "python3 -m venv": "a fresh venv from the wheel: tests/test_package.py",
@@ -140,8 +142,8 @@ def demo(tmp_path_factory):
     atlas = Atlas(root / "atlas.duckdb")
     planted, default = plans("default")
     build_planted(atlas, planted, root / "demo-data" / "synth", StatusWriter(atlas.path, list(PLANTED)))
-    tiny = FamilyPlan(**{**default.__dict__, "max_tokens": 5000, "corr_tokens": None,
-                         "train": TrainConfig(samples=6000, batch=256, lr=5e-3, eval_tokens=500)})
+    tiny = FamilyPlan(**{**default.__dict__, "max_tokens": TINY_TOKENS, "corr_tokens": None,
+                         "train": TrainConfig(samples=4096, batch=256, lr=5e-3, eval_tokens=500)})
     build_family(atlas, tiny, root / "demo-data" / "minilm", log=lambda *_: None)
     port = free_port()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
