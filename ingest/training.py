@@ -41,6 +41,22 @@ class TrainConfig:
     """Every SAE of one seed starts from torch.manual_seed(seed) and sees the tokens in one order: the same
     starting dictionary for every layer, width and dataset (a wider SAE's first rows equal the narrower one's).
     A control for measuring what a shared start does to matching; off, each SAE starts from init_seed(...)."""
+    b_dec_init: str = "zeros"
+    """"zeros" (sae_lens's own start) or "mean": the decoder bias starts at the training activations' mean. A
+    decoder LM's residual stream has a large mean (SmolLM2: |mean| 70 beside 74 for a token's distance from it),
+    which b_dec cannot learn from zero in a short run: features then fire on every token to rebuild it (L0 400+
+    of 1152; docs/design.md, Training a family)."""
+    max_norm_multiple: float | None = None
+    """Train (and measure) only on tokens whose activation norm is at most this multiple of the median norm:
+    dictionary_learning's `max_activation_norm_multiple`. A decoder LM's massive activations (SmolLM2's residual
+    stream: 2% of tokens, mostly " the", at 3-12x the median norm along three dimensions) otherwise hold most of the
+    variance, and an SAE spends its dictionary on them (docs/design.md, Training a family). None: every token.
+    FVU, L0 and dead fraction are measured on every held-out token; `fvu_kept` on the kept ones."""
+
+
+NEW_FIELDS = {"b_dec_init": "zeros", "max_norm_multiple": None}
+"""TrainConfig fields added after SAEs were cached: in the cache key only when not at this default, so the
+SAEs trained before keep their keys."""
 
 
 def init_seed(seed: int, model: str, hook: str, d_sae: int, dataset: str) -> int:
@@ -52,7 +68,8 @@ def init_seed(seed: int, model: str, hook: str, d_sae: int, dataset: str) -> int
 
 def config_hash(cfg: TrainConfig, layer: int, seed: int, dataset: str, n_tokens: int, hook: str | None = None) -> str:
     """Cache key of one SAE; `hook` only for SAEs off the residual stream (residual keys stay as they were)."""
-    text = json.dumps([asdict(cfg), layer, seed, dataset, n_tokens] + ([hook] if hook else []), sort_keys=True)
+    fields = {k: v for k, v in asdict(cfg).items() if NEW_FIELDS.get(k, object()) != v}
+    text = json.dumps([fields, layer, seed, dataset, n_tokens] + ([hook] if hook else []), sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:10]
 
 
@@ -121,6 +138,14 @@ def train_sae(acts: torch.Tensor, layer: int, seed: int, dataset: str, out_root:
         return folder, json.loads(metrics_file.read_text())
     check_tokens(len(acts), cfg, f"{dataset} at {hook or f'blocks.{layer}.hook_resid_post'}")
     train, held = acts[: -cfg.eval_tokens], acts[-cfg.eval_tokens:]
+    if cfg.b_dec_init not in ("zeros", "mean"):
+        raise ValueError(f"b_dec_init {cfg.b_dec_init!r}: give 'zeros' or 'mean'")
+    extra = {}
+    if cfg.max_norm_multiple is not None:
+        bar = cfg.max_norm_multiple * float(acts.norm(dim=1).median())
+        n = len(train)
+        train = train[train.norm(dim=1) <= bar]
+        extra["dropped_frac"] = 1 - len(train) / n
     start = seed if cfg.shared_init else init_seed(seed, model, hook or f"blocks.{layer}.hook_resid_post", cfg.d_sae, dataset)
     torch.manual_seed(start)
     sae = StandardTrainingSAE(StandardTrainingSAEConfig(
@@ -128,8 +153,16 @@ def train_sae(acts: torch.Tensor, layer: int, seed: int, dataset: str, out_root:
         normalize_activations="expected_average_only_in"))
     trainer_cfg = SAETrainerConfig(total_training_samples=cfg.samples, train_batch_size_samples=cfg.batch, lr=cfg.lr,
                                    lr_end=cfg.lr_end, device="cpu", n_batches_for_norm_estimate=50)
-    sae = SAETrainer(cfg=trainer_cfg, sae=sae, data_provider=_batches(train, cfg.batch, start, progress)).fit()
-    metrics = dict(quality(sae, held), samples=cfg.samples, tokens=len(acts), init_seed=start)
+    trainer = SAETrainer(cfg=trainer_cfg, sae=sae, data_provider=_batches(train, cfg.batch, start, progress))
+    if cfg.b_dec_init == "mean":  # sae_lens's own scaling (sqrt(d_in) / mean norm), known first so b_dec starts there
+        scale = float(acts.shape[1] ** 0.5 / train.norm(dim=1).mean())
+        trainer.activation_scaler.scaling_factor = scale  # fit() keeps a factor it finds, folds it in at the end
+        with torch.no_grad():
+            sae.b_dec.copy_(train.mean(0) * scale)
+    sae = trainer.fit()
+    metrics = dict(quality(sae, held), samples=cfg.samples, tokens=len(acts), init_seed=start, **extra)
+    if cfg.max_norm_multiple is not None:
+        metrics["fvu_kept"] = quality(sae, held[held.norm(dim=1) <= bar])["fvu"]
     md = sae.cfg.metadata
     md.model_name, md.hook_name, md.dataset_path = model, hook or f"blocks.{layer}.hook_resid_post", dataset
     sae.save_inference_model(folder)
