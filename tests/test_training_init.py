@@ -30,7 +30,7 @@ def _stream(n: int = 8_000, n_true: int = 40, offset: float = 8.0, seed: int = 0
 
 
 def _cfg(**kw) -> TrainConfig:
-    return TrainConfig(d_sae=D_SAE, samples=16_000, batch=256, eval_tokens=1000, l1_coefficient=1.0, **kw)
+    return TrainConfig(**{**dict(d_sae=D_SAE, samples=16_000, batch=256, eval_tokens=1000, l1_coefficient=1.0), **kw})
 
 
 def test_mean_init_lowers_l0_on_a_stream_with_a_large_mean(tmp_path):
@@ -67,3 +67,28 @@ def test_unknown_b_dec_init_is_refused(tmp_path):
     x, _ = _stream(n=2000)
     with pytest.raises(ValueError, match="b_dec_init 'median'"):
         train_sae(x, 0, 0, "toy", tmp_path, _cfg(b_dec_init="median"), model="toy")
+
+
+def test_transcoder_predicts_its_output_hook_and_reads_back_as_one(tmp_path):
+    """Planted: the same sparse codes written along one dictionary at the input hook and another at the output
+    hook; a transcoder trained by sae_lens's trainer predicts the output from the input, saved in sae_lens's
+    transcoder layout, which the atlas reads as a transcoder whose reconstruction is the output."""
+    from atlas.encode import decode, encode_record
+    from ingest.sources import read_sae
+
+    rng = np.random.default_rng(3)
+    codes = rng.exponential(1.0, (6_000, 40)).astype(np.float32) * (rng.random((6_000, 40)) < 3 / 40)
+    x = torch.from_numpy(codes @ rng.standard_normal((40, D_IN)).astype(np.float32) + 3.0)
+    y = torch.from_numpy(codes @ rng.standard_normal((40, D_IN)).astype(np.float32))
+    cfg = _cfg(b_dec_init="mean", samples=40_000, lr=3e-3, lr_end=3e-4)
+    folder, q = train_sae(x, 1, 0, "toy", tmp_path, cfg, model="toy", hook="blocks.1.ln2.hook_normalized",
+                          target=y, hook_out="blocks.1.hook_mlp_out")
+    assert q["fvu"] < 0.6 and q["l0"] < 0.3 * D_SAE, q  # predicting the output's mean alone: FVU 1
+    saved = json.loads((folder / "cfg.json").read_text())
+    assert saved["architecture"] == "transcoder" and saved["metadata"]["hook_name_out"] == "blocks.1.hook_mlp_out"
+    rec = read_sae(folder)
+    assert rec.meta.kind == "transcoder" and rec.meta.hook_out == "blocks.1.hook_mlp_out"
+    held_x, held_y = x[-1000:], y[-1000:]
+    recon = decode(rec.weights, encode_record(rec, held_x), held_x)
+    fvu = float(((held_y - recon) ** 2).sum() / ((held_y - held_y.mean(0)) ** 2).sum())
+    assert fvu == pytest.approx(q["fvu"], abs=0.02)  # the atlas's reading computes what training measured
