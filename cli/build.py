@@ -163,8 +163,8 @@ def smollm(atlas, cache, layers, samples, max_tokens, d_sae, widths, width_layer
     Python source; residual SAEs at layers 3-6, a seed and a code sibling and a width pair at layer 5, and there
     MLP-out and attention (attn.hook_z) SAEs and a transcoder (ln2.hook_normalized -> hook_mlp_out); sae_lens's
     trainer, b_dec from the mean; matched by weights and activations. Offline; cached for reruns; progress beside
-    the atlas, as `atlas minilm`'s. Measured build time: README, A decoder LM family. Then `atlas check-edges
-    --stack '%SmolLM2%s0-prose' --skip-tokens 60000` and `atlas findings --model 'SmolLM2%'`."""
+    the atlas, as `atlas minilm`'s. Measured build time: README, A decoder LM family. Then `atlas check-edges`
+    (ablation checks, about 10 minutes) and `atlas findings --model 'SmolLM2%' --stack '%s0-prose'`."""
     from ingest.jobs.family import FamilyPlan
 
     _build_family(atlas, FamilyPlan.smollm(), cache, samples, max_tokens, d_sae, widths, width_layer, flow_layers,
