@@ -121,19 +121,10 @@ def _build_family(atlas, plan, cache, samples, max_tokens, d_sae, widths, width_
                   layers=None) -> None:
     """One family command's options over its plan, then the one builder (ingest.jobs.family.build_family) with
     progress in the status panel."""
-    from dataclasses import replace
-
     from atlas.status import StatusWriter
     from ingest.jobs.family import STEPS, build_family
 
-    train = replace(plan.train, d_sae=d_sae or plan.train.d_sae, samples=samples or plan.train.samples,
-                    shared_init=shared_init)
-    sizes = plan.widths if widths is None else _ints(widths, "--widths", "sizes")
-    flow = plan.flow_layers if flow_layers is None else _ints(flow_layers, "--flow-layers", "layers")
-    plan = replace(plan, max_tokens=max_tokens or plan.max_tokens, train=train, widths=sizes, flow_layers=flow,
-                   width_layer=plan.width_layer if width_layer is None else width_layer)
-    if layers is not None:
-        plan = replace(plan, layers=_ints(layers, "--layers", "layers"))
+    plan = family_plan(plan, samples, max_tokens, d_sae, widths, width_layer, flow_layers, shared_init, layers)
     name = plan.label
     with StatusWriter(atlas.path, [f"{name} {s}" for s in STEPS]).running("stopped by Ctrl-C; a rerun resumes from "
                                                                           "the cache") as status:
@@ -142,10 +133,32 @@ def _build_family(atlas, plan, cache, samples, max_tokens, d_sae, widths, width_
     click.echo(f"{name} family ready in {atlas.path}")
 
 
+def family_plan(plan, samples=None, max_tokens=None, d_sae=None, widths=None, width_layer=None, flow_layers=None,
+                shared_init=False, layers=None):
+    """A family command's plan with its options applied (None: the plan's own)."""
+    from dataclasses import replace
+
+    if layers is not None:  # the seed, code, width, flow and transcoder SAEs move from the plan's middle layer
+        base = _ints(layers, "--layers", "layers")
+        if not base:
+            raise ValueError("--layers takes at least one layer")
+        mid = {plan.width_layer: base[len(base) // 2] if width_layer is None else width_layer}
+        plan = replace(plan, layers=base, width_layer=mid[plan.width_layer],
+                       **{f: [mid.get(x, x) for x in getattr(plan, f)]
+                          for f in ("sibling_layers", "code_layers", "flow_layers", "transcoder_layers")})
+    train = replace(plan.train, d_sae=d_sae or plan.train.d_sae, samples=samples or plan.train.samples,
+                    shared_init=shared_init)
+    sizes = plan.widths if widths is None else _ints(widths, "--widths", "sizes")
+    flow = plan.flow_layers if flow_layers is None else _ints(flow_layers, "--flow-layers", "layers")
+    return replace(plan, max_tokens=max_tokens or plan.max_tokens, train=train, widths=sizes, flow_layers=flow,
+                   width_layer=plan.width_layer if width_layer is None else width_layer)
+
+
 @main.command()
 @click.option("--cache", type=click.Path(path_type=Path), default=Path(".cache/smollm"), show_default=True,
               help="Activations and trained SAEs are kept here, keyed by their configuration.")
-@click.option("--layers", default=None, help="Residual-stream layers of the base stack (prose, seed 0) [default: 3,4,5,6].")
+@click.option("--layers", default=None, help="Residual-stream layers of the base stack (prose, seed 0); the seed, code, "
+                                             "width, flow and transcoder SAEs go to its middle one [default: 3,4,5,6].")
 @click.option("--samples", type=int, default=None, help="Training samples per SAE [default: 150k].")
 @click.option("--max-tokens", type=int, default=None, help="Tokens per corpus (prose, Python source) [default: 60k].")
 @click.option("--d-sae", type=int, default=None, help="Features per SAE [default: 1152, 2x d_model].")

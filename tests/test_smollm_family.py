@@ -120,3 +120,14 @@ def test_family_runs_end_to_end(tiny_family):
     assert "activation_corr" in methods[frozenset(("attn", "resid"))]
     assert "decoder_cos" not in methods[frozenset(("attn", "resid"))]
     assert {s[0] for s in steps} == {"activations", "SAEs", "widths", "matches", "correlations"}
+
+
+def test_smollm_layers_option_moves_the_middle_layers_saes_with_it():
+    from cli.build import family_plan
+
+    plan = family_plan(FamilyPlan.smollm(), layers="10,11,12,13")
+    assert plan.layers == [10, 11, 12, 13] and plan.width_layer == 12
+    assert plan.sibling_layers == plan.code_layers == plan.flow_layers == plan.transcoder_layers == [12]
+    plan = family_plan(FamilyPlan.smollm(), layers="10,11,12,13", width_layer=11, flow_layers="")
+    assert plan.width_layer == 11 and plan.sibling_layers == [11] and plan.flow_layers == []
+    assert family_plan(FamilyPlan.smollm()) == FamilyPlan.smollm()  # no options: the plan itself
