@@ -67,8 +67,8 @@ class FamilyPlan:
     @classmethod
     def smollm(cls) -> FamilyPlan:
         """`atlas smollm`: SmolLM2-135M-Instruct (bundled GGUF), residual stream at layers 3-6 (the capture stops at
-        block 6: 7 of 30 blocks run), a seed and a code sibling, a narrower width and the MLP-out and per-head
-        attention output (attn.hook_z) SAEs at layer 5. b_dec starts at the mean (its residual stream's mean is as
+        block 6: 7 of 30 blocks run), a seed and a code sibling, a narrower width, the MLP-out and per-head
+        attention output (attn.hook_z) SAEs and a transcoder at layer 5. b_dec starts at the mean (its residual stream's mean is as
         large as a token's spread; docs/design.md, SmolLM2). Sized for 2 cores (README, A decoder LM family)."""
         return cls(layers=[3, 4, 5, 6], seeds=[1], sibling_layers=[5], code_layers=[5], max_tokens=60_000,
                    corr_tokens=30_000, model=SMOLLM, widths=[576], width_layer=5, flow_layers=[5],
