@@ -13,7 +13,8 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from atlas.queries import IndexCache, budget
+from atlas import budget
+from atlas.queries import IndexCache
 from atlas.queries.card import FEATURE_COLUMNS
 from atlas.queries.common import SAE_COLUMNS
 from atlas.queries.edges import FileEdges

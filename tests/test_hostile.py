@@ -85,8 +85,8 @@ def test_lineage_explosion_is_bounded(client, monkeypatch):
 def test_query_loops_stop_at_the_deadline(synth_atlas, call):
     """The Python loops of lineage, communities and search check the request's budget between steps."""
     from atlas import queries as q
-    from atlas.queries import budget
-    from atlas.queries.records import QueryTimeout
+    from atlas import budget
+    from atlas.errors import QueryTimeout
 
     token = budget.use(budget.Budget(0.0))
     try:

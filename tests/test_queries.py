@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from atlas.queries import (NotFound, QueryError, birth_death, communities, feature_sharing, layer_pairs, lineage,
-                           orphans, pair_matrix, permutation_pairs)
+from atlas.errors import NotFound, QueryError
+from atlas.queries import (birth_death, communities, feature_sharing, layer_pairs, lineage, orphans, pair_matrix,
+                           permutation_pairs)
 from atlas.synth import SynthConfig
 
 from .conftest import TINY, build_atlas, planted_flow

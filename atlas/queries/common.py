@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .. import methods
 from ..methods import Method
-from .records import NotFound, QueryError
+from ..errors import NotFound, QueryError
 
 SAE_COLUMNS = ("sae_id", "model", "hook", "site", "layer", "d_in", "d_sae", "arch", "k", "seed", "dataset",
                "stack", "source", "format", "sha256", "neuronpedia_id", "index_file", "index_factory", "created_at",

@@ -5,11 +5,11 @@ from __future__ import annotations
 import msgspec
 import networkx as nx
 
-from . import budget
+from .. import budget
 from .common import check_method, check_tau, stack_saes
 from .computed import require
 from .edges import FileEdges
-from .records import OverBudget
+from ..errors import OverBudget
 
 MAX_EDGES = 2_000_000
 

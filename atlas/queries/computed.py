@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 
 from .common import check_method
-from .records import NotFound
+from ..errors import NotFound
 
 
 class NotComputed(NotFound):

@@ -21,12 +21,13 @@ from collections import Counter
 import numpy as np
 
 from ..store.edgeindex import CANDIDATE, CARRY, KINDS
-from . import budget
+from .. import budget
 from .checks import attach_checks
 from .common import check_feature, check_fraction, check_method, check_tau, feature_url, sae_row, top_tokens
 from .computed import require_stack_method
 from .edges import FileEdges
-from .records import Edge, Lineage, LineageLayer, Node, OverBudget, QueryError
+from .records import Edge, Lineage, LineageLayer, Node
+from ..errors import OverBudget, QueryError
 
 MAX_NODES = 2000
 EDGE_MODES = ("default", "all")

@@ -15,7 +15,7 @@ from .computed import require, require_stack_method
 from .edges import FileEdges
 from .lineage import lineage
 from .orphans import orphans
-from .records import NotFound, QueryError
+from ..errors import NotFound, QueryError
 
 MAX_ITEMS = 500  # a quick list travels in its URL: keep it a size browsers and Neuronpedia accept
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from .common import check_fraction, sae_row, top_tokens
 from .computed import require_siblings_matched
-from .records import FeatureSharing, Orphans, QueryError
+from .records import FeatureSharing, Orphans
+from ..errors import QueryError
 
 
 def feature_sharing(con, sae_id: str, tau: float = 0.7, by: str = "any") -> list[FeatureSharing]:

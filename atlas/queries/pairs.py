@@ -12,7 +12,8 @@ from ..methods import SIMILARITY_METHODS
 from .common import check_fraction, check_method, check_tau, sae_row, stack_saes
 from .computed import require
 from .edges import FileEdges
-from .records import LayerFlow, LayerPair, Matrix, PairMatch, QueryError
+from .records import LayerFlow, LayerPair, Matrix, PairMatch
+from ..errors import QueryError
 
 STATS = ("matched_frac", "mean_score", "median_score", "mse_after_perm", "identity_frac", "frac_at_min_score")
 

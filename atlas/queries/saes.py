@@ -4,7 +4,8 @@ The API, the command line (`atlas saes`, `atlas info`) and notebooks read them h
 from __future__ import annotations
 
 from .common import SAE_COLUMNS, sae_row
-from .records import SAE, FoundFeature, QueryError, SAEDetail, SAESummary, SiblingGroup, Stack
+from .records import SAE, FoundFeature, SAEDetail, SAESummary, SiblingGroup, Stack
+from ..errors import QueryError
 
 
 def list_saes(con, stack: str | None = None, model: str | None = None, limit: int | None = None,

@@ -8,9 +8,9 @@ import msgspec
 import numpy as np
 
 from .. import index as fx
-from . import budget
+from .. import budget
 from .common import check_feature, sae_row
-from .records import NotFound, QueryError
+from ..errors import NotFound, QueryError
 
 
 class Hit(msgspec.Struct):

@@ -18,7 +18,7 @@ from .common import sae_row
 from .computed import require_stack_method
 from .edges import FileEdges
 from .lineage import lineage
-from .records import NotFound
+from ..errors import NotFound
 
 FORMAT = "feature-atlas-steering/1"
 """The `format` metadata of a steering file; bumped if its tensors change."""
