@@ -19,7 +19,7 @@ from atlas.status import StatusWriter
 from atlas.store import Atlas
 from atlas.synth import SynthConfig, generate, n_saes
 from ingest.jobs.family import STEPS, FamilyPlan, build_family
-from ingest.serving import Server
+from ingest.server_process import Server
 from ingest.training import TrainConfig
 
 SIZES = ("tiny", "default", "full")
