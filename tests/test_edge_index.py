@@ -262,3 +262,44 @@ def test_a_killed_job_leaves_no_index_a_snapshot_names_without_its_table_file(tm
     with atlas.write():
         pass
     assert _files(atlas) == before and len(named()) == 1
+
+
+def _kinds_of(path: Path, features) -> list[str]:
+    from atlas.store.edgeindex import KINDS
+
+    return KINDS[EdgeIndex(path).forward(features).kind].tolist()
+
+
+def test_an_index_is_read_by_its_own_kind_table(tmp_path, monkeypatch):
+    """Kind codes are persisted: a file names its code table in its header (format 2), and one written when the
+    kinds stood in another order, or a format-1 file without a table, reads the same kinds (never by position)."""
+    import atlas.store.edgeindex as ei
+
+    n, i = 50, np.arange(50)
+    data = _pair(n).set_column(7, "assigned", pa.array(i % 4 == 0)) \
+        .set_column(6, "rank", pa.array(np.where(i % 4 == 1, 1, 2), pa.int16())) \
+        .set_column(8, "rank_b", pa.array(np.where(i % 4 == 2, 1, 3), pa.int16()))
+    ei.write(tmp_path / "now.idx", data)
+    want = _kinds_of(tmp_path / "now.idx", range(50))
+    assert set(want) == {"carry", "split", "merge", "candidate"}
+    # written by a code whose EDGE_KIND listed merge before carry (so its codes differ from ours)
+    order = ["merge", "candidate", "carry", "split"]
+    with monkeypatch.context() as m:
+        m.setattr(ei, "KINDS", np.array(order))
+        m.setattr(ei, "CODE", {k: i for i, k in enumerate(order)})
+        m.setattr(ei, "CANDIDATE", order.index("candidate"))
+        ei.write(tmp_path / "other.idx", data)
+    assert EdgeIndex(tmp_path / "other.idx").recode is not None
+    assert _kinds_of(tmp_path / "other.idx", range(50)) == want
+    # format 1: no table in the header, the codes of FORMAT_1_KINDS
+    with monkeypatch.context() as m:
+        m.setattr(ei, "header_of", lambda rows, layout: {"format": 1, "rows": rows, "arrays": layout})
+        ei.write(tmp_path / "v1.idx", data)
+    assert _kinds_of(tmp_path / "v1.idx", range(50)) == want
+    # a kind this code does not know: refused by name, not misread
+    with monkeypatch.context() as m:
+        m.setattr(ei, "header_of", lambda rows, layout: {"format": 2, "rows": rows, "arrays": layout,
+                                                         "kinds": ["carry", "split", "merge", "loop", "candidate"]})
+        ei.write(tmp_path / "new.idx", data)
+    with pytest.raises(ValueError, match="edge kind 'loop'"):
+        EdgeIndex(tmp_path / "new.idx")
