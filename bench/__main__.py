@@ -93,7 +93,7 @@ def _ingested(path: Path, folders: list[Path]):
 
 
 def bench_stack(layers: int, d_sae: int, d_in: int, workdir: Path) -> dict:
-    from atlas.match.pair import MatchParams
+    from atlas.match.params import MatchParams
     from ingest.jobs.match import run_match
 
     t_gen, folders = timed(lambda: _family(layers, d_sae, d_in, workdir / "family"))
@@ -108,7 +108,7 @@ def bench_stack(layers: int, d_sae: int, d_in: int, workdir: Path) -> dict:
 
 def bench_ray(layers: int, d_sae: int, d_in: int, workdir: Path) -> dict:
     """The same 26-layer stack matched in-process and on a local 2-worker Ray cluster."""
-    from atlas.match.pair import MatchParams
+    from atlas.match.params import MatchParams
     from ingest.executors import RayExecutor
     from ingest.jobs.match import run_match
 

@@ -110,9 +110,9 @@ def steering_cmd(atlas, sae, feature, out, tau, method, compare, alpha, n_window
     if compare:
         from ingest.ablation import heldout_windows, load_model, steering_rise
         from ingest.hooks import HookedRunner
-        from ingest.sources import read_sae
+        from ingest.sources import load_stored
 
-        saes = {i: read_sae(r["source"], fmt=r["format"], sae_id=i, layer=r["layer"]) for i, r in rows.items()}
+        saes = {i: load_stored(i, r["source"], r["format"], r["sha256"], layer=r["layer"]) for i, r in rows.items()}
         rise = steering_rise(HookedRunner(load_model(s.model)), heldout_windows(s.model, "prose", 300_000, n_windows),
                              saes, [(v.sae_id, v.feature, v.direction) for v in s.vectors], alpha)
         click.echo(f"mean activation of the chain's features on {n_windows} held-out windows (alpha {alpha:g}): "

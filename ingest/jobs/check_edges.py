@@ -116,7 +116,7 @@ def check_edges(atlas: Atlas, runner: HookedRunner, windows: Windows, pairs: lis
                 params: CheckParams | None = None, stack: str | None = None, progress=None, batch: int = 16) -> CheckSummary:
     """Ablation checks of sampled edges of `pairs` (default: every matched stack pair up to params.max_step)
     on `windows` of `runner`'s model. `progress(done, total)` after each ablation."""
-    from ingest.sources import read_sae
+    from ingest.sources import load_stored
 
     p = params or CheckParams()
     if method_info(p.method).is_distance:
@@ -128,9 +128,9 @@ def check_edges(atlas: Atlas, runner: HookedRunner, windows: Windows, pairs: lis
         if not pairs:
             raise ValueError(f"no matched stack pairs of {p.method} to check (run `atlas match` first)")
         ids = sorted({s for a, b, _ in pairs for s in (a, b)})
-        meta = {r[0]: r[1:] for r in w.con.execute("SELECT sae_id, source, format, layer, stack FROM saes WHERE "
+        meta = {r[0]: r[1:] for r in w.con.execute("SELECT sae_id, source, format, layer, stack, sha256 FROM saes WHERE "
                                                    "sae_id IN (SELECT unnest(?))", [ids]).fetchall()}
-        saes = {s: read_sae(meta[s][0], fmt=meta[s][1], sae_id=s, layer=meta[s][2]) for s in ids}
+        saes = {s: load_stored(s, meta[s][0], meta[s][1], meta[s][4], layer=meta[s][2]) for s in ids}
         ab = Ablator(runner, windows, saes, batch=batch, max_windows=p.max_windows)
         order = sorted(meta, key=lambda s: (meta[s][3], meta[s][2]))
         next_of = {s: t for s, t in zip(order, order[1:]) if meta[s][3] == meta[t][3]}

@@ -30,7 +30,7 @@ from ingest.compositions import Compositions
 from ingest.examples import Examples
 from ingest.executors import InProcess
 from ingest.quality import Quality
-from ingest.sources import read_sae
+from ingest.sources import load_stored
 from ingest.tasks import SAERef
 
 
@@ -120,7 +120,7 @@ def run_corr(task: StackTask, out_dir: str) -> list[CorrResult]:
     pair's co-firing state, the examples and the weight matches' checks; a second one counts the AND/OR
     candidates' joint firing (only for pairs across layers)."""
     sides = {s.ref.sae_id: s for t in task.pairs for s in (t.a, t.b)}
-    recs = {sid: read_sae(s.ref.source, fmt=s.ref.fmt, sae_id=sid, layer=s.layer) for sid, s in sides.items()}
+    recs = {sid: load_stored(sid, s.ref.source, s.ref.fmt, s.ref.sha256, layer=s.layer) for sid, s in sides.items()}
     states = {t.key: new_state(recs[t.a.ref.sae_id].meta.d_sae, recs[t.b.ref.sae_id].meta.d_sae) for t in task.pairs}
     wanted = {sid for t in task.pairs for sid in t.examples_for}
     ex = {sid: Examples(recs[sid].meta.d_sae) for sid in wanted}

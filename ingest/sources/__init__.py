@@ -66,19 +66,20 @@ def read_sae(path: str | Path, fmt: str | None = None, **overrides) -> SAERecord
     return finish(rec, str(path), overrides)
 
 
-def load_stored(source: str, fmt: str, sha256: str, sae_id: str):
-    """Weights of an SAE already in the atlas, re-read from its source and checked against its hash."""
+def load_stored(sae_id: str, source: str, fmt: str, sha256: str, **overrides) -> SAERecord:
+    """An SAE already in the atlas, re-read from its source by its reader and checked against its hash: the one way
+    jobs and commands load stored weights. `overrides` (layer, hook, ...) replace the file's metadata, as the atlas
+    stores it; the weights are those ingest checked (same hash), so they are not checked again."""
     if fmt == "saelens" and ":" in source and not Path(source).exists():  # atlases before the release format
         fmt = "release"
     if fmt != "release" and not Path(source).exists():
         raise SAEError(f"{sae_id}: its weights at {source} are missing; if they moved, run "
                        f"`atlas saes reroot OLD_FOLDER NEW_FOLDER`")
     rec = READERS[fmt].read(source if fmt == "release" else Path(source))
-    w = rec.weights
-    if w.sha256() != sha256:
+    if rec.weights.sha256() != sha256:
         raise SAEError(f"{sae_id}: weights at {source} changed since ingest (sha256 differs); "
                        f"re-ingest with --replace")
-    return w
+    return SAERecord(replace(rec.meta, sae_id=sae_id, **overrides), rec.weights)
 
 
 def release_names(sources) -> list[str]:
