@@ -9,13 +9,12 @@ import click
 
 from .findings import num
 from .group import main
-from .options import bar
+from .options import bar, threshold_options
 
 
 @main.command("check-edges")
 @click.option("--stack", default=None, help="Only pairs of this stack [default: every stack].")
-@click.option("--method", default="decoder_cos", show_default=True, help="Matching method whose edges are checked.")
-@click.option("--tau", type=click.FloatRange(-1, 1), default=0.7, show_default=True, help="Score bar of an edge.")
+@threshold_options(per_pair=False)
 @click.option("--per-kind", type=click.IntRange(min=1), default=16, show_default=True,
               help="Edges sampled per layer pair and kind (carry, split, merge, gap).")
 @click.option("--random", "n_random", type=click.IntRange(min=1), default=32, show_default=True,
@@ -32,7 +31,7 @@ from .options import bar
               help="Windows per ablation (those where the parent fires).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the edge sample.")
 @click.pass_obj
-def check_edges_cmd(atlas, stack, method, tau, per_kind, n_random, max_step, model, corpus, skip_tokens, n_windows,
+def check_edges_cmd(atlas, stack, threshold, per_kind, n_random, max_step, model, corpus, skip_tokens, n_windows,
                     max_windows, seed):
     """Check lineage edges by ablation on real activations (docs/design.md, Edges under ablation).
 
@@ -51,16 +50,16 @@ def check_edges_cmd(atlas, stack, method, tau, per_kind, n_random, max_step, mod
     family, a few minutes on 2 cores. Results: `atlas findings`, lineage answers (causal_drop), SQL edge_checks.
     """
     from atlas.queries.checks import pair_checks
-    from atlas.queries.common import sae_row
     from ingest.ablation import heldout_windows, load_model
     from ingest.hooks import HookedRunner
     from ingest.jobs.check_edges import CheckParams, check_edges, stack_pairs
 
+    method, tau = threshold.method.name, threshold.tau
     params = CheckParams(method=method, tau=tau, per_kind=per_kind, random=n_random, max_step=max_step,
                          max_windows=max_windows, seed=seed)
     with atlas.read() as con:
         pairs = stack_pairs(con, method, max_step, stack)
-        models = sorted({sae_row(con, a)["model"] for a, _, _ in pairs})
+        models = sorted({con.sae(a)["model"] for a, _, _ in pairs})
     if not pairs:
         raise ValueError(f"no matched stack pairs of {method}{f' in stack {stack}' if stack else ''}: run `atlas match`")
     if model is None and len(models) > 1:
@@ -87,26 +86,23 @@ def check_edges_cmd(atlas, stack, method, tau, per_kind, n_random, max_step, mod
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write the set as a safetensors file (tensors directions [n, d_in], norms, layers, features; "
                    "metadata hooks, sae_ids) instead of printing JSON.")
-@click.option("--tau", type=click.FloatRange(-1, 1), default=0.7, show_default=True)
-@click.option("--method", default="decoder_cos", show_default=True)
+@threshold_options()
 @click.option("--compare", is_flag=True, help="Steer the model on held-out text with the whole set and with its first "
               "direction alone; print each chain feature's mean activation (clean, first only, whole set).")
 @click.option("--alpha", type=float, default=8.0, show_default=True, help="--compare: added length of each unit direction.")
 @click.option("--windows", "n_windows", type=click.IntRange(min=1), default=16, show_default=True,
               help="--compare: held-out prose windows (after the first 300,000 tokens).")
 @click.pass_obj
-def steering_cmd(atlas, sae, feature, out, tau, method, compare, alpha, n_windows):
+def steering_cmd(atlas, sae, feature, out, threshold, compare, alpha, n_windows):
     """The steering set of FEATURE of SAE: the decoder directions (with norms, hooks, layers, feature ids) of
     its carry chain across the stack, as JSON or (--out) a safetensors file a steering tool loads."""
     import msgspec
 
-    from atlas.queries.common import sae_row
-    from atlas.queries.search import IndexCache
     from atlas.queries.steering import steering_set, to_safetensors
 
-    with atlas.read() as con:
-        s = steering_set(con, IndexCache(atlas.index_dir), sae, feature, tau=tau, method=method)
-        rows = {v.sae_id: sae_row(con, v.sae_id) for v in s.vectors}
+    with atlas.read() as snap:
+        s = steering_set(snap, sae, feature, threshold)
+        rows = {v.sae_id: snap.sae(v.sae_id) for v in s.vectors}
     if compare:
         from ingest.ablation import heldout_windows, load_model, steering_rise
         from ingest.hooks import HookedRunner

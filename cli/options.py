@@ -1,9 +1,11 @@
 """What the commands share: the --executor/--address options and the executor they open, the --pairs choices and
-SAE_A:SAE_B parameters, options made from a parameter dataclass, and the progress bar."""
+SAE_A:SAE_B parameters, the score bar (--method/--tau/--quantile), options made from a parameter dataclass, and the
+progress bar."""
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from contextlib import contextmanager
 
 import click
@@ -67,6 +69,30 @@ def bar(total: int | None, desc: str, unit: str = "pair"):
     from tqdm import tqdm
 
     return tqdm(total=total, desc=desc, unit=unit, disable=None, dynamic_ncols=True)
+
+
+def threshold_options(per_pair: bool = True):
+    """--method (a choice of the method registry), --tau and, `per_pair`, --quantile: handed to the command as one
+    checked `threshold` (atlas.methods.Threshold.of; neither tau nor quantile: the method's default bar)."""
+    from atlas.methods import DEFAULT, METHODS, NAMES
+
+    defaults = ", ".join(f"{n} {m.tau if m.tau is not None else f'quantile {m.quantile}'}" for n, m in METHODS.items())
+
+    def decorate(f):
+        @functools.wraps(f)
+        def run(*args, method, tau, quantile=None, **kwargs):
+            from atlas.methods import Threshold
+
+            return f(*args, threshold=Threshold.of(method, tau, quantile, per_pair=per_pair), **kwargs)
+        if per_pair:
+            run = click.option("--quantile", type=float, default=None,
+                               help="Per-pair bar instead of --tau: the best q of each layer pair's assigned scores.")(run)
+        run = click.option("--tau", type=float, default=None,
+                           help=f"Score bar: at least tau (similarities), at most (distances) [default: the method's: "
+                                f"{defaults}].")(run)
+        return click.option("--method", type=click.Choice(NAMES), default=DEFAULT, show_default=True,
+                            help="Matching method (atlas.methods.METHODS).")(run)
+    return decorate
 
 
 def options_from(cls, *names: str, flags: dict[str, str] | None = None):

@@ -30,7 +30,7 @@ def client(synth_atlas):
 
 def _reader(atlas):
     """The server holds the file open; in one process DuckDB shares it only with the same configuration."""
-    return Snapshot(atlas.path).con
+    return Snapshot(atlas.path)
 
 
 def test_health_and_listing_with_pagination(client):

@@ -207,6 +207,10 @@ class Lineage(msgspec.Struct):
     layers: list[LineageLayer] = []
     """Per layer with a node, first to last: the counts the summary states."""
 
+    def to_networkx(self):
+        """A networkx DiGraph: nodes (sae_id, feature) with the Node's fields, edges a -> b with the Edge's."""
+        return _graph(self.nodes, self.edges, lambda e: ((e.sae_a, e.feature_a), (e.sae_b, e.feature_b)))
+
 
 class LayerPair(msgspec.Struct):
     sae_a: str
@@ -274,6 +278,13 @@ class WidthTree(msgspec.Struct):
     summary: str
     """One line: how the feature changes as the dictionary grows."""
 
+    def to_networkx(self):
+        """A networkx DiGraph: nodes (sae_id, feature) with the WidthNode's fields, an edge from each node's parent
+        (narrower) to it with its cosine as score."""
+        edges = [n for n in self.nodes if n.parent_sae is not None]
+        return _graph(self.nodes, edges, lambda n: ((n.parent_sae, n.parent_feature), (n.sae_id, n.feature)),
+                      lambda n: {"score": n.score})
+
 
 class WidthPair(msgspec.Struct):
     sae_a: str
@@ -306,3 +317,12 @@ class Consistency(msgspec.Struct):
     mmcs_random: float | None
     """The same for random unit decoders of these widths and d_in (closed form)."""
     model: str | None = None
+
+
+def _graph(nodes, edges, ends, data=msgspec.structs.asdict):
+    import networkx as nx
+
+    g = nx.DiGraph()
+    g.add_nodes_from(((n.sae_id, n.feature), msgspec.structs.asdict(n)) for n in nodes)
+    g.add_edges_from((*ends(e), data(e)) for e in edges)
+    return g
