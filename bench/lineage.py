@@ -12,6 +12,7 @@ written) into --workdir and upgraded there, so the original stays as it was.
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -22,22 +23,25 @@ TARGETS = "served lineage p50 <= 4x /health p50; >= 1000 lineage req/s with 2 wo
 
 
 def servable(path: Path, work: Path, log=print) -> Path:
-    """`path`, or where its schema version is not this code's, an upgraded copy under `work`."""
+    """`path`, or where its schema version is not this code's, an upgraded copy under `work` (kept: a rerun serves
+    it again)."""
     from atlas.store import Atlas
     from atlas.store.schema import SchemaVersionError
 
-    atlas = Atlas(path)
-    try:
-        atlas.read().close()
-        return atlas.path
-    except SchemaVersionError as e:
-        folder = work / f"upgraded-{path.parent.name}"
-        folder.mkdir(parents=True, exist_ok=True)
-        log(f"lineage: {e}; serving an upgraded copy in {folder}")
-        copy = atlas.copy_to(folder / path.name)
-        with copy.write():  # the job that upgrades it (views, macros, schema version)
-            pass
-        return copy.path
+    for atlas in (Atlas(path), Atlas(work / f"upgraded-{path.parent.name}" / path.name)):
+        try:
+            atlas.read().close()
+            return atlas.path
+        except (SchemaVersionError, FileNotFoundError) as e:
+            reason = e
+    copy = Atlas(work / f"upgraded-{path.parent.name}" / path.name)
+    shutil.rmtree(copy.path.parent, ignore_errors=True)  # a copy left by a run that stopped half-way
+    copy.path.parent.mkdir(parents=True)
+    log(f"lineage: {path}: {reason}; serving an upgraded copy in {copy.path.parent}")
+    Atlas(path).copy_to(copy.path)
+    with copy.write():  # the job that upgrades it (views, macros, schema version)
+        pass
+    return copy.path
 
 
 def notebook_p50(path: Path, picks: list[tuple[str, int]], n: int = 300) -> dict:

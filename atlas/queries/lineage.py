@@ -26,6 +26,7 @@ from .computed import require_stack_method
 from .records import Edge, Lineage, LineageLayer, Node
 
 MAX_NODES = 2000
+KIND_NAMES = [str(k) for k in KINDS]
 EDGE_MODES = ("default", "all")
 DIRECTIONS = ("both", "forward", "backward")
 
@@ -74,14 +75,10 @@ def lineage(snap, sae_id: str, feature: int, threshold: Threshold | None = None,
                 continue
             for e, step in _step(snap.edges, ids, pos, nodes, forward, max_skip, threshold, lowest, values, mode):
                 budget.check("lineage")
-                src = (e.sae_a, e.feature_a) if forward else (e.sae_b, e.feature_b)
                 dst_pos = pos + step if forward else pos - step
                 dst = (ids[dst_pos], e.feature_b if forward else e.feature_a)
-                e.gap = step - 1
                 if step > 1 and e.kind == "carry":
                     e.kind = "gap"
-                if step > 1 and _has_nearer(found, src, forward, step, ids, pos):
-                    continue
                 found[(e.sae_a, e.feature_a, e.sae_b, e.feature_b)] = e
                 if dst not in seen:
                     if len(seen) >= MAX_NODES:
@@ -113,8 +110,7 @@ def _summary(nodes: list[Node], edges: list[Edge], layer_of: dict, ids: list[str
     into: dict[int, Counter] = {}
     for e in edges:
         into.setdefault(layer_of[e.sae_b], Counter())[e.kind] += 1
-    layers = [LineageLayer(layer=layer, nodes=count[layer], **{k: into.get(layer, Counter())[k] for k in KIND_ORDER})
-              for layer in sorted(count)]
+    layers = [LineageLayer(layer=layer, nodes=count[layer], **into.get(layer, {})) for layer in sorted(count)]
     born, last = layers[0], layers[-1]
     stack_layers = [layer_of[s] for s in ids]
     start = (f"followed from layer {born.layer}" if direction == "forward" else
@@ -149,31 +145,31 @@ def _next(stack_layers: list[int], layer: int) -> int | None:
 
 def _step(edges, ids, pos, nodes, forward, max_skip, threshold: Threshold, lowest, values, mode):
     """Edges from `nodes` at stack position pos to the next 1 + max_skip positions that pass the bar and that
-    the edge mode follows: one lookup per pair, filtered as arrays before any Edge is made."""
+    the edge mode follows, nearest layers first: one lookup per pair, filtered as arrays before any Edge is made.
+    A layer further on is looked up only for the nodes with no such edge to a nearer one (a gap is only for
+    missing matches)."""
     targets = ids[pos + 1: pos + 2 + max_skip] if forward else ids[max(0, pos - 1 - max_skip): pos][::-1]
-    features = sorted(nodes)
     method = threshold.method.name
+    pending = set(nodes)
     out = []
     for step, other in enumerate(targets, 1):
+        if not pending:
+            break
         a, b = (ids[pos], other) if forward else (other, ids[pos])
-        r = edges.lookup(a, b, method, features, forward, lowest)
         v = values if not isinstance(values, dict) else values.get((a, b))
-        if not len(r) or v is None:
+        r = edges.lookup(a, b, method, sorted(pending), forward, lowest) if v is not None else None
+        if r is None or not len(r):
             continue
         keep = threshold.passes(r.score, v)
         if mode != "all":  # the default lineage follows carry/split/merge to the next layer, only carries across gaps
             keep &= (r.kind != CANDIDATE) if step == 1 else (r.kind == CARRY)
         r = r.take(keep)
-        out += [(Edge(a, fa, b, fb, method, s, rank, kind == CARRY, gap=0, kind=str(KINDS[kind])), step)
-                for fa, fb, s, rank, kind in zip(r.feature_a.tolist(), r.feature_b.tolist(), r.score.tolist(),
-                                                 r.rank.tolist(), r.kind.tolist())]
-    return sorted(out, key=lambda x: (x[1], -x[0].score))  # nearest layers first
-
-
-def _has_nearer(edges, src, forward, step, ids, pos) -> bool:
-    """True when src already has a passing edge to a nearer layer (a gap is only for missing matches)."""
-    return any(((e.sae_a, e.feature_a) == src and ids.index(e.sae_b) - pos < step) if forward else
-               ((e.sae_b, e.feature_b) == src and pos - ids.index(e.sae_a) < step) for e in edges.values())
+        pending.difference_update((r.feature_a if forward else r.feature_b).tolist())
+        found = sorted(zip(r.score.tolist(), r.feature_a.tolist(), r.feature_b.tolist(), r.rank.tolist(),
+                           r.kind.tolist()), key=lambda x: -x[0])
+        out += [(Edge(a, fa, b, fb, method, score, rank, kind == CARRY, gap=step - 1, kind=KIND_NAMES[kind]), step)
+                for score, fa, fb, rank, kind in found]
+    return out
 
 
 def _nodes(snap, seen, layer_of, site, include_sites, threshold: Threshold) -> list[Node]:
@@ -186,7 +182,7 @@ def _nodes(snap, seen, layer_of, site, include_sites, threshold: Threshold) -> l
         "SELECT f.sae_id, f.feature, f.label FROM (SELECT unnest(?) AS sae_id, unnest(?) AS feature) n "
         "JOIN features f USING (sae_id, feature)", [[s for s, _ in ask], [f for _, f in ask]]).fetchall()} if ask else {}
     origins: dict[tuple[str, int], str] = {}
-    if include_sites and site == "resid":
+    if include_sites and site == "resid" and flow_sources(snap):
         for s in set(saes):
             mine = [f for x, f in seen if x == s]
             origins.update({(s, f): o for f, o in flow_origins(snap, s, mine, threshold).items()})

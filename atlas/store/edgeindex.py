@@ -171,7 +171,7 @@ class EdgeIndex:
         fa = np.searchsorted(self.arrays["fwd_ptr"], rows, side="right") - 1
         return self._rows(rows, feature_a=fa)
 
-    def _rows(self, rows: np.ndarray, feature_a: np.ndarray) -> Rows:
+    def _rows(self, rows: np.ndarray | slice, feature_a: np.ndarray) -> Rows:
         a = self.arrays
         kind = a["kind"][rows] if self.recode is None else self.recode[a["kind"][rows]]
         return Rows(feature_a.astype(np.int64), a["feature_b"][rows].astype(np.int64), a["score"][rows],
@@ -204,14 +204,14 @@ def _recode(header: dict, path: Path) -> np.ndarray | None:
     return np.array([CODE[k] for k in kinds], np.uint8)
 
 
-def _gather(ptr: np.ndarray, features) -> tuple[np.ndarray, np.ndarray]:
+def _gather(ptr: np.ndarray, features) -> tuple[np.ndarray, np.ndarray | slice]:
     """(the feature of each position, positions) of the CSR runs of `features` (unknown features: none)."""
-    if len(features) == 1:  # the common case (a card; a lineage step from one node): one slice
+    if len(features) == 1:  # the common case (a card; a lineage step from one node): one slice, no copies
         f = int(next(iter(features)))
         if not 0 <= f < len(ptr) - 1:
-            return np.empty(0, np.int64), np.empty(0, np.int64)
+            return np.empty(0, np.int64), slice(0, 0)
         lo, hi = int(ptr[f]), int(ptr[f + 1])
-        return np.full(hi - lo, f, np.int64), np.arange(lo, hi)
+        return np.full(hi - lo, f, np.int64), slice(lo, hi)
     f = np.unique(np.asarray(features, dtype=np.int64))
     f = f[(f >= 0) & (f < len(ptr) - 1)]
     lo, hi = ptr[f].astype(np.int64), ptr[f + 1].astype(np.int64)
