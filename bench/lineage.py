@@ -69,9 +69,13 @@ def run(atlas_path: Path, work: Path, seconds: float = 10, client: str = "auto",
 
     path = servable(atlas_path, work, log)
     picks = random_features(path, 2000, 4)
+    from atlas.store import Atlas
+
+    with Atlas(path).read() as snap:
+        rows = snap.execute("SELECT sum(n_rows) FROM parts WHERE table_name = 'matches'").fetchone()[0]
     urls = [f"/api/saes/{s}/features/{f}/lineage" for s, f in picks]
-    out: dict = {"atlas": str(atlas_path), "served": str(path), "server": "atlas serve --workers 2",
-                 "load_before": os.getloadavg()}
+    out: dict = {"atlas": str(atlas_path), "served": str(path), "match_rows": int(rows or 0),
+                 "server": "atlas serve --workers 2", "load_before": os.getloadavg()}
     with serving(path, "--workers", "2") as server:
         for u in urls[:8] + ["/health"] * 4:  # both workers build what a snapshot keeps
             assert httpx.get(server.base + u, timeout=300).status_code == 200, u
