@@ -86,13 +86,14 @@ def lineage_reasons(snap, sae: dict, feature: int) -> tuple[dict[tuple, tuple[st
                    "carry: the one-to-one assignment pairs them" if kind == "carry" else
                    f"split: {best_of}, but {assignment[f]}" if kind == "split" else
                    f"merge: {child_of}, but {assignment[f]}" if kind == "merge" else
-                   f"left out: neither is the other's best match, and {assignment[f]}")
+                   f"left out: neither is the other's best match, and {assignment[f]}" if kind == "candidate" else
+                   f"{kind}: followed by the lineage; {assignment[f]}")
             out[(other, f, direction)] = (kind, why)
         carry = next((f for f in partners if kinds[f] == "carry"), None)
         better = [f for f in partners if carry is not None and scores[f] > scores[carry] and scores[carry] >= tau]
         if better:
             f = max(better, key=scores.get)
-            drawn = f"drawn as a {kinds[f]} edge" if kinds[f] in ("split", "merge") else "not drawn (neither's best match)"
+            drawn = f"drawn as a {kinds[f]} edge" if kinds[f] != "candidate" else "not drawn (neither's best match)"
             notes.append(
                 f"The carry {'to' if forward else 'from'} layer {snap.saes[other]['layer']} "
                 f"{'goes to' if forward else 'comes from'} {_name(other, carry)} ({scores[carry]:.3f}), not "

@@ -20,6 +20,7 @@ from .. import budget
 from ..errors import OverBudget, QueryError
 from ..methods import Threshold
 from ..store.edgeindex import CANDIDATE, CARRY, KINDS
+from ..store.schema import LINEAGE_KINDS
 from .checks import attach_checks
 from .common import feature_url, top_tokens
 from .computed import require_stack_method
@@ -98,7 +99,6 @@ def lineage(snap, sae_id: str, feature: int, threshold: Threshold | None = None,
                                        edges_mode=mode, ending=ending, summary=summary, layers=layers))
 
 
-KIND_ORDER = ("carry", "gap", "split", "merge", "candidate")
 
 
 def _summary(nodes: list[Node], edges: list[Edge], layer_of: dict, ids: list[str], direction: str,
@@ -118,7 +118,7 @@ def _summary(nodes: list[Node], edges: list[Edge], layer_of: dict, ids: list[str
     parts = [start + (f" as {born.nodes} features" if born.nodes > 1 else "")]
     runs: list[list] = []  # [first layer, last layer, features, kinds]: equal neighbouring layers said once
     for x in layers[1:]:
-        kinds = ", ".join(f"{getattr(x, k)} {k}" for k in KIND_ORDER if getattr(x, k))
+        kinds = ", ".join(f"{getattr(x, k)} {k}" for k in LINEAGE_KINDS if getattr(x, k))
         if runs and runs[-1][2:] == [x.nodes, kinds] and _next(stack_layers, runs[-1][1]) == x.layer:
             runs[-1][1] = x.layer
         else:

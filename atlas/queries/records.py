@@ -6,6 +6,8 @@ from typing import Any
 
 import msgspec
 
+from ..store.schema import LINEAGE_KINDS
+
 
 class SAE(msgspec.Struct):
     sae_id: str
@@ -168,22 +170,18 @@ class Edge(msgspec.Struct):
     gap: int
     """Layers skipped (0 = adjacent layers of the stack)."""
     kind: str = "candidate"
-    """carry | split | merge | gap | candidate (lineage.py; the edge_kind SQL macro)."""
+    """One of atlas.store.schema.LINEAGE_KINDS: carry | gap | split | merge | candidate (the edge_kind SQL macro)."""
     causal_drop: float | None = None
     """Where `atlas check-edges` checked this edge: feature_b's relative drop when feature_a is ablated."""
     causal_holds: bool | None = None
     """That drop is beyond the 95th percentile of its pair's random pairs (checks.py)."""
 
 
-class LineageLayer(msgspec.Struct):
-    """One layer of a lineage: its nodes, and the edges into them by kind (what the summary line says)."""
-    layer: int
-    nodes: int
-    carry: int = 0
-    gap: int = 0
-    split: int = 0
-    merge: int = 0
-    candidate: int = 0
+LineageLayer = msgspec.defstruct(
+    "LineageLayer", [("layer", int), ("nodes", int), *((kind, int, 0) for kind in LINEAGE_KINDS)],
+    module=__name__)
+LineageLayer.__doc__ = ("One layer of a lineage: its nodes, and the edges into them by kind (what the summary line "
+                        "says), a count per kind of atlas.store.schema.LINEAGE_KINDS.")
 
 
 class Lineage(msgspec.Struct):

@@ -261,6 +261,9 @@ EDGE_KIND = (("carry", "assigned"), ("split", "rank_b"), ("merge", "rank_a"))
 one-to-one assignment; split = feature_a is feature_b's best parent (a parent with several children); merge =
 feature_b is feature_a's best child (a child with several parents); candidate: followed only with edges = 'all'.
 The edge_kind macro is written from it, edgeindex.kind_codes applies it to arrays (edge indexes store the codes)."""
+LINEAGE_KINDS = (EDGE_KIND[0][0], "gap", *(kind for kind, _ in EDGE_KIND[1:]), "candidate")
+"""The kinds a lineage edge can have, in the order answers count them: EDGE_KIND's, a gap (a carry across skipped
+layers) after the carry, candidate last (records.LineageLayer has a count of each)."""
 
 # Table macros: the query functions in atlas.queries call these, so SQL users get the same answers.
 MACROS = """
