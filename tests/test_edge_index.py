@@ -283,8 +283,8 @@ def test_an_index_is_read_by_its_own_kind_table(tmp_path, monkeypatch):
     ei.write(tmp_path / "now.idx", data)
     want = _kinds_of(tmp_path / "now.idx", range(50))
     assert set(want) == {"carry", "split", "merge", "candidate"}
-    # written by a code whose EDGE_KIND listed merge before carry (so its codes differ from ours)
-    order = ["merge", "candidate", "carry", "split"]
+    # written by a code whose kinds stood in the reverse order (so its codes differ from ours)
+    order = ei.KINDS.tolist()[::-1]
     with monkeypatch.context() as m:
         m.setattr(ei, "KINDS", np.array(order))
         m.setattr(ei, "CODE", {k: i for i, k in enumerate(order)})
