@@ -294,6 +294,9 @@ def test_an_index_is_read_by_its_own_kind_table(tmp_path, monkeypatch):
     assert _kinds_of(tmp_path / "other.idx", range(50)) == want
     # format 1: no table in the header, the codes of FORMAT_1_KINDS
     with monkeypatch.context() as m:
+        m.setattr(ei, "KINDS", np.array(ei.FORMAT_1_KINDS))
+        m.setattr(ei, "CODE", {k: i for i, k in enumerate(ei.FORMAT_1_KINDS)})
+        m.setattr(ei, "CANDIDATE", ei.FORMAT_1_KINDS.index("candidate"))
         m.setattr(ei, "header_of", lambda rows, layout: {"format": 1, "rows": rows, "arrays": layout})
         ei.write(tmp_path / "v1.idx", data)
     assert _kinds_of(tmp_path / "v1.idx", range(50)) == want
