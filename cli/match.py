@@ -70,8 +70,9 @@ def _match_widths(atlas, pairs, tau):
 @click.option("--activations", type=click.Path(exists=True, path_type=Path), default=None,
               help="Folder of activation shards keyed by hook (written by the minilm job or ingest.activations.collect).")
 @click.option("--model", "live_model", default=None,
-              help="Instead of --activations: run this model (all-MiniLM-L6-v2, an HF path) over --corpus and "
-                   "correlate in one pass, writing no activations.")
+              help="Instead of --activations: run this model over --corpus and correlate in one pass, writing no "
+                   "activations: bundled (all-MiniLM-L6-v2, SmolLM2-135M-Instruct), a .gguf file, an HF folder or id, "
+                   "or a TransformerLens name (gpt2, gemma-2-2b).")
 @click.option("--corpus", default="prose", show_default=True, help="Corpus for --model (prose, code).")
 @click.option("--pairs", "selection", type=Selection(leave_out=("distance", "widths")), default="adjacent",
               show_default=True, help="flow: MLP/attention-out SAEs and transcoders with the residual SAE of their layer.")

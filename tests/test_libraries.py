@@ -65,7 +65,7 @@ def test_sparsify_run_folders_keep_model_dataset_seed(tmp_path):
     assert "4 added" in r.output and "1 already stored under another id" in r.output  # best == seed0's weights
     with Atlas(atlas).read() as con:
         rows = con.execute("SELECT model, dataset, hook, site, layer, seed, variant, release, k FROM saes ORDER BY hook, seed").fetchall()
-    assert rows == [("EleutherAI/pythia-70m", "EleutherAI/the_pile_deduplicated", f"layers.{l}", "resid", l, s, f"seed{s}",
+    assert rows == [("EleutherAI/pythia-70m", "EleutherAI/the_pile_deduplicated", f"blocks.{l}.hook_resid_post", "resid", l, s, f"seed{s}",
                      "pythia-run", 4) for l in (1, 2) for s in (0, 1)]
     rec = read_sae(tmp_path / "pythia-run" / "layers.2" / "seed1")
     sae, x = saes["layers.2/seed1"], _x()
@@ -92,7 +92,8 @@ def test_sparsify_groupmax_and_transcoders(tmp_path, cfg, kind):
     acts = torch.zeros(len(x), 64).scatter_(1, out.top_indices, out.top_acts)
     torch.testing.assert_close(encode_record(rec, x), acts)
     if kind != "sae":
-        assert rec.meta.extra["apply_b_dec_to_input"] is False and rec.meta.hook_out == "layers.3.mlp"
+        assert rec.meta.extra["apply_b_dec_to_input"] is False and (rec.meta.hook, rec.meta.hook_out) == (
+            "blocks.3.mlp.hook_in", "blocks.3.hook_mlp_out")  # sparsify's layers.3.mlp: the MLP's input and output
         from sparsify.utils import eager_decode  # sparsify's CPU decoder (its Triton one needs a GPU)
 
         want = eager_decode(out.top_indices, out.top_acts, sae.W_dec.mT) + sae.b_dec

@@ -7,7 +7,7 @@ import pytest
 
 from atlas.encode import encode
 from atlas.store import Atlas
-from ingest.activations import ActivationConfig, collect, load_hook, load_tokens, resid_post
+from ingest.activations import ActivationConfig, collect, load_hook, load_tokens
 from ingest.jobs.family import FamilyPlan, build_family
 from ingest.sources import read_sae
 from ingest.training import TrainConfig
@@ -29,7 +29,8 @@ def small_family(tmp_path_factory):
 def test_activations_are_windowed_shards_with_metadata(tmp_path):
     m = collect(ActivationConfig(corpus="code", layers=[0, 5], max_tokens=700, window=62, shard_tokens=256, batch_windows=4), tmp_path)
     assert m["n_tokens"] >= 700 and m["d_model"] == 384 and len(m["shards"]) >= 2
-    x = load_hook(tmp_path, resid_post(5))
+    assert m["hooks"] == ["blocks.0.hook_normalized_resid_post", "blocks.5.hook_normalized_resid_post"]  # BERT's outputs
+    x = load_hook(tmp_path, "blocks.5.hook_normalized_resid_post")
     t = load_tokens(tmp_path)
     assert x.shape == (m["n_tokens"], 384) and len(t["token_ids"]) == m["n_tokens"]
     assert t["pos"].max() > 62  # documents are windowed, not truncated at the first window
@@ -53,6 +54,9 @@ def test_family_is_trained_ingested_matched_and_correlated(small_family):
                            "ORDER BY ALL", [plan.train.d_sae]).fetchall()
         flow = con.execute("SELECT hook, site, layer FROM saes WHERE site <> 'resid' ORDER BY site").fetchall()
         assert flow == [("blocks.1.hook_attn_out", "attn", 1), ("blocks.1.hook_mlp_out", "mlp", 1)]
+        # the residual SAEs read BERT's layer outputs: TransformerLens's hook_normalized_resid_post
+        assert {r[0] for r in con.execute("SELECT hook FROM saes WHERE site = 'resid' AND layer = 1").fetchall()} == \
+            {"blocks.1.hook_normalized_resid_post"}
         assert saes == sorted([(d, s, layer, "all-MiniLM-L6-v2", "resid") for d, s, layer in plan.saes()])
         methods = dict(con.execute("SELECT method, count(*) FROM pair_stats GROUP BY 1").fetchall())
         # two 3-layer prose stacks (seeds 0, 1): 3 layer pairs each; siblings: the 3 seed pairs and the code

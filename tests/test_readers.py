@@ -102,7 +102,7 @@ def test_same_weights_hash_alike_across_formats(tmp_path):
     (tmp_path / "cfg.json").write_text(json.dumps({"d_in": 16, "d_sae": 32, "architecture": "jumprelu",
                                                     "metadata": {"hook_name": "blocks.1.hook_resid_post"}}))
     np.savez(tmp_path / "params.npz", **w)
-    assert read_sae(tmp_path, fmt="saelens").meta.sha256 == read_sae(tmp_path / "params.npz", layer=1).meta.sha256
+    assert read_sae(tmp_path, fmt="saelens").meta.sha256 == read_sae(tmp_path / "params.npz", hook="blocks.1.hook_resid_post").meta.sha256
 
 
 # --- bad input: a clear error naming the file and the tensor ---------------------------------------

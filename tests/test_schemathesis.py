@@ -102,7 +102,7 @@ def test_schemathesis_cli_with_every_check_passes(synth_atlas, tmp_path):
     cli = Path(sys.executable).with_name("schemathesis")
     with serving(synth_atlas.path, "--sql-time-limit", "1", "--sql-workers", "1", "--query-time-limit", "3") as server:
         out = subprocess.run([str(cli), "--config-file", str(config), "run", f"{server.base}/schema/openapi.json",
-                              "--max-examples", "5", "--seed", "1", "--workers", "2", "--no-color",
+                              "--max-examples", "5", "--seed", "1", "--workers", "1", "--no-color",
                               "--generation-database", "none", "--request-timeout", "30"],
                              capture_output=True, text=True, timeout=600, cwd=tmp_path)
     tail = out.stdout[-6000:]

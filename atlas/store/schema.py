@@ -8,7 +8,7 @@ from pathlib import Path
 
 from atlas.methods import METHODS
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 STORAGE = {"storage_compatibility_version": "v1.4.0"}
 """Jobs write atlas files in DuckDB 1.4's storage format, so DuckDB CLIs and clients from 1.4 on open them
 (duckdb 2.0 writes a newer format by default that, e.g., the `duckdb-cli` on PyPI cannot read)."""
@@ -46,9 +46,56 @@ MIGRATIONS = {
     # checks it is there). The views gain matches_by_b over the reverse files, which lineage_edges reads
     # (create() rewrites the views of an atlas without it; docs/storage.md).
     7: "SELECT count(*) FROM random_baselines;",
+    # Hooks as TransformerLens means them (docs/design.md, Activations by hook): BERT's (MiniLM's) layer output
+    # is TransformerLens's hook_normalized_resid_post, not hook_resid_post (the sum before the LayerNorm); and
+    # HF module paths stored as hooks (`encoder.layer.2.output`, `model.layers.3`, sparsify's `layers.6.mlp`)
+    # become the TransformerLens names ingest.hooks.RULES maps them to, with the site they imply where none was
+    # stored (the stack's "None" replaced by it). SAE ids are kept as they were.
+    8: r"""
+CREATE OR REPLACE TEMP MACRO atlas_path(h) AS
+    regexp_replace(h, '^(?:base_model\.|model\.|transformer\.|gpt_neox\.|bert\.|roberta\.|language_model\.)+', '');
+CREATE OR REPLACE TEMP MACRO atlas_tl_hook(h, side, bert) AS CASE
+    WHEN bert AND regexp_full_match(h, 'blocks\.\d+\.hook_resid_post')
+        THEN regexp_replace(h, 'hook_resid_post$', 'hook_normalized_resid_post')
+    WHEN regexp_full_match(h, 'blocks\.\d+\.(?:[a-z0-9_]+\.)*hook_[a-z0-9_]+|hook_embed|hook_pos_embed') THEN h
+    WHEN side = 'in' AND regexp_full_match(atlas_path(h), '(?:layers|h)\.\d+\.mlp')
+        THEN regexp_replace(atlas_path(h), '^(?:layers|h)\.(\d+)\.mlp$', 'blocks.\1.mlp.hook_in')
+    WHEN regexp_full_match(atlas_path(h), '(?:layers|h)\.\d+')
+        THEN regexp_replace(atlas_path(h), '^(?:layers|h)\.(\d+)$', 'blocks.\1.hook_resid_post')
+    WHEN regexp_full_match(atlas_path(h), '(?:layers|h)\.\d+\.mlp')
+        THEN regexp_replace(atlas_path(h), '^(?:layers|h)\.(\d+)\.mlp$', 'blocks.\1.hook_mlp_out')
+    WHEN regexp_full_match(atlas_path(h), '(?:layers|h)\.\d+\.(?:self_attn|attn|attention)')
+        THEN regexp_replace(atlas_path(h), '^(?:layers|h)\.(\d+)\..*$', 'blocks.\1.hook_attn_out')
+    WHEN regexp_full_match(atlas_path(h), 'encoder\.layer\.\d+(?:\.output)?')
+        THEN regexp_replace(atlas_path(h), '^encoder\.layer\.(\d+).*$', 'blocks.\1.hook_normalized_resid_post')
+    WHEN regexp_full_match(atlas_path(h), 'encoder\.layer\.\d+\.output\.dense')
+        THEN regexp_replace(atlas_path(h), '^encoder\.layer\.(\d+).*$', 'blocks.\1.hook_mlp_out')
+    WHEN regexp_full_match(atlas_path(h), 'encoder\.layer\.\d+\.attention\.output\.dense')
+        THEN regexp_replace(atlas_path(h), '^encoder\.layer\.(\d+).*$', 'blocks.\1.hook_attn_out')
+    WHEN regexp_full_match(h, '(?:resid_post|mlp_out|attn_out)_layer_\d+')
+        THEN regexp_replace(h, '^(resid_post|mlp_out|attn_out)_layer_(\d+)$', 'blocks.\2.hook_\1')
+    ELSE h END;
+CREATE OR REPLACE TEMP TABLE atlas_hooks AS
+    SELECT sae_id, site AS old_site,
+           atlas_tl_hook(hook, CASE WHEN coalesce(kind, 'sae') <> 'sae' AND hook = hook_out THEN 'in' ELSE 'out' END,
+                         regexp_matches(model, '(?i)minilm|bert')) AS new_hook,
+           CASE WHEN hook_out IS NULL THEN NULL ELSE atlas_tl_hook(hook_out, 'out', regexp_matches(model, '(?i)minilm|bert')) END
+               AS new_out
+    FROM saes;
+UPDATE saes SET hook = h.new_hook, hook_out = h.new_out,
+    site = coalesce(h.old_site, CASE WHEN regexp_matches(coalesce(h.new_out, h.new_hook), 'attn|hook_z') THEN 'attn'
+                                     WHEN regexp_matches(coalesce(h.new_out, h.new_hook), 'mlp') THEN 'mlp' ELSE 'resid' END),
+    stack = CASE WHEN h.old_site IS NULL
+                 THEN regexp_replace(stack, '-None', '-' || CASE WHEN regexp_matches(coalesce(h.new_out, h.new_hook), 'attn|hook_z')
+                      THEN 'attn' WHEN regexp_matches(coalesce(h.new_out, h.new_hook), 'mlp') THEN 'mlp' ELSE 'resid' END)
+                 ELSE stack END
+FROM atlas_hooks h WHERE saes.sae_id = h.sae_id
+    AND (h.new_hook <> saes.hook OR h.new_out IS DISTINCT FROM saes.hook_out OR h.old_site IS NULL);
+DROP TABLE atlas_hooks;
+""",
     # The sibling rule as macros (sibling_pairs, siblings) that every sibling query uses; create() writes them with
     # the other macros, so the step only marks that a reader may call them.
-    8: "SELECT 1;",
+    9: "SELECT 1;",
 }
 
 TABLES = """

@@ -115,7 +115,8 @@ def _plan(ab: Ablator, a: str, b: str, edges: list, passing: set, p: CheckParams
 def check_edges(atlas: Atlas, runner: HookedRunner, windows: Windows, pairs: list[tuple[str, str, int]] | None = None,
                 params: CheckParams | None = None, stack: str | None = None, progress=None, batch: int = 16) -> CheckSummary:
     """Ablation checks of sampled edges of `pairs` (default: every matched stack pair up to params.max_step)
-    on `windows` of `runner`'s model. `progress(done, total)` after each ablation."""
+    on `windows` of `runner`'s model. `progress(step, done, total)`: step "clean" (windows run once clean),
+    then "ablations" (one per sampled parent). Each SAE is read with the hooks the atlas stores for it."""
     from ingest.sources import load_stored
 
     p = params or CheckParams()
@@ -128,10 +129,12 @@ def check_edges(atlas: Atlas, runner: HookedRunner, windows: Windows, pairs: lis
         if not pairs:
             raise ValueError(f"no matched stack pairs of {p.method} to check (run `atlas match` first)")
         ids = sorted({s for a, b, _ in pairs for s in (a, b)})
-        meta = {r[0]: r[1:] for r in w.con.execute("SELECT sae_id, source, format, layer, stack, sha256 FROM saes WHERE "
-                                                   "sae_id IN (SELECT unnest(?))", [ids]).fetchall()}
-        saes = {s: load_stored(s, meta[s][0], meta[s][1], meta[s][4], layer=meta[s][2]) for s in ids}
-        ab = Ablator(runner, windows, saes, batch=batch, max_windows=p.max_windows)
+        meta = {r[0]: r[1:] for r in w.con.execute("SELECT sae_id, source, format, layer, stack, sha256, hook, hook_out "
+                                                   "FROM saes WHERE sae_id IN (SELECT unnest(?))", [ids]).fetchall()}
+        saes = {s: load_stored(s, meta[s][0], meta[s][1], meta[s][4], layer=meta[s][2], hook=meta[s][5],
+                               hook_out=meta[s][6]) for s in ids}
+        ab = Ablator(runner, windows, saes, batch=batch, max_windows=p.max_windows,
+                     progress=(lambda done, total: progress("clean", done, total)) if progress else None)
         order = sorted(meta, key=lambda s: (meta[s][3], meta[s][2]))
         next_of = {s: t for s, t in zip(order, order[1:]) if meta[s][3] == meta[t][3]}
         plans = {}
@@ -151,7 +154,7 @@ def check_edges(atlas: Atlas, runner: HookedRunner, windows: Windows, pairs: lis
                     results[pair][i] = c
                 done += 1
                 if progress:
-                    progress(done, total)
+                    progress("ablations", done, total)
             with w.transaction():
                 for (parent_sae, b), plan in plans.items():
                     if parent_sae == a:

@@ -17,14 +17,13 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import torch
 
 from atlas.encode import encode_record
 from atlas.index import unit_rows
 from atlas.match.pair import MatchParams, match_candidates
 from atlas.queries.common import require_saes
 from atlas.store import Atlas, parts, record_run
-from ingest.activations import ActivationConfig, iter_hooks, load_tokens, model_batches, model_path, read_manifest, stored_hooks
+from ingest.activations import ActivationConfig, iter_hooks, load_tokens, model_batches, read_manifest, stored_hooks
 from ingest.cofiring import new_state
 from ingest.compositions import Compositions
 from ingest.examples import Examples
@@ -120,7 +119,7 @@ def run_corr(task: StackTask, out_dir: str) -> list[CorrResult]:
     pair's co-firing state, the examples and the weight matches' checks; a second one counts the AND/OR
     candidates' joint firing (only for pairs across layers)."""
     sides = {s.ref.sae_id: s for t in task.pairs for s in (t.a, t.b)}
-    recs = {sid: load_stored(sid, s.ref.source, s.ref.fmt, s.ref.sha256, layer=s.layer) for sid, s in sides.items()}
+    recs = {sid: read_side(s) for sid, s in sides.items()}
     states = {t.key: new_state(recs[t.a.ref.sae_id].meta.d_sae, recs[t.b.ref.sae_id].meta.d_sae) for t in task.pairs}
     wanted = {sid for t in task.pairs for sid in t.examples_for}
     ex = {sid: Examples(recs[sid].meta.d_sae) for sid in wanted}
@@ -157,13 +156,20 @@ def run_corr(task: StackTask, out_dir: str) -> list[CorrResult]:
                         quality[t.key], tokens, tokenizer, dataset, Path(out_dir)) for t in task.pairs]
 
 
+def read_side(s: Side):
+    """The SAE's weights (hash-checked) with the hooks the atlas stores for it (a --hook given at ingest included),
+    not the ones its file names."""
+    return load_stored(s.ref.sae_id, s.ref.source, s.ref.fmt, s.ref.sha256, layer=s.layer, hook=s.hook,
+                       hook_out=s.hook_out if s.hook_out != s.hook else None)
+
+
 def _name(source) -> str:
     return f"model {source.model} on {source.corpus}" if isinstance(source, ActivationConfig) else str(source)
 
 
 def _tokens(task: StackTask, live: dict[str, list]):
     """(token_ids/doc/pos over the correlated tokens, the tokenizer, the dataset name) for examples."""
-    from transformers import AutoTokenizer
+    from ingest.models import tokenizer
 
     if isinstance(task.source, ActivationConfig):
         cfg = task.source
@@ -172,7 +178,7 @@ def _tokens(task: StackTask, live: dict[str, list]):
         cfg = ActivationConfig(**{k: v for k, v in read_manifest(Path(task.source))["config"].items()
                                   if k in ActivationConfig.__dataclass_fields__})
         tokens = {k: v[:task.pairs[0].max_tokens] for k, v in load_tokens(Path(task.source)).items()}
-    return tokens, AutoTokenizer.from_pretrained(model_path(cfg.model)), cfg.corpus
+    return tokens, tokenizer(cfg.model), cfg.corpus
 
 
 def _write_pair(task: CorrTask, recs, state, cand, plan, ex, quality, tokens, tokenizer, dataset,
@@ -227,14 +233,12 @@ def _write_pair(task: CorrTask, recs, state, cand, plan, ex, quality, tokens, to
 
 def _hook_check(source):
     """A function (sae_id, hook) that raises one line naming both where the source cannot give that hook:
-    a store's stored hooks; a live model's own hooks (resolved on a weightless copy, before any run)."""
+    a store's stored hooks; a live model's own hooks (on the model the run then uses: ingest.models holds it)."""
     if isinstance(source, ActivationConfig):
-        from transformers import AutoConfig, AutoModel
-
+        from ingest import models
         from ingest.hooks import HookedRunner, HookError
 
-        with torch.device("meta"):
-            runner = HookedRunner(AutoModel.from_config(AutoConfig.from_pretrained(model_path(source.model))))
+        runner = HookedRunner(models.load(source.model).model)
 
         def check(sid, hook):
             try:

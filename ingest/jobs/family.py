@@ -13,7 +13,7 @@ from tqdm import tqdm
 from atlas.match.pair import MatchParams
 from atlas.methods import SIBLING_METHODS
 from atlas.store import Atlas
-from ingest.activations import (MANIFEST, ActivationConfig, collect, load_hook, load_tokens, read_manifest, resid_post,
+from ingest.activations import (MANIFEST, ActivationConfig, block_output, collect, load_hook, load_tokens, read_manifest,
                                  stored_hooks)
 from ingest.training import TrainConfig, check_tokens, train_sae
 
@@ -117,10 +117,8 @@ def _publish_sae(atlas: Atlas, folder: Path, q: dict) -> str:
 
 def _label(atlas: Atlas, sae_id: str, folder: Path, x, acts_dir: Path) -> int:
     """Label a trained SAE's features by the tokens they fire on (docs/design.md, Labels) unless it has labels."""
-    from transformers import AutoTokenizer
-
     from atlas.encode import encode_record
-    from ingest.activations import model_path
+    from ingest import models
     from ingest.jobs.labels import label_by_tokens
     from ingest.sources import read_sae
 
@@ -129,7 +127,7 @@ def _label(atlas: Atlas, sae_id: str, folder: Path, x, acts_dir: Path) -> int:
             return 0
     rec = read_sae(folder)
     tokens = load_tokens(acts_dir)
-    tokenizer = AutoTokenizer.from_pretrained(model_path(read_manifest(acts_dir)["config"]["model"]))
+    tokenizer = models.tokenizer(read_manifest(acts_dir)["config"]["model"])
     return label_by_tokens(atlas, sae_id, lambda chunk: encode_record(rec, chunk), x, tokens["token_ids"],
                            tokens["doc"], tokenizer, rec.meta.d_sae)
 
@@ -169,8 +167,8 @@ def build_family(atlas: Atlas, plan: FamilyPlan, cache: Path, log=print, progres
             held[(dataset, hook)] = load_hook(acts_dir[dataset], hook)
         return held[(dataset, hook)]
 
-    todo = [(d, s, layer, resid_post(layer), plan.train, f"{d}-s{s}-L{layer}") for d, s, layer in plan.saes()]
-    todo += [(d, s, layer, resid_post(layer), replace(plan.train, d_sae=w), f"{d}-s{s}-L{layer}-w{w}")
+    todo = [(d, s, layer, block_output(plan.model, layer), plan.train, f"{d}-s{s}-L{layer}") for d, s, layer in plan.saes()]
+    todo += [(d, s, layer, block_output(plan.model, layer), replace(plan.train, d_sae=w), f"{d}-s{s}-L{layer}-w{w}")
              for d, s, layer, w in plan.width_saes()]
     todo += [(d, s, layer, hook, plan.train, f"{d}-s{s}-{hook}") for d, s, layer, hook in plan.flow_saes()]
     total, done = sum(t[4].samples for t in todo), 0

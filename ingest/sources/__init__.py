@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from atlas.index import row_norms
-from atlas.sae import SAEError, SAERecord, validate
+from atlas.sae import SAEError, SAERecord, check_meta, normalise_arch, parse_hook, validate
+from ingest.hooks import HookError, sae_hooks
 
 from . import dictionary_learning, gemmascope, release, saelens, sparsify
 
@@ -69,7 +70,8 @@ def read_sae(path: str | Path, fmt: str | None = None, **overrides) -> SAERecord
 def load_stored(sae_id: str, source: str, fmt: str, sha256: str, **overrides) -> SAERecord:
     """An SAE already in the atlas, re-read from its source by its reader and checked against its hash: the one way
     jobs and commands load stored weights. `overrides` (layer, hook, ...) replace the file's metadata, as the atlas
-    stores it; the weights are those ingest checked (same hash), so they are not checked again."""
+    stores it (None: the file's value; a hook re-derives the site); the weights are those ingest validated (same
+    hash), so they are not validated again and the file's own hook names are not read."""
     if fmt == "saelens" and ":" in source and not Path(source).exists():  # atlases before the release format
         fmt = "release"
     if fmt != "release" and not Path(source).exists():
@@ -79,7 +81,14 @@ def load_stored(sae_id: str, source: str, fmt: str, sha256: str, **overrides) ->
     if rec.weights.sha256() != sha256:
         raise SAEError(f"{sae_id}: weights at {source} changed since ingest (sha256 differs); "
                        f"re-ingest with --replace")
-    return SAERecord(replace(rec.meta, sae_id=sae_id, **overrides), rec.weights)
+    given = {k: v for k, v in overrides.items() if v is not None}
+    meta = replace(rec.meta, sae_id=sae_id, sha256=sha256, **given)
+    d_sae, d_out = rec.weights.W_dec.shape
+    meta.d_in, meta.d_sae, meta.d_out = rec.weights.W_enc.shape[0], d_sae, d_out if meta.kind != "sae" else None
+    meta.arch = normalise_arch(meta.arch, sae_id)
+    if "hook" in given and "site" not in given:  # the stored hook decides the site, as at ingest
+        meta.site = parse_hook(meta.hook_out or meta.hook)[0]
+    return SAERecord(meta, rec.weights)
 
 
 def release_names(sources) -> list[str]:
@@ -99,7 +108,13 @@ def finish(rec: SAERecord, where: str, overrides: dict) -> SAERecord:
     if "hook" in given and "site" not in given:
         rec.meta.site = None  # re-derive site/layer from the new hook
         rec.meta.layer = given.get("layer")
-    return check_magnitudes(validate(SAERecord(replace(rec.meta, **given), rec.weights), where), where)
+    meta = replace(rec.meta, **given)
+    check_meta(meta, where)  # bounded text before the hook rules read it
+    try:  # hooks as TransformerLens names, whatever the file called them (ingest.hooks.sae_hooks)
+        meta.hook, meta.hook_out = sae_hooks(meta.hook, meta.hook_out, meta.kind, meta.model)
+    except HookError as e:
+        raise SAEError(f"{where}: {e}") from None
+    return check_magnitudes(validate(SAERecord(meta, rec.weights), where), where)
 
 
 OVERFLOW = 1e4
