@@ -86,8 +86,11 @@ def load_stored(sae_id: str, source: str, fmt: str, sha256: str, **overrides) ->
     d_sae, d_out = rec.weights.W_dec.shape
     meta.d_in, meta.d_sae, meta.d_out = rec.weights.W_enc.shape[0], d_sae, d_out if meta.kind != "sae" else None
     meta.arch = normalise_arch(meta.arch, sae_id)
-    if "hook" in given and "site" not in given:  # the stored hook decides the site, as at ingest
-        meta.site = parse_hook(meta.hook_out or meta.hook)[0]
+    site, layer = parse_hook(meta.hook_out or meta.hook)  # as validate fills them at ingest
+    if "hook" in given and "site" not in given:  # the stored hook decides the site
+        meta.site = site
+    meta.site = meta.site or site
+    meta.layer = meta.layer if meta.layer is not None else layer
     return SAERecord(meta, rec.weights)
 
 
