@@ -295,6 +295,7 @@ def test_an_index_is_read_by_its_own_kind_table(tmp_path, monkeypatch):
     # format 1: no table in the header, the codes of FORMAT_1_KINDS
     with monkeypatch.context() as m:
         m.setattr(ei, "KINDS", np.array(ei.FORMAT_1_KINDS))
+        m.setattr(ei, "EDGE_KIND", tuple((k, c) for k, c in ei.EDGE_KIND if k in ei.FORMAT_1_KINDS))  # what it knew
         m.setattr(ei, "CODE", {k: i for i, k in enumerate(ei.FORMAT_1_KINDS)})
         m.setattr(ei, "CANDIDATE", ei.FORMAT_1_KINDS.index("candidate"))
         m.setattr(ei, "header_of", lambda rows, layout: {"format": 1, "rows": rows, "arrays": layout})
