@@ -361,14 +361,9 @@ def _held(r: dict) -> str:
     return f"{r['kind']} {held} of {r['tested']} ({med})"
 
 
-def findings_table(results: Path = RESULTS) -> str:
-    files = sorted(results.glob("findings-*.json"), reverse=True)
-    if not files:
-        return ("No findings artifact in `bench/results/` yet: build the default family (`make demo`), then "
-                "`make findings` (it keeps `atlas findings --json` with the SAEs it measured) and `make readme-bench`.")
-    path = files[0]
-    art = json.loads(path.read_text())
-    f, p = art["findings"], art["atlas"]
+def _finding_rows(art: dict) -> list[tuple[str, str]]:
+    """(finding, measured) rows of one `atlas findings --json` artifact."""
+    f = art["findings"]
     dist = {r["distance"]: r for r in f["distance"]}
     sib = {r["relation"]: r for r in f["siblings"]}
     agree = f["agreement"]
@@ -412,12 +407,43 @@ def findings_table(results: Path = RESULTS) -> str:
     for r in f.get("ablation", []):  # atlas check-edges (docs/design.md, Edges under ablation)
         by_distance.setdefault(r["distance"], []).append(r)
     for d, rs in sorted(by_distance.items()):
+        n = max(r["n"] // r["pairs"] for r in rs if r["kind"] != "random")
         rows.append((f"edges that hold under ablation, layer distance {d} (child drops beyond its pair's random "
-                     "pairs' 95th percentile; median drop)", " · ".join(_held(r) for r in rs)))
+                     f"pairs' 95th percentile; median drop; up to {n} edges sampled per pair and kind)",
+                     " · ".join(_held(r) for r in rs)))
     rows.append(("compositions (layer l → l+1)", ", ".join(f"{comps.get(k, 0)} {name}" for k, name in
                                                           (("PASS", "pass-through"), ("OR", "OR"), ("AND", "AND")))))
-    head = (f"From `{path.name}` (`{art['command']}` on an atlas of {p['n_saes']} SAEs: {p['summary']}; "
-            f"commit {(art.get('commit') or '?')[:9]}):\n\n")
+    return rows
+
+
+def _same_index_rows(f: dict) -> dict[str, tuple[str, float, float]]:
+    """Pair kind -> (label, same-index share, chance) of one artifact's `same_index` (docs/design.md, Independent inits)."""
+    out = {}
+    for r in f.get("same_index") or []:
+        label = r["kind"] + (f" (distance {r['distance']})" if r["distance"] is not None else "")
+        out[label] = (label, r["same_index"], r["chance"])
+    return out
+
+
+def _family(art: dict) -> str:
+    p = art["atlas"]
+    return f"an atlas of {p['n_saes']} SAEs: {p['summary']}; commit {(art.get('commit') or '?')[:9]}"
+
+
+def findings_table(results: Path = RESULTS) -> str:
+    files = sorted(results.glob("findings-*.json"), reverse=True)
+    if not files:
+        return ("No findings artifact in `bench/results/` yet: build the default family (`make demo`), then "
+                "`make findings` (it keeps `atlas findings --json` with the SAEs it measured) and `make readme-bench`.")
+    path = files[0]
+    art = json.loads(path.read_text())
+    f = art["findings"]
+    rows = _finding_rows(art)
+    head = (f"From `{path.name}` (`{art['command']}` on the MiniLM family `atlas minilm` builds by default, as "
+            f"`make demo` runs it: {_family(art)}"
+            + ("; its SAEs were trained before independent inits: every SAE of a seed from one initialisation, as "
+               "`atlas minilm --shared-init` does now, so read it beside the control below" if not f.get("same_index") else "")
+            + "):\n\n")
     table = head + "| finding | measured |\n|---|---|\n" + "\n".join(f"| {a} | {b} |" for a, b in rows)
     example = next((c for c in f.get("compositions", []) if c["child_context"]), None)
     if example:
@@ -426,6 +452,58 @@ def findings_table(results: Path = RESULTS) -> str:
                   f"{example['feature_b']}, Jaccard {example['score']:.2f}): the child fires on "
                   f"*{example['child_context'][0]}*; its parents on {parents}.")
     return table
+
+
+def family_sentence(results: Path = RESULTS) -> str:
+    """The README's build time of the MiniLM family: the newest `python -m bench.family` run, and what its
+    per-step times scale to at the default budgets (activations with tokens, training with samples)."""
+    files = sorted(results.glob("family-*.json"), reverse=True)
+    if not files:
+        return "No family build has been timed yet: `python -m bench.family`."
+    data = json.loads(files[0].read_text())
+    v, meta, st = data["family"], data["meta"], data["family"]["steps_s"]
+    p, d = v["plan"], v["default_plan"]
+    act, train, corr = st.get("activations", 0.0), st.get("SAEs", 0.0), st.get("correlations", 0.0)
+    rest = v["total_s"] - act - train - corr
+    corr_x = min(p["corr_tokens"] or d["max_tokens"], d["max_tokens"]) / min(p["corr_tokens"] or p["max_tokens"], p["max_tokens"])
+    scaled = act * d["max_tokens"] / p["max_tokens"] + train * d["samples"] / p["samples"] + corr * corr_x + rest
+    return (f"Measured (`{files[0].name}`, {_host(meta)}; load average {v['load_avg_before'][0]:.0f} → "
+            f"{v['load_avg_after'][0]:.0f}): the default family's {p['saes']} SAEs at {p['max_tokens'] // 1000}k tokens "
+            f"per corpus and {p['samples'] // 1000}k samples each, from a cold cache, took **{v['total_s'] / 60:.1f} min**: "
+            f"activations {act:.0f} s, SAE training {train:.0f} s ({v['training_samples_per_s'] / 1e3:.1f}k samples/s), "
+            + ", ".join(f"{k} {st[k]:.0f} s" for k in ("widths", "matches", "correlations") if k in st)
+            + f". Scaled to the default budgets ({d['max_tokens'] // 1000}k tokens, {d['samples'] // 1000}k samples: "
+            f"activations × {d['max_tokens'] / p['max_tokens']:.0f}, training × {d['samples'] / p['samples']:.0f}, "
+            f"correlations × {corr_x:.1f} with their tokens, the rest as measured) that is ≈ **{scaled / 60:.0f} min** at "
+            "that load; the machine's load sets the training rate (here against 3.2k–5.8k samples/s in the run above).")
+
+
+INITS = RESULTS / "inits"
+
+
+def inits_table(results: Path = RESULTS) -> str:
+    """Shared init → own inits on one small family (bench/results/inits/README.md): the same-index share of each
+    pair kind beside chance, then every finding that both artifacts hold, side by side."""
+    folder = results / "inits"
+    try:
+        shared, own = (json.loads((folder / f"findings-minilm-small-{k}.json").read_text()) for k in ("shared-init", "own-inits"))
+    except FileNotFoundError:
+        return "No init comparison in `bench/results/inits/` yet."
+    s_idx, o_idx = _same_index_rows(shared["findings"]), _same_index_rows(own["findings"])
+    lines = [f"From `inits/findings-minilm-small-shared-init.json` and `inits/findings-minilm-small-own-inits.json` "
+             f"(`{own['command']}` on {_family(own)}; the family built by `atlas minilm --max-tokens 60000 --samples "
+             f"300000`, once with `--shared-init` (commit {(shared.get('commit') or '?')[:9]}) and once with each SAE's "
+             "own init; bench/results/inits/README.md):", "",
+             "| pair kind | same index, shared init | same index, own inits | chance |", "|---|---|---|---|"]
+    for key, (label, x, chance) in s_idx.items():
+        if key in o_idx:
+            lines.append(f"| {label} | {_pct(x)} | **{_pct(o_idx[key][1])}** | {100 * chance:.2f}% |")
+    lines += ["", "| finding (same family) | shared init | own inits |", "|---|---|---|"]
+    mine = dict(_finding_rows(own))
+    for label, measured in _finding_rows(shared):
+        if label in mine and mine[label] != measured:
+            lines.append(f"| {label} | {measured.replace('**', '')} | {mine[label].replace('**', '')} |")
+    return "\n".join(lines)
 
 
 def _consistency_rows(rows: list[dict]) -> list[tuple[str, str]]:
@@ -472,7 +550,7 @@ def scale_sentence(results: Path = RESULTS) -> str:
 
 
 BLOCKS = {"bench-table": bench_table, "bench-plan": plan_sentence, "bench-scale": scale_sentence,
-          "findings": findings_table}
+          "findings": findings_table, "inits": inits_table, "family": family_sentence}
 
 
 def render(text: str, results: Path = RESULTS) -> str:

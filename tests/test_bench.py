@@ -16,7 +16,7 @@ def test_readme_numbers_are_the_newest_results():
     text = README.read_text()
     assert all(f"<!-- {name}:start -->" in text for name in readme.BLOCKS)
     assert readme.render(text) == text, "README.md is stale: run `make readme-bench`"
-    for name in re.findall(r"`((?:bench|findings)-\d{8}T\d{6}\.json)`", text):
+    for name in re.findall(r"`((?:bench|findings|family)-\d{8}T\d{6}\.json)`", text):
         assert (readme.RESULTS / name).exists(), name
 
 
@@ -111,3 +111,17 @@ def test_cofiring_rows_say_which_state_the_memory_budget_chose(tmp_path):
     assert "100k tokens" in lines[0] and "1000k tokens" in lines[1] and "capped" in lines[2]
     assert "**0.83×**" in lines[1] and "exact" in lines[1] and "(missed)" not in lines[1]
     assert "**1.50×**" in lines[2] and "0.750" in lines[2] and "(missed)" not in lines[2]  # no target: the fallback
+
+
+def test_readme_init_control_is_the_inits_json():
+    """The README's shared-init → own-inits rows are bench/results/inits/'s numbers (same family, same command)."""
+    text = README.read_text()
+    arts = {k: json.loads((readme.RESULTS / "inits" / f"findings-minilm-small-{k}.json").read_text())
+            for k in ("shared-init", "own-inits")}
+    shared = readme._same_index_rows(arts["shared-init"]["findings"])
+    own = readme._same_index_rows(arts["own-inits"]["findings"])
+    assert shared.keys() == own.keys() and "layers (distance 1)" in shared
+    for key, (label, x, _) in shared.items():
+        assert f"| {label} | {readme._pct(x)} | **{readme._pct(own[key][1])}** |" in text
+    assert own["layers (distance 1)"][1] < 0.01 < shared["layers (distance 1)"][1]  # the confound, gone
+    assert arts["own-inits"]["command"] in text and "--shared-init" in text
