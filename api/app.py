@@ -16,7 +16,7 @@ from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.static_files import create_static_files_router
 
 from . import errors
-from .budget import BudgetMiddleware
+from .middleware import BudgetMiddleware
 from .controllers import CONTROLLERS
 from .params import StrictBodySchema
 from .paths import Relative

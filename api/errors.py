@@ -16,7 +16,7 @@ from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi.datastructures import ResponseSpec
 
-from atlas.queries.records import Cancelled, NotAllowed, NotFound, OverBudget, QueryError, QueryTimeout
+from atlas.errors import Cancelled, NotAllowed, NotFound, OverBudget, QueryError, QueryTimeout
 
 from .paths import RETRY_S, missing
 from .sqlpool import Unavailable

@@ -72,7 +72,7 @@ def table_batches(snap, table: str, atlas_dir: Path) -> tuple[pa.Schema, Iterato
     publishes meanwhile cannot collect a file half-way through an export (a lease of a server that died, or
     of a stream never started, goes with its process or its garbage-collected file handle)."""
     if table in PART_TABLES:
-        files = snap.files()
+        files = snap.edges
         names = sorted(f for (t, *_), (f, _) in files.catalog.items() if t == table)
         gone = next((rel for rel in names if not files.path(rel).is_file()), None)
         if gone is not None:  # checked before the 200 goes out: a stream cannot turn into an error half-way

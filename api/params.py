@@ -12,7 +12,9 @@ from litestar.params import PathParameter, QueryParameter
 from litestar.plugins import OpenAPISchemaPlugin
 from litestar.typing import FieldDefinition
 
-from atlas.methods import METHODS, NAMES, SIMILARITY_METHODS
+from litestar.di import NamedDependency, Provide
+
+from atlas.methods import DEFAULT, METHODS, NAMES, SIMILARITY_METHODS, Threshold
 from atlas.queries.pairs import STATS
 
 MethodName = Literal[NAMES]  # type: ignore[valid-type]
@@ -25,14 +27,44 @@ StackName = Annotated[str, PathParameter(min_length=1, max_length=512, descripti
 FeatureIndex = Annotated[int, PathParameter(ge=0, le=2**31 - 1, description="Feature index within the SAE.")]
 Method = Annotated[MethodName, QueryParameter(description="Matching method: " + "; ".join(
     f"{n} ({m.description}, {'higher' if m.higher_is_better else 'lower'} is better)" for n, m in METHODS.items()))]
+Tau = Annotated[float | None, QueryParameter(ge=-1.0, le=1e6, description=(
+    "Score bar: at least tau for similarities (scores -1 to 1), at most for distances (MSE: scores >= 0); checked "
+    "against the method's range [default: the method's: " + ", ".join(
+        f"{n} {m.tau if m.tau is not None else f'quantile {m.quantile}'}" for n, m in METHODS.items()) + "]."))]
+Quantile = Annotated[float | None, QueryParameter(
+    ge=0.0, le=1.0, schema_extra={"minimum": 0.0},  # Litestar drops a falsy bound of an Optional
+    description="Per-pair bar instead of tau (give one of them): keep the best q of each layer pair's assigned scores.")]
 SimilarityMethod = Annotated[SimilarityName, QueryParameter(description="Similarity method (higher is better): " + ", ".join(
     SIMILARITY_METHODS))]
-Tau = Annotated[float, QueryParameter(ge=-1.0, le=1.0, description="Score bar (cosine or correlation).")]
+SimilarityTau = Annotated[float | None, QueryParameter(ge=-1.0, le=1.0, description=(
+    "Score bar (cosine or correlation) [default: the method's: " + ", ".join(
+        f"{n} {METHODS[n].tau}" for n in SIMILARITY_METHODS) + "]."))]
+SharingTau = Annotated[float | None, QueryParameter(
+    ge=-1.0, le=1.0, description="Cosine bar of the sharing rule: decoder and encoder assignments agree, both cosines at least tau "
+                "[default: 0.7].")]
 Fraction = Annotated[float, QueryParameter(ge=0.0, le=1.0)]
 Score = Annotated[float, QueryParameter(ge=-1.0, le=1.0, description="Score bar of a similarity method.")]
 Limit = Annotated[int, QueryParameter(ge=1, le=1000, description="Most items returned.")]
 Cursor = Annotated[str | None, QueryParameter(pattern=r"^[0-9]{1,9}$", description="The `next` value of the previous page.")]
 Name = Annotated[str | None, QueryParameter(min_length=1, max_length=512)]
+
+
+def _threshold(method: Method = DEFAULT, tau: Tau = None, quantile: Quantile = None) -> Threshold:
+    return Threshold.of(method, tau, quantile)
+
+
+def _similarity_threshold(method: SimilarityMethod = DEFAULT, tau: SimilarityTau = None) -> Threshold:
+    return Threshold.of(method, tau, per_pair=False)
+
+
+THRESHOLD = {"threshold": Provide(_threshold, sync_to_thread=False)}
+"""The score bar of a route, from ?method=, ?tau= or ?quantile= (the method's default where neither), checked once by
+Threshold.of: a tau outside the method's range, or tau and quantile together, is a 400 (no one parameter's schema can
+say so: tests/test_schemathesis.py)."""
+SIMILARITY_THRESHOLD = {"threshold": Provide(_similarity_threshold, sync_to_thread=False)}
+"""The same for routes whose bar is a tau on a similarity method (?method=, ?tau=): every schema-valid pair passes."""
+ThresholdDep = NamedDependency[Threshold]
+"""A handler's `threshold`, from THRESHOLD or SIMILARITY_THRESHOLD."""
 
 
 def page_offset(token: str | None) -> int:

@@ -32,7 +32,7 @@ import anyio
 import anyio.to_thread
 import duckdb
 
-from atlas.queries.records import Cancelled, NotAllowed, NotFound, OverBudget, QueryError, QueryTimeout
+from atlas.errors import Cancelled, NotAllowed, NotFound, OverBudget, QueryError, QueryTimeout
 from atlas.store.snapshot import tables_dir
 
 from .paths import RETRY_S
@@ -72,12 +72,12 @@ def _serve(conn, atlas_path: str, memory_limit: str, threads: int) -> None:
     a fresh one does."""
     import duckdb
 
-    from atlas.queries.sqlguard import check_statement, run_sql
     from atlas.store.snapshot import Snapshot
 
     from .paths import Relative
     from .paths import missing as missing_message
     from .sandbox import cap_address_space, confine_reads, deny_writes, limit_malloc_arenas
+    from .sqlguard import check_statement, run_sql
     from .sqlanswer import encode, warm
 
     snap = opened = None
@@ -213,7 +213,7 @@ class SQLPool:
         self.memory_limit = f"{self.limit_bytes // 2**20}MiB"
         self.ctx = mp.get_context("forkserver")
         # pandas: pyarrow imports it on first use; loaded once here, not in every worker
-        self.ctx.set_forkserver_preload(["api.sqlpool", "api.sandbox", "api.sqlanswer", "atlas.queries.sqlguard",
+        self.ctx.set_forkserver_preload(["api.sqlpool", "api.sandbox", "api.sqlanswer", "api.sqlguard",
                                          "atlas.store.snapshot", "pandas"])
         self.idle: queue.LifoQueue[_Worker] = queue.LifoQueue()
         self.lock = threading.Lock()

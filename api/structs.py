@@ -8,7 +8,7 @@ import msgspec
 
 from atlas.queries import LayerPair, Orphans
 from atlas.queries.records import SAE
-from atlas.queries.sqlguard import MAX_SQL_CHARS
+from .sqlguard import MAX_SQL_CHARS
 
 
 class Health(msgspec.Struct):

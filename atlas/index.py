@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import functools
 import json
+import threading
 from pathlib import Path
 
 import numpy as np
-
-from .store.parts import write_atomic
 
 APPROX_FROM = 262_144  # features; at and above this width the default index is approximate
 APPROX_FACTORY = "HNSW32"
@@ -79,6 +78,8 @@ def build(vectors: np.ndarray, factory: str | None = None):
 
 def save(index, path: Path, factory: str) -> None:
     """Write atomically (parts.write_atomic), so a killed job never leaves a half-written index."""
+    from .store.parts import write_atomic  # here: the store's snapshots hold this module's IndexCache
+
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path, lambda tmp: faiss().write_index(index, str(tmp)))
     path.with_suffix(".json").write_text(json.dumps({"factory": factory, "ntotal": index.ntotal, "d": index.d}))
@@ -98,3 +99,17 @@ def search(index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     if "HNSW" in type(index).__name__:
         index.hnsw.efSearch = max(index.hnsw.efSearch, 2 * k)
     return index.search(unit_rows(queries), min(k, index.ntotal))
+
+
+class IndexCache:
+    """The FAISS indexes of an atlas's folder, each loaded on first use and kept, keyed by file name (the name
+    holds the weights' hash, so an entry never goes stale and snapshots can share one cache)."""
+
+    def __init__(self, index_dir: Path):
+        self.index_dir, self.items, self.lock = Path(index_dir), {}, threading.Lock()
+
+    def get(self, index_file: str):
+        with self.lock:
+            if index_file not in self.items:
+                self.items[index_file] = load(self.index_dir / index_file)
+            return self.items[index_file]

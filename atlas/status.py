@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .store.parts import write_atomic
+from .store.snapshot import files_dir
 
 FILE = "build.json"
 STATES = ("running", "done", "stopped", "failed")
@@ -23,7 +24,7 @@ STATES = ("running", "done", "stopped", "failed")
 def status_path(atlas_path: str | Path) -> Path:
     """atlas.duckdb -> atlas.files/build.json (the atlas's side folder, see Atlas.dir)."""
     p = Path(atlas_path)
-    return p.with_name(p.stem + ".files") / FILE
+    return files_dir(p) / FILE
 
 
 @dataclass

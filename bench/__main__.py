@@ -1,5 +1,5 @@
-"""`python -m bench [section ...]`: candidates, assignment, correlation, cofiring, stack, match-one, api, ray, scale;
-pwmcc on request. Prints a table, writes JSON.
+"""`python -m bench [section ...]`: candidates, assignment, correlation, cofiring, stack, match-one, api, ray, scale,
+lineage; pwmcc on request. Prints a table, writes JSON.
 
 Each section measures the thing and its baseline in the same run, so the ratio holds on a noisy machine.
 """
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench import correlation, match_one, pwmcc, readme, record, scale
+from bench import correlation, lineage, match_one, pwmcc, readme, record, scale
 from bench.load import CLIENTS
 from bench.timing import timed
 
@@ -93,7 +93,7 @@ def _ingested(path: Path, folders: list[Path]):
 
 
 def bench_stack(layers: int, d_sae: int, d_in: int, workdir: Path) -> dict:
-    from atlas.match.pair import MatchParams
+    from atlas.match.params import MatchParams
     from ingest.jobs.match import run_match
 
     t_gen, folders = timed(lambda: _family(layers, d_sae, d_in, workdir / "family"))
@@ -108,7 +108,7 @@ def bench_stack(layers: int, d_sae: int, d_in: int, workdir: Path) -> dict:
 
 def bench_ray(layers: int, d_sae: int, d_in: int, workdir: Path) -> dict:
     """The same 26-layer stack matched in-process and on a local 2-worker Ray cluster."""
-    from atlas.match.pair import MatchParams
+    from atlas.match.params import MatchParams
     from ingest.executors import RayExecutor
     from ingest.jobs.match import run_match
 
@@ -148,7 +148,7 @@ def bench_api(atlas_path: Path, seconds: int = 10, client: str = "auto") -> dict
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     p.add_argument("sections", nargs="*", default=["candidates", "assignment", *correlation.SECTIONS, "stack", "match-one",
-                                                  "api", "ray", "scale"])
+                                                  "api", "ray", "scale", "lineage"])
     p.add_argument("--corr-tokens", type=int, default=1_000_000, help="Tokens of the cofiring section's pairs.")
     p.add_argument("--layers", type=int, default=26)
     p.add_argument("--d-sae", type=int, default=16384)
@@ -158,6 +158,8 @@ def main(argv=None):
     p.add_argument("--workdir", type=Path, default=None, help="Keep the synthetic stack and atlas here.")
     p.add_argument("--results", type=Path, default=RESULTS, help="Write the result JSON into this folder.")
     scale.add_arguments(p)
+    p.add_argument("--lineage-atlas", type=Path, default=None,
+                   help="Atlas of the lineage section [default: the scale section's big atlas, else the stack's].")
     args = p.parse_args(argv)
     work = args.workdir or Path(tempfile.mkdtemp(prefix="atlas-bench-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -186,6 +188,13 @@ def main(argv=None):
         save("api", bench_api(atlas, client=args.load_client))
     if "scale" in args.sections:
         save("scale", scale.run(args, log=lambda line: print(line, flush=True)))
+    if "lineage" in args.sections:
+        big = scale.Shape(args.rows, args.scale_d_sae, args.scale_layers)
+        built = Path(args.scale_dir) / f"new-{big.key}" / "atlas.duckdb"
+        path = args.lineage_atlas or (built if built.exists() else work / "bench.duckdb")
+        if not path.exists():
+            raise SystemExit("section lineage needs an atlas: --lineage-atlas, the scale section's or the stack's")
+        save("lineage", lineage.run(path, work, args.seconds, args.load_client, log=lambda line: print(line, flush=True)))
     if "pwmcc" in args.sections:  # not in the default list: about 4 minutes of dense 16k assignments
         save("pwmcc", pwmcc.run(log=lambda line: print(line, flush=True)))
     for section, value in list(results.items())[1:]:  # after meta

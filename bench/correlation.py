@@ -94,18 +94,18 @@ def _ours(d_a, d_b, tokens, seed, max_pairs, sample, state: str = "auto", memory
           chunk_nnz: int | None = None) -> dict:
     """Our state over the synthetic pair: `state` "auto" is what `new_state` picks on the CPU for this memory
     budget (exact where it fits), "capped" the sparse capped state, "exact" the exact one."""
-    from ingest.cofiring import CoFiring, ExactCoFiring, memory_budget, new_state
+    from ingest.cofiring import SparseCoFiring, ExactCoFiring, memory_budget, new_state
 
     data = Synthetic(d_a, d_b, tokens, seed=seed)
     t0 = time.perf_counter()  # load (or compile) the CPU kernels once, outside the measured time
     A0, B0 = next(iter(Synthetic(64, 64, 512, seed=seed)))
-    for warm in (CoFiring(64, 64, max_pairs=64, dev=None), ExactCoFiring(64, 64)):  # a tiny cap: the prune runs too
+    for warm in (SparseCoFiring(64, 64, max_pairs=64, dev=None), ExactCoFiring(64, 64)):  # a tiny cap: the prune runs too
         warm.add(A0, B0)
         warm.finish()
     jit_s = time.perf_counter() - t0
     budget = memory if memory is not None else memory_budget()
     if state == "capped":
-        st = CoFiring(d_a, d_b, max_pairs=max_pairs, dev=None, **({"chunk_nnz": chunk_nnz} if chunk_nnz else {}))
+        st = SparseCoFiring(d_a, d_b, max_pairs=max_pairs, dev=None, **({"chunk_nnz": chunk_nnz} if chunk_nnz else {}))
     else:
         st = new_state(d_a, d_b, dev=None, dense=True if state == "exact" else None, max_pairs=max_pairs, memory=budget)
     exact = isinstance(st, ExactCoFiring)

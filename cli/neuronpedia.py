@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from .group import main
+from .options import threshold_options
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print the list as JSON instead of its URL.")
 
@@ -34,21 +35,20 @@ def _print_list(lst, as_json: bool) -> None:
 @neuronpedia.command("lineage")
 @click.argument("sae")
 @click.argument("feature", type=click.IntRange(min=0))
-@click.option("--tau", type=click.FloatRange(-1, 1), default=0.7, show_default=True)
-@click.option("--method", default="decoder_cos", show_default=True)
+@threshold_options()
 @json_option
 @click.pass_obj
-def neuronpedia_lineage(atlas, sae, feature, tau, method, as_json):
+def neuronpedia_lineage(atlas, sae, feature, threshold, as_json):
     """The lineage of FEATURE of SAE across layers."""
     from atlas.queries.neuronpedia import lineage_list
 
-    with atlas.read() as con:
-        _print_list(lineage_list(con, sae, feature, tau, method), as_json)
+    with atlas.read() as snap:
+        _print_list(lineage_list(snap, sae, feature, threshold), as_json)
 
 
 @neuronpedia.command("orphans")
 @click.argument("sae")
-@click.option("--tau", type=click.FloatRange(-1, 1), default=0.7, show_default=True)
+@click.option("--tau", type=float, default=None, help="Cosine bar of the sharing rule [default: 0.7].")
 @click.option("--by", type=click.Choice(["any", "seed", "dataset"]), default="any", show_default=True)
 @json_option
 @click.pass_obj
@@ -56,23 +56,22 @@ def neuronpedia_orphans(atlas, sae, tau, by, as_json):
     """The orphan features of SAE (shared with none of its matched siblings)."""
     from atlas.queries.neuronpedia import orphans_list
 
-    with atlas.read() as con:
-        _print_list(orphans_list(con, sae, tau, by), as_json)
+    with atlas.read() as snap:
+        _print_list(orphans_list(snap, sae, tau, by), as_json)
 
 
 @neuronpedia.command("pair")
 @click.argument("sae_a")
 @click.argument("sae_b")
-@click.option("--tau", type=float, default=0.7, show_default=True)
-@click.option("--method", default="decoder_cos", show_default=True)
+@threshold_options()
 @json_option
 @click.pass_obj
-def neuronpedia_pair(atlas, sae_a, sae_b, tau, method, as_json):
+def neuronpedia_pair(atlas, sae_a, sae_b, threshold, as_json):
     """The matches of a layer (or sibling) pair, both sides, best first."""
     from atlas.queries.neuronpedia import pair_list
 
-    with atlas.read() as con:
-        _print_list(pair_list(con, sae_a, sae_b, method, tau), as_json)
+    with atlas.read() as snap:
+        _print_list(pair_list(snap, sae_a, sae_b, threshold), as_json)
 
 
 @main.group()

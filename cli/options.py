@@ -1,8 +1,11 @@
-"""What the job commands share: the --executor/--address options and the executor they open, the --pairs
-choices and SAE_A:SAE_B parameters, and the progress bar."""
+"""What the commands share: the --executor/--address options and the executor they open, the --pairs choices and
+SAE_A:SAE_B parameters, the score bar (--method/--tau/--quantile), options made from a parameter dataclass, and the
+progress bar."""
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from contextlib import contextmanager
 
 import click
@@ -66,3 +69,64 @@ def bar(total: int | None, desc: str, unit: str = "pair"):
     from tqdm import tqdm
 
     return tqdm(total=total, desc=desc, unit=unit, disable=None, dynamic_ncols=True)
+
+
+def threshold_options(per_pair: bool = True):
+    """--method (a choice of the method registry), --tau and, `per_pair`, --quantile: handed to the command as one
+    checked `threshold` (atlas.methods.Threshold.of; neither tau nor quantile: the method's default bar)."""
+    from atlas.methods import DEFAULT, METHODS, NAMES
+
+    defaults = ", ".join(f"{n} {m.tau if m.tau is not None else f'quantile {m.quantile}'}" for n, m in METHODS.items())
+
+    def decorate(f):
+        @functools.wraps(f)
+        def run(*args, method, tau, quantile=None, **kwargs):
+            from atlas.methods import Threshold
+
+            return f(*args, threshold=Threshold.of(method, tau, quantile, per_pair=per_pair), **kwargs)
+        if per_pair:
+            run = click.option("--quantile", type=float, default=None,
+                               help="Per-pair bar instead of --tau: the best q of each layer pair's assigned scores.")(run)
+        run = click.option("--tau", type=float, default=None,
+                           help=f"Score bar: at least tau (similarities), at most (distances) [default: the method's: "
+                                f"{defaults}].")(run)
+        return click.option("--method", type=click.Choice(NAMES), default=DEFAULT, show_default=True,
+                            help="Matching method (atlas.methods.METHODS).")(run)
+    return decorate
+
+
+def options_from(cls, *names: str, flags: dict[str, str] | None = None):
+    """One option per field of the dataclass `cls` (those of `names`, or all), with the class's default and help:
+    the field's docstring (SAELens's config style) or its metadata's "help"; a Literal type is a choice. The option
+    is --name-with-dashes unless `flags` or the field's metadata "flag" names it."""
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    helps = field_docs(cls)
+    chosen = [f for f in dataclasses.fields(cls) if not names or f.name in names]
+
+    def decorate(f):
+        for field in reversed(chosen):
+            flag = (flags or {}).get(field.name) or field.metadata.get("flag") or "--" + field.name.replace("_", "-")
+            many = isinstance(field.default, tuple)
+            kind = hints[field.name]
+            kind = click.Choice(typing.get_args(kind)) if typing.get_origin(kind) is typing.Literal else \
+                None if many else type(field.default)
+            f = click.option(flag, field.name, multiple=many, type=kind, default=field.default, show_default=not many,
+                             help=field.metadata.get("help") or helps.get(field.name))(f)
+        return f
+    return decorate
+
+
+def field_docs(cls) -> dict[str, str]:
+    """A dataclass's attribute docstrings (the string under each field), one line each."""
+    import ast
+    import inspect
+    import textwrap
+
+    body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0].body
+    out = {}
+    for field, doc in zip(body, body[1:]):
+        if isinstance(field, ast.AnnAssign) and isinstance(doc, ast.Expr) and isinstance(doc.value, ast.Constant):
+            out[field.target.id] = " ".join(str(doc.value.value).split())
+    return out

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-from dataclasses import fields
 from pathlib import Path
 
 import click
@@ -11,23 +10,14 @@ import click
 from api.settings import Settings
 
 from .group import main
-
-
-def setting_options(f):
-    """One option per server setting, with the settings table's default and help (api/settings.py)."""
-    for s in reversed(fields(Settings)):
-        many = isinstance(s.default, tuple)
-        f = click.option(s.metadata.get("flag", "--" + s.name.replace("_", "-")), s.name, multiple=many,
-                         type=None if many else type(s.default), default=s.default, show_default=not many,
-                         help=s.metadata["help"])(f)
-    return f
+from .options import options_from
 
 
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=int, default=8000, show_default=True)
 @click.option("--workers", type=int, default=1, show_default=True, help="Server processes (each reads the atlas).")
-@setting_options
+@options_from(Settings)  # one option per server setting (api/settings.py)
 @click.pass_obj
 def serve(atlas, host, port, workers, **settings):
     """Serve the atlas over HTTP: JSON API under /api, OpenAPI docs at /schema.

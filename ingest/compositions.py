@@ -10,7 +10,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from atlas.match.candidates import Candidates
-from ingest.cofiring.sparse import CoFiring, to_csr
+from ingest.cofiring.sparse import SparseCoFiring, to_csr
 
 
 @dataclass
@@ -26,7 +26,7 @@ class Compositions:
     triple: np.ndarray  # [d_b, Q] tokens where b, p1 and p2 fire
 
     @classmethod
-    def plan(cls, cand: Candidates, state: CoFiring, parents: int = 5, min_r: float = 0.05) -> Compositions:
+    def plan(cls, cand: Candidates, state: SparseCoFiring, parents: int = 5, min_r: float = 0.05) -> Compositions:
         par = cand.b2a_index[:, :parents].astype(np.int64).copy()
         par[cand.b2a_score[:, :parents] <= min_r] = -1
         P = par.shape[1]

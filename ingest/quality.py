@@ -7,7 +7,7 @@ import torch
 
 from atlas.encode import decode
 from atlas.sae import SAERecord
-from ingest.cofiring.sparse import CoFiring
+from ingest.cofiring.sparse import SparseCoFiring
 
 
 class Quality:
@@ -32,7 +32,7 @@ class Quality:
         self.sum_x = xb.sum(0) if self.sum_x is None else self.sum_x + xb.sum(0)
         self.n += len(xb)
 
-    def result(self, state: CoFiring) -> dict:
+    def result(self, state: SparseCoFiring) -> dict:
         fa, fb = self.fa.numpy(), self.fb.numpy()
         fired = state.f_a[fa] > 0
         _, cnt = state.lookup(fa, fb)

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from atlas.match.pair import MatchParams, match_pair
+from atlas.match.pair import match_pair
+from atlas.match.params import MatchParams
 from atlas.store import parts
 
 
@@ -68,7 +69,7 @@ def _weights(ref: SAERef):
     if key not in _CACHE:
         if len(_CACHE) >= 4:
             _CACHE.pop(next(iter(_CACHE)))
-        _CACHE[key] = load_stored(ref.source, ref.fmt, ref.sha256, ref.sae_id)
+        _CACHE[key] = load_stored(ref.sae_id, ref.source, ref.fmt, ref.sha256).weights
     return _CACHE[key]
 
 

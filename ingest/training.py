@@ -41,6 +41,22 @@ class TrainConfig:
     """Every SAE of one seed starts from torch.manual_seed(seed) and sees the tokens in one order: the same
     starting dictionary for every layer, width and dataset (a wider SAE's first rows equal the narrower one's).
     A control for measuring what a shared start does to matching; off, each SAE starts from init_seed(...)."""
+    b_dec_init: str = "zeros"
+    """"zeros" (sae_lens's own start) or "mean": the decoder bias starts at the training activations' mean. A
+    decoder LM's residual stream has a large mean (SmolLM2, layer 5: |mean| 73 beside a median token norm of 91),
+    which b_dec cannot learn from zero in a short run: features then fire broadly to rebuild it (layer 5, 150k
+    samples: L0 559 of 1152 from zero, 303 from the mean; docs/design.md, SmolLM2)."""
+    max_norm_multiple: float | None = None
+    """Train (and measure) only on tokens whose activation norm is at most this multiple of the median norm:
+    dictionary_learning's `max_activation_norm_multiple`. A decoder LM's massive activations (SmolLM2's residual
+    stream: 2% of tokens, mostly " the", at 3-12x the median norm along three dimensions) otherwise hold most of the
+    variance, and an SAE spends its dictionary on them (docs/design.md, Training a family). None: every token.
+    FVU, L0 and dead fraction are measured on every held-out token; `fvu_kept` on the kept ones."""
+
+
+NEW_FIELDS = {"b_dec_init": "zeros", "max_norm_multiple": None}
+"""TrainConfig fields added after SAEs were cached: in the cache key only when not at this default, so the
+SAEs trained before keep their keys."""
 
 
 def init_seed(seed: int, model: str, hook: str, d_sae: int, dataset: str) -> int:
@@ -52,7 +68,8 @@ def init_seed(seed: int, model: str, hook: str, d_sae: int, dataset: str) -> int
 
 def config_hash(cfg: TrainConfig, layer: int, seed: int, dataset: str, n_tokens: int, hook: str | None = None) -> str:
     """Cache key of one SAE; `hook` only for SAEs off the residual stream (residual keys stay as they were)."""
-    text = json.dumps([asdict(cfg), layer, seed, dataset, n_tokens] + ([hook] if hook else []), sort_keys=True)
+    fields = {k: v for k, v in asdict(cfg).items() if NEW_FIELDS.get(k, object()) != v}
+    text = json.dumps([fields, layer, seed, dataset, n_tokens] + ([hook] if hook else []), sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:10]
 
 
@@ -92,50 +109,103 @@ def _name_hook(folder: Path, hook: str) -> None:
 
 
 @torch.no_grad()
-def quality(sae, x: torch.Tensor) -> dict:
-    """Fraction of variance unexplained, mean L0 and the fraction of features that never fire on x."""
+def quality(sae, x: torch.Tensor, y: torch.Tensor | None = None) -> dict:
+    """Fraction of variance unexplained (of y, a transcoder's target; else of x), mean L0 and the fraction of
+    features that never fire on x."""
     feats = sae.encode(x)
     recon = sae.decode(feats)
-    fvu = ((x - recon) ** 2).sum() / ((x - x.mean(0)) ** 2).sum()
+    y = x if y is None else y
+    fvu = ((y - recon) ** 2).sum() / ((y - y.mean(0)) ** 2).sum()
     fired = (feats > 0)
     return {"fvu": float(fvu), "l0": float(fired.sum(1).float().mean()), "dead_frac": float((~fired.any(0)).float().mean())}
 
 
+def _transcoder_class():
+    """sae_lens's ReLU + L1 training SAE made a transcoder: each batch row is [input | target] (so sae_lens's
+    trainer, its scaler and its schedules run unchanged), the features encode the input and the decoder predicts
+    the target; b_dec is the output's bias (never subtracted from the input). sae_lens 6 trains no transcoder of
+    its own; its inference Transcoder reads the result."""
+    from sae_lens import StandardTrainingSAE
+    from sae_lens.saes.sae import TrainStepOutput
+
+    class TranscoderTrainingSAE(StandardTrainingSAE):
+        def training_forward_pass(self, step_input):
+            x, y = step_input.sae_in.split(self.cfg.d_in, dim=-1)
+            feats, pre = self.encode_with_hidden_pre(x)
+            out = self.decode(feats)
+            mse = self.mse_loss_fn(out, y).sum(dim=-1).mean()
+            inp = type(step_input)(**{**step_input.__dict__, "sae_in": x})
+            aux = self.calculate_aux_loss(step_input=inp, feature_acts=feats, hidden_pre=pre, sae_out=out)
+            return TrainStepOutput(sae_in=y, sae_out=out, feature_acts=feats, hidden_pre=pre,
+                                   loss=mse + sum(aux.values()), losses={"mse_loss": mse, **aux})
+
+    return TranscoderTrainingSAE
+
+
 def train_sae(acts: torch.Tensor, layer: int, seed: int, dataset: str, out_root: Path, cfg: TrainConfig,
-              model: str = DEFAULT_MODEL, hook: str | None = None, progress=None) -> tuple[Path, dict]:
+              model: str = DEFAULT_MODEL, hook: str | None = None, progress=None, target: torch.Tensor | None = None,
+              hook_out: str | None = None) -> tuple[Path, dict]:
     """Train (or reuse from cache) one SAE on `acts` taken at `hook` (default: block `layer`'s output,
     blocks.L.hook_resid_post); returns its folder and its quality on held-out tokens. progress(samples so far)
-    while it trains."""
+    while it trains. With `target` (the same tokens at `hook_out`), a transcoder from `hook` to `hook_out`."""
     from sae_lens import StandardTrainingSAE, StandardTrainingSAEConfig
     from sae_lens.config import SAETrainerConfig
     from sae_lens.training.sae_trainer import SAETrainer
 
+    if (target is None) != (hook_out is None) or (target is not None and (hook is None or target.shape != acts.shape)):
+        raise ValueError("a transcoder needs its input hook, its output hook and a target of the input's shape")
     # a block's output (on MiniLM, BERT: hook_normalized_resid_post) keeps the cache key it had as resid_post
-    resid = hook is None or hook in (f"blocks.{layer}.hook_resid_post", f"blocks.{layer}.hook_normalized_resid_post")
-    key = config_hash(cfg, layer, seed, dataset, len(acts), None if resid else hook)
-    site = "" if resid else "-" + hook.split(".", 2)[2].replace(".", "_")
+    resid = hook_out is None and (
+        hook is None or hook in (f"blocks.{layer}.hook_resid_post", f"blocks.{layer}.hook_normalized_resid_post"))
+    key = config_hash(cfg, layer, seed, dataset, len(acts), None if resid else hook + (f" -> {hook_out}" if hook_out else ""))
+    site = "" if resid else "-" + hook.split(".", 2)[2].replace(".", "_") + ("-tc" if hook_out else "")
     folder = out_root / f"{dataset}-s{seed}{site}" / f"layer_{layer}-{key}"
     metrics_file = folder / "atlas_training.json"
     if metrics_file.exists():
         _name_hook(folder, hook or f"blocks.{layer}.hook_resid_post")
         return folder, json.loads(metrics_file.read_text())
     check_tokens(len(acts), cfg, f"{dataset} at {hook or f'blocks.{layer}.hook_resid_post'}")
-    train, held = acts[: -cfg.eval_tokens], acts[-cfg.eval_tokens:]
+    d_in = acts.shape[1]
+    rows = acts if target is None else torch.cat([acts, target], dim=1)  # a transcoder's rows: [input | target]
+    train, held = rows[: -cfg.eval_tokens], rows[-cfg.eval_tokens:]
+    if cfg.b_dec_init not in ("zeros", "mean"):
+        raise ValueError(f"b_dec_init {cfg.b_dec_init!r}: give 'zeros' or 'mean'")
+    extra = {}
+    if cfg.max_norm_multiple is not None:  # by the input's norm
+        bar = cfg.max_norm_multiple * float(acts.norm(dim=1).median())
+        n = len(train)
+        train = train[train[:, :d_in].norm(dim=1) <= bar]
+        extra["dropped_frac"] = 1 - len(train) / n
     start = seed if cfg.shared_init else init_seed(seed, model, hook or f"blocks.{layer}.hook_resid_post", cfg.d_sae, dataset)
     torch.manual_seed(start)
-    sae = StandardTrainingSAE(StandardTrainingSAEConfig(
-        d_in=acts.shape[1], d_sae=cfg.d_sae, l1_coefficient=cfg.l1_coefficient, device="cpu",
-        normalize_activations="expected_average_only_in"))
+    sae = (StandardTrainingSAE if target is None else _transcoder_class())(StandardTrainingSAEConfig(
+        d_in=d_in, d_sae=cfg.d_sae, l1_coefficient=cfg.l1_coefficient, device="cpu",
+        normalize_activations="expected_average_only_in", apply_b_dec_to_input=target is None))
     trainer_cfg = SAETrainerConfig(total_training_samples=cfg.samples, train_batch_size_samples=cfg.batch, lr=cfg.lr,
                                    lr_end=cfg.lr_end, device="cpu", n_batches_for_norm_estimate=50)
-    sae = SAETrainer(cfg=trainer_cfg, sae=sae, data_provider=_batches(train, cfg.batch, start, progress)).fit()
-    metrics = dict(quality(sae, held), samples=cfg.samples, tokens=len(acts), init_seed=start)
+    trainer = SAETrainer(cfg=trainer_cfg, sae=sae, data_provider=_batches(train, cfg.batch, start, progress))
+    if cfg.b_dec_init == "mean":  # sae_lens's own scaling (sqrt(d_in) / mean norm), known first so b_dec starts there
+        scale = float(d_in ** 0.5 / train.norm(dim=1).mean())
+        trainer.activation_scaler.scaling_factor = scale  # fit() keeps a factor it finds, folds it in at the end
+        with torch.no_grad():
+            sae.b_dec.copy_(train[:, -d_in:].mean(0) * scale)  # the target's mean (an SAE's target is its input)
+    sae = trainer.fit()
+
+    def measure(r):
+        return quality(sae, r[:, :d_in], None if target is None else r[:, d_in:])
+
+    metrics = dict(measure(held), samples=cfg.samples, tokens=len(acts), init_seed=start, **extra)
+    if cfg.max_norm_multiple is not None:
+        metrics["fvu_kept"] = measure(held[held[:, :d_in].norm(dim=1) <= bar])["fvu"]
     md = sae.cfg.metadata
     md.model_name, md.hook_name, md.dataset_path = model, hook or f"blocks.{layer}.hook_resid_post", dataset
     sae.save_inference_model(folder)
     # sae_lens has no seed field: keep it beside the other metadata, where the atlas's reader looks
     cfg_path = folder / "cfg.json"
     saved = json.loads(cfg_path.read_text())
+    if hook_out:  # sae_lens's own transcoder layout: its Transcoder (and the atlas's reader) load it
+        saved.update(architecture="transcoder", d_out=d_in, apply_b_dec_to_input=False)
+        saved["metadata"]["hook_name_out"] = hook_out
     saved["metadata"]["seed"] = seed
     saved["metadata"]["init_seed"] = start  # what torch was seeded with (docs/design.md, Independent inits)
     write_atomic(cfg_path, lambda tmp: tmp.write_text(json.dumps(saved, indent=1)))

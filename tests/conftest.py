@@ -126,7 +126,7 @@ def planted_flow(truth: list[dict], stack_ids: list[str], d_sae: int) -> list[tu
 
 def file_edges(files, sae: str, features, targets: list[str], forward: bool, method: str, bar=None) -> list[tuple]:
     """(sae_a, feature_a, sae_b, feature_b, method, score, rank, assigned, kind) of the candidates between
-    `features` of `sae` and each SAE of `targets` in the given direction, by FileEdges.lookup."""
+    `features` of `sae` and each SAE of `targets` in the given direction, by EdgeCatalog.lookup."""
     from atlas.store.edgeindex import CARRY, KINDS
 
     out = []

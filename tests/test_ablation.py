@@ -170,18 +170,21 @@ def test_lineage_answers_carry_the_checks(planted):
     assert [e["causal_drop"] for e in body["edges"] if e["sae_b"] == ids[1]] == [pytest.approx(checked[1])]
 
 
-def test_lineage_of_an_atlas_without_edge_checks_is_answered_unchanged(planted):
+def test_lineage_of_an_atlas_without_edge_checks_is_answered_unchanged(planted, tmp_path):
     """An atlas published before edge_checks existed (readers cannot add tables): no causal scores, no error."""
     import duckdb
 
     from atlas.queries import lineage
-    from atlas.queries.checks import ablation_findings, attach_checks
+    from atlas.queries.checks import ablation_findings
 
     atlas, *_ = planted
-    with atlas.read() as con:
-        lin = lineage(con, _ids(atlas)[0], 0)
-    assert attach_checks(duckdb.connect(), lin) is lin and all(e.causal_drop is None for e in lin.edges)
-    assert ablation_findings(duckdb.connect()) == []
+    old = atlas.copy_to(tmp_path / "old.duckdb")
+    with duckdb.connect(str(old.path)) as con:
+        con.execute("DROP TABLE edge_checks")
+    with old.read() as snap:
+        lin = lineage(snap, _ids(atlas)[0], 0)
+        assert lin.edges and all(e.causal_drop is None for e in lin.edges)
+        assert snap.checked == frozenset() and ablation_findings(snap) == []
 
 
 def test_steering_file_loads_and_raises_the_chain(planted, tmp_path):

@@ -13,7 +13,8 @@ from litestar.testing import TestClient
 
 from api.app import create_app
 from api.settings import Settings
-from atlas.queries import QueryError, lineage, orphans
+from atlas.queries import lineage, orphans
+from atlas.errors import QueryError
 from atlas.store.snapshot import SERVING_CONFIG, Snapshot
 
 STACK = "synth-resid-w256-jumprelu-s0-A"
@@ -29,7 +30,7 @@ def client(synth_atlas):
 
 def _reader(atlas):
     """The server holds the file open; in one process DuckDB shares it only with the same configuration."""
-    return Snapshot(atlas.path).con
+    return Snapshot(atlas.path)
 
 
 def test_health_and_listing_with_pagination(client):
@@ -207,7 +208,7 @@ def test_sql_guard_lets_through_only_one_read_statement(sql):
     """Property: whatever the text, the guard either refuses it or it is exactly one SELECT/EXPLAIN."""
     import duckdb
 
-    from atlas.queries.sqlguard import check_statement
+    from api.sqlguard import check_statement
 
     con = duckdb.connect()
     try:

@@ -13,7 +13,7 @@ import torch
 
 from atlas.match.pair import MatchParams, match_candidates
 from atlas.sae import SAEWeights
-from ingest.cofiring import CoFiring, accumulate, sparse
+from ingest.cofiring import SparseCoFiring, accumulate, sparse
 from ingest.compositions import Compositions
 from ingest.examples import Examples
 
@@ -51,7 +51,7 @@ def test_statistics_equal_a_dense_reference(pair, chunk, cells, monkeypatch):
     """One product over all tokens in one block, and many merges into blocks of 10 a-features."""
     monkeypatch.setattr(sparse, "BLOCK_CELLS", cells)
     A, B = pair
-    st = CoFiring(A.shape[1], B.shape[1], chunk_nnz=chunk)
+    st = SparseCoFiring(A.shape[1], B.shape[1], chunk_nnz=chunk)
     for a, b in zip(batches(A, 333), batches(B, 333)):
         st.add(a, b)
     got, want = st.finish().dense(), dense_reference(A, B)
@@ -83,7 +83,7 @@ def test_torch_products_equal_scipy(pair):
 
 
 def test_negative_or_mismatched_batches_are_refused():
-    st = CoFiring(3, 2)
+    st = SparseCoFiring(3, 2)
     with pytest.raises(ValueError, match="non-negative"):
         st.add(-np.ones((2, 3)), np.ones((2, 2)))
     with pytest.raises(ValueError, match="batch shapes"):

@@ -9,7 +9,7 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from ingest.cofiring import CoFiring, DenseCoFiring, ExactCoFiring, new_state
+from ingest.cofiring import SparseCoFiring, DenseCoFiring, ExactCoFiring, new_state
 from ingest.cofiring import dense as dense_cofiring
 from ingest.cofiring import exact as exact_cofiring
 
@@ -44,7 +44,7 @@ def test_dense_and_sparse_states_agree_in_float64(monkeypatch):
     """Every statistic of every pair and both top-k lists, over several token blocks and output tiles."""
     monkeypatch.setattr(dense_cofiring, "TILE_BYTES", 8 * 48 * 7)  # 7-row tiles: many per product and top-k
     A, B, _ = planted()
-    sparse = stream(CoFiring(60, 48, dev=None), A, B)
+    sparse = stream(SparseCoFiring(60, 48, dev=None), A, B)
     dense = stream(DenseCoFiring(60, 48, dev="cpu", block_tokens=1500), A, B)
     assert dense.precision == "float64" and dense.error_bound == 0.0 and dense.n == sparse.n == len(A)
     s, d = sparse.dense(), dense.dense()
@@ -105,13 +105,13 @@ def test_new_state_on_the_cpu_is_exact_where_it_fits_the_memory_budget(monkeypat
     assert exact_cofiring.memory_budget() == 4 * 2**30
     first = new_state(16384, 16384, dev=None)
     assert isinstance(first, ExactCoFiring) and first.error_bound == 0.0
-    assert type(new_state(16384, 16384, dev=None)) is CoFiring  # the first still holds 3.8 GB of the 4 GiB
+    assert type(new_state(16384, 16384, dev=None)) is SparseCoFiring  # the first still holds 3.8 GB of the 4 GiB
     del first
     assert isinstance(new_state(16384, 16384, dev=None), ExactCoFiring)
-    assert type(new_state(65536, 65536, dev=None)) is CoFiring
-    assert type(new_state(64, 64, dev=None, dense=False)) is CoFiring
+    assert type(new_state(65536, 65536, dev=None)) is SparseCoFiring
+    assert type(new_state(64, 64, dev=None, dense=False)) is SparseCoFiring
     monkeypatch.setenv(exact_cofiring.MEMORY_ENV, "2G")  # below one 16k state
-    assert type(new_state(16384, 16384, dev=None)) is CoFiring
+    assert type(new_state(16384, 16384, dev=None)) is SparseCoFiring
     assert isinstance(new_state(16384, 16384, dev=None, memory=8 * 2**30), ExactCoFiring)
     monkeypatch.setenv(exact_cofiring.MEMORY_ENV, "lots")
     with pytest.raises(ValueError, match="ATLAS_COFIRING_MEMORY='lots'"):
@@ -126,7 +126,7 @@ def test_exact_cpu_state_equals_the_sparse_and_dense_states():
     its own way)."""
     A, B, perm = planted(seed=5)
     ex = stream(ExactCoFiring(60, 48, chunk_nnz=2500), A, B)  # several chunks
-    sparse = stream(CoFiring(60, 48, dev=None), A, B)
+    sparse = stream(SparseCoFiring(60, 48, dev=None), A, B)
     gemm = stream(DenseCoFiring(60, 48, dev="cpu"), A, B)
     assert ex.error_bound == 0.0 and ex.n == len(A)
     d_e, d_s = ex.dense(), sparse.dense()
@@ -214,7 +214,7 @@ def test_capped_sparse_state_prunes_alike_on_the_compiled_and_the_torch_path():
     """The CPU's compiled merge-and-score pass and the torch products (the CUDA path, run on the CPU)
     keep the same pairs under the same cap, with the same thresholds."""
     A, B, perm = planted(seed=3, t=6000)
-    states = [stream(CoFiring(60, 48, max_pairs=600, dev=dev, chunk_nnz=4000), A, B) for dev in (None, torch.device("cpu"))]
+    states = [stream(SparseCoFiring(60, 48, max_pairs=600, dev=dev, chunk_nnz=4000), A, B) for dev in (None, torch.device("cpu"))]
     (c, t) = states
     assert c.prunes == t.prunes > 0 and np.allclose(c.thetas, t.thetas, rtol=1e-12)
     assert (c.pairs != 0).nnz == (t.pairs != 0).nnz <= 600

@@ -14,9 +14,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cli import main
+from atlas.methods import Threshold
 from atlas.queries import lineage
-from atlas.queries.edges import EdgeIndexCache, FileEdges
 from atlas.store import Atlas
+from atlas.store.edges import EdgeIndexCache
 from atlas.store.edgeindex import EdgeIndex, index_name
 
 from .conftest import TINY, file_edges, kill_job_at
@@ -29,11 +30,11 @@ def _edges(lin):
                   for e in lin.edges)
 
 
-def _parquet_only(con) -> FileEdges:
-    """Today's table-file reads: the same snapshot with its edge indexes ignored."""
-    files = FileEdges.with_saes(con)
-    files.indexes = None
-    return files
+def _parquet_only(atlas):
+    """Today's table-file reads: a snapshot whose edge catalog ignores the edge indexes."""
+    snap = atlas.read()
+    snap.edges.indexes = None
+    return snap
 
 
 def _macro(con, sae, f, tau, mode, max_skip, method="decoder_cos"):
@@ -43,7 +44,7 @@ def _macro(con, sae, f, tau, mode, max_skip, method="decoder_cos"):
 
 def test_every_matches_file_has_its_index_and_lookups_equal_the_rows(synth_atlas):
     with synth_atlas.read() as con:
-        files = FileEdges.with_saes(con)
+        files = con.edges
         rows = con.execute("SELECT sae_a, sae_b, method, feature_a, feature_b, score, rank, assigned, "
                            "edge_kind(assigned, rank, rank_b) FROM matches").fetchall()
     assert {m for _, _, m in files.pairs} >= {"decoder_cos", "decoder_mse", "encoder_cos"}
@@ -64,17 +65,17 @@ def test_every_matches_file_has_its_index_and_lookups_equal_the_rows(synth_atlas
 def test_lineage_from_the_index_equals_the_macro_and_the_parquet_reads_on_the_planted_family(synth_atlas, truth, mode):
     events = sorted({(t["sae_a"], t["feature_a"]) for t in truth if t["kind"] in ("split", "merge", "death")
                      and t["sae_a"] and t["sae_a"].endswith("s0-A")})[:10]
-    with synth_atlas.read() as con:
-        files, plain = FileEdges.with_saes(con), _parquet_only(con)
+    with synth_atlas.read() as con, _parquet_only(synth_atlas) as plain:
         for sae, f in events:
             for tau, skip in ((0.7, 1), (0.6, 0)):
-                got = lineage(con, sae, f, tau=tau, max_skip=skip, edges=mode, include_sites=False, files=files)
-                assert _edges(got) == _edges(lineage(con, sae, f, tau=tau, max_skip=skip, edges=mode,
-                                                     include_sites=False, files=plain))
+                got = lineage(con, sae, f, Threshold.of(tau=tau), max_skip=skip, edges=mode, include_sites=False)
+                assert _edges(got) == _edges(lineage(plain, sae, f, Threshold.of(tau=tau), max_skip=skip, edges=mode,
+                                                     include_sites=False))
                 assert [e[:6] for e in _edges(got)] == _macro(con, sae, f, tau, mode, skip), (sae, f, tau)
             for direction in ("forward", "backward"):  # distance method, per-pair quantile bars
-                kw = dict(direction=direction, method="decoder_mse", quantile=0.4, edges=mode, include_sites=False)
-                assert _edges(lineage(con, sae, f, files=files, **kw)) == _edges(lineage(con, sae, f, files=plain, **kw))
+                kw = dict(direction=direction, edges=mode, include_sites=False)
+                mse = Threshold.of("decoder_mse", quantile=0.4)
+                assert _edges(lineage(con, sae, f, mse, **kw)) == _edges(lineage(plain, sae, f, mse, **kw))
 
 
 def _random_atlas(path: Path, seed: int, layers: int, d: int, k: int) -> tuple[Atlas, list[str]]:
@@ -128,13 +129,13 @@ def test_lineage_from_the_index_equals_the_macro_on_random_atlases(seed, layers,
     with tempfile.TemporaryDirectory() as tmp:
         atlas, ids = _random_atlas(Path(tmp) / "a.duckdb", seed, layers, d, k)
         rng = np.random.default_rng(seed + 1)
-        with atlas.read() as con:
-            files, plain = FileEdges.with_saes(con), _parquet_only(con)
+        with atlas.read() as con, _parquet_only(atlas) as plain:
+            files = con.edges
             for _ in range(6):
                 sae, f = ids[int(rng.integers(layers))], int(rng.integers(d))
                 mode, skip = ["default", "all"][int(rng.integers(2))], int(rng.integers(0, 3))
                 tau = [0.5, 0.7, 0.85][int(rng.integers(3))]
-                got = lineage(con, sae, f, tau=tau, max_skip=skip, edges=mode, include_sites=False, files=files)
+                got = lineage(con, sae, f, Threshold.of(tau=tau), max_skip=skip, edges=mode, include_sites=False)
                 assert [e[:6] for e in _edges(got)] == _macro(con, sae, f, tau, mode, skip), (sae, f, tau, mode, skip)
                 nodes = con.execute("SELECT sae_id, feature FROM lineage_nodes(?, ?, tau_ := ?, max_skip_ := ?, "
                                     "edges_ := ?)", [sae, f, tau, skip, mode]).fetchall()
@@ -142,12 +143,13 @@ def test_lineage_from_the_index_equals_the_macro_on_random_atlases(seed, layers,
                 for direction in ("forward", "backward", "both"):
                     for method, kw in (("decoder_cos", dict(tau=tau)), ("decoder_mse", dict(quantile=0.5)),
                                        ("decoder_cos", dict(quantile=0.3))):
-                        args = dict(direction=direction, method=method, max_skip=skip, edges=mode, include_sites=False)
-                        assert _edges(lineage(con, sae, f, files=files, **args, **kw)) == \
-                            _edges(lineage(con, sae, f, files=plain, **args, **kw)), (direction, method, kw)
+                        args = dict(direction=direction, max_skip=skip, edges=mode, include_sites=False)
+                        bar = Threshold.of(method, **kw)
+                        assert _edges(lineage(con, sae, f, bar, **args)) == \
+                            _edges(lineage(plain, sae, f, bar, **args)), (direction, method, kw)
                 for top in (1, k):  # the card's matches, both directions
                     out = sorted(files.outgoing(sae, f, top) + files.incoming(sae, f))
-                    assert out == sorted(plain.outgoing(sae, f, top) + plain.incoming(sae, f))
+                    assert out == sorted(plain.edges.outgoing(sae, f, top) + plain.edges.incoming(sae, f))
                     want = con.execute(
                         "SELECT method, sae_b, feature_b, score, rank, assigned, 'out' FROM matches WHERE sae_a = ? "
                         "AND feature_a = ? AND rank <= ? UNION ALL SELECT method, sae_a, feature_a, score, rank, assigned, "
@@ -158,7 +160,7 @@ def test_lineage_from_the_index_equals_the_macro_on_random_atlases(seed, layers,
 
 def test_per_pair_quantile_from_the_index_equals_duckdbs_quantile_cont(synth_atlas):
     with synth_atlas.read() as con:
-        files = FileEdges.with_saes(con)
+        files = con.edges
         for (a, b, m), (rel, _) in list(files.pairs.items())[:6]:
             for q in (0.1, 0.5, 0.77):
                 sql = con.execute("SELECT quantile_cont(score, ?) FROM matches WHERE sae_a = ? AND sae_b = ? AND "
@@ -168,7 +170,7 @@ def test_per_pair_quantile_from_the_index_equals_duckdbs_quantile_cont(synth_atl
 
 def test_open_indexes_are_bounded_by_count_and_mapped_bytes(synth_atlas):
     with synth_atlas.read() as con:
-        files = FileEdges.with_saes(con)
+        files = con.edges
     size = max(EdgeIndex(synth_atlas.tables_dir / index_name(f)).nbytes for f, _ in files.pairs.values())
     for cache in (EdgeIndexCache(synth_atlas.tables_dir, max_open=3),
                   EdgeIndexCache(synth_atlas.tables_dir, max_bytes=2 * size)):
@@ -187,16 +189,16 @@ def test_without_index_files_lineage_reads_parquet_and_migrate_writes_them(synth
     with synth_atlas.read() as con:
         want = _edges(lineage(con, sid, 3, edges="all", include_sites=False))
     with copy.read() as con:
-        files = FileEdges.with_saes(con)
-        assert _edges(lineage(con, sid, 3, edges="all", include_sites=False, files=files)) == want
+        files = con.edges
+        assert _edges(lineage(con, sid, 3, edges="all", include_sites=False)) == want
         assert all(files.index(*p) is None for p in files.pairs)
         n = len(files.pairs)
     r = CliRunner().invoke(main, ["--atlas", str(copy.path), "migrate"])
     assert r.exit_code == 0 and f"wrote {n} missing edge indexes" in r.output, r.output
     with copy.read() as con:
-        files = FileEdges.with_saes(con)
+        files = con.edges
         assert all(files.index(*p) is not None for p in files.pairs)
-        assert _edges(lineage(con, sid, 3, edges="all", include_sites=False, files=files)) == want
+        assert _edges(lineage(con, sid, 3, edges="all", include_sites=False)) == want
 
 
 def _pair(n: int = 50, a: str = "A", b: str = "B") -> pa.Table:
@@ -225,8 +227,7 @@ def test_collection_removes_a_dropped_table_file_with_its_index(tmp_path, monkey
     left = _files(atlas)
     assert not first & left and sum(f.endswith(".idx") for f in left) == 1
     with atlas.read() as con:
-        files = FileEdges.with_saes(con)
-        assert len(files.lookup("A", "B", "decoder_cos", range(50), True)) == 40
+        assert len(con.edges.lookup("A", "B", "decoder_cos", range(50), True)) == 40
 
 
 def test_jobs_sweep_any_file_the_catalog_does_not_name(tmp_path):
@@ -262,3 +263,48 @@ def test_a_killed_job_leaves_no_index_a_snapshot_names_without_its_table_file(tm
     with atlas.write():
         pass
     assert _files(atlas) == before and len(named()) == 1
+
+
+def _kinds_of(path: Path, features) -> list[str]:
+    from atlas.store.edgeindex import KINDS
+
+    return KINDS[EdgeIndex(path).forward(features).kind].tolist()
+
+
+def test_an_index_is_read_by_its_own_kind_table(tmp_path, monkeypatch):
+    """Kind codes are persisted: a file names its code table in its header (format 2), and one written when the
+    kinds stood in another order, or a format-1 file without a table, reads the same kinds (never by position)."""
+    import atlas.store.edgeindex as ei
+
+    n, i = 50, np.arange(50)
+    data = _pair(n).set_column(7, "assigned", pa.array(i % 4 == 0)) \
+        .set_column(6, "rank", pa.array(np.where(i % 4 == 1, 1, 2), pa.int16())) \
+        .set_column(8, "rank_b", pa.array(np.where(i % 4 == 2, 1, 3), pa.int16()))
+    ei.write(tmp_path / "now.idx", data)
+    want = _kinds_of(tmp_path / "now.idx", range(50))
+    assert set(want) == {"carry", "split", "merge", "candidate"}
+    # written by a code whose kinds stood in the reverse order (so its codes differ from ours)
+    order = ei.KINDS.tolist()[::-1]
+    with monkeypatch.context() as m:
+        m.setattr(ei, "KINDS", np.array(order))
+        m.setattr(ei, "CODE", {k: i for i, k in enumerate(order)})
+        m.setattr(ei, "CANDIDATE", order.index("candidate"))
+        ei.write(tmp_path / "other.idx", data)
+    assert EdgeIndex(tmp_path / "other.idx").recode is not None
+    assert _kinds_of(tmp_path / "other.idx", range(50)) == want
+    # format 1: no table in the header, the codes of FORMAT_1_KINDS
+    with monkeypatch.context() as m:
+        m.setattr(ei, "KINDS", np.array(ei.FORMAT_1_KINDS))
+        m.setattr(ei, "EDGE_KIND", tuple((k, c) for k, c in ei.EDGE_KIND if k in ei.FORMAT_1_KINDS))  # what it knew
+        m.setattr(ei, "CODE", {k: i for i, k in enumerate(ei.FORMAT_1_KINDS)})
+        m.setattr(ei, "CANDIDATE", ei.FORMAT_1_KINDS.index("candidate"))
+        m.setattr(ei, "header_of", lambda rows, layout: {"format": 1, "rows": rows, "arrays": layout})
+        ei.write(tmp_path / "v1.idx", data)
+    assert _kinds_of(tmp_path / "v1.idx", range(50)) == want
+    # a kind this code does not know: refused by name, not misread
+    with monkeypatch.context() as m:
+        m.setattr(ei, "header_of", lambda rows, layout: {"format": 2, "rows": rows, "arrays": layout,
+                                                         "kinds": ["carry", "split", "merge", "loop", "candidate"]})
+        ei.write(tmp_path / "new.idx", data)
+    with pytest.raises(ValueError, match="edge kind 'loop'"):
+        EdgeIndex(tmp_path / "new.idx")

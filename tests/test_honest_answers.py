@@ -165,7 +165,7 @@ def test_width_and_sibling_answers_before_their_jobs_name_the_command(tmp_path):
 
 ATLAS_ROUTES = [f"/api/saes/{SAE0}", f"/api/orphans?sae={SAE0}", f"/api/pairs/{SAE0}/{SAE1}",
                 f"/api/search?sae_id={SAE0}&feature=5", f"/api/saes/{SAE0}/features/5",
-                f"/api/saes/{SAE0}/features/5/lineage", f"/api/stacks/{STACK}/communities", f"/api/stacks/{STACK}/flow",
+                f"/api/saes/{SAE0}/features/5/lineage", f"/api/stacks/{STACK}/communities", f"/api/stacks/{STACK}/births-deaths",
                 f"/api/saes/{SAE0}/features/5/steering", "/api/layer-pairs", "/api/export/matches.parquet",
                 "/api/sql?sql=SELECT%20count(*)%20FROM%20matches", "/health"]
 
@@ -206,7 +206,7 @@ def test_a_deleted_table_file_and_its_index_are_503_naming_them(copy, tmp_path):
     rel = _matches_file(copy)
     parquet = copy.tables_dir / rel
     reads_it = [f"/api/pairs/{SAE0}/{SAE1}", f"/api/saes/{SAE0}/features/5/lineage", f"/api/orphans?sae={SAE1}",
-                f"/api/stacks/{STACK}/communities", f"/api/layer-pairs?stack={STACK}", f"/api/stacks/{STACK}/flow",
+                f"/api/stacks/{STACK}/communities", f"/api/layer-pairs?stack={STACK}", f"/api/stacks/{STACK}/births-deaths",
                 f"/api/saes/{SAE0}/features/5/steering", "/api/export/matches.parquet",
                 "/api/sql?sql=SELECT%20count(*)%20FROM%20matches"]
     parquet.unlink()

@@ -7,10 +7,11 @@ from __future__ import annotations
 import duckdb
 from click.testing import CliRunner
 
-from atlas.store import SCHEMA_VERSION
 from cli import main
 from ingest.hooks import sae_hooks
 from tests.conftest import build_atlas
+
+HOOK_STEP = 8  # the MIGRATIONS step that renames hooks (later steps run after it)
 
 OLD = {  # sae_id → (model, hook, hook_out, kind, site) as an atlas before this step could hold them
     "minilm": ("all-MiniLM-L6-v2", "blocks.3.hook_resid_post", None, "sae", "resid"),
@@ -31,7 +32,7 @@ def test_migrate_renames_hooks_and_keeps_ids(family, tmp_path):
     for sid, (model, hook, hook_out, kind, site) in zip(ids, OLD.values()):
         con.execute("UPDATE saes SET model = ?, hook = ?, hook_out = ?, kind = ?, site = ?, "
                     "stack = replace(stack, 'resid', ?) WHERE sae_id = ?", [model, hook, hook_out, kind, site, str(site), sid])
-    con.execute("UPDATE schema_version SET version = ?", [SCHEMA_VERSION - 1])
+    con.execute("UPDATE schema_version SET version = ?", [HOOK_STEP - 1])
     stacks = dict(con.execute("SELECT sae_id, stack FROM saes").fetchall())
     con.close()
 

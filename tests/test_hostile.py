@@ -85,18 +85,18 @@ def test_lineage_explosion_is_bounded(client, monkeypatch):
 def test_query_loops_stop_at_the_deadline(synth_atlas, call):
     """The Python loops of lineage, communities and search check the request's budget between steps."""
     from atlas import queries as q
-    from atlas.queries import budget
-    from atlas.queries.records import QueryTimeout
+    from atlas import budget
+    from atlas.errors import QueryTimeout
 
     token = budget.use(budget.Budget(0.0))
     try:
         with synth_atlas.read() as con, pytest.raises(QueryTimeout, match="stopped after the time limit of 0 s"):
             if call == "lineage":
-                q.lineage(con, SAE0, 5, tau=-1, max_skip=3, edges="all")
+                q.lineage(con, SAE0, 5, q.Threshold.of(tau=-1), max_skip=3, edges="all")
             elif call == "communities":
-                q.communities(con, STACK, tau=0.0)
+                q.communities(con, STACK, q.Threshold.of(tau=0.0))
             else:
-                q.nearest(q.IndexCache(synth_atlas.index_dir), con, None, SAE0, 5, 3)
+                q.nearest(con, None, SAE0, 5, 3)
     finally:
         budget.reset(token)
 
@@ -116,18 +116,18 @@ def test_duckdb_work_is_interrupted_at_the_deadline(synth_atlas):
             return cur
 
         state.snapshot().cursor = slow_cursor
-        r, seconds = _timed(lambda: c.get(f"/api/stacks/{STACK}/flow"))
+        r, seconds = _timed(lambda: c.get(f"/api/stacks/{STACK}/births-deaths"))
     assert r.status_code == 408 and "time limit of 0.5 s" in r.json()["error"], r.text
     assert seconds < 3
 
 
 @pytest.mark.parametrize("url", [
     f"/api/saes/{SAE0}/features/5/lineage?tau=nan", f"/api/saes/{SAE0}/features/5/lineage?tau=inf",
-    f"/api/saes/{SAE0}/features/5/lineage?tau=2", f"/api/stacks/{STACK}/flow?tau=NaN",
-    f"/api/stacks/{STACK}/flow?tau=-inf", f"/api/stacks/{STACK}/communities?tau=2", f"/api/orphans?sae={SAE0}&tau=nan",
+    f"/api/saes/{SAE0}/features/5/lineage?tau=2", f"/api/stacks/{STACK}/births-deaths?tau=NaN",
+    f"/api/stacks/{STACK}/births-deaths?tau=-inf", f"/api/stacks/{STACK}/communities?tau=2", f"/api/orphans?sae={SAE0}&tau=nan",
     f"/api/layer-pairs?min_score=nan", f"/api/pairs/{SAE0}/{SAE1}?limit=-1", f"/api/pairs/{SAE0}/{SAE1}?limit=99999999999",
     f"/api/stacks/{STACK}/communities?limit=0", "/api/features?label=x&limit=-5", "/api/saes?cursor=-1",
-    "/api/saes?cursor=99999999999999999999", "/api/saes?cursor=!!!", f"/api/stacks/{STACK}/flow?method=decoder_mse", f"/api/saes/{SAE0}/features/-1",
+    "/api/saes?cursor=99999999999999999999", "/api/saes?cursor=!!!", f"/api/stacks/{STACK}/births-deaths?method=decoder_mse", f"/api/saes/{SAE0}/features/-1",
     f"/api/saes/{SAE0}/features/99999999999999", f"/api/saes/{SAE0}/features/5?top=0", "/api/search?sae_id=x&feature=1&k=0",
     "/api/sql?sql=SELECT%201&_limit=-1", "/api/sql?sql=SELEC%201", "/api/sql?sql=SELECT%201&_limit=abc", "/api/sql?sql=SELECT%201&_format=xml",
     f"/api/layer-pairs?method=nope", f"/api/stacks/{STACK}/matrix?stat=nope",

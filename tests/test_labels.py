@@ -8,7 +8,7 @@ import json
 import pytest
 
 from atlas.queries import lineage
-from atlas.queries.records import NotFound
+from atlas.errors import NotFound
 from atlas.store import Atlas
 from ingest.jobs.ingest import ingest
 from ingest.jobs.labels import import_labels

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from atlas.queries import lineage
-from atlas.queries.edges import FileEdges
+from atlas.methods import Threshold
 from atlas.store.edgeindex import KINDS, kind_codes
 
 from .conftest import TINY, file_edges
@@ -25,7 +25,7 @@ def test_edge_kind_has_one_definition(synth_atlas):
     with synth_atlas.read() as con:
         rows = con.execute("SELECT sae_a, feature_a, sae_b, feature_b, assigned, rank, rank_b, "
                            "edge_kind(assigned, rank, rank_b) FROM matches WHERE method = 'decoder_cos'").fetchall()
-        files = FileEdges.of(con)
+        files = con.edges
     assert {r[7] for r in rows} == {"carry", "split", "merge", "candidate"}
     vec = KINDS[kind_codes(np.array([r[4] for r in rows]), np.array([r[5] for r in rows]), np.array([r[6] for r in rows]))]
     assert list(vec) == [r[7] for r in rows]
@@ -61,15 +61,15 @@ def _edges(lin):
 
 @pytest.mark.parametrize("mode", ["default", "all"])
 def test_sql_macro_and_table_file_lineages_agree(synth_atlas, truth, mode):
-    """lineage() over the table files (the library call, and a server's per-snapshot FileEdges) = the SQL macro."""
+    """lineage() over the edge indexes = over the table files read as Parquet = the SQL macro."""
     events = [(t["sae_a"], t["feature_a"]) for t in truth if t["kind"] in ("split", "merge", "death")
               and t["sae_a"] and t["sae_a"].endswith("s0-A")]
     starts = sorted(set(events[:12] + [(_id(layer), f) for layer in range(TINY.n_layers) for f in range(0, 256, 37)]))
-    with synth_atlas.read() as con:
-        files = FileEdges.with_saes(con)
+    with synth_atlas.read() as con, synth_atlas.read() as plain:
+        plain.edges.indexes = None  # the table files read as Parquet
         for sae, f in starts:
-            sql_path = lineage(con, sae, f, edges=mode, include_sites=False)
-            indexed = lineage(con, sae, f, edges=mode, include_sites=False, files=files)
+            sql_path = lineage(plain, sae, f, edges=mode, include_sites=False)
+            indexed = lineage(con, sae, f, edges=mode, include_sites=False)
             macro = con.execute("SELECT sae_a, feature_a, sae_b, feature_b, kind, gap FROM lineage_edges(?, ?, "
                                 "tau_ := 0.7, max_skip_ := 1, edges_ := ?)", [sae, f, mode]).fetchall()
             assert _edges(sql_path) == _edges(indexed) == sorted(macro), (sae, f)
@@ -107,14 +107,14 @@ def test_summary_line_says_how_a_feature_ends(synth_atlas, truth):
     split = next(t for t in truth if t["kind"] == "split" and t["sae_a"] == _id(1))
     died = next(t for t in truth if t["kind"] == "death" and t["sae_a"] == _id(1))
     with synth_atlas.read() as con:
-        s = lineage(con, _id(1), split["feature_a"], tau=0.6, max_skip=0)
+        s = lineage(con, _id(1), split["feature_a"], Threshold.of(tau=0.6), max_skip=0)
         at2 = next(x for x in s.layers if x.layer == 2)
         assert (at2.nodes, at2.carry, at2.split) == (2, 1, 1)  # the planted split: one child carries on, one splits off
         assert "layer 2: 2 features (1 carry, 1 split)" in s.summary
-        d = lineage(con, _id(1), died["feature_a"], tau=0.6, max_skip=0)
+        d = lineage(con, _id(1), died["feature_a"], Threshold.of(tau=0.6), max_skip=0)
         assert d.ending == "dies" and d.death_layer == 1
         assert d.summary.endswith("last node at layer 1 · dies: no edge from layer 1 passes tau=0.6 to layer 2")
-        back = lineage(con, _id(1), died["feature_a"], tau=0.6, direction="backward")
+        back = lineage(con, _id(1), died["feature_a"], Threshold.of(tau=0.6), direction="backward")
         assert back.ending == "not followed forward"
         with pytest.raises(Exception, match="edges must be default or all"):
             lineage(con, _id(0), 0, edges="some")
@@ -127,10 +127,9 @@ def test_summary_states_exactly_the_nodes_and_edges_it_comes_with(synth_atlas, m
     chain's end) says where its last node is."""
     checked = lasting = 0
     with synth_atlas.read() as con:
-        files = FileEdges.with_saes(con)
         for layer in range(TINY.n_layers):
             for f in range(0, TINY.d_sae, 5):
-                lin = lineage(con, _id(layer), f, tau=0.6, edges=mode, include_sites=False, files=files)
+                lin = lineage(con, _id(layer), f, Threshold.of(tau=0.6), edges=mode, include_sites=False)
                 layers = sorted({n.layer for n in lin.nodes})
                 assert [x.layer for x in lin.layers] == layers
                 assert (lin.birth_layer, lin.death_layer) == (layers[0], layers[-1])
@@ -203,6 +202,6 @@ def test_flow_origins_equal_planted_mlp_and_attention_truth(tmp_path):
             planted = {t["feature_b"]: t["kind"].split(":", 1)[1] for t in truth
                        if t["kind"].startswith("origin:") and t["sae_b"] == sid}
             assert set(planted.values()) == {"RES", "RES&MLP", "MLP", "ATT", "from nowhere"}
-            assert flow_origins(con, sid, list(range(256)), "decoder_cos") == planted
+            assert flow_origins(con, sid, list(range(256)), Threshold.of("decoder_cos", 0.5)) == planted
             nodes = lineage(con, sid, next(f for f, o in planted.items() if o == "MLP")).nodes
             assert {n.origin for n in nodes if n.sae_id == sid} == {"MLP"}

@@ -163,12 +163,14 @@ def test_findings_report_on_the_real_family(small_family):
     assert {(r["d_a"], r["d_b"]) for r in f["widths"]} == {(384, 768), (768, 1536)}
     assert all(r["kept"] + r["split"] + r["duplicate"] + r["absent"] == r["d_a"] for r in f["widths"])
     # flow: the seed-0 residual SAE of layer 3, every feature classed by weights and by activations
+    from atlas.methods import Threshold
     from atlas.queries.lineage import flow_origins
 
     (row,) = f["flow"]
     assert row["layer"] == 3 and sum(row["weights"].values()) == sum(row["activations"].values()) == 768
     with atlas.read() as con:
-        w, a = (flow_origins(con, row["sae_id"], list(range(768)), m) for m in ("decoder_cos", "activation_corr"))
+        w, a = (flow_origins(con, row["sae_id"], list(range(768)), Threshold.of(m, 0.5))
+                for m in ("decoder_cos", "activation_corr"))
     assert row["agree"] == pytest.approx(np.mean([w[i] == a[i] for i in range(768)]))
     assert set(row["activations"]) <= {"RES", "MLP", "ATT", "RES&MLP", "RES&ATT", "MLP&ATT", "RES&MLP&ATT", "from nowhere"}
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from atlas.queries import (NotFound, QueryError, birth_death, communities, feature_sharing, layer_pairs, lineage,
-                           orphans, pair_matrix, permutation_pairs)
+from atlas.errors import NotFound, QueryError
+from atlas.methods import Threshold
+from atlas.queries import (birth_death, communities, feature_sharing, layer_pairs, lineage, orphans, pair_matrix,
+                           permutation_pairs)
 from atlas.synth import SynthConfig
 
 from .conftest import TINY, build_atlas, planted_flow
@@ -65,9 +67,9 @@ def test_lineage_uses_quantiles_and_refuses_bad_input(synth_atlas, truth):
     start = next(f for f in range(TINY.d_sae) if len(_carry_chain(truth, 0, f)) == TINY.n_layers)
     chain = _carry_chain(truth, 0, start)
     with synth_atlas.read() as con:
-        q = lineage(con, _ids(0), start, quantile=1.0)  # every assigned score passes: the planted chain at least
+        q = lineage(con, _ids(0), start, Threshold.of(quantile=1.0))  # every assigned score passes: the planted chain at least
         assert q.threshold == "quantile=1.0 per pair" and set(chain) <= {(n.layer, n.feature) for n in q.nodes}
-        mse = lineage(con, _ids(0), start, method="decoder_mse")  # MSE bars are per-pair medians
+        mse = lineage(con, _ids(0), start, Threshold.of("decoder_mse"))  # MSE bars are per-pair medians
         assert mse.threshold == "quantile=0.5 per pair"
         with pytest.raises(NotFound, match="9999"):
             lineage(con, _ids(0), 9999)
@@ -254,7 +256,7 @@ def test_communities_are_the_planted_chains(synth_atlas, truth):
 
 def test_births_and_deaths_per_layer_are_the_planted_ones(synth_atlas, truth):
     with synth_atlas.read() as con:
-        flow = birth_death(con, STACK, tau=0.8)
+        flow = birth_death(con, STACK, Threshold.of(tau=0.8))
         sql = con.execute("SELECT layer, births, deaths FROM birth_death(?, tau_ := 0.8)", [STACK]).fetchall()
     expected = planted_flow(truth, [_ids(layer) for layer in range(TINY.n_layers)], TINY.d_sae)
     assert [(r.layer, r.births, r.deaths) for r in flow] == expected == sql
@@ -263,18 +265,14 @@ def test_births_and_deaths_per_layer_are_the_planted_ones(synth_atlas, truth):
 
 def test_lineage_over_table_files_gives_the_sql_macro_answer_above_and_below_the_reverse_floor(synth_atlas):
     """Backward steps read the reverse files (scores >= 0.5) or, below that floor, the pairs' own files."""
-    from atlas.queries.edges import FileEdges
-
     def edges(lin):
         return sorted((e.sae_a, e.feature_a, e.sae_b, e.feature_b) for e in lin.edges)
 
     with synth_atlas.read() as con:
-        files = FileEdges.with_saes(con)
         for tau in (0.7, 0.3):
             for f in range(0, TINY.d_sae, 17):
                 for sae in (_ids(0), _ids(2)):
-                    lin = lineage(con, sae, f, tau=tau, files=files)
-                    assert lin == lineage(con, sae, f, tau=tau)
+                    lin = lineage(con, sae, f, Threshold.of(tau=tau))
                     macro = con.execute("SELECT sae_a, feature_a, sae_b, feature_b FROM lineage_edges(?, ?, tau_ := ?)",
                                         [sae, f, tau]).fetchall()
                     assert edges(lin) == sorted(macro), (sae, f, tau)

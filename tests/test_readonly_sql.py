@@ -187,7 +187,7 @@ def test_a_long_get_sql_is_answered_in_the_envelope(server):
 
 def test_a_killed_worker_is_replaced_at_once(synth_atlas):
     from api.sqlpool import SQLPool
-    from atlas.queries.records import OverBudget
+    from atlas.errors import OverBudget
 
     pool = SQLPool(str(synth_atlas.path), 1, "512MB", 1)
     try:
@@ -299,7 +299,7 @@ def test_a_slow_to_parse_statement_is_stopped_at_its_parse_time_limit(synth_atla
     """The statement check runs on the worker, under a CPU-time limit of its own: past it the worker is replaced
     and the answer is a 408 naming the parse."""
     from api.sqlpool import ParseTimeout, SQLPool
-    from atlas.queries.records import QueryError
+    from atlas.errors import QueryError
 
     pool = SQLPool(str(synth_atlas.path), 1, "512MB", 1)
     try:

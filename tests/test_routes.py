@@ -1,5 +1,5 @@
 """Routes the browser walk does not cover, over HTTP on the planted-truth atlas: /api/pairs, a stack's
-/flow and /communities, and /api/features (label search). Answers are checked against ground truth."""
+/births-deaths and /communities, and /api/features (label search). Answers are checked against ground truth."""
 
 from __future__ import annotations
 
@@ -58,12 +58,12 @@ def test_pairs_lists_the_assignment_best_first(client, truth):
 
 
 def test_flow_counts_the_planted_births_and_deaths(client, truth):
-    body = client.get(f"/api/stacks/{STACK}/flow", params={"tau": 0.8}).json()
+    body = client.get(f"/api/stacks/{STACK}/births-deaths", params={"tau": 0.8}).json()
     assert [(r["layer"], r["births"], r["deaths"]) for r in body] == planted_flow(truth, SAES, TINY.d_sae)
     assert [r["sae_id"] for r in body] == SAES
-    lenient = client.get(f"/api/stacks/{STACK}/flow", params={"tau": 0.3}).json()  # a lower bar keeps more alive
+    lenient = client.get(f"/api/stacks/{STACK}/births-deaths", params={"tau": 0.3}).json()  # a lower bar keeps more alive
     assert all(lo["deaths"] < hi["deaths"] for lo, hi in zip(lenient[:-1], body[:-1]))
-    r = client.get("/api/stacks/nope/flow")
+    r = client.get("/api/stacks/nope/births-deaths")
     assert r.status_code == 404 and "nope" in r.json()["error"]
 
 

@@ -77,7 +77,7 @@ def test_feature_cards_from_table_files_equal_sql_over_the_views(synth_atlas, mo
     """The card's candidates are point lookups in the table files; answering them by SQL over the `matches`
     view instead (today's reference) changes nothing."""
     from atlas.methods import method as method_info
-    from atlas.queries.edges import FileEdges
+    from atlas.store.edges import EdgeCatalog
 
     with TestClient(create_app(synth_atlas.path)) as c:
         snap = c.app.dependencies["atlas"].dependency().snapshot()
@@ -95,8 +95,8 @@ def test_feature_cards_from_table_files_equal_sql_over_the_views(synth_atlas, mo
             floor = {r[0]: method_info(r[0]).index_floor for r in rows}
             return [r for r in rows if floor[r[0]] is None or r[3] >= floor[r[0]]]
 
-        monkeypatch.setattr(FileEdges, "outgoing", outgoing)
-        monkeypatch.setattr(FileEdges, "incoming", incoming)
+        monkeypatch.setattr(EdgeCatalog, "outgoing", outgoing)
+        monkeypatch.setattr(EdgeCatalog, "incoming", incoming)
         assert [c.get(u).json() for u in urls] == fast
         assert any(m["direction"] == d for card in fast for refs in card["matches"].values() for m in refs
                    for d in ("out", "in"))

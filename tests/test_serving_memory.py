@@ -15,6 +15,7 @@ from litestar.testing import TestClient
 
 from api import export
 from api.app import create_app
+from atlas.methods import Threshold
 from atlas.queries import lineage
 from atlas.store import Atlas
 
@@ -58,7 +59,7 @@ def _held_after_requests(atlas: Atlas) -> tuple[int, set, int, int]:
     Parquet footers, Arrow bytes still allocated) of a server over `atlas`."""
     with TestClient(create_app(atlas.path)) as c:
         snap = c.app.dependencies["atlas"].dependency().snapshot()
-        ids = list(snap.saes())
+        ids = list(snap.saes)
         c.get(f"/api/saes/{ids[0]}/features/0")  # first use builds the per-snapshot caches
         gc.collect()
         arrow0 = pa.total_allocated_bytes()
@@ -68,12 +69,12 @@ def _held_after_requests(atlas: Atlas) -> tuple[int, set, int, int]:
         for i in range(100):
             sae, f = ids[i % len(ids)], int(rng.integers(0, TINY.d_sae))
             assert c.get(f"/api/saes/{sae}/features/{f}").status_code == 200
-            lin = lineage(snap.cursor(), sae, f, tau=0.9, include_sites=False, files=snap.files())
+            lin = lineage(snap, sae, f, Threshold.of(tau=0.9), include_sites=False)
             assert lin.nodes
         gc.collect()
         held = sum(s.size_diff for s in tracemalloc.take_snapshot().compare_to(before, "filename"))
         tracemalloc.stop()
-        files = snap.files()
+        files = snap.edges
         return held, set(snap._cache), (len(files.indexes), len(files.reader._meta)), pa.total_allocated_bytes() - arrow0
 
 

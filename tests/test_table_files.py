@@ -326,7 +326,8 @@ def test_lineage_edges_reads_the_reverse_files_not_every_candidate(matched):
         plan = json.loads(con.execute(f"EXPLAIN (ANALYZE, FORMAT json) {sql}", [SAE0, tau]).fetchall()[0][1])
         return con.execute(sql, [SAE0, tau]).fetchall(), plan["io"]["total_bytes_read"]
 
-    with matched.read() as con:
+    with matched.read() as snap:
+        con = snap.con  # one connection: the macro of before is temporary, its own
         con.execute(LINEAGE_EDGES_BEFORE)
         (new, new_bytes), (old, old_bytes) = run(con, "lineage_edges", 0.7), run(con, "lineage_edges_before", 0.7)
         assert new == old != [] and 0 < new_bytes < old_bytes / 2

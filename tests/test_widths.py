@@ -86,6 +86,15 @@ def test_width_tree_macro_follows_splits_down_and_up(widths_atlas):
         up = con.execute("SELECT depth, sae_id, feature FROM width_tree(?, ?) WHERE depth < 0 ORDER BY depth",
                          list(leaf)).fetchall()
         assert up[0][1:] == (NARROW, root) and [d for d, *_ in up] == [-2, -1]
+    # the notebook's width tree as a networkx graph: the planted children, each edge from its parent
+    import networkx as nx
+
+    import atlas as notebook
+
+    with notebook.open(atlas.path) as a:
+        g = a.width_tree(NARROW, root).to_networkx()
+    assert set(g.nodes) == want and nx.is_arborescence(g)
+    assert all(v in kids[u] and d["score"] >= 0.5 for u, v, d in g.edges(data=True))
 
 
 def test_width_matching_rejects_other_spaces_and_reruns_incrementally(widths_atlas):

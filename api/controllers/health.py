@@ -24,7 +24,7 @@ class HealthController(Controller):
     def health(self, atlas: NamedDependency[AtlasState]) -> Health:
         """Whether the server is up, and which snapshot of which atlas it serves."""
         snap = atlas.snapshot()
-        return Health(ok=True, atlas=atlas.atlas.path.name, saes=len(snap.saes()), schema_version=SCHEMA_VERSION,
+        return Health(ok=True, atlas=atlas.atlas.path.name, saes=len(snap.saes), schema_version=SCHEMA_VERSION,
                       snapshot=snap.id)
 
     @get("/api/build", operation_id="getBuild", sync_to_thread=True, responses=errors())

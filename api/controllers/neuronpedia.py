@@ -15,12 +15,11 @@ from litestar.response import Redirect
 from atlas.queries.neuronpedia import NeuronpediaList, lineage_list, orphans_list, pair_list, sae_of
 
 from ..errors import errors
-from ..params import FeatureIndex, Method, SaeId, Tau
+from ..params import THRESHOLD, FeatureIndex, SaeId, SharingTau, ThresholdDep
 from ..state import AtlasState
 
 Part = Annotated[str, PathParameter(min_length=1, max_length=256)]
 Sharing = Annotated[Literal["any", "seed", "dataset"], QueryParameter(description="Siblings that count: any, other seed, other dataset.")]
-PairTau = Annotated[float, QueryParameter(ge=-1.0, le=1e6, description="Score bar: at least (similarity) or at most (*_mse).")]
 
 
 class NeuronpediaController(Controller):
@@ -33,29 +32,28 @@ class NeuronpediaController(Controller):
                          source_id: Part, index: FeatureIndex) -> Redirect:
         """A Neuronpedia feature path: browsers go to the explorer's feature page, JSON clients
         (Accept: application/json) to the feature's lineage."""
-        sae_id = sae_of(atlas.cursor(), model_id, source_id)
+        sae_id = sae_of(atlas.snapshot(), model_id, source_id)
         # Browsers navigating name text/html; API clients (*/*, application/json) get the JSON lineage.
         if MediaType.HTML in request.headers.get("accept", ""):
             return Redirect(f"/#/feature/{sae_id}/{index}")
         return Redirect(f"/api/saes/{sae_id}/features/{index}/lineage")
 
     @get("/lists/lineage/{sae_id:str}/{feature:int}", operation_id="neuronpediaLineageList", sync_to_thread=True,
-         responses=errors(404))
-    def lineage(self, atlas: NamedDependency[AtlasState], sae_id: SaeId, feature: FeatureIndex, tau: Tau = 0.7,
-                method: Method = "decoder_cos") -> NeuronpediaList:
+         responses=errors(404), dependencies=THRESHOLD)
+    def lineage(self, atlas: NamedDependency[AtlasState], sae_id: SaeId, feature: FeatureIndex,
+                threshold: ThresholdDep) -> NeuronpediaList:
         """A feature's lineage as a Neuronpedia list, in layer order."""
-        return lineage_list(atlas.cursor(), sae_id, feature, tau, method)
+        return lineage_list(atlas.snapshot(), sae_id, feature, threshold)
 
     @get("/lists/orphans/{sae_id:str}", operation_id="neuronpediaOrphanList", sync_to_thread=True,
          responses=errors(404))
-    def orphans(self, atlas: NamedDependency[AtlasState], sae_id: SaeId, tau: Tau = 0.7,
+    def orphans(self, atlas: NamedDependency[AtlasState], sae_id: SaeId, tau: SharingTau = None,
                 by: Sharing = "any") -> NeuronpediaList:
         """An SAE's orphan features (shared with none of its matched siblings) as a Neuronpedia list."""
-        return orphans_list(atlas.cursor(), sae_id, tau, by)
+        return orphans_list(atlas.snapshot(), sae_id, tau, by)
 
     @get("/lists/pair/{sae_a:str}/{sae_b:str}", operation_id="neuronpediaPairList", sync_to_thread=True,
-         responses=errors(404))
-    def pair(self, atlas: NamedDependency[AtlasState], sae_a: SaeId, sae_b: SaeId, tau: PairTau = 0.7,
-             method: Method = "decoder_cos") -> NeuronpediaList:
-        """A pair's assigned matches past tau as a Neuronpedia list, both sides, best first."""
-        return pair_list(atlas.cursor(), sae_a, sae_b, method, tau)
+         responses=errors(404), dependencies=THRESHOLD)
+    def pair(self, atlas: NamedDependency[AtlasState], sae_a: SaeId, sae_b: SaeId, threshold: ThresholdDep) -> NeuronpediaList:
+        """A pair's assigned matches past the bar as a Neuronpedia list, both sides, best first."""
+        return pair_list(atlas.snapshot(), sae_a, sae_b, threshold)

@@ -24,12 +24,12 @@ class SearchController(Controller):
     @post("/", operation_id="searchFeatures", sync_to_thread=True, status_code=200, responses=errors(404, 413, 415))
     def search(self, atlas: NamedDependency[AtlasState], data: JSONBody[SearchRequest]) -> list[q.Hit]:
         """The k features most cosine-similar to a vector, or to (sae_id, feature), among SAEs of that width."""
-        return q.nearest(atlas.indexes, atlas.cursor(), data.vector, data.sae_id, data.feature, data.k, data.saes)
+        return q.nearest(atlas.snapshot(), data.vector, data.sae_id, data.feature, data.k, data.saes)
 
     @get("/", operation_id="searchFeaturesGet", sync_to_thread=True, responses=errors(404))
     def search_get(self, atlas: NamedDependency[AtlasState],
                    sae_id: Annotated[str, QueryParameter(min_length=1, max_length=512)],
                    feature: Annotated[int, QueryParameter(ge=0, le=2**31 - 1)], k: K = 10) -> list[q.Hit]:
         """The k features most cosine-similar to (sae_id, feature)."""
-        return q.nearest(atlas.indexes, atlas.cursor(), None, sae_id, feature, k)
+        return q.nearest(atlas.snapshot(), None, sae_id, feature, k)
 

@@ -9,9 +9,9 @@ from litestar.di import NamedDependency
 from litestar.params import JSONBody, PathParameter, QueryParameter
 from litestar.response import Stream
 
-from atlas.queries.records import NotFound
-from atlas.queries import budget
-from atlas.queries.sqlguard import MAX_SQL_CHARS
+from atlas.errors import NotFound
+from atlas import budget
+from ..sqlguard import MAX_SQL_CHARS
 
 from ..errors import errors
 from ..export import parquet_stream, table_batches

@@ -28,17 +28,17 @@ class WidthsController(Controller):
     def get_width_tree(self, atlas: NamedDependency[AtlasState], sae_id: SaeId, feature: FeatureIndex) -> WidthTree:
         """The feature in narrower and wider SAEs of its model and hook (built by `atlas match --pairs widths`):
         ancestors (depth < 0), descendants (depth > 0), each with its parent, cosine and class."""
-        return width_tree(atlas.cursor(), sae_id, feature)
+        return width_tree(atlas.snapshot(), sae_id, feature)
 
     @get("/width-pairs", operation_id="listWidthPairs", sync_to_thread=True, responses=errors(404))
     def get_width_pairs(self, atlas: NamedDependency[AtlasState], model: ModelPattern = "%") -> list[WidthPair]:
         """Per narrow/wide SAE pair: how many narrow features are kept, split, duplicated (near-copy children)
         or absent in the wider one."""
-        return width_pairs(atlas.cursor(), model)
+        return width_pairs(atlas.snapshot(), model)
 
     @get("/consistency", operation_id="listConsistency", sync_to_thread=True, responses=errors(404))
     def get_consistency(self, atlas: NamedDependency[AtlasState], model: ModelPattern = "%") -> list[Consistency]:
         """Consistency of each sibling pair, two measures each beside what random decoders of the same widths
         and d_in give: PW-MCC (Song et al. 2025: mean decoder cosine of one one-to-one assignment of all
         features) and MMCS (Sharkey et al. 2022: mean best |decoder cosine| in the other SAE, both ways)."""
-        return consistency(atlas.cursor(), model)
+        return consistency(atlas.snapshot(), model)

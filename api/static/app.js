@@ -89,7 +89,7 @@ async function stackPage(stack, params) {
   const [matrix, pairs, flow] = await Promise.all([
     api(`/api/stacks/${enc(stack)}/matrix?method=${method}&stat=${stat}`),
     api(`/api/layer-pairs?stack=${enc(stack)}&method=${method}&permutation_only=true`),
-    api(`/api/stacks/${enc(stack)}/flow?method=${method}`),
+    api(`/api/stacks/${enc(stack)}/births-deaths?method=${method}`),
   ]);
   const saes = (await api(`/api/saes?stack=${enc(stack)}`)).items;
   const idOf = Object.fromEntries(saes.map(s => [s.layer, s.sae_id]));

@@ -6,9 +6,7 @@ job, a test, a benchmark or a remote worker.
 
 from __future__ import annotations
 
-import hashlib
-import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
@@ -19,24 +17,8 @@ from ..sae import SAEWeights
 from .assign import DENSE_MAX, assign_dense, assign_sparse
 from .candidates import Candidates, edges, full_scores, topk_both, topk_faiss
 from .consistency import consistency
+from .params import MatchParams
 from .stats import pair_stats
-
-
-@dataclass(frozen=True)
-class MatchParams:
-    method: str = "decoder_cos"
-    k: int = 16
-    """Candidates kept per feature and direction."""
-    floor: float = 0.3
-    """Below this cosine (or its MSE equivalent) a feature stays unassigned rather than forced."""
-    tau: float = 0.7
-    """A pair counts as matched when its score is at least tau (MSE: at most the tau-equivalent)."""
-    solver: str = "auto"
-    """dense | sparse | auto (dense up to 4096 x 4096)."""
-
-    def hash(self, sha_a: str, sha_b: str) -> str:
-        text = json.dumps([asdict(self), sha_a, sha_b], sort_keys=True)
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 @dataclass

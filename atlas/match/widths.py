@@ -15,31 +15,13 @@ Wide features without a parent are *novel*. A pure function of the two decoders:
 
 from __future__ import annotations
 
-import hashlib
-import json
-from dataclasses import asdict, dataclass
-
 import numpy as np
 import pyarrow as pa
 from scipy.optimize import nnls
 
 from ..index import unit_rows
 from .candidates import topk_both
-
-
-@dataclass(frozen=True)
-class WidthParams:
-    tau: float = 0.5
-    """Least decoder cosine between a wide feature and its parent. Split children of a 2-way split sit
-    near 0.7 and of a 3-way one near 0.58, while unrelated directions stay below ~0.3 at d_in ≥ 384."""
-    duplicate: float = 0.9
-    """Least cosine between every two children for a feature with several children to be a duplicate, not a
-    split. Children of a true split share only their parent: cosine at most 0.25 between them in the planted
-    family, while its copies sit at ~0.96."""
-
-    def hash(self, sha_a: str, sha_b: str) -> str:
-        return hashlib.sha256(json.dumps([asdict(self), sha_a, sha_b]).encode()).hexdigest()[:16]
-
+from .params import WidthParams
 
 SCHEMA = pa.schema([
     ("feature_a", pa.int32()), ("class", pa.string()), ("n_children", pa.int32()),

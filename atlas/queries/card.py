@@ -3,30 +3,21 @@ matches the lineage could follow, whether it does and why not (docs/design.md, L
 
 from __future__ import annotations
 
+from ..methods import Threshold
 from ..methods import method as method_info
 from ..store.edgeindex import CARRY, KINDS
-from .common import check_feature, dict_rows, feature_url
-from .edges import FileEdges
+from .common import feature_url
 from .records import FeatureCard, MatchRef
 
-LINEAGE_METHOD, LINEAGE_TAU = "decoder_cos", 0.7
-"""The lineage the card explains: the default one (decoder cosine, τ 0.7)."""
-
-FEATURE_COLUMNS = ("dec_norm", "threshold", "density", "max_act", "label")
+LINEAGE = Threshold.of()
+"""The lineage the card explains: the default one (the default method at its default threshold)."""
 
 
-def feature_card(con, sae_id: str, feature: int, top: int = 5, files: FileEdges | None = None,
-                 row: tuple | None = None) -> FeatureCard:
-    """The card of (sae_id, feature) with the best `top` matches per method, other SAE and direction. `files`: the
-    snapshot's FileEdges (a server passes the one it holds); `row`: the feature's FEATURE_COLUMNS where the caller
-    has a faster lookup (a server's rowid spans)."""
-    files = files if files is not None else FileEdges.with_saes(con)
-    sae = files.sae(sae_id)
-    check_feature(sae, feature)
-    if row is None:
-        row = con.execute(f"SELECT {', '.join(FEATURE_COLUMNS)} FROM features WHERE sae_id = ? AND feature = ?",
-                          [sae_id, feature]).fetchone() or (None,) * len(FEATURE_COLUMNS)
-    dec_norm, threshold, density, max_act, label = row
+def feature_card(snap, sae_id: str, feature: int, top: int = 5) -> FeatureCard:
+    """The card of (sae_id, feature) with the best `top` matches per method, other SAE and direction."""
+    sae = snap.feature(sae_id, feature)
+    files = snap.edges
+    dec_norm, threshold, density, max_act, label = snap.feature_row(sae_id, feature)
     # Point lookups in the table files: outgoing rows of the feature in each pair's file, incoming rows
     # in each reverse file (scores >= the method's floor) or, for distances, a filtered read of the pair's file.
     rows = files.outgoing(sae_id, feature, top) + files.incoming(sae_id, feature)
@@ -38,17 +29,17 @@ def feature_card(con, sae_id: str, feature: int, top: int = 5, files: FileEdges 
         if kept.get(group, 0) < top:  # the best `top` of each other SAE, both directions
             kept[group] = kept.get(group, 0) + 1
             matches.setdefault(method, []).append(
-                MatchRef(other, f, files.saes[other]["layer"], score, rank, assigned, direction))
+                MatchRef(other, f, snap.saes[other]["layer"], score, rank, assigned, direction))
     for refs in matches.values():
         refs.sort(key=lambda m: (m.layer, m.sae_id, m.direction, m.rank))
-    reasons, notes = lineage_reasons(files, sae, feature)
-    for m in matches.get(LINEAGE_METHOD, []):
+    reasons, notes = lineage_reasons(snap, sae, feature)
+    for m in matches.get(LINEAGE.method.name, []):
         m.kind, m.lineage = reasons.get((m.sae_id, m.feature, m.direction), (None, None))
         if m.lineage is None:
-            m.lineage = _elsewhere(files, sae, m)
+            m.lineage = _elsewhere(snap, sae, m)
     examples = []
-    if files.examples is None or sae_id in files.examples:
-        examples = dict_rows(con, "SELECT kind, activation, tokens, highlight, dataset FROM examples WHERE sae_id = ? "
+    if sae_id in snap.examples:
+        examples = snap.rows("SELECT kind, activation, tokens, highlight, dataset FROM examples WHERE sae_id = ? "
                              "AND feature = ? ORDER BY kind = 'top' DESC, activation DESC LIMIT 20", [sae_id, feature])
     npid = sae["neuronpedia_id"]
     return FeatureCard(sae_id=sae_id, feature=feature, layer=sae["layer"], label=label, dec_norm=dec_norm,
@@ -62,12 +53,12 @@ def _name(sae_id: str, feature: int) -> str:
     return f"{sae_id}/{feature}"
 
 
-def lineage_reasons(files: FileEdges, sae: dict, feature: int, method: str = LINEAGE_METHOD,
-                    tau: float = LINEAGE_TAU) -> tuple[dict[tuple, tuple[str, str]], list[str]]:
-    """For each partner of (sae, feature) in the neighbouring layers of its stack: (edge kind, why the lineage at
-    `tau` follows it or leaves it out), keyed (other SAE, other feature, 'out' | 'in'); and notes where the carry
+def lineage_reasons(snap, sae: dict, feature: int) -> tuple[dict[tuple, tuple[str, str]], list[str]]:
+    """For each partner of (sae, feature) in the neighbouring layers of its stack: (edge kind, why the default
+    lineage follows it or leaves it out), keyed (other SAE, other feature, 'out' | 'in'); and notes where the carry
     goes to a partner that scores lower than another (the assignment is one-to-one over the whole layer pair)."""
-    ids = [s for s, _ in files.stack(sae["stack"])]
+    files, method, tau = snap.edges, LINEAGE.method.name, LINEAGE.tau
+    ids = [s for s, _ in snap.stack(sae["stack"])]
     pos = ids.index(sae["sae_id"])
     out: dict[tuple, tuple[str, str]] = {}
     notes: list[str] = []
@@ -95,15 +86,16 @@ def lineage_reasons(files: FileEdges, sae: dict, feature: int, method: str = LIN
                    "carry: the one-to-one assignment pairs them" if kind == "carry" else
                    f"split: {best_of}, but {assignment[f]}" if kind == "split" else
                    f"merge: {child_of}, but {assignment[f]}" if kind == "merge" else
-                   f"left out: neither is the other's best match, and {assignment[f]}")
+                   f"left out: neither is the other's best match, and {assignment[f]}" if kind == "candidate" else
+                   f"{kind}: followed by the lineage; {assignment[f]}")
             out[(other, f, direction)] = (kind, why)
         carry = next((f for f in partners if kinds[f] == "carry"), None)
         better = [f for f in partners if carry is not None and scores[f] > scores[carry] and scores[carry] >= tau]
         if better:
             f = max(better, key=scores.get)
-            drawn = f"drawn as a {kinds[f]} edge" if kinds[f] in ("split", "merge") else "not drawn (neither's best match)"
+            drawn = f"drawn as a {kinds[f]} edge" if kinds[f] != "candidate" else "not drawn (neither's best match)"
             notes.append(
-                f"The carry {'to' if forward else 'from'} layer {files.saes[other]['layer']} "
+                f"The carry {'to' if forward else 'from'} layer {snap.saes[other]['layer']} "
                 f"{'goes to' if forward else 'comes from'} {_name(other, carry)} ({scores[carry]:.3f}), not "
                 f"{_name(other, f)} ({scores[f]:.3f}), which scores higher: the assignment is one-to-one over the whole "
                 f"layer pair and maximises the total score, and {assignment[f]}; {_name(other, f)} is {drawn}.")
@@ -116,17 +108,17 @@ def _assignment(x: int | None, a: str, b: str, forward: bool) -> str:
             f"the assignment carries {_name(a, x)} into it" if forward else f"the assignment carries it into {_name(b, x)}")
 
 
-def _elsewhere(files: FileEdges, sae: dict, m: MatchRef) -> str | None:
+def _elsewhere(snap, sae: dict, m: MatchRef) -> str | None:
     """Why the default lineage never reaches a match with an SAE that is not a stack neighbour."""
-    other = files.saes.get(m.sae_id)
+    other = snap.saes.get(m.sae_id)
     if other is None:
         return None
     if other["stack"] != sae["stack"]:
         return f"left out: another stack ({other['stack']}); a lineage follows its own stack"
-    ids = [s for s, _ in files.stack(sae["stack"])]
+    ids = [s for s, _ in snap.stack(sae["stack"])]
     if abs(ids.index(m.sae_id) - ids.index(sae["sae_id"])) <= 1:
         return None
-    if m.score < LINEAGE_TAU:
-        return f"left out: below τ = {LINEAGE_TAU}"
+    if m.score < LINEAGE.tau:
+        return f"left out: below τ = {LINEAGE.tau}"
     return ("left out unless as a gap: a lineage skips a layer only where a node has no passing edge to the layer "
             "between (max_skip 1)")

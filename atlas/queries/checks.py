@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import duckdb
 
-from .common import dict_rows
+from ..methods import DEFAULT
 from .records import Lineage
 
 PAIR_SQL = """
@@ -24,38 +24,36 @@ GROUP BY c.kind, c.distance ORDER BY c.distance, array_position(['carry', 'split
 """
 
 
-def _rows(con, sql, params) -> list[dict]:
+def _rows(snap, sql, params) -> list[dict]:
     try:
-        return dict_rows(con, sql, params)
+        return snap.rows(sql, params)
     except duckdb.CatalogException:  # an atlas no job has opened since edge_checks was added
         return []
 
 
-def pair_checks(con, method: str = "decoder_cos", stack: str | None = None) -> list[dict]:
+def pair_checks(snap, method: str = DEFAULT, stack: str | None = None) -> list[dict]:
     """Per pair and edge kind: edges checked, tested (child active where the parent fires), the share whose
     child drops beyond the control's 95th percentile, the median relative drop."""
-    return _rows(con, PAIR_SQL, [method, stack, stack])
+    return _rows(snap, PAIR_SQL, [method, stack, stack])
 
 
-def ablation_findings(con, model: str = "%", method: str = "decoder_cos") -> list[dict]:
+def ablation_findings(snap, model: str = "%", method: str = DEFAULT) -> list[dict]:
     """Edges that hold under ablation per kind and layer distance; kind 'random' is the control (about 5%
     hold by construction: the bar is its own 95th percentile)."""
-    return _rows(con, FINDINGS_SQL, [method, model])
+    return _rows(snap, FINDINGS_SQL, [method, model])
 
 
-def attach_checks(con, lin: Lineage) -> Lineage:
-    """The lineage with each edge's ablation check (causal_drop, causal_holds) where one is stored."""
-    if not lin.edges:
+def attach_checks(snap, lin: Lineage) -> Lineage:
+    """The lineage with each edge's ablation check (causal_drop, causal_holds) where one is stored: one query, asked
+    only where the snapshot holds checks of the lineage's method."""
+    if not lin.edges or lin.method not in snap.checked:
         return lin
-    try:  # one query on the lineage hot path (no table probe first)
-        rows = con.execute(
-            "SELECT c.sae_a, c.feature_a, c.sae_b, c.feature_b, c.rel_drop, c.holds FROM edge_checks c JOIN "
-            "(SELECT unnest(?) AS sae_a, unnest(?) AS feature_a, unnest(?) AS sae_b, unnest(?) AS feature_b) e "
-            "USING (sae_a, feature_a, sae_b, feature_b) WHERE c.method = ? AND c.kind <> 'random'",
-            [[e.sae_a for e in lin.edges], [e.feature_a for e in lin.edges], [e.sae_b for e in lin.edges],
-             [e.feature_b for e in lin.edges], lin.method]).fetchall()
-    except duckdb.CatalogException:  # an atlas no job has opened since edge_checks was added
-        return lin
+    rows = snap.execute(
+        "SELECT c.sae_a, c.feature_a, c.sae_b, c.feature_b, c.rel_drop, c.holds FROM edge_checks c JOIN "
+        "(SELECT unnest(?) AS sae_a, unnest(?) AS feature_a, unnest(?) AS sae_b, unnest(?) AS feature_b) e "
+        "USING (sae_a, feature_a, sae_b, feature_b) WHERE c.method = ? AND c.kind <> 'random'",
+        [[e.sae_a for e in lin.edges], [e.feature_a for e in lin.edges], [e.sae_b for e in lin.edges],
+         [e.feature_b for e in lin.edges], lin.method]).fetchall()
     found = {tuple(r[:4]): r[4:] for r in rows}
     for e in lin.edges:
         if (e.sae_a, e.feature_a, e.sae_b, e.feature_b) in found:

@@ -5,11 +5,10 @@ from __future__ import annotations
 import msgspec
 import networkx as nx
 
-from . import budget
-from .common import check_method, check_tau, stack_saes
+from .. import budget
+from ..errors import OverBudget, QueryError
+from ..methods import Threshold
 from .computed import require
-from .edges import FileEdges
-from .records import OverBudget
 
 MAX_EDGES = 2_000_000
 
@@ -21,20 +20,24 @@ class Community(msgspec.Struct):
     members: list[tuple[str, int]]
 
 
-def communities(con, stack: str, method: str = "decoder_cos", tau: float = 0.7, min_size: int = 2,
+def communities(snap, stack: str, threshold: Threshold | None = None, min_size: int = 2,
                 assigned_only: bool = True) -> list[Community]:
-    check_tau(check_method(method), tau)
-    layer_of = dict(stack_saes(con, stack))
-    require(con, "stack", method, stack=stack)
-    edges = FileEdges.of(con)  # just the stack's pair files, not the view over every file of the atlas
+    """Connected components of the stack's matches passing `threshold` (a tau on a similarity method), largest first."""
+    threshold = threshold or Threshold.of()
+    method = threshold.method.name
+    if threshold.method.is_distance or threshold.quantile is not None:
+        raise QueryError(f"communities join matches at a tau on similarity scores, not {threshold.label} of {method}")
+    layer_of = dict(snap.stack(stack))
+    require(snap, "stack", method, stack=stack)
+    edges = snap.edges  # just the stack's pair files, not the view over every file of the atlas
     files = edges.files_of("matches", [(a, b, m) for a, b, m in edges.pairs if m == method
                                        and a in layer_of and b in layer_of])
-    rows = con.execute(
+    rows = snap.execute(
         "SELECT sae_a, feature_a, sae_b, feature_b FROM read_parquet(?, hive_partitioning = false) "
         "WHERE score >= ? AND (assigned OR NOT ?) LIMIT ?",
-        [files, tau, assigned_only, MAX_EDGES + 1]).fetchall() if files else []
+        [files, threshold.tau, assigned_only, MAX_EDGES + 1]).fetchall() if files else []
     if len(rows) > MAX_EDGES:
-        raise OverBudget(f"communities: more than max_edges={MAX_EDGES} matches pass tau={tau}; raise tau",
+        raise OverBudget(f"communities: more than max_edges={MAX_EDGES} matches pass {threshold.label}; raise tau",
                          f"max_edges={MAX_EDGES}")
     budget.check("communities")
     g = nx.Graph()

@@ -17,13 +17,9 @@ Every row names its model, so an atlas holding several families (the planted one
 
 from __future__ import annotations
 
+from ..methods import Threshold
 from .checks import ablation_findings
-from .common import dict_rows
-
-RELATION = """CASE WHEN a.dataset IS DISTINCT FROM b.dataset AND a.seed IS DISTINCT FROM b.seed THEN 'seed and dataset'
-     WHEN a.dataset IS DISTINCT FROM b.dataset THEN 'dataset'
-     WHEN a.seed IS DISTINCT FROM b.seed THEN 'seed' ELSE 'variant' END"""
-"""How two siblings (saes a and b: same model, hook and width) differ; one definition for every table that says it."""
+from .lineage import flow_origins
 
 DISTANCE_SQL = """
 SELECT a.model, p.distance, count(*) AS pairs, avg(p.matched_frac) AS matched_frac, avg(p.mean_score) AS mean_score,
@@ -33,10 +29,11 @@ WHERE p.method = ? AND p.stack LIKE ? AND a.model LIKE ? GROUP BY ALL ORDER BY a
 """
 
 SIBLINGS_SQL = """
-WITH sib AS (
-    SELECT p.sae_a, p.sae_b, a.layer, a.model, """ + RELATION + """ AS relation
-    FROM pair_stats p JOIN saes a ON a.sae_id = p.sae_a JOIN saes b ON b.sae_id = p.sae_b
-    WHERE p.method = 'decoder_cos' AND a.layer = b.layer AND a.site = b.site AND a.stack <> b.stack AND a.model LIKE ?),
+WITH sib AS (  -- sibling pairs (the sibling_pairs macro) of two stacks
+    SELECT p.sae_a, p.sae_b, a.layer, a.model, s.relation
+    FROM pair_stats p JOIN sibling_pairs() s USING (sae_a, sae_b) JOIN saes a ON a.sae_id = p.sae_a
+    JOIN saes b ON b.sae_id = p.sae_b
+    WHERE p.method = 'decoder_cos' AND a.stack <> b.stack AND a.model LIKE ?),
 shared AS (  -- Paulo & Belrose: same partner under decoder and encoder assignments, both cosines >= 0.7
     SELECT m.sae_a, m.sae_b, count(*) AS n FROM (
         SELECT sae_a, sae_b, feature_a, feature_b FROM matches
@@ -66,12 +63,11 @@ WHERE c.kind IN ('AND', 'OR') AND s.model LIKE ? ORDER BY c.score DESC LIMIT ?
 
 
 CONSISTENCY_SQL = """
-SELECT a.model, p.sae_a, p.sae_b, a.layer, """ + RELATION + """ AS relation,
-       p.pw_mcc, p.pw_mcc_random, p.mmcs, p.mmcs_random
-FROM pair_stats p JOIN saes a ON a.sae_id = p.sae_a JOIN saes b ON b.sae_id = p.sae_b
-WHERE p.method = 'decoder_cos' AND (p.pw_mcc IS NOT NULL OR p.mmcs IS NOT NULL) AND a.layer = b.layer AND a.site = b.site
-  AND a.stack <> b.stack
-  AND a.d_sae = b.d_sae AND a.model LIKE ?
+SELECT a.model, p.sae_a, p.sae_b, a.layer, s.relation, p.pw_mcc, p.pw_mcc_random, p.mmcs, p.mmcs_random
+FROM pair_stats p JOIN sibling_pairs() s USING (sae_a, sae_b) JOIN saes a ON a.sae_id = p.sae_a
+JOIN saes b ON b.sae_id = p.sae_b
+WHERE p.method = 'decoder_cos' AND (p.pw_mcc IS NOT NULL OR p.mmcs IS NOT NULL) AND a.stack <> b.stack
+  AND a.model LIKE ?
 ORDER BY a.model, a.layer, p.sae_a, p.sae_b
 """
 
@@ -90,12 +86,13 @@ SAME_INDEX_SQL = """
 WITH kinds AS (
     SELECT a.model, p.n_a, p.n_b, p.n_assigned, p.identity_frac,
            CASE WHEN a.stack = b.stack THEN 'layers'
-                WHEN a.hook = b.hook AND a.d_sae = b.d_sae THEN """ + RELATION + """ || ' siblings'
+                WHEN s.relation IS NOT NULL THEN s.relation || ' siblings'
                 WHEN a.hook = b.hook THEN 'widths (assignment)'
                 WHEN a.layer = b.layer AND a.site <> b.site THEN 'flow'
                 ELSE 'other' END AS kind,
            CASE WHEN a.stack = b.stack THEN b.layer - a.layer END AS distance
     FROM pair_stats p JOIN saes a ON a.sae_id = p.sae_a JOIN saes b ON b.sae_id = p.sae_b
+    LEFT JOIN sibling_pairs() s ON s.sae_a = p.sae_a AND s.sae_b = p.sae_b
     WHERE p.method = 'decoder_cos' AND p.n_assigned > 0 AND a.model LIKE ?)
 SELECT model, kind, distance, count(*) AS pairs, sum(n_assigned)::BIGINT AS assigned,
        sum(identity_frac * n_assigned) / sum(n_assigned) AS same_index, avg(1 / greatest(n_a, n_b)) AS chance
@@ -119,16 +116,19 @@ WHERE r.site = 'resid' AND r.model LIKE ? ORDER BY r.model, r.layer, r.sae_id
 """
 
 
-def flow(con, model: str = "%", tau: float = 0.5) -> list[dict]:
+FLOW_TAU = 0.5
+"""The bar of the findings' origin classes, by weights and by activations alike."""
+
+
+def flow(snap, model: str = "%", tau: float = FLOW_TAU) -> list[dict]:
     """Origin classes (RES, MLP, ATT, combinations, from nowhere; atlas.queries.lineage.flow_origins) of every
     feature of each residual SAE that has MLP/attention-out SAEs at its layer: by decoder cosine (weights)
     and by activation correlation (Pearson r over the same tokens), and the share of features both give
     the same class."""
-    from .lineage import flow_origins
-
+    values = {m: Threshold.of(m, tau, per_pair=False) for m in ("decoder_cos", "activation_corr")}
     out = []
-    for model_, sae_id, layer, d_sae in con.execute(FLOW_SQL, [model]).fetchall():
-        by = {m: flow_origins(con, sae_id, list(range(d_sae)), m, tau) for m in ("decoder_cos", "activation_corr")}
+    for model_, sae_id, layer, d_sae in snap.execute(FLOW_SQL, [model]).fetchall():
+        by = {m: flow_origins(snap, sae_id, list(range(d_sae)), threshold) for m, threshold in values.items()}
         if not any(by.values()):
             continue
         counts = {m: {c: list(o.values()).count(c) for c in sorted(set(o.values()))} for m, o in by.items()}
@@ -139,43 +139,43 @@ def flow(con, model: str = "%", tau: float = 0.5) -> list[dict]:
     return out
 
 
-def context(con, sae_id: str, feature: int, n: int = 2) -> list[str]:
+def context(snap, sae_id: str, feature: int, n: int = 2) -> list[str]:
     """The feature's top example contexts, the firing token in [brackets]."""
-    rows = con.execute("SELECT tokens, highlight FROM examples WHERE sae_id = ? AND feature = ? AND kind = 'top' "
+    rows = snap.execute("SELECT tokens, highlight FROM examples WHERE sae_id = ? AND feature = ? AND kind = 'top' "
                        "ORDER BY activation DESC LIMIT ?", [sae_id, feature, n]).fetchall()
     return [" ".join(f"[{t}]" if i == h else t for i, t in enumerate(toks)).replace(" ##", "") for toks, h in rows]
 
 
-def same_index(con, model: str = "%") -> list[dict]:
+def same_index(snap, model: str = "%") -> list[dict]:
     """SAME_INDEX_SQL's rows: how far each pair kind's assignment echoes a shared initialisation."""
-    return dict_rows(con, SAME_INDEX_SQL, [model, model])
+    return snap.rows(SAME_INDEX_SQL, [model, model])
 
 
-def models(con, model: str = "%") -> list[str]:
+def models(snap, model: str = "%") -> list[str]:
     """The models of the atlas's SAEs that match the LIKE pattern `model`, in name order."""
-    return [r[0] for r in con.execute("SELECT DISTINCT model FROM saes WHERE model LIKE ? ORDER BY 1", [model]).fetchall()]
+    return [r[0] for r in snap.execute("SELECT DISTINCT model FROM saes WHERE model LIKE ? ORDER BY 1", [model]).fetchall()]
 
 
-def findings(con, model: str = "%", stack: str = "%", examples: int = 3) -> dict:
+def findings(snap, model: str = "%", stack: str = "%", examples: int = 3) -> dict:
     """Every table of the module docstring for the models matching `model` (LIKE), each row naming its model;
     `stack` (LIKE) narrows the distance table."""
-    comps = dict_rows(con, COMPOSITIONS_SQL, [model, examples])
+    comps = snap.rows(COMPOSITIONS_SQL, [model, examples])
     for c in comps:
-        c["child_context"] = context(con, c["sae_b"], c["feature_b"])
-        c["parent_contexts"] = {p: context(con, c["sae_a"], p, 1) for p in c["parents"]}
-    kinds = dict(con.execute("SELECT c.kind, count(*) FROM compositions c JOIN saes s ON s.sae_id = c.sae_a "
+        c["child_context"] = context(snap, c["sae_b"], c["feature_b"])
+        c["parent_contexts"] = {p: context(snap, c["sae_a"], p, 1) for p in c["parents"]}
+    kinds = dict(snap.execute("SELECT c.kind, count(*) FROM compositions c JOIN saes s ON s.sae_id = c.sae_a "
                              "WHERE s.model LIKE ? GROUP BY 1", [model]).fetchall())
-    names = models(con, model)
+    names = models(snap, model)
     return {
-        "distance": dict_rows(con, DISTANCE_SQL, ["decoder_cos", stack, model]),
-        "siblings": dict_rows(con, SIBLINGS_SQL, [model]),
-        "agreement": dict_rows(con, AGREEMENT_SQL, [model]),
+        "distance": snap.rows(DISTANCE_SQL, ["decoder_cos", stack, model]),
+        "siblings": snap.rows(SIBLINGS_SQL, [model]),
+        "agreement": snap.rows(AGREEMENT_SQL, [model]),
         "composition_counts": kinds,
         "compositions": comps,
-        "consistency": dict_rows(con, CONSISTENCY_SQL, [model]),
-        "widths": dict_rows(con, WIDTHS_SQL, [model]),
+        "consistency": snap.rows(CONSISTENCY_SQL, [model]),
+        "widths": snap.rows(WIDTHS_SQL, [model]),
         # edges that hold under ablation (checks.py), asked per model so each row can say which
-        "ablation": [dict(r, model=m) for m in names for r in ablation_findings(con, m)],
-        "flow": flow(con, model),
-        "same_index": same_index(con, model),
+        "ablation": [dict(r, model=m) for m in names for r in ablation_findings(snap, m)],
+        "flow": flow(snap, model),
+        "same_index": same_index(snap, model),
     }

@@ -6,40 +6,7 @@ from typing import Any
 
 import msgspec
 
-
-class QueryError(ValueError):
-    """A query that cannot be answered as asked: the message says why (bad parameter, malformed SQL).
-
-    Query errors carry no HTTP status: api/errors.py maps each kind to one."""
-
-
-class NotFound(QueryError):
-    """The SAE, feature, stack or table asked for does not exist."""
-
-
-class NotAllowed(QueryError):
-    """The request asks for something readers may not do (write SQL, read files)."""
-
-
-class OverBudget(QueryError):
-    """The answer would cost more than a bound allows; `bound` names it (e.g. 'max_nodes=2000')."""
-
-    def __init__(self, message: str, bound: str):
-        super().__init__(message)
-        self.bound = bound
-
-
-class QueryTimeout(OverBudget):
-    """The query ran past its time limit and was stopped."""
-
-    def __init__(self, seconds: float, what: str = "query"):
-        super().__init__(f"{what} stopped after the time limit of {seconds:g} s; add filters or a LIMIT",
-                         f"time_limit={seconds:g}s")
-        self.seconds = seconds
-
-
-class Cancelled(QueryError):
-    """The client went away; the work was stopped."""
+from ..store.schema import LINEAGE_KINDS
 
 
 class SAE(msgspec.Struct):
@@ -203,22 +170,18 @@ class Edge(msgspec.Struct):
     gap: int
     """Layers skipped (0 = adjacent layers of the stack)."""
     kind: str = "candidate"
-    """carry | split | merge | gap | candidate (lineage.py; the edge_kind SQL macro)."""
+    """One of atlas.store.schema.LINEAGE_KINDS: carry | gap | split | merge | candidate (the edge_kind SQL macro)."""
     causal_drop: float | None = None
     """Where `atlas check-edges` checked this edge: feature_b's relative drop when feature_a is ablated."""
     causal_holds: bool | None = None
     """That drop is beyond the 95th percentile of its pair's random pairs (checks.py)."""
 
 
-class LineageLayer(msgspec.Struct):
-    """One layer of a lineage: its nodes, and the edges into them by kind (what the summary line says)."""
-    layer: int
-    nodes: int
-    carry: int = 0
-    gap: int = 0
-    split: int = 0
-    merge: int = 0
-    candidate: int = 0
+LineageLayer = msgspec.defstruct(
+    "LineageLayer", [("layer", int), ("nodes", int), *((kind, int, 0) for kind in LINEAGE_KINDS)],
+    module=__name__)
+LineageLayer.__doc__ = ("One layer of a lineage: its nodes, and the edges into them by kind (what the summary line "
+                        "says), a count per kind of atlas.store.schema.LINEAGE_KINDS.")
 
 
 class Lineage(msgspec.Struct):
@@ -241,6 +204,10 @@ class Lineage(msgspec.Struct):
     layer with a node, how it ends."""
     layers: list[LineageLayer] = []
     """Per layer with a node, first to last: the counts the summary states."""
+
+    def to_networkx(self):
+        """A networkx DiGraph: nodes (sae_id, feature) with the Node's fields, edges a -> b with the Edge's."""
+        return _graph(self.nodes, self.edges, lambda e: ((e.sae_a, e.feature_a), (e.sae_b, e.feature_b)))
 
 
 class LayerPair(msgspec.Struct):
@@ -309,6 +276,13 @@ class WidthTree(msgspec.Struct):
     summary: str
     """One line: how the feature changes as the dictionary grows."""
 
+    def to_networkx(self):
+        """A networkx DiGraph: nodes (sae_id, feature) with the WidthNode's fields, an edge from each node's parent
+        (narrower) to it with its cosine as score."""
+        edges = [n for n in self.nodes if n.parent_sae is not None]
+        return _graph(self.nodes, edges, lambda n: ((n.parent_sae, n.parent_feature), (n.sae_id, n.feature)),
+                      lambda n: {"score": n.score})
+
 
 class WidthPair(msgspec.Struct):
     sae_a: str
@@ -341,3 +315,12 @@ class Consistency(msgspec.Struct):
     mmcs_random: float | None
     """The same for random unit decoders of these widths and d_in (closed form)."""
     model: str | None = None
+
+
+def _graph(nodes, edges, ends, data=msgspec.structs.asdict):
+    import networkx as nx
+
+    g = nx.DiGraph()
+    g.add_nodes_from(((n.sae_id, n.feature), msgspec.structs.asdict(n)) for n in nodes)
+    g.add_edges_from((*ends(e), data(e)) for e in edges)
+    return g

@@ -1,16 +1,14 @@
-"""Nearest features to a vector or to a feature, across any SAEs of the same width, via FAISS."""
+"""Decoder directions from the snapshot's FAISS indexes: a feature's decoder row, and the nearest features to a
+vector or to a feature across any SAEs of the same width."""
 
 from __future__ import annotations
-
-import threading
 
 import msgspec
 import numpy as np
 
+from .. import budget
 from .. import index as fx
-from . import budget
-from .common import check_feature, sae_row
-from .records import NotFound, QueryError
+from ..errors import NotFound, QueryError
 
 
 class Hit(msgspec.Struct):
@@ -21,27 +19,25 @@ class Hit(msgspec.Struct):
     label: str | None = None
 
 
-class IndexCache:
-    """FAISS indexes loaded once per process, keyed by file name (names change when weights do)."""
-
-    def __init__(self, index_dir):
-        self.index_dir, self.items, self.lock = index_dir, {}, threading.Lock()
-
-    def get(self, index_file: str):
-        with self.lock:
-            if index_file not in self.items:
-                self.items[index_file] = fx.load(self.index_dir / index_file)
-            return self.items[index_file]
+def unit_row(snap, sae_id: str, feature: int) -> np.ndarray:
+    """[1, d_in]: the feature's unit decoder direction (its FAISS index stores unit rows)."""
+    sae = snap.feature(sae_id, feature)
+    if not sae["index_file"]:
+        raise NotFound(f"{sae_id}: no decoder rows stored (re-ingest the SAE)")
+    return snap.faiss.get(sae["index_file"]).reconstruct(int(feature))[None, :]
 
 
-def feature_vector(cache: IndexCache, con, sae_id: str, feature: int) -> np.ndarray:
-    sae = sae_row(con, sae_id)
-    check_feature(sae, feature)
-    return cache.get(sae["index_file"]).reconstruct(int(feature))[None, :]
+def decoder_rows(snap, sae_id: str, features: list[int]) -> np.ndarray:
+    """[len(features), d_in] float32: W_dec rows of `features` (unit rows times the stored decoder norm)."""
+    norms = dict(snap.execute("SELECT feature, dec_norm FROM features WHERE sae_id = ? AND feature IN "
+                              "(SELECT unnest(?))", [sae_id, list(features)]).fetchall())
+    if not features:
+        return np.empty((0, snap.sae(sae_id)["d_in"]), np.float32)
+    return np.concatenate([unit_row(snap, sae_id, f) * np.float32(norms.get(f, 0.0)) for f in features])
 
 
-def nearest(cache: IndexCache, con, vector=None, sae_id: str | None = None, feature: int | None = None,
-            k: int = 10, saes: list[str] | None = None) -> list[Hit]:
+def nearest(snap, vector=None, sae_id: str | None = None, feature: int | None = None, k: int = 10,
+            saes: list[str] | None = None) -> list[Hit]:
     """The k most cosine-similar features to `vector` or to (sae_id, feature) in `saes` (default: all SAEs
     of that width; the query feature itself is left out)."""
     if not 1 <= k <= 1000:
@@ -51,27 +47,26 @@ def nearest(cache: IndexCache, con, vector=None, sae_id: str | None = None, feat
     if vector is None:
         if sae_id is None or feature is None:
             raise QueryError("give a vector, or an sae_id and a feature")
-        q = feature_vector(cache, con, sae_id, feature)
+        q = unit_row(snap, sae_id, feature)
     else:
         v = np.asarray(vector, dtype=np.float64).reshape(1, -1)
         if not np.isfinite(v).all() or not v.any():
             raise QueryError("vector must be finite and non-zero")
         v = v / np.abs(v).max()  # in float64 first: any finite non-zero vector has a float32 direction (1e-263 too)
         q = (v / np.linalg.norm(v)).astype(np.float32)
-    rows = con.execute("SELECT sae_id, layer, index_file, d_in FROM saes WHERE d_in = ? "
-                       "AND (? IS NULL OR sae_id IN (SELECT unnest(?))) ORDER BY sae_id",
-                       [q.shape[1], saes, saes or []]).fetchall()
+    rows = [(r["sae_id"], r["layer"], r["index_file"]) for _, r in sorted(snap.saes.items())
+            if r["d_in"] == q.shape[1] and (saes is None or r["sae_id"] in saes)]
     if not rows:
         raise NotFound(f"no SAE of width d_in={q.shape[1]}" + (f" among {saes}" if saes else ""))
     hits = []
-    for sid, layer, index_file, _ in rows:
+    for sid, layer, index_file in rows:
         budget.check("search")
-        scores, ids = fx.search(cache.get(index_file), q, k + 1)
+        scores, ids = fx.search(snap.faiss.get(index_file), q, k + 1)
         hits += [(float(s), sid, int(i), layer) for s, i in zip(scores[0], ids[0])
                  if i >= 0 and not (sid == sae_id and i == feature)]
     hits.sort(key=lambda h: -h[0])
     top = hits[:k]
-    labels = dict(((s, f), lab) for s, f, lab in con.execute(
+    labels = dict(((s, f), lab) for s, f, lab in snap.execute(
         "SELECT sae_id, feature, label FROM features WHERE label IS NOT NULL AND (sae_id, feature) IN "
         "(SELECT (unnest(?), unnest(?)))", [[h[1] for h in top], [h[2] for h in top]]).fetchall()) if top else {}
     return [Hit(sae_id=s, feature=f, layer=layer, score=score, label=labels.get((s, f))) for score, s, f, layer in top]

@@ -30,11 +30,10 @@ def select_pairs(con, selection: str = "adjacent", distance: int = 1, stack: str
         return [tuple(r) for r in con.execute(sql, [stack, stack, 1 if selection == "adjacent" else distance]).fetchall()]
     if selection == "siblings":
         sql = """
-            SELECT a.sae_id, b.sae_id FROM saes a JOIN saes b
-              ON a.model = b.model AND a.hook = b.hook AND a.d_sae = b.d_sae AND a.sae_id < b.sae_id
-             AND (a.seed IS DISTINCT FROM b.seed OR a.dataset IS DISTINCT FROM b.dataset
-                  OR a.variant IS DISTINCT FROM b.variant)  -- other sparsity (Gemma Scope L0s), trainer
-            WHERE ? IS NULL OR a.stack = ? OR b.stack = ?
+            SELECT p.sae_a, p.sae_b FROM sibling_pairs() p JOIN saes a ON a.sae_id = p.sae_a JOIN saes b ON b.sae_id = p.sae_b
+            WHERE p.sae_a < p.sae_b
+              AND (p.relation <> 'variant' OR a.variant IS DISTINCT FROM b.variant)  -- other sparsity (Gemma Scope L0s)
+              AND (? IS NULL OR a.stack = ? OR b.stack = ?)
             ORDER BY a.layer, a.sae_id, b.sae_id"""
         return [tuple(r) for r in con.execute(sql, [stack, stack, stack]).fetchall()]
     if selection == "flow":  # MLP-out / attention-out SAEs against the residual SAE of their layer

@@ -14,11 +14,9 @@ import json
 import msgspec
 import numpy as np
 
-from .common import sae_row
-from .computed import require_stack_method
-from .edges import FileEdges
+from ..errors import NotFound
+from ..methods import Threshold
 from .lineage import lineage
-from .records import NotFound
 
 FORMAT = "feature-atlas-steering/1"
 """The `format` metadata of a steering file; bumped if its tensors change."""
@@ -62,27 +60,25 @@ def carry_chain(lin) -> list[tuple[str, int]]:
     return chain
 
 
-def steering_set(con, indexes, sae_id: str, feature: int, tau: float | None = 0.7, method: str = "decoder_cos",
-                 max_skip: int = 1, files: FileEdges | None = None) -> SteeringSet:
-    """The steering set of (sae_id, feature): its carry chain's decoder directions, hooks and layers.
-    `indexes`: an IndexCache over the atlas's FAISS folder (the unit decoder rows)."""
-    require_stack_method(con, sae_id, method)
-    lin = lineage(con, sae_id, feature, tau=tau, method=method, max_skip=max_skip, include_sites=False, files=files)
+def steering_set(snap, sae_id: str, feature: int, threshold: Threshold | None = None, max_skip: int = 1) -> SteeringSet:
+    """The steering set of (sae_id, feature): its carry chain's decoder directions, hooks and layers (the unit
+    decoder rows from the snapshot's FAISS indexes)."""
+    lin = lineage(snap, sae_id, feature, threshold, max_skip=max_skip, include_sites=False)
     chain = carry_chain(lin)
-    rows = {(s, f): (norm, label, max_act) for s, f, norm, label, max_act in con.execute(
+    rows = {(s, f): (norm, label, max_act) for s, f, norm, label, max_act in snap.execute(
         "SELECT f.sae_id, f.feature, f.dec_norm, f.label, f.max_act FROM (SELECT unnest(?) AS sae_id, unnest(?) AS feature) n "
         "JOIN features f USING (sae_id, feature)", [[s for s, _ in chain], [f for _, f in chain]]).fetchall()}
     vectors = []
     for s, f in chain:
-        sae = sae_row(con, s)
+        sae = snap.sae(s)
         if (s, f) not in rows or not sae["index_file"]:
             raise NotFound(f"{s}/{f}: no decoder row stored (re-ingest the SAE)")
         norm, label, max_act = rows[(s, f)]
-        unit = indexes.get(sae["index_file"]).reconstruct(int(f))
+        unit = snap.faiss.get(sae["index_file"]).reconstruct(int(f))
         vectors.append(SteeringVector(sae_id=s, layer=sae["layer"], hook=sae.get("hook_out") or sae["hook"], feature=f,
                                       norm=float(norm), direction=(np.asarray(unit, np.float32) * norm).tolist(),
                                       label=label, max_act=max_act))
-    return SteeringSet(model=sae_row(con, sae_id)["model"], root_sae=sae_id, root_feature=feature, method=method,
+    return SteeringSet(model=snap.sae(sae_id)["model"], root_sae=sae_id, root_feature=feature, method=lin.method,
                        threshold=lin.threshold, vectors=vectors)
 
 

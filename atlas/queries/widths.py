@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from .common import check_feature, dict_rows, sae_row, top_tokens
+from .common import top_tokens
 from .computed import require
 from .findings import CONSISTENCY_SQL, WIDTHS_SQL
 from .records import Consistency, WidthNode, WidthPair, WidthTree
@@ -16,14 +16,14 @@ from .records import Consistency, WidthNode, WidthPair, WidthTree
 MAX_TREE = 1000  # nodes; a 16k -> 1M sweep splits a feature into tens of children, not thousands
 
 
-def width_tree(con, sae_id: str, feature: int) -> WidthTree:
+def width_tree(snap, sae_id: str, feature: int) -> WidthTree:
     """The feature's narrower ancestors and wider descendants (empty but for itself where no width
     siblings were matched: `atlas match --pairs widths`)."""
-    check_feature(sae_row(con, sae_id), feature)
-    require(con, "widths", sae=sae_id)
-    rows = con.execute("SELECT depth, sae_id, d_sae, feature, parent_sae, parent_feature, score, class, n_children, "
-                       "combo_cos, label, min_child_cos FROM width_tree(?, ?) LIMIT ?", [sae_id, feature, MAX_TREE]).fetchall()
-    tokens = top_tokens(con, [r[1] for r in rows], [r[3] for r in rows])
+    snap.feature(sae_id, feature)
+    require(snap, "widths", sae=sae_id)
+    rows = snap.execute("SELECT depth, sae_id, d_sae, feature, parent_sae, parent_feature, score, class, n_children, "
+                        "combo_cos, label, min_child_cos FROM width_tree(?, ?) LIMIT ?", [sae_id, feature, MAX_TREE]).fetchall()
+    tokens = top_tokens(snap, [r[1] for r in rows], [r[3] for r in rows])
     nodes = [WidthNode(sae_id=s, d_sae=d, feature=f, depth=depth, parent_sae=ps, parent_feature=pf, score=sc, cls=c,
                        n_children=n, combo_cos=cc, label=lab, top_tokens=tokens.get((s, f)), min_child_cos=mc)
              for depth, s, d, f, ps, pf, sc, c, n, cc, lab, mc in rows]
@@ -52,11 +52,11 @@ def _summary(nodes: list[WidthNode], root: WidthNode) -> str:
     return " · ".join(parts)
 
 
-def width_pairs(con, model: str = "%") -> list[WidthPair]:
-    require(con, "model_widths", model=model)
-    return [WidthPair(**r) for r in dict_rows(con, WIDTHS_SQL, [model])]
+def width_pairs(snap, model: str = "%") -> list[WidthPair]:
+    require(snap, "model_widths", model=model)
+    return snap.records(WidthPair, WIDTHS_SQL, [model])
 
 
-def consistency(con, model: str = "%") -> list[Consistency]:
-    require(con, "model_siblings", model=model)
-    return [Consistency(**r) for r in dict_rows(con, CONSISTENCY_SQL, [model])]
+def consistency(snap, model: str = "%") -> list[Consistency]:
+    require(snap, "model_siblings", model=model)
+    return snap.records(Consistency, CONSISTENCY_SQL, [model])

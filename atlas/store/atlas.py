@@ -17,7 +17,7 @@ from pathlib import Path
 import duckdb
 
 from . import collection, schema
-from .snapshot import Snapshot, tables_dir
+from .snapshot import Snapshot, files_dir, tables_dir
 from .writer import Writer
 
 ENV_VAR = "ATLAS_PATH"
@@ -42,7 +42,7 @@ class Atlas:
     @property
     def dir(self) -> Path:
         """Side folder for FAISS indexes, working copies and results: atlas.duckdb -> atlas.files/."""
-        return self.path.with_name(self.path.stem + ".files")
+        return files_dir(self.path)
 
     @property
     def index_dir(self) -> Path:
@@ -76,11 +76,11 @@ class Atlas:
         con.close()
         return other
 
-    def read(self) -> duckdb.DuckDBPyConnection:
-        """A read-only, locked-down connection on the current snapshot."""
+    def read(self) -> Snapshot:
+        """The current snapshot, open read-only and locked down (a context manager: closed on exit)."""
         if not self.path.exists():
             raise FileNotFoundError(f"no atlas at {self.path}: run `atlas init` or `atlas ingest` first")
-        return Snapshot(self.path, check=True).con
+        return Snapshot(self.path, check=True)
 
     @contextlib.contextmanager
     def write(self, wait: bool = False):

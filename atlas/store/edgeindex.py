@@ -11,11 +11,13 @@ file and holds every row of it (any bar, any edge mode, distance methods too):
 
     b"ATLASEI1" | uint64 header length | JSON header | arrays, each at a 64-byte boundary
     fwd_ptr[n_a + 1]  rows of feature_a = f are fwd_ptr[f]:fwd_ptr[f + 1], in (feature_a, rank) order
-    feature_b, score, rank, kind     per row, in that order (kind: KINDS code, the edge_kind macro's rule)
+    feature_b, score, rank, kind     per row, in that order (kind: a code, the edge_kind macro's rule)
     bwd_ptr[n_b + 1], bwd_row        rows of feature_b = f are bwd_row[bwd_ptr[f]:bwd_ptr[f + 1]], by feature_a
     assigned_scores                  the assigned rows' scores, sorted (a per-pair quantile is one lookup)
 
-Integer widths are the narrowest that hold the pair's values (the header names each dtype).
+Integer widths are the narrowest that hold the pair's values (the header names each dtype). The header's "kinds" name
+the kind codes (format 2; format 1 files, written before, used FORMAT_1_KINDS): a file written when EDGE_KIND listed
+other kinds, or in another order, is read by its own table, never misread by position.
 """
 
 from __future__ import annotations
@@ -34,17 +36,21 @@ from .schema import EDGE_KIND
 
 MAGIC = b"ATLASEI1"
 SUFFIX = ".idx"
+FORMAT = 2
 COLUMNS = ["feature_a", "feature_b", "score", "rank", "assigned", "rank_b"]
 KINDS = np.array([kind for kind, _ in EDGE_KIND] + ["candidate"])
-"""Edge kinds by code (schema.EDGE_KIND)."""
-CARRY, SPLIT, MERGE, CANDIDATE = range(4)
+"""Edge kinds by code (schema.EDGE_KIND, then candidate): the table every file written now names in its header."""
+CODE = {str(kind): code for code, kind in enumerate(KINDS)}
+CARRY, CANDIDATE = CODE["carry"], CODE["candidate"]
+FORMAT_1_KINDS = ("carry", "split", "merge", "candidate")
+"""The kind codes of format-1 files, whose header has no kind table."""
 _ALIGN = 64
 
 
 def kind_codes(assigned: np.ndarray, rank: np.ndarray, rank_b: np.ndarray) -> np.ndarray:
     """KINDS code of each edge by schema.EDGE_KIND (`rank`: rank_a)."""
     columns = {"assigned": np.asarray(assigned), "rank_a": np.asarray(rank), "rank_b": np.asarray(rank_b)}
-    return np.select([columns[c] == 1 for _, c in EDGE_KIND], range(len(EDGE_KIND)), CANDIDATE).astype(np.uint8)
+    return np.select([columns[c] == 1 for _, c in EDGE_KIND], [CODE[k] for k, _ in EDGE_KIND], CANDIDATE).astype(np.uint8)
 
 
 def index_name(rel: str) -> str:
@@ -86,6 +92,11 @@ def build(data: pa.Table) -> dict[str, np.ndarray]:
     }
 
 
+def header_of(rows: int, layout: dict) -> dict:
+    """The JSON header of an index file: its format, rows, kind table and array layout."""
+    return {"format": FORMAT, "rows": rows, "kinds": KINDS.tolist(), "arrays": layout}
+
+
 def write(path: Path, data: pa.Table) -> int:
     """Write the index of `data` at `path` (parts.write_atomic, as table files); its size."""
     arrays = build(data)
@@ -93,7 +104,7 @@ def write(path: Path, data: pa.Table) -> int:
     for name, a in arrays.items():
         layout[name] = {"dtype": a.dtype.str, "length": len(a), "offset": offset}
         offset += -(-a.nbytes // _ALIGN) * _ALIGN
-    header = json.dumps({"format": 1, "rows": data.num_rows, "arrays": layout}).encode()
+    header = json.dumps(header_of(data.num_rows, layout)).encode()
     start = -(-(len(MAGIC) + 8 + len(header)) // _ALIGN) * _ALIGN
 
     def write_to(tmp: Path) -> None:
@@ -141,6 +152,7 @@ class EdgeIndex:
         start = -(-(len(MAGIC) + 8 + n) // _ALIGN) * _ALIGN
         self.nbytes = len(raw)
         self.rows = header["rows"]
+        self.recode = _recode(header, path)
         # plain arrays over the mapping (np.memmap's subclass costs microseconds per slice); the mapping is
         # unmapped when the last of them goes
         self.arrays: dict[str, np.ndarray] = {
@@ -159,10 +171,11 @@ class EdgeIndex:
         fa = np.searchsorted(self.arrays["fwd_ptr"], rows, side="right") - 1
         return self._rows(rows, feature_a=fa)
 
-    def _rows(self, rows: np.ndarray, feature_a: np.ndarray) -> Rows:
+    def _rows(self, rows: np.ndarray | slice, feature_a: np.ndarray) -> Rows:
         a = self.arrays
+        kind = a["kind"][rows] if self.recode is None else self.recode[a["kind"][rows]]
         return Rows(feature_a.astype(np.int64), a["feature_b"][rows].astype(np.int64), a["score"][rows],
-                    a["rank"][rows].astype(np.int64), a["kind"][rows])
+                    a["rank"][rows].astype(np.int64), kind)
 
     def quantile(self, q: float) -> float | None:
         """DuckDB's quantile_cont of the assigned scores (None: nothing assigned): the same interpolation, in
@@ -176,14 +189,29 @@ class EdgeIndex:
         return a if lo == hi else float(np.float32(a + (b - a) * (rn - lo)))
 
 
-def _gather(ptr: np.ndarray, features) -> tuple[np.ndarray, np.ndarray]:
+def _recode(header: dict, path: Path) -> np.ndarray | None:
+    """file code -> this code's code of the same kind (None: the file's table is this code's)."""
+    if header.get("format", 1) > FORMAT:
+        raise ValueError(f"{path}: edge index format {header['format']} is newer than this code's {FORMAT}: upgrade "
+                         f"feature-atlas")
+    kinds = list(header.get("kinds", FORMAT_1_KINDS))
+    if kinds == KINDS.tolist():
+        return None
+    unknown = [k for k in kinds if k not in CODE]
+    if unknown:
+        raise ValueError(f"{path}: edge index names edge kind {unknown[0]!r}, which this code does not know: upgrade "
+                         f"feature-atlas")
+    return np.array([CODE[k] for k in kinds], np.uint8)
+
+
+def _gather(ptr: np.ndarray, features) -> tuple[np.ndarray, np.ndarray | slice]:
     """(the feature of each position, positions) of the CSR runs of `features` (unknown features: none)."""
-    if len(features) == 1:  # the common case (a card; a lineage step from one node): one slice
+    if len(features) == 1:  # the common case (a card; a lineage step from one node): one slice, no copies
         f = int(next(iter(features)))
         if not 0 <= f < len(ptr) - 1:
-            return np.empty(0, np.int64), np.empty(0, np.int64)
+            return np.empty(0, np.int64), slice(0, 0)
         lo, hi = int(ptr[f]), int(ptr[f + 1])
-        return np.full(hi - lo, f, np.int64), np.arange(lo, hi)
+        return np.full(hi - lo, f, np.int64), slice(lo, hi)
     f = np.unique(np.asarray(features, dtype=np.int64))
     f = f[(f >= 0) & (f < len(ptr) - 1)]
     lo, hi = ptr[f].astype(np.int64), ptr[f + 1].astype(np.int64)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from atlas.methods import METHODS
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 STORAGE = {"storage_compatibility_version": "v1.4.0"}
 """Jobs write atlas files in DuckDB 1.4's storage format, so DuckDB CLIs and clients from 1.4 on open them
 (duckdb 2.0 writes a newer format by default that, e.g., the `duckdb-cli` on PyPI cannot read)."""
@@ -93,6 +93,9 @@ FROM atlas_hooks h WHERE saes.sae_id = h.sae_id
     AND (h.new_hook <> saes.hook OR h.new_out IS DISTINCT FROM saes.hook_out OR h.old_site IS NULL);
 DROP TABLE atlas_hooks;
 """,
+    # The sibling rule as macros (sibling_pairs, siblings) that every sibling query uses; create() writes them with
+    # the other macros, so the step only marks that a reader may call them.
+    9: "SELECT 1;",
 }
 
 TABLES = """
@@ -305,6 +308,9 @@ EDGE_KIND = (("carry", "assigned"), ("split", "rank_b"), ("merge", "rank_a"))
 one-to-one assignment; split = feature_a is feature_b's best parent (a parent with several children); merge =
 feature_b is feature_a's best child (a child with several parents); candidate: followed only with edges = 'all'.
 The edge_kind macro is written from it, edgeindex.kind_codes applies it to arrays (edge indexes store the codes)."""
+LINEAGE_KINDS = (EDGE_KIND[0][0], "gap", *(kind for kind, _ in EDGE_KIND[1:]), "candidate")
+"""The kinds a lineage edge can have, in the order answers count them: EDGE_KIND's, a gap (a carry across skipped
+layers) after the carry, candidate last (records.LineageLayer has a count of each)."""
 
 # Table macros: the query functions in atlas.queries call these, so SQL users get the same answers.
 MACROS = """
@@ -322,13 +328,23 @@ UNION ALL
 SELECT * FROM matches
 WHERE method = method_ AND score >= min_score_ AND NOT coalesce(min_score_ >= index_floor(method_), false);
 
+-- Siblings (docs/design.md, Words): SAEs of one model, hook and width; each ordered pair with how its two differ
+-- (seed, dataset, seed and dataset, or neither: a variant such as another L0). Every sibling query reads these two.
+CREATE OR REPLACE MACRO sibling_pairs() AS TABLE
+SELECT a.sae_id AS sae_a, b.sae_id AS sae_b,
+       CASE WHEN a.dataset IS DISTINCT FROM b.dataset AND a.seed IS DISTINCT FROM b.seed THEN 'seed and dataset'
+            WHEN a.dataset IS DISTINCT FROM b.dataset THEN 'dataset'
+            WHEN a.seed IS DISTINCT FROM b.seed THEN 'seed' ELSE 'variant' END AS relation
+FROM saes a JOIN saes b ON a.model = b.model AND a.hook = b.hook AND a.d_sae = b.d_sae AND a.sae_id <> b.sae_id;
+
+-- The siblings of sae_: by_ 'seed' (other seeds of its dataset), 'dataset' (other datasets) or 'any'.
+CREATE OR REPLACE MACRO siblings(sae_, by_ := 'any') AS TABLE
+SELECT sae_b AS sae_id, relation FROM sibling_pairs()
+WHERE sae_a = sae_ AND (by_ = 'any' OR (by_ = 'seed' AND relation = 'seed')
+                        OR (by_ = 'dataset' AND relation IN ('dataset', 'seed and dataset')));
+
 CREATE OR REPLACE MACRO feature_sharing(sae_, tau_ := 0.7, by_ := 'any') AS TABLE
-WITH me AS (SELECT * FROM saes WHERE sae_id = sae_),
-siblings AS (
-    SELECT s.sae_id FROM saes s, me
-    WHERE s.model = me.model AND s.hook = me.hook AND s.d_sae = me.d_sae AND s.sae_id <> me.sae_id
-      AND (by_ = 'any' OR (by_ = 'seed' AND s.dataset IS NOT DISTINCT FROM me.dataset AND s.seed IS DISTINCT FROM me.seed)
-                       OR (by_ = 'dataset' AND s.dataset IS DISTINCT FROM me.dataset))),
+WITH sibs AS (SELECT sae_id FROM siblings(sae_, by_ := by_)),
 matched AS (  -- siblings matched to this SAE by both methods
     SELECT CASE WHEN sae_a = sae_ THEN sae_b ELSE sae_a END AS sibling FROM pair_stats
     WHERE (sae_a = sae_ OR sae_b = sae_) AND method IN ('decoder_cos', 'encoder_cos')
@@ -341,10 +357,10 @@ edges AS (
     WHERE assigned AND score >= tau_ AND method IN ('decoder_cos', 'encoder_cos') AND (sae_a = sae_ OR sae_b = sae_)),
 shared AS (
     SELECT feature, sibling FROM edges
-    WHERE sibling IN (SELECT sae_id FROM siblings) AND sibling IN (SELECT sibling FROM matched)
+    WHERE sibling IN (SELECT sae_id FROM sibs) AND sibling IN (SELECT sibling FROM matched)
     GROUP BY feature, sibling, partner HAVING count(DISTINCT method) = 2)
 SELECT f.feature, count(s.sibling)::INTEGER AS n_shared,
-       (SELECT count(*) FROM matched WHERE sibling IN (SELECT sae_id FROM siblings))::INTEGER AS n_siblings,
+       (SELECT count(*) FROM matched WHERE sibling IN (SELECT sae_id FROM sibs))::INTEGER AS n_siblings,
        f.label
 FROM features f LEFT JOIN shared s ON s.feature = f.feature
 WHERE f.sae_id = sae_

@@ -39,7 +39,7 @@ class Writer:
 
     def build_edge_indexes(self) -> int:
         """Write the edge index of each matches file that lacks one (an atlas from before edge indexes; `atlas
-        migrate`); how many. Readers serve such files from Parquet meanwhile (atlas.queries.edges)."""
+        migrate`); how many. Readers serve such files from Parquet meanwhile (atlas.store.edges)."""
         missing = [r[0] for r in self.con.execute("SELECT file FROM parts WHERE table_name = 'matches'").fetchall()
                    if not (self.atlas.tables_dir / edgeindex.index_name(r[0])).exists()]
         for rel in tqdm(missing, desc="edge indexes", unit="file", disable=len(missing) < 2):

@@ -22,21 +22,19 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from typing import Self
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 
 from atlas.match.candidates import Candidates
+from ingest.cofiring.state import DENSE_LIMIT, PairState
 
 PRECISIONS = ("float64", "float32", "bf16x3")
 WORKSPACE_BYTES = 8 * 2**30
 """Per-block workspace on CUDA (token block, its split copies, one output tile); sets the block length."""
 TILE_BYTES = 2**30
 """One output tile of a-rows × d_b (float32 products, float64 statistics in top-k)."""
-DENSE_LIMIT = 4096 * 4096
-"""Widest d_a × d_b for which `dense()` returns full host matrices (tests, small pairs)."""
 
 
 def state_bytes(d_a: int, d_b: int, precision: str) -> int:
@@ -68,33 +66,10 @@ def _dense(x, dev: torch.device, dtype: torch.dtype) -> torch.Tensor:
     return torch.as_tensor(np.asarray(x), dtype=dtype).to(dev)
 
 
-class PairState:
-    """What both co-firing states share: the statistics of given pairs from their (Σab, count) lookup, Pearson r
-    of pairs (`_pair_r`) and firing counts (f_a, f_b)."""
-
-    def finish(self) -> Self:
-        """Multiply out what is pending."""
-        self.flush()
-        return self
-
-    def stats(self, rows, cols) -> dict[str, np.ndarray]:
-        """Pearson r, co-firing count, P(b fires | a fires) and Jaccard of firing sets for given pairs."""
-        rows, cols = np.asarray(rows, np.int64), np.asarray(cols, np.int64)
-        sab, cnt = self.lookup(rows, cols)
-        fa, fb = self.f_a[rows].astype(np.float64), self.f_b[cols].astype(np.float64)
-        return {"pearson": self._pair_r(rows, cols, sab), "cofire": cnt, "p_b_given_a": cnt / np.maximum(fa, 1),
-                "jaccard": cnt / np.maximum(fa + fb - cnt, 1)}
-
-    def _check_dense(self) -> None:
-        """dense() returns full host matrices: refused past DENSE_LIMIT cells."""
-        if self.d_a * self.d_b > DENSE_LIMIT:
-            raise ValueError(f"{self.d_a} x {self.d_b} is too wide for dense statistics; use stats() or topk()")
-
-
 @dataclass
 class DenseCoFiring(PairState):
     """Streaming co-firing state of one SAE pair as full [d_a, d_b] accumulators (see the module docstring).
-    Same interface as `ingest.cofiring.sparse.CoFiring`: add, flush, finish, n, stats, lookup, dense, topk."""
+    Same interface as `ingest.cofiring.sparse.SparseCoFiring`: add, flush, finish, n, stats, lookup, dense, topk."""
 
     d_a: int
     d_b: int
@@ -130,7 +105,7 @@ class DenseCoFiring(PairState):
         """Nothing is dropped: every statistic is exact (up to the precision above)."""
         return 0.0
 
-    # per-feature moments as float64 numpy arrays, the names CoFiring uses
+    # per-feature moments as float64 numpy arrays, the names SparseCoFiring uses
     s_a = property(lambda self: self._s[0].cpu().numpy())
     s_b = property(lambda self: self._s[1].cpu().numpy())
     q_a = property(lambda self: self._q[0].cpu().numpy())

@@ -1,4 +1,4 @@
-"""Compiled loops of the co-firing states on the CPU: for the capped sparse state (ingest.cofiring.sparse.CoFiring)
+"""Compiled loops of the co-firing states on the CPU: for the capped sparse state (ingest.cofiring.sparse.SparseCoFiring)
 one pass that multiplies a token chunk out, merges it into a block of pairs and scores them for the cap policy,
 and the prune that keeps the pairs above a threshold; for the exact state (ingest.cofiring.exact) the scatter
 of a token chunk's products into dense accumulators.

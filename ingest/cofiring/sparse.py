@@ -21,7 +21,7 @@ whose value cosine Σab/√(Σa²Σb²) AND firing cosine count/√(fires_a·fir
 dropped, with θ the smallest value that halves the block. A dropped pair that co-fires again restarts from 0,
 so its Σab and count may miss at most θ·√(Σa²Σb²) and θ·√(fires_a·fires_b) per prune: with Θ = Σθ over
 its block's prunes, |Δr| ≤ Θ·√(Σa²Σb²/(Var_a·Var_b)) (≈ Θ for sparse features), and P(b|a), Jaccard are low by
-at most Θ·√(fires_b/fires_a). `CoFiring.error_bound` is Θ (0.0 = exact); the bench measures the real cost.
+at most Θ·√(fires_b/fires_a). `SparseCoFiring.error_bound` is Θ (0.0 = exact); the bench measures the real cost.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ import torch
 
 from atlas.match.candidates import Candidates
 from ingest.cofiring import kernels
-from ingest.cofiring.dense import PairState
+from ingest.cofiring.state import PairState
 
 PAIR_BYTES = 20
 """A stored pair: column index (int32) and Σab + i·count (complex128)."""
@@ -98,7 +98,7 @@ def _spgemm(x: sp.csr_matrix, y: sp.csr_matrix, dev: torch.device | None) -> sp.
 
 
 @dataclass
-class CoFiring(PairState):
+class SparseCoFiring(PairState):
     """Streaming co-firing state of one SAE pair (see the module docstring)."""
 
     d_a: int
@@ -296,12 +296,12 @@ def _row_topk(r: sp.csr_matrix, u_row: np.ndarray, u_col: np.ndarray, k: int) ->
     return score, index
 
 
-def accumulate(batches_a, batches_b, max_pairs: int = MAX_PAIRS, dev: torch.device | None = None) -> CoFiring:
+def accumulate(batches_a, batches_b, max_pairs: int = MAX_PAIRS, dev: torch.device | None = None) -> SparseCoFiring:
     """Co-firing state over paired activation batches (row t of both is the same token)."""
     state = None
     for A, B in zip(batches_a, batches_b, strict=True):
         if state is None:
-            state = CoFiring(A.shape[1], B.shape[1], max_pairs=max_pairs, dev=dev if dev is not None else device())
+            state = SparseCoFiring(A.shape[1], B.shape[1], max_pairs=max_pairs, dev=dev if dev is not None else device())
         state.add(A, B)
     if state is None:
         raise ValueError("no activations to correlate")

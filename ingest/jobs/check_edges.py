@@ -117,7 +117,7 @@ def check_edges(atlas: Atlas, runner: HookedRunner, windows: Windows, pairs: lis
     """Ablation checks of sampled edges of `pairs` (default: every matched stack pair up to params.max_step)
     on `windows` of `runner`'s model. `progress(step, done, total)`: step "clean" (windows run once clean),
     then "ablations" (one per sampled parent). Each SAE is read with the hooks the atlas stores for it."""
-    from ingest.sources import read_sae
+    from ingest.sources import load_stored
 
     p = params or CheckParams()
     if method_info(p.method).is_distance:
@@ -129,10 +129,10 @@ def check_edges(atlas: Atlas, runner: HookedRunner, windows: Windows, pairs: lis
         if not pairs:
             raise ValueError(f"no matched stack pairs of {p.method} to check (run `atlas match` first)")
         ids = sorted({s for a, b, _ in pairs for s in (a, b)})
-        meta = {r[0]: r[1:] for r in w.con.execute("SELECT sae_id, source, format, layer, stack, hook, hook_out FROM saes "
-                                                   "WHERE sae_id IN (SELECT unnest(?))", [ids]).fetchall()}
-        saes = {s: read_sae(meta[s][0], fmt=meta[s][1], sae_id=s, layer=meta[s][2], hook=meta[s][4],
-                            hook_out=meta[s][5]) for s in ids}
+        meta = {r[0]: r[1:] for r in w.con.execute("SELECT sae_id, source, format, layer, stack, sha256, hook, hook_out "
+                                                   "FROM saes WHERE sae_id IN (SELECT unnest(?))", [ids]).fetchall()}
+        saes = {s: load_stored(s, meta[s][0], meta[s][1], meta[s][4], layer=meta[s][2], hook=meta[s][5],
+                               hook_out=meta[s][6]) for s in ids}
         ab = Ablator(runner, windows, saes, batch=batch, max_windows=p.max_windows,
                      progress=(lambda done, total: progress("clean", done, total)) if progress else None)
         order = sorted(meta, key=lambda s: (meta[s][3], meta[s][2]))

@@ -29,7 +29,7 @@ from ingest.compositions import Compositions
 from ingest.examples import Examples
 from ingest.executors import InProcess
 from ingest.quality import Quality
-from ingest.sources import read_sae
+from ingest.sources import load_stored
 from ingest.tasks import SAERef
 
 
@@ -157,10 +157,10 @@ def run_corr(task: StackTask, out_dir: str) -> list[CorrResult]:
 
 
 def read_side(s: Side):
-    """The SAE's weights with the hooks the atlas stores for it (a --hook given at ingest included), not the
-    ones its file names."""
-    return read_sae(s.ref.source, fmt=s.ref.fmt, sae_id=s.ref.sae_id, layer=s.layer, hook=s.hook,
-                    hook_out=s.hook_out if s.hook_out != s.hook else None)
+    """The SAE's weights (hash-checked) with the hooks the atlas stores for it (a --hook given at ingest included),
+    not the ones its file names."""
+    return load_stored(s.ref.sae_id, s.ref.source, s.ref.fmt, s.ref.sha256, layer=s.layer, hook=s.hook,
+                       hook_out=s.hook_out if s.hook_out != s.hook else None)
 
 
 def _name(source) -> str:

@@ -19,7 +19,7 @@ from atlas.status import StatusWriter
 from atlas.store import Atlas
 from atlas.synth import SynthConfig, generate, n_saes
 from ingest.jobs.family import STEPS, FamilyPlan, build_family
-from ingest.serving import Server
+from ingest.server_process import Server
 from ingest.training import TrainConfig
 
 SIZES = ("tiny", "default", "full")
@@ -42,7 +42,7 @@ def plans(size: str) -> tuple[SynthConfig, FamilyPlan]:
 def build_planted(atlas: Atlas, cfg: SynthConfig, out: Path, status: StatusWriter) -> None:
     """The planted-truth family (as `atlas synth` writes it), matched at layer distance <= 2, between siblings
     and across its widths (so the width tree answers on it); a rerun finds it stored and matched."""
-    from atlas.match.pair import MatchParams
+    from atlas.match.params import MatchParams
     from atlas.queries.selection import select_pairs
     from ingest.jobs.ingest import ingest_paths
     from ingest.jobs.match import run_match

@@ -1,6 +1,7 @@
-"""The real SAE family: MiniLM activations on two Python-shipped corpora, SAEs per layer × seed ×
-dataset trained with sae_lens, ingested, matched by weights and by activations; one layer also at other
-dictionary sizes, matched across widths (feature splitting). Cached throughout."""
+"""A real SAE family: a bundled model's activations (MiniLM, SmolLM2-135M) on two Python-shipped corpora, SAEs
+per layer × seed × dataset trained with sae_lens, ingested, matched by weights and by activations; one layer also
+at other dictionary sizes, matched across widths (feature splitting), and at its sub-layer outputs (feature
+flow). One plan and one builder for every model (docs/design.md, Training a family). Cached throughout."""
 
 from __future__ import annotations
 
@@ -21,6 +22,12 @@ FLOW_HOOKS = ("hook_mlp_out", "hook_attn_out")
 """Sub-layer outputs the flow SAEs read (MiniLM: before the add + LayerNorm; docs/design.md, Hooks on a
 post-LN BERT). attn_out rather than attn.hook_z, so its decoder lives where the residual SAE's does and the
 weight-based flow classes can be set beside the activation-based ones."""
+RESIDUAL_WRITERS = ("hook_mlp_out", "hook_attn_out")
+"""Sub-layer hooks whose SAE decoders live in the residual stream: only these are matched to a residual SAE by
+decoder cosine; any other flow hook (attn.hook_z, per-head space) by activation correlation alone."""
+SMOLLM = "SmolLM2-135M-Instruct"
+TRANSCODER = ("ln2.hook_normalized", "hook_mlp_out")
+"""A transcoder's input and output hooks: the MLP's own input (after its norm) to the MLP's output."""
 
 
 @dataclass
@@ -48,6 +55,26 @@ class FamilyPlan:
     flow_layers: list[int] = field(default_factory=lambda: [3])
     """Layers that also get an MLP-out and an attention-out SAE (prose, seed 0): feature-flow origins
     measured on activations beside the weight-based ones (each needs the residual SAE of the layer before)."""
+    flow_hooks: tuple[str, ...] = FLOW_HOOKS
+    """The sub-layer hooks of each flow layer (TransformerLens names after `blocks.L.`)."""
+    transcoder_layers: list[int] = field(default_factory=list)
+    """Layers that also get a transcoder (prose, seed 0) from TRANSCODER's input to its output hook."""
+    transcoder_l1: float | None = None
+    """The transcoders' L1 coefficient (None: train's). SmolLM2's at the SAEs' 4.0: 82% dead, FVU 0.95."""
+    label: str = "MiniLM"
+    """The family's name in progress lines and the status panel."""
+
+    @classmethod
+    def smollm(cls) -> FamilyPlan:
+        """`atlas smollm`: SmolLM2-135M-Instruct (bundled GGUF), residual stream at layers 3-6 (the capture stops at
+        block 6: 7 of 30 blocks run), a seed and a code sibling, a narrower width, the MLP-out and per-head
+        attention output (attn.hook_z) SAEs and a transcoder at layer 5. b_dec starts at the mean (its residual stream's mean is as
+        large as a token's spread; docs/design.md, SmolLM2). Sized for 2 cores (README, A decoder LM family)."""
+        return cls(layers=[3, 4, 5, 6], seeds=[1], sibling_layers=[5], code_layers=[5], max_tokens=60_000,
+                   corr_tokens=30_000, model=SMOLLM, widths=[576], width_layer=5, flow_layers=[5],
+                   flow_hooks=("hook_mlp_out", "attn.hook_z"), transcoder_layers=[5], transcoder_l1=1.0, label="SmolLM2",
+                   train=TrainConfig(d_sae=1152, samples=150_000, batch=2048, eval_tokens=6_000, l1_coefficient=4.0,
+                                     b_dec_init="mean"))
 
     @classmethod
     def full(cls) -> FamilyPlan:
@@ -61,7 +88,12 @@ class FamilyPlan:
 
     def flow_saes(self) -> list[tuple[str, int, int, str]]:
         """(dataset, seed, layer, hook) of the MLP-out and attention-out SAEs."""
-        return [("prose", 0, layer, f"blocks.{layer}.{h}") for layer in self.flow_layers for h in FLOW_HOOKS]
+        return [("prose", 0, layer, f"blocks.{layer}.{h}") for layer in self.flow_layers for h in self.flow_hooks]
+
+    def transcoders(self) -> list[tuple[str, int, int, str, str]]:
+        """(dataset, seed, layer, input hook, output hook) of the transcoders."""
+        return [("prose", 0, layer, f"blocks.{layer}.{TRANSCODER[0]}", f"blocks.{layer}.{TRANSCODER[1]}")
+                for layer in self.transcoder_layers]
 
     def saes(self) -> list[tuple[str, int, int]]:
         """(dataset, seed, layer) of every SAE to train, layer by layer (one layer's activations in memory)."""
@@ -82,7 +114,8 @@ def activations_for(plan: FamilyPlan, dataset: str, cache: Path, progress=None) 
     tqdm's own count stands still where tqdm is disabled (no terminal, as under `make demo`)."""
     cfg = ActivationConfig(model=plan.model, corpus=dataset,
                            layers=sorted(set(plan.layers) | set(plan.sibling_layers) | set(plan.code_layers)),
-                           hooks=sorted(h for d, _, _, h in plan.flow_saes() if d == dataset),
+                           hooks=sorted({h for d, _, _, h in plan.flow_saes() if d == dataset}
+                                        | {h for d, _, _, *io in plan.transcoders() if d == dataset for h in io}),
                            max_tokens=plan.max_tokens)
     folder = cache / "activations" / f"{dataset}-{plan.max_tokens}"
     if (folder / MANIFEST).exists() and set(stored_hooks(read_manifest(folder))) >= set(cfg.all_hooks()):
@@ -149,8 +182,9 @@ def build_family(atlas: Atlas, plan: FamilyPlan, cache: Path, log=print, progres
         check_tokens(plan.max_tokens, plan.train, "each corpus")
     if plan.widths and plan.width_layer not in plan.layers:
         raise ValueError(f"width layer {plan.width_layer} is not one of the family's layers {plan.layers}")
-    if not set(plan.flow_layers) <= set(plan.layers):
-        raise ValueError(f"flow layers {plan.flow_layers} are not all among the family's layers {plan.layers}")
+    for what, layers in (("flow", plan.flow_layers), ("transcoder", plan.transcoder_layers)):
+        if not set(layers) <= set(plan.layers):
+            raise ValueError(f"{what} layers {layers} are not all among the family's layers {plan.layers}")
     datasets = [d for d in ("prose", "code") if any(p[0] == d for p in plan.saes())]
     acts_dir, tokens = {}, plan.max_tokens * len(datasets)
     for i, d in enumerate(datasets):
@@ -167,17 +201,27 @@ def build_family(atlas: Atlas, plan: FamilyPlan, cache: Path, log=print, progres
             held[(dataset, hook)] = load_hook(acts_dir[dataset], hook)
         return held[(dataset, hook)]
 
-    todo = [(d, s, layer, block_output(plan.model, layer), plan.train, f"{d}-s{s}-L{layer}") for d, s, layer in plan.saes()]
-    todo += [(d, s, layer, block_output(plan.model, layer), replace(plan.train, d_sae=w), f"{d}-s{s}-L{layer}-w{w}")
+    todo = [(d, s, layer, block_output(plan.model, layer), plan.train, f"{d}-s{s}-L{layer}", None)
+            for d, s, layer in plan.saes()]
+    todo += [(d, s, layer, block_output(plan.model, layer), replace(plan.train, d_sae=w), f"{d}-s{s}-L{layer}-w{w}", None)
              for d, s, layer, w in plan.width_saes()]
-    todo += [(d, s, layer, hook, plan.train, f"{d}-s{s}-{hook}") for d, s, layer, hook in plan.flow_saes()]
+    todo += [(d, s, layer, hook, plan.train, f"{d}-s{s}-{hook}", None) for d, s, layer, hook in plan.flow_saes()]
+    tc_train = plan.train if plan.transcoder_l1 is None else replace(plan.train, l1_coefficient=plan.transcoder_l1)
+    todo += [(d, s, layer, hook, tc_train, f"{d}-s{s}-{hook}-transcoder", out) for d, s, layer, hook, out in plan.transcoders()]
     total, done = sum(t[4].samples for t in todo), 0
     step("SAEs", 0, total)
-    for n, (dataset, seed, layer, hook, train, key) in enumerate(todo, 1):
+    for n, (dataset, seed, layer, hook, train, key, hook_out) in enumerate(todo, 1):
         what = f"SAE {n} of {len(todo)}: {key}"
         step("SAEs", done, total, what)
+        target = None
+        if hook_out:  # a transcoder: its input and its output hook's activations, the two in memory
+            x_in = load_hook(acts_dir[dataset], hook)
+            held.clear()
+            held[(dataset, hook)], target = x_in, load_hook(acts_dir[dataset], hook_out)
         folder, q = train_sae(acts(dataset, hook), layer, seed, dataset, cache / "saes", train, plan.model, hook,
-                              progress=lambda s, base=done, cap=train.samples: step("SAEs", base + min(s, cap), total, what))
+                              progress=lambda s, base=done, cap=train.samples: step("SAEs", base + min(s, cap), total, what),
+                              target=target, hook_out=hook_out)
+        target = None
         done += train.samples
         quality[key] = q
         sid = _publish_sae(atlas, folder, q)
@@ -196,6 +240,8 @@ def build_family(atlas: Atlas, plan: FamilyPlan, cache: Path, log=print, progres
         width_pairs = ours(select_pairs(con, "widths"))
         width = dict(con.execute("SELECT sae_id, d_sae FROM saes").fetchall())
         flow = [(x, r) for x, r in ours(select_pairs(con, "flow")) if width[x] == width[r]]  # not the width siblings
+        hook = dict(con.execute("SELECT sae_id, coalesce(hook_out, hook) FROM saes").fetchall())  # where it writes
+        weight_flow = [(x, r) for x, r in flow if hook[x].endswith(RESIDUAL_WRITERS)]  # decoders in the residual stream
     step("widths", 0, len(width_pairs))
     if width_pairs:
         from ingest.jobs.widths import run_widths
@@ -205,7 +251,7 @@ def build_family(atlas: Atlas, plan: FamilyPlan, cache: Path, log=print, progres
                        progress=lambda a, b: step("widths", next(count), len(width_pairs), f"{a} / {b}"))
         log(f"widths: {len(width_pairs)} pairs; narrow features " + ", ".join(f"{n} {c}" for c, n in sorted(s.classes.items())))
     jobs = ((layer_pairs, ["decoder_cos", "decoder_mse"]), (siblings, list(SIBLING_METHODS)),
-            (flow, ["decoder_cos"]))
+            (weight_flow, ["decoder_cos"]))
     total = sum(len(p) * len(m) for p, m in jobs)
     count = itertools.count(1)
     step("matches", 0, total)

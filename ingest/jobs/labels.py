@@ -22,7 +22,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from atlas.queries.common import require_saes
-from atlas.queries.records import NotFound
+from atlas.errors import NotFound
 from atlas.sae import SAEError
 from atlas.store import Atlas, record_run
 

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from atlas.match.pair import MatchParams
+from atlas.match.params import MatchParams
 from atlas.queries.common import require_saes
 from atlas.store import Atlas, record_run
 from ingest.executors import InProcess

@@ -11,7 +11,8 @@ from dataclasses import asdict, dataclass, field
 
 import pyarrow as pa
 
-from atlas.match.widths import WidthParams, match_widths
+from atlas.match.params import WidthParams
+from atlas.match.widths import match_widths
 from atlas.queries.common import require_saes
 from atlas.store import Atlas, record_run
 from ingest.sources import load_stored
@@ -26,8 +27,7 @@ class WidthSummary:
 
 
 def _decoder(ref: tuple):
-    sae_id, source, fmt, sha = ref
-    return load_stored(source, fmt, sha, sae_id).W_dec
+    return load_stored(*ref).weights.W_dec
 
 
 def run_widths(atlas: Atlas, pairs: list[tuple[str, str]], params: WidthParams = WidthParams(),

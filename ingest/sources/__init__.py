@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from atlas.index import row_norms
-from atlas.sae import SAEError, SAERecord, check_meta, validate
+from atlas.sae import SAEError, SAERecord, check_meta, normalise_arch, parse_hook, validate
 from ingest.hooks import HookError, sae_hooks
 
 from . import dictionary_learning, gemmascope, release, saelens, sparsify
@@ -67,19 +67,31 @@ def read_sae(path: str | Path, fmt: str | None = None, **overrides) -> SAERecord
     return finish(rec, str(path), overrides)
 
 
-def load_stored(source: str, fmt: str, sha256: str, sae_id: str):
-    """Weights of an SAE already in the atlas, re-read from its source and checked against its hash."""
+def load_stored(sae_id: str, source: str, fmt: str, sha256: str, **overrides) -> SAERecord:
+    """An SAE already in the atlas, re-read from its source by its reader and checked against its hash: the one way
+    jobs and commands load stored weights. `overrides` (layer, hook, ...) replace the file's metadata, as the atlas
+    stores it (None: the file's value; a hook re-derives the site); the weights are those ingest validated (same
+    hash), so they are not validated again and the file's own hook names are not read."""
     if fmt == "saelens" and ":" in source and not Path(source).exists():  # atlases before the release format
         fmt = "release"
     if fmt != "release" and not Path(source).exists():
         raise SAEError(f"{sae_id}: its weights at {source} are missing; if they moved, run "
                        f"`atlas saes reroot OLD_FOLDER NEW_FOLDER`")
     rec = READERS[fmt].read(source if fmt == "release" else Path(source))
-    w = rec.weights
-    if w.sha256() != sha256:
+    if rec.weights.sha256() != sha256:
         raise SAEError(f"{sae_id}: weights at {source} changed since ingest (sha256 differs); "
                        f"re-ingest with --replace")
-    return w
+    given = {k: v for k, v in overrides.items() if v is not None}
+    meta = replace(rec.meta, sae_id=sae_id, sha256=sha256, **given)
+    d_sae, d_out = rec.weights.W_dec.shape
+    meta.d_in, meta.d_sae, meta.d_out = rec.weights.W_enc.shape[0], d_sae, d_out if meta.kind != "sae" else None
+    meta.arch = normalise_arch(meta.arch, sae_id)
+    site, layer = parse_hook(meta.hook_out or meta.hook)  # as validate fills them at ingest
+    if "hook" in given and "site" not in given:  # the stored hook decides the site
+        meta.site = site
+    meta.site = meta.site or site
+    meta.layer = meta.layer if meta.layer is not None else layer
+    return SAERecord(meta, rec.weights)
 
 
 def release_names(sources) -> list[str]:

@@ -1,5 +1,5 @@
-"""Matches of one snapshot read by point lookups, for lineage, the feature card and feature-flow origins
-(docs/design.md, Serving memory).
+"""The edge catalog of one snapshot: its matches read by point lookups, for lineage, the feature card and
+feature-flow origins (docs/design.md, Serving memory).
 
 Each pair-method's matches file has an edge index beside it (atlas.store.edgeindex): a lookup of some
 features' edges in either direction is a few slices of memory-mapped arrays. Files without one (an atlas
@@ -22,10 +22,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..methods import METHODS
-from ..store.edgeindex import CARRY, COLUMNS, EdgeIndex, Rows, index_name, kind_codes
-from ..store.parts import PartReader, arrow_like, catalog
-from ..store.schema import files_root
-from .common import SAE_COLUMNS, sae_row, stack_saes
+from .edgeindex import CARRY, COLUMNS, EdgeIndex, Rows, index_name, kind_codes
+from .parts import PartReader, arrow_like, catalog
+from .schema import files_root
 
 NO_ROWS = Rows(*(np.empty(0, t) for t in (np.int64, np.int64, np.float32, np.int64, np.uint8)))
 
@@ -67,21 +66,15 @@ class EdgeIndexCache:
         return len(self._open)
 
 
-class FileEdges:
+class EdgeCatalog:
     """The matches of one snapshot, looked up by pair-method: in its edge index, or in its table files."""
 
-    def __init__(self, root: str | Path | None, files: dict, saes: dict[str, dict] | None = None,
-                 examples: set[str] | None = None, labelled: set[str] | None = None):
+    def __init__(self, root: str | Path | None, files: dict):
         self.root = Path(root) if root is not None else None
         self.reader = PartReader(self.root) if self.root is not None else None
         self.indexes = EdgeIndexCache(self.root) if self.root is not None else None
-        self.saes = saes
-        self.examples = examples
-        """SAEs with example contexts (None: unknown, ask SQL), so lineages of the others skip that query."""
-        self.labelled = labelled
-        """SAEs with any label (None: unknown, ask SQL), so lineages of the others skip the label query."""
         self.catalog = files
-        self._stacks: dict[str, list[tuple[str, int]]] | None = None
+        """(table, sae_a, sae_b, method) -> (file, reverse_file) of every table file (parts.catalog)."""
         # (sae_a, sae_b, method) -> (file, reverse_file), and each SAE's pairs from either end
         self.pairs = {(a, b, m): f for (t, a, b, m), f in files.items() if t == "matches"}
         self.out_of: dict[str, list[tuple[str, str]]] = {}
@@ -91,35 +84,10 @@ class FileEdges:
             self.into.setdefault(b, []).append((a, m))
 
     @classmethod
-    def of(cls, con, saes: dict[str, dict] | None = None, examples: set[str] | None = None,
-           labelled: set[str] | None = None) -> "FileEdges":
+    def of(cls, con) -> "EdgeCatalog":
         """The table files a connection's snapshot names (an atlas without any: no edges)."""
         root = files_root(con)
-        return cls(root, catalog(con) if root is not None else {}, saes, examples, labelled)
-
-    @classmethod
-    def with_saes(cls, con) -> "FileEdges":
-        """FileEdges plus the snapshot's SAE rows (what a server holds per snapshot)."""
-        rows = con.execute(f"SELECT {', '.join(SAE_COLUMNS)} FROM saes").fetchall()
-        return cls.of(con, {r[0]: dict(zip(SAE_COLUMNS, r)) for r in rows})
-
-    def sae(self, sae_id: str) -> dict:
-        """The SAE's row in this snapshot."""
-        return sae_row(None, sae_id, self.saes or {})
-
-    def stack(self, stack: str) -> list[tuple[str, int]]:
-        """(sae_id, layer) of a stack's SAEs in layer order."""
-        if self._stacks is None:
-            stacks: dict[str, list[tuple[str, int]]] = {}
-            for row in sorted((self.saes or {}).values(), key=lambda r: (r["layer"], r["sae_id"])):
-                stacks.setdefault(row["stack"], []).append((row["sae_id"], row["layer"]))
-            self._stacks = stacks
-        return stack_saes(None, stack, self._stacks)
-
-    @property
-    def flow_sites(self) -> bool:
-        """Whether any MLP-out or attention-out SAE is in the snapshot (flow origins need them)."""
-        return any(row["site"] in ("mlp", "attn") for row in (self.saes or {}).values())
+        return cls(root, catalog(con) if root is not None else {})
 
     def path(self, rel: str) -> Path:
         return self.root / rel

@@ -1,6 +1,6 @@
 """The cost budget of one query: a deadline, a cancel flag, and the DuckDB cursors to interrupt.
 
-The server sets one per request (api/budget.py); query code calls check() between steps of its Python
+The server sets one per request (api/middleware.py); query code calls check() between steps of its Python
 loops, and cursors opened for the request are interrupted when the deadline passes or the client leaves.
 Outside a request there is no budget and check() costs nothing.
 """
@@ -12,7 +12,7 @@ import contextvars
 import threading
 import time
 
-from .records import Cancelled, QueryTimeout
+from .errors import Cancelled, QueryTimeout
 
 _current: contextvars.ContextVar[Budget | None] = contextvars.ContextVar("atlas_budget", default=None)
 

@@ -2,7 +2,7 @@
 
 The middleware reads the request's ASGI messages itself and hands them to the app through a queue, so it
 sees `http.disconnect` even while a handler runs in a worker thread; then (or at the deadline) it stops the
-request's DuckDB cursors and Python loops through the Budget (atlas/queries/budget.py).
+request's DuckDB cursors and Python loops through the Budget (atlas/budget.py).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from litestar import MediaType
 from litestar.middleware import ASGIMiddleware
 from litestar.types import ASGIApp, Receive, Scope, Send
 
-from atlas.queries import budget as qb
+from atlas import budget as qb
 
 from .inflight import BoundedSend, ClientStalled, InFlight
 from .paths import RETRY_S

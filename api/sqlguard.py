@@ -22,7 +22,7 @@ import time
 import duckdb
 import msgspec
 
-from .records import NotAllowed, OverBudget, QueryError, QueryTimeout
+from atlas.errors import NotAllowed, OverBudget, QueryError, QueryTimeout
 
 ALLOWED = "only SELECT, WITH, DESCRIBE, SHOW, SUMMARIZE and EXPLAIN [ANALYZE] of a SELECT are allowed"
 MAX_SQL_CHARS = 100_000
