@@ -213,7 +213,7 @@ class SQLPool:
         self.memory_limit = f"{self.limit_bytes // 2**20}MiB"
         self.ctx = mp.get_context("forkserver")
         # pandas: pyarrow imports it on first use; loaded once here, not in every worker
-        self.ctx.set_forkserver_preload(["api.sqlpool", "api.sandbox", "api.sqlanswer", "api.sqlguard",
+        self.ctx.set_forkserver_preload(["atlas_api.sqlpool", "atlas_api.sandbox", "atlas_api.sqlanswer", "atlas_api.sqlguard",
                                          "atlas.store.snapshot", "pandas"])
         self.idle: queue.LifoQueue[_Worker] = queue.LifoQueue()
         self.lock = threading.Lock()

@@ -83,8 +83,8 @@ def _ingested(path: Path, folders: list[Path]):
     """(the atlas at `path` holding the SAEs of `folders`, the ingest summary, its adjacent + distance-2 pairs)."""
     from atlas.queries.selection import select_pairs
     from atlas.store import Atlas
-    from ingest.jobs.ingest import ingest
-    from ingest.sources import read_sae
+    from atlas_ingest.jobs.ingest import ingest
+    from atlas_ingest.sources import read_sae
 
     atlas = Atlas(path)
     summary = ingest(atlas, [lambda f=f: read_sae(f) for f in folders])
@@ -94,7 +94,7 @@ def _ingested(path: Path, folders: list[Path]):
 
 def bench_stack(layers: int, d_sae: int, d_in: int, workdir: Path) -> dict:
     from atlas.match.params import MatchParams
-    from ingest.jobs.match import run_match
+    from atlas_ingest.jobs.match import run_match
 
     t_gen, folders = timed(lambda: _family(layers, d_sae, d_in, workdir / "family"))
     t_ingest, (atlas, summary, pairs) = timed(lambda: _ingested(workdir / "bench.duckdb", folders))
@@ -109,8 +109,8 @@ def bench_stack(layers: int, d_sae: int, d_in: int, workdir: Path) -> dict:
 def bench_ray(layers: int, d_sae: int, d_in: int, workdir: Path) -> dict:
     """The same 26-layer stack matched in-process and on a local 2-worker Ray cluster."""
     from atlas.match.params import MatchParams
-    from ingest.executors import RayExecutor
-    from ingest.jobs.match import run_match
+    from atlas_ingest.executors import RayExecutor
+    from atlas_ingest.jobs.match import run_match
 
     folders = _family(layers, d_sae, d_in, workdir / "ray-family")
     atlases = {}

@@ -94,7 +94,7 @@ def _ours(d_a, d_b, tokens, seed, max_pairs, sample, state: str = "auto", memory
           chunk_nnz: int | None = None) -> dict:
     """Our state over the synthetic pair: `state` "auto" is what `new_state` picks on the CPU for this memory
     budget (exact where it fits), "capped" the sparse capped state, "exact" the exact one."""
-    from ingest.cofiring import SparseCoFiring, ExactCoFiring, memory_budget, new_state
+    from atlas_ingest.cofiring import SparseCoFiring, ExactCoFiring, memory_budget, new_state
 
     data = Synthetic(d_a, d_b, tokens, seed=seed)
     t0 = time.perf_counter()  # load (or compile) the CPU kernels once, outside the measured time
@@ -149,7 +149,7 @@ def bench_cofiring(d: int, tokens: int, bound: bool | dict = True, max_pairs: in
                    state: str = "auto") -> dict:
     """Co-firing statistics of a d × d pair over `tokens` synthetic tokens, each side in its own process;
     `bound`: measure it (True), take it from an earlier row of the same pair and tokens (a dict), or none."""
-    from ingest.cofiring import MAX_PAIRS
+    from atlas_ingest.cofiring import MAX_PAIRS
 
     out = _in_process(_ours, d, d, tokens, seed, max_pairs or MAX_PAIRS, 64, state)
     if bound is True:
@@ -170,7 +170,7 @@ def _minilm(tokens: int = 300_000, d_sae: int = 768, d_in: int = 384) -> dict:
     from atlas.encode import encode
     from atlas.sae import SAEWeights
     from atlas.synth import unit
-    from ingest.cofiring import accumulate
+    from atlas_ingest.cofiring import accumulate
 
     torch.manual_seed(0)
     rng = np.random.default_rng(2)

@@ -22,8 +22,8 @@ RESULTS = Path(__file__).parent / "results"
 
 def run(max_tokens: int, samples: int, keep: Path | None = None) -> dict:
     from atlas.store import Atlas
-    from ingest.jobs.family import STEPS, FamilyPlan, build_family
-    from ingest.training import TrainConfig
+    from atlas_ingest.jobs.family import STEPS, FamilyPlan, build_family
+    from atlas_ingest.training import TrainConfig
 
     default = FamilyPlan()
     plan = FamilyPlan(max_tokens=max_tokens, train=TrainConfig(samples=samples))

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from bench import record
 from bench.readme import RESULTS
-from ingest.server_process import ATLAS
+from atlas_ingest.server_process import ATLAS
 
 
 def _ranges(values: list[float], fmt: str) -> str:

@@ -184,14 +184,14 @@ def _atlas(work: Path) -> Path:
 def _serving(atlas: Path, code: Path | None):
     """`atlas serve` of this tree (bench/server.py), or of the checkout `code` (its own cli, api and atlas)."""
     from bench.server import free_port, serving
-    from ingest.server_process import Server
+    from atlas_ingest.server_process import Server
 
     if code is None:
         with serving(atlas) as server:
             yield server
         return
     here = os.getcwd()
-    os.chdir(code)  # `python -m cli` finds the checkout's cli first
+    os.chdir(code)  # `python -m atlas_cli` finds the checkout's cli first
     try:
         server = Server(atlas, port=free_port(), env=dict(os.environ, PYTHONPATH=str(code.resolve())))
     finally:

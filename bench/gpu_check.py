@@ -93,7 +93,7 @@ def _bare_gemms(st, pair: GpuPair, blocks: int) -> dict:
     precision"), and the GEMMs the state's precision runs (bf16x3: K = 3 × tokens)."""
     import torch
 
-    from ingest.cofiring import dense as dense_cofiring
+    from atlas_ingest.cofiring import dense as dense_cofiring
 
     A, B = pair.block(st.block_tokens)
     fa, fb = ((m > 0).T.contiguous().to(torch.int8) for m in (A, B))
@@ -129,8 +129,8 @@ def check_dense(report: dict, d: int, tokens: int, deadline: float, dev: str = "
     "cpu" runs the same steps at toy sizes, for the tests.)"""
     import torch
 
-    from ingest.cofiring import dense as dense_cofiring
-    from ingest.cofiring import DenseCoFiring
+    from atlas_ingest.cofiring import dense as dense_cofiring
+    from atlas_ingest.cofiring import DenseCoFiring
 
     key = f"dense_{d}"
     if dev == "cuda" and not dense_cofiring.fits(d, d, torch.device(dev)):
@@ -166,7 +166,7 @@ def check_dense_exact(report: dict, d: int = 16384, tokens: int = 32768, dev: st
     counts equal, top-16 identical."""
     import torch
 
-    from ingest.cofiring import DenseCoFiring
+    from atlas_ingest.cofiring import DenseCoFiring
 
     pair = GpuPair(d, seed=7, dev=dev)
     fast = DenseCoFiring(d, d, dev=torch.device(dev), precision="bf16x3")
@@ -194,7 +194,7 @@ def check_correlation(report: dict, deadline: float) -> None:
     import torch
 
     from bench.correlation import Synthetic
-    from ingest.cofiring import SparseCoFiring
+    from atlas_ingest.cofiring import SparseCoFiring
 
     small = list(Synthetic(16384, 16384, 20_000, seed=3))
     out = {}

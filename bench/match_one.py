@@ -23,9 +23,9 @@ def run(workdir: Path, d_sae: int = 16384, d_in: int = 2304) -> dict:
     from atlas.match.params import MatchParams
     from atlas.store import Atlas
     from atlas.synth import SynthConfig, generate
-    from ingest.jobs.ingest import ingest
-    from ingest.jobs.match import run_match
-    from ingest.sources import read_sae
+    from atlas_ingest.jobs.ingest import ingest
+    from atlas_ingest.jobs.match import run_match
+    from atlas_ingest.sources import read_sae
 
     folders = generate(SynthConfig(d_in=d_in, d_sae=d_sae, n_layers=3, n_seeds=1, second_dataset=False),
                        workdir / "match-one-family")

@@ -1,5 +1,5 @@
 """`atlas serve` on a free loopback port for the bench and the tests, through the one server starter
-(`ingest.server_process.Server`): yielded once /health answers, stopped with its workers on the way out."""
+(`atlas_ingest.server_process.Server`): yielded once /health answers, stopped with its workers on the way out."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from ingest.server_process import Server
+from atlas_ingest.server_process import Server
 
 ROOT = Path(__file__).resolve().parent.parent
 

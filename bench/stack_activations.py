@@ -3,7 +3,7 @@
 A Gemma-2-2B-shaped TransformerLens model (gemma-2-2b's dimensions and architecture flags, random weights
 from its config: nothing is downloaded; the speed is real, the model need not be) runs over random tokens;
 26 synthetic 16k JumpReLU SAEs read `blocks.L.hook_resid_post` and the 25 adjacent pairs' co-firing states
-(`ingest.cofiring.new_state`: dense on the GPU when it fits) are updated from the same batch. Reports
+(`atlas_ingest.cofiring.new_state`: dense on the GPU when it fits) are updated from the same batch. Reports
 tokens/s and each part's share of the time: forward, encode, statistics (and the final top-k).
 
 Without CUDA it runs a smoke version at toy sizes (3 layers, d_model 64, 256-wide SAEs, 2048 tokens),
@@ -52,8 +52,8 @@ def run(tokens: int = 1_000_000, d_sae: int = 16384, ctx: int = 1024, seqs: int 
     batch, every adjacent pair's state updated; then each pair's top-16 both ways."""
     from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-    from ingest.cofiring import DenseCoFiring, new_state
-    from ingest.cofiring.dense import _fp32_matmul
+    from atlas_ingest.cofiring import DenseCoFiring, new_state
+    from atlas_ingest.cofiring.dense import _fp32_matmul
 
     cuda = torch.cuda.is_available()
     smoke = (not cuda) if smoke is None else smoke

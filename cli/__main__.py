@@ -1,5 +1,5 @@
-"""`python -m cli`: the `atlas` command."""
+"""`python -m atlas_cli`: the `atlas` command."""
 
-from cli import main
+from atlas_cli import main
 
 main()

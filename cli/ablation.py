@@ -55,10 +55,10 @@ def check_edges_cmd(atlas, stack, threshold, per_kind, n_random, max_step, model
     (causal_drop), SQL edge_checks.
     """
     from atlas.queries.checks import pair_checks
-    from ingest import models
-    from ingest.ablation import heldout_windows
-    from ingest.hooks import HookedRunner
-    from ingest.jobs.check_edges import CheckParams, check_edges, stack_pairs
+    from atlas_ingest import models
+    from atlas_ingest.ablation import heldout_windows
+    from atlas_ingest.hooks import HookedRunner
+    from atlas_ingest.jobs.check_edges import CheckParams, check_edges, stack_pairs
 
     method, tau = threshold.method.name, threshold.tau
     params = CheckParams(method=method, tau=tau, per_kind=per_kind, random=n_random, max_step=max_step,
@@ -155,10 +155,10 @@ def _compare(s, rows, sae, feature, alpha, n_windows, corpus, skip_tokens):
     """`atlas steering --compare`: the set against its first direction (and, on a causal LM, a random one)."""
     import numpy as np
 
-    from ingest import models
-    from ingest.ablation import heldout_windows, steering_rise
-    from ingest.hooks import HookedRunner
-    from ingest.sources import load_stored
+    from atlas_ingest import models
+    from atlas_ingest.ablation import heldout_windows, steering_rise
+    from atlas_ingest.hooks import HookedRunner
+    from atlas_ingest.sources import load_stored
 
     saes = {i: load_stored(i, r["source"], r["format"], r["sha256"], layer=r["layer"], hook=r["hook"],
                            hook_out=r.get("hook_out")) for i, r in rows.items()}
@@ -172,7 +172,7 @@ def _compare(s, rows, sae, feature, alpha, n_windows, corpus, skip_tokens):
             click.echo(f"  layer {v.layer} {v.sae_id}/{v.feature}: {rise['clean'][i]:.3f} / {rise['first'][i]:.3f} / "
                        f"{rise['chain'][i]:.3f}")
         return
-    from ingest.steering import CONDITIONS, Member, compare
+    from atlas_ingest.steering import CONDITIONS, Member, compare
 
     members = [Member(v.sae_id, v.feature, np.asarray(v.direction, np.float32), v.hook) for v in s.vectors]
     target = next(i for i, v in enumerate(s.vectors) if (v.sae_id, v.feature) == (sae, feature))

@@ -35,7 +35,7 @@ def migrate(atlas):
     table files (one Parquet file per pair) and the DuckDB file shrinks to the catalog. Safe to kill: the
     published atlas stays as it was until the new one is complete."""
     from atlas.store import SCHEMA_VERSION
-    from ingest.jobs.ingest import check_table_files
+    from atlas_ingest.jobs.ingest import check_table_files
 
     if not atlas.exists():
         raise click.UsageError(f"no atlas at {atlas.path}: nothing to migrate")
@@ -111,7 +111,7 @@ def minilm(atlas, full, cache, samples, max_tokens, d_sae, widths, width_layer, 
     """Build the real family: MiniLM activations on prose and Python source, SAEs per layer x seed x
     dataset (sae_lens trainer), matched by weights and activations. Offline; cached for reruns. Progress
     is written beside the atlas, so a running `atlas serve` shows it on its home page."""
-    from ingest.jobs.family import FamilyPlan
+    from atlas_ingest.jobs.family import FamilyPlan
 
     _build_family(atlas, FamilyPlan.full() if full else FamilyPlan(), cache, samples, max_tokens, d_sae, widths,
                   width_layer, flow_layers, shared_init)
@@ -119,10 +119,10 @@ def minilm(atlas, full, cache, samples, max_tokens, d_sae, widths, width_layer, 
 
 def _build_family(atlas, plan, cache, samples, max_tokens, d_sae, widths, width_layer, flow_layers, shared_init,
                   layers=None) -> None:
-    """One family command's options over its plan, then the one builder (ingest.jobs.family.build_family) with
+    """One family command's options over its plan, then the one builder (atlas_ingest.jobs.family.build_family) with
     progress in the status panel."""
     from atlas.status import StatusWriter
-    from ingest.jobs.family import STEPS, build_family
+    from atlas_ingest.jobs.family import STEPS, build_family
 
     plan = family_plan(plan, samples, max_tokens, d_sae, widths, width_layer, flow_layers, shared_init, layers)
     name = plan.label
@@ -178,7 +178,7 @@ def smollm(atlas, cache, layers, samples, max_tokens, d_sae, widths, width_layer
     trainer, b_dec from the mean; matched by weights and activations. Offline; cached for reruns; progress beside
     the atlas, as `atlas minilm`'s. Measured build time: README, A decoder LM family. Then `atlas check-edges`
     (ablation checks, about 10 minutes) and `atlas findings --model 'SmolLM2%' --stack '%s0-prose'`."""
-    from ingest.jobs.family import FamilyPlan
+    from atlas_ingest.jobs.family import FamilyPlan
 
     _build_family(atlas, FamilyPlan.smollm(), cache, samples, max_tokens, d_sae, widths, width_layer, flow_layers,
                   shared_init, layers)

@@ -34,7 +34,7 @@ from .options import SAEPair, Selection, bar, executor_options, opened_executor,
 def match(atlas, selection, distance, stack, explicit, methods, k, floor, tau, solver, publish_every, executor, address):
     """Match SAE pairs by weight similarity (candidates -> one-to-one assignment -> pair stats)."""
     from atlas.queries.selection import select_pairs
-    from ingest.jobs.match import run_match
+    from atlas_ingest.jobs.match import run_match
 
     widths = selection == "widths"
     if explicit:
@@ -57,7 +57,7 @@ def match(atlas, selection, distance, stack, explicit, methods, k, floor, tau, s
 
 
 def _match_widths(atlas, pairs, tau):
-    from ingest.jobs.widths import run_widths
+    from atlas_ingest.jobs.widths import run_widths
 
     params = WidthParams() if tau is None else WidthParams(tau=tau)
     with bar(len(pairs), "widths") as b:
@@ -68,7 +68,7 @@ def _match_widths(atlas, pairs, tau):
 
 @main.command()
 @click.option("--activations", type=click.Path(exists=True, path_type=Path), default=None,
-              help="Folder of activation shards keyed by hook (written by the minilm job or ingest.activations.collect).")
+              help="Folder of activation shards keyed by hook (written by the minilm job or atlas_ingest.activations.collect).")
 @click.option("--model", "live_model", default=None,
               help="Instead of --activations: run this model over --corpus and correlate in one pass, writing no "
                    "activations: bundled (all-MiniLM-L6-v2, SmolLM2-135M-Instruct), a .gguf file, an HF folder or id, "
@@ -86,8 +86,8 @@ def correlate(atlas, activations, live_model, corpus, selection, stack, explicit
     """Activation correlation of SAE pairs, each SAE encoded on its own hook: correlations, activation_corr
     matches, compositions (AND/OR/PASS), examples, and SAE Match's checks of the weight matches."""
     from atlas.queries.selection import select_pairs
-    from ingest.activations import ActivationConfig
-    from ingest.jobs.correlate import correlate as run
+    from atlas_ingest.activations import ActivationConfig
+    from atlas_ingest.jobs.correlate import correlate as run
 
     if (activations is None) == (live_model is None):
         raise ValueError("give either --activations FOLDER or --model NAME (a live run)")

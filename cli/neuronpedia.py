@@ -90,7 +90,7 @@ def labels_import(atlas, path, sae_id, explainer):
     """Import a Neuronpedia export: v1/<model>/<source>/{explanations,features,activations}/*.jsonl[.gz],
     one of those folders alone, explanations-<explainer>/ folders, or the explanation export API's JSON array.
     Rows go to the SAE whose neuronpedia id is their modelId/layer."""
-    from ingest.jobs.labels import import_labels
+    from atlas_ingest.jobs.labels import import_labels
 
     s = import_labels(atlas, path, sae_id, explainer)
     for sid, n in s.labels.items():

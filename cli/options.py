@@ -24,7 +24,7 @@ def executor_options(where: str | None = None):
 @contextmanager
 def opened_executor(executor: str, address: str | None):
     """The executor of --executor/--address, closed (a local Ray cluster stopped) when the job ends."""
-    from ingest.executors import make_executor
+    from atlas_ingest.executors import make_executor
 
     ex = make_executor(executor, address)
     try:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from ingest.sources import READERS
+from atlas_ingest.sources import READERS
 
 from .group import main
 from .options import bar, executor_options, opened_executor
@@ -14,7 +14,7 @@ from .options import bar, executor_options, opened_executor
 
 def ingest_paths(atlas, paths, overrides, replace, factory, fmt=None, executor="in-process", address=None):
     """Ingest SAE folders, files or release names and print what changed."""
-    from ingest.jobs.ingest import ingest_paths as run
+    from atlas_ingest.jobs.ingest import ingest_paths as run
 
     with opened_executor(executor, address) as ex, bar(len(paths), "ingest", unit="sae") as b:
         summary = run(atlas, paths, overrides, fmt, replace, factory, executor=ex, progress=lambda *_: b.update())
@@ -52,7 +52,7 @@ def ingest_cmd(atlas, sources, fmt, recursive, release, sae_id, replace, index_f
     The same weights by two routes are stored once (by hash); the second route fills missing metadata.
     """
     from atlas.sae import SAEError
-    from ingest.sources import find_sae_folders, release_names
+    from atlas_ingest.sources import find_sae_folders, release_names
 
     overrides = dict(meta, sae_id=sae_id)
     if release:
@@ -131,7 +131,7 @@ def saes_table(cells: list[dict], shown: list[str]):
 @click.pass_obj
 def saes_set(atlas, sae, neuronpedia_id):
     """Set an SAE's Neuronpedia id after ingest (links, label import and lists use it)."""
-    from ingest.jobs.ingest import set_neuronpedia_id
+    from atlas_ingest.jobs.ingest import set_neuronpedia_id
 
     set_neuronpedia_id(atlas, sae, neuronpedia_id or None)
     click.echo(f"{sae}: neuronpedia_id = {neuronpedia_id or 'none'}")
@@ -143,7 +143,7 @@ def saes_set(atlas, sae, neuronpedia_id):
 @click.pass_obj
 def saes_reroot(atlas, old, new):
     """Point SAE sources under folder OLD to folder NEW, after moving the weights (checked before storing)."""
-    from ingest.jobs.ingest import reroot
+    from atlas_ingest.jobs.ingest import reroot
 
     n = reroot(atlas, old, new)
     click.echo(f"re-rooted {n} SAE sources from {old} to {new.resolve()}")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from api.settings import Settings
+from atlas_api.settings import Settings
 
 from .group import main
 from .options import options_from
@@ -38,7 +38,7 @@ def serve(atlas, host, port, workers, **settings):
     # line would be uvicorn's own text/plain 400, outside the error envelope
     line = {"h11_max_incomplete_event_size": 2 * 2**20}
     if workers == 1:
-        uvicorn.run("api.app:app_from_env", factory=True, host=host, port=port, log_level="warning", **line)
+        uvicorn.run("atlas_api.app:app_from_env", factory=True, host=host, port=port, log_level="warning", **line)
         return
     import socket
 
@@ -49,7 +49,7 @@ def serve(atlas, host, port, workers, **settings):
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
-    config = uvicorn.Config("api.app:app_from_env", factory=True, host=host, port=port, workers=workers,
+    config = uvicorn.Config("atlas_api.app:app_from_env", factory=True, host=host, port=port, workers=workers,
                             log_level="warning", **line)
     Multiprocess(config, sockets=[sock]).run()
 
@@ -67,7 +67,7 @@ def demo(atlas, cache, size, host, port):
     """Serve at once, build beside the server: the planted-truth family (seconds), then `atlas serve`, then
     the real MiniLM family, each SAE and pair served as it lands (the home page shows what is still
     coming). Ctrl-C stops both; a rerun resumes from --cache."""
-    from ingest.jobs.demo import run_demo
+    from atlas_ingest.jobs.demo import run_demo
 
     try:
         run_demo(atlas, cache, size, host, port, log=click.echo)

@@ -3,7 +3,7 @@ Edges under ablation).
 
 On held-out windows, feature a of SAE A fires at some tokens with activation act_a. Ablating it subtracts
 its decoder contribution act_a · W_dec(A)[a] from the activation at A's hook at exactly those tokens; the
-model runs on (ingest.hooks edits and captures by hook name) to each later SAE's hook, where that SAE
+model runs on (atlas_ingest.hooks edits and captures by hook name) to each later SAE's hook, where that SAE
 encodes the changed activation. A child b's relative drop is 1 − Σ ablated / Σ clean of b's activation over
 the tokens where a fires: 1 means b vanished with a, 0 untouched, negative b rose.
 """
@@ -39,7 +39,7 @@ class Windows:
 
 def heldout_windows(model: str, corpus: str, skip_tokens: int, n_windows: int, window: int = 126) -> Windows:
     """`n_windows` windows of the corpus after its first `skip_tokens` tokens (those the SAEs were trained and
-    correlated on, in `atlas minilm`'s order), framed for the model ([CLS]/[SEP] or BOS; ingest.models)."""
+    correlated on, in `atlas minilm`'s order), framed for the model ([CLS]/[SEP] or BOS; atlas_ingest.models)."""
     from . import models
     from .activations import frame_windows, windows
     from .corpora import load
@@ -61,7 +61,7 @@ def heldout_windows(model: str, corpus: str, skip_tokens: int, n_windows: int, w
 
 
 def load_model(model: str) -> torch.nn.Module:
-    """The model `name` for HookedRunner (ingest.models.load: one load per process)."""
+    """The model `name` for HookedRunner (atlas_ingest.models.load: one load per process)."""
     from . import models
 
     return models.load(model).model

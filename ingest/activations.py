@@ -1,7 +1,7 @@
 """A model's activations at named hooks over a corpus: streamed batch by batch, or stored to disk in shards.
 
 Documents are cut into windows of `window` tokens (not truncated at the model's max length: that
-would keep only each document's start). Each window is framed as the model expects it (ingest.models:
+would keep only each document's start). Each window is framed as the model expects it (atlas_ingest.models:
 [CLS] … [SEP] for BERT, BOS first for a causal LM, as sae_lens feeds it); those positions are dropped from
 the activations. A shard is one safetensors file holding, for its tokens, one [T, d] float16 tensor per
 hook, named by the hook (`blocks.3.hook_mlp_out`), and `token_ids`, `doc`, `pos` [T] int32.
@@ -33,13 +33,13 @@ HOOK_NAMES = "transformer_lens"
 @dataclass
 class ActivationConfig:
     model: str = DEFAULT_MODEL
-    """A model name or path (ingest.models: bundled, .gguf, HF folder or Hub id, TransformerLens name)."""
+    """A model name or path (atlas_ingest.models: bundled, .gguf, HF folder or Hub id, TransformerLens name)."""
     corpus: str = "prose"
     layers: list[int] = field(default_factory=lambda: list(range(6)))
     """Blocks whose output is captured: blocks.L.hook_resid_post, on a post-LN model (BERT)
     blocks.L.hook_normalized_resid_post (what the next block reads)."""
     hooks: list[str] = field(default_factory=list)
-    """Other hooks captured too, by TransformerLens name (ingest.hooks; docs/design.md, Activations by hook)."""
+    """Other hooks captured too, by TransformerLens name (atlas_ingest.hooks; docs/design.md, Activations by hook)."""
     window: int = 126
     """Tokens per window (plus [CLS] and [SEP], or BOS)."""
     max_tokens: int = 300_000
@@ -81,7 +81,7 @@ def windows(tokenizer, docs: list[str], window: int, max_tokens: int) -> Iterato
 def pad_windows(first: list[int], last: list[int], pad: int, chunks: list[list[int]]
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Token windows as one right-padded batch: input_ids and attention_mask [n, L], each window between
-    `first` and `last` (ingest.models.LoadedModel.frame), and `keep` [n, L], the windows' own tokens."""
+    `first` and `last` (atlas_ingest.models.LoadedModel.frame), and `keep` [n, L], the windows' own tokens."""
     length = max(len(c) for c in chunks) + len(first) + len(last)
     ids = torch.full((len(chunks), length), pad, dtype=torch.long)
     mask = torch.zeros_like(ids)
@@ -95,7 +95,7 @@ def pad_windows(first: list[int], last: list[int], pad: int, chunks: list[list[i
 
 
 def frame_windows(lm, chunks: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """pad_windows framed for a loaded model (ingest.models.LoadedModel)."""
+    """pad_windows framed for a loaded model (atlas_ingest.models.LoadedModel)."""
     first, last = lm.frame()
     pad = lm.tokenizer.pad_token_id
     return pad_windows(first, last, pad if pad is not None else 0, chunks)

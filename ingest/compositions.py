@@ -10,7 +10,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from atlas.match.candidates import Candidates
-from ingest.cofiring.sparse import SparseCoFiring, to_csr
+from atlas_ingest.cofiring.sparse import SparseCoFiring, to_csr
 
 
 @dataclass

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ingest.cofiring.sparse import to_csr
+from atlas_ingest.cofiring.sparse import to_csr
 
 
 @dataclass

@@ -15,7 +15,7 @@ atlas runs), and Hugging Face BERT (MiniLM) through forward hooks on its modules
 TransformerLens's `HookedEncoder` (docs/design.md, Hooks on a post-LN BERT).
 
 `tl_hook` / `sae_hooks` map Hugging Face module paths (`model.layers.3.mlp`, `encoder.layer.2.output`,
-sparsify's `layers.6`) onto those names; the SAE readers call `sae_hooks` in one place (ingest.sources).
+sparsify's `layers.6`) onto those names; the SAE readers call `sae_hooks` in one place (atlas_ingest.sources).
 
 Nothing here imports torch at module level: the readers import the name mapping without it.
 """

@@ -10,7 +10,7 @@ A model name means one of:
 Decoder LMs run wrapped in TransformerLens's `TransformerBridge` (its hook points on the HF model, raw
 weights, as sae_lens reads them: no LayerNorm folding, no centring); TransformerLens's own models that are
 not HF architectures (NeelNanda/…) in `HookedTransformer` without processing, as sae_lens loads them. BERT
-encoders run as Hugging Face models with forward hooks (ingest.hooks, the HookedEncoder meaning).
+encoders run as Hugging Face models with forward hooks (atlas_ingest.hooks, the HookedEncoder meaning).
 
 Tokens as sae_lens feeds them: a causal LM's windows start with BOS (the tokenizer's, as TransformerLens
 sets it up) and that position is left out of every statistic; a BERT window is [CLS] … [SEP], both left out.
@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 ENCODERS = ("bert",)
-"""HF model_types run as encoders (bidirectional, [CLS] … [SEP]) through ingest.hooks's BERT resolver."""
+"""HF model_types run as encoders (bidirectional, [CLS] … [SEP]) through atlas_ingest.hooks's BERT resolver."""
 
 
 @dataclass(frozen=True)
@@ -129,7 +129,7 @@ def _hf_route(path: str) -> str:
 
 @dataclass
 class LoadedModel:
-    """A model ready for ingest.hooks.HookedRunner, with its tokenizer and how windows are framed."""
+    """A model ready for atlas_ingest.hooks.HookedRunner, with its tokenizer and how windows are framed."""
 
     spec: Spec
     model: Any

@@ -7,7 +7,7 @@ import torch
 
 from atlas.encode import decode
 from atlas.sae import SAERecord
-from ingest.cofiring.sparse import SparseCoFiring
+from atlas_ingest.cofiring.sparse import SparseCoFiring
 
 
 class Quality:

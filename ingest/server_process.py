@@ -13,7 +13,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-ATLAS = [sys.executable, "-m", "cli"]
+ATLAS = [sys.executable, "-m", "atlas_cli"]
 """The `atlas` command as a child process runs it."""
 
 

@@ -63,7 +63,7 @@ _CACHE: dict[tuple[str, str], object] = {}
 
 
 def _weights(ref: SAERef):
-    from ingest.sources import load_stored
+    from atlas_ingest.sources import load_stored
 
     key = (ref.sae_id, ref.sha256)
     if key not in _CACHE:

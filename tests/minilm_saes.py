@@ -21,8 +21,8 @@ def write_minilm_saes(out: Path, layers=(0, 1, 2), d_sae: int = 768, seed: int =
     """sae_lens folders of untrained SAEs at MiniLM's layer outputs, blocks.L.hook_normalized_resid_post."""
     from safetensors.numpy import save_file
 
-    from ingest.ablation import heldout_windows, load_model
-    from ingest.hooks import HookedRunner
+    from atlas_ingest.ablation import heldout_windows, load_model
+    from atlas_ingest.hooks import HookedRunner
 
     w = heldout_windows(MODEL, dataset, 0, 24)
     hooks = [f"blocks.{layer}.hook_normalized_resid_post" for layer in layers]

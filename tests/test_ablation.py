@@ -85,7 +85,7 @@ def planted(tmp_path_factory):
 
 
 def _windows(n=12, length=16):
-    from ingest.ablation import Windows
+    from atlas_ingest.ablation import Windows
 
     ids = torch.from_numpy(np.random.default_rng(6).integers(0, V, (n, length)))
     return Windows({"input_ids": ids}, torch.ones(n, length, dtype=torch.bool))
@@ -97,9 +97,9 @@ def _ids(atlas):
 
 
 def test_ablating_a_planted_feature_drops_its_children_and_nothing_else(planted):
-    from ingest.ablation import Ablator
-    from ingest.hooks import HookedRunner
-    from ingest.sources import read_sae
+    from atlas_ingest.ablation import Ablator
+    from atlas_ingest.hooks import HookedRunner
+    from atlas_ingest.sources import read_sae
 
     atlas, model, _, origin1, _, _ = planted
     ids = _ids(atlas)
@@ -119,8 +119,8 @@ def test_ablating_a_planted_feature_drops_its_children_and_nothing_else(planted)
 
 
 def test_check_edges_holds_for_planted_edges_not_for_random_pairs(planted):
-    from ingest.hooks import HookedRunner
-    from ingest.jobs.check_edges import CheckParams, check_edges
+    from atlas_ingest.hooks import HookedRunner
+    from atlas_ingest.jobs.check_edges import CheckParams, check_edges
 
     atlas, model, _, origin1, origin2, parent2 = planted
     ids = _ids(atlas)
@@ -147,7 +147,7 @@ def test_check_edges_holds_for_planted_edges_not_for_random_pairs(planted):
 def test_lineage_answers_carry_the_checks(planted):
     from litestar.testing import TestClient
 
-    from api.app import create_app
+    from atlas_api.app import create_app
     from atlas.queries import lineage
     from atlas.queries.checks import ablation_findings, attach_checks
 
@@ -190,11 +190,11 @@ def test_lineage_of_an_atlas_without_edge_checks_is_answered_unchanged(planted, 
 def test_steering_file_loads_and_raises_the_chain(planted, tmp_path):
     from click.testing import CliRunner
 
-    from cli import main
+    from atlas_cli import main
     from atlas.encode import encode
     from atlas.queries.steering import load_safetensors
-    from ingest.hooks import HookedRunner
-    from ingest.sources import read_sae
+    from atlas_ingest.hooks import HookedRunner
+    from atlas_ingest.sources import read_sae
 
     atlas, model, decs, origin1, _, _ = planted
     ids = _ids(atlas)
@@ -231,9 +231,9 @@ def test_steering_the_whole_chain_beats_its_first_direction(planted):
     each later hook, so later chain features rise more (SAE feature flow's comparison)."""
     from atlas.queries import lineage
     from atlas.queries.steering import carry_chain
-    from ingest.ablation import steering_rise
-    from ingest.hooks import HookedRunner
-    from ingest.sources import read_sae
+    from atlas_ingest.ablation import steering_rise
+    from atlas_ingest.hooks import HookedRunner
+    from atlas_ingest.sources import read_sae
 
     atlas, model, *_ = planted
     ids = _ids(atlas)
@@ -250,7 +250,7 @@ def test_steering_the_whole_chain_beats_its_first_direction(planted):
 def test_steering_route_answers_json_and_a_file(planted):
     from litestar.testing import TestClient
 
-    from api.app import create_app
+    from atlas_api.app import create_app
     from atlas.queries.steering import load_safetensors
 
     atlas, *_ = planted
@@ -287,8 +287,8 @@ def test_readme_testing_lineage_commands_run_as_written(tmp_path, monkeypatch):
     from click.testing import CliRunner
     from litestar.testing import TestClient
 
-    from api.app import create_app
-    from cli import main
+    from atlas_api.app import create_app
+    from atlas_cli import main
     from tests.conftest import build_atlas
     from tests.minilm_saes import write_minilm_saes
 

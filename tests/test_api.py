@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from litestar.testing import TestClient
 
-from api.app import create_app
-from api.settings import Settings
+from atlas_api.app import create_app
+from atlas_api.settings import Settings
 from atlas.queries import lineage, orphans
 from atlas.errors import QueryError
 from atlas.store.snapshot import SERVING_CONFIG, Snapshot
@@ -184,8 +184,8 @@ def test_every_setting_is_documented():
 
 
 def test_neuronpedia_link_redirects_to_lineage(tmp_path, family):
-    from ingest.jobs.ingest import ingest
-    from ingest.sources import read_sae
+    from atlas_ingest.jobs.ingest import ingest
+    from atlas_ingest.sources import read_sae
     from atlas.store import Atlas
 
     atlas = Atlas(tmp_path / "np.duckdb")
@@ -208,7 +208,7 @@ def test_sql_guard_lets_through_only_one_read_statement(sql):
     """Property: whatever the text, the guard either refuses it or it is exactly one SELECT/EXPLAIN."""
     import duckdb
 
-    from api.sqlguard import check_statement
+    from atlas_api.sqlguard import check_statement
 
     con = duckdb.connect()
     try:

@@ -73,7 +73,7 @@ def test_findings_artifact_is_the_cli_output_and_feeds_the_table(synth_atlas, tm
     assert art["atlas"]["n_saes"] == 16 and "A seed 0 at layers 0/1/2/3" in art["atlas"]["summary"]
     from click.testing import CliRunner
 
-    from cli import main
+    from atlas_cli import main
 
     r = CliRunner().invoke(main, ["--atlas", str(synth_atlas.path), "findings", "--json", "--model", "synth"])
     assert json.loads(r.output) == art["findings"]

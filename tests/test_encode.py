@@ -1,5 +1,5 @@
 """Feature activations: `atlas.encode.encode` on an SAE written by sae_lens equals sae_lens's own `encode`,
-per architecture; SAE Match's quality checks of an assignment (`ingest.quality.Quality`) on planted cases."""
+per architecture; SAE Match's quality checks of an assignment (`atlas_ingest.quality.Quality`) on planted cases."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 
 from atlas.encode import decode, encode, encode_record
 from atlas.sae import SAEError
-from ingest.sources import read_sae
+from atlas_ingest.sources import read_sae
 
 D_IN, D_SAE, K = 24, 48, 6
 
@@ -127,8 +127,8 @@ def _permuted(rec, perm):
 
 def _quality(a, b, x, fa, fb) -> dict:
     """The correlate job's checks of the assignment fa -> fb, over tokens x (the same at both layers here)."""
-    from ingest.cofiring import accumulate
-    from ingest.quality import Quality
+    from atlas_ingest.cofiring import accumulate
+    from atlas_ingest.quality import Quality
 
     acts_a, acts_b = encode(a.weights, x, "standard"), encode(b.weights, x, "standard")
     state = accumulate(acts_a.split(500), acts_b.split(500))

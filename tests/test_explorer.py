@@ -43,7 +43,7 @@ def split_server(tmp_path_factory):
     import numpy as np
 
     from atlas.synth import SynthConfig, generate, noisy, unit, write_sae
-    from ingest.jobs.widths import run_widths
+    from atlas_ingest.jobs.widths import run_widths
 
     from .conftest import build_atlas
 

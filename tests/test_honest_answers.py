@@ -11,8 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 from litestar.testing import TestClient
 
-from api.app import create_app
-from api.settings import Settings
+from atlas_api.app import create_app
+from atlas_api.settings import Settings
 
 SAE0 = "synth-resid0-w256-s0-A"
 
@@ -52,9 +52,9 @@ def test_search_with_both_a_vector_and_a_feature_is_refused(client):
 
 
 def test_an_export_keeps_its_files_while_a_later_job_collects(copy, monkeypatch):
-    from api.export import parquet_stream, table_batches
-    from api.state import AtlasState
-    from api.settings import Settings
+    from atlas_api.export import parquet_stream, table_batches
+    from atlas_api.state import AtlasState
+    from atlas_api.settings import Settings
 
     monkeypatch.setenv("ATLAS_GC_GRACE_S", "0")  # a job removes dropped files at once (unless leased)
     state = AtlasState(copy.path, Settings())
@@ -78,7 +78,7 @@ def test_an_export_keeps_its_files_while_a_later_job_collects(copy, monkeypatch)
 def test_a_moved_atlas_is_one_clear_503_and_the_server_recovers_after_migrate(synth_atlas, tmp_path):
     from click.testing import CliRunner
 
-    from cli import main
+    from atlas_cli import main
 
     (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
     served = synth_atlas.copy_to(tmp_path / "a" / "atlas.duckdb")
@@ -140,7 +140,7 @@ def test_a_pair_never_matched_names_the_command_and_a_reversed_one_says_so(clien
 def test_width_and_sibling_answers_before_their_jobs_name_the_command(tmp_path):
     from click.testing import CliRunner
 
-    from cli import main
+    from atlas_cli import main
 
     atlas = tmp_path / "w.duckdb"
     run = CliRunner().invoke

@@ -1,5 +1,5 @@
 """`atlas migrate` moves stored hooks to their TransformerLens names: MiniLM's layer outputs (stored as
-hook_resid_post before) become hook_normalized_resid_post, module paths become the names ingest.hooks maps them
+hook_resid_post before) become hook_normalized_resid_post, module paths become the names atlas_ingest.hooks maps them
 to, a stack that said "None" gets its site; SAE ids stay, so every link keeps working."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ from __future__ import annotations
 import duckdb
 from click.testing import CliRunner
 
-from cli import main
-from ingest.hooks import sae_hooks
+from atlas_cli import main
+from atlas_ingest.hooks import sae_hooks
 from tests.conftest import build_atlas
 
 HOOK_STEP = 8  # the MIGRATIONS step that renames hooks (later steps run after it)
@@ -54,7 +54,7 @@ def test_migrate_renames_hooks_and_keeps_ids(family, tmp_path):
         assert "None" not in rows[sid][3]
         if OLD[key][4] is None:
             assert rows[sid][3] == stacks[sid].replace("None", rows[sid][2], 1)
-        # the SQL step maps every stored name as ingest.hooks does at ingest (one meaning, two places)
+        # the SQL step maps every stored name as atlas_ingest.hooks does at ingest (one meaning, two places)
         model, hook, hook_out, kind, _ = OLD[key]
         want = sae_hooks(hook, hook_out, kind, model)
         if key != "minilm":  # at ingest a TransformerLens name is taken as written; only stored MiniLM names moved

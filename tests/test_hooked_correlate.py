@@ -10,10 +10,10 @@ import pytest
 from safetensors.numpy import save_file
 
 from atlas.store import Atlas
-from ingest.activations import MANIFEST, iter_hooks, load_hook
-from ingest.jobs.correlate import correlate
-from ingest.jobs.ingest import ingest
-from ingest.sources import read_sae
+from atlas_ingest.activations import MANIFEST, iter_hooks, load_hook
+from atlas_ingest.jobs.correlate import correlate
+from atlas_ingest.jobs.ingest import ingest
+from atlas_ingest.sources import read_sae
 
 T, D = 3000, 12
 R0, R1 = "blocks.0.hook_resid_post", "blocks.1.hook_resid_post"
@@ -23,7 +23,7 @@ NRP0, NRP1 = "blocks.0.hook_normalized_resid_post", "blocks.1.hook_normalized_re
 
 
 def write_store(folder, acts: dict[str, np.ndarray], shard: int = 1000, legacy: bool = False):
-    """A store as ingest.activations.collect writes it (or, `legacy`, as it did before hooks: layer_{L})."""
+    """A store as atlas_ingest.activations.collect writes it (or, `legacy`, as it did before hooks: layer_{L})."""
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(9)
     ids = rng.integers(2000, 3000, T).astype(np.int32)
@@ -134,7 +134,7 @@ def test_a_store_without_an_sae_hook_is_refused_naming_it(planted, tmp_path):
 def test_cli_refuses_an_sae_whose_hook_the_store_lacks(planted, tmp_path):
     from click.testing import CliRunner
 
-    from cli import main
+    from atlas_cli import main
 
     root, acts, folders, _ = planted
     store = write_store(tmp_path / "store", {R1: acts[R1]})
@@ -222,8 +222,8 @@ def test_readme_live_run_equals_the_stored_activations_and_refuses_a_missing_hoo
 
     from click.testing import CliRunner
 
-    from cli import main
-    from ingest.activations import ActivationConfig, collect
+    from atlas_cli import main
+    from atlas_ingest.activations import ActivationConfig, collect
 
     monkeypatch.chdir(tmp_path)
     hooks = {"resid": NRP1, "mlp": MLP, "attn": "blocks.1.hook_attn_out"}
@@ -267,7 +267,7 @@ def test_readme_live_run_equals_the_stored_activations_and_refuses_a_missing_hoo
 def test_minilm_flow_layers_are_checked_before_any_work(tmp_path):
     from click.testing import CliRunner
 
-    from cli import main
+    from atlas_cli import main
 
     base = ["--atlas", str(tmp_path / "a.duckdb"), "minilm", "--cache", str(tmp_path / "cache")]
     r = CliRunner().invoke(main, [*base, "--flow-layers", "x"])

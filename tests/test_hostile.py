@@ -13,8 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 from litestar.testing import TestClient
 
-from api.app import create_app
-from api.settings import Settings
+from atlas_api.app import create_app
+from atlas_api.settings import Settings
 
 SAE0 = "synth-resid0-w256-s0-A"
 SAE1 = "synth-resid1-w256-s0-A"

@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 from safetensors.numpy import save_file
 
-from cli import main
+from atlas_cli import main
 from atlas.store import Atlas
 
 
@@ -72,7 +72,7 @@ def test_non_utf8_folder_name_refused_in_one_line(tmp_path):
 
 
 def test_cli_format_choices_are_the_reader_registry():
-    from ingest.sources import FORMATS
+    from atlas_ingest.sources import FORMATS
 
     fmt = next(p for p in main.commands["ingest"].params if p.name == "fmt")
     assert set(fmt.type.choices) == set(FORMATS) - {"release"}  # releases go by --release

@@ -22,9 +22,9 @@ from safetensors.numpy import save_file
 
 from atlas.sae import INT32, MAX_ID, MAX_TEXT, SAEError
 from atlas.store import Atlas
-from cli import main
-from ingest.sources import read_sae
-from ingest.sources.files import MAX_CONFIG_BYTES, load_npz, load_torch
+from atlas_cli import main
+from atlas_ingest.sources import read_sae
+from atlas_ingest.sources.files import MAX_CONFIG_BYTES, load_npz, load_torch
 
 from .test_ingest_errors import _weights
 
@@ -139,7 +139,7 @@ import json, resource, sys
 from pathlib import Path
 resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))
 from atlas.sae import SAEError
-from ingest.sources.files import load_json
+from atlas_ingest.sources.files import load_json
 try:
     load_json(Path(sys.argv[1]))
     print("read")

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from atlas.sae import SAEError
-from cli import main
+from atlas_cli import main
 from tests.test_ingest_errors import _saelens, _weights
 
 
@@ -64,7 +64,7 @@ def test_a_big_all_zero_file_is_refused_from_its_header_and_a_sample(tmp_path):
 
 def test_an_all_zero_npz_decoder_is_refused_from_a_sample(tmp_path):
     from atlas.sae import SAEError
-    from ingest.sources.files import load_npz
+    from atlas_ingest.sources.files import load_npz
 
     path = tmp_path / "params.npz"
     np.savez(path, W_enc=np.ones((16, 4096), np.float32), W_dec=np.zeros((4096, 16), np.float32))
@@ -125,7 +125,7 @@ def test_non_float_weights_are_refused_by_file_and_tensor(tmp_path, mutate, tens
 def test_non_float_weights_are_refused_in_npz_and_pt_files(tmp_path):
     import torch
 
-    from ingest.sources import read_sae
+    from atlas_ingest.sources import read_sae
 
     w = _weights()
     _as("W_dec", np.int32)(w)
@@ -198,7 +198,7 @@ def test_planted_truth_is_recovered_at_any_accepted_scale(family, truth, method,
     from dataclasses import replace
 
     from atlas.match.pair import MatchParams, match_pair
-    from ingest.sources import read_sae
+    from atlas_ingest.sources import read_sae
 
     a, b = (read_sae(f) for f in family[1][:2])
     ida, idb = a.meta.sae_id, b.meta.sae_id

@@ -12,7 +12,7 @@ import torch
 from atlas.match.pair import MatchParams
 from atlas.queries.findings import same_index
 from atlas.store import Atlas
-from ingest.training import TrainConfig, check_tokens, init_seed, train_sae
+from atlas_ingest.training import TrainConfig, check_tokens, init_seed, train_sae
 
 D_IN, D_SAE, WIDE = 24, 48, 96
 
@@ -28,10 +28,10 @@ def _acts(n: int = 12_000, n_true: int = 40, seed: int = 0) -> torch.Tensor:
 def _family(tmp_path, shared: bool, extra=()) -> dict[tuple, float]:
     """Layers 0 and 1 (nearly the same data) at D_SAE and layer 0 at WIDE, seed 0, ingested and matched; same-index shares."""
     from atlas.queries.selection import select_pairs
-    from ingest.jobs.ingest import ingest
-    from ingest.jobs.match import run_match
-    from ingest.jobs.widths import run_widths
-    from ingest.sources import read_sae
+    from atlas_ingest.jobs.ingest import ingest
+    from atlas_ingest.jobs.match import run_match
+    from atlas_ingest.jobs.widths import run_widths
+    from atlas_ingest.sources import read_sae
 
     x = _acts()
     cfg = TrainConfig(d_sae=D_SAE, samples=24_000, batch=256, eval_tokens=1000, l1_coefficient=1.0, shared_init=shared)
@@ -74,7 +74,7 @@ def test_init_seed_differs_for_every_axis_of_a_family_and_is_stable():
 
 def test_a_budget_the_held_out_tokens_eat_is_refused_not_looped_on(tmp_path):
     """`atlas minilm --max-tokens 20000` held out all 20,000 tokens and trained forever on an empty tensor."""
-    from ingest.training import _batches
+    from atlas_ingest.training import _batches
 
     cfg = TrainConfig(d_sae=8, samples=1000, batch=256, eval_tokens=1000)
     with pytest.raises(ValueError, match=r"leaves 0 to train on.*at least 1,256 tokens"):
@@ -89,7 +89,7 @@ def test_a_budget_the_held_out_tokens_eat_is_refused_not_looped_on(tmp_path):
 def test_atlas_minilm_refuses_a_budget_the_held_out_tokens_eat_before_any_work(tmp_path):
     from click.testing import CliRunner
 
-    from cli import main
+    from atlas_cli import main
 
     r = CliRunner().invoke(main, ["--atlas", str(tmp_path / "a.duckdb"), "minilm", "--max-tokens", "20000",
                                   "--cache", str(tmp_path / "cache")])
@@ -105,7 +105,7 @@ def test_findings_report_each_model_on_its_own(tmp_path, family):
     in the other's, the same-index table in each."""
     from click.testing import CliRunner
 
-    from cli import main
+    from atlas_cli import main
 
     planted = [f for f in family[1] if f.parent.name == "A-s0"][:2]  # two layers of the planted base stack
     assert len(planted) == 2

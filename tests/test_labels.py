@@ -10,9 +10,9 @@ import pytest
 from atlas.queries import lineage
 from atlas.errors import NotFound
 from atlas.store import Atlas
-from ingest.jobs.ingest import ingest
-from ingest.jobs.labels import import_labels
-from ingest.sources import read_sae
+from atlas_ingest.jobs.ingest import ingest
+from atlas_ingest.jobs.labels import import_labels
+from atlas_ingest.sources import read_sae
 
 SAE0 = "synth-resid0-w256-s0-A"
 
@@ -63,7 +63,7 @@ def test_real_export_layouts_explainers_and_examples(tmp_path, family):
     activations/: rows go by their own modelId/layer, one explainer per SAE, the count is features labelled."""
     from click.testing import CliRunner
 
-    from cli import main
+    from atlas_cli import main
 
     atlas = Atlas(tmp_path / "a.duckdb")
     ingest(atlas, [lambda: read_sae(family[1][0]), lambda: read_sae(family[1][1])])
@@ -127,7 +127,7 @@ def test_token_labels_pick_the_tokens_a_feature_fires_on_beyond_their_corpus_sha
     import numpy as np
     import torch
 
-    from ingest.token_labels import firing_counts, lift_labels
+    from atlas_ingest.token_labels import firing_counts, lift_labels
 
     rng = np.random.default_rng(0)
     ids = rng.choice(10, 6000, p=[0.5, 0.1, 0.1, 0.1, 0.05, 0.05, 0.05, 0.05, 0, 0]).astype(np.int64)

@@ -8,10 +8,10 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from cli import main
+from atlas_cli import main
 from atlas.encode import decode, encode_record
 from atlas.store import Atlas
-from ingest.sources import read_sae
+from atlas_ingest.sources import read_sae
 
 D_IN = 16
 

@@ -159,7 +159,7 @@ def test_findings_measure_lineage_size_before_and_after_typed_edges(synth_atlas)
     from click.testing import CliRunner
 
     from atlas.queries.lineage import lineage_shape
-    from cli import main
+    from atlas_cli import main
 
     r = CliRunner().invoke(main, ["--atlas", str(synth_atlas.path), "findings", "--lineage-of", _id(1), "--features", "48"])
     assert r.exit_code == 0, r.output
@@ -184,7 +184,7 @@ def test_flow_origins_equal_planted_mlp_and_attention_truth(tmp_path):
     from atlas.queries import flow_origins
     from atlas.queries.selection import select_pairs
     from atlas.synth import GROUND_TRUTH, SynthConfig, generate
-    from ingest.jobs.match import run_match
+    from atlas_ingest.jobs.match import run_match
 
     from .conftest import build_atlas
 

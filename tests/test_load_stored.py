@@ -1,4 +1,4 @@
-"""ingest.sources.load_stored, the one loader of stored SAEs (correlate, check-edges, steering --compare, the match
+"""atlas_ingest.sources.load_stored, the one loader of stored SAEs (correlate, check-edges, steering --compare, the match
 job's weights): the record as the atlas stores it (its hooks, the site they imply, shapes filled), or a one-line
 refusal naming the SAE when the weights at its source changed since ingest or are gone."""
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from atlas.sae import SAEError
-from ingest.sources import load_stored, read_sae
+from atlas_ingest.sources import load_stored, read_sae
 from tests.conftest import build_atlas
 
 

@@ -15,8 +15,8 @@ from atlas.match.pair import MatchParams, match_pair
 from atlas.queries.selection import select_pairs
 from atlas.sae import SAEWeights
 from atlas.store import Atlas
-from ingest.jobs.match import run_match
-from ingest.sources import read_sae
+from atlas_ingest.jobs.match import run_match
+from atlas_ingest.sources import read_sae
 
 from .conftest import TINY, build_atlas
 
@@ -138,7 +138,7 @@ def test_jobs_are_incremental_and_record_pair_stats(tmp_path, family):
                      ("synth-resid1-w256-s0-A", "synth-resid2-w256-s0-A")]
     first = run_match(atlas, pairs, ["decoder_cos"], MatchParams())
     assert len(first.computed) == 2
-    from ingest.jobs.ingest import ingest
+    from atlas_ingest.jobs.ingest import ingest
 
     ingest(atlas, [lambda: read_sae(family[1][3])])
     with atlas.read() as con:
@@ -155,8 +155,8 @@ def test_jobs_are_incremental_and_record_pair_stats(tmp_path, family):
 
 KILL_MATCH = """
 import os, signal, sys
-import ingest.tasks as tasks
-import ingest.jobs.match as job
+import atlas_ingest.tasks as tasks
+import atlas_ingest.jobs.match as job
 from atlas.match.pair import MatchParams
 from atlas.queries.selection import select_pairs
 from atlas.store import Atlas

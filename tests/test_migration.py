@@ -9,7 +9,7 @@ import duckdb
 import pytest
 from click.testing import CliRunner
 
-from cli import main
+from atlas_cli import main
 from atlas.queries import layer_pairs, lineage
 from atlas.store import SCHEMA_VERSION, Atlas
 from atlas.store.schema import SchemaVersionError, check_version
@@ -50,7 +50,7 @@ def current(family, tmp_path_factory) -> Atlas:
     """Two layers of the base stack, matched: the rows the version-1 atlas will hold."""
     atlas = build_atlas(tmp_path_factory.mktemp("current") / "atlas.duckdb", family[1][:2], match=False)
     from atlas.match.pair import MatchParams
-    from ingest.jobs.match import run_match
+    from atlas_ingest.jobs.match import run_match
 
     run_match(atlas, [(SAE0, "synth-resid1-w256-s0-A")], ["decoder_cos"], MatchParams())
     return atlas
@@ -66,7 +66,7 @@ def test_version_1_is_refused_by_readers_then_upgraded_in_place_by_atlas_init(cu
     with pytest.raises(SchemaVersionError) as err:
         Atlas(old).read()
     assert f"version 1, this code serves version {SCHEMA_VERSION}" in str(err.value) and "atlas migrate" in str(err.value)
-    from api.app import create_app
+    from atlas_api.app import create_app
 
     with pytest.raises(SchemaVersionError, match="atlas migrate"):  # the server refuses at start, not on the first request
         create_app(old)

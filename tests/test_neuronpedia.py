@@ -8,7 +8,7 @@ from urllib.parse import parse_qs, urlparse
 
 from click.testing import CliRunner
 
-from cli import main
+from atlas_cli import main
 from atlas.store import Atlas
 
 
@@ -51,7 +51,7 @@ def test_neuronpedia_ids_lists_and_reroot(tmp_path, monkeypatch):
     # the same lists over HTTP, and Neuronpedia's feature path to the explorer (browsers) or lineage (JSON)
     from litestar.testing import TestClient
 
-    from api.app import create_app
+    from atlas_api.app import create_app
 
     with TestClient(create_app(atlas)) as c:
         r = c.get("/api/neuronpedia/lists/lineage/synth-resid0-w64-s0-A/3")

@@ -94,7 +94,7 @@ NOT_DATA = {"health"}
 def client(planted):
     from litestar.testing import TestClient
 
-    from api.app import create_app
+    from atlas_api.app import create_app
 
     root, _ = planted
     with TestClient(create_app(root / "atlas.duckdb")) as c:

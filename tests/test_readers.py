@@ -10,8 +10,8 @@ import torch
 from safetensors.numpy import save_file
 
 from atlas.sae import SAEError
-from ingest.sources import detect_format, read_sae
-from ingest.sources.gemmascope import parse_path
+from atlas_ingest.sources import detect_format, read_sae
+from atlas_ingest.sources.gemmascope import parse_path
 
 
 def _weights(d_in=16, d_sae=32, seed=0):
@@ -166,8 +166,8 @@ def test_release_path_converts_a_loaded_sae_lens_object(tmp_path):
     from sae_lens import SAE, TopKSAE, TopKSAEConfig
     from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
 
-    from ingest.sources import finish
-    from ingest.sources.saelens import record_from_state
+    from atlas_ingest.sources import finish
+    from atlas_ingest.sources.saelens import record_from_state
 
     sae = TopKSAE(TopKSAEConfig(d_in=16, d_sae=32, k=4, dtype="float32", device="cpu"))
     sae.cfg.metadata.model_name, sae.cfg.metadata.hook_name = "gemma-2-2b", "blocks.20.hook_resid_post"

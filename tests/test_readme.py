@@ -135,8 +135,8 @@ def demo(tmp_path_factory, minilm_family):
     from atlas.status import StatusWriter
     from atlas.store import Atlas
     from bench.server import free_port
-    from ingest.jobs.demo import PLANTED, build_planted, plans
-    from ingest.jobs.family import build_family
+    from atlas_ingest.jobs.demo import PLANTED, build_planted, plans
+    from atlas_ingest.jobs.family import build_family
 
     _, plan, _, minilm_root = minilm_family
     root = tmp_path_factory.mktemp("readme")
@@ -254,7 +254,7 @@ def test_the_extractor_finds_each_kind():
 
 def test_readme_names_only_saes_the_default_family_has():
     """MiniLM ids in the README are ids the default plan (make demo) trains: resid1 or layer 0 was --full's."""
-    from ingest.jobs.demo import plans
+    from atlas_ingest.jobs.demo import plans
 
     _, plan = plans("default")
     layers = set(plan.layers) | set(plan.sibling_layers) | set(plan.code_layers) | set(plan.flow_layers)

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from litestar.testing import TestClient
 
-from api.app import create_app
-from api.settings import Settings
+from atlas_api.app import create_app
+from atlas_api.settings import Settings
 from bench.flood import slow_statement
 from bench.server import free_port
 
@@ -75,7 +75,7 @@ def test_every_write_form_is_refused_and_the_files_stay_identical(synth_atlas, t
 
 _SANDBOXED = """
 import sys, duckdb
-from api.sandbox import deny_writes
+from atlas_api.sandbox import deny_writes
 from atlas.store import Snapshot
 how = deny_writes()
 con = Snapshot(sys.argv[1]).con
@@ -114,7 +114,7 @@ def server(synth_atlas):
     settings = {"sql_time_limit_s": 1.0, "sql_workers": 1, "query_time_limit_s": 5.0}
     env = {**os.environ, "PYTHONPATH": os.getcwd(), "ATLAS_PATH": str(synth_atlas.path),
            "ATLAS_SETTINGS": json.dumps(settings)}
-    proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "--factory", "api.app:app_from_env", "--port", str(port),
+    proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "--factory", "atlas_api.app:app_from_env", "--port", str(port),
                              "--log-level", "warning", "--h11-max-incomplete-event-size", str(2 * 2**20)], env=env, stdin=subprocess.DEVNULL)
     import httpx
 
@@ -186,7 +186,7 @@ def test_a_long_get_sql_is_answered_in_the_envelope(server):
 
 
 def test_a_killed_worker_is_replaced_at_once(synth_atlas):
-    from api.sqlpool import SQLPool
+    from atlas_api.sqlpool import SQLPool
     from atlas.errors import OverBudget
 
     pool = SQLPool(str(synth_atlas.path), 1, "512MB", 1)
@@ -249,8 +249,8 @@ def test_sql_reads_only_the_table_files_and_shows_paths_relative_to_the_atlas(sy
 _CONFINED = """
 import sys, duckdb
 from pathlib import Path
-from api.sandbox import confine_reads, deny_writes
-from api.sqlpool import _libraries, _private_catalog
+from atlas_api.sandbox import confine_reads, deny_writes
+from atlas_api.sqlpool import _libraries, _private_catalog
 from atlas.store.snapshot import tables_dir
 import atlas.store.snapshot as snapshot
 if sys.argv[3] == "copy":  # as where no link can be made (a read-only folder)
@@ -298,7 +298,7 @@ def _rows(answer: tuple[bytes, bool]) -> list:
 def test_a_slow_to_parse_statement_is_stopped_at_its_parse_time_limit(synth_atlas):
     """The statement check runs on the worker, under a CPU-time limit of its own: past it the worker is replaced
     and the answer is a 408 naming the parse."""
-    from api.sqlpool import ParseTimeout, SQLPool
+    from atlas_api.sqlpool import ParseTimeout, SQLPool
     from atlas.errors import QueryError
 
     pool = SQLPool(str(synth_atlas.path), 1, "512MB", 1)

@@ -9,7 +9,7 @@ import duckdb
 import numpy as np
 from click.testing import CliRunner
 
-from cli import main
+from atlas_cli import main
 from atlas.queries.findings import findings
 from atlas.store import Atlas
 
@@ -108,7 +108,7 @@ def test_gemma_scope_tree_res_mlp_att_transcoder_it_and_embedding(tmp_path, monk
     assert emb == [("hook_embed",)]
     # sae_lens rescales embedding SAEs by sqrt(d_model); the tree route does the same
     w = np.load(root / "gemma-scope-2b-pt-res/embedding/width_4k/average_l0_6/params.npz")
-    from ingest.sources import read_sae
+    from atlas_ingest.sources import read_sae
     rec = read_sae(root / "gemma-scope-2b-pt-res/embedding/width_4k/average_l0_6")
     np.testing.assert_allclose(rec.weights.W_dec, w["W_dec"] * np.sqrt(2304), rtol=1e-6)
 

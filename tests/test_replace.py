@@ -14,8 +14,8 @@ from safetensors.numpy import load_file
 from atlas.match.pair import MatchParams
 from atlas.queries.selection import select_pairs
 from atlas.store import Atlas
-from cli import main
-from ingest.jobs.match import run_match
+from atlas_cli import main
+from atlas_ingest.jobs.match import run_match
 
 from .conftest import build_atlas
 

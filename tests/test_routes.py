@@ -9,8 +9,8 @@ import pytest
 from click.testing import CliRunner
 from litestar.testing import TestClient
 
-from api.app import create_app
-from cli import main
+from atlas_api.app import create_app
+from atlas_cli import main
 
 from .conftest import TINY, planted_flow
 

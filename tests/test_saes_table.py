@@ -6,8 +6,8 @@ from __future__ import annotations
 from click.testing import CliRunner
 from rich.console import Console
 
-from cli import main
-from cli.saes import COLUMNS, fit_columns, saes_table
+from atlas_cli import main
+from atlas_cli.saes import COLUMNS, fit_columns, saes_table
 
 
 def _cells(atlas):

@@ -21,8 +21,8 @@ from schemathesis.checks import CHECKS, load_all_checks
 from schemathesis.generation import GenerationMode
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-from api.app import create_app
-from api.settings import Settings
+from atlas_api.app import create_app
+from atlas_api.settings import Settings
 
 EXAMPLES = 8
 load_all_checks()
@@ -37,7 +37,7 @@ def operations(synth_atlas):
 
 
 def takes_any_bar(operation: dict) -> bool:
-    """Whether an operation's score bar takes any method: its parameters are api.params.THRESHOLD's (?quantile=)."""
+    """Whether an operation's score bar takes any method: its parameters are atlas_api.params.THRESHOLD's (?quantile=)."""
     return any(p.get("name") == "quantile" for p in operation.get("parameters", []))
 
 

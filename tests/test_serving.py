@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from litestar.testing import TestClient
 
-from api.app import create_app
+from atlas_api.app import create_app
 from atlas.store import Atlas
 
 SAE0 = "synth-resid0-w256-s0-A"
@@ -28,8 +28,8 @@ def served(synth_atlas, tmp_path):
 
 
 def test_a_job_publishes_while_the_server_runs_and_the_next_request_sees_it(served, new_weights):
-    from ingest.jobs.ingest import ingest
-    from ingest.sources import read_sae
+    from atlas_ingest.jobs.ingest import ingest
+    from atlas_ingest.sources import read_sae
 
     with TestClient(create_app(served.path)) as c:
         before = c.get(f"/api/saes/{SAE0}").json()
@@ -47,8 +47,8 @@ def test_a_job_publishes_while_the_server_runs_and_the_next_request_sees_it(serv
 
 
 def test_replace_then_any_job_keeps_search_working(served, new_weights):
-    from ingest.jobs.ingest import ingest
-    from ingest.sources import read_sae
+    from atlas_ingest.jobs.ingest import ingest
+    from atlas_ingest.sources import read_sae
 
     with TestClient(create_app(served.path)) as c:
         assert c.get("/api/search", params={"sae_id": SAE0, "feature": 5, "k": 3}).status_code == 200

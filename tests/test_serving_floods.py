@@ -130,7 +130,7 @@ def test_the_byte_budget_refuses_big_answers_past_it_and_chunks_what_it_sends():
     and a small one still passes; a client that takes nothing for the stall time is dropped."""
     import asyncio
 
-    from api.inflight import CHUNK, BoundedSend, ClientStalled, InFlight
+    from atlas_api.inflight import CHUNK, BoundedSend, ClientStalled, InFlight
 
     async def scenario():
         budget = InFlight(3 * CHUNK)
@@ -182,8 +182,8 @@ def test_a_stream_that_fails_before_its_first_byte_is_an_error_in_the_envelope(s
     200 header and a broken body."""
     from litestar.testing import TestClient
 
-    from api.app import create_app
-    from api.controllers import sql
+    from atlas_api.app import create_app
+    from atlas_api.controllers import sql
 
     def broken(schema, batches):
         raise OSError("disk went away")

@@ -13,8 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 from litestar.testing import TestClient
 
-from api import export
-from api.app import create_app
+from atlas_api import export
+from atlas_api.app import create_app
 from atlas.methods import Threshold
 from atlas.queries import lineage
 from atlas.store import Atlas

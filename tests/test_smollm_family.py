@@ -14,8 +14,8 @@ import torch
 from click.testing import CliRunner
 
 from atlas.store import Atlas
-from ingest.jobs.family import SMOLLM, FamilyPlan, build_family
-from ingest.training import TrainConfig
+from atlas_ingest.jobs.family import SMOLLM, FamilyPlan, build_family
+from atlas_ingest.training import TrainConfig
 from tests.tiny_lms import hub, hooked_transformer  # noqa: F401  (hub: the offline HF cache fixture)
 
 LLAMA = "meta-llama/Llama-3.2-1B"
@@ -50,7 +50,7 @@ def test_smollm_plan_has_the_listed_saes_at_transformer_lens_hooks():
 
 
 def test_smollm_cli_refuses_bad_layers_in_one_line(tmp_path):
-    from cli import main
+    from atlas_cli import main
 
     r = CliRunner().invoke(main, ["--atlas", str(tmp_path / "a.duckdb"), "smollm", "--layers", "3,x"])
     assert r.exit_code == 2 and "--layers takes layers separated by commas, got '3,x'" in r.output, r.output
@@ -72,8 +72,8 @@ def tiny_family(hub, tmp_path_factory):
 
 
 def test_family_hooks_read_the_tensors_transformer_lens_caches(tiny_family, hub):
-    from ingest.activations import load_hook, load_tokens
-    from ingest.models import load
+    from atlas_ingest.activations import load_hook, load_tokens
+    from atlas_ingest.models import load
 
     plan, _, cache, _, _ = tiny_family
     folder = cache / "activations" / f"prose-{plan.max_tokens}"
@@ -123,7 +123,7 @@ def test_family_runs_end_to_end(tiny_family):
 
 
 def test_smollm_layers_option_moves_the_middle_layers_saes_with_it():
-    from cli.build import family_plan
+    from atlas_cli.build import family_plan
 
     plan = family_plan(FamilyPlan.smollm(), layers="10,11,12,13")
     assert plan.layers == [10, 11, 12, 13] and plan.width_layer == 12

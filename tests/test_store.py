@@ -14,8 +14,8 @@ from safetensors.numpy import load_file, save_file
 
 from atlas.sae import SAEError
 from atlas.store import SCHEMA_VERSION, Atlas, AtlasBusy, Snapshot
-from ingest.jobs.ingest import ingest
-from ingest.sources import read_sae
+from atlas_ingest.jobs.ingest import ingest
+from atlas_ingest.sources import read_sae
 
 
 def _ingest(atlas, folders, overrides=None, **kw):
@@ -151,8 +151,8 @@ def test_an_atomic_write_that_fails_leaves_no_file(tmp_path):
 KILL_INGEST = """
 import os, signal, sys
 from atlas.store import Atlas
-from ingest.jobs.ingest import ingest
-from ingest.sources import read_sae
+from atlas_ingest.jobs.ingest import ingest
+from atlas_ingest.sources import read_sae
 folders = sys.argv[2:]
 def source(i, f):
     def read():

@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-from cli import main
+from atlas_cli import main
 from atlas.store import SCHEMA_VERSION, Atlas
 from atlas.store.parts import ROW_GROUP, PartReader
 
@@ -203,7 +203,7 @@ def test_deleting_an_sae_drops_its_files_from_the_catalog(tmp_path):
 KILL_MIGRATE = """
 import os, signal, sys
 import atlas.store.parts as parts
-from cli import main
+from atlas_cli import main
 real, calls = parts.write_part, [0]
 def dying(*a, **k):
     calls[0] += 1

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from ingest.training import TrainConfig, config_hash, train_sae
+from atlas_ingest.training import TrainConfig, config_hash, train_sae
 
 D_IN, D_SAE = 24, 48
 
@@ -74,7 +74,7 @@ def test_transcoder_predicts_its_output_hook_and_reads_back_as_one(tmp_path):
     hook; a transcoder trained by sae_lens's trainer predicts the output from the input, saved in sae_lens's
     transcoder layout, which the atlas reads as a transcoder whose reconstruction is the output."""
     from atlas.encode import decode, encode_record
-    from ingest.sources import read_sae
+    from atlas_ingest.sources import read_sae
 
     rng = np.random.default_rng(3)
     codes = rng.exponential(1.0, (6_000, 40)).astype(np.float32) * (rng.random((6_000, 40)) < 3 / 40)

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from atlas.match.widths import match_widths
 from atlas.store import Atlas
 from atlas.synth import GROUND_TRUTH
-from cli import main
+from atlas_cli import main
 
 NARROW, MID, WIDE = "synth-resid1-w256-s0-A", "synth-resid1-w512-s0-A", "synth-resid1-w1024-s0-A"
 
@@ -140,7 +140,7 @@ def test_readme_width_and_lineage_commands_run_as_written(tmp_path, monkeypatch)
 
     from litestar.testing import TestClient
 
-    from api.app import create_app
+    from atlas_api.app import create_app
 
     monkeypatch.chdir(tmp_path)
     atlas = tmp_path / "atlas.duckdb"
@@ -199,7 +199,7 @@ def test_width_pairs_take_the_next_width_and_the_nearest_l0(tmp_path):
 def test_width_routes_answer_and_refuse_clearly(widths_atlas):
     from litestar.testing import TestClient
 
-    from api.app import create_app
+    from atlas_api.app import create_app
 
     atlas, truth = widths_atlas
     with TestClient(create_app(atlas.path)) as c:

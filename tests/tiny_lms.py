@@ -110,7 +110,7 @@ def hooked_transformer(family: str, hf):
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory):
     """HF_HOME holding the three tiny models, offline, for the module that imports this fixture."""
-    from ingest import models
+    from atlas_ingest import models
     from tests.hub import offline_hub
 
     home = tmp_path_factory.mktemp("hf")

@@ -49,7 +49,7 @@ MIGRATIONS = {
     # Hooks as TransformerLens means them (docs/design.md, Activations by hook): BERT's (MiniLM's) layer output
     # is TransformerLens's hook_normalized_resid_post, not hook_resid_post (the sum before the LayerNorm); and
     # HF module paths stored as hooks (`encoder.layer.2.output`, `model.layers.3`, sparsify's `layers.6.mlp`)
-    # become the TransformerLens names ingest.hooks.RULES maps them to, with the site they imply where none was
+    # become the TransformerLens names atlas_ingest.hooks.RULES maps them to, with the site they imply where none was
     # stored (the stack's "None" replaced by it). SAE ids are kept as they were.
     8: r"""
 CREATE OR REPLACE TEMP MACRO atlas_path(h) AS

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import torch
 
-from ingest.cofiring import exact
-from ingest.cofiring.dense import DenseCoFiring, fits
-from ingest.cofiring.exact import ExactCoFiring, memory_budget
-from ingest.cofiring.sparse import MAX_PAIRS, PAIR_BYTES, SparseCoFiring, accumulate, device
+from atlas_ingest.cofiring import exact
+from atlas_ingest.cofiring.dense import DenseCoFiring, fits
+from atlas_ingest.cofiring.exact import ExactCoFiring, memory_budget
+from atlas_ingest.cofiring.sparse import MAX_PAIRS, PAIR_BYTES, SparseCoFiring, accumulate, device
 
 __all__ = ["MAX_PAIRS", "DenseCoFiring", "ExactCoFiring", "SparseCoFiring", "accumulate", "memory_budget", "new_state"]
 

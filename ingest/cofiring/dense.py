@@ -28,7 +28,7 @@ import scipy.sparse as sp
 import torch
 
 from atlas.match.candidates import Candidates
-from ingest.cofiring.state import DENSE_LIMIT, PairState
+from atlas_ingest.cofiring.state import DENSE_LIMIT, PairState
 
 PRECISIONS = ("float64", "float32", "bf16x3")
 WORKSPACE_BYTES = 8 * 2**30
@@ -69,7 +69,7 @@ def _dense(x, dev: torch.device, dtype: torch.dtype) -> torch.Tensor:
 @dataclass
 class DenseCoFiring(PairState):
     """Streaming co-firing state of one SAE pair as full [d_a, d_b] accumulators (see the module docstring).
-    Same interface as `ingest.cofiring.sparse.SparseCoFiring`: add, flush, finish, n, stats, lookup, dense, topk."""
+    Same interface as `atlas_ingest.cofiring.sparse.SparseCoFiring`: add, flush, finish, n, stats, lookup, dense, topk."""
 
     d_a: int
     d_b: int

@@ -24,10 +24,10 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from ingest.cofiring import kernels
-from ingest.cofiring.dense import DenseCoFiring
+from atlas_ingest.cofiring import kernels
+from atlas_ingest.cofiring.dense import DenseCoFiring
 from atlas.match.candidates import Candidates
-from ingest.cofiring.sparse import CHUNK_NNZ, to_csr
+from atlas_ingest.cofiring.sparse import CHUNK_NNZ, to_csr
 
 MEMORY_ENV = "ATLAS_COFIRING_MEMORY"
 MEMORY_BYTES = 4 * 2**30

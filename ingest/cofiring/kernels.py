@@ -1,6 +1,6 @@
-"""Compiled loops of the co-firing states on the CPU: for the capped sparse state (ingest.cofiring.sparse.SparseCoFiring)
+"""Compiled loops of the co-firing states on the CPU: for the capped sparse state (atlas_ingest.cofiring.sparse.SparseCoFiring)
 one pass that multiplies a token chunk out, merges it into a block of pairs and scores them for the cap policy,
-and the prune that keeps the pairs above a threshold; for the exact state (ingest.cofiring.exact) the scatter
+and the prune that keeps the pairs above a threshold; for the exact state (atlas_ingest.cofiring.exact) the scatter
 of a token chunk's products into dense accumulators.
 
 `merge_products` is Gustavson's row-by-row sparse product (what scipy's `Aᵀ·B` runs) with two dense

@@ -9,11 +9,11 @@ co-firing pairs (a, b) are touched: the state is
 
 Each chunk of tokens adds `Aᵀ·B` and `1[A>0]ᵀ·1[B>0]` (sparse × sparse, cost tokens × L0_a × L0_b) into
 that matrix, block of a-features by block, so one product's output stays small: on the CPU both sums come
-out of one compiled pass that also merges and scores (ingest.cofiring.kernels), on CUDA from two torch
+out of one compiled pass that also merges and scores (atlas_ingest.cofiring.kernels), on CUDA from two torch
 products. Pearson r is exact for every pair, including pairs that never co-fire (Σab = 0, so r follows
 from the means alone); P(b|a) and Jaccard come from the counts. Where a pair's full [d_a, d_b] state fits
-a GPU, or on the CPU the memory budget, `ingest.cofiring.new_state` gives a dense exact state instead
-(ingest.cofiring.dense, ingest.cofiring.exact; docs/design.md, Co-firing states): this one is for the pairs
+a GPU, or on the CPU the memory budget, `atlas_ingest.cofiring.new_state` gives a dense exact state instead
+(atlas_ingest.cofiring.dense, atlas_ingest.cofiring.exact; docs/design.md, Co-firing states): this one is for the pairs
 past those.
 
 Cap policy (long corpora, wide SAEs): when a block holds more than its share of `max_pairs`, its pairs
@@ -35,8 +35,8 @@ import scipy.sparse as sp
 import torch
 
 from atlas.match.candidates import Candidates
-from ingest.cofiring import kernels
-from ingest.cofiring.state import PairState
+from atlas_ingest.cofiring import kernels
+from atlas_ingest.cofiring.state import PairState
 
 PAIR_BYTES = 20
 """A stored pair: column index (int32) and Σab + i·count (complex128)."""
@@ -146,7 +146,7 @@ class SparseCoFiring(PairState):
     def flush(self) -> None:
         """Multiply the pending tokens out, one block of a-features at a time (so that each product
         sums over many tokens, yet its output stays within BLOCK_CELLS), and merge into the pair blocks:
-        on the CPU in one compiled pass per block (ingest.cofiring.kernels), on a device by two torch products."""
+        on the CPU in one compiled pass per block (atlas_ingest.cofiring.kernels), on a device by two torch products."""
         if not self._pending:
             return
         A = sp.vstack([p[0] for p in self._pending], format="csr")

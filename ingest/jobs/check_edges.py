@@ -4,7 +4,7 @@ For each layer pair of a stack (up to `max_step` stack positions apart) the job 
 edges of each kind — carry, split, merge at adjacent layers; at larger steps carry (the feature also has an
 edge to the layer between) and gap (it has none) — among edges whose parent fires on the held-out windows,
 plus `random` non-edges of the same pair as the control (a parent that fires, a child active on the parent's
-tokens whose score with it is below tau). Each parent is ablated once (ingest.ablation) for all its
+tokens whose score with it is below tau). Each parent is ablated once (atlas_ingest.ablation) for all its
 sampled children; a child's relative drop is compared with the 95th percentile of its pair's control drops.
 Rows go to `edge_checks`, one transaction per parent SAE.
 """
@@ -21,8 +21,8 @@ import pyarrow as pa
 from atlas.methods import method as method_info
 from atlas.store.edgeindex import KINDS as EDGE_KINDS, kind_codes
 from atlas.store import Atlas, record_run
-from ingest.ablation import Ablator, Windows
-from ingest.hooks import HookedRunner
+from atlas_ingest.ablation import Ablator, Windows
+from atlas_ingest.hooks import HookedRunner
 
 KINDS = ("carry", "split", "merge", "gap", "random")
 
@@ -117,7 +117,7 @@ def check_edges(atlas: Atlas, runner: HookedRunner, windows: Windows, pairs: lis
     """Ablation checks of sampled edges of `pairs` (default: every matched stack pair up to params.max_step)
     on `windows` of `runner`'s model. `progress(step, done, total)`: step "clean" (windows run once clean),
     then "ablations" (one per sampled parent). Each SAE is read with the hooks the atlas stores for it."""
-    from ingest.sources import load_stored
+    from atlas_ingest.sources import load_stored
 
     p = params or CheckParams()
     if method_info(p.method).is_distance:

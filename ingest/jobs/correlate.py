@@ -23,14 +23,14 @@ from atlas.index import unit_rows
 from atlas.match.pair import MatchParams, match_candidates
 from atlas.queries.common import require_saes
 from atlas.store import Atlas, parts, record_run
-from ingest.activations import ActivationConfig, iter_hooks, load_tokens, model_batches, read_manifest, stored_hooks
-from ingest.cofiring import new_state
-from ingest.compositions import Compositions
-from ingest.examples import Examples
-from ingest.executors import InProcess
-from ingest.quality import Quality
-from ingest.sources import load_stored
-from ingest.tasks import SAERef
+from atlas_ingest.activations import ActivationConfig, iter_hooks, load_tokens, model_batches, read_manifest, stored_hooks
+from atlas_ingest.cofiring import new_state
+from atlas_ingest.compositions import Compositions
+from atlas_ingest.examples import Examples
+from atlas_ingest.executors import InProcess
+from atlas_ingest.quality import Quality
+from atlas_ingest.sources import load_stored
+from atlas_ingest.tasks import SAERef
 
 
 @dataclass(frozen=True)
@@ -82,7 +82,7 @@ class CorrResult:
     quality: dict[str, dict]
     n_compositions: int
     error_bound: float = 0.0
-    """Θ of the co-firing cap policy (ingest.cofiring.sparse): 0.0 = every statistic exact."""
+    """Θ of the co-firing cap policy (atlas_ingest.cofiring.sparse): 0.0 = every statistic exact."""
 
 
 @dataclass
@@ -169,7 +169,7 @@ def _name(source) -> str:
 
 def _tokens(task: StackTask, live: dict[str, list]):
     """(token_ids/doc/pos over the correlated tokens, the tokenizer, the dataset name) for examples."""
-    from ingest.models import tokenizer
+    from atlas_ingest.models import tokenizer
 
     if isinstance(task.source, ActivationConfig):
         cfg = task.source
@@ -233,10 +233,10 @@ def _write_pair(task: CorrTask, recs, state, cand, plan, ex, quality, tokens, to
 
 def _hook_check(source):
     """A function (sae_id, hook) that raises one line naming both where the source cannot give that hook:
-    a store's stored hooks; a live model's own hooks (on the model the run then uses: ingest.models holds it)."""
+    a store's stored hooks; a live model's own hooks (on the model the run then uses: atlas_ingest.models holds it)."""
     if isinstance(source, ActivationConfig):
-        from ingest import models
-        from ingest.hooks import HookedRunner, HookError
+        from atlas_ingest import models
+        from atlas_ingest.hooks import HookedRunner, HookError
 
         runner = HookedRunner(models.load(source.model).model)
 

@@ -18,9 +18,9 @@ from atlas.methods import SIBLING_METHODS
 from atlas.status import StatusWriter
 from atlas.store import Atlas
 from atlas.synth import SynthConfig, generate, n_saes
-from ingest.jobs.family import STEPS, FamilyPlan, build_family
-from ingest.server_process import Server
-from ingest.training import TrainConfig
+from atlas_ingest.jobs.family import STEPS, FamilyPlan, build_family
+from atlas_ingest.server_process import Server
+from atlas_ingest.training import TrainConfig
 
 SIZES = ("tiny", "default", "full")
 PLANTED = ("planted SAEs", "planted matches", "planted widths")
@@ -44,9 +44,9 @@ def build_planted(atlas: Atlas, cfg: SynthConfig, out: Path, status: StatusWrite
     and across its widths (so the width tree answers on it); a rerun finds it stored and matched."""
     from atlas.match.params import MatchParams
     from atlas.queries.selection import select_pairs
-    from ingest.jobs.ingest import ingest_paths
-    from ingest.jobs.match import run_match
-    from ingest.jobs.widths import run_widths
+    from atlas_ingest.jobs.ingest import ingest_paths
+    from atlas_ingest.jobs.match import run_match
+    from atlas_ingest.jobs.widths import run_widths
 
     total, count = n_saes(cfg), itertools.count(1)
     folders = generate(cfg, out)

@@ -14,9 +14,9 @@ from tqdm import tqdm
 from atlas.match.pair import MatchParams
 from atlas.methods import SIBLING_METHODS
 from atlas.store import Atlas
-from ingest.activations import (MANIFEST, ActivationConfig, block_output, collect, load_hook, load_tokens, read_manifest,
+from atlas_ingest.activations import (MANIFEST, ActivationConfig, block_output, collect, load_hook, load_tokens, read_manifest,
                                  stored_hooks)
-from ingest.training import TrainConfig, check_tokens, train_sae
+from atlas_ingest.training import TrainConfig, check_tokens, train_sae
 
 FLOW_HOOKS = ("hook_mlp_out", "hook_attn_out")
 """Sub-layer outputs the flow SAEs read (MiniLM: before the add + LayerNorm; docs/design.md, Hooks on a
@@ -136,12 +136,12 @@ def _publish_sae(atlas: Atlas, folder: Path, q: dict) -> str:
     """Ingest one trained SAE and its training metrics, so a running server shows it at once. The plan says
     what each of the family's ids holds: one trained under another plan (`--full` after the default, other
     sizes) is replaced, with every row derived from it."""
-    from ingest.jobs.ingest import ingest
-    from ingest.sources import read_sae
+    from atlas_ingest.jobs.ingest import ingest
+    from atlas_ingest.sources import read_sae
 
     ingest(atlas, [lambda: read_sae(folder)], replace=True)  # site from the hook
     with atlas.write() as w:
-        # sources are stored resolved (ingest.sources.read_sae)
+        # sources are stored resolved (atlas_ingest.sources.read_sae)
         sid = w.con.execute("SELECT sae_id FROM saes WHERE source = ?", [str(Path(folder).resolve())]).fetchone()[0]
         metrics = {k: q[k] for k in ("fvu", "l0", "dead_frac", "samples", "tokens")}
         w.insert_rows("training", [dict(sae_id=sid, **metrics)], replace=True)
@@ -151,9 +151,9 @@ def _publish_sae(atlas: Atlas, folder: Path, q: dict) -> str:
 def _label(atlas: Atlas, sae_id: str, folder: Path, x, acts_dir: Path) -> int:
     """Label a trained SAE's features by the tokens they fire on (docs/design.md, Labels) unless it has labels."""
     from atlas.encode import encode_record
-    from ingest import models
-    from ingest.jobs.labels import label_by_tokens
-    from ingest.sources import read_sae
+    from atlas_ingest import models
+    from atlas_ingest.jobs.labels import label_by_tokens
+    from atlas_ingest.sources import read_sae
 
     with atlas.read() as con:
         if con.execute("SELECT count(label) FROM features WHERE sae_id = ?", [sae_id]).fetchone()[0]:
@@ -169,10 +169,10 @@ def build_family(atlas: Atlas, plan: FamilyPlan, cache: Path, log=print, progres
     """Everything in order; each step skips what its cache or the atlas already holds. Each SAE is
     published when it is trained, each pair when it is matched, each dataset's correlations after their one
     pass, so a server shows the family growing; `progress(step, done, total, item, unit)` reports each of STEPS
-    as it moves (UNITS). Each SAE's features are labelled by their tokens' lift (ingest.token_labels) when trained."""
+    as it moves (UNITS). Each SAE's features are labelled by their tokens' lift (atlas_ingest.token_labels) when trained."""
     from atlas.queries.selection import select_pairs
-    from ingest.jobs.correlate import correlate
-    from ingest.jobs.match import run_match
+    from atlas_ingest.jobs.correlate import correlate
+    from atlas_ingest.jobs.match import run_match
 
     def step(name, done, total, item=None):
         if progress:
@@ -244,7 +244,7 @@ def build_family(atlas: Atlas, plan: FamilyPlan, cache: Path, log=print, progres
         weight_flow = [(x, r) for x, r in flow if hook[x].endswith(RESIDUAL_WRITERS)]  # decoders in the residual stream
     step("widths", 0, len(width_pairs))
     if width_pairs:
-        from ingest.jobs.widths import run_widths
+        from atlas_ingest.jobs.widths import run_widths
 
         count = itertools.count(1)
         s = run_widths(atlas, width_pairs,

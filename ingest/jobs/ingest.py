@@ -73,7 +73,7 @@ def prepare(rec: SAERecord, index_dir: Path, factory: str | None) -> Prepared:
 
 def run_ingest(task: IngestTask, index_dir: str) -> Prepared:
     """The pure part of ingesting one SAE: read, validate, index; runs in-process or as a Ray task."""
-    from ingest.sources import read_sae
+    from atlas_ingest.sources import read_sae
 
     rec = read_sae(task.path, fmt=task.fmt, **dict(task.overrides))
     return prepare(rec, Path(index_dir), task.factory)
@@ -82,7 +82,7 @@ def run_ingest(task: IngestTask, index_dir: str) -> Prepared:
 def ingest_paths(atlas: Atlas, paths: list[Path], overrides: dict | None = None, fmt: str | None = None,
                  replace: bool = False, factory: str | None = None, executor=None, progress=None) -> IngestSummary:
     """Ingest SAE folders/files with reading and indexing on `executor`; the driver stores them."""
-    from ingest.executors import InProcess
+    from atlas_ingest.executors import InProcess
 
     executor = executor or InProcess()
     summary = IngestSummary()

@@ -190,10 +190,10 @@ def _store_examples(w, sid: str, rows: list[dict], run_id: str) -> int:
 
 
 def label_by_tokens(atlas: Atlas, sae_id: str, encode, x, token_ids, doc, tokenizer, d_sae: int) -> int:
-    """Label one SAE's features by the tokens they fire on far more than the corpus has them (ingest.token_labels),
+    """Label one SAE's features by the tokens they fire on far more than the corpus has them (atlas_ingest.token_labels),
     from activations x [T, d_in] at its hook and the tokens they came from; features with a label (a Neuronpedia
     import) keep it. Returns the features labelled."""
-    from ingest.token_labels import firing_counts, lift_labels
+    from atlas_ingest.token_labels import firing_counts, lift_labels
 
     feats, toks, counts, n_f, _, at = firing_counts(encode, x, token_ids, d_sae)
     labels = lift_labels(feats, toks, counts, n_f, at, token_ids, doc, tokenizer.convert_ids_to_tokens)

@@ -2,7 +2,7 @@
 
 Incremental and resumable: a pair already stored with the same parameters and weights (params_hash)
 is skipped; work is published every `publish_every` seconds, so a killed job loses at most that much.
-Pairs run as pure tasks (ingest.tasks) on an executor (in-process or Ray); only this driver writes.
+Pairs run as pure tasks (atlas_ingest.tasks) on an executor (in-process or Ray); only this driver writes.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from pathlib import Path
 from atlas.match.params import MatchParams
 from atlas.queries.common import require_saes
 from atlas.store import Atlas, record_run
-from ingest.executors import InProcess
-from ingest.tasks import PairTask, SAERef, TaskResult, run_pair, shard_baselines, shard_stats
+from atlas_ingest.executors import InProcess
+from atlas_ingest.tasks import PairTask, SAERef, TaskResult, run_pair, shard_baselines, shard_stats
 
 
 @dataclass

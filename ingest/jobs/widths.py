@@ -15,7 +15,7 @@ from atlas.match.params import WidthParams
 from atlas.match.widths import match_widths
 from atlas.queries.common import require_saes
 from atlas.store import Atlas, record_run
-from ingest.sources import load_stored
+from atlas_ingest.sources import load_stored
 
 
 @dataclass

@@ -14,7 +14,7 @@ import numpy as np
 
 from atlas.index import row_norms
 from atlas.sae import SAEError, SAERecord, check_meta, normalise_arch, parse_hook, validate
-from ingest.hooks import HookError, sae_hooks
+from atlas_ingest.hooks import HookError, sae_hooks
 
 from . import dictionary_learning, gemmascope, release, saelens, sparsify
 
@@ -113,7 +113,7 @@ def finish(rec: SAERecord, where: str, overrides: dict) -> SAERecord:
         rec.meta.layer = given.get("layer")
     meta = replace(rec.meta, **given)
     check_meta(meta, where)  # bounded text before the hook rules read it
-    try:  # hooks as TransformerLens names, whatever the file called them (ingest.hooks.sae_hooks)
+    try:  # hooks as TransformerLens names, whatever the file called them (atlas_ingest.hooks.sae_hooks)
         meta.hook, meta.hook_out = sae_hooks(meta.hook, meta.hook_out, meta.kind, meta.model)
     except HookError as e:
         raise SAEError(f"{where}: {e}") from None
