@@ -183,8 +183,9 @@ def _fresh_venv(where: Path) -> Path:
     python = where / "bin" / "python"
     purelib = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                              capture_output=True, text=True, check=True).stdout.strip()
-    ours = [p for p in sys.path if p.endswith(("site-packages", "dist-packages")) and Path(p).is_dir()
-            and ROOT not in Path(p).resolve().parents]
+    # the project's venv may live inside the checkout (.venv): its site-packages is reused all the same; the
+    # editable install there is a .pth file, which a path added by a .pth line never runs
+    ours = [p for p in sys.path if p.endswith(("site-packages", "dist-packages")) and Path(p).is_dir()]
     (Path(purelib) / "feature-atlas-deps.pth").write_text("\n".join(ours) + "\n")
     return python
 
