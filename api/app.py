@@ -15,6 +15,8 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.static_files import create_static_files_router
 
+import atlas
+
 from . import errors
 from .middleware import BudgetMiddleware
 from .controllers import CONTROLLERS
@@ -47,7 +49,7 @@ def create_app(atlas_path: str | Path, settings: Settings | None = None) -> Lite
         on_startup=[state.sql.warm],
         on_shutdown=[state.close],
         plugins=[StrictBodySchema(SearchRequest, SQLRequest, extra={SearchRequest: SEARCH_REQUIRES})],
-        openapi_config=OpenAPIConfig(title="Feature Atlas", version="0.1.0", path="/schema",
+        openapi_config=OpenAPIConfig(title="Feature Atlas", version=atlas.__version__, path="/schema",
                                      render_plugins=[SwaggerRenderPlugin(  # vendored: the docs work offline
                                          js_url=f"{VENDOR}/swagger-ui-5.35.0-swagger-ui-bundle.js",
                                          css_url=f"{VENDOR}/swagger-ui-5.35.0-swagger-ui.css",

@@ -178,6 +178,12 @@ def test_openapi_has_an_operation_id_on_every_route(client):
     assert len(ops) >= 15 and all(op.get("operationId") for op in ops)
 
 
+def test_openapi_version_is_the_package_version(client):
+    import atlas
+
+    assert client.get("/schema/openapi.json").json()["info"]["version"] == atlas.__version__
+
+
 def test_every_setting_is_documented():
     for f in fields(Settings):
         assert len(f.metadata.get("help", "")) > 10, f.name
