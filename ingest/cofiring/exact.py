@@ -27,7 +27,7 @@ import torch
 from atlas_ingest.cofiring import kernels
 from atlas_ingest.cofiring.dense import DenseCoFiring
 from atlas.match.candidates import Candidates
-from atlas_ingest.cofiring.sparse import CHUNK_NNZ, to_csr
+from atlas_ingest.cofiring.sparse import CHUNK_NNZ, BatchQueue
 
 MEMORY_ENV = "ATLAS_COFIRING_MEMORY"
 MEMORY_BYTES = 4 * 2**30
@@ -86,7 +86,7 @@ def _zeros(shape: tuple[int, int], dtype) -> np.ndarray:
 
 
 @dataclass
-class ExactCoFiring(DenseCoFiring):
+class ExactCoFiring(BatchQueue, DenseCoFiring):
     """Dense exact co-firing state of one SAE pair on the CPU, filled from sparse batches (module docstring).
     Same interface as the other states: add, flush, finish, n, stats, lookup, dense, topk, error_bound = 0.0."""
 
@@ -105,35 +105,14 @@ class ExactCoFiring(DenseCoFiring):
         self._nnz = 0
         self.kernels = {"sab": "scatter float64", "count": "scatter int32"}
 
-    def add(self, a, b) -> None:
-        """One batch: row t of `a` [t, d_a] and of `b` [t, d_b] is the same token."""
-        A, B = to_csr(a), to_csr(b)
-        if A.shape[0] != B.shape[0] or A.shape[1] != self.d_a or B.shape[1] != self.d_b:
-            raise ValueError(f"batch shapes {A.shape} and {B.shape} do not fit a pair of widths ({self.d_a}, {self.d_b})")
-        for m in (A, B):
-            if len(m.data) and m.data.min() < 0:
-                raise ValueError("activations must be non-negative (SAE feature activations)")
-        self.n += A.shape[0]
-        for i, m in enumerate((A, B)):
-            d = m.shape[1]
-            v = m.data.astype(np.float64)
-            self._s[i].numpy()[:] += np.bincount(m.indices, v, d)
-            self._q[i].numpy()[:] += np.bincount(m.indices, v * v, d)
-            self._f[i].numpy()[:] += np.bincount(m.indices, minlength=d)
-        self._pending.append((A, B))
-        self._nnz += A.nnz + B.nnz
-        if self._nnz >= self.chunk_nnz:
-            self.flush()
+    def _sums(self):  # numpy views of the torch sums: BatchQueue.add adds into them in place
+        return [tuple(t[i].numpy() for t in (self._s, self._q, self._f)) for i in (0, 1)]
 
     def flush(self) -> None:
         """Scatter the pending tokens' products into the accumulators (kernels.scatter_products)."""
         if not self._pending:
             return
-        A = sp.vstack([p[0] for p in self._pending], format="csr")
-        B = sp.vstack([p[1] for p in self._pending], format="csr").astype(np.float64, copy=False)
-        self._pending, self._nnz = [], 0
-        At = A.T.tocsr().astype(np.float64, copy=False)
-        del A
+        At, B = self._take_pending()
         kernels.scatter_products(At, B, self._sab, self._cnt)
 
     def topk(self, k: int) -> Candidates:

@@ -97,8 +97,40 @@ def _spgemm(x: sp.csr_matrix, y: sp.csr_matrix, dev: torch.device | None) -> sp.
     return out
 
 
+class BatchQueue:
+    """Batches taken by a sparse co-firing state (SparseCoFiring, exact.ExactCoFiring): checked, counted into the
+    per-feature sums the state's `_sums()` gives, and kept until they hold `chunk_nnz` non-zeros, then `flush()`."""
+
+    def add(self, a, b) -> None:
+        """One batch: row t of `a` [t, d_a] and of `b` [t, d_b] is the same token."""
+        A, B = to_csr(a), to_csr(b)
+        if A.shape[0] != B.shape[0] or A.shape[1] != self.d_a or B.shape[1] != self.d_b:
+            raise ValueError(f"batch shapes {A.shape} and {B.shape} do not fit a pair of widths ({self.d_a}, {self.d_b})")
+        for m in (A, B):
+            if len(m.data) and m.data.min() < 0:
+                raise ValueError("activations must be non-negative (SAE feature activations)")
+        self.n += A.shape[0]
+        for m, (s, q, f) in zip((A, B), self._sums()):
+            d = len(s)
+            v = m.data.astype(np.float64)
+            s += np.bincount(m.indices, v, d)
+            q += np.bincount(m.indices, v * v, d)
+            f += np.bincount(m.indices, minlength=d)
+        self._pending.append((A, B))
+        self._nnz += A.nnz + B.nnz
+        if self._nnz >= self.chunk_nnz:
+            self.flush()
+
+    def _take_pending(self) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+        """The pending batches as (Aᵀ, B) in float64 CSR, the queue emptied."""
+        A = sp.vstack([p[0] for p in self._pending], format="csr")
+        B = sp.vstack([p[1] for p in self._pending], format="csr").astype(np.float64, copy=False)
+        self._pending, self._nnz = [], 0
+        return A.T.tocsr().astype(np.float64, copy=False), B
+
+
 @dataclass
-class SparseCoFiring(PairState):
+class SparseCoFiring(BatchQueue, PairState):
     """Streaming co-firing state of one SAE pair (see the module docstring)."""
 
     d_a: int
@@ -122,26 +154,9 @@ class SparseCoFiring(PairState):
         self._pending: list[tuple[sp.csr_matrix, sp.csr_matrix]] = []
         self._nnz = 0
 
-    # -- accumulation --------------------------------------------------------------------------
-    def add(self, a, b) -> None:
-        """One batch: row t of `a` [t, d_a] and of `b` [t, d_b] is the same token."""
-        A, B = to_csr(a), to_csr(b)
-        if A.shape[0] != B.shape[0] or A.shape[1] != self.d_a or B.shape[1] != self.d_b:
-            raise ValueError(f"batch shapes {A.shape} and {B.shape} do not fit a pair of widths ({self.d_a}, {self.d_b})")
-        for m in (A, B):
-            if len(m.data) and m.data.min() < 0:
-                raise ValueError("activations must be non-negative (SAE feature activations)")
-        self.n += A.shape[0]
-        for m, s, q, f in ((A, self.s_a, self.q_a, self.f_a), (B, self.s_b, self.q_b, self.f_b)):
-            d = len(s)
-            v = m.data.astype(np.float64)
-            s += np.bincount(m.indices, v, d)
-            q += np.bincount(m.indices, v * v, d)
-            f += np.bincount(m.indices, minlength=d)
-        self._pending.append((A, B))
-        self._nnz += A.nnz + B.nnz
-        if self._nnz >= self.chunk_nnz:
-            self.flush()
+    # -- accumulation (add: BatchQueue) -----------------------------------------------------------
+    def _sums(self):
+        return (self.s_a, self.q_a, self.f_a), (self.s_b, self.q_b, self.f_b)
 
     def flush(self) -> None:
         """Multiply the pending tokens out, one block of a-features at a time (so that each product
@@ -149,11 +164,7 @@ class SparseCoFiring(PairState):
         on the CPU in one compiled pass per block (atlas_ingest.cofiring.kernels), on a device by two torch products."""
         if not self._pending:
             return
-        A = sp.vstack([p[0] for p in self._pending], format="csr")
-        B = sp.vstack([p[1] for p in self._pending], format="csr").astype(np.float64, copy=False)
-        self._pending, self._nnz = [], 0
-        At = A.T.tocsr().astype(np.float64, copy=False)
-        del A
+        At, B = self._take_pending()
         with np.errstate(divide="ignore"):  # features that never fired have no stored pairs
             inv = tuple(1.0 / np.sqrt(x.astype(np.float64)) for x in (self.q_a, self.q_b, self.f_a, self.f_b))
         for k, r0 in enumerate(self.starts):
